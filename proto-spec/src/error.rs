@@ -1,0 +1,128 @@
+//! Error types. [`DropReason`] says why a datagram gets no reply (it is counted, never
+//! answered); [`Error`] reports misuse of the library by a caller (bad PIN length, malformed
+//! deeplink, ...), which is always a local condition, never something from the network.
+
+use thiserror::Error;
+
+/// Why a received datagram is dropped without a reply (SPEC.md §9).
+///
+/// The variants are ordered by the check that produces them: cheap checks first, the AEAD tag
+/// next, and the checks of the decrypted content last.
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Larger than the protocol's maximum datagram.
+    #[error("datagram larger than the maximum")]
+    Oversize,
+    /// Shorter than a header.
+    #[error("datagram shorter than a header")]
+    Truncated,
+    /// The version byte is not one this implementation speaks.
+    #[error("unknown protocol version")]
+    UnknownVersion,
+    /// The type byte is unknown, or a reply arrived where a request was expected (or the reverse).
+    #[error("unknown message type")]
+    UnknownType,
+    /// Reserved header bits are set, or the epoch field is wrong for the direction.
+    #[error("reserved header field not zero")]
+    ReservedNotZero,
+    /// The length is not the exact length of the message type.
+    #[error("wrong length for the message type")]
+    WrongLength,
+    /// The counter is zero, which no sender uses.
+    #[error("zero counter")]
+    ZeroCounter,
+    /// No token (or pending enrollment) has this id. Set by the engine, not the codec.
+    #[error("unknown token")]
+    UnknownToken,
+    /// The AEAD tag does not verify.
+    #[error("authentication failed")]
+    Unauthentic,
+    /// The counter was already accepted, or is too far below the highest one.
+    #[error("replayed counter")]
+    Replayed,
+    /// The device clock is outside the accepted skew.
+    #[error("stale request")]
+    Stale,
+    /// A field that must be zero is not, inside the authenticated body.
+    #[error("non-zero padding")]
+    NonZeroPadding,
+    /// The reply does not answer an outstanding request (device side).
+    #[error("unexpected reply")]
+    UnexpectedReply,
+    /// The X25519 exchange produced a non-contributory (all-zero) shared secret.
+    #[error("non-contributory key exchange")]
+    WeakKeyExchange,
+}
+
+impl DropReason {
+    /// Every reason, for metrics that pre-register their labels.
+    pub const ALL: [DropReason; 14] = [
+        DropReason::Oversize,
+        DropReason::Truncated,
+        DropReason::UnknownVersion,
+        DropReason::UnknownType,
+        DropReason::ReservedNotZero,
+        DropReason::WrongLength,
+        DropReason::ZeroCounter,
+        DropReason::UnknownToken,
+        DropReason::Unauthentic,
+        DropReason::Replayed,
+        DropReason::Stale,
+        DropReason::NonZeroPadding,
+        DropReason::UnexpectedReply,
+        DropReason::WeakKeyExchange,
+    ];
+
+    /// A short stable name for metrics labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::Oversize => "oversize",
+            DropReason::Truncated => "truncated",
+            DropReason::UnknownVersion => "unknown_version",
+            DropReason::UnknownType => "unknown_type",
+            DropReason::ReservedNotZero => "reserved_not_zero",
+            DropReason::WrongLength => "wrong_length",
+            DropReason::ZeroCounter => "zero_counter",
+            DropReason::UnknownToken => "unknown_token",
+            DropReason::Unauthentic => "unauthentic",
+            DropReason::Replayed => "replayed",
+            DropReason::Stale => "stale",
+            DropReason::NonZeroPadding => "non_zero_padding",
+            DropReason::UnexpectedReply => "unexpected_reply",
+            DropReason::WeakKeyExchange => "weak_key_exchange",
+        }
+    }
+}
+
+/// A caller's input that the library cannot use.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum Error {
+    /// A PIN must be 4 to 64 bytes of UTF-8 (SPEC.md §6.1).
+    #[error("a PIN must be 4 to 64 bytes long")]
+    PinLength,
+    /// The PIN hashing failed (only on resource exhaustion).
+    #[error("PIN hashing failed")]
+    PinHash,
+    /// A code (one-time, validation, offline response, manual enrollment) is malformed.
+    #[error("malformed code: {0}")]
+    CodeFormat(&'static str),
+    /// One-time-code parameters are out of range (length 4–32, period 1–3600 s).
+    #[error("one-time-code parameters out of range: {0}")]
+    OtpParams(&'static str),
+    /// A deeplink is malformed.
+    #[error("malformed deeplink: {0}")]
+    Deeplink(&'static str),
+    /// An `otpauth://` parameter is out of range.
+    #[error("invalid TOTP parameters: {0}")]
+    Totp(&'static str),
+    /// A transaction message is longer than 200 bytes.
+    #[error("transaction message longer than 200 bytes")]
+    TxMessageTooLong,
+    /// The output buffer is too small for the datagram.
+    #[error("output buffer too small")]
+    BufferTooSmall,
+    /// A message to seal does not have the layout of its type (wrong body length, zero
+    /// counter, zero epoch in a reply).
+    #[error("invalid message: {0}")]
+    InvalidMessage(&'static str),
+}
