@@ -1,1 +1,141 @@
-fn main() {}
+//! Codec benchmarks: header parse, the server's open + seal of every request type, the
+//! device's seal, key derivation, and the AEAD crate comparison that chose `ring`.
+//!
+//! `cargo bench -p zoftoken-bench --bench codec`
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use zoftoken_bench::Fixture;
+use zoftoken_proto::packet::seal_request;
+use zoftoken_proto::pairing::Ephemeral;
+use zoftoken_proto::wire::{check_request, MsgType, MAX_DATAGRAM};
+use zoftoken_proto::{EnrollmentSecret, PinVerifier, TokenId, TokenSecret};
+
+fn header(c: &mut Criterion) {
+    let f = Fixture::new();
+    let status = f
+        .packets
+        .iter()
+        .find(|p| p.0 == MsgType::Status)
+        .unwrap()
+        .1
+        .clone();
+    c.bench_function("header/check_request", |b| {
+        b.iter(|| check_request(black_box(&status)).map(|r| r.counter()))
+    });
+}
+
+fn packets(c: &mut Criterion) {
+    let f = Fixture::new();
+    let mut g = c.benchmark_group("server_open_seal");
+    for (t, request, reply_body) in &f.packets {
+        g.throughput(Throughput::Elements(1));
+        let mut buf = request.clone();
+        let mut out = [0u8; MAX_DATAGRAM];
+        assert!(f.server_round(&mut buf, reply_body, &mut out) > 0);
+        g.bench_function(t.name(), |b| {
+            b.iter(|| {
+                // Opening decrypts in place, so each iteration starts from the sealed bytes.
+                buf.copy_from_slice(request);
+                f.server_round(black_box(&mut buf), reply_body, &mut out)
+            })
+        });
+    }
+    g.finish();
+    let mut g = c.benchmark_group("device_seal");
+    for t in [MsgType::Open, MsgType::Status, MsgType::TxFetch] {
+        let body = vec![0u8; t.request_body_len()];
+        let mut out = [0u8; MAX_DATAGRAM];
+        g.bench_function(t.name(), |b| {
+            b.iter(|| seal_request(&f.keys.d2s, t, f.token_id, black_box(9), &body, &mut out))
+        });
+    }
+    g.finish();
+}
+
+fn keys(c: &mut Criterion) {
+    let secret = TokenSecret::from_bytes([3; 32]);
+    let enrollment = EnrollmentSecret::new(vec![5; 32]);
+    let mut g = c.benchmark_group("keys");
+    g.bench_function("token_id", |b| {
+        b.iter(|| TokenId::derive(black_box("Banco Ejemplo"), black_box("alice@example.com")))
+    });
+    g.bench_function("token_keys (4 derive_key)", |b| {
+        b.iter(|| black_box(&secret).keys())
+    });
+    g.bench_function("enrollment_keys (3 derive_key)", |b| {
+        b.iter(|| black_box(&enrollment).keys())
+    });
+    let device = Ephemeral::from_random([9; 32]).public();
+    g.bench_function("pairing server X25519 + token secret", |b| {
+        b.iter(|| Ephemeral::from_random(black_box([4; 32])).server_token_secret(&device, &[1; 16]))
+    });
+    let v = PinVerifier::from_bytes([6; 32]);
+    g.bench_function("pin_proof", |b| {
+        b.iter(|| black_box(&v).proof(MsgType::Open, &[1; 16], black_box(5)))
+    });
+    g.finish();
+    let mut g = c.benchmark_group("argon2id");
+    g.sample_size(10);
+    let id = TokenId::derive("s", "u");
+    g.bench_function("pin_verifier (19 MiB, t=2)", |b| {
+        b.iter(|| PinVerifier::derive(black_box("2468"), &id))
+    });
+    g.finish();
+}
+
+/// The AEAD crates on a 48-byte body (a typical request body plus header-sized AAD), one seal
+/// and one open + seal each. Run a second time with `RUSTFLAGS="--cfg poly1305_force_soft"`
+/// for RustCrypto's portable Poly1305 (see BENCHMARKS.md).
+fn aead(c: &mut Criterion) {
+    use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+    let key_bytes = [7u8; 32];
+    let aad = [1u8; 32];
+    let mut g = c.benchmark_group("aead_48B");
+    let ring_key = zoftoken_proto::aead::PacketKey::new(key_bytes);
+    let mut body = [0u8; 48];
+    g.bench_function("ring seal", |b| {
+        b.iter(|| ring_key.seal_in_place(0, black_box(1), &aad, &mut body))
+    });
+    let mut sealed = [0u8; 64];
+    let tag = ring_key
+        .seal_in_place(0, 1, &aad, &mut sealed[..48])
+        .unwrap();
+    sealed[48..].copy_from_slice(&tag);
+    g.bench_function("ring open+seal", |b| {
+        b.iter(|| {
+            let mut d = sealed;
+            let n = ring_key
+                .open_in_place(0, 1, &aad, &mut d)
+                .map(|p| p.len())
+                .unwrap_or(0);
+            let mut reply = [0u8; 48];
+            (n, ring_key.seal_in_place(1, 1, &aad, &mut reply))
+        })
+    });
+    let rc = chacha20poly1305::ChaCha20Poly1305::new(&key_bytes.into());
+    let nonce = chacha20poly1305::Nonce::from_slice(&[0u8; 12]);
+    g.bench_function("rustcrypto seal", |b| {
+        b.iter(|| rc.encrypt_in_place_detached(nonce, &aad, black_box(&mut body)))
+    });
+    let mut rc_sealed = [0u8; 48];
+    let rc_tag = rc
+        .encrypt_in_place_detached(nonce, &aad, &mut rc_sealed)
+        .unwrap();
+    g.bench_function("rustcrypto open+seal", |b| {
+        b.iter(|| {
+            let mut d = rc_sealed;
+            let ok = rc
+                .decrypt_in_place_detached(nonce, &aad, &mut d, &rc_tag)
+                .is_ok();
+            let mut reply = [0u8; 48];
+            (ok, rc.encrypt_in_place_detached(nonce, &aad, &mut reply))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, header, packets, keys, aead);
+criterion_main!(benches);

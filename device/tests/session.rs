@@ -5,6 +5,8 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::indexing_slicing,
+    clippy::panic,
+    clippy::too_many_arguments,
     missing_docs
 )]
 

@@ -275,7 +275,7 @@ pub fn parse_manual_code(input: &str) -> Result<EnrollmentSecret, Error> {
         return Err(Error::CodeFormat("a manual enrollment code has 20 symbols"));
     }
     let (body, check) = code.split_at(MANUAL_CODE_LEN - 1);
-    if check.chars().next() != Some(check_symbol(body)) {
+    if !check.starts_with(check_symbol(body)) {
         return Err(Error::CodeFormat(
             "check symbol does not match: mistyped code",
         ));

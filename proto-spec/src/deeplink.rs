@@ -155,7 +155,9 @@ impl Deeplink {
             endpoints,
             details_url: details,
         };
-        link.check()?;
+        // Whatever parses must also encode (raw UTF-8 grows when percent-encoded, so a link
+        // under the limit here could exceed it in canonical form).
+        link.to_uri()?;
         Ok(link)
     }
 }

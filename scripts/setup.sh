@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what the build needs on a fresh Debian machine (idempotent, quiet when all is there).
+# The Rust toolchain itself comes with the machine image (rustup); this checks for it.
+set -euo pipefail
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "error: cargo not found. Install Rust 1.85 or newer (https://rustup.rs) and run again." >&2
+  exit 1
+fi
+
+# Debian packages the build needs: a C compiler for ring, pkg-config.
+# (The storage layer will add libclang-dev for RocksDB's bindgen.)
+needed=(gcc libc6-dev pkg-config)
+missing=()
+for pkg in "${needed[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
+fi
