@@ -8,13 +8,17 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-# Debian packages the build needs: a C compiler for ring, pkg-config.
+# Debian packages the build needs: a C compiler for ring, pkg-config; Python 3 with venv for
+# the independent SPEC implementation in proto-spec/interop/.
 # (The storage layer will add libclang-dev for RocksDB's bindgen.)
 needed=(gcc libc6-dev pkg-config)
 missing=()
 for pkg in "${needed[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+if ! python3 -m venv --help >/dev/null 2>&1; then
+  missing+=(python3 python3-venv)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   sudo_cmd=""

@@ -109,7 +109,7 @@ impl Pairing {
         if self.offer.is_some() {
             return Err(DeviceError::OutOfOrder("PAIR_INIT already answered"));
         }
-        let counter = now_ms.max(self.last_init_counter + 1);
+        let counter = now_ms.max(self.last_init_counter.saturating_add(1));
         let ephemeral = Ephemeral::from_random(ephemeral_random);
         let body = PairInitRequest {
             device_time_ms: Be64::new(now_ms),
@@ -158,7 +158,7 @@ impl Pairing {
         };
         let status = TokenStatus::from_block(&reply.status)?;
         if status.status != ReplyStatus::Ok || reply.service_flags & !SERVICE_FLAG_DURESS != 0 {
-            return Err(DropReason::NonZeroPadding.into());
+            return Err(DropReason::InvalidField.into());
         }
         let service = ServiceInfo {
             name: self.service.clone(),
@@ -170,9 +170,7 @@ impl Pairing {
             window_s: reply.window_s.get(),
             duress_allowed: reply.service_flags & SERVICE_FLAG_DURESS != 0,
         };
-        service
-            .otp_params()
-            .map_err(|_| DropReason::NonZeroPadding)?;
+        service.otp_params().map_err(|_| DropReason::InvalidField)?;
         let (_, ephemeral) = self.attempts.swap_remove(slot);
         let secret = ephemeral.device_token_secret(&reply.server_public, &self.keys.pairing_id)?;
         let token_id = TokenId(reply.token_id);
@@ -236,7 +234,7 @@ impl Pairing {
             &body,
             out,
         )?;
-        offer.next_counter += 1;
+        offer.next_counter = offer.next_counter.saturating_add(1);
         offer.outstanding.push(counter);
         offer.verifiers = Some((pin.clone(), duress.cloned()));
         Ok(Transmit {

@@ -117,8 +117,8 @@ pub struct TokenStatus {
 impl TokenStatus {
     pub(crate) fn from_block(b: &StatusBlock) -> Result<TokenStatus, DropReason> {
         Ok(TokenStatus {
-            status: ReplyStatus::from_byte(b.status).ok_or(DropReason::NonZeroPadding)?,
-            state: WireState::from_byte(b.state).ok_or(DropReason::NonZeroPadding)?,
+            status: ReplyStatus::from_byte(b.status).ok_or(DropReason::InvalidField)?,
+            state: WireState::from_byte(b.state).ok_or(DropReason::InvalidField)?,
             attempts_left: b.attempts_left,
             open_until_ms: b.open_until_ms.get(),
             server_time_ms: b.server_time_ms.get(),
@@ -389,7 +389,7 @@ impl Token {
                         .message
                         .get(..len.min(TX_MESSAGE_MAX))
                         .and_then(|m| std::str::from_utf8(m).ok())
-                        .ok_or(DropReason::NonZeroPadding)?;
+                        .ok_or(DropReason::InvalidField)?;
                     Some(PendingTransaction {
                         tx_id: r.tx_id,
                         expires_ms: r.tx_expires_ms.get(),
@@ -403,7 +403,7 @@ impl Token {
             ReplyBody::TxDecide(r) => Reply::TxDecided(
                 TokenStatus::from_block(&r.status)?,
                 r.tx_id,
-                TxState::from_byte(r.tx_state).ok_or(DropReason::NonZeroPadding)?,
+                TxState::from_byte(r.tx_state).ok_or(DropReason::InvalidField)?,
             ),
             ReplyBody::PairInit(_) => return Err(DropReason::UnexpectedReply.into()),
         };

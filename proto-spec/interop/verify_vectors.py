@@ -800,9 +800,12 @@ def check_session():
         C.eq(f"{label} reply epoch == server_epoch", m["reply"]["epoch"], epoch)
         if typ == 0x03 and st["status"] == 0:
             # §7.5: open_until = server time + window. The only server time the
-            # vector gives is the reply's server_time_ms (§7.2).
-            C.eq(f"{label} §7.5 open_until_ms = server_time_ms + window",
-                 st["open_until_ms"], st["server_time_ms"] + window_ms)
+            # vector gives is the reply's server_time_ms (§7.2, "the server's clock
+            # when it replied"). NOTE: the vectors instead hold device_time_ms +
+            # window (= server_time_ms + O + window); this check is kept as the
+            # SPEC reads and is expected to fail; see the interop report.
+            C.eq(f"{label} §7.5 vector open_until_ms vs server_time_ms + window",
+                 st["server_time_ms"] + window_ms, st["open_until_ms"])
 
     # §10 one-time codes for this token
     C.group("session.json §10 one-time codes")
@@ -839,8 +842,28 @@ def check_codes():
     C.eq("digits", v["alphabets"]["digits"], DIGITS)
     C.eq("base32", v["alphabets"]["base32"], BASE32)
 
+    C.group("codes.json §10.3 validation: window, never twice, duress")
+    ov = v["otp_validation"]
+    otp_key, ver, dur = H(v["otp_key"]), H(v["verifier"]), H(v["duress_verifier"])
+    last = None
+    for a in ov["attempts"]:
+        C.eq("last accepted step before", a["last_accepted_step_before"], last)
+        accepted, pin = None, None
+        # §10.3: try expected-1, expected, expected+1 with both verifiers; only steps > last.
+        for step in range(a["expected_step"] - ov["search_radius"],
+                          a["expected_step"] + ov["search_radius"] + 1):
+            if last is not None and step <= last:
+                continue
+            for name, vv in (("normal", ver), ("duress", dur)):
+                code = sample_symbols(otp_key, vv + u64(step), ov["length"], DIGITS)
+                if accepted is None and hmac.compare_digest(code, a["code"]):
+                    accepted, pin = step, name
+        C.eq(f"code {a['code']} made at {a['made_at_step']} with {a['made_with']}",
+             (accepted, pin), (a["accepted_step"], a["pin"]))
+        if accepted is not None:
+            last = accepted
+
     C.group("codes.json §10.2 one-time codes")
-    otp_key, ver = H(v["otp_key"]), H(v["verifier"])
     for c in v["one_time_codes"]:
         C.eq(f"step({c['unix_ms']},{c['period_s']})", otp_step(c["unix_ms"], c["period_s"]),
              c["step"])
@@ -893,11 +916,14 @@ def check_totp():
              rfc[c["unix_s"]][alg_idx[c["algorithm"]]])
 
     C.group("totp.json §10.5 otpauth URI")
-    p = parse_otpauth(v["otpauth_uri"])
+    o = v["otpauth"]
+    C.eq("URI built from its inputs",
+         otpauth_uri(o["issuer"], o["account"], H(o["secret"]), o["algorithm"], o["digits"],
+                     o["period_s"]), o["uri"])
+    p = parse_otpauth(o["uri"])
     C.eq("issuer in label == issuer parameter", p["issuer"], p["q_issuer"])
-    C.eq("secret is the RFC 6238 SHA-1 seed", p["secret"], b"12345678901234567890")
-    C.eq("URI rebuilt", otpauth_uri(p["issuer"], p["account"], p["secret"], p["algorithm"],
-                                    p["digits"], p["period"]), v["otpauth_uri"])
+    C.eq("URI parsed back", (p["issuer"], p["account"], p["secret"]),
+         (o["issuer"], o["account"], H(o["secret"])))
 
 
 def check_replay():
@@ -909,6 +935,11 @@ def check_replay():
     w = ReplayWindow()
     for i, s in enumerate(v["steps"]):
         C.eq(f"step {i} counter {s['counter']} (H={w.H})", w.accept(s["counter"]), s["accepted"])
+
+    C.group("replay.json §8.3 freshness boundary")
+    for c in v["freshness"]["cases"]:
+        C.eq(f"fresh({c['device_time_ms']}, {c['server_time_ms']}, {c['offset_ms']})",
+             fresh(c["device_time_ms"], c["server_time_ms"], c["offset_ms"]), c["fresh"])
 
 
 def check_deeplinks():

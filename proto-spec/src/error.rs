@@ -46,6 +46,10 @@ pub enum DropReason {
     /// A field that must be zero is not, inside the authenticated body.
     #[error("non-zero padding")]
     NonZeroPadding,
+    /// An authenticated field holds a value the protocol does not define (an unknown status,
+    /// state or alphabet, a transaction message that is not UTF-8, ...).
+    #[error("invalid field value")]
+    InvalidField,
     /// The reply does not answer an outstanding request (device side).
     #[error("unexpected reply")]
     UnexpectedReply,
@@ -56,7 +60,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, for metrics that pre-register their labels.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::Oversize,
         DropReason::Truncated,
         DropReason::UnknownVersion,
@@ -69,6 +73,7 @@ impl DropReason {
         DropReason::Replayed,
         DropReason::Stale,
         DropReason::NonZeroPadding,
+        DropReason::InvalidField,
         DropReason::UnexpectedReply,
         DropReason::WeakKeyExchange,
     ];
@@ -88,6 +93,7 @@ impl DropReason {
             DropReason::Replayed => "replayed",
             DropReason::Stale => "stale",
             DropReason::NonZeroPadding => "non_zero_padding",
+            DropReason::InvalidField => "invalid_field",
             DropReason::UnexpectedReply => "unexpected_reply",
             DropReason::WeakKeyExchange => "weak_key_exchange",
         }

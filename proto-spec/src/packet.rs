@@ -1,7 +1,7 @@
 //! Sealing and opening whole datagrams (SPEC.md §4): `header ‖ ciphertext ‖ tag`, written into
 //! and decrypted inside the caller's buffer. Nothing here allocates.
 
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 use crate::aead::PacketKey;
 use crate::error::{DropReason, Error};
@@ -29,8 +29,7 @@ pub fn open<'a>(key: &PacketKey, datagram: &'a mut [u8]) -> Result<(Header, &'a 
     let (head, rest) = datagram
         .split_at_mut_checked(HEADER_LEN)
         .ok_or(DropReason::Truncated)?;
-    let header = *zerocopy::FromBytes::ref_from_bytes(&*head).map_err(|_| DropReason::Truncated)?;
-    let header: Header = header;
+    let header = Header::read_from_bytes(head).map_err(|_| DropReason::Truncated)?;
     let body = key.open_in_place(header.epoch.get(), header.counter.get(), head, rest)?;
     Ok((header, &*body))
 }

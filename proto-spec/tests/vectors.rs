@@ -293,7 +293,13 @@ fn gen_session() -> Value {
     };
     t += 10_000;
     let o = open(2, t, &sess.normal);
-    let r = st(ReplyStatus::Ok, WireState::Open, 3, t + 600_000, t + 40);
+    let r = st(
+        ReplyStatus::Ok,
+        WireState::Open,
+        3,
+        t + 40 + 600_000,
+        t + 40,
+    );
     msgs.push(exchange(
         "OPEN with the PIN",
         &sess,
@@ -304,7 +310,7 @@ fn gen_session() -> Value {
         status_json(&r),
         r.as_bytes(),
     ));
-    let until = t + 600_000;
+    let until = t + 40 + 600_000;
     t += 5_000;
     let r = st(ReplyStatus::Ok, WireState::Open, 3, until, t + 40);
     msgs.push(exchange(
@@ -331,7 +337,13 @@ fn gen_session() -> Value {
     ));
     t += 5_000;
     let o = open(5, t, &sess.duress);
-    let r = st(ReplyStatus::Ok, WireState::Open, 3, t + 600_000, t + 40);
+    let r = st(
+        ReplyStatus::Ok,
+        WireState::Open,
+        3,
+        t + 40 + 600_000,
+        t + 40,
+    );
     msgs.push(exchange(
         "OPEN with the duress PIN (reply identical in form to a normal open)",
         &sess,
@@ -342,7 +354,7 @@ fn gen_session() -> Value {
         status_json(&r),
         r.as_bytes(),
     ));
-    let until = t + 600_000;
+    let until = t + 40 + 600_000;
     t += 5_000;
     let r = st(ReplyStatus::Ok, WireState::Open, 3, until, t + 40);
     msgs.push(exchange(
@@ -490,6 +502,7 @@ fn gen_session() -> Value {
         "description": "SPEC.md §5 and §7: a whole session, pairing then every message type in both directions, with its one-time codes and an offline exchange",
         "service": service, "username": username, "token_id": token_id.to_hex(),
         "deeplink": link.to_uri().unwrap(),
+        "endpoints": link.endpoints, "details_url": link.details_url,
         "enrollment_secret": h(link.secret.expose()),
         "pairing_id": h(&ek.pairing_id),
         "server_epoch": EPOCH,
@@ -499,13 +512,13 @@ fn gen_session() -> Value {
             "device_ephemeral_random": h(&dev_random), "device_public": h(&dev.public()),
             "server_ephemeral_random": h(&srv_random), "server_public": h(&srv.public()),
             "request": {"body": h(init_body.as_bytes()), "datagram": h(&init[..n])},
-            "reply": {"fields": {"status": status_json(&offer.status), "token_id": token_id.to_hex(), "otp_length": 8, "otp_alphabet": 0, "otp_period_s": 30, "window_s": 600, "service_flags": 1},
+            "reply": {"epoch": EPOCH, "fields": {"status": status_json(&offer.status), "token_id": token_id.to_hex(), "otp_length": 8, "otp_alphabet": 0, "otp_period_s": 30, "window_s": 600, "service_flags": 1},
                       "body": h(offer.as_bytes()), "datagram": h(&init_reply[..m])},
             "token_secret": h(secret.expose()),
         },
         "messages": msgs,
-        "one_time_codes": {"length": 8, "period_s": 30, "alphabet": "digits", "codes": otp},
-        "offline": {"validation_code": codes::group4(&vc),
+        "one_time_codes": {"length": 8, "period_s": 30, "alphabet": "digits", "pins_used": "pins (2468 and 1357), independent of the CHANGE_PIN message", "codes": otp},
+        "offline": {"pins_used": "pins (2468 and 1357)", "validation_code": codes::group4(&vc),
             "response_pin": codes::group4(&codes::offline_response(&sess.keys.offline, &sess.normal, &vc).unwrap()),
             "response_duress_pin": codes::group4(&codes::offline_response(&sess.keys.offline, &sess.duress, &vc).unwrap())},
     })
@@ -557,8 +570,48 @@ fn gen_codes() -> Value {
                    "enrollment_secret": h(codes::parse_manual_code(&code).unwrap().expose())})
         })
         .collect();
+    // Validation (§10.3): expected step 1000, search ±1, never a step at or below the last
+    // accepted one. Codes are made with the verifier above (normal) or the duress verifier.
+    let duress_bytes: [u8; 32] = fixed("codes duress verifier");
+    let duress = PinVerifier::from_bytes(duress_bytes);
+    let params = OtpParams {
+        length: 6,
+        period_s: 30,
+        alphabet: Alphabet::Digits,
+    };
+    let otp_key_s = SecretBytes::new(otp_key);
+    let mut last: Option<u64> = None;
+    let validation: Vec<Value> = [
+        (1000u64, "normal"),
+        (1000, "normal"),
+        (999, "normal"),
+        (1001, "duress"),
+        (1001, "normal"),
+        (1002, "normal"),
+        (1000, "wrong"),
+    ]
+    .iter()
+    .map(|(step, which)| {
+        let code = match *which {
+            "normal" => codes::otp_code(&otp_key_s, &v, *step, params),
+            "duress" => codes::otp_code(&otp_key_s, &duress, *step, params),
+            _ => codes::otp_code(&otp_key_s, &PinVerifier::from_bytes([0; 32]), *step, params),
+        };
+        let got = codes::otp_verify(&otp_key_s, &v, Some(&duress), params, &code, 1000, last);
+        let before = last;
+        if let Some((m, _)) = got {
+            last = Some(m);
+        }
+        json!({"code": code, "made_at_step": step, "made_with": which, "expected_step": 1000,
+                   "last_accepted_step_before": before,
+                   "accepted_step": got.map(|g| g.0),
+                   "pin": got.map(|g| format!("{:?}", g.1).to_lowercase())})
+    })
+    .collect();
     json!({
         "description": "SPEC.md §10 one-time codes, §11 offline codes, §12.2 manual enrollment codes",
+        "duress_verifier": h(&duress_bytes),
+        "otp_validation": {"length": 6, "period_s": 30, "alphabet": "digits", "search_radius": codes::OTP_SEARCH_RADIUS, "attempts": validation},
         "alphabets": {"digits": "0123456789", "base32": std::str::from_utf8(codes::BASE32_SYMBOLS).unwrap()},
         "otp_key": h(&otp_key), "offline_key": h(&offline_key), "verifier": h(&verifier),
         "one_time_codes": otp_cases, "offline": offline, "manual_codes": manual,
@@ -599,11 +652,27 @@ fn gen_totp() -> Value {
     json!({
         "description": "RFC 6238 Appendix B, computed by this implementation; the test also checks them against the RFC's table",
         "cases": cases,
-        "otpauth_uri": totp::otpauth_uri("Banco Ejemplo", "alice@example.com", b"12345678901234567890", TotpParams::default()),
+        "otpauth": {"issuer": "Banco Ejemplo", "account": "alice@example.com", "secret": h(b"12345678901234567890"),
+            "digits": 6, "period_s": 30, "algorithm": "SHA1",
+            "uri": totp::otpauth_uri("Banco Ejemplo", "alice@example.com", b"12345678901234567890", TotpParams::default())},
     })
 }
 
 fn gen_replay() -> Value {
+    // (device_time_ms, server_time_ms, offset_ms): the boundary is inclusive.
+    let freshness: Vec<Value> = [
+        (T0, T0, 0i64),
+        (T0 + 90_000, T0, 0),
+        (T0 + 90_001, T0, 0),
+        (T0 - 90_000, T0, 0),
+        (T0 - 90_001, T0, 0),
+        (T0 + 600_000, T0, 600_000),
+        (T0 + 600_000, T0, 0),
+        (T0 - 3_600_000, T0, -3_600_000 + 89_000),
+    ]
+    .iter()
+    .map(|(d, s, o)| json!({"device_time_ms": d, "server_time_ms": s, "offset_ms": o, "fresh": clock::is_fresh(*d, *s, *o)}))
+    .collect();
     let mut w = ReplayWindow::new();
     let steps: Vec<Value> = [
         1u64, 2, 2, 10, 5, 5, 3000, 1976, 1977, 1977, 2999, 4100, 3000, 3077,
@@ -615,7 +684,7 @@ fn gen_replay() -> Value {
         "description": "SPEC.md §8.1: a counter sequence and whether each is accepted (window 1024)",
         "window": replay::REPLAY_WINDOW,
         "steps": steps,
-        "freshness": {"max_skew_ms": clock::MAX_SKEW_MS},
+        "freshness": {"max_skew_ms": clock::MAX_SKEW_MS, "cases": freshness},
     })
 }
 
@@ -852,7 +921,41 @@ fn replay_and_deeplink_vectors_decode() {
             l["endpoints"]
         );
     }
+    let v = load("replay.json");
+    for c in v["freshness"]["cases"].as_array().unwrap() {
+        let fresh = clock::is_fresh(
+            c["device_time_ms"].as_u64().unwrap(),
+            c["server_time_ms"].as_u64().unwrap(),
+            c["offset_ms"].as_i64().unwrap(),
+        );
+        assert_eq!(fresh, c["fresh"].as_bool().unwrap(), "{c}");
+    }
     let v = load("codes.json");
+    let otp_key = SecretBytes::new(unhex(&v["otp_key"]).try_into().unwrap());
+    let normal = PinVerifier::from_bytes(unhex(&v["verifier"]).try_into().unwrap());
+    let duress = PinVerifier::from_bytes(unhex(&v["duress_verifier"]).try_into().unwrap());
+    let params = OtpParams {
+        length: 6,
+        period_s: 30,
+        alphabet: Alphabet::Digits,
+    };
+    let mut last = None;
+    for a in v["otp_validation"]["attempts"].as_array().unwrap() {
+        assert_eq!(a["last_accepted_step_before"].as_u64(), last);
+        let got = codes::otp_verify(
+            &otp_key,
+            &normal,
+            Some(&duress),
+            params,
+            a["code"].as_str().unwrap(),
+            1000,
+            last,
+        );
+        assert_eq!(got.map(|g| g.0), a["accepted_step"].as_u64(), "{a}");
+        if let Some((m, _)) = got {
+            last = Some(m);
+        }
+    }
     for m in v["manual_codes"].as_array().unwrap() {
         let e = codes::parse_manual_code(m["code"].as_str().unwrap()).unwrap();
         assert_eq!(h(e.expose()), m["enrollment_secret"].as_str().unwrap());
