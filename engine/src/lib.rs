@@ -1,6 +1,367 @@
-//! The ZofToken engine: sharded in-memory token tables and the token state machine, sans-IO.
+//! The ZofToken engine: every token in memory in sharded tables, the complete token state
+//! machine of PRODUCT.md and SPEC.md, sans-IO.
 //!
-//! Not built yet: this crate reserves its place in the workspace and is filled by the engine
-//! issue (#3). It will consume `zoftoken-proto` for every packet and emit replies, storage
-//! mutations and events; it will never do IO or read a clock.
+//! [`Engine::handle_packet`] takes one device datagram and writes its reply into the caller's
+//! buffer (or says why it is dropped, silently); the API operations ([`Engine::enroll`],
+//! [`Engine::status`], [`Engine::force`], [`Engine::validate_code`], offline challenges,
+//! backup codes, transactions, …) are methods too. Every state change appends a
+//! [`Mutation`] and an [`Event`] to the caller's [`Batch`]; the driver commits the batch to
+//! storage, then sends the replies and calls [`Engine::publish`] to release the events onto the
+//! bounded [`EventBus`]. [`Engine::tick`] runs timers (window expiry, transaction expiry,
+//! housekeeping).
+//!
+//! It does no IO and reads no clock: `now_ms` is an argument everywhere, and randomness comes
+//! from seeded generators, so every rule is tested on a virtual clock. Storage, sockets, HTTP
+//! and webhooks are other crates' business. Usernames are cold data: the engine keeps token
+//! ids only, and storage keeps the names.
 #![forbid(unsafe_code)]
+
+mod admin;
+pub mod config;
+mod device;
+pub mod event;
+pub mod mutation;
+mod side;
+pub mod state;
+mod table;
+
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use zoftoken_proto::replay::ReplayWindow;
+use zoftoken_proto::DropReason;
+
+pub use admin::{
+    EnrollmentTicket, Force, OfflineOutcome, TokenStatus, BACKUP_CODES, BACKUP_DIGITS,
+};
+pub use config::{ServiceConfig, WebhookConfig};
+pub use device::PacketOutcome;
+pub use event::{Actor, Event, EventBus, EventKind};
+pub use mutation::{
+    Batch, Commit, CommitError, MemoryCommit, Mutation, PendingRecord, TokenRecord,
+};
+pub use side::Transaction;
+pub use state::TokenState;
+
+/// Errors of the API operations. Network input never produces these: bad packets are dropped.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EngineError {
+    /// No service of that name.
+    #[error("unknown service")]
+    UnknownService,
+    /// No such token (or it was deleted).
+    #[error("unknown token")]
+    UnknownToken,
+    /// The token is pending: the app has not paired yet.
+    #[error("token not paired yet")]
+    NotPaired,
+    /// The request's input is invalid (message too long, bad length, …).
+    #[error("invalid input: {0}")]
+    Invalid(&'static str),
+    /// No such transaction.
+    #[error("unknown transaction")]
+    UnknownTransaction,
+    /// No offline challenge is outstanding for the token (none, used or expired).
+    #[error("no offline challenge outstanding")]
+    NoChallenge,
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0:?}")]
+    Config(Vec<config::ConfigError>),
+}
+
+/// How the engine is built.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// The services.
+    pub services: Vec<ServiceConfig>,
+    /// Number of shards (rounded up to a power of two).
+    pub shards: usize,
+    /// This server process's epoch (SPEC.md §4.3): non-zero, unique per start.
+    pub epoch: u32,
+    /// Seed of the engine's random generators (from the OS in production, fixed in tests).
+    pub seed: [u8; 32],
+    /// Capacity of the event channel.
+    pub event_capacity: usize,
+    /// How long an enrollment stays usable.
+    pub enrollment_ttl_ms: u64,
+    /// How long an offline challenge stays usable.
+    pub challenge_ttl_ms: u64,
+}
+
+impl EngineConfig {
+    /// Defaults: 64 shards, 7-day enrollments, 10-minute challenges, 65 536 queued events.
+    pub fn new(services: Vec<ServiceConfig>, epoch: u32, seed: [u8; 32]) -> EngineConfig {
+        EngineConfig {
+            services,
+            shards: 64,
+            epoch,
+            seed,
+            event_capacity: 65_536,
+            enrollment_ttl_ms: 7 * 24 * 3600 * 1000,
+            challenge_ttl_ms: 10 * 60 * 1000,
+        }
+    }
+}
+
+pub(crate) struct Service {
+    pub config: ServiceConfig,
+    pub name: Arc<str>,
+}
+
+pub(crate) struct Services {
+    pub list: Vec<Service>,
+    pub by_name: HashMap<String, u16>,
+}
+
+/// Per-shard counters, kept without atomics on the packet path and exported by
+/// [`Engine::export_metrics`].
+#[derive(Default, Clone)]
+pub(crate) struct Counters {
+    /// Replies by request type (index = type byte).
+    pub replies: [u64; 16],
+    /// Drops by reason (index into `DropReason::ALL`).
+    pub drops: [u64; 16],
+    pub opens: u64,
+    pub blocks: u64,
+    pub duress: u64,
+}
+
+pub(crate) struct Shard {
+    pub table: table::Table,
+    /// Replay windows of recently active tokens (SPEC.md §8.1); others are `restored(H)`.
+    pub windows: HashMap<u32, (ReplayWindow, u64)>,
+    /// `(open_until_ms, slot)` of open tokens, for expiry events.
+    pub timers: BinaryHeap<std::cmp::Reverse<(u64, u32)>>,
+    /// Last source address of each token that sent presence.
+    pub presence: HashMap<u32, std::net::SocketAddr>,
+    /// Long-poll waiters by token id (woken at the token's next change).
+    pub watchers: HashMap<[u8; 16], Vec<futures_channel::oneshot::Sender<()>>>,
+    pub counters: Counters,
+}
+
+/// A replay window idle this long collapses to "everything up to the highest counter seen":
+/// beyond twice the freshness skew, any lower counter is stale anyway (SPEC.md §8.3).
+pub(crate) const WINDOW_IDLE_MS: u64 = 4 * zoftoken_proto::clock::MAX_SKEW_MS;
+
+/// The engine. Shareable between threads (`&self` everywhere).
+pub struct Engine {
+    services: RwLock<Arc<Services>>,
+    shards: Box<[Mutex<Shard>]>,
+    shard_mask: usize,
+    pending: Mutex<side::Pending>,
+    side: Mutex<side::Side>,
+    rng: Mutex<ChaCha20Rng>,
+    events: EventBus,
+    epoch: u32,
+    enrollment_ttl_ms: u64,
+    challenge_ttl_ms: u64,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock cannot leave a token half-updated in a way that matters
+    // more than stopping service would; keep serving with the inner value.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Engine {
+    /// Builds an engine with no tokens (storage loads them with [`Engine::load_token`]).
+    pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
+        config::validate_services(&config.services).map_err(EngineError::Config)?;
+        if config.epoch == 0 {
+            return Err(EngineError::Invalid("epoch must not be zero"));
+        }
+        let shards = config.shards.clamp(1, 4096).next_power_of_two();
+        let mut seed_rng = ChaCha20Rng::from_seed(config.seed);
+        let shard_list: Vec<Mutex<Shard>> = (0..shards)
+            .map(|_| {
+                Mutex::new(Shard {
+                    table: table::Table::new(rand_core::RngCore::next_u64(&mut seed_rng)),
+                    windows: HashMap::new(),
+                    timers: BinaryHeap::new(),
+                    presence: HashMap::new(),
+                    watchers: HashMap::new(),
+                    counters: Counters::default(),
+                })
+            })
+            .collect();
+        let mut rng_seed = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut seed_rng, &mut rng_seed);
+        Ok(Engine {
+            services: RwLock::new(Arc::new(Self::build_services(config.services))),
+            shards: shard_list.into_boxed_slice(),
+            shard_mask: shards - 1,
+            pending: Mutex::new(side::Pending::default()),
+            side: Mutex::new(side::Side::default()),
+            rng: Mutex::new(ChaCha20Rng::from_seed(rng_seed)),
+            events: EventBus::new(config.event_capacity),
+            epoch: config.epoch,
+            enrollment_ttl_ms: config.enrollment_ttl_ms,
+            challenge_ttl_ms: config.challenge_ttl_ms,
+        })
+    }
+
+    fn build_services(list: Vec<ServiceConfig>) -> Services {
+        let by_name = list
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i as u16))
+            .collect();
+        let list = list
+            .into_iter()
+            .map(|config| Service {
+                name: Arc::from(config.name.as_str()),
+                config,
+            })
+            .collect();
+        Services { list, by_name }
+    }
+
+    /// Replaces the services (reload). Services are matched by name: tokens of a service that
+    /// disappeared keep their index and are refused by the API until it returns.
+    pub fn reload_services(&self, services: Vec<ServiceConfig>) -> Result<(), EngineError> {
+        config::validate_services(&services).map_err(EngineError::Config)?;
+        let current = self.services();
+        let mut list = current
+            .list
+            .iter()
+            .map(|s| s.config.clone())
+            .collect::<Vec<_>>();
+        for s in services {
+            match list.iter_mut().find(|c| c.name == s.name) {
+                Some(slot) => *slot = s,
+                None => list.push(s),
+            }
+        }
+        let mut w = self.services.write().unwrap_or_else(|p| p.into_inner());
+        *w = Arc::new(Self::build_services(list));
+        Ok(())
+    }
+
+    pub(crate) fn services(&self) -> Arc<Services> {
+        self.services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn shard_of(&self, id: &[u8; 16]) -> usize {
+        (usize::from(id[15]) | usize::from(id[14]) << 8) & self.shard_mask
+    }
+
+    pub(crate) fn shard(&self, id: &[u8; 16]) -> MutexGuard<'_, Shard> {
+        // `shard_of` masks with `len - 1` (a power of two), so the index is always in range.
+        #[allow(clippy::indexing_slicing)]
+        lock(&self.shards[self.shard_of(id)])
+    }
+
+    /// The event channel (subscribe to consume events).
+    pub fn events(&self) -> &EventBus {
+        &self.events
+    }
+
+    /// Publishes a committed batch's events and clears the batch.
+    pub fn publish(&self, batch: &mut Batch) {
+        for e in batch.events.drain(..) {
+            self.events.publish(e);
+        }
+        batch.mutations.clear();
+    }
+
+    /// This process's epoch.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Number of paired (and re-enrolled) tokens in the tables.
+    pub fn token_count(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).table.len()).sum()
+    }
+
+    /// Bytes held by the token tables (slabs and indexes), for memory figures.
+    pub fn table_bytes(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).table.heap_bytes()).sum()
+    }
+
+    /// Exports the packet counters to the `metrics` recorder (call periodically).
+    pub fn export_metrics(&self) {
+        let mut total = Counters::default();
+        for s in self.shards.iter() {
+            let c = lock(s).counters.clone();
+            for (t, v) in total.replies.iter_mut().zip(c.replies) {
+                *t += v;
+            }
+            for (t, v) in total.drops.iter_mut().zip(c.drops) {
+                *t += v;
+            }
+            total.opens += c.opens;
+            total.blocks += c.blocks;
+            total.duress += c.duress;
+        }
+        for t in zoftoken_proto::MsgType::ALL {
+            let v = total
+                .replies
+                .get(usize::from(t.request_byte()))
+                .copied()
+                .unwrap_or(0);
+            metrics::counter!("zoftoken_packets_total", "type" => t.name(), "outcome" => "reply")
+                .absolute(v);
+        }
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            let v = total.drops.get(i).copied().unwrap_or(0);
+            metrics::counter!("zoftoken_drops_total", "reason" => r.label()).absolute(v);
+        }
+        metrics::counter!("zoftoken_opens_total").absolute(total.opens);
+        metrics::counter!("zoftoken_blocks_total").absolute(total.blocks);
+        metrics::counter!("zoftoken_duress_total").absolute(total.duress);
+        metrics::gauge!("zoftoken_tokens").set(self.token_count() as f64);
+        metrics::counter!("zoftoken_events_overflowed_total").absolute(self.events.overflowed());
+    }
+
+    /// Packets dropped for `reason` so far.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        let i = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.shards
+            .iter()
+            .map(|s| lock(s).counters.drops.get(i).copied().unwrap_or(0))
+            .sum()
+    }
+
+    pub(crate) fn count_drop(counters: &mut Counters, reason: DropReason) {
+        if let Some(i) = DropReason::ALL.iter().position(|r| *r == reason) {
+            if let Some(c) = counters.drops.get_mut(i) {
+                *c += 1;
+            }
+        }
+    }
+
+    /// Wakes everyone waiting for a change of the token.
+    pub(crate) fn notify(&self, id: &[u8; 16]) {
+        Engine::notify_in(&mut self.shard(id), id);
+    }
+
+    /// Wakes the token's waiters, with its shard already locked (cheap when nobody waits).
+    pub(crate) fn notify_in(shard: &mut Shard, id: &[u8; 16]) {
+        if shard.watchers.is_empty() {
+            return;
+        }
+        for w in shard.watchers.remove(id).into_iter().flatten() {
+            let _ = w.send(());
+        }
+    }
+
+    /// A future-free handle that resolves at the token's next change (state, open window,
+    /// failures, deletion). The API awaits it for long polls; no thread per waiter.
+    pub fn watch(&self, id: &zoftoken_proto::TokenId) -> futures_channel::oneshot::Receiver<()> {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        let mut shard = self.shard(&id.0);
+        let list = shard.watchers.entry(id.0).or_default();
+        list.retain(|s| !s.is_canceled());
+        list.push(tx);
+        rx
+    }
+}

@@ -1,0 +1,763 @@
+//! Operations for the API (PRODUCT.md "API operations") and the timers. Authorisation
+//! (authkeys, masks) is the API's job; these methods trust their caller.
+
+use zoftoken_proto::codes::{self, OtpParams};
+use zoftoken_proto::deeplink::Deeplink;
+use zoftoken_proto::keys::context;
+use zoftoken_proto::pin::PinMatch;
+use zoftoken_proto::{EnrollmentSecret, TokenId, TokenSecret, TxState};
+
+use crate::device::{event, Auth};
+use crate::event::{Actor, EventKind};
+use crate::mutation::{Batch, Mutation};
+use crate::side::{Challenge, Form, PendingToken, Transaction};
+use crate::state::{TokenEntry, TokenState};
+use crate::{lock, Engine, EngineError, WINDOW_IDLE_MS};
+
+/// What an enrollment hands out (all single use, expiring).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnrollmentTicket {
+    /// The token.
+    pub token_id: TokenId,
+    /// `zoftoken://enroll?…` (also the QR code's content).
+    pub deeplink: String,
+    /// The manual one-time code, `XXXX-XXXX-XXXX-XXXX-XXXX`.
+    pub manual_code: String,
+    /// When both stop working (Unix ms).
+    pub expires_ms: u64,
+}
+
+/// A token's status for the API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenStatus {
+    /// The token.
+    pub token_id: TokenId,
+    /// State at `now` (an ended window reads closed).
+    pub state: TokenState,
+    /// End of the open window, when open.
+    pub open_until_ms: Option<u64>,
+    /// Whether the current open was made with the duress PIN (services allowing duress).
+    pub duress: bool,
+    /// Consecutive failed authentications.
+    pub failures: u8,
+    /// Last time the device was heard from (Unix ms), if ever.
+    pub last_seen_ms: Option<u64>,
+}
+
+/// An administrator's forced state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Force {
+    /// Open for the service's window (no PIN).
+    Open,
+    /// Close; unblocks a blocked token.
+    Closed,
+    /// Block.
+    Blocked,
+}
+
+/// The result of an offline response or a code validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OfflineOutcome {
+    /// Correct; the token opened (for offline responses) or the code is valid.
+    Accepted {
+        /// Made with the duress PIN (reported only where the service allows duress).
+        duress: bool,
+    },
+    /// Wrong; one failure counted.
+    Rejected {
+        /// Failures left before blocking.
+        attempts_left: u8,
+    },
+    /// The token is blocked; nothing was checked.
+    Blocked,
+}
+
+const BACKUP_CONTEXT: &str = "zoftoken 2026-11-23 v1 backup code";
+/// Default number of backup codes.
+pub const BACKUP_CODES: usize = 10;
+/// Default digits per backup code.
+pub const BACKUP_DIGITS: usize = 8;
+
+fn backup_hash(secret: &[u8; 32], code: &str) -> [u8; 16] {
+    let mut h = blake3::Hasher::new_derive_key(BACKUP_CONTEXT);
+    h.update(secret);
+    h.update(code.as_bytes());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(h.finalize().as_bytes().split_at(16).0);
+    out
+}
+
+impl Engine {
+    fn random<const N: usize>(&self) -> [u8; N] {
+        let mut b = [0u8; N];
+        rand_core::RngCore::fill_bytes(&mut *lock(&self.rng), &mut b);
+        b
+    }
+
+    fn service_index(&self, name: &str) -> Result<u16, EngineError> {
+        self.services()
+            .by_name
+            .get(name)
+            .copied()
+            .ok_or(EngineError::UnknownService)
+    }
+
+    /// Enrolls `username` in `service` (PRODUCT.md): a pending token with a deeplink and a
+    /// manual code, both single use until `expires_ms`. Enrolling a paired token again
+    /// re-enrolls it: its app gets NOT_PAIRED until the new pairing completes.
+    pub fn enroll(
+        &self,
+        now_ms: u64,
+        service: &str,
+        username: &str,
+        batch: &mut Batch,
+    ) -> Result<EnrollmentTicket, EngineError> {
+        if username.is_empty() || username.len() > 1024 {
+            return Err(EngineError::Invalid("username must be 1 to 1024 bytes"));
+        }
+        let index = self.service_index(service)?;
+        let services = self.services();
+        let svc = services
+            .list
+            .get(usize::from(index))
+            .ok_or(EngineError::UnknownService)?;
+        let id = TokenId::derive(service, username);
+        let link_secret = EnrollmentSecret::new(self.random::<32>().to_vec());
+        let manual_code = codes::manual_code(&self.random::<19>());
+        let manual_secret = codes::parse_manual_code(&manual_code)
+            .map_err(|_| EngineError::Invalid("manual code"))?;
+        let deeplink = Deeplink {
+            secret: link_secret.clone(),
+            service: service.to_owned(),
+            endpoints: svc.config.endpoints.clone(),
+            details_url: svc.config.details_url.clone(),
+        }
+        .to_uri()
+        .map_err(|_| EngineError::Invalid("service cannot be put in a deeplink"))?;
+        let form = |e: &EnrollmentSecret| {
+            let material = e.expose();
+            Form {
+                pairing_id: e.keys().pairing_id,
+                d2s: blake3::derive_key(context::ENROLLMENT_D2S, material),
+                s2d: blake3::derive_key(context::ENROLLMENT_S2D, material),
+            }
+        };
+        let expires_ms = now_ms + self.enrollment_ttl_ms;
+        {
+            let mut shard = self.shard(&id.0);
+            if let Some(slot) = shard.table.find(&id.0) {
+                if let Some(e) = shard.table.get_mut(slot) {
+                    e.state = TokenState::Pending;
+                    e.open_until_ms = 0;
+                    e.failures = 0;
+                    batch
+                        .mutations
+                        .push(Mutation::Token(Box::new(self.record(e, &services))));
+                }
+            }
+        }
+        lock(&self.side).forget(&id.0);
+        let mut pending = lock(&self.pending);
+        pending.insert(
+            id.0,
+            PendingToken {
+                service: index,
+                forms: [form(&link_secret), form(&manual_secret)],
+                expires_ms,
+                max_init_counter: 0,
+                candidate: None,
+            },
+        );
+        batch.mutations.push(Mutation::TokenCreated {
+            token_id: id,
+            service: svc.name.clone(),
+            username: username.to_owned(),
+        });
+        if let Some(r) = pending.record(&id.0, svc.name.clone()) {
+            batch.mutations.push(Mutation::Pending(Box::new(r)));
+        }
+        drop(pending);
+        batch.event(crate::Event {
+            kind: EventKind::Enrolled,
+            token_id: id,
+            service: index,
+            time_ms: now_ms,
+            actor: Actor::Admin,
+            open_until_ms: None,
+            duress: false,
+            tx_id: None,
+        });
+        self.notify(&id.0);
+        Ok(EnrollmentTicket {
+            token_id: id,
+            deeplink,
+            manual_code,
+            expires_ms,
+        })
+    }
+
+    /// The status of a token by service and username.
+    pub fn status(
+        &self,
+        now_ms: u64,
+        service: &str,
+        username: &str,
+    ) -> Result<TokenStatus, EngineError> {
+        self.service_index(service)?;
+        self.status_by_id(now_ms, &TokenId::derive(service, username))
+    }
+
+    /// The status of a token by id.
+    pub fn status_by_id(&self, now_ms: u64, id: &TokenId) -> Result<TokenStatus, EngineError> {
+        let shard = self.shard(&id.0);
+        if let Some(e) = shard.table.find(&id.0).and_then(|s| shard.table.get(s)) {
+            let state = e.effective_state(now_ms);
+            let services = self.services();
+            let duress_ok = services
+                .list
+                .get(usize::from(e.service))
+                .is_some_and(|s| s.config.duress_allowed);
+            return Ok(TokenStatus {
+                token_id: *id,
+                state,
+                open_until_ms: (state == TokenState::Open).then_some(e.open_until_ms),
+                duress: state == TokenState::Open
+                    && duress_ok
+                    && e.flags & crate::state::FLAG_OPEN_DURESS != 0,
+                failures: e.failures,
+                last_seen_ms: (e.last_seen_s > 0).then_some(u64::from(e.last_seen_s) * 1000),
+            });
+        }
+        drop(shard);
+        if lock(&self.pending)
+            .by_token
+            .get(&id.0)
+            .is_some_and(|p| p.expires_ms > now_ms)
+        {
+            return Ok(TokenStatus {
+                token_id: *id,
+                state: TokenState::Pending,
+                open_until_ms: None,
+                duress: false,
+                failures: 0,
+                last_seen_ms: None,
+            });
+        }
+        Err(EngineError::UnknownToken)
+    }
+
+    /// Runs `f` on a paired token's entry (re-enrolled tokens count as not paired).
+    fn with_paired<R>(
+        &self,
+        id: &TokenId,
+        f: impl FnOnce(&mut TokenEntry, &mut crate::Shard, u32) -> R,
+    ) -> Result<R, EngineError> {
+        let mut shard = self.shard(&id.0);
+        let slot = shard.table.find(&id.0).ok_or_else(|| {
+            if lock(&self.pending).by_token.contains_key(&id.0) {
+                EngineError::NotPaired
+            } else {
+                EngineError::UnknownToken
+            }
+        })?;
+        let shard = &mut *shard;
+        let mut entry = shard
+            .table
+            .get(slot)
+            .cloned()
+            .ok_or(EngineError::UnknownToken)?;
+        if entry.state == TokenState::Pending {
+            return Err(EngineError::NotPaired);
+        }
+        let r = f(&mut entry, shard, slot);
+        if let Some(e) = shard.table.get_mut(slot) {
+            *e = entry;
+        }
+        Ok(r)
+    }
+
+    fn persist(&self, e: &TokenEntry, shard: &mut crate::Shard, slot: u32, batch: &mut Batch) {
+        if e.state == TokenState::Open {
+            shard
+                .timers
+                .push(std::cmp::Reverse((e.open_until_ms, slot)));
+        }
+        let services = self.services();
+        batch
+            .mutations
+            .push(Mutation::Token(Box::new(self.record(e, &services))));
+    }
+
+    /// Forces a token open, closed or blocked (admin). Forcing a blocked token open or closed
+    /// unblocks it and resets its failures.
+    pub fn force(
+        &self,
+        now_ms: u64,
+        id: &TokenId,
+        to: Force,
+        batch: &mut Batch,
+    ) -> Result<TokenStatus, EngineError> {
+        self.with_paired(id, |e, shard, slot| {
+            let was_blocked = e.state == TokenState::Blocked;
+            match to {
+                Force::Blocked => {
+                    if !was_blocked {
+                        e.state = TokenState::Blocked;
+                        e.open_until_ms = 0;
+                        batch.event(event(EventKind::Blocked, e, now_ms, Actor::Admin));
+                    }
+                }
+                Force::Closed | Force::Open => {
+                    if was_blocked {
+                        e.state = TokenState::Closed;
+                        e.failures = 0;
+                        batch.event(event(EventKind::Unblocked, e, now_ms, Actor::Admin));
+                    }
+                    if to == Force::Open {
+                        e.failures = 0;
+                        self.open_token(now_ms, e, false, Actor::Admin, batch);
+                    } else if e.effective_state(now_ms) == TokenState::Open {
+                        e.state = TokenState::Closed;
+                        e.open_until_ms = 0;
+                        batch.event(event(EventKind::Closed, e, now_ms, Actor::Admin));
+                    }
+                }
+            }
+            self.persist(e, shard, slot, batch);
+        })?;
+        self.notify(&id.0);
+        self.status_by_id(now_ms, id)
+    }
+
+    /// Deletes a token (paired or pending): its app's packets are dropped from now on.
+    pub fn delete(&self, now_ms: u64, id: &TokenId, batch: &mut Batch) -> Result<(), EngineError> {
+        let removed = {
+            let mut shard = self.shard(&id.0);
+            let slot = shard.table.find(&id.0);
+            let service = slot.and_then(|s| shard.table.get(s)).map(|e| e.service);
+            if let Some(slot) = slot {
+                shard.windows.remove(&slot);
+                shard.presence.remove(&slot);
+                shard.table.remove(&id.0);
+            }
+            service
+        };
+        let pending = lock(&self.pending).remove(&id.0).map(|p| p.service);
+        let service = removed.or(pending).ok_or(EngineError::UnknownToken)?;
+        lock(&self.side).forget(&id.0);
+        batch.mutations.push(Mutation::DeleteToken(*id));
+        batch.event(crate::Event {
+            kind: EventKind::Deleted,
+            token_id: *id,
+            service,
+            time_ms: now_ms,
+            actor: Actor::Admin,
+            open_until_ms: None,
+            duress: false,
+            tx_id: None,
+        });
+        self.notify(&id.0);
+        Ok(())
+    }
+
+    /// Validates a one-time code from the app (SPEC.md §10.3): never accepted twice, drift
+    /// tracked, a wrong code is a failure.
+    pub fn validate_code(
+        &self,
+        now_ms: u64,
+        id: &TokenId,
+        code: &str,
+        batch: &mut Batch,
+    ) -> Result<OfflineOutcome, EngineError> {
+        let services = self.services();
+        let r = self.with_paired(id, |e, shard, slot| {
+            let svc = services.list.get(usize::from(e.service));
+            let params = svc.map_or(OtpParams::default(), |s| s.config.otp);
+            let duress_ok = svc.is_some_and(|s| s.config.duress_allowed);
+            let base = params.step(now_ms.saturating_add_signed(e.offset_ms));
+            let expected = base.saturating_add_signed(i64::from(e.otp_drift));
+            let secret = TokenSecret::from_bytes(e.secret);
+            let keys = secret.keys();
+            let last = (e.otp_last_step > 0).then_some(u64::from(e.otp_last_step));
+            let found = std::cell::Cell::new(None);
+            let auth = self.authenticate(e, |n, d| {
+                let m = codes::otp_verify(&keys.otp, n, d, params, code, expected, last);
+                found.set(m);
+                m.map_or(PinMatch::Wrong, |(_, p)| p)
+            });
+            if let (Auth::Ok { .. }, Some((step, _))) = (&auth, found.get()) {
+                e.otp_last_step = u32::try_from(step).unwrap_or(u32::MAX);
+                e.otp_drift = i8::try_from(step as i64 - base as i64).unwrap_or(0);
+            }
+            let out = self.outcome(now_ms, e, auth, duress_ok, false, batch);
+            self.persist(e, shard, slot, batch);
+            out
+        })?;
+        self.notify(&id.0);
+        Ok(r)
+    }
+
+    fn outcome(
+        &self,
+        now_ms: u64,
+        e: &mut TokenEntry,
+        auth: Auth,
+        duress_ok: bool,
+        open: bool,
+        batch: &mut Batch,
+    ) -> OfflineOutcome {
+        let out = match &auth {
+            Auth::Ok { duress } => OfflineOutcome::Accepted {
+                duress: *duress && duress_ok,
+            },
+            Auth::Blocked => OfflineOutcome::Blocked,
+            Auth::Failed => OfflineOutcome::Rejected { attempts_left: 0 },
+        };
+        let duress = matches!(auth, Auth::Ok { duress: true });
+        self.settle(now_ms, e, auth, duress_ok, Actor::Operator, batch, open);
+        if duress && duress_ok && !open {
+            let mut ev = event(EventKind::Duress, e, now_ms, Actor::Operator);
+            ev.duress = true;
+            batch.event(ev);
+        }
+        match out {
+            OfflineOutcome::Rejected { .. } if e.state == TokenState::Blocked => {
+                OfflineOutcome::Blocked
+            }
+            OfflineOutcome::Rejected { .. } => OfflineOutcome::Rejected {
+                attempts_left: e.attempts_left(),
+            },
+            other => other,
+        }
+    }
+
+    /// Offline mode, step 1 (admin): a validation code of `len` symbols (4–32, groups of 4)
+    /// for the operator to read to the user. Replaces any earlier one.
+    pub fn offline_challenge(
+        &self,
+        now_ms: u64,
+        id: &TokenId,
+        len: usize,
+    ) -> Result<String, EngineError> {
+        let random = self.random::<32>();
+        let code = codes::validation_code(len, &random)
+            .map_err(|_| EngineError::Invalid("length must be 4 to 32 in groups of 4"))?;
+        self.with_paired(id, |_, _, _| ())?;
+        lock(&self.side).challenges.insert(
+            id.0,
+            Challenge {
+                code: code.clone(),
+                expires_ms: now_ms + self.challenge_ttl_ms,
+            },
+        );
+        Ok(codes::group4(&code))
+    }
+
+    /// Offline mode, step 2 (admin): the user's response. Correct opens the token (duress
+    /// reported where allowed); three wrong in a row block it. The challenge is single use.
+    pub fn offline_response(
+        &self,
+        now_ms: u64,
+        id: &TokenId,
+        response: &str,
+        batch: &mut Batch,
+    ) -> Result<OfflineOutcome, EngineError> {
+        let challenge = {
+            let side = lock(&self.side);
+            match side.challenges.get(&id.0) {
+                Some(c) if c.expires_ms > now_ms => c.code.clone(),
+                _ => return Err(EngineError::NoChallenge),
+            }
+        };
+        let services = self.services();
+        let r = self.with_paired(id, |e, shard, slot| {
+            let duress_ok = services
+                .list
+                .get(usize::from(e.service))
+                .is_some_and(|s| s.config.duress_allowed);
+            let keys = TokenSecret::from_bytes(e.secret).keys();
+            let auth = self.authenticate(e, |n, d| {
+                codes::offline_verify(&keys.offline, n, d, &challenge, response)
+                    .unwrap_or(PinMatch::Wrong)
+            });
+            let accepted = matches!(auth, Auth::Ok { .. });
+            let out = self.outcome(now_ms, e, auth, duress_ok, true, batch);
+            self.persist(e, shard, slot, batch);
+            (out, accepted)
+        })?;
+        if r.1 {
+            lock(&self.side).challenges.remove(&id.0);
+        }
+        self.notify(&id.0);
+        Ok(r.0)
+    }
+
+    /// Generates `count` backup codes of `digits` digits (admin), replacing earlier ones.
+    /// They are returned once; only keyed hashes are kept.
+    pub fn generate_backup_codes(
+        &self,
+        id: &TokenId,
+        count: usize,
+        digits: usize,
+        batch: &mut Batch,
+    ) -> Result<Vec<String>, EngineError> {
+        if !(1..=20).contains(&count) || !(6..=16).contains(&digits) {
+            return Err(EngineError::Invalid("1 to 20 codes of 6 to 16 digits"));
+        }
+        let secret = self.with_paired(id, |e, _, _| e.secret)?;
+        let mut codes_out = Vec::with_capacity(count);
+        let mut hashes = Vec::with_capacity(count);
+        while codes_out.len() < count {
+            let random = self.random::<64>();
+            let code: String = random
+                .iter()
+                .filter(|b| **b < 250)
+                .take(digits)
+                .map(|b| char::from(b'0' + b % 10))
+                .collect();
+            if code.len() == digits && !codes_out.contains(&code) {
+                hashes.push(backup_hash(&secret, &code));
+                codes_out.push(code);
+            }
+        }
+        lock(&self.side).backup.insert(id.0, hashes.clone());
+        batch.mutations.push(Mutation::BackupCodes(*id, hashes));
+        Ok(codes_out)
+    }
+
+    /// Verifies a backup code (any key): each code works once; a wrong one is a failure.
+    pub fn verify_backup_code(
+        &self,
+        now_ms: u64,
+        id: &TokenId,
+        code: &str,
+        batch: &mut Batch,
+    ) -> Result<OfflineOutcome, EngineError> {
+        let code: String = code
+            .chars()
+            .filter(|c| !c.is_whitespace() && *c != '-')
+            .collect();
+        let services = self.services();
+        let r = self.with_paired(id, |e, shard, slot| {
+            let duress_ok = services
+                .list
+                .get(usize::from(e.service))
+                .is_some_and(|s| s.config.duress_allowed);
+            let hash = backup_hash(&e.secret, &code);
+            let auth = if e.state == TokenState::Blocked {
+                Auth::Blocked
+            } else {
+                let mut side = lock(&self.side);
+                let list = side.backup.get_mut(&e.id);
+                let pos = list.as_ref().and_then(|l| {
+                    l.iter()
+                        .position(|h| bool::from(subtle::ConstantTimeEq::ct_eq(&h[..], &hash[..])))
+                });
+                match (list, pos) {
+                    (Some(l), Some(p)) => {
+                        l.swap_remove(p);
+                        batch
+                            .mutations
+                            .push(Mutation::BackupCodes(TokenId(e.id), l.clone()));
+                        Auth::Ok { duress: false }
+                    }
+                    _ => Auth::Failed,
+                }
+            };
+            let out = self.outcome(now_ms, e, auth, duress_ok, false, batch);
+            self.persist(e, shard, slot, batch);
+            out
+        })?;
+        self.notify(&id.0);
+        Ok(r)
+    }
+
+    /// Creates a push-approval transaction (admin): WAITING until the app approves or denies,
+    /// expired after `timeout_ms`.
+    pub fn create_transaction(
+        &self,
+        now_ms: u64,
+        id: &TokenId,
+        message: &str,
+        timeout_ms: u64,
+        batch: &mut Batch,
+    ) -> Result<[u8; 16], EngineError> {
+        if message.len() > zoftoken_proto::wire::TX_MESSAGE_MAX {
+            return Err(EngineError::Invalid("message longer than 200 bytes"));
+        }
+        if !(1_000..=3_600_000).contains(&timeout_ms) {
+            return Err(EngineError::Invalid("timeout must be 1 s to 1 h"));
+        }
+        self.with_paired(id, |_, _, _| ())?;
+        let tx_id = self.random::<16>();
+        let tx = Transaction {
+            tx_id,
+            token_id: *id,
+            message: message.to_owned(),
+            created_ms: now_ms,
+            expires_ms: now_ms + timeout_ms,
+            state: TxState::Waiting,
+            duress: false,
+        };
+        let mut side = lock(&self.side);
+        side.tx_by_token.entry(id.0).or_default().push_back(tx_id);
+        batch
+            .mutations
+            .push(Mutation::Transaction(Box::new(tx.clone())));
+        side.transactions.insert(tx_id, tx);
+        Ok(tx_id)
+    }
+
+    /// Reads a transaction (any key).
+    pub fn transaction(&self, now_ms: u64, tx_id: &[u8; 16]) -> Result<Transaction, EngineError> {
+        let side = lock(&self.side);
+        let mut tx = side
+            .transactions
+            .get(tx_id)
+            .cloned()
+            .ok_or(EngineError::UnknownTransaction)?;
+        if tx.state == TxState::Waiting && tx.expires_ms <= now_ms {
+            tx.state = TxState::Expired;
+        }
+        Ok(tx)
+    }
+
+    /// Runs the timers at `now_ms`: ends open windows (`expired` events), expires
+    /// transactions, drops expired enrollments and challenges, and collapses idle replay
+    /// windows.
+    pub fn tick(&self, now_ms: u64, batch: &mut Batch) {
+        let services = self.services();
+        let mut changed = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            let shard = &mut *shard;
+            while let Some(std::cmp::Reverse((until, slot))) = shard.timers.peek().copied() {
+                if until > now_ms {
+                    break;
+                }
+                shard.timers.pop();
+                if let Some(e) = shard.table.get_mut(slot) {
+                    if e.state == TokenState::Open && e.open_until_ms == until {
+                        e.state = TokenState::Closed;
+                        let mut ev = event(EventKind::Expired, e, now_ms, Actor::Timer);
+                        ev.open_until_ms = Some(until);
+                        batch.event(ev);
+                        batch
+                            .mutations
+                            .push(Mutation::Token(Box::new(self.record(e, &services))));
+                        changed.push(e.id);
+                    }
+                }
+            }
+            for id in changed.drain(..) {
+                Engine::notify_in(shard, &id);
+            }
+            shard
+                .windows
+                .retain(|_, (_, last)| now_ms.saturating_sub(*last) < WINDOW_IDLE_MS);
+        }
+        let mut expired_tx = Vec::new();
+        {
+            let mut side = lock(&self.side);
+            for tx in side.transactions.values_mut() {
+                if tx.state == TxState::Waiting && tx.expires_ms <= now_ms {
+                    tx.state = TxState::Expired;
+                    batch
+                        .mutations
+                        .push(Mutation::Transaction(Box::new(tx.clone())));
+                    expired_tx.push((tx.token_id, tx.tx_id));
+                }
+            }
+            side.challenges.retain(|_, c| c.expires_ms > now_ms);
+        }
+        for (token, tx_id) in expired_tx {
+            let service = {
+                let shard = self.shard(&token.0);
+                shard
+                    .table
+                    .find(&token.0)
+                    .and_then(|s| shard.table.get(s))
+                    .map_or(0, |e| e.service)
+            };
+            batch.event(crate::Event {
+                kind: EventKind::TxExpired,
+                token_id: token,
+                service,
+                time_ms: now_ms,
+                actor: Actor::Timer,
+                open_until_ms: None,
+                duress: false,
+                tx_id: Some(tx_id),
+            });
+        }
+        let mut pending = lock(&self.pending);
+        let stale: Vec<[u8; 16]> = pending
+            .by_token
+            .iter()
+            .filter(|(_, p)| p.expires_ms <= now_ms)
+            .map(|(k, _)| *k)
+            .collect();
+        for id in stale {
+            pending.remove(&id);
+            batch.mutations.push(Mutation::DeletePending(TokenId(id)));
+        }
+    }
+
+    /// Loads a paired token's persisted record at start (storage rebuilds the tables).
+    pub fn load_token(&self, record: &crate::TokenRecord) -> Result<(), EngineError> {
+        let service = self.service_index(&record.service)?;
+        let secret = *record.secret.expose();
+        let entry = TokenEntry {
+            id: record.token_id.0,
+            secret,
+            d2s: blake3::derive_key(context::D2S, &secret),
+            s2d: blake3::derive_key(context::S2D, &secret),
+            pin: *record.pin_verifier.expose(),
+            duress: record
+                .duress_verifier
+                .as_ref()
+                .map_or([0; 32], |d| *d.expose()),
+            highest: record.highest_counter,
+            open_until_ms: record.open_until_ms,
+            offset_ms: record.clock_offset_ms,
+            last_seen_s: (record.last_seen_ms / 1000) as u32,
+            otp_last_step: u32::try_from(record.otp_last_step).unwrap_or(u32::MAX),
+            service,
+            state: record.state,
+            failures: record.failures,
+            flags: if record.duress_verifier.is_some() {
+                crate::state::FLAG_HAS_DURESS
+            } else {
+                0
+            },
+            otp_drift: record.otp_drift,
+        };
+        let mut shard = self.shard(&record.token_id.0);
+        let slot = match shard.table.find(&entry.id) {
+            Some(slot) => {
+                if let Some(e) = shard.table.get_mut(slot) {
+                    *e = entry;
+                }
+                slot
+            }
+            None => shard.table.insert(entry),
+        };
+        if record.state == TokenState::Open {
+            shard
+                .timers
+                .push(std::cmp::Reverse((record.open_until_ms, slot)));
+        }
+        Ok(())
+    }
+
+    /// The otp parameters of a service (for the app's display and the API).
+    pub fn otp_params(&self, service: &str) -> Result<OtpParams, EngineError> {
+        let services = self.services();
+        let i = self.service_index(service)?;
+        services
+            .list
+            .get(usize::from(i))
+            .map(|s| s.config.otp)
+            .ok_or(EngineError::UnknownService)
+    }
+}

@@ -1,0 +1,734 @@
+//! The device packet path (SPEC.md §5–§9): cheap checks, lookup, tag, body, replay,
+//! freshness, then the state change, its mutation and events, and the reply.
+
+use std::net::SocketAddr;
+
+use zerocopy::IntoBytes;
+use zoftoken_proto::aead::PacketKey;
+use zoftoken_proto::clock::{is_fresh, offset_ms};
+use zoftoken_proto::packet::{open_request, seal_reply, OpenedRequest};
+use zoftoken_proto::pairing::Ephemeral;
+use zoftoken_proto::pin::{check_proof, PinMatch};
+use zoftoken_proto::replay::ReplayWindow;
+use zoftoken_proto::wire::{
+    check_request, Be16, Be32, Be64, MsgType, PairInitReply, RequestBody, StatusBlock,
+    TxDecideReply, TxFetchReply, SERVICE_FLAG_DURESS, TX_MESSAGE_MAX, VERIFIER_FLAG_DURESS,
+};
+use zoftoken_proto::{DropReason, PinVerifier, ReplyStatus, TokenId, TxState, WireState};
+
+use crate::event::{Actor, Event, EventKind};
+use crate::mutation::{Batch, Mutation};
+use crate::side::Candidate;
+use crate::state::{TokenEntry, TokenState, FLAG_HAS_DURESS, FLAG_OPEN_DURESS, MAX_FAILURES};
+use crate::{lock, Engine, Services};
+
+/// What became of a datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PacketOutcome {
+    /// Send the first `n` bytes of the output buffer back to the source.
+    Reply(usize),
+    /// Send nothing; the reason is counted.
+    Drop(DropReason),
+}
+
+pub(crate) fn status_block(e: &TokenEntry, status: ReplyStatus, now_ms: u64) -> StatusBlock {
+    let state = e.effective_state(now_ms);
+    let open_until = if state == TokenState::Open {
+        e.open_until_ms
+    } else {
+        0
+    };
+    StatusBlock::new(status, state.wire(), e.attempts_left(), open_until, now_ms)
+}
+
+pub(crate) fn event(kind: EventKind, e: &TokenEntry, now_ms: u64, actor: Actor) -> Event {
+    Event {
+        kind,
+        token_id: TokenId(e.id),
+        service: e.service,
+        time_ms: now_ms,
+        actor,
+        open_until_ms: (e.effective_state(now_ms) == TokenState::Open).then_some(e.open_until_ms),
+        duress: false,
+        tx_id: None,
+    }
+}
+
+/// The result of checking an authentication of the user (PIN proof, code, response).
+pub(crate) enum Auth {
+    Ok { duress: bool },
+    Failed,
+    Blocked,
+}
+
+impl Engine {
+    /// Processes one device datagram received from `src` at `now_ms`. The reply (if any) is
+    /// written into `out` (at least 1200 bytes); state changes go into `batch`, which the
+    /// caller commits before sending the replies of the batch.
+    pub fn handle_packet(
+        &self,
+        now_ms: u64,
+        src: SocketAddr,
+        datagram: &mut [u8],
+        out: &mut [u8],
+        batch: &mut Batch,
+    ) -> PacketOutcome {
+        let head = match check_request(datagram) {
+            Ok(h) => (h.msg_type, *h.key_id()),
+            Err(reason) => {
+                // Count under the shard of the id bytes if present, else shard 0.
+                let id = datagram
+                    .get(8..24)
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                    .unwrap_or([0; 16]);
+                Engine::count_drop(&mut self.shard(&id).counters, reason);
+                return PacketOutcome::Drop(reason);
+            }
+        };
+        let (msg_type, id) = head;
+        let result = if msg_type == MsgType::PairInit {
+            self.pair_init(now_ms, &id, datagram, out)
+        } else {
+            self.token_request(now_ms, src, msg_type, &id, datagram, out, batch)
+        };
+        let mut shard = self.shard(&id);
+        match result {
+            Ok(n) => {
+                if let Some(c) = shard
+                    .counters
+                    .replies
+                    .get_mut(usize::from(msg_type.request_byte()))
+                {
+                    *c += 1;
+                }
+                PacketOutcome::Reply(n)
+            }
+            Err(reason) => {
+                Engine::count_drop(&mut shard.counters, reason);
+                PacketOutcome::Drop(reason)
+            }
+        }
+    }
+
+    /// PAIR_INIT (SPEC.md §5.3).
+    fn pair_init(
+        &self,
+        now_ms: u64,
+        pairing_id: &[u8; 16],
+        datagram: &mut [u8],
+        out: &mut [u8],
+    ) -> Result<usize, DropReason> {
+        let services = self.services();
+        let mut pending = lock(&self.pending);
+        let token = *pending
+            .by_pairing
+            .get(pairing_id)
+            .ok_or(DropReason::UnknownToken)?;
+        let p = pending
+            .by_token
+            .get_mut(&token)
+            .ok_or(DropReason::UnknownToken)?;
+        if p.expires_ms <= now_ms {
+            return Err(DropReason::UnknownToken);
+        }
+        let form = p
+            .forms
+            .iter()
+            .find(|f| f.pairing_id == *pairing_id)
+            .ok_or(DropReason::UnknownToken)?;
+        let (d2s, s2d) = (PacketKey::new(form.d2s), PacketKey::new(form.s2d));
+        let req = open_request(&d2s, datagram)?;
+        let RequestBody::PairInit(body) = req.body else {
+            return Err(DropReason::UnknownType);
+        };
+        let counter = req.header.counter.get();
+        if counter <= p.max_init_counter {
+            return Err(DropReason::Replayed);
+        }
+        p.max_init_counter = counter;
+        let mut random = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut *lock(&self.rng), &mut random);
+        let server = Ephemeral::from_random(random);
+        zeroize::Zeroize::zeroize(&mut random);
+        let secret = server.server_token_secret(&body.device_public, pairing_id)?;
+        let service = services
+            .list
+            .get(usize::from(p.service))
+            .ok_or(DropReason::UnknownToken)?;
+        let keys = secret.keys();
+        p.candidate = Some(Candidate {
+            secret,
+            keys,
+            offset_ms: offset_ms(body.device_time_ms.get(), now_ms),
+            window: ReplayWindow::new(),
+        });
+        let otp = service.config.otp;
+        let reply = PairInitReply {
+            status: StatusBlock::new(ReplyStatus::Ok, WireState::Pending, MAX_FAILURES, 0, now_ms),
+            server_public: server.public(),
+            token_id: token,
+            otp_length: otp.length,
+            otp_alphabet: otp.alphabet as u8,
+            otp_period_s: Be16::new(otp.period_s),
+            window_s: Be32::new(service.config.window_s),
+            service_flags: if service.config.duress_allowed {
+                SERVICE_FLAG_DURESS
+            } else {
+                0
+            },
+            reserved: [0; 3],
+        };
+        seal_reply(&s2d, self.epoch, &req.header, reply.as_bytes(), out)
+            .map_err(|_| DropReason::WrongLength)
+    }
+
+    /// PAIR_COMPLETE for a token that is pending with a candidate secret (SPEC.md §5.6).
+    fn pair_complete(
+        &self,
+        now_ms: u64,
+        id: &[u8; 16],
+        datagram: &mut [u8],
+        out: &mut [u8],
+        batch: &mut Batch,
+    ) -> Result<usize, DropReason> {
+        let services = self.services();
+        let mut pending = lock(&self.pending);
+        let p = pending
+            .by_token
+            .get_mut(id)
+            .ok_or(DropReason::UnknownToken)?;
+        if p.expires_ms <= now_ms {
+            return Err(DropReason::UnknownToken);
+        }
+        let c = p.candidate.as_mut().ok_or(DropReason::UnknownToken)?;
+        let req = open_request(&c.keys.d2s, datagram)?;
+        let RequestBody::PairComplete(body) = req.body else {
+            return Err(DropReason::UnknownType);
+        };
+        let counter = req.header.counter.get();
+        if !c.window.check(counter) {
+            return Err(DropReason::Replayed);
+        }
+        if !is_fresh(body.device_time_ms.get(), now_ms, c.offset_ms) {
+            return Err(DropReason::Stale);
+        }
+        c.window.accept(counter);
+        let service_index = p.service;
+        let service = services
+            .list
+            .get(usize::from(service_index))
+            .ok_or(DropReason::UnknownToken)?;
+        let with_duress = body.flags & VERIFIER_FLAG_DURESS != 0;
+        if with_duress && !service.config.duress_allowed {
+            let block = StatusBlock::new(
+                ReplyStatus::Refused,
+                WireState::Pending,
+                MAX_FAILURES,
+                0,
+                now_ms,
+            );
+            return seal_reply(&c.keys.s2d, self.epoch, &req.header, block.as_bytes(), out)
+                .map_err(|_| DropReason::WrongLength);
+        }
+        let entry = TokenEntry {
+            id: *id,
+            secret: *c.secret.expose(),
+            d2s: blake3::derive_key(zoftoken_proto::keys::context::D2S, c.secret.expose()),
+            s2d: blake3::derive_key(zoftoken_proto::keys::context::S2D, c.secret.expose()),
+            pin: body.pin_verifier,
+            duress: body.duress_verifier,
+            highest: counter,
+            open_until_ms: 0,
+            offset_ms: c.offset_ms,
+            last_seen_s: (now_ms / 1000) as u32,
+            otp_last_step: 0,
+            service: service_index,
+            state: TokenState::Closed,
+            failures: 0,
+            flags: if with_duress { FLAG_HAS_DURESS } else { 0 },
+            otp_drift: 0,
+        };
+        let window = c.window.clone();
+        let reply_key = c.keys.s2d.clone();
+        pending.remove(id);
+        let mut shard = self.shard(id);
+        let slot = match shard.table.find(id) {
+            Some(slot) => {
+                if let Some(e) = shard.table.get_mut(slot) {
+                    *e = entry;
+                }
+                slot
+            }
+            None => shard.table.insert(entry),
+        };
+        shard.windows.insert(slot, (window, now_ms));
+        shard.presence.remove(&slot);
+        let e = shard.table.get(slot).ok_or(DropReason::UnknownToken)?;
+        batch.mutations.push(Mutation::DeletePending(TokenId(*id)));
+        batch
+            .mutations
+            .push(Mutation::Token(Box::new(self.record(e, &services))));
+        batch.event(event(EventKind::Paired, e, now_ms, Actor::Device));
+        let block = status_block(e, ReplyStatus::Ok, now_ms);
+        Engine::notify_in(&mut shard, id);
+        drop(shard);
+        seal_reply(&reply_key, self.epoch, &req.header, block.as_bytes(), out)
+            .map_err(|_| DropReason::WrongLength)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn token_request(
+        &self,
+        now_ms: u64,
+        src: SocketAddr,
+        msg_type: MsgType,
+        id: &[u8; 16],
+        datagram: &mut [u8],
+        out: &mut [u8],
+        batch: &mut Batch,
+    ) -> Result<usize, DropReason> {
+        let services = self.services();
+        let mut shard = self.shard(id);
+        let Some(slot) = shard.table.find(id) else {
+            drop(shard);
+            if msg_type == MsgType::PairComplete {
+                return self.pair_complete(now_ms, id, datagram, out, batch);
+            }
+            return Err(DropReason::UnknownToken);
+        };
+        let (d2s, s2d, highest, offset, state) = {
+            let e = shard.table.get(slot).ok_or(DropReason::UnknownToken)?;
+            (
+                PacketKey::new(e.d2s),
+                PacketKey::new(e.s2d),
+                e.highest,
+                e.offset_ms,
+                e.state,
+            )
+        };
+        // A re-enrolled token: the new app's PAIR_COMPLETE is under the candidate key.
+        if state == TokenState::Pending && msg_type == MsgType::PairComplete {
+            let mut copy = [0u8; zoftoken_proto::wire::MAX_DATAGRAM];
+            let len = datagram.len();
+            if let Some(c) = copy.get_mut(..len) {
+                c.copy_from_slice(datagram);
+            }
+            if open_request(&d2s, copy.get_mut(..len).unwrap_or_default()).is_err() {
+                drop(shard);
+                return self.pair_complete(now_ms, id, datagram, out, batch);
+            }
+        }
+        let req = open_request(&d2s, datagram)?;
+        let counter = req.header.counter.get();
+        let mut window = shard
+            .windows
+            .remove(&slot)
+            .map_or_else(|| ReplayWindow::restored(highest), |w| w.0);
+        if !window.check(counter) {
+            shard.windows.insert(slot, (window, now_ms));
+            return Err(DropReason::Replayed);
+        }
+        let device_time = req.body.device_time_ms();
+        let resync = msg_type == MsgType::TimeSync && counter > highest;
+        if !resync && !is_fresh(device_time, now_ms, offset) {
+            shard.windows.insert(slot, (window, now_ms));
+            return Err(DropReason::Stale);
+        }
+        window.accept(counter);
+        let shard = &mut *shard;
+        shard.windows.insert(slot, (window, now_ms));
+        let e = shard.table.get_mut(slot).ok_or(DropReason::UnknownToken)?;
+        e.highest = counter;
+        e.last_seen_s = (now_ms / 1000) as u32;
+        let service = services
+            .list
+            .get(usize::from(e.service))
+            .ok_or(DropReason::UnknownToken)?;
+        let mut changed = false;
+        let reply: ReplyBytes = if e.state == TokenState::Pending {
+            ReplyBytes::status(status_block(e, ReplyStatus::NotPaired, now_ms))
+        } else {
+            self.apply(
+                now_ms,
+                e,
+                service,
+                &req,
+                batch,
+                &mut changed,
+                resync,
+                device_time,
+            )?
+        };
+        if msg_type == MsgType::TimeSync {
+            shard.presence.insert(slot, src);
+        }
+        let e = shard.table.get(slot).ok_or(DropReason::UnknownToken)?;
+        if changed {
+            if e.state == TokenState::Open {
+                shard
+                    .timers
+                    .push(std::cmp::Reverse((e.open_until_ms, slot)));
+            }
+            batch
+                .mutations
+                .push(Mutation::Token(Box::new(self.record(e, &services))));
+        }
+        let len = seal_reply(&s2d, self.epoch, &req.header, reply.as_slice(msg_type), out)
+            .map_err(|_| DropReason::WrongLength)?;
+        if changed {
+            Engine::notify_in(shard, id);
+        }
+        Ok(len)
+    }
+
+    /// The state change of an authentic, fresh, new request, and its reply body.
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &self,
+        now_ms: u64,
+        e: &mut TokenEntry,
+        service: &crate::Service,
+        req: &OpenedRequest<'_>,
+        batch: &mut Batch,
+        changed: &mut bool,
+        resync: bool,
+        device_time: u64,
+    ) -> Result<ReplyBytes, DropReason> {
+        let counter = req.header.counter.get();
+        let t = req.msg_type;
+        let duress_ok = service.config.duress_allowed;
+        Ok(match req.body {
+            RequestBody::Open(o) => {
+                let auth =
+                    self.authenticate(e, |n, d| check_proof(&o.proof, n, d, t, &e.id, counter));
+                *changed = true;
+                self.settle(now_ms, e, auth, duress_ok, Actor::Device, batch, true)
+            }
+            RequestBody::Close(_) => {
+                if e.state == TokenState::Blocked {
+                    ReplyBytes::status(status_block(e, ReplyStatus::Blocked, now_ms))
+                } else {
+                    if e.effective_state(now_ms) == TokenState::Open {
+                        e.state = TokenState::Closed;
+                        e.open_until_ms = 0;
+                        *changed = true;
+                        batch.event(event(EventKind::Closed, e, now_ms, Actor::Device));
+                    }
+                    ReplyBytes::status(status_block(e, ReplyStatus::Ok, now_ms))
+                }
+            }
+            RequestBody::Status(_) => ReplyBytes::status(status_block(e, ReplyStatus::Ok, now_ms)),
+            RequestBody::TimeSync(_) => {
+                if resync {
+                    // The offset now measures the phone's clock directly; drift measured
+                    // against the old offset would count the skew twice (SPEC.md §10.3).
+                    e.offset_ms = offset_ms(device_time, now_ms);
+                    e.otp_drift = 0;
+                    *changed = true;
+                }
+                ReplyBytes::status(status_block(e, ReplyStatus::Ok, now_ms))
+            }
+            RequestBody::PairComplete(p) => {
+                use subtle::ConstantTimeEq;
+                let same = p.pin_verifier.ct_eq(&e.pin)
+                    & p.duress_verifier.ct_eq(&e.duress)
+                    & subtle::Choice::from(u8::from(
+                        (p.flags & VERIFIER_FLAG_DURESS != 0) == e.has_duress(),
+                    ));
+                let status = if bool::from(same) {
+                    ReplyStatus::Ok
+                } else {
+                    ReplyStatus::Refused
+                };
+                ReplyBytes::status(status_block(e, status, now_ms))
+            }
+            RequestBody::ChangePin(c) => {
+                let auth =
+                    self.authenticate(e, |n, d| check_proof(&c.proof, n, d, t, &e.id, counter));
+                let wants_duress = c.flags & VERIFIER_FLAG_DURESS != 0;
+                match auth {
+                    Auth::Ok { duress: false } if wants_duress && !duress_ok => {
+                        ReplyBytes::status(status_block(e, ReplyStatus::Refused, now_ms))
+                    }
+                    Auth::Ok { duress: false } => {
+                        e.pin = c.pin_verifier;
+                        e.duress = c.duress_verifier;
+                        e.flags = if wants_duress {
+                            e.flags | FLAG_HAS_DURESS
+                        } else {
+                            e.flags & !FLAG_HAS_DURESS
+                        };
+                        e.failures = 0;
+                        *changed = true;
+                        ReplyBytes::status(status_block(e, ReplyStatus::Ok, now_ms))
+                    }
+                    // Duress: looks like success, changes nothing, reported (SPEC.md §7.11).
+                    Auth::Ok { duress: true } => {
+                        *changed = true;
+                        e.failures = 0;
+                        if duress_ok {
+                            let mut ev = event(EventKind::Duress, e, now_ms, Actor::Device);
+                            ev.duress = true;
+                            batch.event(ev);
+                        }
+                        ReplyBytes::status(status_block(e, ReplyStatus::Ok, now_ms))
+                    }
+                    other => {
+                        *changed = true;
+                        self.settle(now_ms, e, other, duress_ok, Actor::Device, batch, false)
+                    }
+                }
+            }
+            RequestBody::TxFetch(_) => {
+                let side = lock(&self.side);
+                let mut r = TxFetchReply {
+                    status: status_block(e, ReplyStatus::NoTransaction, now_ms),
+                    tx_id: [0; 16],
+                    tx_expires_ms: Be64::new(0),
+                    message_len: Be16::new(0),
+                    message: [0; TX_MESSAGE_MAX],
+                };
+                if let Some(tx) = side.waiting(&e.id, now_ms) {
+                    r.status = status_block(e, ReplyStatus::Ok, now_ms);
+                    r.tx_id = tx.tx_id;
+                    r.tx_expires_ms = Be64::new(tx.expires_ms);
+                    let bytes = tx.message.as_bytes();
+                    let n = bytes.len().min(TX_MESSAGE_MAX);
+                    r.message_len = Be16::new(n as u16);
+                    if let (Some(dst), Some(src)) = (r.message.get_mut(..n), bytes.get(..n)) {
+                        dst.copy_from_slice(src);
+                    }
+                }
+                ReplyBytes::TxFetch(Box::new(r))
+            }
+            RequestBody::TxApprove(d) | RequestBody::TxDeny(d) => {
+                let approve = t == MsgType::TxApprove;
+                let waiting = {
+                    let side = lock(&self.side);
+                    side.transactions
+                        .get(&d.tx_id)
+                        .filter(|tx| tx.token_id.0 == e.id)
+                        .map(|tx| (tx.state, tx.expires_ms > now_ms))
+                };
+                let decide =
+                    |e: &mut TokenEntry, state: TxState, duress: bool, batch: &mut Batch| {
+                        let mut side = lock(&self.side);
+                        if let Some(tx) = side.transactions.get_mut(&d.tx_id) {
+                            tx.state = state;
+                            tx.duress = duress && duress_ok;
+                            batch
+                                .mutations
+                                .push(Mutation::Transaction(Box::new(tx.clone())));
+                        }
+                        let kind = if state == TxState::Approved {
+                            EventKind::TxApproved
+                        } else {
+                            EventKind::TxDenied
+                        };
+                        let mut ev = event(kind, e, now_ms, Actor::Device);
+                        ev.tx_id = Some(d.tx_id);
+                        ev.duress = duress && duress_ok;
+                        batch.event(ev);
+                    };
+                let (status, tx_state) = match waiting {
+                    Some((TxState::Waiting, true)) if !approve => {
+                        decide(e, TxState::Denied, false, batch);
+                        (ReplyStatus::Ok, TxState::Denied)
+                    }
+                    Some((TxState::Waiting, true)) => {
+                        let auth = self.authenticate(e, |n, du| {
+                            check_proof(&d.proof, n, du, t, &e.id, counter)
+                        });
+                        *changed = true;
+                        match auth {
+                            Auth::Ok { duress } => {
+                                e.failures = 0;
+                                if duress && duress_ok {
+                                    let mut ev = event(EventKind::Duress, e, now_ms, Actor::Device);
+                                    ev.duress = true;
+                                    ev.tx_id = Some(d.tx_id);
+                                    batch.event(ev);
+                                }
+                                decide(e, TxState::Approved, duress, batch);
+                                (ReplyStatus::Ok, TxState::Approved)
+                            }
+                            other => {
+                                let block = self.settle(
+                                    now_ms,
+                                    e,
+                                    other,
+                                    duress_ok,
+                                    Actor::Device,
+                                    batch,
+                                    false,
+                                );
+                                (
+                                    ReplyStatus::from_byte(block.status_byte())
+                                        .unwrap_or(ReplyStatus::Blocked),
+                                    TxState::Waiting,
+                                )
+                            }
+                        }
+                    }
+                    Some((TxState::Waiting, false)) => {
+                        (ReplyStatus::NoTransaction, TxState::Expired)
+                    }
+                    Some((s, _)) => (ReplyStatus::NoTransaction, s),
+                    None => (ReplyStatus::NoTransaction, TxState::Expired),
+                };
+                ReplyBytes::TxDecide(TxDecideReply {
+                    status: status_block(e, status, now_ms),
+                    tx_id: d.tx_id,
+                    tx_state: tx_state as u8,
+                    reserved: [0; 3],
+                })
+            }
+            RequestBody::PairInit(_) => return Err(DropReason::UnknownType),
+        })
+    }
+
+    /// Checks a user authentication against the token's verifiers; a blocked token is never
+    /// checked (SPEC.md §6.5).
+    pub(crate) fn authenticate(
+        &self,
+        e: &TokenEntry,
+        check: impl Fn(&PinVerifier, Option<&PinVerifier>) -> PinMatch,
+    ) -> Auth {
+        if e.state == TokenState::Blocked {
+            return Auth::Blocked;
+        }
+        let normal = PinVerifier::from_bytes(e.pin);
+        let duress = e.has_duress().then(|| PinVerifier::from_bytes(e.duress));
+        match check(&normal, duress.as_ref()) {
+            PinMatch::Normal => Auth::Ok { duress: false },
+            PinMatch::Duress => Auth::Ok { duress: true },
+            PinMatch::Wrong => Auth::Failed,
+        }
+    }
+
+    /// Applies an authentication result: open on success (when `open` is set), count a
+    /// failure and block at three. Returns the reply status block.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn settle(
+        &self,
+        now_ms: u64,
+        e: &mut TokenEntry,
+        auth: Auth,
+        duress_allowed: bool,
+        actor: Actor,
+        batch: &mut Batch,
+        open: bool,
+    ) -> ReplyBytes {
+        match auth {
+            Auth::Blocked => ReplyBytes::status(status_block(e, ReplyStatus::Blocked, now_ms)),
+            Auth::Ok { duress } => {
+                e.failures = 0;
+                if open {
+                    self.open_token(now_ms, e, duress && duress_allowed, actor, batch);
+                }
+                ReplyBytes::status(status_block(e, ReplyStatus::Ok, now_ms))
+            }
+            Auth::Failed => {
+                e.failures = e.failures.saturating_add(1);
+                batch.event(event(EventKind::FailedAttempt, e, now_ms, actor));
+                if e.failures >= MAX_FAILURES {
+                    e.state = TokenState::Blocked;
+                    e.open_until_ms = 0;
+                    batch.event(event(EventKind::Blocked, e, now_ms, actor));
+                    ReplyBytes::status(status_block(e, ReplyStatus::Blocked, now_ms))
+                } else {
+                    ReplyBytes::status(status_block(e, ReplyStatus::WrongPin, now_ms))
+                }
+            }
+        }
+    }
+
+    /// Opens a token for its service's window (window 0: an instant event, stays closed).
+    pub(crate) fn open_token(
+        &self,
+        now_ms: u64,
+        e: &mut TokenEntry,
+        duress: bool,
+        actor: Actor,
+        batch: &mut Batch,
+    ) {
+        let services = self.services();
+        let window_ms = services
+            .list
+            .get(usize::from(e.service))
+            .map_or(0, |s| u64::from(s.config.window_s) * 1000);
+        if window_ms > 0 {
+            e.state = TokenState::Open;
+            e.open_until_ms = now_ms + window_ms;
+        } else if e.state != TokenState::Blocked {
+            e.state = TokenState::Closed;
+            e.open_until_ms = 0;
+        }
+        e.flags = if duress {
+            e.flags | FLAG_OPEN_DURESS
+        } else {
+            e.flags & !FLAG_OPEN_DURESS
+        };
+        let mut ev = event(EventKind::Opened, e, now_ms, actor);
+        ev.open_until_ms = (window_ms > 0).then_some(e.open_until_ms);
+        ev.duress = duress;
+        batch.event(ev.clone());
+        if duress {
+            ev.kind = EventKind::Duress;
+            batch.event(ev);
+        }
+    }
+
+    /// The persistent record of an entry.
+    pub(crate) fn record(&self, e: &TokenEntry, services: &Services) -> crate::TokenRecord {
+        crate::TokenRecord {
+            token_id: TokenId(e.id),
+            service: services
+                .list
+                .get(usize::from(e.service))
+                .map_or_else(|| std::sync::Arc::from(""), |s| s.name.clone()),
+            secret: zoftoken_proto::SecretBytes::new(e.secret),
+            pin_verifier: zoftoken_proto::SecretBytes::new(e.pin),
+            duress_verifier: e
+                .has_duress()
+                .then(|| zoftoken_proto::SecretBytes::new(e.duress)),
+            state: e.state,
+            open_until_ms: e.open_until_ms,
+            failures: e.failures,
+            highest_counter: e.highest,
+            clock_offset_ms: e.offset_ms,
+            otp_last_step: u64::from(e.otp_last_step),
+            otp_drift: e.otp_drift,
+            last_seen_ms: u64::from(e.last_seen_s) * 1000,
+        }
+    }
+}
+
+/// A reply body, by layout.
+pub(crate) enum ReplyBytes {
+    Status(StatusBlock),
+    TxFetch(Box<TxFetchReply>),
+    TxDecide(TxDecideReply),
+}
+
+impl ReplyBytes {
+    pub fn status(b: StatusBlock) -> ReplyBytes {
+        ReplyBytes::Status(b)
+    }
+
+    pub fn status_byte(&self) -> u8 {
+        match self {
+            ReplyBytes::Status(b) => b.status,
+            ReplyBytes::TxFetch(r) => r.status.status,
+            ReplyBytes::TxDecide(r) => r.status.status,
+        }
+    }
+
+    fn as_slice(&self, _t: MsgType) -> &[u8] {
+        match self {
+            ReplyBytes::Status(b) => b.as_bytes(),
+            ReplyBytes::TxFetch(r) => r.as_bytes(),
+            ReplyBytes::TxDecide(r) => r.as_bytes(),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Events: every state change produces one, on a bounded channel that the webhook pipeline and
+//! the API consume. A full channel never blocks the packet path: the event is counted as
+//! overflowed (and stays in the storage outbox once storage lands, issue #4).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use zoftoken_proto::TokenId;
+
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A token was enrolled (pending, waiting for the app).
+    Enrolled,
+    /// The app completed pairing.
+    Paired,
+    /// The token was opened (by the user, the offline response, or an administrator).
+    Opened,
+    /// The token was closed (by the user or an administrator).
+    Closed,
+    /// The open window ran out.
+    Expired,
+    /// The token was blocked (three failures, or an administrator).
+    Blocked,
+    /// An administrator unblocked the token (forced it closed or open).
+    Unblocked,
+    /// The user authenticated with the duress PIN (where the service allows duress).
+    Duress,
+    /// The token was deleted.
+    Deleted,
+    /// A failed authentication (wrong PIN, one-time code, offline response or backup code).
+    FailedAttempt,
+    /// A transaction was approved.
+    TxApproved,
+    /// A transaction was denied.
+    TxDenied,
+    /// A transaction expired unanswered.
+    TxExpired,
+}
+
+impl EventKind {
+    /// Every kind.
+    pub const ALL: [EventKind; 13] = [
+        EventKind::Enrolled,
+        EventKind::Paired,
+        EventKind::Opened,
+        EventKind::Closed,
+        EventKind::Expired,
+        EventKind::Blocked,
+        EventKind::Unblocked,
+        EventKind::Duress,
+        EventKind::Deleted,
+        EventKind::FailedAttempt,
+        EventKind::TxApproved,
+        EventKind::TxDenied,
+        EventKind::TxExpired,
+    ];
+
+    /// The stable name used in webhooks and configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Enrolled => "enrolled",
+            EventKind::Paired => "paired",
+            EventKind::Opened => "opened",
+            EventKind::Closed => "closed",
+            EventKind::Expired => "expired",
+            EventKind::Blocked => "blocked",
+            EventKind::Unblocked => "unblocked",
+            EventKind::Duress => "duress",
+            EventKind::Deleted => "deleted",
+            EventKind::FailedAttempt => "failed_attempt",
+            EventKind::TxApproved => "transaction_approved",
+            EventKind::TxDenied => "transaction_denied",
+            EventKind::TxExpired => "transaction_expired",
+        }
+    }
+
+    /// The kind for a name.
+    pub fn from_name(name: &str) -> Option<EventKind> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// Who caused a change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Actor {
+    /// The phone app over UDP.
+    Device,
+    /// An administrator through the API.
+    Admin,
+    /// An operator's offline challenge/response or code validation through the API.
+    Operator,
+    /// The clock (expiry).
+    Timer,
+}
+
+/// One event. The username is cold data: consumers resolve it from storage by token id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// What happened.
+    pub kind: EventKind,
+    /// The token.
+    pub token_id: TokenId,
+    /// Index of the service in the engine's service list.
+    pub service: u16,
+    /// When (Unix ms).
+    pub time_ms: u64,
+    /// Who caused it.
+    pub actor: Actor,
+    /// End of the open window after the event, if open.
+    pub open_until_ms: Option<u64>,
+    /// Whether the authentication behind it used the duress PIN.
+    pub duress: bool,
+    /// The transaction, for transaction events.
+    pub tx_id: Option<[u8; 16]>,
+}
+
+/// The bounded event channel and its overflow counter.
+#[derive(Debug)]
+pub struct EventBus {
+    tx: Sender<Event>,
+    rx: Receiver<Event>,
+    overflowed: AtomicU64,
+    published: AtomicU64,
+}
+
+impl EventBus {
+    /// A channel holding at most `capacity` undelivered events.
+    pub fn new(capacity: usize) -> EventBus {
+        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        EventBus {
+            tx,
+            rx,
+            overflowed: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+        }
+    }
+
+    /// A receiver for consumers (clone it for several).
+    pub fn subscribe(&self) -> Receiver<Event> {
+        self.rx.clone()
+    }
+
+    /// Publishes without ever blocking; a full channel counts the event as overflowed.
+    pub fn publish(&self, event: Event) {
+        match self.tx.try_send(event) {
+            Ok(()) => {
+                self.published.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.overflowed.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("zoftoken_events_overflowed_total").increment(1);
+            }
+        }
+    }
+
+    /// Events dropped because the channel was full.
+    pub fn overflowed(&self) -> u64 {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// Events put on the channel.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+}

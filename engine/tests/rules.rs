@@ -1,0 +1,946 @@
+//! Every rule of the engine on a virtual clock, driven by the real device state machine
+//! (`zoftoken-device`) over the real codec.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
+
+use std::net::SocketAddr;
+
+use crossbeam_channel::Receiver;
+use zoftoken_device::{MemoryStore, Pairing, Reply, Request, Token};
+use zoftoken_engine::*;
+use zoftoken_proto::codes::{self, OtpParams};
+use zoftoken_proto::deeplink::Deeplink;
+use zoftoken_proto::wire::Alphabet;
+use zoftoken_proto::{DropReason, PinVerifier, ReplyStatus, TokenId, TxState, WireState};
+
+const T0: u64 = 1_800_000_000_000;
+const SRC: &str = "192.0.2.7:40000";
+
+struct World {
+    engine: Engine,
+    now: u64,
+    commit: MemoryCommit,
+    events: Receiver<Event>,
+    seen: Vec<Event>,
+}
+
+struct Phone {
+    token: Token,
+    store: MemoryStore,
+    pin: PinVerifier,
+    duress: PinVerifier,
+    clock_skew_ms: i64,
+    last_request: Vec<u8>,
+}
+
+fn services() -> Vec<ServiceConfig> {
+    let mut bank = ServiceConfig::new("bank", &["127.0.0.1:4500"]);
+    bank.window_s = 600;
+    let mut instant = ServiceConfig::new("door", &["127.0.0.1:4500"]);
+    instant.window_s = 0;
+    let mut strict = ServiceConfig::new("strict", &["127.0.0.1:4500"]);
+    strict.duress_allowed = false;
+    strict.otp = OtpParams {
+        length: 8,
+        period_s: 30,
+        alphabet: Alphabet::Base32,
+    };
+    vec![bank, instant, strict]
+}
+
+impl World {
+    fn new() -> World {
+        let engine = Engine::new(EngineConfig::new(services(), 7, [9; 32])).unwrap();
+        let events = engine.events().subscribe();
+        World {
+            engine,
+            now: T0,
+            commit: MemoryCommit::default(),
+            events,
+            seen: Vec::new(),
+        }
+    }
+
+    fn commit(&mut self, mut batch: Batch) {
+        self.commit.commit(&batch.mutations).unwrap();
+        self.engine.publish(&mut batch);
+        self.seen.extend(self.events.try_iter());
+    }
+
+    /// Sends a datagram to the engine; returns the reply bytes or the drop reason.
+    fn deliver(&mut self, datagram: &[u8]) -> Result<Vec<u8>, DropReason> {
+        let mut d = datagram.to_vec();
+        let mut out = [0u8; 1200];
+        let mut batch = Batch::new();
+        let src: SocketAddr = SRC.parse().unwrap();
+        let outcome = self
+            .engine
+            .handle_packet(self.now, src, &mut d, &mut out, &mut batch);
+        self.commit(batch);
+        match outcome {
+            PacketOutcome::Reply(n) => {
+                assert!(n <= datagram.len(), "reply larger than request");
+                Ok(out[..n].to_vec())
+            }
+            PacketOutcome::Drop(r) => Err(r),
+        }
+    }
+
+    fn admin<R>(&mut self, f: impl FnOnce(&Engine, u64, &mut Batch) -> R) -> R {
+        let mut batch = Batch::new();
+        let r = f(&self.engine, self.now, &mut batch);
+        self.commit(batch);
+        r
+    }
+
+    fn kinds(&mut self) -> Vec<EventKind> {
+        std::mem::take(&mut self.seen)
+            .into_iter()
+            .map(|e| e.kind)
+            .collect()
+    }
+
+    fn pair(&mut self, service: &str, user: &str, duress: bool) -> Phone {
+        let ticket = self
+            .admin(|e, now, b| e.enroll(now, service, user, b))
+            .unwrap();
+        let link = Deeplink::parse(&ticket.deeplink).unwrap();
+        self.pair_with(Pairing::from_deeplink(&link), duress)
+    }
+
+    fn pair_with(&mut self, mut pairing: Pairing, duress: bool) -> Phone {
+        let mut out = [0u8; 1200];
+        let tx = pairing
+            .init_request(self.now, [self.now as u8 ^ 0x5a; 32], &mut out)
+            .unwrap();
+        let mut reply = self.deliver(&out[..tx.len]).expect("PAIR_INIT answered");
+        let offer = pairing.handle_init_reply(&mut reply).unwrap();
+        let pin = PinVerifier::derive("2468", &offer.token_id).unwrap();
+        let duress_pin = PinVerifier::derive("1357", &offer.token_id).unwrap();
+        let tx = pairing
+            .complete_request(&pin, duress.then_some(&duress_pin), self.now, &mut out)
+            .unwrap();
+        let mut reply = self
+            .deliver(&out[..tx.len])
+            .expect("PAIR_COMPLETE answered");
+        let mut store = MemoryStore::default();
+        let token = pairing
+            .handle_complete_reply(&mut store, &mut reply)
+            .unwrap()
+            .unwrap();
+        Phone {
+            token,
+            store,
+            pin,
+            duress: duress_pin,
+            clock_skew_ms: 0,
+            last_request: Vec::new(),
+        }
+    }
+
+    fn open(&mut self, phone: &mut Phone) -> Result<Reply, DropReason> {
+        let pin = phone.pin.clone();
+        self.send(phone, Request::Open(&pin))
+    }
+
+    fn open_duress(&mut self, phone: &mut Phone) -> Result<Reply, DropReason> {
+        let pin = phone.duress.clone();
+        self.send(phone, Request::Open(&pin))
+    }
+
+    /// The phone builds and sends a request; returns its checked reply, or the drop reason.
+    fn send(&mut self, phone: &mut Phone, req: Request<'_>) -> Result<Reply, DropReason> {
+        let mut out = [0u8; 1200];
+        let device_now = self.now.saturating_add_signed(phone.clock_skew_ms);
+        let tx = phone
+            .token
+            .request(&mut phone.store, req, device_now, &mut out)
+            .unwrap();
+        phone.last_request = out[..tx.len].to_vec();
+        let mut reply = self.deliver(&out[..tx.len])?;
+        Ok(phone
+            .token
+            .handle_reply(&mut reply)
+            .expect("authentic reply"))
+    }
+}
+
+fn status(r: &Reply) -> (ReplyStatus, WireState, u8) {
+    let s = r.status();
+    (s.status, s.state, s.attempts_left)
+}
+
+#[test]
+fn pairing_opening_and_closing() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", true);
+    assert_eq!(w.kinds(), vec![EventKind::Enrolled, EventKind::Paired]);
+    let r = w.open(&mut p).unwrap();
+    assert_eq!(status(&r), (ReplyStatus::Ok, WireState::Open, 3));
+    assert_eq!(r.status().open_until_ms, T0 + 600_000);
+    assert_eq!(w.kinds(), vec![EventKind::Opened]);
+    let st = w.engine.status(w.now, "bank", "alice").unwrap();
+    assert_eq!(
+        (st.state, st.open_until_ms, st.duress),
+        (TokenState::Open, Some(T0 + 600_000), false)
+    );
+    let r = w.send(&mut p, Request::Status).unwrap();
+    assert_eq!(status(&r).1, WireState::Open);
+    let r = w.send(&mut p, Request::Close).unwrap();
+    assert_eq!(status(&r), (ReplyStatus::Ok, WireState::Closed, 3));
+    assert_eq!(w.kinds(), vec![EventKind::Closed]);
+    assert_eq!(
+        w.engine.status(w.now, "bank", "alice").unwrap().state,
+        TokenState::Closed
+    );
+}
+
+#[test]
+fn a_replayed_open_after_close_is_ignored() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", false);
+    w.open(&mut p).unwrap();
+    let recorded_open = p.last_request.clone();
+    w.send(&mut p, Request::Close).unwrap();
+    w.kinds();
+    assert_eq!(w.deliver(&recorded_open), Err(DropReason::Replayed));
+    assert_eq!(
+        w.engine.status(w.now, "bank", "alice").unwrap().state,
+        TokenState::Closed
+    );
+    assert!(w.kinds().is_empty());
+    // Also after the replay window was collapsed (as after a restart or a long idle time).
+    w.now += 10 * 60_000;
+    w.admin(|e, now, b| e.tick(now, b));
+    assert_eq!(w.deliver(&recorded_open), Err(DropReason::Replayed));
+    assert_eq!(w.engine.drops(DropReason::Replayed), 2);
+}
+
+#[test]
+fn a_pin_brute_force_stops_at_exactly_three() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", true);
+    w.kinds();
+    let guesses: Vec<PinVerifier> = ["0000", "1111", "2222", "3333"]
+        .iter()
+        .map(|g| PinVerifier::derive(g, &p.token.token_id()).unwrap())
+        .collect();
+    let r = w.send(&mut p, Request::Open(&guesses[0])).unwrap();
+    assert_eq!(status(&r), (ReplyStatus::WrongPin, WireState::Closed, 2));
+    let r = w.send(&mut p, Request::Open(&guesses[1])).unwrap();
+    assert_eq!(status(&r), (ReplyStatus::WrongPin, WireState::Closed, 1));
+    let r = w.send(&mut p, Request::Open(&guesses[2])).unwrap();
+    assert_eq!(status(&r), (ReplyStatus::Blocked, WireState::Blocked, 0));
+    assert_eq!(
+        w.kinds(),
+        vec![
+            EventKind::FailedAttempt,
+            EventKind::FailedAttempt,
+            EventKind::FailedAttempt,
+            EventKind::Blocked
+        ]
+    );
+    // Blocked: even the right PIN is refused, and no further guess is checked or counted.
+    let r = w.open(&mut p).unwrap();
+    assert_eq!(status(&r), (ReplyStatus::Blocked, WireState::Blocked, 0));
+    let r = w.send(&mut p, Request::Open(&guesses[3])).unwrap();
+    assert_eq!(status(&r).0, ReplyStatus::Blocked);
+    assert!(w.kinds().is_empty());
+    assert_eq!(
+        w.engine.status(w.now, "bank", "alice").unwrap().state,
+        TokenState::Blocked
+    );
+    // Force closed unblocks; the user can open again.
+    let id = p.token.token_id();
+    let st = w
+        .admin(|e, now, b| e.force(now, &id, Force::Closed, b))
+        .unwrap();
+    assert_eq!((st.state, st.failures), (TokenState::Closed, 0));
+    assert_eq!(w.kinds(), vec![EventKind::Unblocked]);
+    let r = w.open(&mut p).unwrap();
+    assert_eq!(status(&r), (ReplyStatus::Ok, WireState::Open, 3));
+}
+
+#[test]
+fn a_success_resets_the_failure_count() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", false);
+    let wrong = PinVerifier::derive("0000", &p.token.token_id()).unwrap();
+    w.send(&mut p, Request::Open(&wrong)).unwrap();
+    w.send(&mut p, Request::Open(&wrong)).unwrap();
+    let r = w.open(&mut p).unwrap();
+    assert_eq!(status(&r), (ReplyStatus::Ok, WireState::Open, 3));
+    let r = w.send(&mut p, Request::Open(&wrong)).unwrap();
+    // Still open: a failure does not close an open token (SPEC.md §7.5).
+    assert_eq!(status(&r), (ReplyStatus::WrongPin, WireState::Open, 2));
+}
+
+#[test]
+fn a_duress_open_looks_normal_to_the_device_but_emits_duress() {
+    let mut w = World::new();
+    let mut normal_phone = w.pair("bank", "alice", true);
+    let mut duress_phone = w.pair("bank", "bob", true);
+    w.kinds();
+    let a = w.open(&mut normal_phone).unwrap();
+    let normal_events = w.kinds();
+    let b = w.open_duress(&mut duress_phone).unwrap();
+    assert_eq!(a, b, "the device sees the same reply");
+    assert_eq!(normal_events, vec![EventKind::Opened]);
+    let events = std::mem::take(&mut w.seen);
+    assert_eq!(
+        events.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        vec![EventKind::Opened, EventKind::Duress]
+    );
+    assert!(events.iter().all(|e| e.duress));
+    assert!(w.engine.status(w.now, "bank", "bob").unwrap().duress);
+    assert!(!w.engine.status(w.now, "bank", "alice").unwrap().duress);
+}
+
+#[test]
+fn duress_is_reported_only_where_the_service_allows_it() {
+    let mut w = World::new();
+    // The strict service refuses a duress verifier at pairing…
+    let ticket = w
+        .admin(|e, now, b| e.enroll(now, "strict", "carol", b))
+        .unwrap();
+    let mut pairing = Pairing::from_deeplink(&Deeplink::parse(&ticket.deeplink).unwrap());
+    let mut out = [0u8; 1200];
+    let tx = pairing.init_request(w.now, [3; 32], &mut out).unwrap();
+    let mut reply = w.deliver(&out[..tx.len]).unwrap();
+    let offer = pairing.handle_init_reply(&mut reply).unwrap();
+    assert!(!offer.service.duress_allowed);
+    let pin = PinVerifier::derive("2468", &offer.token_id).unwrap();
+    // …and the device itself will not send one.
+    assert!(pairing
+        .complete_request(&pin, Some(&pin), w.now, &mut out)
+        .is_err());
+    let tx = pairing
+        .complete_request(&pin, None, w.now, &mut out)
+        .unwrap();
+    let mut reply = w.deliver(&out[..tx.len]).unwrap();
+    let mut store = MemoryStore::default();
+    let token = pairing
+        .handle_complete_reply(&mut store, &mut reply)
+        .unwrap()
+        .unwrap();
+    let mut p = Phone {
+        token,
+        store,
+        pin: pin.clone(),
+        duress: pin,
+        clock_skew_ms: 0,
+        last_request: vec![],
+    };
+    w.kinds();
+    let r = w.open(&mut p).unwrap();
+    assert_eq!(status(&r).0, ReplyStatus::Ok);
+    assert_eq!(w.kinds(), vec![EventKind::Opened]);
+}
+
+#[test]
+fn an_expired_window_reads_as_closed_and_emits_expired() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", false);
+    w.open(&mut p).unwrap();
+    w.kinds();
+    w.now += 600_000 - 1;
+    assert_eq!(
+        w.engine.status(w.now, "bank", "alice").unwrap().state,
+        TokenState::Open
+    );
+    w.now += 1;
+    assert_eq!(
+        w.engine.status(w.now, "bank", "alice").unwrap().state,
+        TokenState::Closed
+    );
+    let r = w.send(&mut p, Request::Status).unwrap();
+    assert_eq!(
+        (status(&r).1, r.status().open_until_ms),
+        (WireState::Closed, 0)
+    );
+    w.admin(|e, now, b| e.tick(now, b));
+    assert_eq!(w.kinds(), vec![EventKind::Expired]);
+    // Only once.
+    w.admin(|e, now, b| e.tick(now, b));
+    assert!(w.kinds().is_empty());
+}
+
+#[test]
+fn reopening_extends_the_window_and_only_the_last_window_expires() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", false);
+    w.open(&mut p).unwrap();
+    w.now += 300_000;
+    w.open(&mut p).unwrap();
+    w.kinds();
+    w.now += 300_000;
+    w.admin(|e, now, b| e.tick(now, b));
+    assert!(w.kinds().is_empty(), "the first window was superseded");
+    w.now += 300_000;
+    w.admin(|e, now, b| e.tick(now, b));
+    assert_eq!(w.kinds(), vec![EventKind::Expired]);
+}
+
+#[test]
+fn window_zero_makes_an_open_an_instant_event() {
+    let mut w = World::new();
+    let mut p = w.pair("door", "dave", false);
+    w.kinds();
+    let r = w.open(&mut p).unwrap();
+    assert_eq!(status(&r), (ReplyStatus::Ok, WireState::Closed, 3));
+    assert_eq!(r.status().open_until_ms, 0);
+    assert_eq!(w.kinds(), vec![EventKind::Opened]);
+    assert_eq!(
+        w.engine.status(w.now, "door", "dave").unwrap().state,
+        TokenState::Closed
+    );
+}
+
+#[test]
+fn a_one_time_code_is_refused_the_second_time() {
+    let mut w = World::new();
+    let p = w.pair("bank", "alice", true);
+    let id = p.token.token_id();
+    let code = p.token.one_time_code(&p.pin, w.now).unwrap();
+    let first = w
+        .admin(|e, now, b| e.validate_code(now, &id, &code, b))
+        .unwrap();
+    assert_eq!(first, OfflineOutcome::Accepted { duress: false });
+    let second = w
+        .admin(|e, now, b| e.validate_code(now, &id, &code, b))
+        .unwrap();
+    assert_eq!(second, OfflineOutcome::Rejected { attempts_left: 2 });
+    // The next period's code works; a duress code is reported.
+    w.now += 30_000;
+    let code = p.token.one_time_code(&p.duress, w.now).unwrap();
+    let r = w
+        .admin(|e, now, b| e.validate_code(now, &id, &code, b))
+        .unwrap();
+    assert_eq!(r, OfflineOutcome::Accepted { duress: true });
+    assert!(w.kinds().contains(&EventKind::Duress));
+}
+
+#[test]
+fn one_time_code_drift_is_tracked() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", false);
+    let id = p.token.token_id();
+    // The phone's clock runs 40 s fast: one step ahead, inside the ±1 search.
+    let code = p.token.one_time_code(&p.pin, w.now + 40_000).unwrap();
+    assert_eq!(
+        w.admin(|e, now, b| e.validate_code(now, &id, &code, b))
+            .unwrap(),
+        OfflineOutcome::Accepted { duress: false }
+    );
+    // Drifting further (+70 s = two steps ahead): the remembered drift still finds it.
+    w.now += 60_000;
+    let code = p.token.one_time_code(&p.pin, w.now + 70_000).unwrap();
+    assert_eq!(
+        w.admin(|e, now, b| e.validate_code(now, &id, &code, b))
+            .unwrap(),
+        OfflineOutcome::Accepted { duress: false }
+    );
+    // A TIME_SYNC tells the engine the phone's clock directly.
+    p.clock_skew_ms = 200_000;
+    w.send(&mut p, Request::TimeSync).unwrap();
+    w.now += 60_000;
+    let code = p.token.one_time_code(&p.pin, w.now + 200_000).unwrap();
+    assert_eq!(
+        w.admin(|e, now, b| e.validate_code(now, &id, &code, b))
+            .unwrap(),
+        OfflineOutcome::Accepted { duress: false }
+    );
+}
+
+#[test]
+fn wrong_codes_count_towards_blocking_with_pins() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", false);
+    let id = p.token.token_id();
+    let wrong = PinVerifier::derive("0000", &id).unwrap();
+    w.send(&mut p, Request::Open(&wrong)).unwrap();
+    let r = w
+        .admin(|e, now, b| e.validate_code(now, &id, "000000", b))
+        .unwrap();
+    assert_eq!(r, OfflineOutcome::Rejected { attempts_left: 1 });
+    w.admin(|e, now, _| e.offline_challenge(now, &id, 8))
+        .unwrap();
+    let r = w
+        .admin(|e, now, b| e.offline_response(now, &id, "AAAA-AAAA", b))
+        .unwrap();
+    assert_eq!(r, OfflineOutcome::Blocked);
+    assert_eq!(
+        w.engine.status(w.now, "bank", "alice").unwrap().state,
+        TokenState::Blocked
+    );
+}
+
+#[test]
+fn an_offline_response_with_the_duress_pin_opens_with_duress() {
+    let mut w = World::new();
+    let p = w.pair("bank", "alice", true);
+    let id = p.token.token_id();
+    let challenge = w
+        .admin(|e, now, _| e.offline_challenge(now, &id, 8))
+        .unwrap();
+    assert_eq!(challenge.len(), 9);
+    let response = p.token.offline_response(&p.duress, &challenge).unwrap();
+    w.kinds();
+    let r = w
+        .admin(|e, now, b| e.offline_response(now, &id, &response, b))
+        .unwrap();
+    assert_eq!(r, OfflineOutcome::Accepted { duress: true });
+    assert_eq!(w.kinds(), vec![EventKind::Opened, EventKind::Duress]);
+    let st = w.engine.status(w.now, "bank", "alice").unwrap();
+    assert_eq!((st.state, st.duress), (TokenState::Open, true));
+    // Single use.
+    let again = w.admin(|e, now, b| e.offline_response(now, &id, &response, b));
+    assert_eq!(again, Err(EngineError::NoChallenge));
+}
+
+#[test]
+fn a_deleted_tokens_packets_are_silently_dropped() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", false);
+    let id = p.token.token_id();
+    w.admin(|e, now, b| e.delete(now, &id, b)).unwrap();
+    assert!(w.kinds().contains(&EventKind::Deleted));
+    assert_eq!(
+        w.send(&mut p, Request::Status),
+        Err(DropReason::UnknownToken)
+    );
+    assert_eq!(w.open(&mut p), Err(DropReason::UnknownToken));
+    assert_eq!(
+        w.engine.status(w.now, "bank", "alice"),
+        Err(EngineError::UnknownToken)
+    );
+    assert!(w.commit.log.iter().any(|m| *m == Mutation::DeleteToken(id)));
+}
+
+#[test]
+fn stale_and_forged_packets_are_dropped_and_time_sync_recovers_a_changed_clock() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", false);
+    p.clock_skew_ms = 91_000;
+    assert_eq!(w.send(&mut p, Request::Status), Err(DropReason::Stale));
+    p.clock_skew_ms = 89_000;
+    assert!(w.send(&mut p, Request::Status).is_ok());
+    // The user sets the phone's clock an hour off: TIME_SYNC (newest counter) re-learns it.
+    p.clock_skew_ms = 3_600_000;
+    assert_eq!(w.send(&mut p, Request::Status), Err(DropReason::Stale));
+    assert!(w.send(&mut p, Request::TimeSync).is_ok());
+    assert!(w.send(&mut p, Request::Status).is_ok());
+    // A forged packet (one bit changed) gets nothing.
+    w.send(&mut p, Request::Status).unwrap();
+    let mut forged = p.last_request.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    assert_eq!(w.deliver(&forged), Err(DropReason::Unauthentic));
+    assert_eq!(w.deliver(&forged[..40]), Err(DropReason::WrongLength));
+    assert_eq!(w.deliver(&[0u8; 3]), Err(DropReason::Truncated));
+}
+
+#[test]
+fn an_old_time_sync_cannot_move_the_clock_offset() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", false);
+    w.send(&mut p, Request::TimeSync).unwrap();
+    let held = p.last_request.clone();
+    // The attacker held a TIME_SYNC; a later request went through.
+    w.send(&mut p, Request::Status).unwrap();
+    // Replayed as is: seen already. Within the window but older than H and stale: dropped.
+    assert_eq!(w.deliver(&held), Err(DropReason::Replayed));
+}
+
+#[test]
+fn transactions_are_approved_denied_and_expire() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", true);
+    let id = p.token.token_id();
+    let tx1 = w
+        .admin(|e, now, b| e.create_transaction(now, &id, "Pay 10 EUR?", 60_000, b))
+        .unwrap();
+    let r = w.send(&mut p, Request::TxFetch).unwrap();
+    let Reply::Transaction(_, Some(pending)) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        (pending.tx_id, pending.message.as_str()),
+        (tx1, "Pay 10 EUR?")
+    );
+    let wrong = PinVerifier::derive("0000", &id).unwrap();
+    let r = w
+        .send(
+            &mut p,
+            Request::TxApprove {
+                tx_id: tx1,
+                pin: &wrong,
+            },
+        )
+        .unwrap();
+    assert!(
+        matches!(r, Reply::TxDecided(s, _, TxState::Waiting) if s.status == ReplyStatus::WrongPin)
+    );
+    let pin = p.pin.clone();
+    let r = w
+        .send(
+            &mut p,
+            Request::TxApprove {
+                tx_id: tx1,
+                pin: &pin,
+            },
+        )
+        .unwrap();
+    assert!(matches!(r, Reply::TxDecided(s, _, TxState::Approved) if s.status == ReplyStatus::Ok));
+    assert_eq!(
+        w.engine.transaction(w.now, &tx1).unwrap().state,
+        TxState::Approved
+    );
+    assert!(w.kinds().contains(&EventKind::TxApproved));
+    // Decided: a second answer is refused.
+    let r = w.send(&mut p, Request::TxDeny { tx_id: tx1 }).unwrap();
+    assert!(
+        matches!(r, Reply::TxDecided(s, _, TxState::Approved) if s.status == ReplyStatus::NoTransaction)
+    );
+    let tx2 = w
+        .admin(|e, now, b| e.create_transaction(now, &id, "Log in?", 60_000, b))
+        .unwrap();
+    let r = w.send(&mut p, Request::TxDeny { tx_id: tx2 }).unwrap();
+    assert!(matches!(r, Reply::TxDecided(_, _, TxState::Denied)));
+    assert!(w.kinds().contains(&EventKind::TxDenied));
+    let tx3 = w
+        .admin(|e, now, b| e.create_transaction(now, &id, "Late?", 60_000, b))
+        .unwrap();
+    w.now += 60_000;
+    assert_eq!(
+        w.engine.transaction(w.now, &tx3).unwrap().state,
+        TxState::Expired
+    );
+    w.admin(|e, now, b| e.tick(now, b));
+    assert_eq!(w.kinds(), vec![EventKind::TxExpired]);
+    let r = w.send(&mut p, Request::TxFetch).unwrap();
+    assert!(matches!(r, Reply::Transaction(s, None) if s.status == ReplyStatus::NoTransaction));
+    assert!(w
+        .admin(|e, now, b| e.create_transaction(now, &id, &"x".repeat(201), 60_000, b))
+        .is_err());
+}
+
+#[test]
+fn a_duress_approval_looks_normal_and_is_reported() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", true);
+    let id = p.token.token_id();
+    let tx = w
+        .admin(|e, now, b| e.create_transaction(now, &id, "Pay?", 60_000, b))
+        .unwrap();
+    w.kinds();
+    let duress = p.duress.clone();
+    let r = w
+        .send(
+            &mut p,
+            Request::TxApprove {
+                tx_id: tx,
+                pin: &duress,
+            },
+        )
+        .unwrap();
+    assert!(matches!(r, Reply::TxDecided(s, _, TxState::Approved) if s.status == ReplyStatus::Ok));
+    assert!(w.engine.transaction(w.now, &tx).unwrap().duress);
+    assert_eq!(w.kinds(), vec![EventKind::Duress, EventKind::TxApproved]);
+}
+
+#[test]
+fn backup_codes_work_once_each() {
+    let mut w = World::new();
+    let p = w.pair("bank", "alice", false);
+    let id = p.token.token_id();
+    let codes = w
+        .admin(|e, _, b| e.generate_backup_codes(&id, BACKUP_CODES, BACKUP_DIGITS, b))
+        .unwrap();
+    assert_eq!(codes.len(), 10);
+    assert!(codes
+        .iter()
+        .all(|c| c.len() == 8 && c.bytes().all(|b| b.is_ascii_digit())));
+    // Stored hashed only.
+    let stored = w.commit.log.iter().find_map(|m| match m {
+        Mutation::BackupCodes(_, h) => Some(h.clone()),
+        _ => None,
+    });
+    assert_eq!(stored.unwrap().len(), 10);
+    let ok = w
+        .admin(|e, now, b| e.verify_backup_code(now, &id, &codes[3], b))
+        .unwrap();
+    assert_eq!(ok, OfflineOutcome::Accepted { duress: false });
+    let again = w
+        .admin(|e, now, b| e.verify_backup_code(now, &id, &codes[3], b))
+        .unwrap();
+    assert_eq!(again, OfflineOutcome::Rejected { attempts_left: 2 });
+    let other = w
+        .admin(|e, now, b| e.verify_backup_code(now, &id, &codes[4], b))
+        .unwrap();
+    assert_eq!(other, OfflineOutcome::Accepted { duress: false });
+}
+
+#[test]
+fn change_pin_with_the_pin_works_and_with_the_duress_pin_only_pretends() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", true);
+    let id = p.token.token_id();
+    let new = PinVerifier::derive("97531", &id).unwrap();
+    // Coerced: the duress PIN "changes" the PIN; the reply says OK, nothing changes.
+    let (pin, duress) = (p.pin.clone(), p.duress.clone());
+    let r = w
+        .send(
+            &mut p,
+            Request::ChangePin {
+                current: &duress,
+                new: &new,
+                new_duress: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(status(&r).0, ReplyStatus::Ok);
+    assert!(w.kinds().contains(&EventKind::Duress));
+    let r = w.send(&mut p, Request::Open(&new)).unwrap();
+    assert_eq!(status(&r).0, ReplyStatus::WrongPin);
+    let r = w
+        .send(
+            &mut p,
+            Request::ChangePin {
+                current: &pin,
+                new: &new,
+                new_duress: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(status(&r), (ReplyStatus::Ok, WireState::Closed, 3));
+    let r = w.send(&mut p, Request::Open(&new)).unwrap();
+    assert_eq!(status(&r).0, ReplyStatus::Ok);
+    let r = w.open(&mut p).unwrap();
+    assert_eq!(status(&r).0, ReplyStatus::WrongPin);
+}
+
+#[test]
+fn manual_code_pairing_and_single_use_enrollments() {
+    let mut w = World::new();
+    let ticket = w
+        .admin(|e, now, b| e.enroll(now, "bank", "erin", b))
+        .unwrap();
+    assert_eq!(
+        w.engine.status(w.now, "bank", "erin").unwrap().state,
+        TokenState::Pending
+    );
+    let pairing = Pairing::from_manual_code(
+        &ticket.manual_code.to_lowercase(),
+        "bank",
+        vec!["127.0.0.1:4500".into()],
+        None,
+    )
+    .unwrap();
+    let _p = w.pair_with(pairing, false);
+    assert_eq!(
+        w.engine.status(w.now, "bank", "erin").unwrap().state,
+        TokenState::Closed
+    );
+    // The deeplink of the same enrollment is now dead: its PAIR_INIT gets nothing.
+    let mut dead = Pairing::from_deeplink(&Deeplink::parse(&ticket.deeplink).unwrap());
+    let mut out = [0u8; 1200];
+    let tx = dead.init_request(w.now, [1; 32], &mut out).unwrap();
+    assert_eq!(w.deliver(&out[..tx.len]), Err(DropReason::UnknownToken));
+}
+
+#[test]
+fn enrollments_expire() {
+    let mut w = World::new();
+    let ticket = w
+        .admin(|e, now, b| e.enroll(now, "bank", "frank", b))
+        .unwrap();
+    w.now = ticket.expires_ms;
+    let mut pairing = Pairing::from_deeplink(&Deeplink::parse(&ticket.deeplink).unwrap());
+    let mut out = [0u8; 1200];
+    let tx = pairing.init_request(w.now, [1; 32], &mut out).unwrap();
+    assert_eq!(w.deliver(&out[..tx.len]), Err(DropReason::UnknownToken));
+    w.admin(|e, now, b| e.tick(now, b));
+    assert_eq!(
+        w.engine.status(w.now, "bank", "frank"),
+        Err(EngineError::UnknownToken)
+    );
+}
+
+#[test]
+fn re_enrolling_tells_the_old_app_it_is_not_paired() {
+    let mut w = World::new();
+    let mut old = w.pair("bank", "alice", false);
+    let mut new = w.pair("bank", "alice", false);
+    let _ = &mut new;
+    // The second pairing replaced the first: the old app's secret is gone.
+    assert_eq!(
+        w.send(&mut old, Request::Status),
+        Err(DropReason::Unauthentic)
+    );
+    // Re-enroll again: until the next pairing, the current app hears NOT_PAIRED.
+    w.admin(|e, now, b| e.enroll(now, "bank", "alice", b))
+        .unwrap();
+    let r = w.send(&mut new, Request::Status).unwrap();
+    assert_eq!(status(&r).0, ReplyStatus::NotPaired);
+    assert_eq!(status(&r).1, WireState::Pending);
+}
+
+#[test]
+fn force_open_and_block() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", false);
+    let id = p.token.token_id();
+    w.kinds();
+    let st = w
+        .admin(|e, now, b| e.force(now, &id, Force::Open, b))
+        .unwrap();
+    assert_eq!(st.state, TokenState::Open);
+    let st = w
+        .admin(|e, now, b| e.force(now, &id, Force::Blocked, b))
+        .unwrap();
+    assert_eq!(st.state, TokenState::Blocked);
+    let r = w.open(&mut p).unwrap();
+    assert_eq!(status(&r).0, ReplyStatus::Blocked);
+    let r = w.send(&mut p, Request::Close).unwrap();
+    assert_eq!(status(&r), (ReplyStatus::Blocked, WireState::Blocked, 3));
+    assert_eq!(w.kinds(), vec![EventKind::Opened, EventKind::Blocked]);
+    let st = w
+        .admin(|e, now, b| e.force(now, &id, Force::Open, b))
+        .unwrap();
+    assert_eq!(st.state, TokenState::Open);
+    assert_eq!(w.kinds(), vec![EventKind::Unblocked, EventKind::Opened]);
+}
+
+#[test]
+fn every_state_change_is_a_mutation_and_reads_are_not() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", false);
+    let before = w.commit.log.len();
+    w.send(&mut p, Request::Status).unwrap();
+    assert_eq!(w.commit.log.len(), before, "STATUS changes nothing");
+    w.open(&mut p).unwrap();
+    let token_puts: Vec<&TokenRecord> = w.commit.log[before..]
+        .iter()
+        .filter_map(|m| match m {
+            Mutation::Token(r) => Some(&**r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(token_puts.len(), 1);
+    assert_eq!(token_puts[0].state, TokenState::Open);
+    assert_eq!(
+        token_puts[0].highest_counter,
+        p.token.next_counter() - 1,
+        "the counter is persisted with the change"
+    );
+    assert!(w.commit.log[before..]
+        .iter()
+        .any(|m| matches!(m, Mutation::Event(e) if e.kind == EventKind::Opened)));
+}
+
+#[test]
+fn a_restart_restores_tokens_and_still_refuses_replays() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", true);
+    w.open(&mut p).unwrap();
+    let recorded = p.last_request.clone();
+    // A new engine (new epoch) loaded from the committed records.
+    let engine = Engine::new(EngineConfig::new(services(), 8, [1; 32])).unwrap();
+    let mut last = std::collections::HashMap::new();
+    for m in &w.commit.log {
+        if let Mutation::Token(r) = m {
+            last.insert(r.token_id, (**r).clone());
+        }
+    }
+    for r in last.values() {
+        engine.load_token(r).unwrap();
+    }
+    w.engine = engine;
+    w.events = w.engine.events().subscribe();
+    assert_eq!(
+        w.engine.status(w.now, "bank", "alice").unwrap().state,
+        TokenState::Open
+    );
+    assert_eq!(w.deliver(&recorded), Err(DropReason::Replayed));
+    let r = w.send(&mut p, Request::Close).unwrap();
+    assert_eq!(status(&r).1, WireState::Closed);
+}
+
+#[test]
+fn a_slow_consumer_never_blocks_and_overflow_is_counted() {
+    let mut config = EngineConfig::new(services(), 7, [9; 32]);
+    config.event_capacity = 2;
+    let engine = Engine::new(config).unwrap();
+    let mut batch = Batch::new();
+    for i in 0..5 {
+        engine
+            .enroll(T0, "bank", &format!("user{i}"), &mut batch)
+            .unwrap();
+    }
+    engine.publish(&mut batch);
+    assert_eq!(engine.events().published(), 2);
+    assert_eq!(engine.events().overflowed(), 3);
+}
+
+#[test]
+fn long_poll_wakes_on_change() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", false);
+    let id = p.token.token_id();
+    let mut rx = w.engine.watch(&id);
+    assert_eq!(rx.try_recv(), Ok(None));
+    w.send(&mut p, Request::Status).unwrap();
+    assert_eq!(rx.try_recv(), Ok(None), "a read is not a change");
+    w.open(&mut p).unwrap();
+    assert_eq!(rx.try_recv(), Ok(Some(())));
+}
+
+#[test]
+fn api_inputs_are_checked() {
+    let mut w = World::new();
+    assert_eq!(
+        w.admin(|e, now, b| e.enroll(now, "nope", "x", b)),
+        Err(EngineError::UnknownService)
+    );
+    assert!(w.admin(|e, now, b| e.enroll(now, "bank", "", b)).is_err());
+    let p = w.pair("bank", "alice", false);
+    let id = p.token.token_id();
+    assert!(w
+        .admin(|e, now, _| e.offline_challenge(now, &id, 6))
+        .is_err());
+    assert!(w
+        .admin(|e, now, _| e.offline_challenge(now, &id, 36))
+        .is_err());
+    assert_eq!(
+        w.admin(|e, now, b| e.offline_response(now, &id, "AAAA", b)),
+        Err(EngineError::NoChallenge)
+    );
+    let ghost = TokenId::derive("bank", "ghost");
+    assert_eq!(
+        w.admin(|e, now, b| e.force(now, &ghost, Force::Open, b)),
+        Err(EngineError::UnknownToken)
+    );
+    w.admin(|e, now, b| e.enroll(now, "bank", "pending", b))
+        .unwrap();
+    let pending = TokenId::derive("bank", "pending");
+    assert_eq!(
+        w.admin(|e, now, b| e.validate_code(now, &pending, "123456", b)),
+        Err(EngineError::NotPaired)
+    );
+    assert!(Engine::new(EngineConfig::new(services(), 0, [0; 32])).is_err());
+    let mut bad = services();
+    bad[0].window_s = 100_000;
+    bad[1].endpoints.clear();
+    let Err(EngineError::Config(errors)) = Engine::new(EngineConfig::new(bad, 1, [0; 32])) else {
+        panic!()
+    };
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, vec!["services[0].window_s", "services[1].endpoints"]);
+    let _ = codes::group4("ABCD");
+}
