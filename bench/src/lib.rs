@@ -5,6 +5,8 @@
 //! This crate measures; it does not test behaviour (the other crates' tests do).
 #![forbid(unsafe_code)]
 
+pub mod engine_fixture;
+
 use zoftoken_proto::packet::{seal_reply, seal_request};
 use zoftoken_proto::wire::{Header, MsgType, MAX_DATAGRAM};
 use zoftoken_proto::{TokenKeys, TokenSecret};

@@ -152,7 +152,7 @@ impl Engine {
                     e.failures = 0;
                     batch
                         .mutations
-                        .push(Mutation::Token(Box::new(self.record(e, &services))));
+                        .push(Mutation::Token(Box::new(self.record(e))));
                 }
             }
         }
@@ -282,10 +282,9 @@ impl Engine {
                 .timers
                 .push(std::cmp::Reverse((e.open_until_ms, slot)));
         }
-        let services = self.services();
         batch
             .mutations
-            .push(Mutation::Token(Box::new(self.record(e, &services))));
+            .push(Mutation::Token(Box::new(self.record(e))));
     }
 
     /// Forces a token open, closed or blocked (admin). Forcing a blocked token open or closed
@@ -315,7 +314,7 @@ impl Engine {
                     }
                     if to == Force::Open {
                         e.failures = 0;
-                        self.open_token(now_ms, e, false, Actor::Admin, batch);
+                        self.open_token(now_ms, e, false, Actor::Admin, batch, &self.services());
                     } else if e.effective_state(now_ms) == TokenState::Open {
                         e.state = TokenState::Closed;
                         e.open_until_ms = 0;
@@ -414,7 +413,7 @@ impl Engine {
             Auth::Failed => OfflineOutcome::Rejected { attempts_left: 0 },
         };
         let duress = matches!(auth, Auth::Ok { duress: true });
-        self.settle(now_ms, e, auth, duress_ok, Actor::Operator, batch, open);
+        self.settle(now_ms, e, auth, duress_ok, Actor::Operator, batch, open, &self.services());
         if duress && duress_ok && !open {
             let mut ev = event(EventKind::Duress, e, now_ms, Actor::Operator);
             ev.duress = true;
@@ -626,7 +625,6 @@ impl Engine {
     /// transactions, drops expired enrollments and challenges, and collapses idle replay
     /// windows.
     pub fn tick(&self, now_ms: u64, batch: &mut Batch) {
-        let services = self.services();
         let mut changed = Vec::new();
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
@@ -644,7 +642,7 @@ impl Engine {
                         batch.event(ev);
                         batch
                             .mutations
-                            .push(Mutation::Token(Box::new(self.record(e, &services))));
+                            .push(Mutation::Token(Box::new(self.record(e))));
                         changed.push(e.id);
                     }
                 }
@@ -652,9 +650,16 @@ impl Engine {
             for id in changed.drain(..) {
                 Engine::notify_in(shard, &id);
             }
-            shard
-                .windows
-                .retain(|_, (_, last)| now_ms.saturating_sub(*last) < WINDOW_IDLE_MS);
+            let table = &mut shard.table;
+            shard.windows.retain(|slot, (_, last)| {
+                let keep = now_ms.saturating_sub(*last) < WINDOW_IDLE_MS;
+                if !keep {
+                    if let Some(e) = table.get_mut(*slot) {
+                        e.flags &= !crate::state::FLAG_HAS_WINDOW;
+                    }
+                }
+                keep
+            });
         }
         let mut expired_tx = Vec::new();
         {
@@ -705,7 +710,10 @@ impl Engine {
 
     /// Loads a paired token's persisted record at start (storage rebuilds the tables).
     pub fn load_token(&self, record: &crate::TokenRecord) -> Result<(), EngineError> {
-        let service = self.service_index(&record.service)?;
+        let service = record.service;
+        if self.services().list.get(usize::from(service)).is_none() {
+            return Err(EngineError::UnknownService);
+        }
         let secret = *record.secret.expose();
         let entry = TokenEntry {
             id: record.token_id.0,
@@ -748,6 +756,16 @@ impl Engine {
                 .push(std::cmp::Reverse((record.open_until_ms, slot)));
         }
         Ok(())
+    }
+
+    /// The index of a service by name (stable across reloads).
+    pub fn service_index_of(&self, name: &str) -> Option<u16> {
+        self.services().by_name.get(name).copied()
+    }
+
+    /// The name of a service by index.
+    pub fn service_name(&self, index: u16) -> Option<std::sync::Arc<str>> {
+        self.services().list.get(usize::from(index)).map(|s| s.name.clone())
     }
 
     /// The otp parameters of a service (for the app's display and the API).

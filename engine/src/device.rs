@@ -19,7 +19,9 @@ use zoftoken_proto::{DropReason, PinVerifier, ReplyStatus, TokenId, TxState, Wir
 use crate::event::{Actor, Event, EventKind};
 use crate::mutation::{Batch, Mutation};
 use crate::side::Candidate;
-use crate::state::{TokenEntry, TokenState, FLAG_HAS_DURESS, FLAG_OPEN_DURESS, MAX_FAILURES};
+use crate::state::{
+    TokenEntry, TokenState, FLAG_HAS_DURESS, FLAG_HAS_WINDOW, FLAG_OPEN_DURESS, MAX_FAILURES,
+};
 use crate::{lock, Engine, Services};
 
 /// What became of a datagram.
@@ -86,25 +88,23 @@ impl Engine {
             }
         };
         let (msg_type, id) = head;
+        // Replies are counted by the paths themselves, under the shard lock they hold.
         let result = if msg_type == MsgType::PairInit {
-            self.pair_init(now_ms, &id, datagram, out)
+            let r = self.pair_init(now_ms, &id, datagram, out);
+            if r.is_ok() {
+                let mut shard = self.shard(&id);
+                if let Some(c) = shard.counters.replies.get_mut(usize::from(msg_type.request_byte())) {
+                    *c += 1;
+                }
+            }
+            r
         } else {
             self.token_request(now_ms, src, msg_type, &id, datagram, out, batch)
         };
-        let mut shard = self.shard(&id);
         match result {
-            Ok(n) => {
-                if let Some(c) = shard
-                    .counters
-                    .replies
-                    .get_mut(usize::from(msg_type.request_byte()))
-                {
-                    *c += 1;
-                }
-                PacketOutcome::Reply(n)
-            }
+            Ok(n) => PacketOutcome::Reply(n),
             Err(reason) => {
-                Engine::count_drop(&mut shard.counters, reason);
+                Engine::count_drop(&mut self.shard(&id).counters, reason);
                 PacketOutcome::Drop(reason)
             }
         }
@@ -245,7 +245,7 @@ impl Engine {
             service: service_index,
             state: TokenState::Closed,
             failures: 0,
-            flags: if with_duress { FLAG_HAS_DURESS } else { 0 },
+            flags: FLAG_HAS_WINDOW | if with_duress { FLAG_HAS_DURESS } else { 0 },
             otp_drift: 0,
         };
         let window = c.window.clone();
@@ -267,10 +267,13 @@ impl Engine {
         batch.mutations.push(Mutation::DeletePending(TokenId(*id)));
         batch
             .mutations
-            .push(Mutation::Token(Box::new(self.record(e, &services))));
+            .push(Mutation::Token(Box::new(self.record(e))));
         batch.event(event(EventKind::Paired, e, now_ms, Actor::Device));
         let block = status_block(e, ReplyStatus::Ok, now_ms);
         Engine::notify_in(&mut shard, id);
+        if let Some(c) = shard.counters.replies.get_mut(usize::from(MsgType::PairComplete.request_byte())) {
+            *c += 1;
+        }
         drop(shard);
         seal_reply(&reply_key, self.epoch, &req.header, block.as_bytes(), out)
             .map_err(|_| DropReason::WrongLength)
@@ -287,16 +290,16 @@ impl Engine {
         out: &mut [u8],
         batch: &mut Batch,
     ) -> Result<usize, DropReason> {
-        let services = self.services();
-        let mut shard = self.shard(id);
-        let Some(slot) = shard.table.find(id) else {
-            drop(shard);
+        let mut guard = self.shard(id);
+        let Some(slot) = guard.table.find(id) else {
+            drop(guard);
             if msg_type == MsgType::PairComplete {
                 return self.pair_complete(now_ms, id, datagram, out, batch);
             }
             return Err(DropReason::UnknownToken);
         };
-        let (d2s, s2d, highest, offset, state) = {
+        let shard = &mut *guard;
+        let (d2s, s2d, highest, offset, state, has_window) = {
             let e = shard.table.get(slot).ok_or(DropReason::UnknownToken)?;
             (
                 PacketKey::new(e.d2s),
@@ -304,6 +307,7 @@ impl Engine {
                 e.highest,
                 e.offset_ms,
                 e.state,
+                e.flags & FLAG_HAS_WINDOW != 0,
             )
         };
         // A re-enrolled token: the new app's PAIR_COMPLETE is under the candidate key.
@@ -314,31 +318,44 @@ impl Engine {
                 c.copy_from_slice(datagram);
             }
             if open_request(&d2s, copy.get_mut(..len).unwrap_or_default()).is_err() {
-                drop(shard);
+                drop(guard);
                 return self.pair_complete(now_ms, id, datagram, out, batch);
             }
         }
         let req = open_request(&d2s, datagram)?;
         let counter = req.header.counter.get();
-        let mut window = shard
-            .windows
-            .remove(&slot)
-            .map_or_else(|| ReplayWindow::restored(highest), |w| w.0);
-        if !window.check(counter) {
-            shard.windows.insert(slot, (window, now_ms));
+        // Replay (SPEC.md §8.1). A token without a window entry has seen everything up to
+        // `highest`; the next counter in order needs no window at all (the common case).
+        let in_order = !has_window && counter == highest.wrapping_add(1);
+        let window_ok = if in_order {
+            true
+        } else if has_window {
+            shard.windows.get(&slot).is_some_and(|w| w.0.check(counter))
+        } else {
+            ReplayWindow::restored(highest).check(counter)
+        };
+        if !window_ok {
             return Err(DropReason::Replayed);
         }
         let device_time = req.body.device_time_ms();
         let resync = msg_type == MsgType::TimeSync && counter > highest;
         if !resync && !is_fresh(device_time, now_ms, offset) {
-            shard.windows.insert(slot, (window, now_ms));
             return Err(DropReason::Stale);
         }
-        window.accept(counter);
-        let shard = &mut *shard;
-        shard.windows.insert(slot, (window, now_ms));
-        let e = shard.table.get_mut(slot).ok_or(DropReason::UnknownToken)?;
-        e.highest = counter;
+        if !in_order {
+            let w = shard
+                .windows
+                .entry(slot)
+                .or_insert_with(|| (ReplayWindow::restored(highest), now_ms));
+            w.0.accept(counter);
+            w.1 = now_ms;
+        }
+        let crate::Shard { table, services, presence, timers, counters, .. } = shard;
+        let e = table.get_mut(slot).ok_or(DropReason::UnknownToken)?;
+        if !in_order {
+            e.flags |= FLAG_HAS_WINDOW;
+        }
+        e.highest = e.highest.max(counter);
         e.last_seen_s = (now_ms / 1000) as u32;
         let service = services
             .list
@@ -352,6 +369,7 @@ impl Engine {
                 now_ms,
                 e,
                 service,
+                services,
                 &req,
                 batch,
                 &mut changed,
@@ -360,23 +378,21 @@ impl Engine {
             )?
         };
         if msg_type == MsgType::TimeSync {
-            shard.presence.insert(slot, src);
+            presence.insert(slot, src);
         }
-        let e = shard.table.get(slot).ok_or(DropReason::UnknownToken)?;
         if changed {
             if e.state == TokenState::Open {
-                shard
-                    .timers
-                    .push(std::cmp::Reverse((e.open_until_ms, slot)));
+                timers.push(std::cmp::Reverse((e.open_until_ms, slot)));
             }
-            batch
-                .mutations
-                .push(Mutation::Token(Box::new(self.record(e, &services))));
+            batch.mutations.push(Mutation::Token(Box::new(self.record(e))));
+        }
+        if let Some(c) = counters.replies.get_mut(usize::from(msg_type.request_byte())) {
+            *c += 1;
         }
         let len = seal_reply(&s2d, self.epoch, &req.header, reply.as_slice(msg_type), out)
             .map_err(|_| DropReason::WrongLength)?;
         if changed {
-            Engine::notify_in(shard, id);
+            Engine::notify_in(&mut guard, id);
         }
         Ok(len)
     }
@@ -388,6 +404,7 @@ impl Engine {
         now_ms: u64,
         e: &mut TokenEntry,
         service: &crate::Service,
+        services: &Services,
         req: &OpenedRequest<'_>,
         batch: &mut Batch,
         changed: &mut bool,
@@ -402,7 +419,7 @@ impl Engine {
                 let auth =
                     self.authenticate(e, |n, d| check_proof(&o.proof, n, d, t, &e.id, counter));
                 *changed = true;
-                self.settle(now_ms, e, auth, duress_ok, Actor::Device, batch, true)
+                self.settle(now_ms, e, auth, duress_ok, Actor::Device, batch, true, services)
             }
             RequestBody::Close(_) => {
                 if e.state == TokenState::Blocked {
@@ -475,7 +492,7 @@ impl Engine {
                     }
                     other => {
                         *changed = true;
-                        self.settle(now_ms, e, other, duress_ok, Actor::Device, batch, false)
+                        self.settle(now_ms, e, other, duress_ok, Actor::Device, batch, false, services)
                     }
                 }
             }
@@ -561,6 +578,7 @@ impl Engine {
                                     Actor::Device,
                                     batch,
                                     false,
+                                    services,
                                 );
                                 (
                                     ReplyStatus::from_byte(block.status_byte())
@@ -618,13 +636,14 @@ impl Engine {
         actor: Actor,
         batch: &mut Batch,
         open: bool,
+        services: &Services,
     ) -> ReplyBytes {
         match auth {
             Auth::Blocked => ReplyBytes::status(status_block(e, ReplyStatus::Blocked, now_ms)),
             Auth::Ok { duress } => {
                 e.failures = 0;
                 if open {
-                    self.open_token(now_ms, e, duress && duress_allowed, actor, batch);
+                    self.open_token(now_ms, e, duress && duress_allowed, actor, batch, services);
                 }
                 ReplyBytes::status(status_block(e, ReplyStatus::Ok, now_ms))
             }
@@ -651,8 +670,8 @@ impl Engine {
         duress: bool,
         actor: Actor,
         batch: &mut Batch,
+        services: &Services,
     ) {
-        let services = self.services();
         let window_ms = services
             .list
             .get(usize::from(e.service))
@@ -680,13 +699,10 @@ impl Engine {
     }
 
     /// The persistent record of an entry.
-    pub(crate) fn record(&self, e: &TokenEntry, services: &Services) -> crate::TokenRecord {
+    pub(crate) fn record(&self, e: &TokenEntry) -> crate::TokenRecord {
         crate::TokenRecord {
             token_id: TokenId(e.id),
-            service: services
-                .list
-                .get(usize::from(e.service))
-                .map_or_else(|| std::sync::Arc::from(""), |s| s.name.clone()),
+            service: e.service,
             secret: zoftoken_proto::SecretBytes::new(e.secret),
             pin_verifier: zoftoken_proto::SecretBytes::new(e.pin),
             duress_verifier: e

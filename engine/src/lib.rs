@@ -136,6 +136,9 @@ pub(crate) struct Shard {
     pub timers: BinaryHeap<std::cmp::Reverse<(u64, u32)>>,
     /// Last source address of each token that sent presence.
     pub presence: HashMap<u32, std::net::SocketAddr>,
+    /// The services, as of the last reload (a per-shard copy keeps the packet path free of
+    /// shared atomics).
+    pub services: Arc<Services>,
     /// Long-poll waiters by token id (woken at the token's next change).
     pub watchers: HashMap<[u8; 16], Vec<futures_channel::oneshot::Sender<()>>>,
     pub counters: Counters,
@@ -174,6 +177,7 @@ impl Engine {
         }
         let shards = config.shards.clamp(1, 4096).next_power_of_two();
         let mut seed_rng = ChaCha20Rng::from_seed(config.seed);
+        let services = Arc::new(Self::build_services(config.services));
         let shard_list: Vec<Mutex<Shard>> = (0..shards)
             .map(|_| {
                 Mutex::new(Shard {
@@ -181,6 +185,7 @@ impl Engine {
                     windows: HashMap::new(),
                     timers: BinaryHeap::new(),
                     presence: HashMap::new(),
+                    services: services.clone(),
                     watchers: HashMap::new(),
                     counters: Counters::default(),
                 })
@@ -189,7 +194,7 @@ impl Engine {
         let mut rng_seed = [0u8; 32];
         rand_core::RngCore::fill_bytes(&mut seed_rng, &mut rng_seed);
         Ok(Engine {
-            services: RwLock::new(Arc::new(Self::build_services(config.services))),
+            services: RwLock::new(services),
             shards: shard_list.into_boxed_slice(),
             shard_mask: shards - 1,
             pending: Mutex::new(side::Pending::default()),
@@ -234,8 +239,11 @@ impl Engine {
                 None => list.push(s),
             }
         }
-        let mut w = self.services.write().unwrap_or_else(|p| p.into_inner());
-        *w = Arc::new(Self::build_services(list));
+        let new = Arc::new(Self::build_services(list));
+        *self.services.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
+        for shard in self.shards.iter() {
+            lock(shard).services = new.clone();
+        }
         Ok(())
     }
 

@@ -15,8 +15,9 @@ use crate::state::TokenState;
 pub struct TokenRecord {
     /// The token.
     pub token_id: TokenId,
-    /// Its service's name.
-    pub service: Arc<str>,
+    /// Its service's index in the engine's list (storage persists the name, from
+    /// [`crate::Engine::service_name`]; indexes are stable across reloads).
+    pub service: u16,
     /// The token secret `K`.
     pub secret: SecretBytes,
     /// The PIN verifier.

@@ -42,6 +42,8 @@ pub const MAX_FAILURES: u8 = 3;
 
 pub(crate) const FLAG_HAS_DURESS: u8 = 0x01;
 pub(crate) const FLAG_OPEN_DURESS: u8 = 0x02;
+/// The token has an entry in its shard's replay-window map.
+pub(crate) const FLAG_HAS_WINDOW: u8 = 0x04;
 
 /// A paired token in memory: 216 bytes. Keys and verifiers are zeroized when the entry is
 /// overwritten or dropped (see `Drop`). Cold data (username) lives in storage only.

@@ -944,3 +944,30 @@ fn api_inputs_are_checked() {
     assert_eq!(paths, vec!["services[0].window_s", "services[1].endpoints"]);
     let _ = codes::group4("ABCD");
 }
+
+#[test]
+fn out_of_order_counters_are_accepted_once_and_never_lower_the_highest() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", false);
+    // Three requests leave the phone; the network delivers them 3, 1, 2.
+    let mut sent = Vec::new();
+    for _ in 0..3 {
+        let mut out = [0u8; 1200];
+        let tx = p.token.request(&mut p.store, Request::Status, w.now, &mut out).unwrap();
+        sent.push(out[..tx.len].to_vec());
+    }
+    assert!(w.deliver(&sent[2]).is_ok());
+    assert!(w.deliver(&sent[0]).is_ok());
+    assert!(w.deliver(&sent[1]).is_ok());
+    for s in &sent {
+        assert_eq!(w.deliver(s), Err(DropReason::Replayed));
+    }
+    // After the window is collapsed (idle), nothing old comes back either.
+    w.now += 10 * 60_000;
+    w.admin(|e, now, b| e.tick(now, b));
+    for s in &sent {
+        assert_eq!(w.deliver(s), Err(DropReason::Replayed));
+    }
+    let r = w.send(&mut p, Request::Status);
+    assert!(r.is_ok(), "{r:?}");
+}

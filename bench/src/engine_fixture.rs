@@ -1,0 +1,143 @@
+//! Fixtures for the engine benchmarks: an engine loaded with N paired tokens (synthetic
+//! records, one shared PIN verifier so that loading needs no Argon2id), and streams of sealed
+//! requests with the realistic mix (STATUS 60 %, OPEN 20 %, CLOSE 20 %), each token's packets
+//! in counter order and all on one stream (as a phone sends them).
+
+use std::net::SocketAddr;
+
+use zerocopy::IntoBytes;
+use zoftoken_engine::{Batch, Engine, EngineConfig, PacketOutcome, ServiceConfig, TokenRecord, TokenState};
+use zoftoken_proto::packet::seal_request;
+use zoftoken_proto::wire::{Be64, MsgType, OpenRequest, PlainRequest};
+use zoftoken_proto::{PinVerifier, SecretBytes, TokenId, TokenSecret};
+
+/// The virtual time of every benchmark packet.
+pub const NOW_MS: u64 = 1_800_000_000_000;
+
+/// The token id of synthetic token `i`.
+pub fn token_id(i: u64) -> TokenId {
+    TokenId::derive("bench", &format!("user{i}"))
+}
+
+fn secret(i: u64) -> [u8; 32] {
+    blake3::derive_key("zoftoken bench token secret", &i.to_le_bytes())
+}
+
+/// The shared PIN verifier of every synthetic token.
+pub fn verifier() -> PinVerifier {
+    PinVerifier::from_bytes([0x24; 32])
+}
+
+/// An engine with `tokens` paired, closed tokens, ids `token_id(0..tokens)`.
+pub fn loaded_engine(tokens: u64, shards: usize) -> Engine {
+    let mut service = ServiceConfig::new("bench", &["127.0.0.1:4500"]);
+    service.window_s = 600;
+    let mut config = EngineConfig::new(vec![service], 1, [7; 32]);
+    config.shards = shards;
+    let engine = Engine::new(config).unwrap_or_else(|e| panic!("engine: {e}"));
+    let v = verifier();
+    for i in 0..tokens {
+        let record = TokenRecord {
+            token_id: token_id(i),
+            service: 0,
+            secret: SecretBytes::new(secret(i)),
+            pin_verifier: SecretBytes::new(*v.expose()),
+            duress_verifier: None,
+            state: TokenState::Closed,
+            open_until_ms: 0,
+            failures: 0,
+            highest_counter: 0,
+            clock_offset_ms: 0,
+            otp_last_step: 0,
+            otp_drift: 0,
+            last_seen_ms: 0,
+        };
+        engine.load_token(&record).unwrap_or_else(|e| panic!("load: {e}"));
+    }
+    engine
+}
+
+/// Sealed requests, back to back, with their offsets.
+pub struct Stream {
+    /// All datagrams concatenated.
+    pub bytes: Vec<u8>,
+    /// `(start, len)` of each datagram.
+    pub packets: Vec<(usize, usize)>,
+}
+
+/// Builds `streams` streams of `per_stream` packets over tokens `0..tokens`; stream `s` only
+/// uses tokens with `i % streams == s`. `counters` holds each token's next counter and is
+/// advanced, so successive calls continue where the last left off.
+pub fn streams(tokens: u64, streams: usize, per_stream: usize, counters: &mut [u64], seed: u64) -> Vec<Stream> {
+    let v = verifier();
+    let mut rng = seed | 1;
+    let mut next = || {
+        // xorshift64*: reproducible and cheap.
+        rng ^= rng >> 12;
+        rng ^= rng << 25;
+        rng ^= rng >> 27;
+        rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let per_stream_tokens = (tokens / streams as u64).max(1);
+    (0..streams)
+        .map(|s| {
+            let mut bytes = Vec::with_capacity(per_stream * 72);
+            let mut packets = Vec::with_capacity(per_stream);
+            let mut out = [0u8; 128];
+            for _ in 0..per_stream {
+                let i = (next() % per_stream_tokens) * streams as u64 + s as u64;
+                let i = i.min(tokens - 1);
+                let id = token_id(i);
+                let counter = counters.get(i as usize).copied().unwrap_or(1);
+                if let Some(c) = counters.get_mut(i as usize) {
+                    *c += 1;
+                }
+                let keys = TokenSecret::from_bytes(secret(i)).keys();
+                let roll = next() % 10;
+                let time = Be64::new(NOW_MS);
+                let (t, body): (MsgType, Vec<u8>) = if roll < 6 {
+                    (MsgType::Status, PlainRequest { device_time_ms: time, zero: [0; 16] }.as_bytes().to_vec())
+                } else if roll < 8 {
+                    let proof = v.proof(MsgType::Open, &id.0, counter);
+                    (MsgType::Open, OpenRequest { device_time_ms: time, proof }.as_bytes().to_vec())
+                } else {
+                    (MsgType::Close, PlainRequest { device_time_ms: time, zero: [0; 16] }.as_bytes().to_vec())
+                };
+                let n = seal_request(&keys.d2s, t, id.0, counter, &body, &mut out).unwrap_or(0);
+                packets.push((bytes.len(), n));
+                bytes.extend_from_slice(out.get(..n).unwrap_or_default());
+            }
+            Stream { bytes, packets }
+        })
+        .collect()
+}
+
+/// Processes a stream as a server would: each packet fully (parse, open, state change, seal
+/// of the reply), committing (here: discarding) and publishing the batch every 64 packets.
+/// Returns the number of replies; panics if any packet was dropped (a benchmark bug).
+pub fn run(engine: &Engine, stream: &mut Stream) -> usize {
+    let src: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 40000));
+    let mut out = [0u8; 1200];
+    let mut batch = Batch::new();
+    let mut replies = 0;
+    let Stream { bytes, packets } = stream;
+    for (k, (start, len)) in packets.iter().enumerate() {
+        let Some(d) = bytes.get_mut(*start..*start + *len) else { continue };
+        match engine.handle_packet(NOW_MS, src, d, &mut out, &mut batch) {
+            PacketOutcome::Reply(_) => replies += 1,
+            PacketOutcome::Drop(r) => panic!("benchmark packet dropped: {r}"),
+        }
+        if k % 64 == 63 {
+            engine.publish(&mut batch);
+        }
+    }
+    engine.publish(&mut batch);
+    replies
+}
+
+/// Resident set size of this process in bytes (Linux `/proc/self/statm`).
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
