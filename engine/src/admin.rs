@@ -152,7 +152,7 @@ impl Engine {
                     e.failures = 0;
                     batch
                         .mutations
-                        .push(Mutation::Token(Box::new(self.record(e))));
+                        .push(Mutation::TokenState(crate::state_record(e)));
                 }
             }
         }
@@ -276,15 +276,11 @@ impl Engine {
         Ok(r)
     }
 
-    fn persist(&self, e: &TokenEntry, shard: &mut crate::Shard, slot: u32, batch: &mut Batch) {
-        if e.state == TokenState::Open {
-            shard
-                .timers
-                .push(std::cmp::Reverse((e.open_until_ms, slot)));
-        }
+    fn persist(&self, e: &mut TokenEntry, shard: &mut crate::Shard, slot: u32, batch: &mut Batch) {
+        crate::state::schedule_expiry(&mut shard.timers, e, slot);
         batch
             .mutations
-            .push(Mutation::Token(Box::new(self.record(e))));
+            .push(Mutation::TokenState(crate::state_record(e)));
     }
 
     /// Forces a token open, closed or blocked (admin). Forcing a blocked token open or closed
@@ -634,16 +630,21 @@ impl Engine {
                     break;
                 }
                 shard.timers.pop();
-                if let Some(e) = shard.table.get_mut(slot) {
-                    if e.state == TokenState::Open && e.open_until_ms == until {
+                let crate::Shard { table, timers, .. } = &mut *shard;
+                if let Some(e) = table.get_mut(slot) {
+                    e.flags &= !crate::state::FLAG_TIMER;
+                    if e.state == TokenState::Open && e.open_until_ms <= now_ms {
                         e.state = TokenState::Closed;
                         let mut ev = event(EventKind::Expired, e, now_ms, Actor::Timer);
-                        ev.open_until_ms = Some(until);
+                        ev.open_until_ms = Some(e.open_until_ms);
                         batch.event(ev);
                         batch
                             .mutations
-                            .push(Mutation::Token(Box::new(self.record(e))));
+                            .push(Mutation::TokenState(crate::state_record(e)));
                         changed.push(e.id);
+                    } else {
+                        // Reopened since: wait for the current window's end.
+                        crate::state::schedule_expiry(timers, e, slot);
                     }
                 }
             }
@@ -718,8 +719,8 @@ impl Engine {
         let entry = TokenEntry {
             id: record.token_id.0,
             secret,
-            d2s: blake3::derive_key(context::D2S, &secret),
-            s2d: blake3::derive_key(context::S2D, &secret),
+            d2s: zoftoken_proto::aead::PacketKey::new(blake3::derive_key(context::D2S, &secret)),
+            s2d: zoftoken_proto::aead::PacketKey::new(blake3::derive_key(context::S2D, &secret)),
             pin: *record.pin_verifier.expose(),
             duress: record
                 .duress_verifier
@@ -737,6 +738,10 @@ impl Engine {
                 crate::state::FLAG_HAS_DURESS
             } else {
                 0
+            } | if record.open_duress {
+                crate::state::FLAG_OPEN_DURESS
+            } else {
+                0
             },
             otp_drift: record.otp_drift,
         };
@@ -750,10 +755,10 @@ impl Engine {
             }
             None => shard.table.insert(entry),
         };
-        if record.state == TokenState::Open {
-            shard
-                .timers
-                .push(std::cmp::Reverse((record.open_until_ms, slot)));
+        let shard = &mut *shard;
+        if let Some(e) = shard.table.get_mut(slot) {
+            e.flags &= !crate::state::FLAG_TIMER;
+            crate::state::schedule_expiry(&mut shard.timers, e, slot);
         }
         Ok(())
     }

@@ -233,8 +233,8 @@ impl Engine {
         let entry = TokenEntry {
             id: *id,
             secret: *c.secret.expose(),
-            d2s: blake3::derive_key(zoftoken_proto::keys::context::D2S, c.secret.expose()),
-            s2d: blake3::derive_key(zoftoken_proto::keys::context::S2D, c.secret.expose()),
+            d2s: c.keys.d2s.clone(),
+            s2d: c.keys.s2d.clone(),
             pin: body.pin_verifier,
             duress: body.duress_verifier,
             highest: counter,
@@ -298,18 +298,10 @@ impl Engine {
             }
             return Err(DropReason::UnknownToken);
         };
-        let shard = &mut *guard;
-        let (d2s, s2d, highest, offset, state, has_window) = {
-            let e = shard.table.get(slot).ok_or(DropReason::UnknownToken)?;
-            (
-                PacketKey::new(e.d2s),
-                PacketKey::new(e.s2d),
-                e.highest,
-                e.offset_ms,
-                e.state,
-                e.flags & FLAG_HAS_WINDOW != 0,
-            )
-        };
+        let crate::Shard { table, windows, services, presence, timers, counters, .. } = &mut *guard;
+        let e = table.get(slot).ok_or(DropReason::UnknownToken)?;
+        let (highest, offset, state) = (e.highest, e.offset_ms, e.state);
+        let has_window = e.flags & FLAG_HAS_WINDOW != 0;
         // A re-enrolled token: the new app's PAIR_COMPLETE is under the candidate key.
         if state == TokenState::Pending && msg_type == MsgType::PairComplete {
             let mut copy = [0u8; zoftoken_proto::wire::MAX_DATAGRAM];
@@ -317,12 +309,12 @@ impl Engine {
             if let Some(c) = copy.get_mut(..len) {
                 c.copy_from_slice(datagram);
             }
-            if open_request(&d2s, copy.get_mut(..len).unwrap_or_default()).is_err() {
+            if open_request(&e.d2s, copy.get_mut(..len).unwrap_or_default()).is_err() {
                 drop(guard);
                 return self.pair_complete(now_ms, id, datagram, out, batch);
             }
         }
-        let req = open_request(&d2s, datagram)?;
+        let req = open_request(&e.d2s, datagram)?;
         let counter = req.header.counter.get();
         // Replay (SPEC.md §8.1). A token without a window entry has seen everything up to
         // `highest`; the next counter in order needs no window at all (the common case).
@@ -330,7 +322,7 @@ impl Engine {
         let window_ok = if in_order {
             true
         } else if has_window {
-            shard.windows.get(&slot).is_some_and(|w| w.0.check(counter))
+            windows.get(&slot).is_some_and(|w| w.0.check(counter))
         } else {
             ReplayWindow::restored(highest).check(counter)
         };
@@ -343,14 +335,12 @@ impl Engine {
             return Err(DropReason::Stale);
         }
         if !in_order {
-            let w = shard
-                .windows
+            let w = windows
                 .entry(slot)
                 .or_insert_with(|| (ReplayWindow::restored(highest), now_ms));
             w.0.accept(counter);
             w.1 = now_ms;
         }
-        let crate::Shard { table, services, presence, timers, counters, .. } = shard;
         let e = table.get_mut(slot).ok_or(DropReason::UnknownToken)?;
         if !in_order {
             e.flags |= FLAG_HAS_WINDOW;
@@ -381,15 +371,18 @@ impl Engine {
             presence.insert(slot, src);
         }
         if changed {
-            if e.state == TokenState::Open {
-                timers.push(std::cmp::Reverse((e.open_until_ms, slot)));
-            }
-            batch.mutations.push(Mutation::Token(Box::new(self.record(e))));
+            crate::state::schedule_expiry(timers, e, slot);
+            // Secrets change only with a PIN change; every other change is state only.
+            batch.mutations.push(if msg_type == MsgType::ChangePin {
+                Mutation::Token(Box::new(self.record(e)))
+            } else {
+                Mutation::TokenState(crate::state_record(e))
+            });
         }
         if let Some(c) = counters.replies.get_mut(usize::from(msg_type.request_byte())) {
             *c += 1;
         }
-        let len = seal_reply(&s2d, self.epoch, &req.header, reply.as_slice(msg_type), out)
+        let len = seal_reply(&e.s2d, self.epoch, &req.header, reply.as_slice(msg_type), out)
             .map_err(|_| DropReason::WrongLength)?;
         if changed {
             Engine::notify_in(&mut guard, id);
@@ -710,6 +703,7 @@ impl Engine {
                 .then(|| zoftoken_proto::SecretBytes::new(e.duress)),
             state: e.state,
             open_until_ms: e.open_until_ms,
+            open_duress: e.flags & FLAG_OPEN_DURESS != 0,
             failures: e.failures,
             highest_counter: e.highest,
             clock_offset_ms: e.offset_ms,

@@ -121,19 +121,13 @@ pub struct EventBus {
     tx: Sender<Event>,
     rx: Receiver<Event>,
     overflowed: AtomicU64,
-    published: AtomicU64,
 }
 
 impl EventBus {
     /// A channel holding at most `capacity` undelivered events.
     pub fn new(capacity: usize) -> EventBus {
         let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
-        EventBus {
-            tx,
-            rx,
-            overflowed: AtomicU64::new(0),
-            published: AtomicU64::new(0),
-        }
+        EventBus { tx, rx, overflowed: AtomicU64::new(0) }
     }
 
     /// A receiver for consumers (clone it for several).
@@ -143,14 +137,22 @@ impl EventBus {
 
     /// Publishes without ever blocking; a full channel counts the event as overflowed.
     pub fn publish(&self, event: Event) {
+        if !self.try_publish(event) {
+            self.count_overflow(1);
+        }
+    }
+
+    /// Puts an event on the channel if there is room; the caller counts a `false`.
+    pub(crate) fn try_publish(&self, event: Event) -> bool {
         match self.tx.try_send(event) {
-            Ok(()) => {
-                self.published.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.overflowed.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("zoftoken_events_overflowed_total").increment(1);
-            }
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    pub(crate) fn count_overflow(&self, n: u64) {
+        if n > 0 {
+            self.overflowed.fetch_add(n, Ordering::Relaxed);
         }
     }
 
@@ -159,8 +161,8 @@ impl EventBus {
         self.overflowed.load(Ordering::Relaxed)
     }
 
-    /// Events put on the channel.
-    pub fn published(&self) -> u64 {
-        self.published.load(Ordering::Relaxed)
+    /// Events waiting on the channel.
+    pub fn queued(&self) -> usize {
+        self.tx.len()
     }
 }

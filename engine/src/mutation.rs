@@ -28,6 +28,8 @@ pub struct TokenRecord {
     pub state: TokenState,
     /// End of the open window (Unix ms), meaningful when open.
     pub open_until_ms: u64,
+    /// Whether the current open was made with the duress PIN.
+    pub open_duress: bool,
     /// Consecutive failed authentications.
     pub failures: u8,
     /// Highest accepted device counter (SPEC.md §8.2).
@@ -40,6 +42,47 @@ pub struct TokenRecord {
     pub otp_drift: i8,
     /// Last time the device was heard from (Unix ms).
     pub last_seen_ms: u64,
+}
+
+/// The non-secret part of a token's persistent state: what every open, close, failure, block,
+/// counter and clock change writes (no secret is re-written, so storage need not re-encrypt).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenStateRecord {
+    /// The token.
+    pub token_id: TokenId,
+    /// State.
+    pub state: TokenState,
+    /// End of the open window (Unix ms), meaningful when open.
+    pub open_until_ms: u64,
+    /// Whether the current open was made with the duress PIN.
+    pub open_duress: bool,
+    /// Consecutive failed authentications.
+    pub failures: u8,
+    /// Highest accepted device counter (SPEC.md §8.2).
+    pub highest_counter: u64,
+    /// Device clock minus server clock (SPEC.md §8.3).
+    pub clock_offset_ms: i64,
+    /// Last accepted one-time-code step.
+    pub otp_last_step: u64,
+    /// One-time-code drift in steps.
+    pub otp_drift: i8,
+    /// Last time the device was heard from (Unix ms).
+    pub last_seen_ms: u64,
+}
+
+impl TokenRecord {
+    /// Applies a later state update to a full record (what storage does on load).
+    pub fn apply_state(&mut self, s: &TokenStateRecord) {
+        self.state = s.state;
+        self.open_until_ms = s.open_until_ms;
+        self.open_duress = s.open_duress;
+        self.failures = s.failures;
+        self.highest_counter = s.highest_counter;
+        self.clock_offset_ms = s.clock_offset_ms;
+        self.otp_last_step = s.otp_last_step;
+        self.otp_drift = s.otp_drift;
+        self.last_seen_ms = s.last_seen_ms;
+    }
 }
 
 /// A pending enrollment, as storage keeps it (never the enrollment secret itself).
@@ -68,8 +111,10 @@ pub enum Mutation {
         /// The username, as enrolled.
         username: String,
     },
-    /// Put the token's state.
+    /// Put the token's whole record (pairing, PIN change: secrets changed).
     Token(Box<TokenRecord>),
+    /// Update the token's state (everything else).
+    TokenState(TokenStateRecord),
     /// Delete the token and everything attached to it.
     DeleteToken(TokenId),
     /// Put a pending enrollment.
@@ -84,13 +129,12 @@ pub enum Mutation {
     Event(Event),
 }
 
-/// The mutations and events of one batch of packets or API commands.
+/// The mutations of one batch of packets or API commands; its events are the
+/// [`Mutation::Event`] records (the webhook outbox), published once the batch is committed.
 #[derive(Debug, Default)]
 pub struct Batch {
     /// Records to persist, in order.
     pub mutations: Vec<Mutation>,
-    /// Events to publish once the batch is committed.
-    pub events: Vec<Event>,
 }
 
 impl Batch {
@@ -101,12 +145,19 @@ impl Batch {
 
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.mutations.is_empty() && self.events.is_empty()
+        self.mutations.is_empty()
+    }
+
+    /// The batch's events, in order.
+    pub fn events(&self) -> impl Iterator<Item = &Event> {
+        self.mutations.iter().filter_map(|m| match m {
+            Mutation::Event(e) => Some(e),
+            _ => None,
+        })
     }
 
     pub(crate) fn event(&mut self, event: Event) {
-        self.mutations.push(Mutation::Event(event.clone()));
-        self.events.push(event);
+        self.mutations.push(Mutation::Event(event));
     }
 }
 

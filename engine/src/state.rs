@@ -44,20 +44,34 @@ pub(crate) const FLAG_HAS_DURESS: u8 = 0x01;
 pub(crate) const FLAG_OPEN_DURESS: u8 = 0x02;
 /// The token has an entry in its shard's replay-window map.
 pub(crate) const FLAG_HAS_WINDOW: u8 = 0x04;
+/// The token has an entry in its shard's expiry heap (at most one per token).
+pub(crate) const FLAG_TIMER: u8 = 0x08;
+
+/// Expiry timers of one shard: a min-heap of `(open_until_ms, slot)` holding at most one
+/// entry per token (memory is bounded by the number of tokens, however often they reopen).
+pub(crate) type Timers = std::collections::BinaryHeap<std::cmp::Reverse<(u64, u32)>>;
+
+/// Schedules the token's expiry if it is open and has no timer yet.
+pub(crate) fn schedule_expiry(timers: &mut Timers, e: &mut TokenEntry, slot: u32) {
+    if e.state == TokenState::Open && e.flags & FLAG_TIMER == 0 {
+        timers.push(std::cmp::Reverse((e.open_until_ms, slot)));
+        e.flags |= FLAG_TIMER;
+    }
+}
 
 /// A paired token in memory: 216 bytes. Keys and verifiers are zeroized when the entry is
 /// overwritten or dropped (see `Drop`). Cold data (username) lives in storage only.
+///
+/// Field order is the memory layout (`repr(C)`): what every packet touches (id, counters,
+/// times, flags, both packet keys: the first 120 bytes) comes first, so that STATUS and CLOSE
+/// read two or three cache lines of the entry rather than all four.
 #[derive(Clone)]
+#[repr(C)]
 pub(crate) struct TokenEntry {
     pub id: [u8; 16],
-    pub secret: [u8; 32],
-    pub d2s: [u8; 32],
-    pub s2d: [u8; 32],
-    pub pin: [u8; 32],
-    pub duress: [u8; 32],
     pub highest: u64,
-    pub open_until_ms: u64,
     pub offset_ms: i64,
+    pub open_until_ms: u64,
     pub last_seen_s: u32,
     pub otp_last_step: u32,
     pub service: u16,
@@ -65,14 +79,17 @@ pub(crate) struct TokenEntry {
     pub failures: u8,
     pub flags: u8,
     pub otp_drift: i8,
+    pub d2s: zoftoken_proto::aead::PacketKey,
+    pub s2d: zoftoken_proto::aead::PacketKey,
+    pub pin: [u8; 32],
+    pub duress: [u8; 32],
+    pub secret: [u8; 32],
 }
 
 impl Drop for TokenEntry {
     fn drop(&mut self) {
         use zeroize::Zeroize;
         self.secret.zeroize();
-        self.d2s.zeroize();
-        self.s2d.zeroize();
         self.pin.zeroize();
         self.duress.zeroize();
     }

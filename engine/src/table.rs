@@ -68,6 +68,33 @@ impl Table {
         self.chunks.get_mut(s / CHUNK)?.get_mut(s % CHUNK)
     }
 
+    /// Prefetch step 1: brings the id's home bucket of the index into the cache.
+    pub fn prefetch_bucket(&self, id: &[u8; 16]) {
+        let h = mix(id, self.hash_key);
+        prefetch_index::prefetch_index(&self.index, h as usize & self.mask);
+    }
+
+    /// Prefetch step 2 (after step 1 for a whole batch): reads the home bucket and brings the
+    /// first two cache lines of the entry it points to (id, counters, packet keys) into the
+    /// cache. A hint only: a wrong guess (tag mismatch, probing) costs nothing but a miss.
+    pub fn prefetch_entry(&self, id: &[u8; 16]) {
+        let h = mix(id, self.hash_key);
+        let Some(&b) = self.index.get(h as usize & self.mask) else { return };
+        if b == 0 || b >> 32 != Self::tag_of(h) {
+            return;
+        }
+        let s = (b as u32).wrapping_sub(1) as usize;
+        // Taking a field's address reads nothing; each prefetch asks for the line holding
+        // that field. Together they cover bytes 0–150: the hot fields, both packet keys
+        // and the PIN verifier.
+        if let Some(e) = self.chunks.get(s / CHUNK).and_then(|c| c.get(s % CHUNK)) {
+            prefetch_index::prefetch_index(std::slice::from_ref(&e.id), 0);
+            prefetch_index::prefetch_index(std::slice::from_ref(&e.d2s), 0);
+            prefetch_index::prefetch_index(std::slice::from_ref(&e.s2d), 0);
+            prefetch_index::prefetch_index(std::slice::from_ref(&e.pin), 0);
+        }
+    }
+
     /// The slot of a token id.
     pub fn find(&self, id: &[u8; 16]) -> Option<u32> {
         let h = mix(id, self.hash_key);
@@ -215,8 +242,8 @@ mod tests {
         TokenEntry {
             id,
             secret: [1; 32],
-            d2s: [2; 32],
-            s2d: [3; 32],
+            d2s: zoftoken_proto::aead::PacketKey::new([2; 32]),
+            s2d: zoftoken_proto::aead::PacketKey::new([3; 32]),
             pin: [4; 32],
             duress: [0; 32],
             highest: 0,

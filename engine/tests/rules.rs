@@ -825,10 +825,12 @@ fn every_state_change_is_a_mutation_and_reads_are_not() {
     w.send(&mut p, Request::Status).unwrap();
     assert_eq!(w.commit.log.len(), before, "STATUS changes nothing");
     w.open(&mut p).unwrap();
-    let token_puts: Vec<&TokenRecord> = w.commit.log[before..]
+    // A state change writes the state only: no secret is re-written.
+    assert!(!w.commit.log[before..].iter().any(|m| matches!(m, Mutation::Token(_))));
+    let token_puts: Vec<&TokenStateRecord> = w.commit.log[before..]
         .iter()
         .filter_map(|m| match m {
-            Mutation::Token(r) => Some(&**r),
+            Mutation::TokenState(r) => Some(r),
             _ => None,
         })
         .collect();
@@ -852,10 +854,14 @@ fn a_restart_restores_tokens_and_still_refuses_replays() {
     let recorded = p.last_request.clone();
     // A new engine (new epoch) loaded from the committed records.
     let engine = Engine::new(EngineConfig::new(services(), 8, [1; 32])).unwrap();
-    let mut last = std::collections::HashMap::new();
+    let mut last: std::collections::HashMap<TokenId, TokenRecord> = std::collections::HashMap::new();
     for m in &w.commit.log {
-        if let Mutation::Token(r) = m {
-            last.insert(r.token_id, (**r).clone());
+        match m {
+            Mutation::Token(r) => {
+                last.insert(r.token_id, (**r).clone());
+            }
+            Mutation::TokenState(s) => last.get_mut(&s.token_id).unwrap().apply_state(s),
+            _ => {}
         }
     }
     for r in last.values() {
@@ -884,7 +890,7 @@ fn a_slow_consumer_never_blocks_and_overflow_is_counted() {
             .unwrap();
     }
     engine.publish(&mut batch);
-    assert_eq!(engine.events().published(), 2);
+    assert_eq!(engine.events().queued(), 2);
     assert_eq!(engine.events().overflowed(), 3);
 }
 

@@ -74,7 +74,19 @@ impl MsgType {
 
     /// The type for a request type byte, or `None` when it is unknown.
     pub fn from_request_byte(byte: u8) -> Option<MsgType> {
-        Self::ALL.into_iter().find(|t| *t as u8 == byte)
+        Some(match byte {
+            0x01 => MsgType::PairInit,
+            0x02 => MsgType::PairComplete,
+            0x03 => MsgType::Open,
+            0x04 => MsgType::Close,
+            0x05 => MsgType::Status,
+            0x06 => MsgType::TimeSync,
+            0x07 => MsgType::TxFetch,
+            0x08 => MsgType::TxApprove,
+            0x09 => MsgType::TxDeny,
+            0x0A => MsgType::ChangePin,
+            _ => return None,
+        })
     }
 
     /// The type for a reply type byte (reply bit set), or `None`.
