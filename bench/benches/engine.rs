@@ -1,7 +1,12 @@
 //! Engine benchmark (criterion): 1 million resident tokens, realistic mix (STATUS 60 %,
 //! OPEN 20 %, CLOSE 20 %), each packet fully processed; beside it, the codec's open + seal of
 //! the same sizes. `cargo bench -p zoftoken-bench --bench engine`
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use std::time::{Duration, Instant};
 

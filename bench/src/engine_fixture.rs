@@ -2,11 +2,17 @@
 //! records, one shared PIN verifier so that loading needs no Argon2id), and streams of sealed
 //! requests with the realistic mix (STATUS 60 %, OPEN 20 %, CLOSE 20 %), each token's packets
 //! in counter order and all on one stream (as a phone sends them).
+//!
+//! A benchmark whose setup fails or whose packets are dropped measures the wrong thing, so
+//! this module panics rather than report a figure.
+#![allow(clippy::panic)]
 
 use std::net::SocketAddr;
 
 use zerocopy::IntoBytes;
-use zoftoken_engine::{Batch, Engine, EngineConfig, PacketOutcome, ServiceConfig, TokenRecord, TokenState};
+use zoftoken_engine::{
+    Batch, Engine, EngineConfig, PacketOutcome, ServiceConfig, TokenRecord, TokenState,
+};
 use zoftoken_proto::packet::seal_request;
 use zoftoken_proto::wire::{Be64, MsgType, OpenRequest, PlainRequest};
 use zoftoken_proto::{PinVerifier, SecretBytes, TokenId, TokenSecret};
@@ -53,7 +59,9 @@ pub fn loaded_engine(tokens: u64, shards: usize) -> Engine {
             otp_drift: 0,
             last_seen_ms: 0,
         };
-        engine.load_token(&record).unwrap_or_else(|e| panic!("load: {e}"));
+        engine
+            .load_token(&record)
+            .unwrap_or_else(|e| panic!("load: {e}"));
     }
     engine
 }
@@ -69,7 +77,13 @@ pub struct Stream {
 /// Builds `streams` streams of `per_stream` packets over tokens `0..tokens`; stream `s` only
 /// uses tokens with `i % streams == s`. `counters` holds each token's next counter and is
 /// advanced, so successive calls continue where the last left off.
-pub fn streams(tokens: u64, streams: usize, per_stream: usize, counters: &mut [u64], seed: u64) -> Vec<Stream> {
+pub fn streams(
+    tokens: u64,
+    streams: usize,
+    per_stream: usize,
+    counters: &mut [u64],
+    seed: u64,
+) -> Vec<Stream> {
     let v = verifier();
     let mut rng = seed | 1;
     let mut next = || {
@@ -97,12 +111,36 @@ pub fn streams(tokens: u64, streams: usize, per_stream: usize, counters: &mut [u
                 let roll = next() % 10;
                 let time = Be64::new(NOW_MS);
                 let (t, body): (MsgType, Vec<u8>) = if roll < 6 {
-                    (MsgType::Status, PlainRequest { device_time_ms: time, zero: [0; 16] }.as_bytes().to_vec())
+                    (
+                        MsgType::Status,
+                        PlainRequest {
+                            device_time_ms: time,
+                            zero: [0; 16],
+                        }
+                        .as_bytes()
+                        .to_vec(),
+                    )
                 } else if roll < 8 {
                     let proof = v.proof(MsgType::Open, &id.0, counter);
-                    (MsgType::Open, OpenRequest { device_time_ms: time, proof }.as_bytes().to_vec())
+                    (
+                        MsgType::Open,
+                        OpenRequest {
+                            device_time_ms: time,
+                            proof,
+                        }
+                        .as_bytes()
+                        .to_vec(),
+                    )
                 } else {
-                    (MsgType::Close, PlainRequest { device_time_ms: time, zero: [0; 16] }.as_bytes().to_vec())
+                    (
+                        MsgType::Close,
+                        PlainRequest {
+                            device_time_ms: time,
+                            zero: [0; 16],
+                        }
+                        .as_bytes()
+                        .to_vec(),
+                    )
                 };
                 let n = seal_request(&keys.d2s, t, id.0, counter, &body, &mut out).unwrap_or(0);
                 packets.push((bytes.len(), n));
@@ -130,7 +168,9 @@ pub fn run_with(engine: &Engine, stream: &mut Stream, prefetch: bool) -> usize {
             engine.prefetch(chunk.iter().filter_map(|(s, l)| bytes.get(*s..*s + *l)));
         }
         for (start, len) in chunk {
-            let Some(d) = bytes.get_mut(*start..*start + *len) else { continue };
+            let Some(d) = bytes.get_mut(*start..*start + *len) else {
+                continue;
+            };
             match engine.handle_packet(NOW_MS, src, d, &mut out, &mut batch) {
                 PacketOutcome::Reply(_) => replies += 1,
                 PacketOutcome::Drop(r) => panic!("benchmark packet dropped: {r}"),
@@ -149,6 +189,10 @@ pub fn run(engine: &Engine, stream: &mut Stream) -> usize {
 /// Resident set size of this process in bytes (Linux `/proc/self/statm`).
 pub fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }

@@ -409,7 +409,16 @@ impl Engine {
             Auth::Failed => OfflineOutcome::Rejected { attempts_left: 0 },
         };
         let duress = matches!(auth, Auth::Ok { duress: true });
-        self.settle(now_ms, e, auth, duress_ok, Actor::Operator, batch, open, &self.services());
+        self.settle(
+            now_ms,
+            e,
+            auth,
+            duress_ok,
+            Actor::Operator,
+            batch,
+            open,
+            &self.services(),
+        );
         if duress && duress_ok && !open {
             let mut ev = event(EventKind::Duress, e, now_ms, Actor::Operator);
             ev.duress = true;
@@ -770,7 +779,10 @@ impl Engine {
 
     /// The name of a service by index.
     pub fn service_name(&self, index: u16) -> Option<std::sync::Arc<str>> {
-        self.services().list.get(usize::from(index)).map(|s| s.name.clone())
+        self.services()
+            .list
+            .get(usize::from(index))
+            .map(|s| s.name.clone())
     }
 
     /// The otp parameters of a service (for the app's display and the API).

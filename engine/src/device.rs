@@ -93,7 +93,11 @@ impl Engine {
             let r = self.pair_init(now_ms, &id, datagram, out);
             if r.is_ok() {
                 let mut shard = self.shard(&id);
-                if let Some(c) = shard.counters.replies.get_mut(usize::from(msg_type.request_byte())) {
+                if let Some(c) = shard
+                    .counters
+                    .replies
+                    .get_mut(usize::from(msg_type.request_byte()))
+                {
                     *c += 1;
                 }
             }
@@ -271,7 +275,11 @@ impl Engine {
         batch.event(event(EventKind::Paired, e, now_ms, Actor::Device));
         let block = status_block(e, ReplyStatus::Ok, now_ms);
         Engine::notify_in(&mut shard, id);
-        if let Some(c) = shard.counters.replies.get_mut(usize::from(MsgType::PairComplete.request_byte())) {
+        if let Some(c) = shard
+            .counters
+            .replies
+            .get_mut(usize::from(MsgType::PairComplete.request_byte()))
+        {
             *c += 1;
         }
         drop(shard);
@@ -298,7 +306,15 @@ impl Engine {
             }
             return Err(DropReason::UnknownToken);
         };
-        let crate::Shard { table, windows, services, presence, timers, counters, .. } = &mut *guard;
+        let crate::Shard {
+            table,
+            windows,
+            services,
+            presence,
+            timers,
+            counters,
+            ..
+        } = &mut *guard;
         let e = table.get(slot).ok_or(DropReason::UnknownToken)?;
         let (highest, offset, state) = (e.highest, e.offset_ms, e.state);
         let has_window = e.flags & FLAG_HAS_WINDOW != 0;
@@ -379,11 +395,20 @@ impl Engine {
                 Mutation::TokenState(crate::state_record(e))
             });
         }
-        if let Some(c) = counters.replies.get_mut(usize::from(msg_type.request_byte())) {
+        if let Some(c) = counters
+            .replies
+            .get_mut(usize::from(msg_type.request_byte()))
+        {
             *c += 1;
         }
-        let len = seal_reply(&e.s2d, self.epoch, &req.header, reply.as_slice(msg_type), out)
-            .map_err(|_| DropReason::WrongLength)?;
+        let len = seal_reply(
+            &e.s2d,
+            self.epoch,
+            &req.header,
+            reply.as_slice(msg_type),
+            out,
+        )
+        .map_err(|_| DropReason::WrongLength)?;
         if changed {
             Engine::notify_in(&mut guard, id);
         }
@@ -412,7 +437,16 @@ impl Engine {
                 let auth =
                     self.authenticate(e, |n, d| check_proof(&o.proof, n, d, t, &e.id, counter));
                 *changed = true;
-                self.settle(now_ms, e, auth, duress_ok, Actor::Device, batch, true, services)
+                self.settle(
+                    now_ms,
+                    e,
+                    auth,
+                    duress_ok,
+                    Actor::Device,
+                    batch,
+                    true,
+                    services,
+                )
             }
             RequestBody::Close(_) => {
                 if e.state == TokenState::Blocked {
@@ -485,7 +519,16 @@ impl Engine {
                     }
                     other => {
                         *changed = true;
-                        self.settle(now_ms, e, other, duress_ok, Actor::Device, batch, false, services)
+                        self.settle(
+                            now_ms,
+                            e,
+                            other,
+                            duress_ok,
+                            Actor::Device,
+                            batch,
+                            false,
+                            services,
+                        )
                     }
                 }
             }

@@ -9,6 +9,7 @@ use zoftoken_proto::TokenId;
 
 /// What happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum EventKind {
     /// A token was enrolled (pending, waiting for the app).
     Enrolled,
@@ -121,13 +122,19 @@ pub struct EventBus {
     tx: Sender<Event>,
     rx: Receiver<Event>,
     overflowed: AtomicU64,
+    by_kind: [AtomicU64; EventKind::ALL.len()],
 }
 
 impl EventBus {
     /// A channel holding at most `capacity` undelivered events.
     pub fn new(capacity: usize) -> EventBus {
         let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
-        EventBus { tx, rx, overflowed: AtomicU64::new(0) }
+        EventBus {
+            tx,
+            rx,
+            overflowed: AtomicU64::new(0),
+            by_kind: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
     }
 
     /// A receiver for consumers (clone it for several).
@@ -154,6 +161,21 @@ impl EventBus {
         if n > 0 {
             self.overflowed.fetch_add(n, Ordering::Relaxed);
         }
+    }
+
+    pub(crate) fn count_kinds(&self, counts: &[u64; EventKind::ALL.len()]) {
+        for (c, n) in self.by_kind.iter().zip(counts) {
+            if *n > 0 {
+                c.fetch_add(*n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Committed events of a kind so far (opens, blocks, duress, …).
+    pub fn count(&self, kind: EventKind) -> u64 {
+        self.by_kind
+            .get(kind as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Events dropped because the channel was full.

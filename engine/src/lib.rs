@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+pub mod authkeys;
 pub mod config;
 mod device;
 pub mod event;
@@ -36,6 +37,7 @@ use zoftoken_proto::DropReason;
 pub use admin::{
     EnrollmentTicket, Force, OfflineOutcome, TokenStatus, BACKUP_CODES, BACKUP_DIGITS,
 };
+pub use authkeys::{Access, AuthkeyConfig, Authkeys, Right};
 pub use config::{ServiceConfig, WebhookConfig};
 pub use device::PacketOutcome;
 pub use event::{Actor, Event, EventBus, EventKind};
@@ -77,6 +79,8 @@ pub enum EngineError {
 pub struct EngineConfig {
     /// The services.
     pub services: Vec<ServiceConfig>,
+    /// The authkeys.
+    pub authkeys: Vec<AuthkeyConfig>,
     /// Number of shards (rounded up to a power of two).
     pub shards: usize,
     /// This server process's epoch (SPEC.md §4.3): non-zero, unique per start.
@@ -96,6 +100,7 @@ impl EngineConfig {
     pub fn new(services: Vec<ServiceConfig>, epoch: u32, seed: [u8; 32]) -> EngineConfig {
         EngineConfig {
             services,
+            authkeys: Vec::new(),
             shards: 64,
             epoch,
             seed,
@@ -124,9 +129,6 @@ pub(crate) struct Counters {
     pub replies: [u64; 16],
     /// Drops by reason (index into `DropReason::ALL`).
     pub drops: [u64; 16],
-    pub opens: u64,
-    pub blocks: u64,
-    pub duress: u64,
 }
 
 pub(crate) struct Shard {
@@ -152,6 +154,7 @@ pub(crate) const WINDOW_IDLE_MS: u64 = 4 * zoftoken_proto::clock::MAX_SKEW_MS;
 /// The engine. Shareable between threads (`&self` everywhere).
 pub struct Engine {
     services: RwLock<Arc<Services>>,
+    authkeys: RwLock<Arc<Authkeys>>,
     shards: Box<[Mutex<Shard>]>,
     shard_mask: usize,
     pending: Mutex<side::Pending>,
@@ -189,6 +192,7 @@ impl Engine {
     /// Builds an engine with no tokens (storage loads them with [`Engine::load_token`]).
     pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
         config::validate_services(&config.services).map_err(EngineError::Config)?;
+        let authkeys = Authkeys::new(&config.authkeys).map_err(EngineError::Config)?;
         if config.epoch == 0 {
             return Err(EngineError::Invalid("epoch must not be zero"));
         }
@@ -212,6 +216,7 @@ impl Engine {
         rand_core::RngCore::fill_bytes(&mut seed_rng, &mut rng_seed);
         Ok(Engine {
             services: RwLock::new(services),
+            authkeys: RwLock::new(Arc::new(authkeys)),
             shards: shard_list.into_boxed_slice(),
             shard_mask: shards - 1,
             pending: Mutex::new(side::Pending::default()),
@@ -264,6 +269,24 @@ impl Engine {
         Ok(())
     }
 
+    /// Replaces the authkeys (reload); on error the old ones stay.
+    pub fn reload_authkeys(&self, keys: &[AuthkeyConfig]) -> Result<(), EngineError> {
+        let compiled = Authkeys::new(keys).map_err(EngineError::Config)?;
+        *self.authkeys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(compiled);
+        Ok(())
+    }
+
+    /// Whether the API caller holding `secret` may do an operation needing `right` on
+    /// `username` in `service` (both masks must match).
+    pub fn authorize(&self, secret: &str, right: Right, service: &str, username: &str) -> Access {
+        let keys = self
+            .authkeys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        keys.check(secret, right, service, username)
+    }
+
     pub(crate) fn services(&self) -> Arc<Services> {
         self.services
             .read()
@@ -302,14 +325,19 @@ impl Engine {
     /// Publishes a committed batch's events and clears the batch.
     pub fn publish(&self, batch: &mut Batch) {
         let mut overflowed = 0;
+        let mut kinds = [0u64; EventKind::ALL.len()];
         for m in batch.mutations.drain(..) {
             if let Mutation::Event(e) = m {
+                if let Some(k) = kinds.get_mut(e.kind as usize) {
+                    *k += 1;
+                }
                 if !self.events.try_publish(e) {
                     overflowed += 1;
                 }
             }
         }
         self.events.count_overflow(overflowed);
+        self.events.count_kinds(&kinds);
     }
 
     /// This process's epoch.
@@ -338,9 +366,6 @@ impl Engine {
             for (t, v) in total.drops.iter_mut().zip(c.drops) {
                 *t += v;
             }
-            total.opens += c.opens;
-            total.blocks += c.blocks;
-            total.duress += c.duress;
         }
         for t in zoftoken_proto::MsgType::ALL {
             let v = total
@@ -355,9 +380,10 @@ impl Engine {
             let v = total.drops.get(i).copied().unwrap_or(0);
             metrics::counter!("zoftoken_drops_total", "reason" => r.label()).absolute(v);
         }
-        metrics::counter!("zoftoken_opens_total").absolute(total.opens);
-        metrics::counter!("zoftoken_blocks_total").absolute(total.blocks);
-        metrics::counter!("zoftoken_duress_total").absolute(total.duress);
+        for kind in EventKind::ALL {
+            metrics::counter!("zoftoken_events_total", "event" => kind.name())
+                .absolute(self.events.count(kind));
+        }
         metrics::gauge!("zoftoken_tokens").set(self.token_count() as f64);
         metrics::counter!("zoftoken_events_overflowed_total").absolute(self.events.overflowed());
     }

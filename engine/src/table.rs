@@ -79,7 +79,9 @@ impl Table {
     /// cache. A hint only: a wrong guess (tag mismatch, probing) costs nothing but a miss.
     pub fn prefetch_entry(&self, id: &[u8; 16]) {
         let h = mix(id, self.hash_key);
-        let Some(&b) = self.index.get(h as usize & self.mask) else { return };
+        let Some(&b) = self.index.get(h as usize & self.mask) else {
+            return;
+        };
         if b == 0 || b >> 32 != Self::tag_of(h) {
             return;
         }

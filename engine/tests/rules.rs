@@ -826,7 +826,9 @@ fn every_state_change_is_a_mutation_and_reads_are_not() {
     assert_eq!(w.commit.log.len(), before, "STATUS changes nothing");
     w.open(&mut p).unwrap();
     // A state change writes the state only: no secret is re-written.
-    assert!(!w.commit.log[before..].iter().any(|m| matches!(m, Mutation::Token(_))));
+    assert!(!w.commit.log[before..]
+        .iter()
+        .any(|m| matches!(m, Mutation::Token(_))));
     let token_puts: Vec<&TokenStateRecord> = w.commit.log[before..]
         .iter()
         .filter_map(|m| match m {
@@ -854,7 +856,8 @@ fn a_restart_restores_tokens_and_still_refuses_replays() {
     let recorded = p.last_request.clone();
     // A new engine (new epoch) loaded from the committed records.
     let engine = Engine::new(EngineConfig::new(services(), 8, [1; 32])).unwrap();
-    let mut last: std::collections::HashMap<TokenId, TokenRecord> = std::collections::HashMap::new();
+    let mut last: std::collections::HashMap<TokenId, TokenRecord> =
+        std::collections::HashMap::new();
     for m in &w.commit.log {
         match m {
             Mutation::Token(r) => {
@@ -959,7 +962,10 @@ fn out_of_order_counters_are_accepted_once_and_never_lower_the_highest() {
     let mut sent = Vec::new();
     for _ in 0..3 {
         let mut out = [0u8; 1200];
-        let tx = p.token.request(&mut p.store, Request::Status, w.now, &mut out).unwrap();
+        let tx = p
+            .token
+            .request(&mut p.store, Request::Status, w.now, &mut out)
+            .unwrap();
         sent.push(out[..tx.len].to_vec());
     }
     assert!(w.deliver(&sent[2]).is_ok());
@@ -976,4 +982,99 @@ fn out_of_order_counters_are_accepted_once_and_never_lower_the_highest() {
     }
     let r = w.send(&mut p, Request::Status);
     assert!(r.is_ok(), "{r:?}");
+}
+
+#[test]
+fn metrics_count_packets_drops_and_events() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", true);
+    w.open(&mut p).unwrap();
+    w.open_duress(&mut p).unwrap();
+    w.send(&mut p, Request::Status).unwrap();
+    let replayed = p.last_request.clone();
+    assert!(w.deliver(&replayed).is_err());
+    assert!(w.deliver(&[1, 2, 3]).is_err());
+    metrics::with_local_recorder(&recorder, || w.engine.export_metrics());
+    let values: std::collections::HashMap<String, f64> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| {
+            let k = key.key();
+            let labels: Vec<String> = k
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            let v = match value {
+                DebugValue::Counter(c) => c as f64,
+                DebugValue::Gauge(g) => g.into_inner(),
+                DebugValue::Histogram(_) => f64::NAN,
+            };
+            (format!("{}{{{}}}", k.name(), labels.join(",")), v)
+        })
+        .collect();
+    let get = |k: &str| {
+        values
+            .get(k)
+            .copied()
+            .unwrap_or_else(|| panic!("missing {k}: {values:?}"))
+    };
+    assert_eq!(get("zoftoken_packets_total{type=OPEN,outcome=reply}"), 2.0);
+    assert_eq!(
+        get("zoftoken_packets_total{type=STATUS,outcome=reply}"),
+        1.0
+    );
+    assert_eq!(
+        get("zoftoken_packets_total{type=PAIR_INIT,outcome=reply}"),
+        1.0
+    );
+    assert_eq!(get("zoftoken_drops_total{reason=replayed}"), 1.0);
+    assert_eq!(get("zoftoken_drops_total{reason=truncated}"), 1.0);
+    assert_eq!(get("zoftoken_events_total{event=opened}"), 2.0);
+    assert_eq!(get("zoftoken_events_total{event=duress}"), 1.0);
+    assert_eq!(get("zoftoken_events_total{event=blocked}"), 0.0);
+    assert_eq!(get("zoftoken_tokens{}"), 1.0);
+}
+
+#[test]
+fn authkeys_come_from_the_configuration_and_reload() {
+    let mut config = EngineConfig::new(services(), 1, [0; 32]);
+    config.authkeys = vec![AuthkeyConfig {
+        name: "frontend".into(),
+        secret_hash: authkeys::hash_secret("k1"),
+        admin: false,
+        service_mask: "bank".into(),
+        user_mask: ".*".into(),
+    }];
+    let engine = Engine::new(config.clone()).unwrap();
+    assert_eq!(
+        engine.authorize("k1", Right::Any, "bank", "alice"),
+        Access::Allowed("frontend".into())
+    );
+    assert_eq!(
+        engine.authorize("k1", Right::Admin, "bank", "alice"),
+        Access::Forbidden
+    );
+    assert_eq!(
+        engine.authorize("k2", Right::Any, "bank", "alice"),
+        Access::Unknown
+    );
+    let mut bad = config.authkeys.clone();
+    bad[0].user_mask = "(".into();
+    assert!(engine.reload_authkeys(&bad).is_err());
+    assert_eq!(
+        engine.authorize("k1", Right::Any, "bank", "alice"),
+        Access::Allowed("frontend".into()),
+        "old keys kept"
+    );
+    engine.reload_authkeys(&[]).unwrap();
+    assert_eq!(
+        engine.authorize("k1", Right::Any, "bank", "alice"),
+        Access::Unknown
+    );
+    config.authkeys[0].service_mask = "[".into();
+    assert!(matches!(Engine::new(config), Err(EngineError::Config(_))));
 }

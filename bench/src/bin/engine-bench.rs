@@ -4,7 +4,12 @@
 //! Prints one line of figures, then one JSON line.
 //!
 //! `engine-bench [--tokens N] [--packets P] [--rounds R] [--memory-only]`
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use std::time::Instant;
 
@@ -18,7 +23,12 @@ fn arg(name: &str, default: u64) -> u64 {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .map(|v| v.replace('_', "").parse().unwrap_or_else(|_| panic!("{name} takes a number")))
+        .map(|v| {
+            v.replace('_', "").parse().unwrap_or_else(|_| {
+                eprintln!("engine-bench: {name} takes a whole number, not {v:?}");
+                std::process::exit(2)
+            })
+        })
         .unwrap_or(default)
 }
 
@@ -31,9 +41,20 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn aead_ns(iterations: usize) -> f64 {
     use zerocopy::IntoBytes;
     let keys = TokenSecret::from_bytes([5; 32]).keys();
-    let body = PlainRequest { device_time_ms: Be64::new(NOW_MS), zero: [0; 16] };
+    let body = PlainRequest {
+        device_time_ms: Be64::new(NOW_MS),
+        zero: [0; 16],
+    };
     let mut sealed = [0u8; 128];
-    let n = zoftoken_proto::packet::seal_request(&keys.d2s, MsgType::Status, [1; 16], 9, body.as_bytes(), &mut sealed).unwrap();
+    let n = zoftoken_proto::packet::seal_request(
+        &keys.d2s,
+        MsgType::Status,
+        [1; 16],
+        9,
+        body.as_bytes(),
+        &mut sealed,
+    )
+    .unwrap();
     let reply = StatusBlock::new(ReplyStatus::Ok, WireState::Closed, 3, 0, NOW_MS);
     let mut buf = [0u8; 128];
     let mut out = [0u8; 128];
@@ -87,7 +108,10 @@ fn main() {
         let mut two = streams(tokens, 2, packets, &mut counters, 101 + round as u64);
         let t = Instant::now();
         let total: usize = std::thread::scope(|s| {
-            let handles: Vec<_> = two.iter_mut().map(|st| s.spawn(|| run(&engine, st))).collect();
+            let handles: Vec<_> = two
+                .iter_mut()
+                .map(|st| s.spawn(|| run(&engine, st)))
+                .collect();
             handles.into_iter().map(|h| h.join().unwrap()).sum()
         });
         pps2.push(total as f64 / t.elapsed().as_secs_f64());

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The engine measurement of issue #3, in one run on this machine:
+#   - packets/s on one and on two threads, 1 million resident tokens, realistic mix
+#     (STATUS 60 %, OPEN 20 %, CLOSE 20 %), each packet fully processed (parse, open, state
+#     change, seal of the reply), in receive batches of 32 with table prefetch;
+#   - the cost of one ChaCha20-Poly1305 open + seal of the same sizes, in the same run;
+#   - resident bytes per token at 1 M and 10 M tokens (RSS before and after loading).
+# Ends with one JSON line:
+#   {"pps_1t":…,"pps_2t":…,"aead_ns":…,"ns_per_packet":…,"bytes_per_token":…}
+# where bytes_per_token is the 10 M figure (the target's size).
+# Usage: bench/engine.sh [packets per round, default 2000000]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+packets="${1:-2000000}"
+cargo build --release --locked -p zoftoken-bench --bin engine-bench >&2
+bin="${CARGO_TARGET_DIR:-target}/release/engine-bench"
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
+run_1m=$("$bin" --tokens 1000000 --packets "$packets" --rounds 3)
+echo "$run_1m" | head -1 >&2
+mem_10m=$("$bin" --tokens 10000000 --memory-only)
+echo "$mem_10m" | head -1 >&2
+
+json_1m=$(echo "$run_1m" | tail -1)
+bpt_10m=$(echo "$mem_10m" | tail -1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes_per_token"])')
+echo "$json_1m" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+r["bytes_per_token"] = float(sys.argv[1])
+print(json.dumps(r, separators=(",", ":")))' "$bpt_10m"

@@ -1,0 +1,218 @@
+//! Authkeys (seed 001, PRODUCT.md "Authkeys"): who may ask what through the API.
+//!
+//! A key is kept only as the BLAKE3 hash of its secret and found by that hash, so a lookup
+//! costs one hash and the stored value is useless to someone who reads it. Masks are regular
+//! expressions anchored at both ends and compiled once; both must match for any access.
+//! Unknown keys and keys without the right are told apart (401 and 403 in the API), but a
+//! refusal never says whether the token exists.
+
+use std::collections::HashMap;
+
+use subtle::ConstantTimeEq;
+
+use crate::config::ConfigError;
+
+/// One authkey as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthkeyConfig {
+    /// A name for listings and logs (never the secret).
+    pub name: String,
+    /// BLAKE3 hash of the secret (see [`hash_secret`]); the secret itself is not kept.
+    pub secret_hash: [u8; 32],
+    /// Admin keys may do every operation; others only status, code validation and reading
+    /// transactions.
+    pub admin: bool,
+    /// Regular expression the service name must match (anchored).
+    pub service_mask: String,
+    /// Regular expression the username must match (anchored).
+    pub user_mask: String,
+}
+
+/// The hash under which a secret is stored and looked up.
+pub fn hash_secret(secret: &str) -> [u8; 32] {
+    blake3::derive_key("zoftoken 2026-11-23 v1 authkey", secret.as_bytes())
+}
+
+/// What an operation needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Right {
+    /// Status, code validation, reading transactions, verifying backup codes.
+    Any,
+    /// Everything else.
+    Admin,
+}
+
+/// The answer to an authorisation question.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// No such key (HTTP 401).
+    Unknown,
+    /// The key exists but may not do this here (HTTP 403).
+    Forbidden,
+    /// Allowed; the key's name, for logs.
+    Allowed(String),
+}
+
+struct Authkey {
+    name: String,
+    secret_hash: [u8; 32],
+    admin: bool,
+    service_mask: regex::Regex,
+    user_mask: regex::Regex,
+}
+
+/// The compiled authkey table.
+#[derive(Default)]
+pub struct Authkeys {
+    by_hash: HashMap<[u8; 32], Authkey>,
+}
+
+fn anchored(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(1 << 20)
+        .build()
+}
+
+impl Authkeys {
+    /// Compiles the table; reports every invalid entry with its path.
+    pub fn new(keys: &[AuthkeyConfig]) -> Result<Authkeys, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut by_hash = HashMap::new();
+        for (i, k) in keys.iter().enumerate() {
+            let err = |field: &str, message: String| ConfigError {
+                path: format!("authkeys[{i}].{field}"),
+                message,
+            };
+            let service_mask =
+                anchored(&k.service_mask).map_err(|e| err("service_mask", e.to_string()));
+            let user_mask = anchored(&k.user_mask).map_err(|e| err("user_mask", e.to_string()));
+            match (service_mask, user_mask) {
+                (Ok(service_mask), Ok(user_mask)) => {
+                    let key = Authkey {
+                        name: k.name.clone(),
+                        secret_hash: k.secret_hash,
+                        admin: k.admin,
+                        service_mask,
+                        user_mask,
+                    };
+                    if by_hash.insert(k.secret_hash, key).is_some() {
+                        errors.push(err("secret", "the same secret is configured twice".into()));
+                    }
+                }
+                (a, b) => errors.extend(a.err().into_iter().chain(b.err())),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Authkeys { by_hash })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Whether `secret` may do an operation needing `right` on `username` in `service`.
+    pub fn check(&self, secret: &str, right: Right, service: &str, username: &str) -> Access {
+        let hash = hash_secret(secret);
+        let Some(key) = self.by_hash.get(&hash) else {
+            return Access::Unknown;
+        };
+        // The map lookup compared hashes already; compare again in constant time so that
+        // a hash-map implementation detail never decides access.
+        if !bool::from(key.secret_hash.ct_eq(&hash)) {
+            return Access::Unknown;
+        }
+        let allowed = (key.admin || right == Right::Any)
+            && key.service_mask.is_match(service)
+            && key.user_mask.is_match(username);
+        if allowed {
+            Access::Allowed(key.name.clone())
+        } else {
+            Access::Forbidden
+        }
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    /// Whether there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str, secret: &str, admin: bool, s: &str, u: &str) -> AuthkeyConfig {
+        AuthkeyConfig {
+            name: name.into(),
+            secret_hash: hash_secret(secret),
+            admin,
+            service_mask: s.into(),
+            user_mask: u.into(),
+        }
+    }
+
+    #[test]
+    fn rights_and_anchored_masks() {
+        let keys = Authkeys::new(&[
+            key("root", "s3cret", true, ".*", ".*"),
+            key("web", "web-key", false, "bank", "[a-z]+"),
+        ])
+        .unwrap();
+        assert_eq!(
+            keys.check("nope", Right::Any, "bank", "alice"),
+            Access::Unknown
+        );
+        assert_eq!(
+            keys.check("s3cret", Right::Admin, "x", "y"),
+            Access::Allowed("root".into())
+        );
+        assert_eq!(
+            keys.check("web-key", Right::Any, "bank", "alice"),
+            Access::Allowed("web".into())
+        );
+        assert_eq!(
+            keys.check("web-key", Right::Admin, "bank", "alice"),
+            Access::Forbidden
+        );
+        // Anchored: a mask matching inside the name is not enough.
+        assert_eq!(
+            keys.check("web-key", Right::Any, "bank2", "alice"),
+            Access::Forbidden
+        );
+        assert_eq!(
+            keys.check("web-key", Right::Any, "mybank", "alice"),
+            Access::Forbidden
+        );
+        assert_eq!(
+            keys.check("web-key", Right::Any, "bank", "alice1"),
+            Access::Forbidden
+        );
+        // An alternation cannot escape the anchors.
+        let k = Authkeys::new(&[key("alt", "k", false, "a|b", ".*")]).unwrap();
+        assert_eq!(k.check("k", Right::Any, "ab", "u"), Access::Forbidden);
+        assert_eq!(
+            k.check("k", Right::Any, "b", "u"),
+            Access::Allowed("alt".into())
+        );
+    }
+
+    #[test]
+    fn bad_masks_are_reported_with_their_path() {
+        let errors = Authkeys::new(&[
+            key("ok", "a", false, ".*", ".*"),
+            key("bad", "b", false, "(", ".*"),
+            key("dup", "a", false, ".*", "["),
+        ])
+        .err()
+        .unwrap();
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec!["authkeys[1].service_mask", "authkeys[2].user_mask"]
+        );
+    }
+}
