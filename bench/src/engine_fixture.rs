@@ -157,11 +157,23 @@ pub fn streams(
 /// prefetched first ([`Engine::prefetch`]). Returns the number of replies; panics if any
 /// packet was dropped (a benchmark bug).
 pub fn run_with(engine: &Engine, stream: &mut Stream, prefetch: bool) -> usize {
+    let all = 0..stream.packets.len();
+    run_range(engine, stream, all, prefetch)
+}
+
+/// [`run_with`] over the packets `range` of the stream only.
+pub fn run_range(
+    engine: &Engine,
+    stream: &mut Stream,
+    range: std::ops::Range<usize>,
+    prefetch: bool,
+) -> usize {
     let src: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 40000));
     let mut out = [0u8; 1200];
     let mut batch = Batch::new();
     let mut replies = 0;
     let Stream { bytes, packets } = stream;
+    let packets = packets.get(range).unwrap_or_default();
     // Receive batches of 32, as the IO driver hands them over: prefetch, process, commit.
     for chunk in packets.chunks(32) {
         if prefetch {
