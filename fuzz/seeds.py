@@ -36,4 +36,7 @@ for m in session["messages"]:
         dg = bytes.fromhex(m[side]["datagram"])
         plain.append(dg[:32] + bytes.fromhex(m[side]["body"]) + bytes(16))
 write("body", plain)
+# The engine target reads records [len_hi, len_lo, seconds, datagram...].
+record = lambda d, step=0: bytes([len(d) >> 8, len(d) & 0xFF, step]) + d
+write("engine", [record(d) for d in plain[::2]] + [b"".join(record(d, 1) for d in plain[::2])])
 print("seeds written to", root / "seeds")
