@@ -1,5 +1,9 @@
 //! Operations for the API (PRODUCT.md "API operations") and the timers. Authorisation
 //! (authkeys, masks) is the API's job; these methods trust their caller.
+//!
+//! Lock order, everywhere in the engine: `pending` → shard → `side`, and `rng` only as a leaf
+//! (nothing else is taken while it is held). No path takes a lock earlier in that order while
+//! holding a later one.
 
 use zoftoken_proto::codes::{self, OtpParams};
 use zoftoken_proto::deeplink::Deeplink;
@@ -253,13 +257,12 @@ impl Engine {
         f: impl FnOnce(&mut TokenEntry, &mut crate::Shard, u32) -> R,
     ) -> Result<R, EngineError> {
         let mut shard = self.shard(&id.0);
-        let slot = shard.table.find(&id.0).ok_or_else(|| {
-            if lock(&self.pending).by_token.contains_key(&id.0) {
-                EngineError::NotPaired
-            } else {
-                EngineError::UnknownToken
-            }
-        })?;
+        let Some(slot) = shard.table.find(&id.0) else {
+            // Lock order is pending → shard (pairing): release the shard first.
+            drop(shard);
+            let pending = lock(&self.pending).by_token.contains_key(&id.0);
+            return Err(if pending { EngineError::NotPaired } else { EngineError::UnknownToken });
+        };
         let shard = &mut *shard;
         let mut entry = shard
             .table
