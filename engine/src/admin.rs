@@ -261,7 +261,11 @@ impl Engine {
             // Lock order is pending → shard (pairing): release the shard first.
             drop(shard);
             let pending = lock(&self.pending).by_token.contains_key(&id.0);
-            return Err(if pending { EngineError::NotPaired } else { EngineError::UnknownToken });
+            return Err(if pending {
+                EngineError::NotPaired
+            } else {
+                EngineError::UnknownToken
+            });
         };
         let shard = &mut *shard;
         let mut entry = shard

@@ -1078,3 +1078,56 @@ fn authkeys_come_from_the_configuration_and_reload() {
     config.authkeys[0].service_mask = "[".into();
     assert!(matches!(Engine::new(config), Err(EngineError::Config(_))));
 }
+
+#[test]
+fn pairing_and_admin_operations_run_concurrently() {
+    // Admin lookups of pending tokens (pending table) race with pairing (pending, then
+    // shard); a lock-order inversion would deadlock here.
+    let w = World::new();
+    let engine = &w.engine;
+    let users: Vec<String> = (0..150).map(|i| format!("u{i}")).collect();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for u in &users {
+                let mut batch = Batch::new();
+                let ticket = engine.enroll(T0, "bank", u, &mut batch).unwrap();
+                let mut pairing =
+                    Pairing::from_deeplink(&Deeplink::parse(&ticket.deeplink).unwrap());
+                let mut out = [0u8; 1200];
+                let mut reply = [0u8; 1200];
+                let src: SocketAddr = SRC.parse().unwrap();
+                let tx = pairing.init_request(T0, [7; 32], &mut out).unwrap();
+                let PacketOutcome::Reply(n) =
+                    engine.handle_packet(T0, src, &mut out[..tx.len], &mut reply, &mut batch)
+                else {
+                    panic!("PAIR_INIT dropped")
+                };
+                let offer = pairing.handle_init_reply(&mut reply[..n]).unwrap();
+                let pin = PinVerifier::from_bytes([1; 32]);
+                let tx = pairing.complete_request(&pin, None, T0, &mut out).unwrap();
+                assert!(matches!(
+                    engine.handle_packet(T0, src, &mut out[..tx.len], &mut reply, &mut batch),
+                    PacketOutcome::Reply(_)
+                ));
+                assert_eq!(
+                    engine.status_by_id(T0, &offer.token_id).unwrap().state,
+                    TokenState::Closed
+                );
+            }
+        });
+        s.spawn(|| {
+            for _ in 0..20 {
+                for u in &users {
+                    let id = TokenId::derive("bank", u);
+                    let mut batch = Batch::new();
+                    let r = engine.force(T0, &id, Force::Closed, &mut batch);
+                    assert!(
+                        r.is_ok()
+                            || matches!(r, Err(EngineError::NotPaired | EngineError::UnknownToken))
+                    );
+                }
+            }
+        });
+    });
+    assert_eq!(engine.token_count(), 150);
+}
