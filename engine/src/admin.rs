@@ -250,6 +250,19 @@ impl Engine {
         Err(EngineError::UnknownToken)
     }
 
+    /// Where and when the token's app last announced itself (TIME_SYNC, SPEC.md §7.8): the
+    /// source address of its last presence and the last time it was heard from.
+    pub fn presence(&self, id: &TokenId) -> Option<(std::net::SocketAddr, u64)> {
+        let shard = self.shard(&id.0);
+        let slot = shard.table.find(&id.0)?;
+        let addr = *shard.presence.get(&slot)?;
+        let seen = shard
+            .table
+            .get(slot)
+            .map(|e| u64::from(e.last_seen_s) * 1000)?;
+        Some((addr, seen))
+    }
+
     /// Runs `f` on a paired token's entry (re-enrolled tokens count as not paired).
     fn with_paired<R>(
         &self,

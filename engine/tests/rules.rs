@@ -1131,3 +1131,23 @@ fn pairing_and_admin_operations_run_concurrently() {
     });
     assert_eq!(engine.token_count(), 150);
 }
+
+#[test]
+fn presence_remembers_the_last_source_and_time() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", false);
+    let id = p.token.token_id();
+    assert_eq!(w.engine.presence(&id), None);
+    w.now += 5_000;
+    w.send(&mut p, Request::TimeSync).unwrap();
+    let (addr, seen) = w.engine.presence(&id).unwrap();
+    assert_eq!(addr, SRC.parse().unwrap());
+    assert_eq!(seen, w.now / 1000 * 1000);
+    assert_eq!(
+        w.engine
+            .status(w.now, "bank", "alice")
+            .unwrap()
+            .last_seen_ms,
+        Some(seen)
+    );
+}
