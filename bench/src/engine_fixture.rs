@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 use zerocopy::IntoBytes;
 use zoftoken_engine::{
-    Batch, Engine, EngineConfig, PacketOutcome, ServiceConfig, TokenRecord, TokenState,
+    Batch, Engine, EngineConfig, PacketOutcome, ServiceConfig, TokenRecord, TokenStateRecord,
 };
 use zoftoken_proto::packet::seal_request;
 use zoftoken_proto::wire::{Be64, MsgType, OpenRequest, PlainRequest};
@@ -44,20 +44,11 @@ pub fn loaded_engine(tokens: u64, shards: usize) -> Engine {
     let v = verifier();
     for i in 0..tokens {
         let record = TokenRecord {
-            token_id: token_id(i),
             service: 0,
             secret: SecretBytes::new(secret(i)),
             pin_verifier: SecretBytes::new(*v.expose()),
             duress_verifier: None,
-            state: TokenState::Closed,
-            open_until_ms: 0,
-            open_duress: false,
-            failures: 0,
-            highest_counter: 0,
-            clock_offset_ms: 0,
-            otp_last_step: 0,
-            otp_drift: 0,
-            last_seen_ms: 0,
+            status: TokenStateRecord::new(token_id(i)),
         };
         engine
             .load_token(&record)

@@ -181,16 +181,13 @@ impl Engine {
             batch.mutations.push(Mutation::Pending(Box::new(r)));
         }
         drop(pending);
-        batch.event(crate::Event {
-            kind: EventKind::Enrolled,
-            token_id: id,
-            service: index,
-            time_ms: now_ms,
-            actor: Actor::Admin,
-            open_until_ms: None,
-            duress: false,
-            tx_id: None,
-        });
+        batch.event(crate::Event::new(
+            EventKind::Enrolled,
+            id,
+            index,
+            now_ms,
+            Actor::Admin,
+        ));
         self.notify(&id.0);
         Ok(EnrollmentTicket {
             token_id: id,
@@ -361,16 +358,13 @@ impl Engine {
         let service = removed.or(pending).ok_or(EngineError::UnknownToken)?;
         lock(&self.side).forget(&id.0);
         batch.mutations.push(Mutation::DeleteToken(*id));
-        batch.event(crate::Event {
-            kind: EventKind::Deleted,
-            token_id: *id,
+        batch.event(crate::Event::new(
+            EventKind::Deleted,
+            *id,
             service,
-            time_ms: now_ms,
-            actor: Actor::Admin,
-            open_until_ms: None,
-            duress: false,
-            tx_id: None,
-        });
+            now_ms,
+            Actor::Admin,
+        ));
         self.notify(&id.0);
         Ok(())
     }
@@ -440,9 +434,7 @@ impl Engine {
             &self.services(),
         );
         if duress && duress_ok && !open {
-            let mut ev = event(EventKind::Duress, e, now_ms, Actor::Operator);
-            ev.duress = true;
-            batch.event(ev);
+            batch.event(event(EventKind::Duress, e, now_ms, Actor::Operator).with_duress());
         }
         match out {
             OfflineOutcome::Rejected { .. } if e.state == TokenState::Blocked => {
@@ -714,16 +706,10 @@ impl Engine {
                     .and_then(|s| shard.table.get(s))
                     .map_or(0, |e| e.service)
             };
-            batch.event(crate::Event {
-                kind: EventKind::TxExpired,
-                token_id: token,
-                service,
-                time_ms: now_ms,
-                actor: Actor::Timer,
-                open_until_ms: None,
-                duress: false,
-                tx_id: Some(tx_id),
-            });
+            batch.event(
+                crate::Event::new(EventKind::TxExpired, token, service, now_ms, Actor::Timer)
+                    .with_tx(tx_id),
+            );
         }
         let mut pending = lock(&self.pending);
         let stale: Vec<[u8; 16]> = pending
@@ -745,8 +731,9 @@ impl Engine {
             return Err(EngineError::UnknownService);
         }
         let secret = *record.secret.expose();
+        let status = &record.status;
         let entry = TokenEntry {
-            id: record.token_id.0,
+            id: status.token_id.0,
             secret,
             d2s: zoftoken_proto::aead::PacketKey::new(blake3::derive_key(context::D2S, &secret)),
             s2d: zoftoken_proto::aead::PacketKey::new(blake3::derive_key(context::S2D, &secret)),
@@ -755,26 +742,26 @@ impl Engine {
                 .duress_verifier
                 .as_ref()
                 .map_or([0; 32], |d| *d.expose()),
-            highest: record.highest_counter,
-            open_until_ms: record.open_until_ms,
-            offset_ms: record.clock_offset_ms,
-            last_seen_s: (record.last_seen_ms / 1000) as u32,
-            otp_last_step: u32::try_from(record.otp_last_step).unwrap_or(u32::MAX),
+            highest: status.highest_counter,
+            open_until_ms: status.open_until_ms,
+            offset_ms: status.clock_offset_ms,
+            last_seen_s: (status.last_seen_ms / 1000) as u32,
+            otp_last_step: u32::try_from(status.otp_last_step).unwrap_or(u32::MAX),
             service,
-            state: record.state,
-            failures: record.failures,
+            state: status.state,
+            failures: status.failures,
             flags: if record.duress_verifier.is_some() {
                 crate::state::FLAG_HAS_DURESS
             } else {
                 0
-            } | if record.open_duress {
+            } | if status.open_duress {
                 crate::state::FLAG_OPEN_DURESS
             } else {
                 0
             },
-            otp_drift: record.otp_drift,
+            otp_drift: status.otp_drift,
         };
-        let mut shard = self.shard(&record.token_id.0);
+        let mut shard = self.shard(&status.token_id.0);
         let slot = match shard.table.find(&entry.id) {
             Some(slot) => {
                 if let Some(e) = shard.table.get_mut(slot) {

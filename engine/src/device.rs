@@ -511,9 +511,9 @@ impl Engine {
                         *changed = true;
                         e.failures = 0;
                         if duress_ok {
-                            let mut ev = event(EventKind::Duress, e, now_ms, Actor::Device);
-                            ev.duress = true;
-                            batch.event(ev);
+                            batch.event(
+                                event(EventKind::Duress, e, now_ms, Actor::Device).with_duress(),
+                            );
                         }
                         ReplyBytes::status(status_block(e, ReplyStatus::Ok, now_ms))
                     }
@@ -597,10 +597,11 @@ impl Engine {
                             Auth::Ok { duress } => {
                                 e.failures = 0;
                                 if duress && duress_ok {
-                                    let mut ev = event(EventKind::Duress, e, now_ms, Actor::Device);
-                                    ev.duress = true;
-                                    ev.tx_id = Some(d.tx_id);
-                                    batch.event(ev);
+                                    batch.event(
+                                        event(EventKind::Duress, e, now_ms, Actor::Device)
+                                            .with_duress()
+                                            .with_tx(d.tx_id),
+                                    );
                                 }
                                 decide(e, TxState::Approved, duress, batch);
                                 (ReplyStatus::Ok, TxState::Approved)
@@ -737,22 +738,13 @@ impl Engine {
     /// The persistent record of an entry.
     pub(crate) fn record(&self, e: &TokenEntry) -> crate::TokenRecord {
         crate::TokenRecord {
-            token_id: TokenId(e.id),
             service: e.service,
             secret: zoftoken_proto::SecretBytes::new(e.secret),
             pin_verifier: zoftoken_proto::SecretBytes::new(e.pin),
             duress_verifier: e
                 .has_duress()
                 .then(|| zoftoken_proto::SecretBytes::new(e.duress)),
-            state: e.state,
-            open_until_ms: e.open_until_ms,
-            open_duress: e.flags & FLAG_OPEN_DURESS != 0,
-            failures: e.failures,
-            highest_counter: e.highest,
-            clock_offset_ms: e.offset_ms,
-            otp_last_step: u64::from(e.otp_last_step),
-            otp_drift: e.otp_drift,
-            last_seen_ms: u64::from(e.last_seen_s) * 1000,
+            status: crate::state_record(e),
         }
     }
 }

@@ -116,6 +116,40 @@ pub struct Event {
     pub tx_id: Option<[u8; 16]>,
 }
 
+impl Event {
+    /// An event with no open window, no duress and no transaction.
+    pub fn new(
+        kind: EventKind,
+        token_id: TokenId,
+        service: u16,
+        time_ms: u64,
+        actor: Actor,
+    ) -> Event {
+        Event {
+            kind,
+            token_id,
+            service,
+            time_ms,
+            actor,
+            open_until_ms: None,
+            duress: false,
+            tx_id: None,
+        }
+    }
+
+    /// The same event, marked as made with the duress PIN.
+    pub fn with_duress(mut self) -> Event {
+        self.duress = true;
+        self
+    }
+
+    /// The same event, about transaction `tx_id`.
+    pub fn with_tx(mut self, tx_id: [u8; 16]) -> Event {
+        self.tx_id = Some(tx_id);
+        self
+    }
+}
+
 /// The bounded event channel and its overflow counter.
 #[derive(Debug)]
 pub struct EventBus {

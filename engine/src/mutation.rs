@@ -10,11 +10,10 @@ use zoftoken_proto::{SecretBytes, TokenId};
 use crate::event::Event;
 use crate::state::TokenState;
 
-/// The persistent state of a paired (or re-enrolled) token. Secrets are redacted in `Debug`.
+/// The persistent record of a paired (or re-enrolled) token: its secrets and its state.
+/// Secrets are redacted in `Debug`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenRecord {
-    /// The token.
-    pub token_id: TokenId,
     /// Its service's index in the engine's list (storage persists the name, from
     /// [`crate::Engine::service_name`]; indexes are stable across reloads).
     pub service: u16,
@@ -24,24 +23,20 @@ pub struct TokenRecord {
     pub pin_verifier: SecretBytes,
     /// The duress verifier, if set.
     pub duress_verifier: Option<SecretBytes>,
-    /// State.
-    pub state: TokenState,
-    /// End of the open window (Unix ms), meaningful when open.
-    pub open_until_ms: u64,
-    /// Whether the current open was made with the duress PIN.
-    pub open_duress: bool,
-    /// Consecutive failed authentications.
-    pub failures: u8,
-    /// Highest accepted device counter (SPEC.md §8.2).
-    pub highest_counter: u64,
-    /// Device clock minus server clock (SPEC.md §8.3).
-    pub clock_offset_ms: i64,
-    /// Last accepted one-time-code step (never accepted again).
-    pub otp_last_step: u64,
-    /// One-time-code drift in steps.
-    pub otp_drift: i8,
-    /// Last time the device was heard from (Unix ms).
-    pub last_seen_ms: u64,
+    /// Everything else (the token id included).
+    pub status: TokenStateRecord,
+}
+
+impl TokenRecord {
+    /// The token.
+    pub fn token_id(&self) -> TokenId {
+        self.status.token_id
+    }
+
+    /// Applies a later state update to a full record (what storage does on load).
+    pub fn apply_state(&mut self, s: &TokenStateRecord) {
+        self.status = *s;
+    }
 }
 
 /// The non-secret part of a token's persistent state: what every open, close, failure, block,
@@ -62,26 +57,29 @@ pub struct TokenStateRecord {
     pub highest_counter: u64,
     /// Device clock minus server clock (SPEC.md §8.3).
     pub clock_offset_ms: i64,
-    /// Last accepted one-time-code step.
+    /// Last accepted one-time-code step (never accepted again).
     pub otp_last_step: u64,
     /// One-time-code drift in steps.
     pub otp_drift: i8,
-    /// Last time the device was heard from (Unix ms).
+    /// Last time the device was heard from (Unix ms), 0 if never.
     pub last_seen_ms: u64,
 }
 
-impl TokenRecord {
-    /// Applies a later state update to a full record (what storage does on load).
-    pub fn apply_state(&mut self, s: &TokenStateRecord) {
-        self.state = s.state;
-        self.open_until_ms = s.open_until_ms;
-        self.open_duress = s.open_duress;
-        self.failures = s.failures;
-        self.highest_counter = s.highest_counter;
-        self.clock_offset_ms = s.clock_offset_ms;
-        self.otp_last_step = s.otp_last_step;
-        self.otp_drift = s.otp_drift;
-        self.last_seen_ms = s.last_seen_ms;
+impl TokenStateRecord {
+    /// A freshly paired token: closed, no failures, nothing seen yet.
+    pub fn new(token_id: TokenId) -> TokenStateRecord {
+        TokenStateRecord {
+            token_id,
+            state: TokenState::Closed,
+            open_until_ms: 0,
+            open_duress: false,
+            failures: 0,
+            highest_counter: 0,
+            clock_offset_ms: 0,
+            otp_last_step: 0,
+            otp_drift: 0,
+            last_seen_ms: 0,
+        }
     }
 }
 

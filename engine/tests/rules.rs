@@ -861,7 +861,7 @@ fn a_restart_restores_tokens_and_still_refuses_replays() {
     for m in &w.commit.log {
         match m {
             Mutation::Token(r) => {
-                last.insert(r.token_id, (**r).clone());
+                last.insert(r.token_id(), (**r).clone());
             }
             Mutation::TokenState(s) => last.get_mut(&s.token_id).unwrap().apply_state(s),
             _ => {}

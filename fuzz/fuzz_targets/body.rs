@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use zoftoken_proto::packet::{open_reply, open_request, seal};
 use zoftoken_proto::pin::check_proof;
 use zoftoken_proto::wire::RequestBody;
-use zoftoken_proto::{PinVerifier, TokenSecret, PinMatch};
+use zoftoken_proto::{PinMatch, PinVerifier, TokenSecret};
 
 fuzz_target!(|data: &[u8]| {
     let keys = TokenSecret::from_bytes([7; 32]).keys();

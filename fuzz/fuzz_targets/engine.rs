@@ -6,7 +6,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use zoftoken_engine::{Batch, Engine, EngineConfig, PacketOutcome, ServiceConfig, TokenRecord, TokenState};
+use zoftoken_engine::{
+    Batch, Engine, EngineConfig, PacketOutcome, ServiceConfig, TokenRecord, TokenState,
+    TokenStateRecord,
+};
 use zoftoken_proto::{SecretBytes, TokenId};
 
 const T0: u64 = 1_800_000_060_000;
@@ -16,7 +19,11 @@ fn engine() -> (Engine, Vec<TokenId>) {
     instant.window_s = 0;
     let mut strict = ServiceConfig::new("strict", &["127.0.0.1:4500"]);
     strict.duress_allowed = false;
-    let services = vec![ServiceConfig::new("bank", &["127.0.0.1:4500"]), instant, strict];
+    let services = vec![
+        ServiceConfig::new("bank", &["127.0.0.1:4500"]),
+        instant,
+        strict,
+    ];
     let mut config = EngineConfig::new(services, 3, [1; 32]);
     config.shards = 4;
     config.event_capacity = 64;
@@ -26,20 +33,11 @@ fn engine() -> (Engine, Vec<TokenId>) {
         let id = TokenId::derive("fuzz", &format!("user{i}"));
         engine
             .load_token(&TokenRecord {
-                token_id: id,
                 service,
                 secret: SecretBytes::new([i as u8; 32]),
                 pin_verifier: SecretBytes::new([1; 32]),
                 duress_verifier: (i % 2 == 0).then(|| SecretBytes::new([2; 32])),
-                state: TokenState::Closed,
-                open_until_ms: 0,
-                open_duress: false,
-                failures: 0,
-                highest_counter: 0,
-                clock_offset_ms: 0,
-                otp_last_step: 0,
-                otp_drift: 0,
-                last_seen_ms: 0,
+                status: TokenStateRecord::new(id),
             })
             .unwrap();
         ids.push(id);
@@ -69,7 +67,9 @@ fuzz_target!(|data: &[u8]| {
         if let (Some(which), Some(id)) = (d.get(8).copied(), d.get_mut(8..24)) {
             id.copy_from_slice(&ids[usize::from(which) % ids.len()].0);
         }
-        if let PacketOutcome::Reply(n) = engine.handle_packet(now, src, &mut d, &mut out, &mut batch) {
+        if let PacketOutcome::Reply(n) =
+            engine.handle_packet(now, src, &mut d, &mut out, &mut batch)
+        {
             assert!(n <= datagram.len(), "reply larger than request");
         }
         engine.publish(&mut batch);

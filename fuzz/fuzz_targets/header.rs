@@ -5,7 +5,9 @@
 use libfuzzer_sys::fuzz_target;
 use zerocopy::IntoBytes;
 use zoftoken_proto::deeplink::Deeplink;
-use zoftoken_proto::wire::{check_reply, check_request, MsgType, ReplyBody, RequestBody, HEADER_LEN};
+use zoftoken_proto::wire::{
+    check_reply, check_request, MsgType, ReplyBody, RequestBody, HEADER_LEN,
+};
 use zoftoken_proto::{codes, wire::Alphabet};
 
 fuzz_target!(|data: &[u8]| {

@@ -27,7 +27,11 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(req) = open_request(d2s, &mut buf) {
             let mut again = [0u8; 1200];
             let n = seal(d2s, &req.header, req.body.as_bytes(), &mut again).unwrap();
-            assert_eq!(&again[..n], data, "an accepted request must be a genuine one");
+            assert_eq!(
+                &again[..n],
+                data,
+                "an accepted request must be a genuine one"
+            );
             // The server's reply to it is never larger.
             let reply_len = req.msg_type.reply_len();
             assert!(reply_len <= data.len());
