@@ -77,6 +77,8 @@ pub enum OfflineOutcome {
 }
 
 const BACKUP_CONTEXT: &str = "zoftoken 2026-11-23 v1 backup code";
+/// How long a finished (decided or expired) transaction stays readable after its expiry.
+pub const TX_RETENTION_MS: u64 = 3_600_000;
 /// Default number of backup codes.
 pub const BACKUP_CODES: usize = 10;
 /// Default digits per backup code.
@@ -672,6 +674,11 @@ impl Engine {
             for id in changed.drain(..) {
                 Engine::notify_in(shard, &id);
             }
+            // Long polls that gave up (their receivers dropped) leave senders behind.
+            shard.watchers.retain(|_, waiters| {
+                waiters.retain(|w| !w.is_canceled());
+                !waiters.is_empty()
+            });
             let table = &mut shard.table;
             shard.windows.retain(|slot, (_, last)| {
                 let keep = now_ms.saturating_sub(*last) < WINDOW_IDLE_MS;
@@ -696,6 +703,24 @@ impl Engine {
                 }
             }
             side.challenges.retain(|_, c| c.expires_ms > now_ms);
+            // Finished transactions stay readable for an hour after their expiry, then go.
+            let old: Vec<[u8; 16]> = side
+                .transactions
+                .values()
+                .filter(|t| t.expires_ms.saturating_add(TX_RETENTION_MS) <= now_ms)
+                .map(|t| t.tx_id)
+                .collect();
+            for id in old {
+                if let Some(tx) = side.transactions.remove(&id) {
+                    if let Some(q) = side.tx_by_token.get_mut(&tx.token_id.0) {
+                        q.retain(|t| *t != id);
+                        if q.is_empty() {
+                            side.tx_by_token.remove(&tx.token_id.0);
+                        }
+                    }
+                    batch.mutations.push(Mutation::DeleteTransaction(id));
+                }
+            }
         }
         for (token, tx_id) in expired_tx {
             let service = {

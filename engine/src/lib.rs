@@ -36,6 +36,7 @@ use zoftoken_proto::DropReason;
 
 pub use admin::{
     EnrollmentTicket, Force, OfflineOutcome, TokenStatus, BACKUP_CODES, BACKUP_DIGITS,
+    TX_RETENTION_MS,
 };
 pub use authkeys::{Access, AuthkeyConfig, Authkeys, Right};
 pub use config::{ServiceConfig, WebhookConfig};
@@ -350,6 +351,14 @@ impl Engine {
         self.shards.iter().map(|s| lock(s).table.len()).sum()
     }
 
+    /// Long polls currently waiting for a token change (abandoned ones are pruned by `tick`).
+    pub fn waiters(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| lock(s).watchers.values().map(Vec::len).sum::<usize>())
+            .sum()
+    }
+
     /// Bytes held by the token tables (slabs and indexes), for memory figures.
     pub fn table_bytes(&self) -> usize {
         self.shards.iter().map(|s| lock(s).table.heap_bytes()).sum()
@@ -385,6 +394,7 @@ impl Engine {
                 .absolute(self.events.count(kind));
         }
         metrics::gauge!("zoftoken_tokens").set(self.token_count() as f64);
+        metrics::gauge!("zoftoken_long_polls").set(self.waiters() as f64);
         metrics::counter!("zoftoken_events_overflowed_total").absolute(self.events.overflowed());
     }
 

@@ -121,6 +121,8 @@ pub enum Mutation {
     DeletePending(TokenId),
     /// Put a transaction.
     Transaction(Box<crate::side::Transaction>),
+    /// Forget a finished transaction (after its retention time).
+    DeleteTransaction([u8; 16]),
     /// Put the token's backup-code hashes (replacing the previous set).
     BackupCodes(TokenId, Vec<[u8; 16]>),
     /// Append an event to the webhook outbox.

@@ -1151,3 +1151,47 @@ fn presence_remembers_the_last_source_and_time() {
         Some(seen)
     );
 }
+
+#[test]
+fn finished_transactions_and_abandoned_long_polls_are_cleaned_up() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", false);
+    let id = p.token.token_id();
+    let tx = w
+        .admin(|e, now, b| e.create_transaction(now, &id, "Pay?", 60_000, b))
+        .unwrap();
+    w.send(&mut p, Request::TxDeny { tx_id: tx }).unwrap();
+    // Readable for an hour after its expiry, then gone (and deleted from storage).
+    w.now += 60_000 + TX_RETENTION_MS - 1;
+    w.admin(|e, now, b| e.tick(now, b));
+    assert_eq!(
+        w.engine.transaction(w.now, &tx).unwrap().state,
+        TxState::Denied
+    );
+    w.now += 1;
+    w.admin(|e, now, b| e.tick(now, b));
+    assert_eq!(
+        w.engine.transaction(w.now, &tx),
+        Err(EngineError::UnknownTransaction)
+    );
+    assert!(w
+        .commit
+        .log
+        .iter()
+        .any(|m| *m == Mutation::DeleteTransaction(tx)));
+    // A long poll that gave up does not stay registered forever, and live ones still wake.
+    drop(w.engine.watch(&id));
+    let mut live = w.engine.watch(&id);
+    assert_eq!(w.engine.waiters(), 2);
+    w.admin(|e, now, b| e.tick(now, b));
+    assert_eq!(
+        w.engine.waiters(),
+        1,
+        "the abandoned poll is pruned, the live one kept"
+    );
+    let pin = p.pin.clone();
+    p.clock_skew_ms = 0;
+    w.send(&mut p, Request::TimeSync).unwrap();
+    w.send(&mut p, Request::Open(&pin)).unwrap();
+    assert_eq!(live.try_recv(), Ok(Some(())));
+}
