@@ -1180,8 +1180,9 @@ fn finished_transactions_and_abandoned_long_polls_are_cleaned_up() {
         .iter()
         .any(|m| *m == Mutation::DeleteTransaction(tx)));
     // A long poll that gave up does not stay registered forever, and live ones still wake.
-    drop(w.engine.watch(&id));
     let mut live = w.engine.watch(&id);
+    let abandoned = w.engine.watch(&id);
+    drop(abandoned);
     assert_eq!(w.engine.waiters(), 2);
     w.admin(|e, now, b| e.tick(now, b));
     assert_eq!(
