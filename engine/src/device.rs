@@ -405,7 +405,7 @@ impl Engine {
             &e.s2d,
             self.epoch,
             &req.header,
-            reply.as_slice(msg_type),
+            reply.as_slice(),
             out,
         )
         .map_err(|_| DropReason::WrongLength)?;
@@ -769,7 +769,7 @@ impl ReplyBytes {
         }
     }
 
-    fn as_slice(&self, _t: MsgType) -> &[u8] {
+    fn as_slice(&self) -> &[u8] {
         match self {
             ReplyBytes::Status(b) => b.as_bytes(),
             ReplyBytes::TxFetch(r) => r.as_bytes(),
