@@ -401,14 +401,8 @@ impl Engine {
         {
             *c += 1;
         }
-        let len = seal_reply(
-            &e.s2d,
-            self.epoch,
-            &req.header,
-            reply.as_slice(),
-            out,
-        )
-        .map_err(|_| DropReason::WrongLength)?;
+        let len = seal_reply(&e.s2d, self.epoch, &req.header, reply.as_slice(), out)
+            .map_err(|_| DropReason::WrongLength)?;
         if changed {
             Engine::notify_in(&mut guard, id);
         }
