@@ -142,17 +142,11 @@ pub fn streams(
         .collect()
 }
 
-/// Processes a stream as a server would: receive batches of 32 packets, each packet fully
-/// (parse, open, state change, seal of the reply), then the batch's mutations committed (here:
-/// discarded) and its events published. With `prefetch`, the batch's table lines are
-/// prefetched first ([`Engine::prefetch`]). Returns the number of replies; panics if any
-/// packet was dropped (a benchmark bug).
-pub fn run_with(engine: &Engine, stream: &mut Stream, prefetch: bool) -> usize {
-    let all = 0..stream.packets.len();
-    run_range(engine, stream, all, prefetch)
-}
-
-/// [`run_with`] over the packets `range` of the stream only.
+/// Processes the packets `range` of a stream as a server would: receive batches of 32
+/// packets, each packet fully (parse, open, state change, seal of the reply), then the batch's
+/// mutations committed (here: discarded) and its events published. With `prefetch`, the
+/// batch's table lines are prefetched first ([`Engine::prefetch`]). Returns the number of
+/// replies; panics if any packet was dropped (a benchmark bug).
 pub fn run_range(
     engine: &Engine,
     stream: &mut Stream,
@@ -184,9 +178,10 @@ pub fn run_range(
     replies
 }
 
-/// [`run_with`] with prefetching, as the server does.
+/// The whole stream through [`run_range`] with prefetching, as the server does.
 pub fn run(engine: &Engine, stream: &mut Stream) -> usize {
-    run_with(engine, stream, true)
+    let all = 0..stream.packets.len();
+    run_range(engine, stream, all, true)
 }
 
 /// Resident set size of this process in bytes (Linux `/proc/self/statm`).

@@ -804,11 +804,6 @@ impl Engine {
         Ok(())
     }
 
-    /// The index of a service by name (stable across reloads).
-    pub fn service_index_of(&self, name: &str) -> Option<u16> {
-        self.services().by_name.get(name).copied()
-    }
-
     /// The name of a service by index.
     pub fn service_name(&self, index: u16) -> Option<std::sync::Arc<str>> {
         self.services()
