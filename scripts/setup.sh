@@ -8,10 +8,10 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-# Debian packages the build needs: a C compiler for ring, pkg-config; Python 3 with venv for
-# the independent SPEC implementation in proto-spec/interop/.
-# (The storage layer will add libclang-dev for RocksDB's bindgen.)
-needed=(gcc libc6-dev pkg-config)
+# Debian packages the build needs: C and C++ compilers (ring; RocksDB, which the storage crate
+# builds from source), libclang-dev (RocksDB's bindings are generated with bindgen), pkg-config;
+# Python 3 with venv for the independent SPEC implementation in proto-spec/interop/.
+needed=(gcc g++ libc6-dev pkg-config libclang-dev)
 missing=()
 for pkg in "${needed[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

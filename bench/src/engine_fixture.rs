@@ -153,10 +153,25 @@ pub fn run_range(
     range: std::ops::Range<usize>,
     prefetch: bool,
 ) -> usize {
+    run_committing(engine, stream, range, prefetch, 32, &mut |_| {})
+}
+
+/// As [`run_range`], handing the mutations of every `commit_every` packets (a multiple of
+/// the receive batch of 32) to `commit` (storage's group commit) before their events are
+/// published, as the server does.
+pub fn run_committing(
+    engine: &Engine,
+    stream: &mut Stream,
+    range: std::ops::Range<usize>,
+    prefetch: bool,
+    commit_every: usize,
+    commit: &mut dyn FnMut(&Batch),
+) -> usize {
     let src: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 40000));
     let mut out = [0u8; 1200];
     let mut batch = Batch::new();
     let mut replies = 0;
+    let mut pending = 0;
     let Stream { bytes, packets } = stream;
     let packets = packets.get(range).unwrap_or_default();
     // Receive batches of 32, as the IO driver hands them over: prefetch, process, commit.
@@ -173,8 +188,15 @@ pub fn run_range(
                 PacketOutcome::Drop(r) => panic!("benchmark packet dropped: {r}"),
             }
         }
-        engine.publish(&mut batch);
+        pending += chunk.len();
+        if pending >= commit_every {
+            commit(&batch);
+            engine.publish(&mut batch);
+            pending = 0;
+        }
     }
+    commit(&batch);
+    engine.publish(&mut batch);
     replies
 }
 

@@ -9,11 +9,11 @@ use zoftoken_proto::codes::{self, OtpParams};
 use zoftoken_proto::deeplink::Deeplink;
 use zoftoken_proto::keys::context;
 use zoftoken_proto::pin::PinMatch;
-use zoftoken_proto::{EnrollmentSecret, TokenId, TokenSecret, TxState};
+use zoftoken_proto::{EnrollmentSecret, SecretBytes, TokenId, TokenSecret, TxState};
 
 use crate::device::{event, Auth};
 use crate::event::{Actor, EventKind};
-use crate::mutation::{Batch, Mutation};
+use crate::mutation::{Batch, Mutation, PendingRecord};
 use crate::side::{Challenge, Form, PendingToken, Transaction};
 use crate::state::{TokenEntry, TokenState};
 use crate::{lock, Engine, EngineError, WINDOW_IDLE_MS};
@@ -162,7 +162,7 @@ impl Engine {
                 }
             }
         }
-        lock(&self.side).forget(&id.0);
+        lock(&self.side).forget(&id.0, batch);
         let mut pending = lock(&self.pending);
         pending.insert(
             id.0,
@@ -358,7 +358,7 @@ impl Engine {
         };
         let pending = lock(&self.pending).remove(&id.0).map(|p| p.service);
         let service = removed.or(pending).ok_or(EngineError::UnknownToken)?;
-        lock(&self.side).forget(&id.0);
+        lock(&self.side).forget(&id.0, batch);
         batch.mutations.push(Mutation::DeleteToken(*id));
         batch.event(crate::Event::new(
             EventKind::Deleted,
@@ -785,6 +785,7 @@ impl Engine {
                 0
             },
             otp_drift: status.otp_drift,
+            version: status.version,
         };
         let mut shard = self.shard(&status.token_id.0);
         let slot = match shard.table.find(&entry.id) {
@@ -802,6 +803,62 @@ impl Engine {
             crate::state::schedule_expiry(&mut shard.timers, e, slot);
         }
         Ok(())
+    }
+
+    /// Loads a pending enrollment at start. An expired one is ignored (the next `tick` would
+    /// drop it anyway).
+    pub fn load_pending(&self, now_ms: u64, record: &PendingRecord) -> Result<(), EngineError> {
+        if record.expires_ms <= now_ms {
+            return Ok(());
+        }
+        let service = self.service_index(&record.service)?;
+        let form = |(pairing_id, d2s, s2d): &([u8; 16], SecretBytes, SecretBytes)| Form {
+            pairing_id: *pairing_id,
+            d2s: *d2s.expose(),
+            s2d: *s2d.expose(),
+        };
+        let [a, b] = &record.forms;
+        lock(&self.pending).insert(
+            record.token_id.0,
+            PendingToken {
+                service,
+                forms: [form(a), form(b)],
+                expires_ms: record.expires_ms,
+                max_init_counter: 0,
+                candidate: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Loads a transaction at start (kept in creation order per token).
+    pub fn load_transaction(&self, tx: Transaction) {
+        let mut side = lock(&self.side);
+        let side = &mut *side;
+        let list = side.tx_by_token.entry(tx.token_id.0).or_default();
+        let transactions = &side.transactions;
+        let at = list
+            .iter()
+            .position(|id| {
+                transactions
+                    .get(id)
+                    .is_some_and(|t| (t.created_ms, t.tx_id) > (tx.created_ms, tx.tx_id))
+            })
+            .unwrap_or(list.len());
+        list.insert(at, tx.tx_id);
+        side.transactions.insert(tx.tx_id, tx);
+    }
+
+    /// Loads a token's backup-code hashes at start.
+    pub fn load_backup_codes(&self, id: &TokenId, hashes: Vec<[u8; 16]>) {
+        if !hashes.is_empty() {
+            lock(&self.side).backup.insert(id.0, hashes);
+        }
+    }
+
+    /// The index of a service by name (what [`Engine::load_token`] records carry).
+    pub fn service_index_of(&self, name: &str) -> Option<u16> {
+        self.service_index(name).ok()
     }
 
     /// The name of a service by index.

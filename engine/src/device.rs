@@ -267,6 +267,7 @@ impl Engine {
             failures: 0,
             flags: FLAG_HAS_WINDOW | if with_duress { FLAG_HAS_DURESS } else { 0 },
             otp_drift: 0,
+            version: 0,
         };
         let window = c.window.clone();
         let reply_key = c.keys.s2d.clone();
@@ -275,7 +276,11 @@ impl Engine {
         let slot = match shard.table.find(id) {
             Some(slot) => {
                 if let Some(e) = shard.table.get_mut(slot) {
+                    // A re-enrolled token: its versions continue, so that the new state is
+                    // newer than anything stored for the old pairing.
+                    let version = e.version;
                     *e = entry;
+                    e.version = version;
                 }
                 slot
             }
@@ -283,7 +288,7 @@ impl Engine {
         };
         shard.windows.insert(slot, (window, now_ms));
         shard.presence.remove(&slot);
-        let e = shard.table.get(slot).ok_or(DropReason::UnknownToken)?;
+        let e = shard.table.get_mut(slot).ok_or(DropReason::UnknownToken)?;
         batch.mutations.push(Mutation::DeletePending(TokenId(*id)));
         batch
             .mutations
@@ -746,7 +751,7 @@ impl Engine {
     }
 
     /// The persistent record of an entry.
-    pub(crate) fn record(&self, e: &TokenEntry) -> crate::TokenRecord {
+    pub(crate) fn record(&self, e: &mut TokenEntry) -> crate::TokenRecord {
         crate::TokenRecord {
             service: e.service,
             secret: zoftoken_proto::SecretBytes::new(e.secret),

@@ -167,9 +167,11 @@ pub struct Engine {
     challenge_ttl_ms: u64,
 }
 
-/// The state-only record of an entry.
-pub(crate) fn state_record(e: &state::TokenEntry) -> mutation::TokenStateRecord {
+/// The state-only record of an entry, with a new version.
+pub(crate) fn state_record(e: &mut state::TokenEntry) -> mutation::TokenStateRecord {
+    e.version = e.version.wrapping_add(1);
     mutation::TokenStateRecord {
+        version: e.version,
         token_id: zoftoken_proto::TokenId(e.id),
         state: e.state,
         open_until_ms: e.open_until_ms,

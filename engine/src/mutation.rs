@@ -45,6 +45,9 @@ impl TokenRecord {
 pub struct TokenStateRecord {
     /// The token.
     pub token_id: TokenId,
+    /// Bumped (wrapping) at every change of the token: of two records of one token, the one
+    /// whose version is ahead in serial-number order (RFC 1982) is the newer.
+    pub version: u32,
     /// State.
     pub state: TokenState,
     /// End of the open window (Unix ms), meaningful when open.
@@ -66,10 +69,17 @@ pub struct TokenStateRecord {
 }
 
 impl TokenStateRecord {
+    /// Whether `self` is a newer version of the token's state than `other` (serial-number
+    /// order: correct while the two are less than 2^31 changes apart).
+    pub fn is_newer_than(&self, other: &TokenStateRecord) -> bool {
+        version_is_newer(self.version, other.version)
+    }
+
     /// A freshly paired token: closed, no failures, nothing seen yet.
     pub fn new(token_id: TokenId) -> TokenStateRecord {
         TokenStateRecord {
             token_id,
+            version: 0,
             state: TokenState::Closed,
             open_until_ms: 0,
             open_duress: false,
@@ -187,4 +197,9 @@ impl Commit for MemoryCommit {
         self.commits += 1;
         Ok(())
     }
+}
+
+/// Serial-number comparison of state versions (RFC 1982): `a` is newer than `b`.
+pub fn version_is_newer(a: u32, b: u32) -> bool {
+    a != b && a.wrapping_sub(b) < 1 << 31
 }

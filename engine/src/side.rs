@@ -116,14 +116,21 @@ impl Side {
         })
     }
 
-    /// Forgets everything attached to a token (delete, re-enroll).
-    pub fn forget(&mut self, token: &[u8; 16]) {
+    /// Forgets everything attached to a token (delete, re-enroll) and records the deletions
+    /// for storage.
+    pub fn forget(&mut self, token: &[u8; 16], batch: &mut crate::Batch) {
+        use crate::Mutation;
         if let Some(ids) = self.tx_by_token.remove(token) {
             for id in ids {
                 self.transactions.remove(&id);
+                batch.mutations.push(Mutation::DeleteTransaction(id));
             }
         }
         self.challenges.remove(token);
-        self.backup.remove(token);
+        if self.backup.remove(token).is_some() {
+            batch
+                .mutations
+                .push(Mutation::BackupCodes(TokenId(*token), Vec::new()));
+        }
     }
 }

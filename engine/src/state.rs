@@ -59,7 +59,7 @@ pub(crate) fn schedule_expiry(timers: &mut Timers, e: &mut TokenEntry, slot: u32
     }
 }
 
-/// A paired token in memory: 216 bytes. Keys and verifiers are zeroized when the entry is
+/// A paired token in memory: 224 bytes. Keys and verifiers are zeroized when the entry is
 /// overwritten or dropped (see `Drop`). Cold data (username) lives in storage only.
 ///
 /// Field order is the memory layout (`repr(C)`): what every packet touches (id, counters,
@@ -79,6 +79,9 @@ pub(crate) struct TokenEntry {
     pub failures: u8,
     pub flags: u8,
     pub otp_drift: i8,
+    /// Bumped at every persisted change: storage keeps the newest version of a token's state
+    /// even when two threads' group commits land in the other order.
+    pub version: u32,
     pub d2s: zoftoken_proto::aead::PacketKey,
     pub s2d: zoftoken_proto::aead::PacketKey,
     pub pin: [u8; 32],
@@ -118,6 +121,6 @@ impl TokenEntry {
 mod tests {
     #[test]
     fn entry_is_compact() {
-        assert_eq!(size_of::<super::TokenEntry>(), 216);
+        assert_eq!(size_of::<super::TokenEntry>(), 224);
     }
 }

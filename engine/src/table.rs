@@ -1,6 +1,6 @@
 //! One shard's token table: entries in a chunked slab (no growth slack beyond one chunk) and
 //! an open-addressing index of 8-byte buckets (`tag ‖ slot + 1`, linear probing, backward-shift
-//! deletion). About 216 + 13–17 bytes per token; see BENCHMARKS.md.
+//! deletion). About 224 + 13–17 bytes per token; see BENCHMARKS.md.
 
 use crate::state::TokenEntry;
 
@@ -258,6 +258,7 @@ mod tests {
             failures: 0,
             flags: 0,
             otp_drift: 0,
+            version: 0,
         }
     }
 

@@ -1196,3 +1196,43 @@ fn finished_transactions_and_abandoned_long_polls_are_cleaned_up() {
     w.send(&mut p, Request::Open(&pin)).unwrap();
     assert_eq!(live.try_recv(), Ok(Some(())));
 }
+
+#[test]
+fn every_persisted_change_of_a_token_has_a_newer_version() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", false);
+    w.open(&mut p).unwrap();
+    w.send(&mut p, Request::Status).unwrap();
+    w.send(&mut p, Request::Close).unwrap();
+    let id = p.token.token_id();
+    w.admin(|e, now, b| e.force(now, &id, Force::Blocked, b))
+        .unwrap();
+    // Re-enrolling keeps counting from the old pairing's versions.
+    w.admin(|e, now, b| e.enroll(now, "bank", "alice", b))
+        .unwrap();
+    let versions: Vec<u32> = w
+        .commit
+        .log
+        .iter()
+        .filter_map(|m| match m {
+            Mutation::TokenState(s) if s.token_id == id => Some(s.version),
+            Mutation::Token(r) if r.token_id() == id => Some(r.status.version),
+            _ => None,
+        })
+        .collect();
+    assert!(versions.len() >= 5, "{versions:?}");
+    assert!(
+        versions.windows(2).all(|v| v[1] > v[0]),
+        "versions must increase: {versions:?}"
+    );
+    let latest = *versions.last().unwrap();
+    let mut older = TokenStateRecord::new(id);
+    older.version = latest - 1;
+    let mut newer = older;
+    newer.version = latest;
+    assert!(newer.is_newer_than(&older) && !older.is_newer_than(&newer));
+    // Serial-number order survives wrap-around.
+    older.version = u32::MAX;
+    newer.version = 2;
+    assert!(newer.is_newer_than(&older));
+}

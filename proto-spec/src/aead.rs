@@ -119,3 +119,56 @@ impl PacketKey {
         Ok(ciphertext_and_tag.split_at_mut(len).0)
     }
 }
+
+/// A ChaCha20-Poly1305 key for data at rest (storage's master key): the same cipher as the
+/// packets, with a caller-chosen 12-byte nonce (storage uses random nonces). Unlike
+/// [`PacketKey`], it is never replaced by the fuzzing stand-in, so a build with the
+/// `insecure-fuzzing-aead` feature cannot write plaintext secrets to disk.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct RestKey([u8; 32]);
+
+impl fmt::Debug for RestKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RestKey(<redacted>)")
+    }
+}
+
+impl RestKey {
+    /// Wraps 32 bytes of key material.
+    pub fn new(bytes: [u8; 32]) -> RestKey {
+        RestKey(bytes)
+    }
+
+    fn key(&self) -> Result<ring::aead::LessSafeKey, Error> {
+        ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &self.0)
+            .map(ring::aead::LessSafeKey::new)
+            .map_err(|_| Error::InvalidMessage("key"))
+    }
+
+    /// Encrypts `in_out` in place and appends the 16-byte tag.
+    pub fn seal(&self, nonce: [u8; 12], aad: &[u8], in_out: &mut Vec<u8>) -> Result<(), Error> {
+        self.key()?
+            .seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(aad),
+                in_out,
+            )
+            .map_err(|_| Error::InvalidMessage("value too long"))
+    }
+
+    /// Verifies and decrypts `ciphertext_and_tag` in place; returns the plaintext.
+    pub fn open<'a>(
+        &self,
+        nonce: [u8; 12],
+        aad: &[u8],
+        ciphertext_and_tag: &'a mut [u8],
+    ) -> Result<&'a mut [u8], Error> {
+        self.key()?
+            .open_in_place(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(aad),
+                ciphertext_and_tag,
+            )
+            .map_err(|_| Error::InvalidMessage("authentication failed"))
+    }
+}

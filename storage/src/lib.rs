@@ -1,6 +1,33 @@
-//! ZofToken storage: the storage trait (independent of RocksDB), its RocksDB and in-memory
-//! implementations, and the conformance suite they share.
+//! ZofToken storage: what makes the engine durable. It defines the key-value layer every
+//! implementation provides ([`KvStore`]: column families, atomic write batches, ordered scans),
+//! the record schema ([`schema`]), secrets at rest ([`MasterKey`]: ChaCha20-Poly1305, a random
+//! nonce per value, the record's place as associated data), and the [`Store`] that turns the
+//! engine's mutation batches into one atomic write each (group commit, events in the same
+//! write as their state change) and rebuilds the engine's tables at start, in parallel.
 //!
-//! Not built yet: this crate reserves its place in the workspace and is filled by the storage
-//! issue (#4).
+//! It does not depend on RocksDB: `zoftoken-storage-rocksdb` implements [`KvStore`] on it, and
+//! [`MemoryKv`] implements it in memory for tests. [`conformance`] is the one test suite every
+//! implementation runs. It reads no configuration files and opens no sockets.
+//!
+//! Key types: [`KvStore`], [`WriteBatch`], [`Store`], [`MasterKey`], [`ServiceDoc`],
+//! [`AuthkeyDoc`].
 #![forbid(unsafe_code)]
+
+pub mod conformance;
+pub mod crypt;
+pub mod docs;
+pub mod kv;
+mod maint;
+mod memory;
+pub mod schema;
+mod store;
+
+pub use crypt::{KeyError, MasterKey};
+pub use docs::{
+    authkeys_to_config, services_to_config, AuthkeyDoc, OtpDoc, ServiceDoc, WebhookDoc,
+};
+pub use kv::{Cf, Durability, KvError, KvStore, Op, WriteBatch};
+pub use maint::{CheckReport, Moved};
+pub use memory::MemoryKv;
+pub use schema::OutboxEvent;
+pub use store::{LoadReport, ServiceNames, Store, StoreError};

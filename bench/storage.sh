@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The storage measurement of issue #4, in one run on this machine:
+#   - engine packets/s with persistence on (each receive batch of 32 packets committed to
+#     RocksDB in one write, WAL without fsync) as a ratio of the same engine without
+#     persistence, interleaved in the same run, 1 M tokens, realistic mix; the same with fsync
+#     per batch (fewer packets: each batch waits for the disk);
+#   - start-up: a database of 1 M (and, with STARTUP=1000000,10000000, 10 M) tokens reopened
+#     and loaded into a new engine with 2 threads.
+# Built in the dev profile with the workspace's optimisation overrides, so RocksDB is the one
+# the tests use (compiled once). Ends with one JSON line:
+#   {"persist_ratio":…,"fsync_ratio":…,"startup_1m_s":…}
+# Usage: bench/storage.sh [packets per round, default 1000000]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh >&2
+packets="${1:-1000000}"
+startup="${STARTUP:-1000000}"
+cargo build --locked -p zoftoken-storage-bench --bin storage-bench >&2
+bin="${CARGO_TARGET_DIR:-target}/debug/storage-bench"
+dir="${BENCH_DIR:-${CARGO_TARGET_DIR:-target}/storage-bench-data}"
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
+# Group commit every receive batch (32 packets), then every 4 receive batches (128 packets).
+two=$("$bin" --threads 2 --packets "$packets" --rounds 3 --startup "" --dir "$dir")
+echo "$two" | head -1 >&2
+big=$("$bin" --threads 1 --commit-every 128 --packets "$packets" --rounds 3 --modes memory,wal --startup "" --dir "$dir")
+echo "$big" | head -1 >&2
+one=$("$bin" --threads 1 --packets "$packets" --rounds 3 --startup "$startup" --dir "$dir")
+echo "$one" | sed '$d' >&2
+echo "$one" | tail -1

@@ -1,0 +1,279 @@
+//! The storage benchmark of issue #4 (run by `bench/storage.sh`):
+//!
+//! - engine packets/s with persistence on — every receive batch of 32 packets committed to
+//!   RocksDB in one write before its events are published — as a ratio of the same engine
+//!   without persistence, measured interleaved in the same run (WAL without fsync, and fsync);
+//! - start-up time: a database of N tokens (written first) reopened and loaded into a new
+//!   engine in parallel, for each N of `--startup`.
+//!
+//! Ends with one JSON line: `{"persist_ratio":…,"fsync_ratio":…,"startup_1m_s":…}`.
+//!
+//! Options: `--tokens`, `--packets`, `--fsync-packets`, `--rounds`, `--threads` (1 or 2),
+//! `--commit-every` (packets per group commit, default 32 = one receive batch), `--modes`
+//! (`memory,wal,fsync`), `--startup` (comma-separated token counts, empty: none), `--dir`.
+//! `STORAGE_MICRO=1` times commits alone (fixed and per-record cost); `STORAGE_BENCH_MARK=1`
+//! prints when each timed phase starts (for `perf record -D`).
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use zoftoken_bench::engine_fixture::{loaded_engine, run_committing, streams, token_id, NOW_MS};
+use zoftoken_engine::{
+    Batch, Engine, EngineConfig, Mutation, ServiceConfig, TokenRecord, TokenStateRecord,
+};
+use zoftoken_proto::SecretBytes;
+use zoftoken_storage::{Durability, MasterKey, Store};
+use zoftoken_storage_rocksdb::RocksKv;
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn num(name: &str, default: u64) -> u64 {
+    arg(name).map_or(default, |v| {
+        v.parse().unwrap_or_else(|_| panic!("{name}: not a number"))
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn open(dir: &Path) -> Store {
+    let kv = RocksKv::open(dir).unwrap_or_else(|e| panic!("open {}: {e}", dir.display()));
+    Store::open(
+        Arc::new(kv),
+        MasterKey::from_bytes([0x5a; 32]),
+        Durability::Wal,
+    )
+    .unwrap()
+}
+
+/// Writes `n` paired tokens (cold record, sealed secrets, state) in batches of 10 000.
+fn fill(store: &Store, engine: &Engine, n: u64) -> f64 {
+    let t = Instant::now();
+    let mut batch = Batch::new();
+    for i in 0..n {
+        let id = token_id(i);
+        batch.mutations.push(Mutation::TokenCreated {
+            token_id: id,
+            service: Arc::from("bench"),
+            username: format!("user{i}"),
+        });
+        batch.mutations.push(Mutation::Token(Box::new(TokenRecord {
+            service: 0,
+            secret: SecretBytes::new(blake3::derive_key(
+                "zoftoken bench token secret",
+                &i.to_le_bytes(),
+            )),
+            pin_verifier: SecretBytes::new(*zoftoken_bench::engine_fixture::verifier().expose()),
+            duress_verifier: None,
+            status: TokenStateRecord::new(id),
+        })));
+        if batch.mutations.len() >= 20_000 {
+            store.commit(&batch.mutations, engine).unwrap();
+            batch.mutations.clear();
+        }
+    }
+    store.commit(&batch.mutations, engine).unwrap();
+    store.flush().unwrap();
+    t.elapsed().as_secs_f64()
+}
+
+fn empty_engine() -> Engine {
+    let mut config = EngineConfig::new(
+        vec![ServiceConfig::new("bench", &["127.0.0.1:4500"])],
+        1,
+        [7; 32],
+    );
+    config.shards = 64;
+    Engine::new(config).unwrap()
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Memory,
+    Wal,
+    Fsync,
+}
+
+fn main() {
+    let tokens = num("--tokens", 1_000_000);
+    let packets = num("--packets", 1_000_000) as usize;
+    let fsync_packets = num("--fsync-packets", packets as u64 / 20) as usize;
+    let rounds = num("--rounds", 3).max(1) as usize;
+    let threads = num("--threads", 1).clamp(1, 2) as usize;
+    let commit_every = num("--commit-every", 32).max(1) as usize;
+    let base: PathBuf = arg("--dir").map_or_else(
+        || std::env::temp_dir().join("zoftoken-storage-bench"),
+        PathBuf::from,
+    );
+    let startup: Vec<u64> = arg("--startup")
+        .unwrap_or_else(|| "1000000".into())
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+
+    let t0 = Instant::now();
+    if std::env::var_os("STORAGE_MICRO").is_some() {
+        let store = open(&base.join("micro"));
+        let e = empty_engine();
+        for n in [1usize, 8, 32, 128] {
+            for events in [false, true] {
+                let mut mutations = Vec::new();
+                for i in 0..n {
+                    let mut s = TokenStateRecord::new(token_id(i as u64));
+                    s.version = 1;
+                    mutations.push(Mutation::TokenState(s));
+                    if events {
+                        mutations.push(Mutation::Event(zoftoken_engine::Event::new(
+                            zoftoken_engine::EventKind::Opened,
+                            token_id(i as u64),
+                            0,
+                            1,
+                            zoftoken_engine::Actor::Device,
+                        )));
+                    }
+                }
+                let iters = 20_000 / n.max(1) + 2000;
+                let t = Instant::now();
+                for k in 0..iters {
+                    for m in mutations.iter_mut() {
+                        if let Mutation::TokenState(s) = m {
+                            s.version = k as u32;
+                        }
+                    }
+                    store.commit(&mutations, &e).unwrap();
+                }
+                let per = t.elapsed().as_nanos() as f64 / iters as f64;
+                println!(
+                    "micro n={n} events={events} ns_per_commit={per:.0} ns_per_record={:.0}",
+                    per / n as f64
+                );
+            }
+        }
+        return;
+    }
+    // Persistence ratio.
+    let engine = loaded_engine(tokens, 64);
+    let store = open(&base.join("persist"));
+    let fill_s = fill(&store, &engine, tokens);
+    eprintln!("filled {tokens} tokens in {fill_s:.1} s");
+    let mut counters = vec![1u64; tokens as usize];
+    let modes = arg("--modes").unwrap_or_else(|| "memory,wal,fsync".into());
+    let mut results: Vec<(Mode, Vec<f64>)> = [
+        ("memory", Mode::Memory),
+        ("wal", Mode::Wal),
+        ("fsync", Mode::Fsync),
+    ]
+    .into_iter()
+    .filter(|(name, _)| modes.split(',').any(|m| m == *name))
+    .map(|(_, m)| (m, vec![]))
+    .collect();
+    for round in 0..rounds {
+        for (mode, pps) in results.iter_mut() {
+            let n = if *mode == Mode::Fsync {
+                fsync_packets
+            } else {
+                packets
+            };
+            let seed = 1000 * round as u64 + *mode as u64;
+            let mut st = streams(tokens, threads, n / threads, &mut counters, seed);
+            if std::env::var_os("STORAGE_BENCH_MARK").is_some() {
+                eprintln!("processing {:?}", t0.elapsed());
+            }
+            let t = Instant::now();
+            let done: usize = std::thread::scope(|s| {
+                let handles: Vec<_> = st
+                    .iter_mut()
+                    .map(|stream| {
+                        let (engine, store, mode) = (&engine, &store, *mode);
+                        s.spawn(move || {
+                            let len = stream.packets.len();
+                            run_committing(
+                                engine,
+                                stream,
+                                0..len,
+                                true,
+                                commit_every,
+                                &mut |b: &Batch| match mode {
+                                    Mode::Memory => {}
+                                    Mode::Wal => {
+                                        store
+                                            .commit_with(&b.mutations, engine, Durability::Wal)
+                                            .unwrap();
+                                    }
+                                    Mode::Fsync => {
+                                        store
+                                            .commit_with(&b.mutations, engine, Durability::Fsync)
+                                            .unwrap();
+                                    }
+                                },
+                            )
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).sum()
+            });
+            pps.push(done as f64 / t.elapsed().as_secs_f64());
+        }
+    }
+    let med = |mode: Mode| {
+        results
+            .iter()
+            .find(|(m, _)| *m == mode)
+            .map_or(f64::NAN, |(_, v)| median(v.clone()))
+    };
+    let (mem, wal, fsync) = (med(Mode::Memory), med(Mode::Wal), med(Mode::Fsync));
+    println!(
+        "threads={threads} commit_every={commit_every} tokens={tokens} packets={packets} fsync_packets={fsync_packets} rounds={rounds} pps_memory={mem:.0} pps_wal={wal:.0} pps_fsync={fsync:.0} persist_ratio={:.3} fsync_ratio={:.3} all={:?}",
+        wal / mem,
+        fsync / mem,
+        results.iter().map(|(_, v)| v.iter().map(|x| x.round()).collect::<Vec<_>>()).collect::<Vec<_>>()
+    );
+    drop(store);
+    drop(engine);
+    let _ = std::fs::remove_dir_all(base.join("persist"));
+
+    // Start-up.
+    let mut startup_1m = None;
+    for &n in &startup {
+        let dir = base.join(format!("startup-{n}"));
+        let fill_s = {
+            let store = open(&dir);
+            let e = empty_engine();
+            fill(&store, &e, n)
+        };
+        let t = Instant::now();
+        let store = open(&dir);
+        let engine = empty_engine();
+        let report = store.load(&engine, NOW_MS, 2, &|_| {}).unwrap();
+        let s = t.elapsed().as_secs_f64();
+        assert_eq!(report.tokens, n);
+        println!(
+            "startup tokens={n} fill_s={fill_s:.1} load_s={s:.2} (open + parallel load, 2 threads)"
+        );
+        if n == 1_000_000 {
+            startup_1m = Some(s);
+        }
+        drop(engine);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    println!(
+        "{{\"persist_ratio\":{:.3},\"fsync_ratio\":{:.3},\"startup_1m_s\":{}}}",
+        wal / mem,
+        fsync / mem,
+        startup_1m.map_or("null".to_owned(), |s| format!("{s:.2}"))
+    );
+}

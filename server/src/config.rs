@@ -1,0 +1,439 @@
+//! `config.yaml`: listen addresses, data directory, durability, master-key source, where
+//! services and authkeys come from, and (with `config_source: file`) the services and
+//! authkeys themselves. Environment variables override the deployment knobs. Everything is
+//! validated at load and every error is reported with its path (`services[2].window: …`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use zoftoken_engine::config::ConfigError;
+use zoftoken_storage::{AuthkeyDoc, Durability, ServiceDoc};
+
+/// The environment variables that override the file (name, what it overrides).
+pub const ENV_OVERRIDES: [(&str, &str); 6] = [
+    (
+        "ZOFTOKEN_UDP_LISTEN",
+        "listen.udp (comma-separated host:port list)",
+    ),
+    ("ZOFTOKEN_HTTP_LISTEN", "listen.http (host:port)"),
+    ("ZOFTOKEN_DATA_DIR", "data_dir"),
+    ("ZOFTOKEN_DURABILITY", "durability (wal or fsync)"),
+    ("ZOFTOKEN_MASTER_KEY_FILE", "master_key.file"),
+    (
+        "ZOFTOKEN_MASTER_KEY",
+        "the master key itself, 64 hex digits (wins over any file)",
+    ),
+];
+
+/// Where services and authkeys come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfigSource {
+    /// From this file (the command line cannot change them).
+    #[default]
+    File,
+    /// From the database, edited with `zoftoken service …` and `zoftoken authkey …`.
+    Database,
+}
+
+/// How durable each group commit is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilitySetting {
+    /// Write-ahead log without fsync per batch: survives a crash of the process.
+    #[default]
+    Wal,
+    /// fsync per batch: survives a power loss.
+    Fsync,
+}
+
+impl From<DurabilitySetting> for Durability {
+    fn from(d: DurabilitySetting) -> Durability {
+        match d {
+            DurabilitySetting::Wal => Durability::Wal,
+            DurabilitySetting::Fsync => Durability::Fsync,
+        }
+    }
+}
+
+/// Listen addresses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// UDP addresses for the apps.
+    #[serde(default = "default_udp")]
+    pub udp: Vec<String>,
+    /// HTTP address of the API.
+    #[serde(default = "default_http")]
+    pub http: String,
+}
+
+fn default_udp() -> Vec<String> {
+    vec!["0.0.0.0:7878".into()]
+}
+fn default_http() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            udp: default_udp(),
+            http: default_http(),
+        }
+    }
+}
+
+/// Where the master key comes from: a file holding 64 hex digits, or an environment variable.
+/// Absent: `<data_dir>/master.key`, created with a warning when the database is new.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterKeySource {
+    /// Path of the key file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// Name of an environment variable holding the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+}
+
+/// The whole file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listen addresses.
+    #[serde(default)]
+    pub listen: Listen,
+    /// Directory of the database (relative paths are relative to the working directory).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Durability of group commits.
+    #[serde(default)]
+    pub durability: DurabilitySetting,
+    /// The master key's source.
+    #[serde(default)]
+    pub master_key: MasterKeySource,
+    /// Where services and authkeys come from.
+    #[serde(default)]
+    pub config_source: ConfigSource,
+    /// Threads that rebuild the tables at start (default: one per core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_threads: Option<usize>,
+    /// Services (`config_source: file` only).
+    #[serde(default)]
+    pub services: Vec<ServiceDoc>,
+    /// Authkeys (`config_source: file` only).
+    #[serde(default)]
+    pub authkeys: Vec<AuthkeyDoc>,
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The YAML is malformed or has values of the wrong type or unknown fields.
+    #[error("{path}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// serde's message, with the field's path and the line.
+        message: String,
+    },
+    /// Values are invalid: every problem, with its path.
+    #[error("{path}: invalid configuration:\n{}", .errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every error found.
+        errors: Vec<ConfigError>,
+    },
+}
+
+/// The validated configuration, ready to use.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// The file's contents after environment overrides.
+    pub config: Config,
+    /// UDP addresses, parsed.
+    pub udp: Vec<SocketAddr>,
+    /// HTTP address, parsed.
+    pub http: SocketAddr,
+    /// Services converted for the engine (empty with `config_source: database`).
+    pub services: Vec<zoftoken_engine::ServiceConfig>,
+    /// Authkeys converted for the engine (empty with `config_source: database`).
+    pub authkeys: Vec<zoftoken_engine::AuthkeyConfig>,
+}
+
+impl Loaded {
+    /// The master key file to use when no environment variable gives the key.
+    pub fn master_key_file(&self) -> PathBuf {
+        self.config
+            .master_key
+            .file
+            .clone()
+            .unwrap_or_else(|| self.config.data_dir.join("master.key"))
+    }
+}
+
+/// Reads, overrides from `env` (a lookup function, `std::env::var` in production) and
+/// validates the configuration at `path`.
+pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, ConfigFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text, env)
+}
+
+/// As [`load`], from the file's text.
+pub fn parse(
+    path: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, ConfigFileError> {
+    let mut config: Config = if text.trim().is_empty() {
+        serde_yaml::from_str("{}")
+    } else {
+        serde_yaml::from_str(text)
+    }
+    .map_err(|e| ConfigFileError::Syntax {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let mut errors = Vec::new();
+    let mut err = |p: &str, m: &str| {
+        errors.push(ConfigError {
+            path: p.to_owned(),
+            message: m.to_owned(),
+        })
+    };
+    if let Some(v) = env("ZOFTOKEN_UDP_LISTEN") {
+        config.listen.udp = v.split(',').map(|s| s.trim().to_owned()).collect();
+    }
+    if let Some(v) = env("ZOFTOKEN_HTTP_LISTEN") {
+        config.listen.http = v;
+    }
+    if let Some(v) = env("ZOFTOKEN_DATA_DIR") {
+        config.data_dir = PathBuf::from(v);
+    }
+    if let Some(v) = env("ZOFTOKEN_DURABILITY") {
+        match v.as_str() {
+            "wal" => config.durability = DurabilitySetting::Wal,
+            "fsync" => config.durability = DurabilitySetting::Fsync,
+            _ => err("ZOFTOKEN_DURABILITY", "must be `wal` or `fsync`"),
+        }
+    }
+    if let Some(v) = env("ZOFTOKEN_MASTER_KEY_FILE") {
+        config.master_key.file = Some(PathBuf::from(v));
+        config.master_key.env = None;
+    }
+    let mut udp = Vec::new();
+    if config.listen.udp.is_empty() {
+        err("listen.udp", "at least one address");
+    }
+    for (i, a) in config.listen.udp.iter().enumerate() {
+        match a.parse::<SocketAddr>() {
+            Ok(a) => udp.push(a),
+            Err(_) => err(
+                &format!("listen.udp[{i}]"),
+                "must be an IP address and port",
+            ),
+        }
+    }
+    let http = match config.listen.http.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            err("listen.http", "must be an IP address and port");
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        }
+    };
+    if config.data_dir.as_os_str().is_empty() {
+        err("data_dir", "must not be empty");
+    }
+    if config.master_key.file.is_some() && config.master_key.env.is_some() {
+        err("master_key", "give `file` or `env`, not both");
+    }
+    if let Some(name) = &config.master_key.env {
+        if name.is_empty() {
+            err("master_key.env", "must name an environment variable");
+        }
+    }
+    if config.load_threads == Some(0) {
+        err("load_threads", "must be at least 1");
+    }
+    let (mut services, mut authkeys) = (Vec::new(), Vec::new());
+    match config.config_source {
+        ConfigSource::Database => {
+            if !config.services.is_empty() {
+                err(
+                    "services",
+                    "must be empty with `config_source: database` (use `zoftoken service create`)",
+                );
+            }
+            if !config.authkeys.is_empty() {
+                err(
+                    "authkeys",
+                    "must be empty with `config_source: database` (use `zoftoken authkey create`)",
+                );
+            }
+        }
+        ConfigSource::File => {
+            match zoftoken_storage::services_to_config(&config.services) {
+                Ok(s) => services = s,
+                Err(e) => errors.extend(e),
+            }
+            match zoftoken_storage::authkeys_to_config(&config.authkeys) {
+                Ok(a) => authkeys = a,
+                Err(e) => errors.extend(e),
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigFileError::Invalid {
+            path: path.to_owned(),
+            errors,
+        });
+    }
+    Ok(Loaded {
+        config,
+        udp,
+        http,
+        services,
+        authkeys,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn paths(r: Result<Loaded, ConfigFileError>) -> Vec<String> {
+        match r {
+            Err(ConfigFileError::Invalid { errors, .. }) => {
+                errors.into_iter().map(|e| e.path).collect()
+            }
+            Err(e) => vec![format!("other: {e}")],
+            Ok(_) => vec![],
+        }
+    }
+
+    #[test]
+    fn the_demo_config_is_valid() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/demo.yaml"));
+        let l = load(path, &no_env).unwrap();
+        assert_eq!(l.services.len(), 1);
+        assert_eq!(l.config.config_source, ConfigSource::File);
+    }
+
+    #[test]
+    fn an_empty_file_means_every_default() {
+        let l = parse(Path::new("c.yaml"), "", &no_env).unwrap();
+        assert_eq!(l.config.data_dir, PathBuf::from("data"));
+        assert_eq!(l.udp, vec!["0.0.0.0:7878".parse().unwrap()]);
+        assert_eq!(l.master_key_file(), PathBuf::from("data/master.key"));
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let text = r#"
+listen:
+  udp: ["0.0.0.0:7878", "nonsense"]
+  http: "localhost"
+master_key: { file: k, env: K }
+services:
+  - name: good
+    endpoints: ["a.example:7878"]
+  - name: good
+    window: 100000
+    endpoints: []
+  - name: third
+    endpoints: ["b.example:7878"]
+    otp: { alphabet: hex, length: 6 }
+    webhook: { url: "ftp://x", secret: "" }
+authkeys:
+  - name: k1
+    secret: s
+    service_mask: "("
+  - name: k2
+    secret_hash: "zz"
+"#;
+        assert_eq!(
+            paths(parse(Path::new("c.yaml"), text, &no_env)),
+            vec![
+                "listen.udp[1]",
+                "listen.http",
+                "master_key",
+                "services[1].endpoints",
+                "services[1].name",
+                "services[1].window",
+                "services[2].otp.alphabet",
+                "services[2].webhook.secret",
+                "services[2].webhook.url",
+                "authkeys[0].service_mask",
+                "authkeys[1].secret_hash",
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_types_and_unknown_fields_name_the_field() {
+        for (text, needle) in [
+            (
+                "services:\n  - name: a\n    window: ten\n    endpoints: [\"a:1\"]\n",
+                "services[0].window",
+            ),
+            ("durability: sometimes\n", "durability"),
+            ("listen:\n  upd: []\n", "upd"),
+        ] {
+            match parse(Path::new("c.yaml"), text, &no_env) {
+                Err(ConfigFileError::Syntax { message, .. }) => {
+                    assert!(message.contains(needle), "{message}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = |k: &str| match k {
+            "ZOFTOKEN_DATA_DIR" => Some("/srv/zt".to_owned()),
+            "ZOFTOKEN_DURABILITY" => Some("fsync".to_owned()),
+            "ZOFTOKEN_UDP_LISTEN" => Some("127.0.0.1:1, [::1]:2".to_owned()),
+            _ => None,
+        };
+        let l = parse(Path::new("c.yaml"), "data_dir: here\n", &env).unwrap();
+        assert_eq!(l.config.data_dir, PathBuf::from("/srv/zt"));
+        assert_eq!(l.config.durability, DurabilitySetting::Fsync);
+        assert_eq!(l.udp.len(), 2);
+        let bad = |k: &str| (k == "ZOFTOKEN_DURABILITY").then(|| "maybe".to_owned());
+        assert_eq!(
+            paths(parse(Path::new("c.yaml"), "", &bad)),
+            vec!["ZOFTOKEN_DURABILITY"]
+        );
+    }
+
+    #[test]
+    fn database_mode_keeps_lists_out_of_the_file() {
+        let text = "config_source: database\nservices:\n  - name: a\n    endpoints: [\"a:1\"]\n";
+        assert_eq!(
+            paths(parse(Path::new("c.yaml"), text, &no_env)),
+            vec!["services"]
+        );
+    }
+}

@@ -1,0 +1,23 @@
+//! The ZofToken server's library half: `config.yaml` ([`config`]), opening the database and
+//! building the engine as a configuration says ([`open`]), and the admin operations of the
+//! command line ([`admin`]). The `zoftoken` binary parses arguments and prints; the UDP
+//! server and the HTTP API plug in here as their issues land.
+//!
+//! It does not implement the protocol (`zoftoken-proto`, `zoftoken-engine`) or storage
+//! (`zoftoken-storage`, `zoftoken-storage-rocksdb`).
+//!
+//! Key types: [`config::Loaded`], [`open::OpenError`], [`admin::Admin`].
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod open;
+
+/// Milliseconds since the Unix epoch (the only clock read in the server; the engine gets it
+/// as an argument).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

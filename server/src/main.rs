@@ -1,0 +1,366 @@
+//! `zoftoken`: the ZofToken server (`serve`) and its admin command line.
+#![forbid(unsafe_code)]
+
+mod serve;
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use zoftoken_server::admin::{Admin, AdminError, Output, SecretFormat, ServiceChanges};
+use zoftoken_server::config;
+
+const AFTER_HELP: &str = "\
+Admin commands work on the database while the server is stopped (the database is locked \
+while it runs).
+
+Exit codes: 0 success; 1 failure (storage, corruption, I/O); 2 invalid input, invalid \
+configuration or a command that does not apply; 3 the database is in use by a running server; \
+4 not found.
+
+Environment: ZOFTOKEN_CONFIG (the configuration file), ZOFTOKEN_UDP_LISTEN, \
+ZOFTOKEN_HTTP_LISTEN, ZOFTOKEN_DATA_DIR, ZOFTOKEN_DURABILITY, ZOFTOKEN_MASTER_KEY_FILE, \
+ZOFTOKEN_MASTER_KEY (64 hex digits).";
+
+/// ZofToken: a two-factor-authentication token server.
+#[derive(Parser, Debug)]
+#[command(name = "zoftoken", version, after_help = AFTER_HELP)]
+struct Cli {
+    /// The configuration file.
+    #[arg(
+        long,
+        short,
+        env = "ZOFTOKEN_CONFIG",
+        default_value = "config.yaml",
+        global = true
+    )]
+    config: PathBuf,
+    /// Print results as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server: rebuild the tables from the database, then serve until SIGINT/SIGTERM.
+    Serve,
+    /// Services (editable with `config_source: database`).
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// API authkeys.
+    #[command(subcommand)]
+    Authkey(AuthkeyCmd),
+    /// Tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Database maintenance.
+    #[command(subcommand)]
+    Db(DbCmd),
+    /// Check the configuration file and print it as understood (secrets redacted).
+    CheckConfig,
+}
+
+#[derive(Args, Debug, Default)]
+struct ServiceFields {
+    /// Seconds a token stays open (0: an open is an instant event).
+    #[arg(long)]
+    window: Option<u32>,
+    /// A `host:port` handed to apps (repeat for several; replaces the list).
+    #[arg(long = "endpoint")]
+    endpoints: Vec<String>,
+    /// Whether users may set and use a duress PIN.
+    #[arg(long)]
+    duress_allowed: Option<bool>,
+    /// URL of the details JSON for the app ("" removes it).
+    #[arg(long)]
+    details_url: Option<String>,
+    /// One-time-code length (4–32).
+    #[arg(long)]
+    otp_length: Option<u8>,
+    /// One-time-code period in seconds.
+    #[arg(long)]
+    otp_period: Option<u16>,
+    /// One-time-code alphabet: digits or base32.
+    #[arg(long)]
+    otp_alphabet: Option<String>,
+    /// Webhook URL ("" removes the webhook).
+    #[arg(long)]
+    webhook_url: Option<String>,
+    /// Webhook secret (signs deliveries).
+    #[arg(long)]
+    webhook_secret: Option<String>,
+    /// An event the webhook receives (repeat; none: all).
+    #[arg(long = "webhook-event")]
+    webhook_events: Vec<String>,
+}
+
+impl ServiceFields {
+    fn changes(self) -> ServiceChanges {
+        ServiceChanges {
+            window: self.window,
+            endpoints: (!self.endpoints.is_empty()).then_some(self.endpoints),
+            duress_allowed: self.duress_allowed,
+            details_url: self.details_url,
+            otp_length: self.otp_length,
+            otp_period: self.otp_period,
+            otp_alphabet: self.otp_alphabet,
+            webhook_url: self.webhook_url,
+            webhook_secret: self.webhook_secret,
+            webhook_events: (!self.webhook_events.is_empty()).then_some(self.webhook_events),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum ServiceCmd {
+    /// Create a service.
+    Create {
+        /// Its name (part of every token id: cannot be changed later).
+        name: String,
+        #[command(flatten)]
+        fields: ServiceFields,
+    },
+    /// Change a service (only the given fields).
+    Edit {
+        /// The service.
+        name: String,
+        #[command(flatten)]
+        fields: ServiceFields,
+    },
+    /// Delete a service.
+    Delete {
+        /// The service.
+        name: String,
+        /// Delete even though tokens exist (they stay stored, unusable).
+        #[arg(long)]
+        force: bool,
+    },
+    /// List services (webhook secrets redacted).
+    List,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Format {
+    Hex,
+    Base64,
+}
+
+#[derive(Subcommand, Debug)]
+enum AuthkeyCmd {
+    /// Create an authkey: 256 random bits, printed once, stored only as a hash.
+    Create {
+        /// A name for listings and logs.
+        name: String,
+        /// May do every operation (otherwise: status, code validation, reading transactions).
+        #[arg(long)]
+        admin: bool,
+        /// Regular expression the service name must match (anchored).
+        #[arg(long, default_value = ".*")]
+        service_mask: String,
+        /// Regular expression the username must match (anchored).
+        #[arg(long, default_value = ".*")]
+        user_mask: String,
+        /// How to print the secret.
+        #[arg(long, value_enum, default_value = "hex")]
+        format: Format,
+    },
+    /// List authkeys (names, rights, masks; never secrets).
+    List,
+    /// Revoke an authkey.
+    Revoke {
+        /// Its name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCmd {
+    /// Enroll a user: prints the deeplink and the manual code for the app.
+    Enroll {
+        /// The service.
+        #[arg(long)]
+        service: String,
+        /// The username.
+        #[arg(long)]
+        user: String,
+    },
+    /// List tokens.
+    List {
+        /// Only this service's.
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Show one token's state.
+    Show {
+        /// The service.
+        #[arg(long)]
+        service: String,
+        /// The username.
+        #[arg(long)]
+        user: String,
+    },
+    /// Delete a token (its app stops working).
+    Delete {
+        /// The service.
+        #[arg(long)]
+        service: String,
+        /// The username.
+        #[arg(long)]
+        user: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DbCmd {
+    /// Read every record: decode it, open every sealed value, check cross-references.
+    Check,
+    /// Export every record as JSON lines (secrets stay encrypted under the master key).
+    Export {
+        /// Output file ("-": standard output).
+        #[arg(long, short, default_value = "-")]
+        output: PathBuf,
+    },
+    /// Import an export into an empty database (same master key).
+    Import {
+        /// Input file ("-": standard input).
+        #[arg(long, short, default_value = "-")]
+        input: PathBuf,
+    },
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn print(out: &Output, json: bool) {
+    if json {
+        println!("{}", out.json);
+    } else {
+        print!("{}", out.human);
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let loaded = match config::load(&cli.config, &env) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("zoftoken: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli, loaded) {
+        Ok(code) => code,
+        Err(e) => {
+            let code = e
+                .downcast_ref::<AdminError>()
+                .map_or(1, AdminError::exit_code);
+            eprintln!("zoftoken: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cli: Cli, loaded: config::Loaded) -> anyhow::Result<ExitCode> {
+    let json = cli.json;
+    if let Command::CheckConfig = cli.command {
+        let mut shown = loaded.config.clone();
+        for s in &mut shown.services {
+            if let Some(w) = &mut s.webhook {
+                w.secret = "<redacted>".into();
+            }
+        }
+        if json {
+            println!("{}", serde_json::to_string(&shown)?);
+        } else {
+            print!("{}", serde_yaml::to_string(&shown)?);
+            eprintln!("configuration OK");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::Serve = cli.command {
+        return serve::serve(loaded);
+    }
+    let admin = Admin::open(loaded, &env)?;
+    for w in &admin.warnings {
+        eprintln!("zoftoken: warning: {w}");
+    }
+    let now = zoftoken_server::now_ms();
+    let out = match cli.command {
+        Command::Serve | Command::CheckConfig => return Ok(ExitCode::SUCCESS),
+        Command::Service(c) => match c {
+            ServiceCmd::Create { name, fields } => admin.service_create(&name, fields.changes())?,
+            ServiceCmd::Edit { name, fields } => admin.service_edit(&name, fields.changes())?,
+            ServiceCmd::Delete { name, force } => admin.service_delete(&name, force)?,
+            ServiceCmd::List => admin.service_list()?,
+        },
+        Command::Authkey(c) => match c {
+            AuthkeyCmd::Create {
+                name,
+                admin: is_admin,
+                service_mask,
+                user_mask,
+                format,
+            } => admin.authkey_create(
+                &name,
+                is_admin,
+                &service_mask,
+                &user_mask,
+                match format {
+                    Format::Hex => SecretFormat::Hex,
+                    Format::Base64 => SecretFormat::Base64,
+                },
+            )?,
+            AuthkeyCmd::List => admin.authkey_list()?,
+            AuthkeyCmd::Revoke { name } => admin.authkey_revoke(&name)?,
+        },
+        Command::Token(c) => match c {
+            TokenCmd::Enroll { service, user } => admin.token_enroll(now, &service, &user)?,
+            TokenCmd::List { service } => admin.token_list(service.as_deref())?,
+            TokenCmd::Show { service, user } => admin.token_show(&service, &user)?,
+            TokenCmd::Delete { service, user } => admin.token_delete(now, &service, &user)?,
+        },
+        Command::Db(c) => match c {
+            DbCmd::Check => {
+                let (out, ok) = admin.db_check()?;
+                print(&out, json);
+                return Ok(if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
+            }
+            DbCmd::Export { output } => {
+                let out = if output.as_os_str() == "-" {
+                    let stdout = std::io::stdout();
+                    let mut lock = std::io::BufWriter::new(stdout.lock());
+                    let o = admin.db_export(&mut lock)?;
+                    lock.flush()?;
+                    o
+                } else {
+                    let f = std::fs::File::create(&output)?;
+                    let mut w = std::io::BufWriter::new(f);
+                    let o = admin.db_export(&mut w)?;
+                    w.flush()?;
+                    o
+                };
+                // The export itself may be on stdout: the summary goes to stderr.
+                eprint!("{}", out.human);
+                return Ok(ExitCode::SUCCESS);
+            }
+            DbCmd::Import { input } => {
+                let mut reader: Box<dyn BufRead> = if input.as_os_str() == "-" {
+                    Box::new(std::io::BufReader::new(std::io::stdin()))
+                } else {
+                    Box::new(std::io::BufReader::new(std::fs::File::open(&input)?))
+                };
+                admin.db_import(&mut reader)?
+            }
+        },
+    };
+    print(&out, json);
+    Ok(ExitCode::SUCCESS)
+}

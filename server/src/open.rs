@@ -1,0 +1,182 @@
+//! Opening the database as a configuration says: the master key (from the environment, a
+//! key file, or generated for a new embedded database), RocksDB in the data directory, the
+//! store's schema and key checks, and the engine built from the configured services.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use zoftoken_engine::{Engine, EngineConfig};
+use zoftoken_storage::{KvError, MasterKey, Store, StoreError};
+use zoftoken_storage_rocksdb::RocksKv;
+
+use crate::config::{ConfigSource, Loaded};
+
+/// Why the database could not be opened. Each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The master key is missing.
+    #[error("master key missing: {0}")]
+    KeyMissing(String),
+    /// The master key is malformed.
+    #[error("master key invalid: {0}")]
+    KeyInvalid(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The database is used by a running server.
+    #[error("{0}\nThe server is running: stop it first (or use the HTTP API once it lands).")]
+    Locked(String),
+    /// The store refused to open.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Services or authkeys in the database are invalid.
+    #[error("configuration in the database is invalid:\n{0}")]
+    Config(String),
+    /// The engine refused the configuration.
+    #[error("engine: {0}")]
+    Engine(#[from] zoftoken_engine::EngineError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
+    move |source| OpenError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Whether `dir` holds a RocksDB database.
+pub fn database_exists(dir: &Path) -> bool {
+    dir.join("CURRENT").exists()
+}
+
+/// Finds the master key. `warnings` receives what the operator must know (a generated key).
+pub fn master_key(
+    loaded: &Loaded,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<MasterKey, OpenError> {
+    let parse = |text: &str, from: &str| {
+        MasterKey::from_hex(text).map_err(|e| OpenError::KeyInvalid(format!("{from}: {e}")))
+    };
+    if let Some(text) = env("ZOFTOKEN_MASTER_KEY") {
+        return parse(&text, "ZOFTOKEN_MASTER_KEY");
+    }
+    if let Some(name) = &loaded.config.master_key.env {
+        let text = env(name).ok_or_else(|| {
+            OpenError::KeyMissing(format!(
+                "master_key.env names `{name}`, which is not set in the environment"
+            ))
+        })?;
+        return parse(&text, name);
+    }
+    let file = loaded.master_key_file();
+    if file.exists() {
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(&file).map_err(io(&file))?);
+        return parse(&text, &file.display().to_string());
+    }
+    let data_dir = &loaded.config.data_dir;
+    if database_exists(data_dir) {
+        return Err(OpenError::KeyMissing(format!(
+            "{} does not exist, but the database in {} does: it needs the key it was created \
+             with (restore the key file, or set ZOFTOKEN_MASTER_KEY)",
+            file.display(),
+            data_dir.display()
+        )));
+    }
+    if loaded.config.master_key.file.is_some() {
+        return Err(OpenError::KeyMissing(format!(
+            "{} does not exist (create it with 64 hex digits, e.g. `openssl rand -hex 32`)",
+            file.display()
+        )));
+    }
+    // The embedded default: a new database, no key configured. Generate one beside it.
+    let (key, text) = MasterKey::generate();
+    if let Some(parent) = file.parent() {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    let mut f = open_private(&file).map_err(io(&file))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.write_all(b"\n"))
+        .and_then(|()| f.sync_all())
+        .map_err(io(&file))?;
+    warnings.push(format!(
+        "generated a new master key in {} (mode 0600). Anyone with this file and a copy of the \
+         database has every token secret: for production, move it off the data volume and \
+         point master_key.file or ZOFTOKEN_MASTER_KEY at it. Losing it loses every token.",
+        file.display()
+    ));
+    Ok(key)
+}
+
+fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o.open(path)
+}
+
+/// Opens the store of a configuration.
+pub fn open_store(
+    loaded: &Loaded,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<Store, OpenError> {
+    let dir = &loaded.config.data_dir;
+    let key = master_key(loaded, env, warnings)?;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let kv = RocksKv::open(dir).map_err(|e| match e {
+        KvError::Locked(m) => OpenError::Locked(m),
+        other => OpenError::Store(other.into()),
+    })?;
+    Ok(Store::open(
+        Arc::new(kv),
+        key,
+        loaded.config.durability.into(),
+    )?)
+}
+
+/// The services and authkeys in effect: the file's, or the database's.
+pub fn effective_config(
+    loaded: &Loaded,
+    store: &Store,
+) -> Result<
+    (
+        Vec<zoftoken_engine::ServiceConfig>,
+        Vec<zoftoken_engine::AuthkeyConfig>,
+    ),
+    OpenError,
+> {
+    match loaded.config.config_source {
+        ConfigSource::File => Ok((loaded.services.clone(), loaded.authkeys.clone())),
+        ConfigSource::Database => {
+            let list = |e: Vec<zoftoken_engine::config::ConfigError>| {
+                e.iter()
+                    .map(|e| format!("  {e}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            let services = zoftoken_storage::services_to_config(&store.services()?)
+                .map_err(|e| OpenError::Config(list(e)))?;
+            let authkeys = zoftoken_storage::authkeys_to_config(&store.authkeys()?)
+                .map_err(|e| OpenError::Config(list(e)))?;
+            Ok((services, authkeys))
+        }
+    }
+}
+
+/// An engine over the configuration's services and authkeys (tables empty).
+pub fn build_engine(loaded: &Loaded, store: &Store, epoch: u32) -> Result<Engine, OpenError> {
+    let (services, authkeys) = effective_config(loaded, store)?;
+    let mut seed = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+    let mut config = EngineConfig::new(services, epoch, seed);
+    config.authkeys = authkeys;
+    Ok(Engine::new(config)?)
+}

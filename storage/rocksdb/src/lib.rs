@@ -1,0 +1,181 @@
+//! ZofToken storage on RocksDB: [`RocksKv`] implements the `zoftoken-storage` key-value layer
+//! with one column family per [`Cf`], atomic `WriteBatch`es, the write-ahead log on (synced
+//! per write only with [`Durability::Fsync`]), and a merge operator on `state` that keeps the
+//! newest version of a token's state whatever order concurrent group commits land in.
+//!
+//! It knows nothing of tokens or of the schema beyond that merge rule; `zoftoken-storage`
+//! does the rest. This is the only crate of the workspace that links RocksDB.
+//!
+//! Key type: [`RocksKv`].
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+
+use rocksdb::{
+    BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, ErrorKind, MemtableFactory,
+    MergeOperands, Options, ReadOptions, WriteOptions, DB,
+};
+use zoftoken_storage::kv::{KeyValue, Visitor};
+use zoftoken_storage::schema::newer_state;
+use zoftoken_storage::{Cf, Durability, KvError, KvStore, Op, WriteBatch};
+
+/// A RocksDB database holding every column family of [`Cf::ALL`].
+pub struct RocksKv {
+    db: DB,
+}
+
+impl std::fmt::Debug for RocksKv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksKv")
+            .field("path", &self.db.path())
+            .finish()
+    }
+}
+
+fn error(e: rocksdb::Error) -> KvError {
+    let text = e.to_string();
+    match e.kind() {
+        ErrorKind::Corruption => KvError::Corrupt(text),
+        _ if text.contains("lock") || text.contains("LOCK") => KvError::Locked(text),
+        _ => KvError::Io(text),
+    }
+}
+
+/// The `state` merge: of the stored value and the operands, in write order, keep the newest
+/// version (see `zoftoken_storage::schema::newer_state`).
+fn merge_newest(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
+    let mut best: Option<&[u8]> = existing;
+    for op in operands {
+        best = Some(match best {
+            Some(b) => newer_state(b, op),
+            None => op,
+        });
+    }
+    best.map(<[u8]>::to_vec)
+}
+
+fn cf_options(cf: Cf) -> Options {
+    let mut o = Options::default();
+    let mut table = BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    o.set_block_based_table_factory(&table);
+    o.set_compression_type(DBCompressionType::Lz4);
+    o.set_bottommost_compression_type(DBCompressionType::Zstd);
+    if cf == Cf::State {
+        o.set_merge_operator_associative("zoftoken_newest_state_v1", merge_newest);
+        // The hot column family, written by most packets at random keys: a vector memtable
+        // appends in O(1) and sorts once when flushed (a skiplist insert is a chain of cache
+        // misses). Point reads of `state` are rare (admin commands) and scan the memtable.
+        o.set_memtable_factory(MemtableFactory::Vector);
+        o.set_write_buffer_size(64 << 20);
+    }
+    o
+}
+
+impl RocksKv {
+    /// Opens (or creates) the database in directory `path`.
+    pub fn open(path: &Path) -> Result<RocksKv, KvError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        opts.set_enable_pipelined_write(true);
+        // Required by the vector memtable of `state`.
+        opts.set_allow_concurrent_memtable_write(false);
+        opts.set_max_total_wal_size(512 << 20);
+        opts.set_keep_log_file_num(4);
+        opts.set_paranoid_checks(true);
+        let cfs = Cf::ALL
+            .into_iter()
+            .filter(|c| *c != Cf::Meta)
+            .map(|c| ColumnFamilyDescriptor::new(c.name(), cf_options(c)));
+        // `meta` is RocksDB's default column family.
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(error)?;
+        Ok(RocksKv { db })
+    }
+
+    fn handle(&self, cf: Cf) -> Result<&rocksdb::ColumnFamily, KvError> {
+        let name = if cf == Cf::Meta { "default" } else { cf.name() };
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| KvError::Corrupt(format!("column family `{name}` missing")))
+    }
+
+    /// Stops background work at once, as a crash would (tests: drop right after this).
+    pub fn simulate_crash(&self) {
+        self.db.cancel_all_background_work(false);
+    }
+}
+
+impl KvStore for RocksKv {
+    fn write(&self, batch: &WriteBatch, durability: Durability) -> Result<(), KvError> {
+        let mut b = rocksdb::WriteBatch::default();
+        for op in batch.ops() {
+            match op {
+                Op::Put(cf, k, v) => b.put_cf(self.handle(cf)?, k, v),
+                Op::Delete(cf, k) => b.delete_cf(self.handle(cf)?, k),
+                Op::PutNewer(Cf::State, k, v) => b.merge_cf(self.handle(Cf::State)?, k, v),
+                Op::PutNewer(cf, _, _) => {
+                    return Err(KvError::Io(format!(
+                        "versioned puts are only supported in `state`, not `{cf}`"
+                    )))
+                }
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(durability == Durability::Fsync);
+        self.db.write_opt(b, &wo).map_err(error)
+    }
+
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        self.db.get_cf(self.handle(cf)?, key).map_err(error)
+    }
+
+    fn scan(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: Visitor<'_>,
+    ) -> Result<(), KvError> {
+        let mut ro = ReadOptions::default();
+        if let Some(end) = end {
+            ro.set_iterate_upper_bound(end.to_vec());
+        }
+        // A full scan should not push the hot working set out of the block cache.
+        ro.fill_cache(false);
+        let mut it = self.db.raw_iterator_cf_opt(self.handle(cf)?, ro);
+        it.seek(start);
+        while it.valid() {
+            match (it.key(), it.value()) {
+                (Some(k), Some(v)) => {
+                    if !visit(k, v) {
+                        return Ok(());
+                    }
+                }
+                _ => break,
+            }
+            it.next();
+        }
+        it.status().map_err(error)
+    }
+
+    fn last(&self, cf: Cf) -> Result<Option<KeyValue>, KvError> {
+        let mut it = self.db.raw_iterator_cf(self.handle(cf)?);
+        it.seek_to_last();
+        let out = match (it.valid(), it.key(), it.value()) {
+            (true, Some(k), Some(v)) => Some((k.to_vec(), v.to_vec())),
+            _ => None,
+        };
+        it.status().map_err(error)?;
+        Ok(out)
+    }
+
+    fn flush(&self) -> Result<(), KvError> {
+        self.db.flush_wal(true).map_err(error)?;
+        for cf in Cf::ALL {
+            self.db.flush_cf(self.handle(cf)?).map_err(error)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,482 @@
+//! How records are laid out in the column families (schema version 1). Every value starts
+//! with a format byte; decoders never panic and return `None` for anything malformed, which
+//! the store reports as corruption.
+//!
+//! | column family | key | value |
+//! |---|---|---|
+//! | `tokens` | token id (16) | service name, username |
+//! | `secrets` | token id | service name, sealed `K ‖ PIN verifier ‖ duress flag ‖ duress verifier` |
+//! | `state` | token id | version, then the [`TokenStateRecord`] fields (49 bytes) |
+//! | `enrollments` | token id | service name, expiry, sealed key material of both forms |
+//! | `backup_codes` | token id | sealed code hashes |
+//! | `transactions` | transaction id (16) | token, times, state, duress, message |
+//! | `outbox` | commit sequence (u64, big-endian) | the commit's events |
+//! | `services` | name | sealed JSON of the service |
+//! | `authkeys` | name | JSON of the authkey (secret hash only) |
+
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+use zoftoken_engine::{
+    Actor, Event, EventKind, PendingRecord, TokenState, TokenStateRecord, Transaction,
+};
+use zoftoken_proto::{SecretBytes, TokenId, TxState};
+
+use crate::crypt::MasterKey;
+use crate::kv::Cf;
+
+/// The schema version this code writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+const FORMAT: u8 = 1;
+
+/// A bounds-checked reader over a value.
+pub struct Reader<'a>(&'a [u8]);
+
+#[allow(missing_docs)]
+impl<'a> Reader<'a> {
+    pub fn new(b: &'a [u8]) -> Reader<'a> {
+        Reader(b)
+    }
+    pub fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    pub fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.bytes(N)?.try_into().ok()
+    }
+    pub fn u8(&mut self) -> Option<u8> {
+        Some(self.array::<1>()?[0])
+    }
+    pub fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_be_bytes(self.array()?))
+    }
+    pub fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.array()?))
+    }
+    pub fn short_str(&mut self) -> Option<&'a str> {
+        let n = usize::from(self.u8()?);
+        std::str::from_utf8(self.bytes(n)?).ok()
+    }
+    pub fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.0)
+    }
+    pub fn format(&mut self) -> Option<()> {
+        (self.u8()? == FORMAT).then_some(())
+    }
+    pub fn end(&self) -> Option<()> {
+        self.0.is_empty().then_some(())
+    }
+}
+
+fn put_short_str(out: &mut Vec<u8>, s: &str) {
+    // Service names are at most 255 bytes (validated); longer input is cut, never panics.
+    let b = s.as_bytes().get(..255).unwrap_or(s.as_bytes());
+    out.push(b.len() as u8);
+    out.extend_from_slice(b);
+}
+
+fn state_byte(s: TokenState) -> u8 {
+    s as u8
+}
+
+fn state_from(b: u8) -> Option<TokenState> {
+    [
+        TokenState::Pending,
+        TokenState::Closed,
+        TokenState::Open,
+        TokenState::Blocked,
+    ]
+    .into_iter()
+    .find(|s| *s as u8 == b)
+}
+
+/// `tokens`: the cold record.
+pub fn encode_info(service: &str, username: &str) -> Vec<u8> {
+    let mut v = vec![FORMAT];
+    put_short_str(&mut v, service);
+    v.extend_from_slice(username.as_bytes());
+    v
+}
+
+/// Decodes `tokens`: `(service, username)`.
+pub fn decode_info(v: &[u8]) -> Option<(String, String)> {
+    let mut r = Reader::new(v);
+    r.format()?;
+    let service = r.short_str()?.to_owned();
+    let username = std::str::from_utf8(r.rest()).ok()?.to_owned();
+    Some((service, username))
+}
+
+/// `state`: 49 bytes; bytes 1..5 are the version (see [`crate::kv::Op::PutNewer`]).
+pub fn encode_state(s: &TokenStateRecord) -> Vec<u8> {
+    let mut v = Vec::with_capacity(49);
+    encode_state_into(s, &mut v);
+    v
+}
+
+/// [`encode_state`], appended to `v`.
+pub fn encode_state_into(s: &TokenStateRecord, v: &mut Vec<u8>) {
+    v.push(FORMAT);
+    v.extend_from_slice(&s.version.to_be_bytes());
+    v.push(state_byte(s.state));
+    v.extend_from_slice(&s.open_until_ms.to_be_bytes());
+    v.push(u8::from(s.open_duress));
+    v.push(s.failures);
+    v.extend_from_slice(&s.highest_counter.to_be_bytes());
+    v.extend_from_slice(&s.clock_offset_ms.to_be_bytes());
+    v.extend_from_slice(&s.otp_last_step.to_be_bytes());
+    v.extend_from_slice(&s.otp_drift.to_be_bytes());
+    v.extend_from_slice(&s.last_seen_ms.to_be_bytes());
+}
+
+/// Decodes `state` for the token `id`.
+pub fn decode_state(id: TokenId, v: &[u8]) -> Option<TokenStateRecord> {
+    let mut r = Reader::new(v);
+    r.format()?;
+    let rec = TokenStateRecord {
+        token_id: id,
+        version: u32::from_be_bytes(r.array()?),
+        state: state_from(r.u8()?)?,
+        open_until_ms: r.u64()?,
+        open_duress: r.u8()? != 0,
+        failures: r.u8()?,
+        highest_counter: r.u64()?,
+        clock_offset_ms: i64::from_be_bytes(r.array()?),
+        otp_last_step: r.u64()?,
+        otp_drift: i8::from_be_bytes(r.array()?),
+        last_seen_ms: r.u64()?,
+    };
+    r.end()?;
+    Some(rec)
+}
+
+/// A token's secrets as stored: `(service name, K, PIN verifier, duress verifier)`.
+pub struct Secrets {
+    /// The service's name.
+    pub service: String,
+    /// The token secret.
+    pub secret: SecretBytes,
+    /// The PIN verifier.
+    pub pin_verifier: SecretBytes,
+    /// The duress verifier.
+    pub duress_verifier: Option<SecretBytes>,
+}
+
+/// `secrets`: service name in clear, the rest sealed.
+pub fn encode_secrets(key: &MasterKey, id: &TokenId, s: &Secrets) -> Vec<u8> {
+    let mut plain = Zeroizing::new(Vec::with_capacity(97));
+    plain.extend_from_slice(s.secret.expose());
+    plain.extend_from_slice(s.pin_verifier.expose());
+    match &s.duress_verifier {
+        Some(d) => {
+            plain.push(1);
+            plain.extend_from_slice(d.expose());
+        }
+        None => plain.push(0),
+    }
+    let mut v = vec![FORMAT];
+    put_short_str(&mut v, &s.service);
+    v.extend_from_slice(&key.seal(Cf::Secrets, &id.0, &plain));
+    v
+}
+
+/// Decodes `secrets`; `None` if malformed or sealed under another key.
+pub fn decode_secrets(key: &MasterKey, id: &TokenId, v: &[u8]) -> Option<Secrets> {
+    let mut r = Reader::new(v);
+    r.format()?;
+    let service = r.short_str()?.to_owned();
+    let plain = key.open(Cf::Secrets, &id.0, r.rest())?;
+    let mut p = Reader::new(&plain);
+    let secret = SecretBytes::new(p.array()?);
+    let pin_verifier = SecretBytes::new(p.array()?);
+    let duress_verifier = match p.u8()? {
+        0 => None,
+        1 => Some(SecretBytes::new(p.array()?)),
+        _ => return None,
+    };
+    p.end()?;
+    Some(Secrets {
+        service,
+        secret,
+        pin_verifier,
+        duress_verifier,
+    })
+}
+
+/// `enrollments`.
+pub fn encode_pending(key: &MasterKey, p: &PendingRecord) -> Vec<u8> {
+    let mut plain = Zeroizing::new(Vec::with_capacity(160));
+    for (pairing_id, d2s, s2d) in &p.forms {
+        plain.extend_from_slice(pairing_id);
+        plain.extend_from_slice(d2s.expose());
+        plain.extend_from_slice(s2d.expose());
+    }
+    let mut v = vec![FORMAT];
+    put_short_str(&mut v, &p.service);
+    v.extend_from_slice(&p.expires_ms.to_be_bytes());
+    v.extend_from_slice(&key.seal(Cf::Enrollments, &p.token_id.0, &plain));
+    v
+}
+
+/// Decodes `enrollments`.
+pub fn decode_pending(key: &MasterKey, id: TokenId, v: &[u8]) -> Option<PendingRecord> {
+    let mut r = Reader::new(v);
+    r.format()?;
+    let service: Arc<str> = Arc::from(r.short_str()?);
+    let expires_ms = r.u64()?;
+    let plain = key.open(Cf::Enrollments, &id.0, r.rest())?;
+    let mut p = Reader::new(&plain);
+    let mut form = || -> Option<([u8; 16], SecretBytes, SecretBytes)> {
+        Some((
+            p.array()?,
+            SecretBytes::new(p.array()?),
+            SecretBytes::new(p.array()?),
+        ))
+    };
+    let forms = [form()?, form()?];
+    p.end()?;
+    Some(PendingRecord {
+        token_id: id,
+        service,
+        forms,
+        expires_ms,
+    })
+}
+
+/// `backup_codes`: the hashes, sealed.
+pub fn encode_backup(key: &MasterKey, id: &TokenId, hashes: &[[u8; 16]]) -> Vec<u8> {
+    let plain: Zeroizing<Vec<u8>> = Zeroizing::new(hashes.concat());
+    let mut v = vec![FORMAT];
+    v.extend_from_slice(&key.seal(Cf::BackupCodes, &id.0, &plain));
+    v
+}
+
+/// Decodes `backup_codes`.
+pub fn decode_backup(key: &MasterKey, id: &TokenId, v: &[u8]) -> Option<Vec<[u8; 16]>> {
+    let mut r = Reader::new(v);
+    r.format()?;
+    let plain = key.open(Cf::BackupCodes, &id.0, r.rest())?;
+    if plain.len() % 16 != 0 {
+        return None;
+    }
+    Some(
+        plain
+            .chunks_exact(16)
+            .filter_map(|c| c.try_into().ok())
+            .collect(),
+    )
+}
+
+/// `transactions`.
+pub fn encode_transaction(t: &Transaction) -> Vec<u8> {
+    let mut v = vec![FORMAT];
+    v.extend_from_slice(&t.token_id.0);
+    v.extend_from_slice(&t.created_ms.to_be_bytes());
+    v.extend_from_slice(&t.expires_ms.to_be_bytes());
+    v.push(t.state as u8);
+    v.push(u8::from(t.duress));
+    v.extend_from_slice(t.message.as_bytes());
+    v
+}
+
+/// Decodes `transactions`.
+pub fn decode_transaction(tx_id: [u8; 16], v: &[u8]) -> Option<Transaction> {
+    let mut r = Reader::new(v);
+    r.format()?;
+    Some(Transaction {
+        tx_id,
+        token_id: TokenId(r.array()?),
+        created_ms: r.u64()?,
+        expires_ms: r.u64()?,
+        state: TxState::from_byte(r.u8()?)?,
+        duress: r.u8()? != 0,
+        message: std::str::from_utf8(r.rest()).ok()?.to_owned(),
+    })
+}
+
+/// An event as the outbox keeps it: the engine's event with its service's name and, for a
+/// deleted token, the username (which is gone from `tokens` by then).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxEvent {
+    /// Commit sequence number of the batch that made it.
+    pub seq: u64,
+    /// Position within that commit.
+    pub index: u16,
+    /// What happened.
+    pub kind: EventKind,
+    /// The token.
+    pub token_id: TokenId,
+    /// The service's name.
+    pub service: String,
+    /// The username when it could not be looked up later (deleted tokens), else `None`.
+    pub username: Option<String>,
+    /// When (Unix ms).
+    pub time_ms: u64,
+    /// Who caused it.
+    pub actor: Actor,
+    /// End of the open window after the event, if open.
+    pub open_until_ms: Option<u64>,
+    /// Whether the duress PIN was used.
+    pub duress: bool,
+    /// The transaction, for transaction events.
+    pub tx_id: Option<[u8; 16]>,
+}
+
+const ACTORS: [Actor; 4] = [Actor::Device, Actor::Admin, Actor::Operator, Actor::Timer];
+
+/// Appends one event to an outbox value (see [`encode_outbox`]).
+pub(crate) fn push_event(v: &mut Vec<u8>, e: &Event, service: &str, username: Option<&str>) {
+    v.push(e.kind as u8);
+    v.extend_from_slice(&e.token_id.0);
+    put_short_str(v, service);
+    v.extend_from_slice(&e.time_ms.to_be_bytes());
+    v.push(ACTORS.iter().position(|a| *a == e.actor).unwrap_or(0) as u8);
+    let mut flags = 0u8;
+    if e.open_until_ms.is_some() {
+        flags |= 1;
+    }
+    if e.duress {
+        flags |= 2;
+    }
+    if e.tx_id.is_some() {
+        flags |= 4;
+    }
+    if username.is_some() {
+        flags |= 8;
+    }
+    v.push(flags);
+    if let Some(t) = e.open_until_ms {
+        v.extend_from_slice(&t.to_be_bytes());
+    }
+    if let Some(t) = e.tx_id {
+        v.extend_from_slice(&t);
+    }
+    if let Some(u) = username {
+        let b = u
+            .as_bytes()
+            .get(..u16::MAX as usize)
+            .unwrap_or(u.as_bytes());
+        v.extend_from_slice(&(b.len() as u16).to_be_bytes());
+        v.extend_from_slice(b);
+    }
+}
+
+/// Decodes an outbox value (all events of commit `seq`).
+pub fn decode_outbox(seq: u64, v: &[u8]) -> Option<Vec<OutboxEvent>> {
+    let mut r = Reader::new(v);
+    r.format()?;
+    let n = r.u16()?;
+    let mut out = Vec::with_capacity(usize::from(n));
+    for index in 0..n {
+        let kind = *EventKind::ALL.get(usize::from(r.u8()?))?;
+        let token_id = TokenId(r.array()?);
+        let service = r.short_str()?.to_owned();
+        let time_ms = r.u64()?;
+        let actor = *ACTORS.get(usize::from(r.u8()?))?;
+        let flags = r.u8()?;
+        let open_until_ms = if flags & 1 != 0 { Some(r.u64()?) } else { None };
+        let tx_id = if flags & 4 != 0 {
+            Some(r.array()?)
+        } else {
+            None
+        };
+        let username = if flags & 8 != 0 {
+            let len = usize::from(r.u16()?);
+            Some(std::str::from_utf8(r.bytes(len)?).ok()?.to_owned())
+        } else {
+            None
+        };
+        out.push(OutboxEvent {
+            seq,
+            index,
+            kind,
+            token_id,
+            service,
+            username,
+            time_ms,
+            actor,
+            open_until_ms,
+            duress: flags & 2 != 0,
+            tx_id,
+        });
+    }
+    r.end()?;
+    Some(out)
+}
+
+/// Starts an outbox value for `count` events.
+pub(crate) fn outbox_header(count: u16) -> Vec<u8> {
+    let mut v = vec![FORMAT];
+    v.extend_from_slice(&count.to_be_bytes());
+    v
+}
+
+/// The version of a `state` value (bytes 1..5), if it has one.
+pub fn state_version(v: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(v.get(1..5)?.try_into().ok()?))
+}
+
+/// Of two `state` values, the one to keep: the newer version (serial-number order); on a tie
+/// or an unreadable value, `later`.
+pub fn newer_state<'a>(earlier: &'a [u8], later: &'a [u8]) -> &'a [u8] {
+    match (state_version(earlier), state_version(later)) {
+        (Some(a), Some(b)) if zoftoken_engine::mutation::version_is_newer(a, b) => earlier,
+        _ => later,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_rejects_damage() {
+        let id = TokenId([7; 16]);
+        let s = TokenStateRecord {
+            token_id: id,
+            version: 77,
+            state: TokenState::Open,
+            open_until_ms: 1_800_000_000_000,
+            open_duress: true,
+            failures: 2,
+            highest_counter: u64::MAX - 1,
+            clock_offset_ms: -12_345,
+            otp_last_step: 99,
+            otp_drift: -3,
+            last_seen_ms: 1_700_000_000_000,
+        };
+        let v = encode_state(&s);
+        assert_eq!(v.len(), 49);
+        assert_eq!(decode_state(id, &v), Some(s));
+        assert_eq!(decode_state(id, &v[..48]), None);
+        let mut bad = v.clone();
+        bad[5] = 9;
+        assert_eq!(decode_state(id, &bad), None);
+        let mut long = v;
+        long.push(0);
+        assert_eq!(decode_state(id, &long), None);
+    }
+
+    #[test]
+    fn outbox_round_trips() {
+        let e = Event::new(EventKind::Deleted, TokenId([1; 16]), 0, 5, Actor::Admin)
+            .with_tx([3; 16])
+            .with_duress();
+        let mut v = outbox_header(2);
+        push_event(&mut v, &e, "svc", Some("alice"));
+        push_event(&mut v, &e, "svc", None);
+        let d = decode_outbox(9, &v).unwrap();
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].username.as_deref(), Some("alice"));
+        assert_eq!(d[1].username, None);
+        assert_eq!(d[1].index, 1);
+        assert_eq!(d[0].tx_id, Some([3; 16]));
+        assert!(d[0].duress);
+        assert_eq!(d[0].kind, EventKind::Deleted);
+        assert_eq!(decode_outbox(9, &v[..v.len() - 1]), None);
+    }
+}

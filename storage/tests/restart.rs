@@ -1,0 +1,257 @@
+//! Restarts with a real device: everything the engine held comes back from the store — paired
+//! tokens (secrets decrypted, states, counters), pending enrollments, transactions and backup
+//! codes — and the device keeps working across the restart. Runs on the in-memory store; the
+//! conformance suite shows RocksDB stores the same records.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use zoftoken_device::{MemoryStore, Pairing, Reply, Request, Token};
+use zoftoken_engine::*;
+use zoftoken_proto::deeplink::Deeplink;
+use zoftoken_proto::{DropReason, PinVerifier, ReplyStatus, TxState, WireState};
+use zoftoken_storage::{Durability, MasterKey, MemoryKv, Store};
+
+const T0: u64 = 1_800_000_000_000;
+
+struct Server {
+    kv: MemoryKv,
+    store: Store,
+    engine: Engine,
+    epoch: u32,
+    now: u64,
+}
+
+impl Server {
+    fn start(kv: MemoryKv, epoch: u32, now: u64) -> Server {
+        let store = Store::open(
+            Arc::new(kv.clone()),
+            MasterKey::from_bytes([4; 32]),
+            Durability::Wal,
+        )
+        .unwrap();
+        let mut bank = ServiceConfig::new("bank", &["127.0.0.1:4500"]);
+        bank.window_s = 600;
+        let engine = Engine::new(EngineConfig::new(vec![bank], epoch, [epoch as u8; 32])).unwrap();
+        store.load(&engine, now, 2, &|_| {}).unwrap();
+        Server {
+            kv,
+            store,
+            engine,
+            epoch,
+            now,
+        }
+    }
+
+    fn restart(self) -> Server {
+        let (kv, epoch, now) = (self.kv.clone(), self.epoch + 1, self.now);
+        drop(self);
+        Server::start(kv, epoch, now)
+    }
+
+    fn admin<R>(&mut self, f: impl FnOnce(&Engine, u64, &mut Batch) -> R) -> R {
+        let mut batch = Batch::new();
+        let r = f(&self.engine, self.now, &mut batch);
+        self.store.commit(&batch.mutations, &self.engine).unwrap();
+        self.engine.publish(&mut batch);
+        r
+    }
+
+    fn deliver(&mut self, datagram: &[u8]) -> Result<Vec<u8>, DropReason> {
+        let mut d = datagram.to_vec();
+        let mut out = [0u8; 1200];
+        let mut batch = Batch::new();
+        let src: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        let outcome = self
+            .engine
+            .handle_packet(self.now, src, &mut d, &mut out, &mut batch);
+        self.store.commit(&batch.mutations, &self.engine).unwrap();
+        self.engine.publish(&mut batch);
+        match outcome {
+            PacketOutcome::Reply(n) => Ok(out[..n].to_vec()),
+            PacketOutcome::Drop(r) => Err(r),
+        }
+    }
+
+    fn send(
+        &mut self,
+        token: &mut Token,
+        store: &mut MemoryStore,
+        req: Request<'_>,
+    ) -> Result<(Reply, Vec<u8>), DropReason> {
+        let mut out = [0u8; 1200];
+        let tx = token.request(store, req, self.now, &mut out).unwrap();
+        let sent = out[..tx.len].to_vec();
+        let mut reply = self.deliver(&sent)?;
+        Ok((
+            token.handle_reply(&mut reply).expect("authentic reply"),
+            sent,
+        ))
+    }
+}
+
+fn pair(s: &mut Server, deeplink: &str) -> (Token, MemoryStore, PinVerifier) {
+    let mut pairing = Pairing::from_deeplink(&Deeplink::parse(deeplink).unwrap());
+    let mut out = [0u8; 1200];
+    let tx = pairing.init_request(s.now, [0x33; 32], &mut out).unwrap();
+    let mut reply = s.deliver(&out[..tx.len]).unwrap();
+    let offer = pairing.handle_init_reply(&mut reply).unwrap();
+    let pin = PinVerifier::derive("2468", &offer.token_id).unwrap();
+    let tx = pairing
+        .complete_request(&pin, None, s.now, &mut out)
+        .unwrap();
+    let mut reply = s.deliver(&out[..tx.len]).unwrap();
+    let mut store = MemoryStore::default();
+    let token = pairing
+        .handle_complete_reply(&mut store, &mut reply)
+        .unwrap()
+        .unwrap();
+    (token, store, pin)
+}
+
+#[test]
+fn a_paired_device_keeps_working_across_restarts() {
+    let mut s = Server::start(MemoryKv::new(), 1, T0);
+    let ticket = s
+        .admin(|e, now, b| e.enroll(now, "bank", "alice", b))
+        .unwrap();
+    let (mut token, mut store, pin) = pair(&mut s, &ticket.deeplink);
+    let (r, recorded_open) = s.send(&mut token, &mut store, Request::Open(&pin)).unwrap();
+    assert_eq!(r.status().state, WireState::Open);
+    let id = token.token_id();
+    let codes = s
+        .admin(|e, _, b| e.generate_backup_codes(&id, 3, 8, b))
+        .unwrap();
+    let tx = s
+        .admin(|e, now, b| e.create_transaction(now, &id, "Pay 5?", 60_000, b))
+        .unwrap();
+
+    s.now += 1_000;
+    let mut s = s.restart();
+    // State, secrets (the device's packets open), counters (the old OPEN is a replay).
+    assert_eq!(
+        s.engine.status_by_id(s.now, &id).unwrap().state,
+        TokenState::Open
+    );
+    let (r, _) = s.send(&mut token, &mut store, Request::Status).unwrap();
+    assert_eq!(r.status().state, WireState::Open);
+    assert_eq!(s.deliver(&recorded_open), Err(DropReason::Replayed));
+    // The transaction is still waiting and can be approved.
+    let (r, _) = s.send(&mut token, &mut store, Request::TxFetch).unwrap();
+    assert!(
+        matches!(r, Reply::Transaction(_, Some(ref p)) if p.tx_id == tx),
+        "{r:?}"
+    );
+    let (r, _) = s
+        .send(
+            &mut token,
+            &mut store,
+            Request::TxApprove {
+                tx_id: tx,
+                pin: &pin,
+            },
+        )
+        .unwrap();
+    assert!(
+        matches!(r, Reply::TxDecided(st, _, TxState::Approved) if st.status == ReplyStatus::Ok)
+    );
+    // Backup codes still verify, once.
+    let ok = s
+        .admin(|e, now, b| e.verify_backup_code(now, &id, &codes[0], b))
+        .unwrap();
+    assert!(matches!(ok, OfflineOutcome::Accepted { .. }));
+
+    let mut s = s.restart();
+    assert_eq!(
+        s.engine.transaction(s.now, &tx).unwrap().state,
+        TxState::Approved
+    );
+    let again = s
+        .admin(|e, now, b| e.verify_backup_code(now, &id, &codes[0], b))
+        .unwrap();
+    assert!(
+        matches!(again, OfflineOutcome::Rejected { .. }),
+        "{again:?}"
+    );
+    let other = s
+        .admin(|e, now, b| e.verify_backup_code(now, &id, &codes[1], b))
+        .unwrap();
+    assert!(matches!(other, OfflineOutcome::Accepted { .. }));
+    let (r, _) = s.send(&mut token, &mut store, Request::Close).unwrap();
+    assert_eq!(r.status().state, WireState::Closed);
+
+    // Deleted tokens stay deleted.
+    s.admin(|e, now, b| e.delete(now, &id, b)).unwrap();
+    let mut s = s.restart();
+    assert!(s.engine.status_by_id(s.now, &id).is_err());
+    assert_eq!(
+        s.send(&mut token, &mut store, Request::Status).map(|_| ()),
+        Err(DropReason::UnknownToken)
+    );
+    let events = s.store.outbox(0, usize::MAX).unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.name()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "enrolled",
+            "paired",
+            "opened",
+            "transaction_approved",
+            "failed_attempt", // the reused backup code
+            "closed",
+            "deleted"
+        ]
+    );
+    assert_eq!(events.last().unwrap().username.as_deref(), Some("alice"));
+}
+
+#[test]
+fn an_enrollment_survives_a_restart_and_pairs_after_it() {
+    let mut s = Server::start(MemoryKv::new(), 1, T0);
+    let ticket = s
+        .admin(|e, now, b| e.enroll(now, "bank", "bob", b))
+        .unwrap();
+    let mut s = s.restart();
+    assert_eq!(
+        s.engine.status(s.now, "bank", "bob").unwrap().state,
+        TokenState::Pending
+    );
+    let (mut token, mut store, pin) = pair(&mut s, &ticket.deeplink);
+    let (r, _) = s.send(&mut token, &mut store, Request::Open(&pin)).unwrap();
+    assert_eq!(r.status().state, WireState::Open);
+    // Re-enrolling a paired token: after a restart, it is pending and the old app is refused.
+    let ticket2 = s
+        .admin(|e, now, b| e.enroll(now, "bank", "bob", b))
+        .unwrap();
+    let mut s = s.restart();
+    assert_eq!(
+        s.engine.status(s.now, "bank", "bob").unwrap().state,
+        TokenState::Pending
+    );
+    let (r, _) = s.send(&mut token, &mut store, Request::Status).unwrap();
+    assert_eq!(r.status().status, ReplyStatus::NotPaired);
+    let (mut token2, mut store2, pin2) = pair(&mut s, &ticket2.deeplink);
+    let mut s = s.restart();
+    let (r, _) = s
+        .send(&mut token2, &mut store2, Request::Open(&pin2))
+        .unwrap();
+    assert_eq!(r.status().state, WireState::Open);
+}
+
+#[test]
+fn an_expired_enrollment_is_not_loaded() {
+    let mut s = Server::start(MemoryKv::new(), 1, T0);
+    let ticket = s
+        .admin(|e, now, b| e.enroll(now, "bank", "carol", b))
+        .unwrap();
+    s.now = ticket.expires_ms + 1;
+    let s = s.restart();
+    assert!(s.engine.status(s.now, "bank", "carol").is_err());
+}
