@@ -98,7 +98,7 @@ pub fn master_key(
     // The embedded default: a new database, no key configured. Generate one beside it.
     let (key, text) = MasterKey::generate();
     if let Some(parent) = file.parent() {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
+        create_private_dir(parent).map_err(io(parent))?;
     }
     let mut f = open_private(&file).map_err(io(&file))?;
     f.write_all(text.as_bytes())
@@ -112,6 +112,18 @@ pub fn master_key(
         file.display()
     ));
     Ok(key)
+}
+
+/// Creates a directory (and its parents) readable by the owner only, if it does not exist.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.as_os_str().is_empty() || dir.exists() {
+        return Ok(());
+    }
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
 }
 
 fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
@@ -130,7 +142,7 @@ pub fn open_store(
 ) -> Result<Store, OpenError> {
     let dir = &loaded.config.data_dir;
     let key = master_key(loaded, env, warnings)?;
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    create_private_dir(dir).map_err(io(dir))?;
     let kv = RocksKv::open(dir).map_err(|e| match e {
         KvError::Locked(m) => OpenError::Locked(m),
         other => OpenError::Store(other.into()),

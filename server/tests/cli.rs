@@ -125,6 +125,11 @@ fn tokens_enroll_list_show_delete_and_survive_export_import() {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        let dir = std::fs::metadata(e.path("data"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(dir & 0o777, 0o700, "the data directory is private");
     }
     let t: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(t["deeplink"].as_str().unwrap().starts_with("zoftoken://"));

@@ -395,76 +395,32 @@ impl Store {
         unknown.sort();
         out.unknown_service = unknown;
 
-        let mut err = None;
-        self.kv.scan(Cf::Enrollments, &[], None, &mut |k, v| {
-            let r = (|| {
-                let id = TokenId(
-                    k.try_into()
-                        .map_err(|_| corrupt(Cf::Enrollments, k, "key"))?,
-                );
-                let p = schema::decode_pending(&self.key, id, v)
-                    .ok_or_else(|| corrupt(Cf::Enrollments, k, "undecodable or not authentic"))?;
-                match engine.load_pending(now_ms, &p) {
-                    Ok(()) => {
-                        if p.expires_ms > now_ms {
-                            out.enrollments += 1;
-                        }
-                    }
-                    Err(_) => add_unknown(&mut out.unknown_service, &p.service),
-                }
-                Ok(())
-            })();
-            match r {
-                Ok(()) => true,
-                Err(e) => {
-                    err = Some(e);
-                    false
-                }
+        let kv = &*self.kv;
+        try_scan(kv, Cf::Enrollments, &[], None, &mut |k, v| {
+            let id = TokenId(id_key(Cf::Enrollments, k)?);
+            let p = schema::decode_pending(&self.key, id, v)
+                .ok_or_else(|| corrupt(Cf::Enrollments, k, "undecodable or not authentic"))?;
+            match engine.load_pending(now_ms, &p) {
+                Ok(()) if p.expires_ms > now_ms => out.enrollments += 1,
+                Ok(()) => {}
+                Err(_) => add_unknown(&mut out.unknown_service, &p.service),
             }
+            Ok(true)
         })?;
-        if let Some(e) = err.take() {
-            return Err(e);
-        }
-        self.kv.scan(Cf::Transactions, &[], None, &mut |k, v| {
-            let tx = k
-                .try_into()
-                .ok()
-                .and_then(|id| schema::decode_transaction(id, v));
-            match tx {
-                Some(t) => {
-                    engine.load_transaction(t);
-                    out.transactions += 1;
-                    true
-                }
-                None => {
-                    err = Some(corrupt(Cf::Transactions, k, "undecodable"));
-                    false
-                }
-            }
+        try_scan(kv, Cf::Transactions, &[], None, &mut |k, v| {
+            let t = schema::decode_transaction(id_key(Cf::Transactions, k)?, v)
+                .ok_or_else(|| corrupt(Cf::Transactions, k, "undecodable"))?;
+            engine.load_transaction(t);
+            out.transactions += 1;
+            Ok(true)
         })?;
-        if let Some(e) = err.take() {
-            return Err(e);
-        }
-        self.kv.scan(Cf::BackupCodes, &[], None, &mut |k, v| {
-            let codes = k
-                .try_into()
-                .ok()
-                .map(TokenId)
-                .and_then(|id| Some((id, schema::decode_backup(&self.key, &id, v)?)));
-            match codes {
-                Some((id, hashes)) => {
-                    engine.load_backup_codes(&id, hashes);
-                    true
-                }
-                None => {
-                    err = Some(corrupt(Cf::BackupCodes, k, "undecodable or not authentic"));
-                    false
-                }
-            }
+        try_scan(kv, Cf::BackupCodes, &[], None, &mut |k, v| {
+            let id = TokenId(id_key(Cf::BackupCodes, k)?);
+            let hashes = schema::decode_backup(&self.key, &id, v)
+                .ok_or_else(|| corrupt(Cf::BackupCodes, k, "undecodable or not authentic"))?;
+            engine.load_backup_codes(&id, hashes);
+            Ok(true)
         })?;
-        if let Some(e) = err {
-            return Err(e);
-        }
         out.elapsed = started.elapsed();
         Ok(out)
     }
@@ -484,89 +440,57 @@ impl Store {
         };
         let start = bound(p).unwrap_or([0, 0]);
         let end = bound(p + 1);
+        let end = end.as_ref().map(|e| &e[..]);
+        let kv = &*self.kv;
         let mut states: Vec<TokenStateRecord> = Vec::new();
-        let mut err = None;
-        self.kv.scan(
-            Cf::State,
-            &start,
-            end.as_ref().map(|e| &e[..]),
-            &mut |k, v| match k
-                .try_into()
-                .ok()
-                .and_then(|id| schema::decode_state(TokenId(id), v))
-            {
-                Some(s) => {
-                    states.push(s);
-                    true
-                }
-                None => {
-                    err = Some(corrupt(Cf::State, k, "undecodable"));
-                    false
-                }
-            },
-        )?;
-        if let Some(e) = err.take() {
-            return Err(e);
-        }
+        try_scan(kv, Cf::State, &start, end, &mut |k, v| {
+            let s = schema::decode_state(TokenId(id_key(Cf::State, k)?), v)
+                .ok_or_else(|| corrupt(Cf::State, k, "undecodable"))?;
+            states.push(s);
+            Ok(true)
+        })?;
         let mut report = PartReport::default();
         let mut next_state = 0usize;
         let mut since_progress = 0u64;
-        self.kv.scan(
-            Cf::Secrets,
-            &start,
-            end.as_ref().map(|e| &e[..]),
-            &mut |k, v| {
-                let r = (|| -> Result<(), StoreError> {
-                    let id = TokenId(k.try_into().map_err(|_| corrupt(Cf::Secrets, k, "key"))?);
-                    // States without secrets are orphans: skip them.
-                    while states.get(next_state).is_some_and(|s| s.token_id.0 < id.0) {
-                        next_state += 1;
-                        report.orphans += 1;
-                    }
-                    let status = match states.get(next_state) {
-                        Some(s) if s.token_id == id => *s,
-                        _ => return Err(corrupt(Cf::Secrets, k, "token has no state record")),
-                    };
-                    next_state += 1;
-                    let s = schema::decode_secrets(&self.key, &id, v)
-                        .ok_or_else(|| corrupt(Cf::Secrets, k, "undecodable or not authentic"))?;
-                    let Some(service) = engine.service_index_of(&s.service) else {
-                        *report.unknown.entry(s.service).or_default() += 1;
-                        return Ok(());
-                    };
-                    let record = TokenRecord {
-                        service,
-                        secret: s.secret,
-                        pin_verifier: s.pin_verifier,
-                        duress_verifier: s.duress_verifier,
-                        status,
-                    };
-                    engine
-                        .load_token(&record)
-                        .map_err(|e| StoreError::Invalid(e.to_string()))?;
-                    report.tokens += 1;
-                    since_progress += 1;
-                    if since_progress == 4096 {
-                        let before = loaded.fetch_add(since_progress, Ordering::Relaxed);
-                        if (before + since_progress) / 100_000 != before / 100_000 {
-                            progress(before + since_progress);
-                        }
-                        since_progress = 0;
-                    }
-                    Ok(())
-                })();
-                match r {
-                    Ok(()) => true,
-                    Err(e) => {
-                        err = Some(e);
-                        false
-                    }
+        try_scan(kv, Cf::Secrets, &start, end, &mut |k, v| {
+            let id = TokenId(id_key(Cf::Secrets, k)?);
+            // States without secrets are orphans: skip them.
+            while states.get(next_state).is_some_and(|s| s.token_id.0 < id.0) {
+                next_state += 1;
+                report.orphans += 1;
+            }
+            let status = match states.get(next_state) {
+                Some(s) if s.token_id == id => *s,
+                _ => return Err(corrupt(Cf::Secrets, k, "token has no state record")),
+            };
+            next_state += 1;
+            let s = schema::decode_secrets(&self.key, &id, v)
+                .ok_or_else(|| corrupt(Cf::Secrets, k, "undecodable or not authentic"))?;
+            let Some(service) = engine.service_index_of(&s.service) else {
+                *report.unknown.entry(s.service).or_default() += 1;
+                return Ok(true);
+            };
+            let record = TokenRecord {
+                service,
+                secret: s.secret,
+                pin_verifier: s.pin_verifier,
+                duress_verifier: s.duress_verifier,
+                status,
+            };
+            engine
+                .load_token(&record)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            report.tokens += 1;
+            since_progress += 1;
+            if since_progress == 4096 {
+                let before = loaded.fetch_add(since_progress, Ordering::Relaxed);
+                if (before + since_progress) / 100_000 != before / 100_000 {
+                    progress(before + since_progress);
                 }
-            },
-        )?;
-        if let Some(e) = err {
-            return Err(e);
-        }
+                since_progress = 0;
+            }
+            Ok(true)
+        })?;
         loaded.fetch_add(since_progress, Ordering::Relaxed);
         report.orphans += states.len().saturating_sub(next_state) as u64;
         Ok(report)
@@ -607,44 +531,37 @@ impl Store {
         &self,
         visit: &mut dyn FnMut(TokenId, &str, &str) -> bool,
     ) -> Result<(), StoreError> {
-        let mut err = None;
-        self.kv.scan(Cf::Tokens, &[], None, &mut |k, v| match (
-            <[u8; 16]>::try_from(k).ok(),
-            schema::decode_info(v),
-        ) {
-            (Some(id), Some((s, u))) => visit(TokenId(id), &s, &u),
-            _ => {
-                err = Some(corrupt(Cf::Tokens, k, "undecodable"));
-                false
-            }
-        })?;
-        err.map_or(Ok(()), Err)
+        try_scan(&*self.kv, Cf::Tokens, &[], None, &mut |k, v| {
+            let id = id_key(Cf::Tokens, k)?;
+            let (s, u) =
+                schema::decode_info(v).ok_or_else(|| corrupt(Cf::Tokens, k, "undecodable"))?;
+            Ok(visit(TokenId(id), &s, &u))
+        })
     }
 
     /// The outbox events with sequence numbers from `from_seq`, in order, at most `limit`
     /// commits.
     pub fn outbox(&self, from_seq: u64, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
         let mut out = Vec::new();
-        let mut err = None;
         let mut commits = 0;
-        self.kv
-            .scan(Cf::Outbox, &from_seq.to_be_bytes(), None, &mut |k, v| {
-                let decoded = k
+        try_scan(
+            &*self.kv,
+            Cf::Outbox,
+            &from_seq.to_be_bytes(),
+            None,
+            &mut |k, v| {
+                let events = k
                     .try_into()
                     .ok()
                     .map(u64::from_be_bytes)
-                    .and_then(|seq| schema::decode_outbox(seq, v));
-                match decoded {
-                    Some(events) => out.extend(events),
-                    None => {
-                        err = Some(corrupt(Cf::Outbox, k, "undecodable"));
-                        return false;
-                    }
-                }
+                    .and_then(|seq| schema::decode_outbox(seq, v))
+                    .ok_or_else(|| corrupt(Cf::Outbox, k, "undecodable"))?;
+                out.extend(events);
                 commits += 1;
-                commits < limit
-            })?;
-        err.map_or(Ok(out), Err)
+                Ok(commits < limit)
+            },
+        )?;
+        Ok(out)
     }
 
     /// Removes delivered outbox commits up to and including `seq`.
@@ -667,24 +584,16 @@ impl Store {
     /// The services kept in the database (`config_source: database`), by name.
     pub fn services(&self) -> Result<Vec<ServiceDoc>, StoreError> {
         let mut out = Vec::new();
-        let mut err = None;
-        self.kv.scan(Cf::Services, &[], None, &mut |k, v| {
+        try_scan(&*self.kv, Cf::Services, &[], None, &mut |k, v| {
             let doc = self
                 .key
                 .open(Cf::Services, k, v)
-                .and_then(|p| serde_json::from_slice::<ServiceDoc>(&p).ok());
-            match doc {
-                Some(d) => {
-                    out.push(d);
-                    true
-                }
-                None => {
-                    err = Some(corrupt(Cf::Services, k, "undecodable or not authentic"));
-                    false
-                }
-            }
+                .and_then(|p| serde_json::from_slice::<ServiceDoc>(&p).ok())
+                .ok_or_else(|| corrupt(Cf::Services, k, "undecodable or not authentic"))?;
+            out.push(doc);
+            Ok(true)
         })?;
-        err.map_or(Ok(out), Err)
+        Ok(out)
     }
 
     /// Inserts or replaces a service (sealed: it holds the webhook secret).
@@ -714,23 +623,14 @@ impl Store {
     /// The authkeys kept in the database (hashes only).
     pub fn authkeys(&self) -> Result<Vec<AuthkeyDoc>, StoreError> {
         let mut out = Vec::new();
-        let mut err = None;
-        self.kv.scan(
-            Cf::Authkeys,
-            &[],
-            None,
-            &mut |k, v| match serde_json::from_slice::<AuthkeyDoc>(v) {
-                Ok(d) if d.secret.is_none() => {
-                    out.push(d);
-                    true
-                }
-                _ => {
-                    err = Some(corrupt(Cf::Authkeys, k, "undecodable"));
-                    false
-                }
-            },
-        )?;
-        err.map_or(Ok(out), Err)
+        try_scan(&*self.kv, Cf::Authkeys, &[], None, &mut |k, v| {
+            match serde_json::from_slice::<AuthkeyDoc>(v) {
+                Ok(d) if d.secret.is_none() => out.push(d),
+                _ => return Err(corrupt(Cf::Authkeys, k, "undecodable")),
+            }
+            Ok(true)
+        })?;
+        Ok(out)
     }
 
     /// Inserts or replaces an authkey. Refuses a document holding a secret: only hashes are
@@ -837,6 +737,35 @@ impl Store {
     pub(crate) fn master_key(&self) -> &MasterKey {
         &self.key
     }
+}
+
+/// A scan visitor that may fail: `Ok(false)` stops, an error stops and is returned.
+type TryVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError> + 'a;
+
+/// Scans `[start, end)` of `cf` with a visitor that may fail; stops at the first error and
+/// returns it.
+fn try_scan(
+    kv: &dyn KvStore,
+    cf: Cf,
+    start: &[u8],
+    end: Option<&[u8]>,
+    visit: &mut TryVisitor<'_>,
+) -> Result<(), StoreError> {
+    let mut err = None;
+    kv.scan(cf, start, end, &mut |k, v| match visit(k, v) {
+        Ok(go_on) => go_on,
+        Err(e) => {
+            err = Some(e);
+            false
+        }
+    })?;
+    err.map_or(Ok(()), Err)
+}
+
+/// The 16-byte id a key of `cf` must be.
+fn id_key(cf: Cf, k: &[u8]) -> Result<[u8; 16], StoreError> {
+    k.try_into()
+        .map_err(|_| corrupt(cf, k, "key is not a 16-byte id"))
 }
 
 fn add_unknown(list: &mut Vec<(String, u64)>, service: &str) {
