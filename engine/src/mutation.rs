@@ -33,7 +33,7 @@ impl TokenRecord {
         self.status.token_id
     }
 
-    /// Applies a later state update to a full record (what storage does on load).
+    /// Applies a later state update to a full record (replaying a mutation log).
     pub fn apply_state(&mut self, s: &TokenStateRecord) {
         self.status = *s;
     }

@@ -10,22 +10,6 @@ use serde::{Deserialize, Serialize};
 use zoftoken_engine::config::ConfigError;
 use zoftoken_storage::{AuthkeyDoc, Durability, ServiceDoc};
 
-/// The environment variables that override the file (name, what it overrides).
-pub const ENV_OVERRIDES: [(&str, &str); 6] = [
-    (
-        "ZOFTOKEN_UDP_LISTEN",
-        "listen.udp (comma-separated host:port list)",
-    ),
-    ("ZOFTOKEN_HTTP_LISTEN", "listen.http (host:port)"),
-    ("ZOFTOKEN_DATA_DIR", "data_dir"),
-    ("ZOFTOKEN_DURABILITY", "durability (wal or fsync)"),
-    ("ZOFTOKEN_MASTER_KEY_FILE", "master_key.file"),
-    (
-        "ZOFTOKEN_MASTER_KEY",
-        "the master key itself, 64 hex digits (wins over any file)",
-    ),
-];
-
 /// Where services and authkeys come from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

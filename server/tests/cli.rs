@@ -10,7 +10,7 @@
 )]
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 struct Env {
@@ -337,5 +337,4 @@ fn serve_loads_locks_the_database_and_stops_cleanly() {
     wait_for(&mut err, "stopped");
     assert!(child.wait().unwrap().success());
     assert!(e.ok(&["db", "check"]).contains("database OK"));
-    let _ = Path::new("");
 }

@@ -102,16 +102,6 @@ pub struct ServiceDoc {
 }
 
 impl ServiceDoc {
-    /// The engine's form; errors carry paths under `at` (e.g. `services[2]`).
-    pub fn to_config(&self, at: &str) -> Result<ServiceConfig, Vec<ConfigError>> {
-        let (config, errors) = self.convert(at);
-        if errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(errors)
-        }
-    }
-
     /// The engine's form, with the conversion errors (the form is complete either way, so
     /// that later checks report paths at the right index).
     fn convert(&self, at: &str) -> (ServiceConfig, Vec<ConfigError>) {

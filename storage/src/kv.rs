@@ -137,12 +137,6 @@ impl WriteBatch {
         self.value_with(|d| d.extend_from_slice(value.as_ref()));
     }
 
-    /// Adds a put whose value `encode` appends to the buffer it is given.
-    pub fn put_with(&mut self, cf: Cf, key: impl AsRef<[u8]>, encode: impl FnOnce(&mut Vec<u8>)) {
-        self.header(PUT, cf, key.as_ref());
-        self.value_with(encode);
-    }
-
     /// Adds a versioned put (see [`Op::PutNewer`]).
     pub fn put_newer(&mut self, cf: Cf, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         self.header(PUT_NEWER, cf, key.as_ref());
@@ -173,11 +167,6 @@ impl WriteBatch {
     /// Number of writes.
     pub fn len(&self) -> usize {
         self.count
-    }
-
-    /// Bytes of keys, values and framing.
-    pub fn size(&self) -> usize {
-        self.data.len()
     }
 
     /// The writes, in order.

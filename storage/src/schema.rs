@@ -30,9 +30,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 const FORMAT: u8 = 1;
 
 /// A bounds-checked reader over a value.
-pub struct Reader<'a>(&'a [u8]);
+pub(crate) struct Reader<'a>(&'a [u8]);
 
-#[allow(missing_docs)]
 impl<'a> Reader<'a> {
     pub fn new(b: &'a [u8]) -> Reader<'a> {
         Reader(b)

@@ -213,11 +213,6 @@ impl Store {
         &self.kv
     }
 
-    /// The configured durability of commits.
-    pub fn durability(&self) -> Durability {
-        self.durability
-    }
-
     /// Writes a batch of engine mutations in one atomic write, the batch's events included
     /// (one outbox record). Returns the outbox sequence number used, or 0 when the batch had
     /// no event. Sequence numbers are unique and increase in the order commits start; two
@@ -318,10 +313,7 @@ impl Store {
                 .map_err(|_| StoreError::Invalid("more than 65535 events in one batch".into()))?;
             let mut v = schema::outbox_header(count);
             for e in events {
-                let service = names
-                    .service_name(e.service)
-                    .map(|s| s.to_string())
-                    .unwrap_or_default();
+                let service = names.service_name(e.service);
                 // The username of a deleted token is gone once this batch is written.
                 let username = if e.kind == zoftoken_engine::EventKind::Deleted {
                     self.kv
@@ -331,7 +323,12 @@ impl Store {
                 } else {
                     None
                 };
-                schema::push_event(&mut v, e, &service, username.as_deref());
+                schema::push_event(
+                    &mut v,
+                    e,
+                    service.as_deref().unwrap_or(""),
+                    username.as_deref(),
+                );
             }
             seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
             b.put(Cf::Outbox, seq.to_be_bytes(), v);
