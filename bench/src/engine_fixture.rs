@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use zerocopy::IntoBytes;
 use zoftoken_engine::{
     Batch, Engine, EngineConfig, PacketOutcome, ServiceConfig, TokenRecord, TokenStateRecord,
+    PREFETCH_DISTANCE,
 };
 use zoftoken_proto::packet::seal_request;
 use zoftoken_proto::wire::{Be64, MsgType, OpenRequest, PlainRequest};
@@ -153,19 +154,22 @@ pub fn run_range(
     range: std::ops::Range<usize>,
     prefetch: bool,
 ) -> usize {
-    run_committing(engine, stream, range, prefetch, 32, &mut |_| {})
+    run_committing(engine, stream, range, prefetch, 32, &mut |b| {
+        engine.publish(b)
+    })
 }
 
-/// As [`run_range`], handing the mutations of every `commit_every` packets (a multiple of
-/// the receive batch of 32) to `commit` (storage's group commit) before their events are
-/// published, as the server does.
+/// As [`run_range`], handing the batch of mutations of every `commit_every` packets (a
+/// multiple of the receive batch of 32) to `commit`, which must leave it empty: commit and
+/// publish its events (inline group commit), or take it and hand it to a writer thread
+/// (pipelined group commit). Then, as the server does, their replies could be sent.
 pub fn run_committing(
     engine: &Engine,
     stream: &mut Stream,
     range: std::ops::Range<usize>,
     prefetch: bool,
     commit_every: usize,
-    commit: &mut dyn FnMut(&Batch),
+    commit: &mut dyn FnMut(&mut Batch),
 ) -> usize {
     let src: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 40000));
     let mut out = [0u8; 1200];
@@ -177,9 +181,17 @@ pub fn run_committing(
     // Receive batches of 32, as the IO driver hands them over: prefetch, process, commit.
     for chunk in packets.chunks(32) {
         if prefetch {
-            engine.prefetch(chunk.iter().filter_map(|(s, l)| bytes.get(*s..*s + *l)));
+            engine.prefetch_buckets(chunk.iter().filter_map(|p| datagram(bytes, p)));
+            for d in chunk.iter().take(PREFETCH_DISTANCE) {
+                engine.prefetch_token(datagram(bytes, d).unwrap_or_default());
+            }
         }
-        for (start, len) in chunk {
+        for (i, (start, len)) in chunk.iter().enumerate() {
+            if prefetch {
+                if let Some(d) = chunk.get(i + PREFETCH_DISTANCE) {
+                    engine.prefetch_token(datagram(bytes, d).unwrap_or_default());
+                }
+            }
             let Some(d) = bytes.get_mut(*start..*start + *len) else {
                 continue;
             };
@@ -190,14 +202,17 @@ pub fn run_committing(
         }
         pending += chunk.len();
         if pending >= commit_every {
-            commit(&batch);
-            engine.publish(&mut batch);
+            commit(&mut batch);
             pending = 0;
         }
     }
-    commit(&batch);
-    engine.publish(&mut batch);
+    commit(&mut batch);
     replies
+}
+
+/// Packet `(start, len)` of a stream's bytes.
+fn datagram<'b>(bytes: &'b [u8], &(start, len): &(usize, usize)) -> Option<&'b [u8]> {
+    bytes.get(start..start + len)
 }
 
 /// The whole stream through [`run_range`] with prefetching, as the server does.

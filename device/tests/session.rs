@@ -16,10 +16,10 @@ use zoftoken_proto::deeplink::Deeplink;
 use zoftoken_proto::{DropReason, PinVerifier, ReplyStatus, WireState};
 
 fn session() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../proto-spec/vectors/session.json"
-    );
+    // The directory at run time, not baked in at compile time: a shared target directory may
+    // hold a test binary built in another checkout.
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test");
+    let path = std::path::Path::new(&dir).join("../proto-spec/vectors/session.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 

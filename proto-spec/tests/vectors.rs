@@ -24,7 +24,10 @@ use zoftoken_proto::wire::*;
 use zoftoken_proto::*;
 
 fn vectors_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("vectors")
+    // The directory at run time, not baked in at compile time: a shared target directory may
+    // hold a test binary built in another checkout.
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test");
+    std::path::Path::new(&dir).join("vectors")
 }
 
 /// Deterministic "random" bytes for the vectors: BLAKE3 of a label.

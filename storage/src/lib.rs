@@ -9,10 +9,12 @@
 //! [`MemoryKv`] implements it in memory for tests. [`conformance`] is the one test suite every
 //! implementation runs. It reads no configuration files and opens no sockets.
 //!
-//! Key types: [`KvStore`], [`WriteBatch`], [`Store`], [`MasterKey`], [`ServiceDoc`],
+//! Key types: [`KvStore`], [`WriteBatch`], [`Store`], [`Committer`] (group commit on a
+//! writer thread, pipelined with packet processing), [`MasterKey`], [`ServiceDoc`],
 //! [`AuthkeyDoc`].
 #![forbid(unsafe_code)]
 
+mod committer;
 pub mod conformance;
 pub mod crypt;
 pub mod docs;
@@ -22,6 +24,7 @@ mod memory;
 pub mod schema;
 mod store;
 
+pub use committer::{CommitError, Committer, CommitterConfig, CommitterStats, Done, Submitter};
 pub use crypt::{KeyError, MasterKey};
 pub use docs::{
     authkeys_to_config, services_to_config, AuthkeyDoc, OtpDoc, ServiceDoc, WebhookDoc,

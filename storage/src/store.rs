@@ -56,6 +56,16 @@ pub enum StoreError {
     Invalid(String),
 }
 
+/// The username of `token` if one of `batches` creates it.
+fn created_in<'a>(batches: &[&'a [Mutation]], token: &TokenId) -> Option<&'a str> {
+    batches.iter().flat_map(|b| b.iter()).find_map(|m| match m {
+        Mutation::TokenCreated {
+            token_id, username, ..
+        } if token_id == token => Some(username.as_ref()),
+        _ => None,
+    })
+}
+
 fn corrupt(cf: Cf, key: &[u8], what: &'static str) -> StoreError {
     StoreError::Corrupt {
         cf,
@@ -208,6 +218,11 @@ impl Store {
         }
     }
 
+    /// The durability this store was opened with.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
     /// The key-value store underneath.
     pub fn kv(&self) -> &Arc<dyn KvStore> {
         &self.kv
@@ -234,12 +249,25 @@ impl Store {
         names: &dyn ServiceNames,
         durability: Durability,
     ) -> Result<u64, StoreError> {
-        if mutations.is_empty() {
+        self.commit_group(&[mutations], names, durability)
+    }
+
+    /// Writes several batches of engine mutations, in order, in one atomic write with one
+    /// outbox record for all their events: the group commit of [`crate::Committer`]. Returns
+    /// as [`Store::commit`].
+    pub fn commit_group(
+        &self,
+        batches: &[&[Mutation]],
+        names: &dyn ServiceNames,
+        durability: Durability,
+    ) -> Result<u64, StoreError> {
+        let records: usize = batches.iter().map(|b| b.len()).sum();
+        if records == 0 {
             return Ok(0);
         }
-        let mut b = WriteBatch::with_capacity(mutations.len() * 80);
+        let mut b = WriteBatch::with_capacity(records * 80);
         let mut events = Vec::new();
-        for m in mutations {
+        for m in batches.iter().flat_map(|b| b.iter()) {
             match m {
                 Mutation::TokenCreated {
                     token_id,
@@ -314,12 +342,17 @@ impl Store {
             let mut v = schema::outbox_header(count);
             for e in events {
                 let service = names.service_name(e.service);
-                // The username of a deleted token is gone once this batch is written.
+                // The username of a deleted token is gone once this batch is written: from
+                // the database, or from this group if the token was created in it.
                 let username = if e.kind == zoftoken_engine::EventKind::Deleted {
-                    self.kv
-                        .get(Cf::Tokens, &e.token_id.0)?
-                        .and_then(|v| schema::decode_info(&v))
-                        .map(|(_, u)| u)
+                    match created_in(batches, &e.token_id) {
+                        Some(u) => Some(u.to_owned()),
+                        None => self
+                            .kv
+                            .get(Cf::Tokens, &e.token_id.0)?
+                            .and_then(|v| schema::decode_info(&v))
+                            .map(|(_, u)| u),
+                    }
                 } else {
                     None
                 };

@@ -1,8 +1,12 @@
 //! The storage benchmark of issue #4 (run by `bench/storage.sh`):
 //!
-//! - engine packets/s with persistence on — every receive batch of 32 packets committed to
-//!   RocksDB in one write before its events are published — as a ratio of the same engine
-//!   without persistence, measured interleaved in the same run (WAL without fsync, and fsync);
+//! - engine packets/s with persistence on as a ratio of the same engine without persistence,
+//!   measured interleaved in the same run. Modes: `memory` (the baseline), `wal` (the
+//!   server's way: each receive batch of 32 packets handed to the [`Committer`]'s writer
+//!   thread, which writes whatever is queued in one atomic write, WAL without fsync, and
+//!   publishes the events; the processing thread goes on and holds at most 8 batches in
+//!   flight), `wal-inline` (the processing thread commits each batch itself before it goes
+//!   on) and `fsync` (as `wal`, with fsync per write);
 //! - start-up time: a database of N tokens (written first) reopened and loaded into a new
 //!   engine in parallel, for each N of `--startup`.
 //!
@@ -10,7 +14,7 @@
 //!
 //! Options: `--tokens`, `--packets`, `--fsync-packets`, `--rounds`, `--threads` (1 or 2),
 //! `--commit-every` (packets per group commit, default 32 = one receive batch), `--modes`
-//! (`memory,wal,fsync`), `--startup` (comma-separated token counts, empty: none), `--dir`.
+//! (`memory,wal,wal-inline,fsync`), `--startup` (comma-separated token counts, empty: none), `--dir`.
 //! `STORAGE_MICRO=1` times commits alone (fixed and per-record cost); `STORAGE_BENCH_MARK=1`
 //! prints when each timed phase starts (for `perf record -D`).
 #![forbid(unsafe_code)]
@@ -20,12 +24,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use zoftoken_bench::engine_fixture::{loaded_engine, run_committing, streams, token_id, NOW_MS};
+use zoftoken_bench::engine_fixture::{
+    loaded_engine, run_committing, streams, token_id, Stream, NOW_MS,
+};
 use zoftoken_engine::{
     Batch, Engine, EngineConfig, Mutation, ServiceConfig, TokenRecord, TokenStateRecord,
 };
 use zoftoken_proto::SecretBytes;
-use zoftoken_storage::{Durability, MasterKey, Store};
+use zoftoken_storage::{Committer, CommitterConfig, Durability, MasterKey, Store};
 use zoftoken_storage_rocksdb::RocksKv;
 
 fn arg(name: &str) -> Option<String> {
@@ -97,11 +103,78 @@ fn empty_engine() -> Engine {
     Engine::new(config).unwrap()
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Debug)]
 enum Mode {
+    /// No persistence: the baseline.
     Memory,
+    /// WAL, no fsync; group commit on the writer thread, pipelined (the server's way).
     Wal,
+    /// WAL, no fsync; each batch committed by the processing thread before it goes on.
+    WalInline,
+    /// WAL with fsync per write, pipelined.
     Fsync,
+}
+
+impl Mode {
+    const ALL: [(&'static str, Mode); 4] = [
+        ("memory", Mode::Memory),
+        ("wal", Mode::Wal),
+        ("wal-inline", Mode::WalInline),
+        ("fsync", Mode::Fsync),
+    ];
+}
+
+/// Receive batches one processing thread may have waiting for the writer (their replies
+/// held back) before it stops to wait.
+const MAX_IN_FLIGHT: usize = 8;
+
+/// Processes one stream with `mode`'s persistence; returns the replies.
+fn run_stream(
+    engine: &Engine,
+    stream: &mut Stream,
+    commit_every: usize,
+    mode: Mode,
+    store: &Store,
+    committer: Option<&Committer>,
+) -> usize {
+    let len = stream.packets.len();
+    match (mode, committer) {
+        (Mode::Memory, _) => run_committing(engine, stream, 0..len, true, commit_every, &mut |b| {
+            engine.publish(b)
+        }),
+        (Mode::WalInline, _) => {
+            run_committing(engine, stream, 0..len, true, commit_every, &mut |b| {
+                store
+                    .commit_with(&b.mutations, engine, Durability::Wal)
+                    .unwrap();
+                engine.publish(b);
+            })
+        }
+        (_, Some(committer)) => {
+            let mut submitter = committer.submitter();
+            let mut spare: Vec<Batch> = Vec::new();
+            let replies = run_committing(engine, stream, 0..len, true, commit_every, &mut |b| {
+                // Hand the batch to the writer and go on; the replies of a batch would be
+                // sent when its answer arrives.
+                let full = std::mem::replace(b, spare.pop().unwrap_or_default());
+                submitter.submit(full).map_err(|(_, e)| e).unwrap();
+                while let Some(done) = submitter.try_done() {
+                    done.result.unwrap();
+                    spare.push(done.batch);
+                }
+                while submitter.in_flight() >= MAX_IN_FLIGHT {
+                    let done = submitter.wait_done().unwrap();
+                    done.result.unwrap();
+                    spare.push(done.batch);
+                }
+            });
+            while let Some(done) = submitter.wait_done() {
+                done.result.unwrap();
+            }
+            replies
+        }
+        (_, None) => unreachable!("pipelined modes run with a committer"),
+    }
 }
 
 fn main() {
@@ -165,21 +238,17 @@ fn main() {
         return;
     }
     // Persistence ratio.
-    let engine = loaded_engine(tokens, 64);
-    let store = open(&base.join("persist"));
+    let engine = Arc::new(loaded_engine(tokens, 64));
+    let store = Arc::new(open(&base.join("persist")));
     let fill_s = fill(&store, &engine, tokens);
     eprintln!("filled {tokens} tokens in {fill_s:.1} s");
     let mut counters = vec![1u64; tokens as usize];
-    let modes = arg("--modes").unwrap_or_else(|| "memory,wal,fsync".into());
-    let mut results: Vec<(Mode, Vec<f64>)> = [
-        ("memory", Mode::Memory),
-        ("wal", Mode::Wal),
-        ("fsync", Mode::Fsync),
-    ]
-    .into_iter()
-    .filter(|(name, _)| modes.split(',').any(|m| m == *name))
-    .map(|(_, m)| (m, vec![]))
-    .collect();
+    let modes = arg("--modes").unwrap_or_else(|| "memory,wal,wal-inline,fsync".into());
+    let mut results: Vec<(Mode, Vec<f64>)> = Mode::ALL
+        .into_iter()
+        .filter(|(name, _)| modes.split(',').any(|m| m == *name))
+        .map(|(_, m)| (m, vec![]))
+        .collect();
     for round in 0..rounds {
         for (mode, pps) in results.iter_mut() {
             let n = if *mode == Mode::Fsync {
@@ -193,39 +262,43 @@ fn main() {
                 eprintln!("processing {:?}", t0.elapsed());
             }
             let t = Instant::now();
+            let committer = match *mode {
+                Mode::Wal => Some(Durability::Wal),
+                Mode::Fsync => Some(Durability::Fsync),
+                Mode::Memory | Mode::WalInline => None,
+            }
+            .map(|durability| {
+                let config = CommitterConfig::new(durability, threads);
+                Committer::start(store.clone(), engine.clone(), config).unwrap()
+            });
             let done: usize = std::thread::scope(|s| {
                 let handles: Vec<_> = st
                     .iter_mut()
                     .map(|stream| {
-                        let (engine, store, mode) = (&engine, &store, *mode);
+                        let (engine, store, mode, committer) =
+                            (&engine, &store, *mode, committer.as_ref());
                         s.spawn(move || {
-                            let len = stream.packets.len();
-                            run_committing(
-                                engine,
-                                stream,
-                                0..len,
-                                true,
-                                commit_every,
-                                &mut |b: &Batch| match mode {
-                                    Mode::Memory => {}
-                                    Mode::Wal => {
-                                        store
-                                            .commit_with(&b.mutations, engine, Durability::Wal)
-                                            .unwrap();
-                                    }
-                                    Mode::Fsync => {
-                                        store
-                                            .commit_with(&b.mutations, engine, Durability::Fsync)
-                                            .unwrap();
-                                    }
-                                },
-                            )
+                            run_stream(engine, stream, commit_every, mode, store, committer)
                         })
                     })
                     .collect();
                 handles.into_iter().map(|h| h.join().unwrap()).sum()
             });
-            pps.push(done as f64 / t.elapsed().as_secs_f64());
+            let secs = t.elapsed().as_secs_f64();
+            pps.push(done as f64 / secs);
+            if let Some(c) = committer {
+                let stats = c.stats();
+                let load =
+                    |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+                let (writes, batches) = (load(&stats.writes), load(&stats.batches));
+                eprintln!(
+                    "{mode:?}: {writes} group writes for {batches} batches ({:.1} per write), writer busy {:.0} % of the run, {:.1} µs per batch",
+                    batches as f64 / writes.max(1) as f64,
+                    100.0 * load(&stats.write_ns) as f64 / 1e9 / secs,
+                    load(&stats.write_ns) as f64 / 1e3 / batches.max(1) as f64
+                );
+                c.shutdown();
+            }
         }
     }
     let med = |mode: Mode| {
@@ -234,12 +307,18 @@ fn main() {
             .find(|(m, _)| *m == mode)
             .map_or(f64::NAN, |(_, v)| median(v.clone()))
     };
-    let (mem, wal, fsync) = (med(Mode::Memory), med(Mode::Wal), med(Mode::Fsync));
+    let (mem, wal, inline, fsync) = (
+        med(Mode::Memory),
+        med(Mode::Wal),
+        med(Mode::WalInline),
+        med(Mode::Fsync),
+    );
     println!(
-        "threads={threads} commit_every={commit_every} tokens={tokens} packets={packets} fsync_packets={fsync_packets} rounds={rounds} pps_memory={mem:.0} pps_wal={wal:.0} pps_fsync={fsync:.0} persist_ratio={:.3} fsync_ratio={:.3} all={:?}",
+        "threads={threads} commit_every={commit_every} tokens={tokens} packets={packets} fsync_packets={fsync_packets} rounds={rounds} pps_memory={mem:.0} pps_wal={wal:.0} pps_wal_inline={inline:.0} pps_fsync={fsync:.0} persist_ratio={:.3} inline_ratio={:.3} fsync_ratio={:.3} all={:?}",
         wal / mem,
+        inline / mem,
         fsync / mem,
-        results.iter().map(|(_, v)| v.iter().map(|x| x.round()).collect::<Vec<_>>()).collect::<Vec<_>>()
+        results.iter().map(|(m, v)| (m, v.iter().map(|x| x.round()).collect::<Vec<_>>())).collect::<Vec<_>>()
     );
     drop(store);
     drop(engine);
