@@ -461,7 +461,8 @@ mod tests {
         }
     }
 
-    fn setup() -> (Arc<Store>, Arc<Engine>, FlakyKv) {
+    /// A store on a [`FlakyKv`], an engine with one service, and their committer.
+    fn start(queue: usize, writer_thread: bool) -> (Committer, Arc<Engine>, FlakyKv) {
         let kv = FlakyKv::default();
         let store = Store::open(
             Arc::new(kv.clone()),
@@ -470,16 +471,14 @@ mod tests {
         )
         .unwrap();
         let demo = ServiceConfig::new("demo", &["127.0.0.1:4500"]);
-        let engine = Engine::new(EngineConfig::new(vec![demo], 1, [1; 32])).unwrap();
-        (Arc::new(store), Arc::new(engine), kv)
-    }
-
-    fn config(store: &Store, queue: usize, writer_thread: bool) -> CommitterConfig {
-        CommitterConfig {
+        let engine = Arc::new(Engine::new(EngineConfig::new(vec![demo], 1, [1; 32])).unwrap());
+        let config = CommitterConfig {
             queue,
             writer_thread,
-            ..CommitterConfig::new(store.durability(), 1)
-        }
+            ..CommitterConfig::new(Durability::Wal, 1)
+        };
+        let committer = Committer::start(Arc::new(store), engine.clone(), config).unwrap();
+        (committer, engine, kv)
     }
 
     fn count(kv: &FlakyKv, cf: Cf) -> usize {
@@ -502,14 +501,8 @@ mod tests {
     #[test]
     fn answers_in_order_and_writes_everything() {
         for writer_thread in [true, false] {
-            let (store, engine, kv) = setup();
+            let (committer, engine, kv) = start(4, writer_thread);
             let events = engine.events().subscribe();
-            let committer = Committer::start(
-                store.clone(),
-                engine.clone(),
-                config(&store, 4, writer_thread),
-            )
-            .unwrap();
             let mut a = committer.submitter();
             let mut b = committer.submitter();
             for i in 0..40 {
@@ -544,14 +537,8 @@ mod tests {
     #[test]
     fn a_failed_write_is_reported_and_publishes_nothing() {
         for writer_thread in [true, false] {
-            let (store, engine, kv) = setup();
+            let (committer, engine, kv) = start(4, writer_thread);
             let events = engine.events().subscribe();
-            let committer = Committer::start(
-                store.clone(),
-                engine.clone(),
-                config(&store, 4, writer_thread),
-            )
-            .unwrap();
             let mut s = committer.submitter();
             kv.failing.store(true, Ordering::Relaxed);
             assert!(s.submit(enroll(&engine, "lost")).is_ok());
@@ -580,13 +567,7 @@ mod tests {
     #[test]
     fn shutdown_writes_the_queue_then_refuses() {
         for writer_thread in [true, false] {
-            let (store, engine, kv) = setup();
-            let committer = Committer::start(
-                store.clone(),
-                engine.clone(),
-                config(&store, 64, writer_thread),
-            )
-            .unwrap();
+            let (committer, engine, kv) = start(64, writer_thread);
             let mut s = committer.submitter();
             for i in 0..10 {
                 assert!(s.submit(enroll(&engine, &format!("u{i}"))).is_ok());
