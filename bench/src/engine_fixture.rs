@@ -1,6 +1,6 @@
-//! Fixtures for the engine benchmarks: an engine loaded with N paired tokens (synthetic
-//! records, one shared PIN verifier so that loading needs no Argon2id), and streams of sealed
-//! requests with the realistic mix (STATUS 60 %, OPEN 20 %, CLOSE 20 %), each token's packets
+//! Fixtures for the engine benchmarks: an engine loaded with N paired tokens (the load
+//! generator's [`TokenSet`] of service `bench`, seed 0: synthetic records, one shared PIN
+//! verifier so that loading needs no Argon2id), and streams of sealed requests with the realistic mix (STATUS 60 %, OPEN 20 %, CLOSE 20 %), each token's packets
 //! in counter order and all on one stream (as a phone sends them).
 //!
 //! A benchmark whose setup fails or whose packets are dropped measures the wrong thing, so
@@ -11,28 +11,34 @@ use std::net::SocketAddr;
 
 use zerocopy::IntoBytes;
 use zoftoken_engine::{
-    Batch, Engine, EngineConfig, PacketOutcome, ServiceConfig, TokenRecord, TokenStateRecord,
-    PREFETCH_DISTANCE,
+    Batch, Engine, EngineConfig, PacketOutcome, ServiceConfig, PREFETCH_DISTANCE,
 };
+use zoftoken_loadgen::TokenSet;
 use zoftoken_proto::packet::seal_request;
 use zoftoken_proto::wire::{Be64, MsgType, OpenRequest, PlainRequest};
-use zoftoken_proto::{PinVerifier, SecretBytes, TokenId, TokenSecret};
+use zoftoken_proto::{PinVerifier, TokenId, TokenSecret};
 
 /// The virtual time of every benchmark packet.
 pub const NOW_MS: u64 = 1_800_000_000_000;
 
+/// The synthetic tokens: the load generator's token set of service `bench`, seed 0 (users
+/// `user{i}`); `count` does not change any token.
+pub fn token_set(count: u64) -> TokenSet {
+    TokenSet::new("bench", 0, count)
+}
+
 /// The token id of synthetic token `i`.
 pub fn token_id(i: u64) -> TokenId {
-    TokenId::derive("bench", &format!("user{i}"))
+    token_set(i + 1).token_id(i)
 }
 
 fn secret(i: u64) -> [u8; 32] {
-    blake3::derive_key("zoftoken bench token secret", &i.to_le_bytes())
+    token_set(i + 1).secret(i)
 }
 
 /// The shared PIN verifier of every synthetic token.
 pub fn verifier() -> PinVerifier {
-    PinVerifier::from_bytes([0x24; 32])
+    token_set(0).verifier()
 }
 
 /// An engine with `tokens` paired, closed tokens, ids `token_id(0..tokens)`.
@@ -42,15 +48,9 @@ pub fn loaded_engine(tokens: u64, shards: usize) -> Engine {
     let mut config = EngineConfig::new(vec![service], 1, [7; 32]);
     config.shards = shards;
     let engine = Engine::new(config).unwrap_or_else(|e| panic!("engine: {e}"));
-    let v = verifier();
+    let set = token_set(tokens);
     for i in 0..tokens {
-        let record = TokenRecord {
-            service: 0,
-            secret: SecretBytes::new(secret(i)),
-            pin_verifier: SecretBytes::new(*v.expose()),
-            duress_verifier: None,
-            status: TokenStateRecord::new(token_id(i)),
-        };
+        let record = set.record(i, 0);
         engine
             .load_token(&record)
             .unwrap_or_else(|e| panic!("load: {e}"));

@@ -1,10 +1,12 @@
 //! Benchmarks of the ZofToken codec (criterion, in `benches/`) and the fixtures they share: a
 //! paired token's keys and one genuine request and reply datagram of every message type.
-//! Results and how to reproduce them are in BENCHMARKS.md.
+//! Results and how to reproduce them are in BENCHMARKS.md. [`echo`] is the UDP echo server
+//! (binary `udp-echo`) that is the baseline of the server's load test.
 //!
 //! This crate measures; it does not test behaviour (the other crates' tests do).
 #![forbid(unsafe_code)]
 
+pub mod echo;
 pub mod engine_fixture;
 
 use zoftoken_proto::packet::{seal_reply, seal_request};

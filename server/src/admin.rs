@@ -448,6 +448,37 @@ impl Admin {
         })
     }
 
+    /// `loadgen prepare`: writes a load-test token set (paired tokens whose secrets derive
+    /// from a public seed: test instances only) into the database, `progress` called after
+    /// every chunk with the count written. The set must belong to the first configured
+    /// service (the records carry service index 0).
+    pub fn prepare_load_tokens(
+        &self,
+        set: &zoftoken_loadgen::TokenSet,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, AdminError> {
+        let engine = self.engine()?;
+        let first = engine.service_name(0);
+        if first.as_deref() != Some(set.service()) {
+            return Err(AdminError::Invalid(format!(
+                "the token set's service `{}` is not the first configured service ({})",
+                set.service(),
+                first.map_or("none".to_owned(), |s| format!("`{s}`"))
+            )));
+        }
+        const CHUNK: u64 = 10_000;
+        let mut done = 0;
+        while done < set.count() {
+            let end = (done + CHUNK).min(set.count());
+            self.store
+                .commit(&set.server_mutations(done..end), &engine)?;
+            done = end;
+            progress(done);
+        }
+        self.store.flush()?;
+        Ok(done)
+    }
+
     fn commit(&self, engine: &Engine, batch: &mut Batch) -> Result<(), AdminError> {
         self.store.commit(&batch.mutations, engine)?;
         engine.publish(batch);

@@ -41,6 +41,19 @@ impl From<DurabilitySetting> for Durability {
     }
 }
 
+/// Which UDP driver serves the apps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoSetting {
+    /// io_uring if a probe at start succeeds, else `recvmmsg`/`sendmmsg` (logged).
+    #[default]
+    Auto,
+    /// io_uring, or fail to start.
+    Uring,
+    /// `recvmmsg`/`sendmmsg`.
+    Mmsg,
+}
+
 /// Listen addresses.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,6 +120,13 @@ pub struct Config {
     /// Threads that rebuild the tables at start (default: one per core).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_threads: Option<usize>,
+    /// The UDP driver.
+    #[serde(default)]
+    pub io: IoSetting,
+    /// UDP IO threads per listen address, each with its own `SO_REUSEPORT` socket (default:
+    /// one per core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_threads: Option<usize>,
     /// Services (`config_source: file` only).
     #[serde(default)]
     pub services: Vec<ServiceDoc>,
@@ -217,6 +237,23 @@ pub fn parse(
             "fsync" => config.durability = DurabilitySetting::Fsync,
             _ => err("ZOFTOKEN_DURABILITY", "must be `wal` or `fsync`"),
         }
+    }
+    if let Some(v) = env("ZOFTOKEN_IO") {
+        match v.as_str() {
+            "auto" => config.io = IoSetting::Auto,
+            "uring" => config.io = IoSetting::Uring,
+            "mmsg" => config.io = IoSetting::Mmsg,
+            _ => err("ZOFTOKEN_IO", "must be `auto`, `uring` or `mmsg`"),
+        }
+    }
+    if let Some(v) = env("ZOFTOKEN_IO_THREADS") {
+        match v.parse::<usize>() {
+            Ok(n) => config.io_threads = Some(n),
+            Err(_) => err("ZOFTOKEN_IO_THREADS", "must be a number"),
+        }
+    }
+    if config.io_threads.is_some_and(|n| n == 0 || n > 256) {
+        err("io_threads", "must be 1 to 256");
     }
     if let Some(v) = env("ZOFTOKEN_MASTER_KEY_FILE") {
         config.master_key.file = Some(PathBuf::from(v));

@@ -1,17 +1,19 @@
 //! The ZofToken server's library half: `config.yaml` ([`config`]), opening the database and
-//! building the engine as a configuration says ([`open`]), and the admin operations of the
-//! command line ([`admin`]). The `zoftoken` binary parses arguments and prints; the UDP
-//! server and the HTTP API plug in here as their issues land.
+//! building the engine as a configuration says ([`open`]), the admin operations of the
+//! command line ([`admin`]), and the apps' UDP protocol on the network ([`udp`]: IO threads,
+//! group commit before replies). The `zoftoken` binary parses arguments and prints; the HTTP
+//! API plugs in here when its issue lands.
 //!
 //! It does not implement the protocol (`zoftoken-proto`, `zoftoken-engine`) or storage
 //! (`zoftoken-storage`, `zoftoken-storage-rocksdb`).
 //!
-//! Key types: [`config::Loaded`], [`open::OpenError`], [`admin::Admin`].
+//! Key types: [`config::Loaded`], [`open::OpenError`], [`admin::Admin`], [`udp::UdpServer`].
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod config;
 pub mod open;
+pub mod udp;
 
 /// Milliseconds since the Unix epoch (the only clock read in the server; the engine gets it
 /// as an argument).

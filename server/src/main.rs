@@ -20,7 +20,8 @@ configuration or a command that does not apply; 3 the database is in use by a ru
 4 not found.
 
 Environment: ZOFTOKEN_CONFIG (the configuration file), ZOFTOKEN_UDP_LISTEN, \
-ZOFTOKEN_HTTP_LISTEN, ZOFTOKEN_DATA_DIR, ZOFTOKEN_DURABILITY, ZOFTOKEN_MASTER_KEY_FILE, \
+ZOFTOKEN_HTTP_LISTEN, ZOFTOKEN_DATA_DIR, ZOFTOKEN_DURABILITY, ZOFTOKEN_IO (auto|uring|mmsg), \
+ZOFTOKEN_IO_THREADS, ZOFTOKEN_MASTER_KEY_FILE, \
 ZOFTOKEN_MASTER_KEY (64 hex digits).";
 
 /// ZofToken: a two-factor-authentication token server.
@@ -61,6 +62,23 @@ enum Command {
     Db(DbCmd),
     /// Check the configuration file and print it as understood (secrets redacted).
     CheckConfig,
+    /// Use a token from this terminal exactly as the phone app would (needs no configuration
+    /// file: the token's state lives in its own file).
+    Device(zoftoken_client::DeviceArgs),
+    /// The load generator.
+    #[command(subcommand)]
+    Loadgen(LoadgenCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum LoadgenCmd {
+    /// Write a test token set into the (stopped) server's database: paired tokens whose
+    /// secrets derive from the seed. Test instances only: anyone who knows the seed holds
+    /// the tokens.
+    Prepare(zoftoken_loadgen::PrepareArgs),
+    /// Drive a server (or the echo baseline) with OPEN/CLOSE/STATUS requests of a prepared
+    /// token set; live progress on stderr, a summary and a JSON line on stdout.
+    Run(zoftoken_loadgen::LoadgenArgs),
 }
 
 #[derive(Args, Debug, Default)]
@@ -243,8 +261,30 @@ fn print(out: &Output, json: bool) {
     }
 }
 
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The phone's side and the load generator need no server configuration.
+    match &cli.command {
+        Command::Device(args) => {
+            let mut args = args.clone();
+            args.json = cli.json;
+            return exit_code(args.main());
+        }
+        Command::Loadgen(LoadgenCmd::Run(args)) => {
+            let mut args = args.clone();
+            args.json = cli.json;
+            // Without --service: the first service of the configuration, if there is one.
+            let first = config::load(&cli.config, &env)
+                .ok()
+                .and_then(|l| l.services.first().map(|s| s.name.clone()));
+            return exit_code(args.run_cli(first.as_deref()));
+        }
+        _ => {}
+    }
     let loaded = match config::load(&cli.config, &env) {
         Ok(l) => l,
         Err(e) => {
@@ -282,15 +322,21 @@ fn run(cli: Cli, loaded: config::Loaded) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if let Command::Serve = cli.command {
-        return serve::serve(loaded);
+        return serve::serve(&cli.config, loaded);
     }
+    // For `loadgen prepare` (file mode; with the database mode --service names it).
+    let first_service = loaded.services.first().map(|s| s.name.clone());
     let admin = Admin::open(loaded, &env)?;
     for w in &admin.warnings {
         eprintln!("zoftoken: warning: {w}");
     }
     let now = zoftoken_server::now_ms();
     let out = match cli.command {
-        Command::Serve | Command::CheckConfig => return Ok(ExitCode::SUCCESS),
+        // Handled before: `serve`, `check-config`, and those needing no configuration.
+        Command::Serve
+        | Command::CheckConfig
+        | Command::Device(_)
+        | Command::Loadgen(LoadgenCmd::Run(_)) => return Ok(ExitCode::SUCCESS),
         Command::Service(c) => match c {
             ServiceCmd::Create { name, fields } => admin.service_create(&name, fields.changes())?,
             ServiceCmd::Edit { name, fields } => admin.service_edit(&name, fields.changes())?,
@@ -323,6 +369,26 @@ fn run(cli: Cli, loaded: config::Loaded) -> anyhow::Result<ExitCode> {
             TokenCmd::Show { service, user } => admin.token_show(&service, &user)?,
             TokenCmd::Delete { service, user } => admin.token_delete(now, &service, &user)?,
         },
+        Command::Loadgen(LoadgenCmd::Prepare(p)) => {
+            let set = p
+                .token_set(first_service.as_deref())
+                .ok_or_else(|| anyhow::anyhow!("no service configured: give --service"))?;
+            let started = std::time::Instant::now();
+            let n = admin.prepare_load_tokens(&set, &mut |done| {
+                if done % 100_000 == 0 {
+                    eprintln!("zoftoken: … {done} tokens written");
+                }
+            })?;
+            Output {
+                human: format!(
+                    "wrote {n} test tokens of service `{}` (seed {}) in {:.1} s\n",
+                    set.service(),
+                    p.seed,
+                    started.elapsed().as_secs_f64()
+                ),
+                json: serde_json::json!({ "tokens": n, "service": set.service(), "seed": p.seed }),
+            }
+        }
         Command::Db(c) => match c {
             DbCmd::Check => {
                 let (out, ok) = admin.db_check()?;

@@ -1,28 +1,32 @@
 //! `zoftoken serve`: open the database, rebuild the engine's tables in parallel (reporting
-//! progress and the time taken), then run the timers with a group commit per tick until
-//! SIGINT or SIGTERM, and flush on the way out. The UDP listener (issue 5) and the HTTP API
-//! (issue 6) attach here.
+//! progress and the time taken), start the UDP IO threads (driver chosen and logged) and the
+//! group commit, run the timers, reload services and authkeys on SIGHUP, and on SIGINT or
+//! SIGTERM stop receiving, answer the batches in flight, flush and exit 0. The HTTP API
+//! (issue 6) attaches here.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use zoftoken_engine::Batch;
-use zoftoken_server::config::Loaded;
+use zoftoken_engine::{Batch, Engine};
+use zoftoken_server::config::{self, Loaded};
 use zoftoken_server::now_ms;
-use zoftoken_server::open::{build_engine, open_store};
+use zoftoken_server::open::{build_engine, effective_config, open_store};
+use zoftoken_server::udp::{choose_driver, UdpServer};
+use zoftoken_storage::{Committer, CommitterConfig, Store};
 
-pub fn serve(loaded: Loaded) -> anyhow::Result<ExitCode> {
+pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
     let mut warnings = Vec::new();
     let env = |k: &str| std::env::var(k).ok();
-    let store = open_store(&loaded, &env, &mut warnings)?;
+    let store = Arc::new(open_store(&loaded, &env, &mut warnings)?);
     for w in &warnings {
         eprintln!("zoftoken: warning: {w}");
     }
     let epoch = store.next_epoch()?;
-    let engine = build_engine(&loaded, &store, epoch)?;
+    let engine = Arc::new(build_engine(&loaded, &store, epoch)?);
     let threads = loaded
         .config
         .load_threads
@@ -59,19 +63,59 @@ pub fn serve(loaded: Loaded) -> anyhow::Result<ExitCode> {
             report.orphan_states
         );
     }
+    let (kind, why_not_uring) = choose_driver(loaded.config.io).map_err(anyhow::Error::msg)?;
+    if let Some(why) = why_not_uring {
+        eprintln!("zoftoken: io_uring unavailable ({why}); using recvmmsg/sendmmsg");
+    }
+    let io_threads = loaded
+        .config
+        .io_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let commit_config = CommitterConfig::new(
+        loaded.config.durability.into(),
+        io_threads * loaded.udp.len(),
+    );
+    let committer = Committer::start(store.clone(), engine.clone(), commit_config)
+        .context("starting the group commit")?;
     let stop = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
+        .context("installing signal handlers")?;
+    let udp = UdpServer::start(
+        engine.clone(),
+        &committer,
+        &loaded.udp,
+        kind,
+        io_threads,
+        stop.clone(),
+    )
+    .context("starting the UDP listeners")?;
     eprintln!(
-        "zoftoken: serving (udp {:?}, http {}: the listeners are not part of this build yet; \
-         timers and storage are running). Stop with Ctrl-C.",
-        loaded.udp, loaded.http
+        "zoftoken: serving UDP on {} ({} driver, {io_threads} threads per address, group commit {}); \
+         the HTTP API ({}) is not part of this build yet. Stop with Ctrl-C.",
+        udp.addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        udp.driver,
+        if commit_config.writer_thread {
+            "on a writer thread"
+        } else {
+            "inline"
+        },
+        loaded.http
     );
     let mut batch = Batch::new();
     let mut last_tick = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
+        if hup.swap(false, Ordering::Relaxed) {
+            reload(config_path, &store, &engine);
+        }
         if last_tick.elapsed() < Duration::from_secs(1) {
             continue;
         }
@@ -79,14 +123,52 @@ pub fn serve(loaded: Loaded) -> anyhow::Result<ExitCode> {
         engine.tick(now_ms(), &mut batch);
         if !batch.is_empty() {
             store
-                .commit(&batch.mutations, &engine)
+                .commit(&batch.mutations, &*engine)
                 .context("committing timer changes")?;
             engine.publish(&mut batch);
         }
         engine.export_metrics();
     }
-    eprintln!("zoftoken: stopping: flushing the database");
+    eprintln!("zoftoken: stopping: answering the batches in flight");
+    let stats = udp.stats.clone();
+    udp.join();
+    committer.shutdown();
+    eprintln!(
+        "zoftoken: handled {} datagrams, sent {} replies, withheld {} (failed commits: {})",
+        stats.handled.load(Ordering::Relaxed),
+        stats.replied.load(Ordering::Relaxed),
+        stats.withheld.load(Ordering::Relaxed),
+        stats.failed_commits.load(Ordering::Relaxed)
+    );
+    eprintln!("zoftoken: flushing the database");
     store.flush().context("flushing the database")?;
     eprintln!("zoftoken: stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP: reads the configuration file again and replaces the engine's services and
+/// authkeys (packets keep flowing; the engine swaps its snapshots). Listen addresses, the
+/// data directory and the other start-up settings keep their values until a restart.
+fn reload(config_path: &Path, store: &Store, engine: &Engine) {
+    let env = |k: &str| std::env::var(k).ok();
+    let result = config::load(config_path, &env)
+        .map_err(|e| e.to_string())
+        .and_then(|loaded| effective_config(&loaded, store).map_err(|e| e.to_string()))
+        .and_then(|(services, authkeys)| {
+            let n = services.len();
+            engine
+                .reload_services(services)
+                .and_then(|()| engine.reload_authkeys(&authkeys))
+                .map(|()| (n, authkeys.len()))
+                .map_err(|e| e.to_string())
+        });
+    match result {
+        Ok((services, authkeys)) => eprintln!(
+            "zoftoken: SIGHUP: reloaded {services} services and {authkeys} authkeys from {}",
+            config_path.display()
+        ),
+        Err(e) => {
+            eprintln!("zoftoken: SIGHUP: reload failed, keeping the running configuration: {e}")
+        }
+    }
 }

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The UDP measurement of issue #5, in one invocation on this machine: the load generator
+# (flat out, then at half the server's maximum for the latency) against
+#   1. `udp-echo`, the baseline: the same sockets, batching and driver, no crypto, no state;
+#   2. `zoftoken serve` with 1 million tokens (written by `zoftoken loadgen prepare`), WAL
+#      group commit before every reply.
+# The generator does the same work per packet in both runs (seals real requests, tries to
+# open every reply; an echoed request fails to open and is counted as an echo).
+# Ends with one JSON line: {"echo_pps":…,"zoftoken_pps":…,"ratio":…,"p99_us":…}
+# Knobs (environment): TOKENS (1000000), DURATION (s, 10), IO (mmsg|uring|auto, mmsg),
+# THREADS (server and echo IO threads, 1), LOADGEN_THREADS (1), WINDOW (64).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh >&2
+tokens="${TOKENS:-1000000}"
+duration="${DURATION:-10}"
+io="${IO:-mmsg}"
+threads="${THREADS:-1}"
+lg_threads="${LOADGEN_THREADS:-1}"
+window="${WINDOW:-64}"
+target="${CARGO_TARGET_DIR:-target}"
+# Release builds of the two programs that need no RocksDB; the server in the tests' profile
+# (RocksDB compiled once, the server's crates optimised there too).
+cargo build --release --locked -p zoftoken-bench --bin udp-echo -p zoftoken-loadgen --bin zoftoken-loadgen >&2
+cargo test --workspace --locked --no-run >&2
+echo_bin=$(realpath "$target/release/udp-echo")
+loadgen=$(realpath "$target/release/zoftoken-loadgen")
+zoftoken=$(realpath "$target/debug/zoftoken")
+work="${BENCH_DIR:-$target/udp-bench}"
+mkdir -p "$work"
+port_echo=47901
+port_zt=47902
+cat > "$work/config.yaml" <<CONFIG
+listen: { udp: ["127.0.0.1:$port_zt"], http: "127.0.0.1:47903" }
+data_dir: data
+io_threads: $threads
+services:
+  - name: bench
+    window: 600
+    endpoints: ["127.0.0.1:$port_zt"]
+CONFIG
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); io=$io threads=$threads loadgen_threads=$lg_threads window=$window tokens=$tokens" >&2
+if [ "$(cat "$work/prepared" 2>/dev/null)" != "$tokens" ]; then
+  rm -rf "$work/data" "$work/prepared"
+  (cd "$work" && "$zoftoken" --config config.yaml loadgen prepare --tokens "$tokens" >&2)
+  echo "$tokens" > "$work/prepared"
+fi
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+run_load() { # endpoint, extra args… → the JSON line
+  "$loadgen" --endpoint "$1" --service bench --tokens "$tokens" --threads "$lg_threads" \
+    --window "$window" --duration "$duration" --json "${@:2}" 2>/dev/null | tail -1
+}
+field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+
+# 1. The echo baseline.
+"$echo_bin" --listen "127.0.0.1:$port_echo" --threads "$threads" --io "$io" >&2 &
+pids+=($!)
+sleep 1
+echo_json=$(run_load "127.0.0.1:$port_echo")
+echo "echo:     $echo_json" >&2
+kill "${pids[0]}"
+
+# 2. zoftoken serve.
+log="$work/serve.log"
+(cd "$work" && ZOFTOKEN_IO="$io" exec "$zoftoken" --config config.yaml serve) 2> "$log" &
+pids+=($!)
+for _ in $(seq 1 600); do grep -q "serving UDP" "$log" && break; sleep 0.1; done
+grep -E "loaded|serving" "$log" >&2
+zt_json=$(run_load "127.0.0.1:$port_zt")
+echo "zoftoken: $zt_json" >&2
+zt_pps=$(field "$zt_json" answered_pps)
+half=$(( ${zt_pps%.*} / 2 ))
+half_json=$(run_load "127.0.0.1:$port_zt" --rate "$half")
+echo "zoftoken at $half/s: $half_json" >&2
+kill -TERM "${pids[1]}"
+wait "${pids[1]}" || true
+tail -3 "$log" >&2
+
+python3 - "$echo_json" "$zt_json" "$half_json" <<'PY'
+import json, sys
+echo, zt, half = (json.loads(a) for a in sys.argv[1:4])
+e, z = echo["answered_pps"], zt["answered_pps"]
+print(f"echo {e:.0f}/s, zoftoken {z:.0f}/s, ratio {z / e:.3f}; p99 at half rate {half['p99_us']} µs (lost {half['lost']})", file=sys.stderr)
+print(json.dumps({"echo_pps": round(e), "zoftoken_pps": round(z), "ratio": round(z / e, 3), "p99_us": half["p99_us"]}, separators=(",", ":")))
+PY

@@ -1,0 +1,670 @@
+//! End-to-end tests of the device commands against an in-process UDP server running the real
+//! engine (no storage).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use zoftoken_client::{
+    run, ClientError, DeviceArgs, DeviceCmd, DeviceOptions, ListPins, ReaderPins, Report,
+    TransportConfig,
+};
+use zoftoken_engine::{
+    Batch, Engine, EngineConfig, EnrollmentTicket, OfflineOutcome, PacketOutcome, ServiceConfig,
+    TokenState,
+};
+use zoftoken_proto::{TokenId, TxState};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A port with nothing behind it (ICMP port unreachable).
+fn dead_endpoint() -> String {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().to_string()
+}
+
+/// The in-process server: the engine behind a UDP socket on 127.0.0.1.
+struct Server {
+    engine: Arc<Engine>,
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    received: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+    /// A socket that receives and never answers (kept open for the test's duration).
+    blackhole: UdpSocket,
+    dead: String,
+}
+
+impl Server {
+    fn start() -> Server {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let live = addr.to_string();
+        let blackhole = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let hole = blackhole.local_addr().unwrap().to_string();
+        let dead = dead_endpoint();
+        let bank = ServiceConfig::new("bank", &[&live]);
+        let failover = ServiceConfig::new("failover", &[&dead, &live]);
+        let slow = ServiceConfig::new("slow", &[&hole, &live]);
+        let gone = ServiceConfig::new("gone", &[&dead, &hole]);
+        let mut strict = ServiceConfig::new("strict", &[&live]);
+        strict.duress_allowed = false;
+        let engine = Arc::new(
+            Engine::new(EngineConfig::new(
+                vec![bank, failover, slow, gone, strict],
+                7,
+                [3; 32],
+            ))
+            .unwrap(),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (engine, stop, received) = (engine.clone(), stop.clone(), received.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((n, src)) = socket.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    received.fetch_add(1, Ordering::Relaxed);
+                    let mut datagram = buf[..n].to_vec();
+                    let mut out = [0u8; 1200];
+                    let mut batch = Batch::new();
+                    let outcome =
+                        engine.handle_packet(now_ms(), src, &mut datagram, &mut out, &mut batch);
+                    engine.publish(&mut batch);
+                    if let PacketOutcome::Reply(len) = outcome {
+                        let _ = socket.send_to(&out[..len], src);
+                    }
+                }
+            })
+        };
+        Server {
+            engine,
+            addr,
+            stop,
+            received,
+            thread: Some(thread),
+            blackhole,
+            dead,
+        }
+    }
+
+    fn enroll(&self, service: &str, user: &str) -> EnrollmentTicket {
+        let mut batch = Batch::new();
+        let t = self
+            .engine
+            .enroll(now_ms(), service, user, &mut batch)
+            .unwrap();
+        self.engine.publish(&mut batch);
+        t
+    }
+
+    fn state(&self, id: &TokenId) -> zoftoken_engine::TokenStatus {
+        self.engine.status_by_id(now_ms(), id).unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Device {
+    _dir: tempfile::TempDir,
+    opts: DeviceOptions,
+}
+
+impl Device {
+    fn new() -> Device {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = DeviceOptions::new(dir.path().join("device.json"));
+        opts.json = true;
+        opts.transport = TransportConfig {
+            timeout: Duration::from_millis(300),
+            random_start: false,
+            ..TransportConfig::default()
+        };
+        Device { _dir: dir, opts }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.opts.state.clone()
+    }
+
+    fn run(&self, cmd: DeviceCmd, pins: &[&str]) -> Result<Report, ClientError> {
+        let mut pins = ListPins::new(pins.iter().copied());
+        let mut out = Vec::new();
+        let r = run(&cmd, &self.opts, &mut pins, &mut out);
+        if let Ok(report) = &r {
+            // The JSON line written is the report's.
+            let text = String::from_utf8(out).unwrap();
+            let last: serde_json::Value =
+                serde_json::from_str(text.lines().last().unwrap()).unwrap();
+            assert_eq!(&last, &report.json);
+            assert!(
+                !text.contains("2468") && !text.contains("1357"),
+                "PIN printed"
+            );
+        }
+        r
+    }
+
+    fn pair(&self, ticket: &EnrollmentTicket) -> Report {
+        self.run(pair_cmd(&ticket.deeplink, false), &["2468", "2468"])
+            .unwrap()
+    }
+}
+
+fn pair_cmd(code: &str, duress: bool) -> DeviceCmd {
+    DeviceCmd::Pair {
+        code: code.to_owned(),
+        service: None,
+        endpoints: Vec::new(),
+        duress,
+        force: false,
+    }
+}
+
+fn open() -> DeviceCmd {
+    DeviceCmd::Open { duress: false }
+}
+
+#[test]
+fn pair_by_deeplink_then_open_status_close() {
+    let server = Server::start();
+    let ticket = server.enroll("bank", "alice");
+    let dev = Device::new();
+    assert_eq!(server.state(&ticket.token_id).state, TokenState::Pending);
+
+    let r = dev.pair(&ticket);
+    assert_eq!(r.json["token_id"], ticket.token_id.to_hex());
+    assert_eq!(r.json["duress_pin"], false);
+    assert_eq!(server.state(&ticket.token_id).state, TokenState::Closed);
+    let mode = std::fs::metadata(dev.path()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let text = std::fs::read_to_string(dev.path()).unwrap();
+    assert!(!text.contains("2468"));
+
+    let r = dev.run(open(), &["2468"]).unwrap();
+    assert_eq!(r.json["state"], "open");
+    let st = server.state(&ticket.token_id);
+    assert_eq!((st.state, st.duress), (TokenState::Open, false));
+    assert!(st.open_until_ms.unwrap() > now_ms() + 500_000);
+    assert!(st.last_seen_ms.is_some());
+
+    let r = dev.run(DeviceCmd::Status, &[]).unwrap();
+    assert_eq!(r.json["state"], "open");
+    assert_eq!(r.json["attempts_left"], 3);
+    assert!(r.human.starts_with("bank: open, closes in "), "{}", r.human);
+
+    let r = dev.run(DeviceCmd::Close, &[]).unwrap();
+    assert_eq!(r.json["state"], "closed");
+    assert_eq!(server.state(&ticket.token_id).state, TokenState::Closed);
+
+    // Pairing again over the same state file is refused without --force.
+    let again = dev.run(pair_cmd(&ticket.deeplink, false), &["2468", "2468"]);
+    let e = again.unwrap_err();
+    assert!(matches!(e, ClientError::AlreadyPaired(_)), "{e}");
+    assert_eq!(e.exit_code(), 2);
+    // No lock file is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(dev.path().parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(leftovers, vec!["device.json".to_owned()]);
+}
+
+#[test]
+fn pair_by_manual_code_with_pins_from_a_reader() {
+    let server = Server::start();
+    let ticket = server.enroll("bank", "bob");
+    let dev = Device::new();
+    // A manual code needs the service and an endpoint.
+    let e = dev
+        .run(
+            DeviceCmd::Pair {
+                code: ticket.manual_code.clone(),
+                service: None,
+                endpoints: vec![server.addr.to_string()],
+                duress: false,
+                force: false,
+            },
+            &["2468", "2468"],
+        )
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 2, "{e}");
+    let e = dev
+        .run(
+            DeviceCmd::Pair {
+                code: ticket.manual_code.clone(),
+                service: Some("bank".into()),
+                endpoints: vec![],
+                duress: false,
+                force: false,
+            },
+            &["2468", "2468"],
+        )
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 2, "{e}");
+
+    let cmd = DeviceCmd::Pair {
+        code: ticket.manual_code.clone(),
+        service: Some("bank".into()),
+        endpoints: vec![server.addr.to_string()],
+        duress: false,
+        force: false,
+    };
+    let mut pins = ReaderPins::new(std::io::Cursor::new(b"2468\n2468\n".to_vec()));
+    let mut out = Vec::new();
+    let r = run(&cmd, &dev.opts, &mut pins, &mut out).unwrap();
+    assert_eq!(r.json["token_id"], ticket.token_id.to_hex());
+    assert_eq!(server.state(&ticket.token_id).state, TokenState::Closed);
+
+    let mut pins = ReaderPins::new(std::io::Cursor::new(b"2468\r\n".to_vec()));
+    run(&open(), &dev.opts, &mut pins, &mut Vec::new()).unwrap();
+    assert_eq!(server.state(&ticket.token_id).state, TokenState::Open);
+}
+
+#[test]
+fn mismatched_new_pins_are_refused_and_nothing_is_saved() {
+    let server = Server::start();
+    let ticket = server.enroll("bank", "carol");
+    let dev = Device::new();
+    let e = dev
+        .run(pair_cmd(&ticket.deeplink, false), &["2468", "2469"])
+        .unwrap_err();
+    assert!(matches!(e, ClientError::BadInput(_)), "{e}");
+    assert!(!dev.path().exists());
+    assert_eq!(server.state(&ticket.token_id).state, TokenState::Pending);
+    let e = dev.run(DeviceCmd::Status, &[]).unwrap_err();
+    assert!(matches!(e, ClientError::NotPaired(_)), "{e}");
+    assert_eq!(e.exit_code(), 4);
+}
+
+#[test]
+fn three_wrong_pins_block_the_token() {
+    let server = Server::start();
+    let ticket = server.enroll("bank", "dave");
+    let dev = Device::new();
+    dev.pair(&ticket);
+    for left in [2u8, 1] {
+        let e = dev.run(open(), &["0000"]).unwrap_err();
+        assert!(
+            matches!(e, ClientError::WrongPin { attempts_left } if attempts_left == left),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), 1);
+        assert_eq!(server.state(&ticket.token_id).failures, 3 - left);
+    }
+    let e = dev.run(open(), &["0000"]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ClientError::Blocked | ClientError::WrongPin { attempts_left: 0 }
+        ),
+        "{e}"
+    );
+    assert_eq!(server.state(&ticket.token_id).state, TokenState::Blocked);
+    let e = dev.run(open(), &["2468"]).unwrap_err();
+    assert!(matches!(e, ClientError::Blocked), "{e}");
+    assert_eq!(server.state(&ticket.token_id).state, TokenState::Blocked);
+    let r = dev.run(DeviceCmd::Status, &[]).unwrap();
+    assert_eq!(r.json["state"], "blocked");
+}
+
+#[test]
+fn duress_pin_opens_with_duress() {
+    let server = Server::start();
+    let ticket = server.enroll("bank", "erin");
+    let dev = Device::new();
+    let r = dev
+        .run(
+            pair_cmd(&ticket.deeplink, true),
+            &["2468", "2468", "1357", "1357"],
+        )
+        .unwrap();
+    assert_eq!(r.json["duress_pin"], true);
+    let normal = Device::new();
+    let r = dev
+        .run(DeviceCmd::Open { duress: true }, &["1357"])
+        .unwrap();
+    assert_eq!(r.json["state"], "open");
+    let st = server.state(&ticket.token_id);
+    assert_eq!((st.state, st.duress), (TokenState::Open, true));
+    drop(normal);
+
+    // A service without duress refuses --duress before asking for any PIN.
+    let strict = server.enroll("strict", "erin");
+    let dev2 = Device::new();
+    let e = dev2
+        .run(
+            pair_cmd(&strict.deeplink, true),
+            &["2468", "2468", "1357", "1357"],
+        )
+        .unwrap_err();
+    assert!(matches!(e, ClientError::BadInput(_)), "{e}");
+}
+
+#[test]
+fn one_time_code_is_accepted_by_the_engine() {
+    let server = Server::start();
+    let ticket = server.enroll("bank", "frank");
+    let dev = Device::new();
+    dev.pair(&ticket);
+    let r = dev
+        .run(DeviceCmd::Code { duress: false }, &["2468"])
+        .unwrap();
+    let code = r.json["code"].as_str().unwrap().to_owned();
+    assert_eq!(code.len(), 6);
+    let mut batch = Batch::new();
+    let outcome = server
+        .engine
+        .validate_code(now_ms(), &ticket.token_id, &code, &mut batch)
+        .unwrap();
+    assert_eq!(outcome, OfflineOutcome::Accepted { duress: false });
+    // Never twice.
+    let again = server
+        .engine
+        .validate_code(now_ms(), &ticket.token_id, &code, &mut batch)
+        .unwrap();
+    assert_ne!(again, OfflineOutcome::Accepted { duress: false });
+}
+
+#[test]
+fn offline_response_opens_the_token() {
+    let server = Server::start();
+    let ticket = server.enroll("bank", "grace");
+    let dev = Device::new();
+    dev.pair(&ticket);
+    let challenge = server
+        .engine
+        .offline_challenge(now_ms(), &ticket.token_id, 8)
+        .unwrap();
+    let r = dev
+        .run(
+            DeviceCmd::Offline {
+                validation_code: challenge,
+                duress: false,
+            },
+            &["2468"],
+        )
+        .unwrap();
+    let response = r.json["response"].as_str().unwrap().to_owned();
+    assert!(r.human.contains(&response));
+    let mut batch = Batch::new();
+    let outcome = server
+        .engine
+        .offline_response(now_ms(), &ticket.token_id, &response, &mut batch)
+        .unwrap();
+    server.engine.publish(&mut batch);
+    assert_eq!(outcome, OfflineOutcome::Accepted { duress: false });
+    assert_eq!(server.state(&ticket.token_id).state, TokenState::Open);
+}
+
+#[test]
+fn transactions_are_shown_approved_and_denied() {
+    let server = Server::start();
+    let ticket = server.enroll("bank", "heidi");
+    let dev = Device::new();
+    dev.pair(&ticket);
+    let create = |msg: &str| {
+        let mut batch = Batch::new();
+        let tx = server
+            .engine
+            .create_transaction(now_ms(), &ticket.token_id, msg, 60_000, &mut batch)
+            .unwrap();
+        server.engine.publish(&mut batch);
+        tx
+    };
+    let tx_state = |tx: &[u8; 16]| server.engine.transaction(now_ms(), tx).unwrap().state;
+
+    let r = dev
+        .run(
+            DeviceCmd::Watch {
+                interval: 0,
+                once: true,
+                count: None,
+            },
+            &[],
+        )
+        .unwrap();
+    assert!(r.json["pending"].is_null());
+
+    let tx1 = create("Pay 10 EUR?");
+    let r = dev
+        .run(
+            DeviceCmd::Watch {
+                interval: 0,
+                once: false,
+                count: Some(2),
+            },
+            &[],
+        )
+        .unwrap();
+    assert_eq!(r.json["pending"]["tx_id"], hex::encode(tx1));
+    assert_eq!(r.json["pending"]["message"], "Pay 10 EUR?");
+    assert!(r.human.contains("Pay 10 EUR?"));
+    assert!(server.state(&ticket.token_id).last_seen_ms.is_some());
+
+    let r = dev
+        .run(
+            DeviceCmd::Approve {
+                transaction: hex::encode(tx1),
+                duress: false,
+            },
+            &["2468"],
+        )
+        .unwrap();
+    assert_eq!(r.json["tx_state"], "approved");
+    assert_eq!(tx_state(&tx1), TxState::Approved);
+
+    let tx2 = create("Log in?");
+    let r = dev
+        .run(
+            DeviceCmd::Deny {
+                transaction: hex::encode(tx2),
+            },
+            &[],
+        )
+        .unwrap();
+    assert_eq!(r.json["tx_state"], "denied");
+    assert_eq!(tx_state(&tx2), TxState::Denied);
+
+    // Deciding it again: no such pending transaction.
+    let e = dev
+        .run(
+            DeviceCmd::Deny {
+                transaction: hex::encode(tx2),
+            },
+            &[],
+        )
+        .unwrap_err();
+    assert!(matches!(e, ClientError::NoTransaction), "{e}");
+    assert_eq!(e.exit_code(), 4);
+    let e = dev
+        .run(
+            DeviceCmd::Deny {
+                transaction: "xyz".into(),
+            },
+            &[],
+        )
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 2);
+}
+
+#[test]
+fn failover_past_a_closed_port_and_a_silent_endpoint() {
+    let server = Server::start();
+    // First endpoint: a closed port (refused at once).
+    let ticket = server.enroll("failover", "ivan");
+    let dev = Device::new();
+    dev.pair(&ticket);
+    dev.run(open(), &["2468"]).unwrap();
+    assert_eq!(server.state(&ticket.token_id).state, TokenState::Open);
+
+    // First endpoint: a socket that never answers (the attempt times out).
+    let ticket = server.enroll("slow", "ivan");
+    let dev = Device::new();
+    let before = std::time::Instant::now();
+    dev.pair(&ticket);
+    // Two round trips, each first timing out on the silent endpoint.
+    assert!(before.elapsed() >= Duration::from_millis(600));
+    let mut buf = [0u8; 1500];
+    server
+        .blackhole
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    assert!(
+        server.blackhole.recv(&mut buf).is_ok(),
+        "the silent endpoint got the first attempt"
+    );
+    dev.run(DeviceCmd::Close, &[]).unwrap();
+    assert_eq!(server.state(&ticket.token_id).state, TokenState::Closed);
+    assert!(server.received.load(Ordering::Relaxed) >= 3);
+}
+
+#[test]
+fn no_endpoint_answering_names_every_endpoint() {
+    let server = Server::start();
+    let ticket = server.enroll("gone", "judy");
+    let mut dev = Device::new();
+    dev.opts.transport.timeout = Duration::from_millis(100);
+    dev.opts.transport.attempts = 2;
+    let e = dev
+        .run(pair_cmd(&ticket.deeplink, false), &["2468", "2468"])
+        .unwrap_err();
+    let ClientError::NoAnswer { tried } = &e else {
+        panic!("{e}");
+    };
+    assert_eq!(tried.len(), 2);
+    let hole = server.blackhole.local_addr().unwrap().to_string();
+    let msg = e.to_string();
+    assert!(msg.contains(&server.dead), "{msg}");
+    assert!(msg.contains(&hole), "{msg}");
+    assert_eq!(e.exit_code(), 1);
+    assert_eq!(e.to_json()["exit_code"], 1);
+    assert!(!dev.path().exists());
+}
+
+#[test]
+fn state_file_permissions_and_corruption_are_refused() {
+    let server = Server::start();
+    let ticket = server.enroll("bank", "ken");
+    let dev = Device::new();
+    dev.pair(&ticket);
+    let path = dev.path();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = dev.run(DeviceCmd::Status, &[]).unwrap_err();
+    assert!(
+        matches!(e, ClientError::Permissions { mode: 0o644, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("chmod 600"));
+    assert_eq!(e.exit_code(), 1);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    assert!(matches!(
+        dev.run(DeviceCmd::Code { duress: false }, &["2468"]),
+        Err(ClientError::Permissions { .. })
+    ));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    dev.run(DeviceCmd::Status, &[]).unwrap();
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    std::fs::write(&path, b"{not json").unwrap();
+    let e = dev.run(DeviceCmd::Status, &[]).unwrap_err();
+    assert!(matches!(e, ClientError::StateFile { .. }), "{e}");
+}
+
+#[test]
+fn a_held_lock_refuses_a_second_process() {
+    let dev = Device::new();
+    let store = zoftoken_client::FileStore::new(dev.path());
+    let lock = store.lock().unwrap();
+    let e = dev.run(DeviceCmd::Status, &[]).unwrap_err();
+    assert!(matches!(e, ClientError::Locked { .. }), "{e}");
+    drop(lock);
+    let e = dev.run(DeviceCmd::Status, &[]).unwrap_err();
+    assert!(matches!(e, ClientError::NotPaired(_)), "{e}");
+}
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+#[test]
+fn the_command_line_parses() {
+    let cli = Cli::try_parse_from([
+        "zoftoken",
+        "--state",
+        "/tmp/x.json",
+        "--timeout-ms",
+        "250",
+        "watch",
+        "--count",
+        "3",
+    ])
+    .unwrap();
+    assert_eq!(
+        cli.device.cmd,
+        DeviceCmd::Watch {
+            interval: 30,
+            once: false,
+            count: Some(3)
+        }
+    );
+    let opts = cli.device.options().unwrap();
+    assert_eq!(opts.state, PathBuf::from("/tmp/x.json"));
+    assert!(
+        !opts.json,
+        "JSON output is the embedding binary's global --json"
+    );
+    assert_eq!(opts.transport.timeout, Duration::from_millis(250));
+    let cli = Cli::try_parse_from([
+        "zoftoken",
+        "pair",
+        "ABCD-EFGH",
+        "--service",
+        "bank",
+        "--endpoint",
+        "a:1",
+        "--endpoint",
+        "b:2",
+        "--duress",
+    ])
+    .unwrap();
+    assert!(
+        matches!(cli.device.cmd, DeviceCmd::Pair { ref endpoints, duress: true, .. } if endpoints.len() == 2)
+    );
+    assert!(Cli::try_parse_from(["zoftoken", "watch", "--once", "--count", "2"]).is_err());
+}

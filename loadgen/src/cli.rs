@@ -1,0 +1,153 @@
+//! The command line of `zoftoken loadgen` and `zoftoken loadgen prepare` (clap `Args`, to be
+//! flattened into the server binary's commands).
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::gen::{run, IoChoice, LoadConfig, Mix, Progress};
+use crate::tokens::TokenSet;
+
+/// Which token set: shared by `loadgen prepare` (server side) and `loadgen` (device side),
+/// which must be given the same values.
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct PrepareArgs {
+    /// Seed of the token set's secrets (anyone who knows it holds the tokens: test instances
+    /// only).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Number of tokens (users `user0` … `user{N-1}`).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub tokens: u64,
+    /// The service the tokens belong to; it must be the first configured service (index 0).
+    /// Default: the server's first service.
+    #[arg(long)]
+    pub service: Option<String>,
+}
+
+impl PrepareArgs {
+    /// The token set, with `default_service` when `--service` was not given; `None` if
+    /// neither names a service.
+    pub fn token_set(&self, default_service: Option<&str>) -> Option<TokenSet> {
+        let service = self.service.as_deref().or(default_service)?;
+        Some(TokenSet::new(service, self.seed, self.tokens))
+    }
+}
+
+/// `zoftoken loadgen`: the options of a load run.
+#[derive(clap::Args, Clone, Debug)]
+pub struct LoadgenArgs {
+    /// A server endpoint (repeatable; requests go to each in turn).
+    #[arg(long = "endpoint", required = true)]
+    pub endpoints: Vec<SocketAddr>,
+    /// The token set (as given to `loadgen prepare`).
+    #[command(flatten)]
+    pub set: PrepareArgs,
+    /// Generator threads (each with its own socket and share of the tokens).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Requests per second over all threads (default: flat out, limited by the window).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Requests in flight per thread, at most.
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    /// Message mix in percent, status/open/close.
+    #[arg(long, default_value = "60/20/20")]
+    pub mix: Mix,
+    /// A request without reply after this many milliseconds is lost.
+    #[arg(long, default_value_t = 1000)]
+    pub timeout_ms: u64,
+    /// Socket IO: std (one system call per datagram), mmsg (batches), uring, auto.
+    #[arg(long, value_enum, default_value_t = IoChoice::Mmsg)]
+    pub io: IoChoice,
+    /// Print only the JSON line on stdout, no human summary (set by the binary's `--json`).
+    #[arg(skip)]
+    pub json: bool,
+}
+
+impl LoadgenArgs {
+    /// The run's configuration; `default_service` as in [`PrepareArgs::token_set`].
+    pub fn config(&self, default_service: Option<&str>) -> Result<LoadConfig, String> {
+        let tokens = self
+            .set
+            .token_set(default_service)
+            .ok_or("no service: give --service")?;
+        if !(self.duration.is_finite() && self.duration > 0.0) {
+            return Err("--duration must be a positive number of seconds".into());
+        }
+        let mut c = LoadConfig::new(self.endpoints.clone(), tokens);
+        c.threads = self.threads;
+        c.rate = self.rate;
+        c.duration = Duration::from_secs_f64(self.duration);
+        c.window = self.window;
+        c.mix = self.mix;
+        c.timeout = Duration::from_millis(self.timeout_ms);
+        c.io = self.io;
+        Ok(c)
+    }
+
+    /// Runs with live progress on stderr (one `\r`-refreshed line on a terminal, a line per
+    /// second otherwise), then prints the summary and its JSON line on stdout. Returns the
+    /// exit code: 0 when it ran (whatever the losses), 2 for invalid options, 1 on failure.
+    pub fn run_cli(&self, default_service: Option<&str>) -> i32 {
+        let config = match self.config(default_service) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("loadgen: {e}");
+                return 2;
+            }
+        };
+        let tty = std::io::stderr().is_terminal();
+        eprintln!(
+            "loadgen: {} tokens of {:?} (seed {}), {} thread(s), window {}, {} for {:.1} s → {:?}",
+            config.tokens.count(),
+            config.tokens.service(),
+            config.tokens.seed(),
+            config.threads,
+            config.window,
+            config
+                .rate
+                .map_or("flat out".to_string(), |r| format!("{r}/s")),
+            config.duration.as_secs_f64(),
+            config.endpoints
+        );
+        let result = run(&config, |p: &Progress| {
+            let mut err = std::io::stderr().lock();
+            let _ = if tty {
+                write!(err, "\r{}\x1b[K", p.line())
+            } else {
+                writeln!(err, "{}", p.line())
+            };
+            let _ = err.flush();
+        });
+        if tty {
+            eprintln!();
+        }
+        match result {
+            Ok(summary) => {
+                if !self.json {
+                    println!("{}", summary.human());
+                }
+                println!("{}", summary.to_json());
+                0
+            }
+            Err(crate::LoadError::Config(e)) => {
+                eprintln!("loadgen: {e}");
+                2
+            }
+            Err(e) => {
+                eprintln!("loadgen: {e}");
+                1
+            }
+        }
+    }
+
+    /// [`Self::run_cli`] without a default service (`--service` is then required).
+    pub fn main(&self) -> i32 {
+        self.run_cli(None)
+    }
+}

@@ -1,0 +1,793 @@
+//! The generator: one thread per `threads`, each with its own socket, its own share of the
+//! tokens (token `i` belongs to thread `i % threads`, so counters need no synchronisation), a
+//! window of requests in flight and an optional rate.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, ErrorKind};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use zerocopy::{FromBytes, IntoBytes};
+use zoftoken_net::{open_driver, probe_uring, Driver, DriverKind, PacketBatch};
+use zoftoken_proto::packet::{open, open_reply, seal_request};
+use zoftoken_proto::wire::{Be64, Header, OpenRequest, PlainRequest, ReplyBody};
+use zoftoken_proto::{MsgType, PinVerifier, ReplyStatus};
+
+use crate::histogram::Histogram;
+use crate::tokens::{DeviceToken, TokenSet};
+
+/// Requests per send batch (as the server's receive batch).
+const BATCH: usize = 32;
+/// How often a thread hands its counters and latencies to the progress reporter.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Longest single wait for replies (keeps rate pacing and expiry responsive).
+const MAX_WAIT: Duration = Duration::from_millis(1);
+
+/// The message mix in percent; the three add up to 100.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mix {
+    /// STATUS requests, percent.
+    pub status: u8,
+    /// OPEN requests (with a valid PIN proof), percent.
+    pub open: u8,
+    /// CLOSE requests, percent.
+    pub close: u8,
+}
+
+impl Default for Mix {
+    fn default() -> Self {
+        Mix {
+            status: 60,
+            open: 20,
+            close: 20,
+        }
+    }
+}
+
+impl std::str::FromStr for Mix {
+    type Err = String;
+
+    /// `status/open/close` in percent, e.g. `60/20/20`.
+    fn from_str(s: &str) -> Result<Mix, String> {
+        let parts: Vec<u8> = s
+            .split('/')
+            .map(|p| p.trim().parse::<u8>().map_err(|e| format!("{p:?}: {e}")))
+            .collect::<Result<_, _>>()?;
+        let [status, open, close] = parts[..] else {
+            return Err("expected status/open/close percentages, e.g. 60/20/20".into());
+        };
+        if u32::from(status) + u32::from(open) + u32::from(close) != 100 {
+            return Err(format!("{s}: the percentages must add up to 100"));
+        }
+        Ok(Mix {
+            status,
+            open,
+            close,
+        })
+    }
+}
+
+/// The request types the generator sends, in the order of [`Summary::sent_by_type`].
+pub const KINDS: [MsgType; 3] = [MsgType::Status, MsgType::Open, MsgType::Close];
+
+/// How a thread moves datagrams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IoChoice {
+    /// `std::net::UdpSocket`, one system call per datagram.
+    Std,
+    /// `zoftoken_net`'s `recvmmsg`/`sendmmsg` driver (batches of 32).
+    Mmsg,
+    /// `zoftoken_net`'s io_uring driver.
+    Uring,
+    /// io_uring if the kernel allows it, else `recvmmsg`.
+    Auto,
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct LoadConfig {
+    /// Server endpoints; requests go to them in turn.
+    pub endpoints: Vec<SocketAddr>,
+    /// The tokens (already paired on the server side, see [`TokenSet::server_mutations`]).
+    pub tokens: TokenSet,
+    /// Generator threads, each with its own socket and share of the tokens.
+    pub threads: usize,
+    /// Requests per second over all threads; `None`: flat out (limited by the window).
+    pub rate: Option<u64>,
+    /// How long to send. Replies are awaited for up to `timeout` after that.
+    pub duration: Duration,
+    /// Requests in flight per thread, at most.
+    pub window: usize,
+    /// The request mix.
+    pub mix: Mix,
+    /// A request without a reply after this long is lost.
+    pub timeout: Duration,
+    /// The socket IO.
+    pub io: IoChoice,
+    /// Every token's first counter in this run; `None`: the wall clock in microseconds since
+    /// the Unix epoch, which is above every counter an earlier run used as long as no run
+    /// sent more than one request per token per microsecond of its own duration.
+    pub counter_floor: Option<u64>,
+}
+
+impl LoadConfig {
+    /// Defaults: 1 thread, flat out, 10 s, window 64, mix 60/20/20, timeout 1 s, `mmsg` IO,
+    /// time-based counters.
+    pub fn new(endpoints: Vec<SocketAddr>, tokens: TokenSet) -> LoadConfig {
+        LoadConfig {
+            endpoints,
+            tokens,
+            threads: 1,
+            rate: None,
+            duration: Duration::from_secs(10),
+            window: 64,
+            mix: Mix::default(),
+            timeout: Duration::from_secs(1),
+            io: IoChoice::Mmsg,
+            counter_floor: None,
+        }
+    }
+}
+
+/// Why a run could not start or went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The configuration cannot be run.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A socket could not be opened.
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+    /// A generator thread panicked (a bug).
+    #[error("a generator thread failed")]
+    Thread,
+}
+
+/// Live figures, once per second.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    /// Since the start of sending.
+    pub elapsed: Duration,
+    /// Requests sent so far.
+    pub sent: u64,
+    /// Replies that opened (so far).
+    pub answered: u64,
+    /// Replies that did not open: echoes (so far).
+    pub echoed: u64,
+    /// Requests without reply within the timeout (so far).
+    pub lost: u64,
+    /// Errors so far (see [`Summary::errors`]).
+    pub errors: u64,
+    /// Requests sent per second over the last interval.
+    pub sent_pps: f64,
+    /// Replies (answered + echoed) per second over the last interval.
+    pub answered_pps: f64,
+    /// Median round trip over the last interval, microseconds.
+    pub p50_us: u64,
+    /// 99th percentile round trip over the last interval, microseconds.
+    pub p99_us: u64,
+}
+
+impl Progress {
+    /// One terminal line.
+    pub fn line(&self) -> String {
+        format!(
+            "{:>5.1}s  sent {:>9.0}/s  replies {:>9.0}/s  lost {}  errors {}  p50 {} µs  p99 {} µs",
+            self.elapsed.as_secs_f64(),
+            self.sent_pps,
+            self.answered_pps,
+            self.lost,
+            self.errors,
+            self.p50_us,
+            self.p99_us
+        )
+    }
+}
+
+/// The result of a run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Summary {
+    /// Requests sent.
+    pub sent: u64,
+    /// Replies that opened under the token's server-to-device key and matched their request.
+    pub answered: u64,
+    /// Replies to a request that did not open (an echo server returns the request itself).
+    pub echoed: u64,
+    /// Requests without a reply within the timeout.
+    pub lost: u64,
+    /// Send failures, datagrams matching no request in flight (late or unknown), and
+    /// replies that opened but did not match their request's type.
+    pub errors: u64,
+    /// Answered with a status other than OK (wrong PIN, blocked, ...): counted in `answered`
+    /// too; non-zero means the server's tokens are not this token set.
+    pub refused: u64,
+    /// Requests sent per type, in the order of [`KINDS`] (STATUS, OPEN, CLOSE).
+    pub sent_by_type: [u64; 3],
+    /// The sending phase.
+    pub elapsed: Duration,
+    /// `sent / elapsed`.
+    pub sent_pps: f64,
+    /// `(answered + echoed) / elapsed`.
+    pub answered_pps: f64,
+    /// Round trip, microseconds, over every reply (answered and echoed).
+    pub p50_us: u64,
+    /// 〃 99th percentile.
+    pub p99_us: u64,
+    /// 〃 99.9th percentile.
+    pub p999_us: u64,
+    /// 〃 maximum.
+    pub max_us: u64,
+}
+
+impl Summary {
+    /// One line of JSON (keys as the field names; `elapsed_s` in seconds).
+    pub fn to_json(&self) -> String {
+        format!(
+            concat!(
+                "{{\"sent\":{},\"answered\":{},\"echoed\":{},\"lost\":{},\"errors\":{},",
+                "\"refused\":{},\"sent_status\":{},\"sent_open\":{},\"sent_close\":{},",
+                "\"elapsed_s\":{:.3},\"sent_pps\":{:.0},\"answered_pps\":{:.0},",
+                "\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}"
+            ),
+            self.sent,
+            self.answered,
+            self.echoed,
+            self.lost,
+            self.errors,
+            self.refused,
+            self.sent_by_type[0],
+            self.sent_by_type[1],
+            self.sent_by_type[2],
+            self.elapsed.as_secs_f64(),
+            self.sent_pps,
+            self.answered_pps,
+            self.p50_us,
+            self.p99_us,
+            self.p999_us,
+            self.max_us
+        )
+    }
+
+    /// A few human-readable lines.
+    pub fn human(&self) -> String {
+        let pct = |n: u64| {
+            if self.sent == 0 {
+                0.0
+            } else {
+                100.0 * n as f64 / self.sent as f64
+            }
+        };
+        format!(
+            "sent      {} in {:.2} s = {:.0} packets/s (status/open/close {}/{}/{})\n\
+             replies   {:.0} packets/s: answered {} ({:.2} %), echoed {} ({:.2} %), refused {}\n\
+             lost      {} ({:.3} %), errors {}\n\
+             round trip p50 {} µs, p99 {} µs, p999 {} µs, max {} µs",
+            self.sent,
+            self.elapsed.as_secs_f64(),
+            self.sent_pps,
+            self.sent_by_type[0],
+            self.sent_by_type[1],
+            self.sent_by_type[2],
+            self.answered_pps,
+            self.answered,
+            pct(self.answered),
+            self.echoed,
+            pct(self.echoed),
+            self.refused,
+            self.lost,
+            pct(self.lost),
+            self.errors,
+            self.p50_us,
+            self.p99_us,
+            self.p999_us,
+            self.max_us
+        )
+    }
+}
+
+/// One thread's counters.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    sent: u64,
+    answered: u64,
+    echoed: u64,
+    lost: u64,
+    errors: u64,
+    refused: u64,
+    by_type: [u64; 3],
+}
+
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        self.sent += o.sent;
+        self.answered += o.answered;
+        self.echoed += o.echoed;
+        self.lost += o.lost;
+        self.errors += o.errors;
+        self.refused += o.refused;
+        for (a, b) in self.by_type.iter_mut().zip(o.by_type) {
+            *a += b;
+        }
+    }
+}
+
+/// What a thread shows the progress reporter.
+#[derive(Default)]
+struct Shared {
+    counts: Mutex<Counts>,
+    interval: Mutex<Histogram>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs the load described by `config`, calling `progress` about once per second from the
+/// calling thread, and returns the summary once every thread has finished (sending for
+/// `duration`, then awaiting the last replies for up to `timeout`).
+pub fn run(config: &LoadConfig, mut progress: impl FnMut(&Progress)) -> Result<Summary, LoadError> {
+    if config.endpoints.is_empty() {
+        return Err(LoadError::Config("no endpoint".into()));
+    }
+    if config.tokens.count() == 0 {
+        return Err(LoadError::Config("no token".into()));
+    }
+    if config.threads == 0 || config.window == 0 {
+        return Err(LoadError::Config(
+            "threads and window must be at least 1".into(),
+        ));
+    }
+    if config.rate == Some(0) {
+        return Err(LoadError::Config("rate must be at least 1".into()));
+    }
+    let kind = match config.io {
+        IoChoice::Std => None,
+        IoChoice::Mmsg => Some(DriverKind::Mmsg),
+        IoChoice::Uring => {
+            probe_uring().map_err(LoadError::Config)?;
+            Some(DriverKind::Uring)
+        }
+        IoChoice::Auto => Some(match probe_uring() {
+            Ok(()) => DriverKind::Uring,
+            Err(_) => DriverKind::Mmsg,
+        }),
+    };
+    let floor = config.counter_floor.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64)
+    });
+    let threads = config.threads.min(config.tokens.count() as usize).max(1);
+    // Sockets are opened up front so that a failure is reported before any load.
+    let mut sockets = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        sockets.push(Sock::open(kind, config.endpoints.first())?);
+    }
+    // Each thread derives its tokens' keys first; sending starts when all are ready.
+    let barrier = std::sync::Barrier::new(threads + 1);
+    let shared: Vec<Arc<Shared>> = (0..threads).map(|_| Arc::default()).collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = sockets
+            .into_iter()
+            .enumerate()
+            .filter_map(|(t, sock)| {
+                let sh = shared.get(t)?.clone();
+                let barrier = &barrier;
+                Some(scope.spawn(move || {
+                    let tokens: Vec<DeviceToken> = (t as u64..config.tokens.count())
+                        .step_by(threads)
+                        .map(|i| config.tokens.device_token(i))
+                        .collect();
+                    barrier.wait();
+                    let start = Instant::now();
+                    Worker::new(config, t, threads, tokens, sock, floor, &sh).run(start)
+                }))
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        let mut last = Counts::default();
+        let mut last_t = start;
+        let mut tick = 1u32;
+        while !handles.iter().all(|h| h.is_finished()) {
+            let next = start + Duration::from_secs(1) * tick;
+            let now = Instant::now();
+            if now < next {
+                std::thread::sleep((next - now).min(Duration::from_millis(50)));
+                continue;
+            }
+            tick += 1;
+            let mut c = Counts::default();
+            let mut h = Histogram::new();
+            for s in &shared {
+                c.add(&lock(&s.counts));
+                let mut i = lock(&s.interval);
+                h.merge(&i);
+                i.clear();
+            }
+            let dt = now.duration_since(last_t).as_secs_f64().max(1e-9);
+            progress(&Progress {
+                elapsed: now.duration_since(start),
+                sent: c.sent,
+                answered: c.answered,
+                echoed: c.echoed,
+                lost: c.lost,
+                errors: c.errors,
+                sent_pps: (c.sent - last.sent) as f64 / dt,
+                answered_pps: ((c.answered + c.echoed) - (last.answered + last.echoed)) as f64 / dt,
+                p50_us: h.quantile(0.5),
+                p99_us: h.quantile(0.99),
+            });
+            last = c;
+            last_t = now;
+        }
+        let mut total = Counts::default();
+        let mut hist = Histogram::new();
+        let mut elapsed = Duration::ZERO;
+        for h in handles {
+            let (c, h, e) = h.join().map_err(|_| LoadError::Thread)?;
+            total.add(&c);
+            hist.merge(&h);
+            elapsed = elapsed.max(e);
+        }
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        Ok(Summary {
+            sent: total.sent,
+            answered: total.answered,
+            echoed: total.echoed,
+            lost: total.lost,
+            errors: total.errors,
+            refused: total.refused,
+            sent_by_type: total.by_type,
+            elapsed,
+            sent_pps: total.sent as f64 / secs,
+            answered_pps: (total.answered + total.echoed) as f64 / secs,
+            p50_us: hist.quantile(0.5),
+            p99_us: hist.quantile(0.99),
+            p999_us: hist.quantile(0.999),
+            max_us: hist.max(),
+        })
+    })
+}
+
+/// A thread's socket.
+enum Sock {
+    Std(UdpSocket, bool),
+    Driver(Box<dyn Driver>),
+}
+
+impl Sock {
+    fn open(kind: Option<DriverKind>, first: Option<&SocketAddr>) -> io::Result<Sock> {
+        let local = match first {
+            Some(SocketAddr::V6(_)) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+            _ => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        };
+        Ok(match kind {
+            None => {
+                let s = UdpSocket::bind(local)?;
+                s.set_nonblocking(true)?;
+                s.set_read_timeout(Some(MAX_WAIT))?;
+                Sock::Std(s, true)
+            }
+            Some(kind) => {
+                // Port 0: every thread gets its own port despite SO_REUSEPORT.
+                Sock::Driver(open_driver(kind, local)?)
+            }
+        })
+    }
+
+    /// Sends the batch; returns how many datagrams the socket refused (best effort: the
+    /// drivers count refusals without saying which).
+    fn send(&mut self, batch: &PacketBatch) -> u64 {
+        match self {
+            Sock::Std(s, _) => batch
+                .iter()
+                .filter(|(peer, d)| s.send_to(d, *peer).is_err())
+                .count() as u64,
+            Sock::Driver(d) => {
+                let before = d
+                    .stats()
+                    .send_errors
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let failed = d.send(batch).is_err();
+                let after = d
+                    .stats()
+                    .send_errors
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if failed && after == before {
+                    batch.len() as u64
+                } else {
+                    after - before
+                }
+            }
+        }
+    }
+
+    /// Receives what is there, waiting up to `wait` for the first datagram.
+    fn recv(&mut self, into: &mut PacketBatch, wait: Duration) -> io::Result<usize> {
+        match self {
+            Sock::Driver(d) => d.recv(into, wait),
+            Sock::Std(s, nonblocking) => {
+                let mut n = 0;
+                while !into.is_full() {
+                    let want_block = n == 0 && !wait.is_zero();
+                    if want_block == *nonblocking {
+                        s.set_nonblocking(!want_block)?;
+                        *nonblocking = !want_block;
+                    }
+                    let Some(buf) = into.next_buffer() else { break };
+                    match s.recv_from(buf) {
+                        Ok((len, peer)) => {
+                            into.commit(peer, len);
+                            n += 1;
+                        }
+                        Err(e)
+                            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+                        {
+                            break
+                        }
+                        Err(e) => return if n == 0 { Err(e) } else { Ok(n) },
+                    }
+                }
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// A request in flight.
+struct Pending {
+    sent: Instant,
+    token: usize,
+    kind: MsgType,
+}
+
+struct Worker<'a> {
+    config: &'a LoadConfig,
+    tokens: Vec<DeviceToken>,
+    verifier: PinVerifier,
+    counters: Vec<u64>,
+    sock: Sock,
+    shared: &'a Shared,
+    rng: u64,
+    next_endpoint: usize,
+    rate: Option<f64>,
+    inflight: HashMap<([u8; 16], u64), Pending>,
+    order: VecDeque<(([u8; 16], u64), Instant)>,
+    counts: Counts,
+    total: Histogram,
+    interval: Histogram,
+}
+
+impl<'a> Worker<'a> {
+    fn new(
+        config: &'a LoadConfig,
+        t: usize,
+        threads: usize,
+        tokens: Vec<DeviceToken>,
+        sock: Sock,
+        floor: u64,
+        shared: &'a Shared,
+    ) -> Worker<'a> {
+        let n = tokens.len();
+        Worker {
+            config,
+            tokens,
+            verifier: config.tokens.verifier(),
+            counters: vec![floor.max(1); n],
+            sock,
+            shared,
+            rng: (config.tokens.seed() ^ (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1,
+            next_endpoint: t,
+            rate: config.rate.map(|r| r as f64 / threads as f64),
+            inflight: HashMap::with_capacity(config.window * 2),
+            order: VecDeque::with_capacity(config.window * 2),
+            counts: Counts::default(),
+            total: Histogram::new(),
+            interval: Histogram::new(),
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        // xorshift64*: reproducible and cheap.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Sends until `duration`, then drains; returns the counters, the latency histogram and
+    /// the length of the sending phase.
+    fn run(mut self, start: Instant) -> (Counts, Histogram, Duration) {
+        let end = start + self.config.duration;
+        let mut out = PacketBatch::with_capacity(BATCH);
+        let mut inb = PacketBatch::with_capacity(BATCH * 2);
+        let mut last_flush = start;
+        let mut send_end = None;
+        loop {
+            let now = Instant::now();
+            let sending = now < end;
+            if !sending {
+                send_end.get_or_insert(now);
+                if self.inflight.is_empty() {
+                    break;
+                }
+            }
+            let mut built = 0;
+            if sending {
+                let mut n = self
+                    .config
+                    .window
+                    .saturating_sub(self.inflight.len())
+                    .min(BATCH);
+                if let Some(r) = self.rate {
+                    let due = (now.duration_since(start).as_secs_f64() * r) as u64;
+                    n = n.min(due.saturating_sub(self.counts.sent) as usize);
+                }
+                if n > 0 {
+                    built = self.build(&mut out, n, now);
+                    let refused = self.sock.send(&out);
+                    self.counts.sent += built as u64 - refused;
+                    self.counts.errors += refused;
+                }
+            }
+            let wait = if built > 0 { Duration::ZERO } else { MAX_WAIT };
+            inb.clear();
+            match self.sock.recv(&mut inb, wait) {
+                Ok(_) => {}
+                Err(_) => self.counts.errors += 1,
+            }
+            if !inb.is_empty() {
+                let now = Instant::now();
+                for i in 0..inb.len() {
+                    if let Some((_, d)) = inb.get_mut(i) {
+                        self.reply(d, now);
+                    }
+                }
+            }
+            self.expire(Instant::now());
+            if now.duration_since(last_flush) >= FLUSH_EVERY {
+                self.flush();
+                last_flush = now;
+            }
+        }
+        self.flush();
+        let elapsed = send_end.unwrap_or(end).duration_since(start);
+        (self.counts, self.total, elapsed)
+    }
+
+    /// Builds `n` requests into `out` (cleared first); returns how many.
+    fn build(&mut self, out: &mut PacketBatch, n: usize, now: Instant) -> usize {
+        out.clear();
+        let device_time = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let time = Be64::new(device_time);
+        let (status_pct, open_pct) = (
+            u64::from(self.config.mix.status),
+            u64::from(self.config.mix.status) + u64::from(self.config.mix.open),
+        );
+        let endpoints = self.config.endpoints.len().max(1);
+        let mut built = 0;
+        for _ in 0..n {
+            let j = (self.next() % self.tokens.len().max(1) as u64) as usize;
+            let roll = self.next() % 100;
+            let (Some(token), Some(counter)) = (self.tokens.get(j), self.counters.get_mut(j))
+            else {
+                break;
+            };
+            let c = *counter;
+            *counter += 1;
+            let (kind, k) = if roll < status_pct {
+                (MsgType::Status, 0)
+            } else if roll < open_pct {
+                (MsgType::Open, 1)
+            } else {
+                (MsgType::Close, 2)
+            };
+            let plain = PlainRequest {
+                device_time_ms: time,
+                zero: [0; 16],
+            };
+            let opened;
+            let body: &[u8] = if kind == MsgType::Open {
+                opened = OpenRequest {
+                    device_time_ms: time,
+                    proof: self.verifier.proof(kind, &token.id.0, c),
+                };
+                opened.as_bytes()
+            } else {
+                plain.as_bytes()
+            };
+            let Some(peer) = self
+                .config
+                .endpoints
+                .get(self.next_endpoint % endpoints)
+                .copied()
+            else {
+                break;
+            };
+            let Some(buf) = out.next_buffer() else { break };
+            let Ok(len) = seal_request(&token.keys.d2s, kind, token.id.0, c, body, buf) else {
+                self.counts.errors += 1;
+                continue;
+            };
+            out.commit(peer, len);
+            self.next_endpoint = self.next_endpoint.wrapping_add(1);
+            if let Some(t) = self.counts.by_type.get_mut(k) {
+                *t += 1;
+            }
+            let key = (token.id.0, c);
+            self.inflight.insert(
+                key,
+                Pending {
+                    sent: now,
+                    token: j,
+                    kind,
+                },
+            );
+            self.order.push_back((key, now));
+            built += 1;
+        }
+        built
+    }
+
+    /// Matches a datagram to its request and opens it.
+    fn reply(&mut self, d: &mut [u8], now: Instant) {
+        let Ok((header, _)) = Header::read_from_prefix(d) else {
+            self.counts.errors += 1;
+            return;
+        };
+        let key = (header.token_id, header.counter.get());
+        let Some(p) = self.inflight.remove(&key) else {
+            self.counts.errors += 1;
+            return;
+        };
+        let us = now.duration_since(p.sent).as_micros() as u64;
+        self.total.record(us);
+        self.interval.record(us);
+        let Some(token) = self.tokens.get(p.token) else {
+            self.counts.errors += 1;
+            return;
+        };
+        match open_reply(&token.keys.s2d, d) {
+            Ok(r) if r.msg_type == p.kind => {
+                self.counts.answered += 1;
+                if let ReplyBody::Status(s) = r.body {
+                    if s.status != ReplyStatus::Ok as u8 {
+                        self.counts.refused += 1;
+                    }
+                }
+            }
+            Ok(_) => self.counts.errors += 1,
+            Err(_) => {
+                // The same AEAD work as a genuine reply, so that echo and server runs cost
+                // the generator the same per packet.
+                let _ = open(&token.keys.s2d, d);
+                self.counts.echoed += 1;
+            }
+        }
+    }
+
+    /// Counts requests older than the timeout as lost and forgets them.
+    fn expire(&mut self, now: Instant) {
+        while let Some((key, sent)) = self.order.front().copied() {
+            if !self.inflight.contains_key(&key) {
+                self.order.pop_front();
+            } else if now.duration_since(sent) >= self.config.timeout {
+                self.inflight.remove(&key);
+                self.order.pop_front();
+                self.counts.lost += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        *lock(&self.shared.counts) = self.counts;
+        lock(&self.shared.interval).merge(&self.interval);
+        self.interval.clear();
+    }
+}

@@ -1,0 +1,270 @@
+//! The generator against an in-process UDP echo and an in-process engine responder.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use zoftoken_engine::{Batch, Engine, EngineConfig, PacketOutcome, ServiceConfig};
+use zoftoken_loadgen::{run, IoChoice, LoadConfig, Mix, Summary, TokenSet};
+use zoftoken_proto::DropReason;
+
+/// A responder thread on its own socket; `answer` decides, per datagram (numbered from 0),
+/// what to send back: `None` drops it.
+struct Responder {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    received: Arc<AtomicU64>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Responder {
+    fn start(
+        mut answer: impl FnMut(u64, SocketAddr, &mut [u8], &mut [u8]) -> Option<usize> + Send + 'static,
+    ) -> Responder {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(AtomicU64::new(0));
+        let (s, r) = (stop.clone(), received.clone());
+        let handle = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            let mut out = [0u8; 2048];
+            while !s.load(Ordering::Relaxed) {
+                let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                let i = r.fetch_add(1, Ordering::Relaxed);
+                if let Some(len) = answer(i, peer, &mut buf[..n], &mut out) {
+                    let _ = socket.send_to(&out[..len], peer);
+                }
+            }
+        });
+        Responder {
+            addr,
+            stop,
+            received,
+            handle: Some(handle),
+        }
+    }
+
+    fn echo() -> Responder {
+        Responder::start(|_, _, d, out| {
+            out[..d.len()].copy_from_slice(d);
+            Some(d.len())
+        })
+    }
+
+    /// The engine's packet path: handle, publish (commit stand-in), reply. Answers only the
+    /// datagrams for which `keep(i)` holds.
+    fn engine(engine: Arc<Engine>, keep: fn(u64) -> bool) -> Responder {
+        let mut batch = Batch::new();
+        Responder::start(move |i, src, d, out| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+            let outcome = engine.handle_packet(now, src, d, out, &mut batch);
+            engine.publish(&mut batch);
+            match outcome {
+                PacketOutcome::Reply(n) if keep(i) => Some(n),
+                _ => None,
+            }
+        })
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn engine_with(set: &TokenSet) -> Arc<Engine> {
+    let mut service = ServiceConfig::new(set.service(), &["127.0.0.1:4500"]);
+    service.window_s = 600;
+    let mut config = EngineConfig::new(vec![service], 1, [7; 32]);
+    config.shards = 4;
+    let engine = Engine::new(config).unwrap();
+    for i in 0..set.count() {
+        engine.load_token(&set.record(i, 0)).unwrap();
+    }
+    Arc::new(engine)
+}
+
+fn config(endpoints: Vec<SocketAddr>, set: &TokenSet, io: IoChoice) -> LoadConfig {
+    let mut c = LoadConfig::new(endpoints, set.clone());
+    c.duration = Duration::from_millis(600);
+    c.window = 16;
+    c.timeout = Duration::from_millis(150);
+    c.io = io;
+    c
+}
+
+fn check_totals(s: &Summary) {
+    assert_eq!(s.sent, s.sent_by_type.iter().sum::<u64>(), "{s:?}");
+    assert_eq!(s.sent, s.answered + s.echoed + s.lost, "{s:?}");
+    assert!(s.p50_us > 0 && s.p50_us <= s.p99_us && s.p99_us <= s.p999_us && s.p999_us <= s.max_us);
+    let json = s.to_json();
+    assert!(json.starts_with("{\"sent\":") && json.ends_with('}') && !json.contains('\n'));
+    assert!(json.contains(&format!("\"answered\":{},", s.answered)));
+}
+
+#[test]
+fn echo_replies_are_counted_as_echoes() {
+    for io in [IoChoice::Std, IoChoice::Mmsg] {
+        let echo = Responder::echo();
+        let set = TokenSet::new("demo", 3, 100);
+        let mut progress = 0;
+        let s = run(&config(vec![echo.addr], &set, io), |_| progress += 1).unwrap();
+        println!("echo {io:?}: {}", s.to_json());
+        check_totals(&s);
+        assert!(s.sent > 1_000, "{s:?}");
+        assert_eq!(s.answered, 0);
+        assert_eq!(s.lost, 0);
+        assert_eq!(s.errors, 0);
+        assert_eq!(s.echoed, s.sent);
+        assert_eq!(echo.received.load(Ordering::Relaxed), s.sent);
+        assert!(s.sent_pps > 1_000.0 && s.answered_pps > 1_000.0);
+    }
+}
+
+#[test]
+fn engine_answers_every_request_across_runs_and_endpoints() {
+    let set = TokenSet::new("demo", 11, 500);
+    let engine = engine_with(&set);
+    let a = Responder::engine(engine.clone(), |_| true);
+    let b = Responder::engine(engine.clone(), |_| true);
+    let mut last = None;
+    for (run_no, io) in [IoChoice::Mmsg, IoChoice::Std].into_iter().enumerate() {
+        let mut c = config(vec![a.addr, b.addr], &set, io);
+        c.threads = 2;
+        let mut ticks = Vec::new();
+        let s = run(&c, |p| ticks.push(p.clone())).unwrap();
+        println!("engine run {run_no} {io:?}: {}", s.to_json());
+        check_totals(&s);
+        assert!(s.sent > 1_000, "{s:?}");
+        assert_eq!(s.answered, s.sent, "{s:?}");
+        assert_eq!((s.echoed, s.lost, s.errors, s.refused), (0, 0, 0, 0));
+        // Both endpoints served, roughly evenly.
+        let (ra, rb) = (
+            a.received.load(Ordering::Relaxed),
+            b.received.load(Ordering::Relaxed),
+        );
+        let (pa, pb) = last.unwrap_or((0, 0));
+        let (da, db) = (ra - pa, rb - pb);
+        assert_eq!(da + db, s.sent);
+        assert!(da.abs_diff(db) <= s.sent / 10, "{da} / {db}");
+        last = Some((ra, rb));
+        // The mix, roughly: 60/20/20 within 5 points.
+        for (n, pct) in s.sent_by_type.iter().zip([60.0, 20.0, 20.0]) {
+            let got = 100.0 * *n as f64 / s.sent as f64;
+            assert!((got - pct).abs() < 5.0, "{:?}", s.sent_by_type);
+        }
+    }
+    // No counter was ever replayed or stale, in either run (the second run's floor is above
+    // the first run's counters).
+    for r in [
+        DropReason::Replayed,
+        DropReason::Stale,
+        DropReason::Unauthentic,
+        DropReason::UnknownToken,
+    ] {
+        assert_eq!(engine.drops(r), 0, "{r:?}");
+    }
+}
+
+#[test]
+fn a_repeated_counter_floor_is_dropped_as_replay() {
+    let set = TokenSet::new("demo", 12, 20);
+    let engine = engine_with(&set);
+    let r = Responder::engine(engine.clone(), |_| true);
+    let mut c = config(vec![r.addr], &set, IoChoice::Mmsg);
+    c.duration = Duration::from_millis(200);
+    c.counter_floor = Some(1_000);
+    let first = run(&c, |_| {}).unwrap();
+    assert_eq!(first.answered, first.sent);
+    let second = run(&c, |_| {}).unwrap();
+    // Same counters again: the engine drops them silently, the generator counts them lost.
+    assert!(second.lost > 0, "{second:?}");
+    assert!(engine.drops(DropReason::Replayed) > 0);
+}
+
+#[test]
+fn unanswered_requests_are_lost() {
+    let set = TokenSet::new("demo", 13, 200);
+    let engine = engine_with(&set);
+    let r = Responder::engine(engine.clone(), |i| i % 2 == 0);
+    let mut c = config(vec![r.addr], &set, IoChoice::Mmsg);
+    c.mix = "0/50/50".parse::<Mix>().unwrap();
+    c.timeout = Duration::from_millis(50);
+    c.window = 64;
+    let s = run(&c, |_| {}).unwrap();
+    println!("every other: {}", s.to_json());
+    check_totals(&s);
+    assert!(s.sent > 500, "{s:?}");
+    assert_eq!(s.sent_by_type[0], 0);
+    assert_eq!(s.errors, 0);
+    assert_eq!(s.answered + s.lost, s.sent);
+    // Half are answered (±1 for the datagram in flight at the end).
+    assert!(s.answered.abs_diff(s.lost) <= 1, "{s:?}");
+    assert_eq!(engine.drops(DropReason::Replayed), 0);
+}
+
+#[test]
+fn a_wrong_pin_verifier_is_answered_but_refused() {
+    // Same secrets, another PIN verifier on the server: every OPEN is answered WRONG_PIN
+    // (then BLOCKED, and every request of a blocked token is refused).
+    let set = TokenSet::new("demo", 23, 20);
+    let mut service = ServiceConfig::new("demo", &["127.0.0.1:4500"]);
+    service.window_s = 600;
+    let engine = Arc::new(Engine::new(EngineConfig::new(vec![service], 1, [7; 32])).unwrap());
+    for i in 0..set.count() {
+        let mut r = set.record(i, 0);
+        r.pin_verifier = zoftoken_proto::SecretBytes::new([0x99; 32]);
+        engine.load_token(&r).unwrap();
+    }
+    let r = Responder::engine(engine.clone(), |_| true);
+    let mut c = config(vec![r.addr], &set, IoChoice::Mmsg);
+    c.duration = Duration::from_millis(200);
+    let s = run(&c, |_| {}).unwrap();
+    check_totals(&s);
+    assert_eq!(s.answered, s.sent);
+    assert!(s.refused >= s.sent_by_type[1] && s.refused > 0, "{s:?}");
+}
+
+#[test]
+fn wrong_secrets_get_no_reply() {
+    // The server holds seed 21; the generator uses the same ids with seed 22's secrets: no
+    // reply at all (unauthentic requests are dropped silently), all lost.
+    let engine = engine_with(&TokenSet::new("demo", 21, 20));
+    let r = Responder::engine(engine.clone(), |_| true);
+    let mut c = config(vec![r.addr], &TokenSet::new("demo", 22, 20), IoChoice::Mmsg);
+    c.duration = Duration::from_millis(200);
+    c.timeout = Duration::from_millis(50);
+    let s = run(&c, |_| {}).unwrap();
+    assert!(s.sent > 0);
+    assert_eq!((s.answered, s.echoed), (0, 0));
+    assert_eq!(s.lost, s.sent);
+    assert_eq!(engine.drops(DropReason::Unauthentic), s.sent);
+}
+
+#[test]
+fn invalid_configurations_are_refused() {
+    let set = TokenSet::new("demo", 1, 10);
+    assert!(run(&LoadConfig::new(vec![], set.clone()), |_| {}).is_err());
+    let mut c = LoadConfig::new(vec!["127.0.0.1:9".parse().unwrap()], set);
+    c.window = 0;
+    assert!(run(&c, |_| {}).is_err());
+    assert!("60/20".parse::<Mix>().is_err());
+    assert!("60/20/30".parse::<Mix>().is_err());
+    assert_eq!("60/20/20".parse::<Mix>().unwrap(), Mix::default());
+}

@@ -1,0 +1,293 @@
+//! The apps' UDP protocol on the network: one IO thread per core and listen address, each
+//! with its own `SO_REUSEPORT` socket and driver (io_uring or `recvmmsg`), processing receive
+//! batches through the engine and sending a batch's replies only once its mutations are
+//! durable (group commit through the storage `Committer`).
+//!
+//! A thread's turn: receive a batch (up to 32 datagrams), prefetch the tokens' table lines,
+//! handle each datagram (replies written into a send batch), hand the mutations to the
+//! committer, send the replies of every batch whose commit finished. At most
+//! [`MAX_IN_FLIGHT`] batches wait for their commit; then the thread waits (back-pressure when
+//! the disk is slow: the socket's receive buffer fills and the kernel drops, counted).
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use zoftoken_engine::{Batch, Engine, PacketOutcome, PREFETCH_DISTANCE};
+use zoftoken_net::{probe_uring, Driver, DriverKind, PacketBatch};
+use zoftoken_storage::{Committer, Done, Submitter};
+
+use crate::config::IoSetting;
+use crate::now_ms;
+
+/// Datagrams per receive batch.
+pub const RECV_BATCH: usize = 32;
+/// Receive batches a thread may have waiting for their commit.
+pub const MAX_IN_FLIGHT: usize = 8;
+/// How long an idle thread waits for datagrams before it looks at the stop flag.
+const IDLE_WAIT: Duration = Duration::from_millis(50);
+
+/// Which driver `setting` means here; `Err` when `uring` was asked for and is unavailable.
+/// For `auto`, the second value says why io_uring is not used, if it is not.
+pub fn choose_driver(setting: IoSetting) -> Result<(DriverKind, Option<String>), String> {
+    match setting {
+        IoSetting::Mmsg => Ok((DriverKind::Mmsg, None)),
+        IoSetting::Uring => probe_uring()
+            .map(|()| (DriverKind::Uring, None))
+            .map_err(|e| format!("io: uring was configured but io_uring is unavailable: {e}")),
+        IoSetting::Auto => Ok(match probe_uring() {
+            Ok(()) => (DriverKind::Uring, None),
+            Err(e) => (DriverKind::Mmsg, Some(e)),
+        }),
+    }
+}
+
+/// Counters of the UDP threads, shared.
+#[derive(Debug, Default)]
+pub struct UdpStats {
+    /// Datagrams handled by the engine.
+    pub handled: AtomicU64,
+    /// Replies sent (handed to the driver).
+    pub replied: AtomicU64,
+    /// Replies withheld because their batch could not be written.
+    pub withheld: AtomicU64,
+    /// Group commits that failed.
+    pub failed_commits: AtomicU64,
+}
+
+/// The running IO threads.
+pub struct UdpServer {
+    threads: Vec<JoinHandle<()>>,
+    /// Where each thread listens.
+    pub addrs: Vec<SocketAddr>,
+    /// The driver's name.
+    pub driver: &'static str,
+    /// Counters.
+    pub stats: Arc<UdpStats>,
+}
+
+impl UdpServer {
+    /// Binds `threads` sockets on each of `addrs` (a port 0 is resolved by the first socket
+    /// and shared by the others) and starts one IO thread per socket. They run until `stop`
+    /// is set, then finish their batches in flight and end.
+    pub fn start(
+        engine: Arc<Engine>,
+        committer: &Committer,
+        addrs: &[SocketAddr],
+        kind: DriverKind,
+        threads: usize,
+        stop: Arc<AtomicBool>,
+    ) -> io::Result<UdpServer> {
+        let stats = Arc::new(UdpStats::default());
+        let mut drivers = Vec::new();
+        let mut bound = Vec::new();
+        for addr in addrs {
+            let mut addr = *addr;
+            for _ in 0..threads.max(1) {
+                let (driver, local) = open_driver_at(kind, addr)?;
+                // Port 0: the others join the port the first one got.
+                addr = local;
+                drivers.push(driver);
+            }
+            bound.push(addr);
+        }
+        let mut handles = Vec::new();
+        let driver_name = drivers.first().map_or("none", |d| d.name());
+        for (i, driver) in drivers.into_iter().enumerate() {
+            let (engine, stop, stats) = (engine.clone(), stop.clone(), stats.clone());
+            let submitter = committer.submitter();
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("zoftoken-udp-{i}"))
+                    .spawn(move || IoThread::new(driver, engine, submitter, stats).run(&stop))?,
+            );
+        }
+        Ok(UdpServer {
+            threads: handles,
+            addrs: bound,
+            driver: driver_name,
+            stats,
+        })
+    }
+
+    /// Waits for every IO thread to end (after `stop` was set).
+    pub fn join(self) {
+        for t in self.threads {
+            // A panicked IO thread already stopped serving; nothing more to do with it here.
+            let _ = t.join();
+        }
+    }
+}
+
+fn open_driver_at(kind: DriverKind, addr: SocketAddr) -> io::Result<(Box<dyn Driver>, SocketAddr)> {
+    let socket = zoftoken_net::bind_reuseport(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("UDP {addr}: {e}")))?;
+    let local = socket.local_addr()?;
+    let driver: Box<dyn Driver> = match kind {
+        DriverKind::Uring => Box::new(zoftoken_net::UringDriver::new(socket)?),
+        DriverKind::Mmsg => Box::new(zoftoken_net::MmsgDriver::new(socket)?),
+    };
+    Ok((driver, local))
+}
+
+/// One IO thread's state: its driver, its batches, its submitter.
+struct IoThread {
+    driver: Box<dyn Driver>,
+    engine: Arc<Engine>,
+    submitter: Submitter,
+    stats: Arc<UdpStats>,
+    rx: PacketBatch,
+    /// Reply batches waiting for their commit, oldest first (answers come in order).
+    waiting: VecDeque<PacketBatch>,
+    spare_replies: Vec<PacketBatch>,
+    spare_batches: Vec<Batch>,
+    last_error_log: Option<Instant>,
+}
+
+impl IoThread {
+    fn new(
+        driver: Box<dyn Driver>,
+        engine: Arc<Engine>,
+        submitter: Submitter,
+        stats: Arc<UdpStats>,
+    ) -> IoThread {
+        IoThread {
+            driver,
+            engine,
+            submitter,
+            stats,
+            rx: PacketBatch::with_capacity(RECV_BATCH),
+            waiting: VecDeque::with_capacity(MAX_IN_FLIGHT),
+            spare_replies: (0..MAX_IN_FLIGHT + 1)
+                .map(|_| PacketBatch::with_capacity(RECV_BATCH))
+                .collect(),
+            spare_batches: Vec::new(),
+            last_error_log: None,
+        }
+    }
+
+    fn run(mut self, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            // With commits in flight, only look for what is already there, so that their
+            // replies are not held back by an idle wait.
+            let wait = if self.submitter.in_flight() > 0 {
+                Duration::ZERO
+            } else {
+                IDLE_WAIT
+            };
+            self.rx.clear();
+            if let Err(e) = self.driver.recv(&mut self.rx, wait) {
+                self.log_error(&format!("UDP receive: {e}"));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if !self.rx.is_empty() {
+                self.process();
+            }
+            while let Some(done) = self.submitter.try_done() {
+                self.finish(done);
+            }
+            if self.rx.is_empty() || self.submitter.in_flight() >= MAX_IN_FLIGHT {
+                if let Some(done) = self.submitter.wait_done() {
+                    self.finish(done);
+                }
+            }
+        }
+        // Stopping: no new datagrams; the batches in flight are committed and answered.
+        while let Some(done) = self.submitter.wait_done() {
+            self.finish(done);
+        }
+    }
+
+    /// Handles the received batch and hands its mutations to the committer.
+    fn process(&mut self) {
+        let mut replies = self
+            .spare_replies
+            .pop()
+            .unwrap_or_else(|| PacketBatch::with_capacity(RECV_BATCH));
+        replies.clear();
+        let mut batch = self.spare_batches.pop().unwrap_or_default();
+        let now = now_ms();
+        let engine = &*self.engine;
+        engine.prefetch_buckets(self.rx.iter().map(|(_, d)| d));
+        for (_, d) in self.rx.iter().take(PREFETCH_DISTANCE) {
+            engine.prefetch_token(d);
+        }
+        let n = self.rx.len();
+        for i in 0..n {
+            if let Some((_, ahead)) = self.rx.get(i + PREFETCH_DISTANCE) {
+                engine.prefetch_token(ahead);
+            }
+            let Some((peer, datagram)) = self.rx.get_mut(i) else {
+                continue;
+            };
+            let Some(out) = replies.next_buffer() else {
+                continue;
+            };
+            if let PacketOutcome::Reply(len) =
+                engine.handle_packet(now, peer, datagram, out, &mut batch)
+            {
+                replies.commit(peer, len);
+            }
+        }
+        self.stats.handled.fetch_add(n as u64, Ordering::Relaxed);
+        match self.submitter.submit(batch) {
+            Ok(()) => self.waiting.push_back(replies),
+            Err((mut batch, e)) => {
+                // The committer is stopped (shutting down): nothing was written, so nothing
+                // may be answered.
+                self.stats
+                    .withheld
+                    .fetch_add(replies.len() as u64, Ordering::Relaxed);
+                self.log_error(&format!("replies withheld: {e}"));
+                batch.mutations.clear();
+                self.spare_batches.push(batch);
+                self.spare_replies.push(replies);
+            }
+        }
+    }
+
+    /// A commit finished: send its batch's replies if it succeeded.
+    fn finish(&mut self, done: Done) {
+        let Some(replies) = self.waiting.pop_front() else {
+            return;
+        };
+        match &done.result {
+            Ok(()) => {
+                if let Err(e) = self.driver.send(&replies) {
+                    self.log_error(&format!("UDP send: {e}"));
+                }
+                self.stats
+                    .replied
+                    .fetch_add(replies.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .withheld
+                    .fetch_add(replies.len() as u64, Ordering::Relaxed);
+                self.log_error(&format!(
+                    "cannot write to the database, {} replies withheld (the apps will retry): {e}",
+                    replies.len()
+                ));
+            }
+        }
+        self.spare_replies.push(replies);
+        self.spare_batches.push(done.batch);
+    }
+
+    /// Logs an error at most once per second per thread.
+    fn log_error(&mut self, message: &str) {
+        let now = Instant::now();
+        if self
+            .last_error_log
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.last_error_log = Some(now);
+            eprintln!("zoftoken: error: {message}");
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! `zoftoken serve` on the network, end to end with a real server process and a device over
+//! UDP on loopback, with both drivers: pairing, open, status, close, blocking, no reply at all
+//! to a flood of hostile datagrams, every acknowledged change kept across `kill -9`, SIGHUP
+//! reload, clean shutdown.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand_core::RngCore;
+use zoftoken_device::{MemoryStore, Pairing, Reply, Request, Token};
+use zoftoken_proto::deeplink::Deeplink;
+use zoftoken_proto::{PinVerifier, WireState};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A free UDP port on loopback (bound once and released).
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    udp: SocketAddr,
+    io: &'static str,
+}
+
+impl Env {
+    fn new(io: &'static str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let udp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = format!(
+            "listen: {{ udp: [\"{udp}\"] }}\ndata_dir: data\nio_threads: 2\n\
+             services:\n  - name: bank\n    window: 600\n    endpoints: [\"{udp}\"]\n"
+        );
+        std::fs::write(dir.path().join("config.yaml"), config).unwrap();
+        Env { dir, udp, io }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_zoftoken"));
+        c.current_dir(self.dir.path())
+            .env_remove("ZOFTOKEN_MASTER_KEY")
+            .env_remove("ZOFTOKEN_DATA_DIR")
+            .env_remove("ZOFTOKEN_CONFIG")
+            .env("ZOFTOKEN_IO", self.io)
+            .args(["--config", "config.yaml"])
+            .args(args);
+        c
+    }
+
+    fn enroll(&self, user: &str) -> String {
+        let o = self
+            .cmd(&[
+                "token",
+                "enroll",
+                "--service",
+                "bank",
+                "--user",
+                user,
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["deeplink"].as_str().unwrap().to_owned()
+    }
+
+    fn serve(&self) -> Server {
+        let mut child = self.cmd(&["serve"]).stderr(Stdio::piped()).spawn().unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let log = wait_for(&mut err, "serving UDP");
+        match self.io {
+            "uring" => assert!(log.contains("(io_uring driver"), "{log}"),
+            "mmsg" => assert!(log.contains("(recvmmsg driver"), "{log}"),
+            _ => assert!(log.contains(" driver, "), "{log}"),
+        }
+        Server { child, err }
+    }
+}
+
+struct Server {
+    child: Child,
+    err: BufReader<ChildStderr>,
+}
+
+impl Server {
+    fn signal(&self, sig: &str) {
+        let s = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(s.success());
+    }
+
+    /// SIGTERM, then the log until exit; asserts exit code 0.
+    fn stop(mut self) -> String {
+        self.signal("-TERM");
+        let mut rest = String::new();
+        self.err.read_to_string(&mut rest).unwrap();
+        assert!(self.child.wait().unwrap().success(), "{rest}");
+        rest
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A failed test must not leave a server running (it holds the log pipe open).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for(reader: &mut impl BufRead, needle: &str) -> String {
+    let mut all = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            panic!("server exited before `{needle}`:\n{all}");
+        }
+        all.push_str(&line);
+        if line.contains(needle) {
+            return all;
+        }
+    }
+}
+
+/// A phone: the device SDK over a UDP socket.
+struct Phone {
+    socket: UdpSocket,
+    server: SocketAddr,
+    token: Token,
+    store: MemoryStore,
+    pin: PinVerifier,
+}
+
+fn exchange(socket: &UdpSocket, server: SocketAddr, datagram: &[u8]) -> Option<Vec<u8>> {
+    socket.send_to(datagram, server).unwrap();
+    let mut buf = [0u8; 2048];
+    match socket.recv_from(&mut buf) {
+        Ok((n, from)) => {
+            assert_eq!(from, server);
+            Some(buf[..n].to_vec())
+        }
+        Err(_) => None,
+    }
+}
+
+impl Phone {
+    fn pair(server: SocketAddr, deeplink: &str, pin: &str) -> Phone {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut pairing = Pairing::from_deeplink(&Deeplink::parse(deeplink).unwrap());
+        let mut out = [0u8; 1200];
+        let mut random = [0u8; 32];
+        rand_core::OsRng.fill_bytes(&mut random);
+        let tx = pairing.init_request(now_ms(), random, &mut out).unwrap();
+        let mut reply = exchange(&socket, server, &out[..tx.len]).expect("PAIR_INIT answered");
+        let offer = pairing.handle_init_reply(&mut reply).unwrap();
+        let pin = PinVerifier::derive(pin, &offer.token_id).unwrap();
+        let tx = pairing
+            .complete_request(&pin, None, now_ms(), &mut out)
+            .unwrap();
+        let mut reply = exchange(&socket, server, &out[..tx.len]).expect("PAIR_COMPLETE answered");
+        let mut store = MemoryStore::default();
+        let token = pairing
+            .handle_complete_reply(&mut store, &mut reply)
+            .unwrap()
+            .unwrap();
+        Phone {
+            socket,
+            server,
+            token,
+            store,
+            pin,
+        }
+    }
+
+    /// Sends a request; the reply, or `None` when none came within 2 s.
+    fn send(&mut self, req: Request<'_>) -> Option<Reply> {
+        let mut out = [0u8; 1200];
+        let tx = self
+            .token
+            .request(&mut self.store, req, now_ms(), &mut out)
+            .unwrap();
+        let mut reply = exchange(&self.socket, self.server, &out[..tx.len])?;
+        Some(self.token.handle_reply(&mut reply).unwrap())
+    }
+
+    fn state(&mut self) -> WireState {
+        self.send(Request::Status)
+            .expect("STATUS answered")
+            .status()
+            .state
+    }
+
+    fn open(&mut self) -> WireState {
+        let pin = self.pin.clone();
+        self.send(Request::Open(&pin))
+            .expect("OPEN answered")
+            .status()
+            .state
+    }
+}
+
+fn drivers() -> Vec<&'static str> {
+    // This machine and CI have io_uring; ZOFTOKEN_NO_URING=1 skips it elsewhere.
+    if std::env::var_os("ZOFTOKEN_NO_URING").is_some() {
+        vec!["mmsg"]
+    } else {
+        vec!["mmsg", "uring"]
+    }
+}
+
+#[test]
+fn a_device_pairs_opens_and_closes_over_udp_with_both_drivers() {
+    for io in drivers() {
+        let e = Env::new(io);
+        let link = e.enroll("alice");
+        let server = e.serve();
+        let mut phone = Phone::pair(e.udp, &link, "2468");
+        assert_eq!(phone.state(), WireState::Closed, "{io}");
+        assert_eq!(phone.open(), WireState::Open, "{io}");
+        assert_eq!(phone.state(), WireState::Open, "{io}");
+        let closed = phone.send(Request::Close).expect("CLOSE answered");
+        assert_eq!(closed.status().state, WireState::Closed, "{io}");
+        // Three wrong PINs block the token; the right PIN is then refused.
+        let wrong = PinVerifier::derive("0000", &phone.token.token_id()).unwrap();
+        for _ in 0..3 {
+            let r = phone.send(Request::Open(&wrong)).expect("answered");
+            assert_ne!(r.status().state, WireState::Open);
+        }
+        assert_eq!(phone.open(), WireState::Blocked, "{io}");
+        let log = server.stop();
+        assert!(log.contains("stopped"), "{log}");
+    }
+}
+
+#[test]
+fn hostile_datagrams_get_no_reply_and_service_goes_on() {
+    for io in drivers() {
+        let e = Env::new(io);
+        let link = e.enroll("bob");
+        let server = e.serve();
+        let mut phone = Phone::pair(e.udp, &link, "1357");
+        // A valid request recorded for replays, forgeries and truncations.
+        let mut out = [0u8; 1200];
+        let tx = phone
+            .token
+            .request(&mut phone.store, Request::Status, now_ms(), &mut out)
+            .unwrap();
+        let valid = out[..tx.len].to_vec();
+        assert!(exchange(&phone.socket, e.udp, &valid).is_some());
+
+        let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (seen_tx, seen_rx) = mpsc::channel();
+        let listener = attacker.try_clone().unwrap();
+        listener
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let watch = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            let mut replies = 0;
+            let deadline = std::time::Instant::now() + Duration::from_secs(3);
+            while std::time::Instant::now() < deadline {
+                if listener.recv_from(&mut buf).is_ok() {
+                    replies += 1;
+                }
+            }
+            seen_tx.send(replies).unwrap();
+        });
+        let mut rng = rand_core::OsRng;
+        for i in 0..3000 {
+            let d: Vec<u8> = match i % 4 {
+                // Random bytes of random length.
+                0 => {
+                    let mut d = vec![0u8; (rng.next_u32() % 1500) as usize];
+                    rng.fill_bytes(&mut d);
+                    d
+                }
+                // Truncated.
+                1 => valid[..(rng.next_u32() as usize % valid.len())].to_vec(),
+                // Forged: one bit flipped.
+                2 => {
+                    let mut d = valid.clone();
+                    let at = rng.next_u32() as usize % d.len();
+                    d[at] ^= 1 << (rng.next_u32() % 8);
+                    d
+                }
+                // Replayed.
+                _ => valid.clone(),
+            };
+            attacker.send_to(&d, e.udp).unwrap();
+            if i % 500 == 0 {
+                // Legitimate traffic is served during the flood.
+                assert_eq!(phone.state(), WireState::Closed, "{io}");
+            }
+        }
+        assert_eq!(phone.open(), WireState::Open, "{io}");
+        watch.join().unwrap();
+        assert_eq!(
+            seen_rx.recv().unwrap(),
+            0,
+            "{io}: no reply to any hostile datagram"
+        );
+        server.stop();
+    }
+}
+
+#[test]
+fn acknowledged_changes_survive_kill_9() {
+    let e = Env::new("auto");
+    let links: Vec<String> = (0..3).map(|i| e.enroll(&format!("user{i}"))).collect();
+    let server = e.serve();
+    let mut phones: Vec<Phone> = links
+        .iter()
+        .map(|l| Phone::pair(e.udp, l, "8642"))
+        .collect();
+    // Acknowledged: phone 0 open, phone 1 opened then closed, phone 2 blocked.
+    assert_eq!(phones[0].open(), WireState::Open);
+    assert_eq!(phones[1].open(), WireState::Open);
+    let r = phones[1].send(Request::Close).expect("answered");
+    assert_eq!(r.status().state, WireState::Closed);
+    let wrong = PinVerifier::derive("1111", &phones[2].token.token_id()).unwrap();
+    for _ in 0..3 {
+        phones[2].send(Request::Open(&wrong)).expect("answered");
+    }
+    server.kill9();
+    let server = e.serve();
+    assert_eq!(phones[0].state(), WireState::Open);
+    assert_eq!(phones[1].state(), WireState::Closed);
+    assert_eq!(phones[2].state(), WireState::Blocked);
+    server.stop();
+}
+
+#[test]
+fn sighup_reloads_services_without_stopping() {
+    let e = Env::new("auto");
+    let link = e.enroll("carol");
+    let mut server = e.serve();
+    let mut phone = Phone::pair(e.udp, &link, "9753");
+    assert_eq!(phone.open(), WireState::Open);
+    // A broken edit is refused and the running configuration kept.
+    let path = e.dir.path().join("config.yaml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, good.replace("window: 600", "window: nonsense")).unwrap();
+    server.signal("-HUP");
+    wait_for(&mut server.err, "reload failed");
+    assert_eq!(phone.state(), WireState::Open);
+    std::fs::write(&path, good.replace("window: 600", "window: 0")).unwrap();
+    server.signal("-HUP");
+    wait_for(&mut server.err, "reloaded 1 services");
+    assert_eq!(phone.state(), WireState::Open, "served throughout");
+    server.stop();
+}
