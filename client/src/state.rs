@@ -77,8 +77,8 @@ impl FileStore {
         Ok(Some(bytes))
     }
 
-    /// Replaces the state atomically and durably (temp file, fsync, rename, directory fsync).
-    pub fn write(&self, state: &[u8]) -> Result<(), ClientError> {
+    /// Creates the state file's directory (mode 0700) if it does not exist.
+    fn create_dir(&self) -> Result<(), ClientError> {
         let dir = self.dir();
         if !dir.as_os_str().is_empty() && !dir.exists() {
             fs::DirBuilder::new()
@@ -87,6 +87,12 @@ impl FileStore {
                 .create(&dir)
                 .map_err(|e| self.err(format!("cannot create directory: {e}")))?;
         }
+        Ok(())
+    }
+
+    /// Replaces the state atomically and durably (temp file, fsync, rename, directory fsync).
+    pub fn write(&self, state: &[u8]) -> Result<(), ClientError> {
+        self.create_dir()?;
         let tmp = self.sibling(&format!("tmp-{:016x}", OsRng.next_u64()));
         let result = (|| -> std::io::Result<()> {
             let mut f = OpenOptions::new()
@@ -111,14 +117,7 @@ impl FileStore {
     /// process's id). A lock left by a process that no longer runs is taken over.
     pub fn lock(&self) -> Result<StateLock, ClientError> {
         let lock = self.sibling("lock");
-        let dir = self.dir();
-        if !dir.as_os_str().is_empty() && !dir.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|e| self.err(format!("cannot create directory: {e}")))?;
-        }
+        self.create_dir()?;
         for _ in 0..2 {
             match OpenOptions::new()
                 .write(true)

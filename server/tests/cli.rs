@@ -9,7 +9,10 @@
     missing_docs
 )]
 
-use std::io::{BufRead, BufReader};
+mod common;
+use common::wait_for;
+
+use std::io::BufReader;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
@@ -29,14 +32,7 @@ impl Env {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_zoftoken"));
-        c.current_dir(self.dir.path())
-            .env_remove("ZOFTOKEN_MASTER_KEY")
-            .env_remove("ZOFTOKEN_DATA_DIR")
-            .env_remove("ZOFTOKEN_CONFIG")
-            .args(["--config", "config.yaml"])
-            .args(args);
-        c
+        common::zoftoken(self.dir.path(), args)
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -297,20 +293,6 @@ fn file_mode_refuses_database_edits_and_prints_an_authkey_entry() {
         "{out}"
     );
     assert!(e.ok(&["authkey", "list"]).contains("no authkeys"));
-}
-
-fn wait_for(reader: &mut impl BufRead, needle: &str) -> String {
-    let mut all = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap() == 0 {
-            panic!("server exited before `{needle}`:\n{all}");
-        }
-        all.push_str(&line);
-        if line.contains(needle) {
-            return all;
-        }
-    }
 }
 
 fn signal(pid: u32, sig: &str) {

@@ -10,7 +10,10 @@
     missing_docs
 )]
 
-use std::io::{BufRead, BufReader, Read};
+mod common;
+use common::wait_for;
+
+use std::io::{BufReader, Read};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::mpsc;
@@ -56,14 +59,8 @@ impl Env {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_zoftoken"));
-        c.current_dir(self.dir.path())
-            .env_remove("ZOFTOKEN_MASTER_KEY")
-            .env_remove("ZOFTOKEN_DATA_DIR")
-            .env_remove("ZOFTOKEN_CONFIG")
-            .env("ZOFTOKEN_IO", self.io)
-            .args(["--config", "config.yaml"])
-            .args(args);
+        let mut c = common::zoftoken(self.dir.path(), args);
+        c.env("ZOFTOKEN_IO", self.io);
         c
     }
 
@@ -132,20 +129,6 @@ impl Drop for Server {
         // A failed test must not leave a server running (it holds the log pipe open).
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn wait_for(reader: &mut impl BufRead, needle: &str) -> String {
-    let mut all = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap() == 0 {
-            panic!("server exited before `{needle}`:\n{all}");
-        }
-        all.push_str(&line);
-        if line.contains(needle) {
-            return all;
-        }
     }
 }
 

@@ -1,0 +1,37 @@
+//! Helpers shared by the `zoftoken` binary's end-to-end tests.
+#![allow(clippy::unwrap_used, clippy::panic, dead_code)]
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::Command;
+
+/// The `zoftoken` binary run in `dir` with `config.yaml`, without the environment variables
+/// that would override the test's configuration.
+pub fn zoftoken(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_zoftoken"));
+    c.current_dir(dir)
+        .env_remove("ZOFTOKEN_MASTER_KEY")
+        .env_remove("ZOFTOKEN_DATA_DIR")
+        .env_remove("ZOFTOKEN_CONFIG")
+        .env_remove("ZOFTOKEN_IO")
+        .env_remove("ZOFTOKEN_IO_THREADS")
+        .args(["--config", "config.yaml"])
+        .args(args);
+    c
+}
+
+/// Reads lines until one contains `needle`; returns everything read. Panics if the process
+/// ends first.
+pub fn wait_for(reader: &mut impl BufRead, needle: &str) -> String {
+    let mut all = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            panic!("server exited before `{needle}`:\n{all}");
+        }
+        all.push_str(&line);
+        if line.contains(needle) {
+            return all;
+        }
+    }
+}
