@@ -8,14 +8,15 @@
 # open every reply; an echoed request fails to open and is counted as an echo).
 # Ends with one JSON line: {"echo_pps":…,"zoftoken_pps":…,"ratio":…,"p99_us":…}
 # Knobs (environment): TOKENS (1000000), DURATION (s, 10), IO (mmsg|uring|auto, mmsg),
-# THREADS (server and echo IO threads, 1), LOADGEN_THREADS (1), WINDOW (64).
+# THREADS (server and echo IO threads, 2), LOADGEN_THREADS (1), WINDOW (64).
+# The token set's counters continue from run to run (`--counters`), as a phone's do.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh >&2
 tokens="${TOKENS:-1000000}"
 duration="${DURATION:-10}"
 io="${IO:-mmsg}"
-threads="${THREADS:-1}"
+threads="${THREADS:-2}"
 lg_threads="${LOADGEN_THREADS:-1}"
 window="${WINDOW:-64}"
 target="${CARGO_TARGET_DIR:-target}"
@@ -41,7 +42,7 @@ services:
 CONFIG
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); io=$io threads=$threads loadgen_threads=$lg_threads window=$window tokens=$tokens" >&2
 if [ "$(cat "$work/prepared" 2>/dev/null)" != "$tokens" ]; then
-  rm -rf "$work/data" "$work/prepared"
+  rm -rf "$work/data" "$work/prepared" "$work/counters"
   (cd "$work" && "$zoftoken" --config config.yaml loadgen prepare --tokens "$tokens" >&2)
   echo "$tokens" > "$work/prepared"
 fi
@@ -69,11 +70,11 @@ log="$work/serve.log"
 pids+=($!)
 for _ in $(seq 1 600); do grep -q "serving UDP" "$log" && break; sleep 0.1; done
 grep -E "loaded|serving" "$log" >&2
-zt_json=$(run_load "127.0.0.1:$port_zt")
+zt_json=$(run_load "127.0.0.1:$port_zt" --counters "$work/counters")
 echo "zoftoken: $zt_json" >&2
 zt_pps=$(field "$zt_json" answered_pps)
 half=$(( ${zt_pps%.*} / 2 ))
-half_json=$(run_load "127.0.0.1:$port_zt" --rate "$half")
+half_json=$(run_load "127.0.0.1:$port_zt" --rate "$half" --counters "$work/counters")
 echo "zoftoken at $half/s: $half_json" >&2
 kill -TERM "${pids[1]}"
 wait "${pids[1]}" || true

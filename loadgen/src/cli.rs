@@ -64,6 +64,10 @@ pub struct LoadgenArgs {
     /// Socket IO: std (one system call per datagram), mmsg (batches), uring, auto.
     #[arg(long, value_enum, default_value_t = IoChoice::Mmsg)]
     pub io: IoChoice,
+    /// Keep each token's counter in this file between runs (continuous counters, as phones
+    /// send; without it each run starts all tokens at the clock in microseconds).
+    #[arg(long, value_name = "FILE")]
+    pub counters: Option<std::path::PathBuf>,
     /// Print only the JSON line on stdout, no human summary (set by the binary's `--json`).
     #[arg(skip)]
     pub json: bool,
@@ -87,6 +91,7 @@ impl LoadgenArgs {
         c.mix = self.mix;
         c.timeout = Duration::from_millis(self.timeout_ms);
         c.io = self.io;
+        c.counters_file = self.counters.clone();
         Ok(c)
     }
 

@@ -109,6 +109,12 @@ pub struct LoadConfig {
     /// the Unix epoch, which is above every counter an earlier run used as long as no run
     /// sent more than one request per token per microsecond of its own duration.
     pub counter_floor: Option<u64>,
+    /// Where each token's next counter is kept between runs (8 bytes per token, little
+    /// endian; absent: every token starts at 1, as after `loadgen prepare`). Continuous
+    /// counters are what phones send; the time-based floor jumps ahead at every run, which
+    /// the server handles as reordering (a replay window per token). Takes precedence over
+    /// `counter_floor`.
+    pub counters_file: Option<std::path::PathBuf>,
 }
 
 impl LoadConfig {
@@ -126,6 +132,7 @@ impl LoadConfig {
             timeout: Duration::from_secs(1),
             io: IoChoice::Mmsg,
             counter_floor: None,
+            counters_file: None,
         }
     }
 }
@@ -359,6 +366,19 @@ pub fn run(config: &LoadConfig, mut progress: impl FnMut(&Progress)) -> Result<S
             .map_or(1, |d| d.as_micros() as u64)
     });
     let threads = config.threads.min(config.tokens.count() as usize).max(1);
+    let saved = match &config.counters_file {
+        Some(path) => Some(read_counters(path, config.tokens.count())?),
+        None => None,
+    };
+    let initial = |t: usize, n: usize| -> Vec<u64> {
+        match &saved {
+            Some(all) => (t..all.len())
+                .step_by(threads)
+                .map(|i| all.get(i).copied().unwrap_or(1))
+                .collect(),
+            None => vec![floor.max(1); n],
+        }
+    };
     // Sockets are opened up front so that a failure is reported before any load.
     let mut sockets = Vec::with_capacity(threads);
     for _ in 0..threads {
@@ -379,9 +399,10 @@ pub fn run(config: &LoadConfig, mut progress: impl FnMut(&Progress)) -> Result<S
                         .step_by(threads)
                         .map(|i| config.tokens.device_token(i))
                         .collect();
+                    let counters = initial(t, tokens.len());
                     barrier.wait();
                     let start = Instant::now();
-                    Worker::new(config, t, threads, tokens, sock, floor, &sh).run(start)
+                    Worker::new(config, t, threads, tokens, sock, counters, &sh).run(start)
                 }))
             })
             .collect();
@@ -425,11 +446,20 @@ pub fn run(config: &LoadConfig, mut progress: impl FnMut(&Progress)) -> Result<S
         let mut total = Counts::default();
         let mut hist = Histogram::new();
         let mut elapsed = Duration::ZERO;
-        for h in handles {
-            let (c, h, e) = h.join().map_err(|_| LoadError::Thread)?;
+        let mut next = vec![1u64; config.tokens.count() as usize];
+        for (t, h) in handles.into_iter().enumerate() {
+            let (c, h, e, counters) = h.join().map_err(|_| LoadError::Thread)?;
             total.add(&c);
             hist.merge(&h);
             elapsed = elapsed.max(e);
+            for (j, counter) in counters.into_iter().enumerate() {
+                if let Some(slot) = next.get_mut(t + j * threads) {
+                    *slot = counter;
+                }
+            }
+        }
+        if let Some(path) = &config.counters_file {
+            write_counters(path, &next)?;
         }
         let secs = elapsed.as_secs_f64().max(1e-9);
         Ok(Summary {
@@ -449,6 +479,36 @@ pub fn run(config: &LoadConfig, mut progress: impl FnMut(&Progress)) -> Result<S
             max_us: hist.max(),
         })
     })
+}
+
+/// Each token's next counter from `path` (absent: all 1).
+fn read_counters(path: &std::path::Path, count: u64) -> Result<Vec<u64>, LoadError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![1; count as usize]),
+        Err(e) => return Err(LoadError::Config(format!("{}: {e}", path.display()))),
+    };
+    if bytes.len() as u64 != count * 8 {
+        return Err(LoadError::Config(format!(
+            "{}: holds {} counters, the token set has {count} (another set? delete the file \
+             after a new `loadgen prepare`)",
+            path.display(),
+            bytes.len() / 8
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])).max(1))
+        .collect())
+}
+
+/// Writes the next counters to `path` atomically.
+fn write_counters(path: &std::path::Path, counters: &[u64]) -> Result<(), LoadError> {
+    let bytes: Vec<u8> = counters.iter().flat_map(|c| c.to_le_bytes()).collect();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| LoadError::Config(format!("{}: {e}", path.display())))
 }
 
 /// A thread's socket.
@@ -567,15 +627,14 @@ impl<'a> Worker<'a> {
         threads: usize,
         tokens: Vec<DeviceToken>,
         sock: Sock,
-        floor: u64,
+        counters: Vec<u64>,
         shared: &'a Shared,
     ) -> Worker<'a> {
-        let n = tokens.len();
         Worker {
             config,
             tokens,
             verifier: config.tokens.verifier(),
-            counters: vec![floor.max(1); n],
+            counters,
             sock,
             shared,
             rng: (config.tokens.seed() ^ (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1,
@@ -599,7 +658,7 @@ impl<'a> Worker<'a> {
 
     /// Sends until `duration`, then drains; returns the counters, the latency histogram and
     /// the length of the sending phase.
-    fn run(mut self, start: Instant) -> (Counts, Histogram, Duration) {
+    fn run(mut self, start: Instant) -> (Counts, Histogram, Duration, Vec<u64>) {
         let end = start + self.config.duration;
         let mut out = PacketBatch::with_capacity(BATCH);
         let mut inb = PacketBatch::with_capacity(BATCH * 2);
@@ -654,7 +713,7 @@ impl<'a> Worker<'a> {
         }
         self.flush();
         let elapsed = send_end.unwrap_or(end).duration_since(start);
-        (self.counts, self.total, elapsed)
+        (self.counts, self.total, elapsed, self.counters)
     }
 
     /// Builds `n` requests into `out` (cleared first); returns how many.

@@ -199,6 +199,43 @@ fn a_repeated_counter_floor_is_dropped_as_replay() {
 }
 
 #[test]
+fn a_counters_file_continues_every_token_in_order_across_runs() {
+    let set = TokenSet::new("demo", 13, 50);
+    let engine = engine_with(&set);
+    let r = Responder::engine(engine.clone(), |_| true);
+    let dir = std::env::temp_dir().join(format!("zoftoken-loadgen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("counters");
+    let _ = std::fs::remove_file(&file);
+    let mut c = config(vec![r.addr], &set, IoChoice::Mmsg);
+    c.duration = Duration::from_millis(200);
+    c.counters_file = Some(file.clone());
+    let mut sent = 0;
+    for _ in 0..2 {
+        let s = run(&c, |_| {}).unwrap();
+        assert_eq!(s.answered, s.sent, "{s:?}");
+        assert_eq!(s.lost, 0);
+        sent += s.sent;
+    }
+    // Every request of both runs used the next counter of its token: the file holds, per
+    // token, one more than the counters used, and they add up to what was sent.
+    let bytes = std::fs::read(&file).unwrap();
+    assert_eq!(bytes.len(), 50 * 8);
+    let used: u64 = bytes
+        .chunks_exact(8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()) - 1)
+        .sum();
+    assert_eq!(used, sent);
+    assert_eq!(engine.drops(DropReason::Replayed), 0);
+    // A file of another token set is refused, not misused.
+    let other = TokenSet::new("demo", 13, 49);
+    let mut c2 = config(vec![r.addr], &other, IoChoice::Mmsg);
+    c2.counters_file = Some(file.clone());
+    assert!(run(&c2, |_| {}).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn unanswered_requests_are_lost() {
     let set = TokenSet::new("demo", 13, 200);
     let engine = engine_with(&set);
