@@ -48,11 +48,23 @@ struct Env {
 
 impl Env {
     fn new(io: &'static str) -> Env {
+        Env::with_endpoints(io, &[])
+    }
+
+    /// A server whose service hands apps `extra` endpoints before its own.
+    fn with_endpoints(io: &'static str, extra: &[String]) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let udp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let endpoints: Vec<String> = extra
+            .iter()
+            .cloned()
+            .chain([udp.to_string()])
+            .map(|e| format!("\"{e}\""))
+            .collect();
         let config = format!(
             "listen: {{ udp: [\"{udp}\"] }}\ndata_dir: data\nio_threads: 2\n\
-             services:\n  - name: bank\n    window: 600\n    endpoints: [\"{udp}\"]\n"
+             services:\n  - name: bank\n    window: 600\n    endpoints: [{}]\n",
+            endpoints.join(", ")
         );
         std::fs::write(dir.path().join("config.yaml"), config).unwrap();
         Env { dir, udp, io }
@@ -361,4 +373,68 @@ fn sighup_reloads_services_without_stopping() {
     wait_for(&mut server.err, "reloaded 1 services");
     assert_eq!(phone.state(), WireState::Open, "served throughout");
     server.stop();
+}
+
+/// Runs `zoftoken device …` with PIN lines on stdin; returns (exit code, stdout, stderr).
+fn device(e: &Env, state: &std::path::Path, args: &[&str], pins: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut c = common::zoftoken(
+        e.dir.path(),
+        &["device", "--pin-stdin", "--timeout-ms", "300"],
+    );
+    c.arg("--state").arg(state).args(args);
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(pins.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_device_command_line_pairs_and_fails_over_to_a_live_endpoint() {
+    // The first endpoint handed to the app has nothing behind it.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let e = Env::with_endpoints("auto", &[dead]);
+    let link = e.enroll("dave");
+    let server = e.serve();
+    let state = e.dir.path().join("phone.json");
+    let (code, out, err) = device(&e, &state, &["pair", &link], "2468\n2468\n");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("paired with bank"), "{out}");
+    let (code, out, err) = device(&e, &state, &["open"], "2468\n");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("open"), "{out}");
+    let (code, out, _) = device(&e, &state, &["--json", "status"], "");
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["state"],
+        "open"
+    );
+    let (code, out, _) = device(&e, &state, &["close"], "");
+    assert_eq!(code, 0);
+    assert!(out.contains("closed"), "{out}");
+    // The PIN never appears in the output or the state file.
+    let saved = std::fs::read_to_string(&state).unwrap();
+    assert!(!saved.contains("2468") && !out.contains("2468"));
+    server.stop();
+    // With the server gone, a clear error and exit code 1.
+    let (code, _, err) = device(&e, &state, &["status"], "");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&e.udp.to_string()),
+        "names the endpoints tried: {err}"
+    );
 }
