@@ -17,7 +17,10 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh >&2
 packets="${1:-1000000}"
 startup="${STARTUP:-1000000}"
-cargo build --locked -p zoftoken-storage-bench --bin storage-bench >&2
+# The whole workspace with all targets: the same feature set as the test command, so
+# RocksDB is the build the tests made (building one package alone can unify features
+# differently and rebuild it).
+cargo build --workspace --locked --all-targets >&2
 bin="${CARGO_TARGET_DIR:-target}/debug/storage-bench"
 dir="${BENCH_DIR:-${CARGO_TARGET_DIR:-target}/storage-bench-data}"
 

@@ -23,7 +23,7 @@ target="${CARGO_TARGET_DIR:-target}"
 # Release builds of the two programs that need no RocksDB; the server in the tests' profile
 # (RocksDB compiled once, the server's crates optimised there too).
 cargo build --release --locked -p zoftoken-bench --bin udp-echo -p zoftoken-loadgen --bin zoftoken-loadgen >&2
-cargo test --workspace --locked --no-run >&2
+cargo build --workspace --locked --all-targets >&2
 echo_bin=$(realpath "$target/release/udp-echo")
 loadgen=$(realpath "$target/release/zoftoken-loadgen")
 zoftoken=$(realpath "$target/debug/zoftoken")

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use zoftoken_net::{Driver, DriverKind, MmsgDriver, PacketBatch, UringDriver};
+use zoftoken_net::{Driver, DriverKind, PacketBatch};
 
 /// Datagrams per receive batch (as the server).
 pub const BATCH: usize = 32;
@@ -39,16 +39,5 @@ pub fn open(
     addr: SocketAddr,
     threads: usize,
 ) -> io::Result<(Vec<Box<dyn Driver>>, SocketAddr)> {
-    let mut drivers = Vec::with_capacity(threads);
-    let mut addr = addr;
-    for _ in 0..threads.max(1) {
-        // The first socket fixes the port; the others join it.
-        let socket = zoftoken_net::bind_reuseport(addr)?;
-        addr = socket.local_addr()?;
-        drivers.push(match kind {
-            DriverKind::Uring => Box::new(UringDriver::new(socket)?) as Box<dyn Driver>,
-            DriverKind::Mmsg => Box::new(MmsgDriver::new(socket)?),
-        });
-    }
-    Ok((drivers, addr))
+    zoftoken_net::open_drivers(kind, addr, threads)
 }

@@ -146,7 +146,8 @@ pub fn streams(
 /// Processes the packets `range` of a stream as a server would: receive batches of 32
 /// packets, each packet fully (parse, open, state change, seal of the reply), then the batch's
 /// mutations committed (here: discarded) and its events published. With `prefetch`, the
-/// batch's table lines are prefetched first ([`Engine::prefetch`]). Returns the number of
+/// table lines are prefetched as the server does ([`Engine::prefetch_buckets`] for the batch,
+/// [`Engine::prefetch_token`] two packets ahead). Returns the number of
 /// replies; panics if any packet was dropped (a benchmark bug).
 pub fn run_range(
     engine: &Engine,

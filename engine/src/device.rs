@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use zerocopy::IntoBytes;
 use zoftoken_proto::aead::PacketKey;
 use zoftoken_proto::clock::{is_fresh, offset_ms};
-use zoftoken_proto::packet::{open, seal_reply, OpenedRequest};
+use zoftoken_proto::packet::{open_checked_request, seal_reply, OpenedRequest};
 use zoftoken_proto::pairing::Ephemeral;
 use zoftoken_proto::pin::{check_proof, PinMatch};
 use zoftoken_proto::replay::ReplayWindow;
@@ -31,22 +31,6 @@ pub enum PacketOutcome {
     Reply(usize),
     /// Send nothing; the reason is counted.
     Drop(DropReason),
-}
-
-/// Tag, decryption and body layout of a request whose cheap checks `handle_packet` already
-/// ran (so `zoftoken_proto::packet::open_request` would repeat them).
-fn open_checked<'a>(
-    key: &PacketKey,
-    msg_type: MsgType,
-    datagram: &'a mut [u8],
-) -> Result<OpenedRequest<'a>, DropReason> {
-    let (header, body) = open(key, datagram)?;
-    let body = RequestBody::parse(msg_type, body)?;
-    Ok(OpenedRequest {
-        msg_type,
-        header,
-        body,
-    })
 }
 
 pub(crate) fn status_block(e: &TokenEntry, status: ReplyStatus, now_ms: u64) -> StatusBlock {
@@ -157,7 +141,7 @@ impl Engine {
             .find(|f| f.pairing_id == *pairing_id)
             .ok_or(DropReason::UnknownToken)?;
         let (d2s, s2d) = (PacketKey::new(form.d2s), PacketKey::new(form.s2d));
-        let req = open_checked(&d2s, MsgType::PairInit, datagram)?;
+        let req = open_checked_request(&d2s, MsgType::PairInit, datagram)?;
         let RequestBody::PairInit(body) = req.body else {
             return Err(DropReason::UnknownType);
         };
@@ -221,7 +205,7 @@ impl Engine {
             return Err(DropReason::UnknownToken);
         }
         let c = p.candidate.as_mut().ok_or(DropReason::UnknownToken)?;
-        let req = open_checked(&c.keys.d2s, MsgType::PairComplete, datagram)?;
+        let req = open_checked_request(&c.keys.d2s, MsgType::PairComplete, datagram)?;
         let RequestBody::PairComplete(body) = req.body else {
             return Err(DropReason::UnknownType);
         };
@@ -346,12 +330,14 @@ impl Engine {
             if let Some(c) = copy.get_mut(..len) {
                 c.copy_from_slice(datagram);
             }
-            if open_checked(&e.d2s, msg_type, copy.get_mut(..len).unwrap_or_default()).is_err() {
+            if open_checked_request(&e.d2s, msg_type, copy.get_mut(..len).unwrap_or_default())
+                .is_err()
+            {
                 drop(guard);
                 return self.pair_complete(now_ms, id, datagram, out, batch);
             }
         }
-        let req = open_checked(&e.d2s, msg_type, datagram)?;
+        let req = open_checked_request(&e.d2s, msg_type, datagram)?;
         let counter = req.header.counter.get();
         // Replay (SPEC.md §8.1). A token without a window entry has seen everything up to
         // `highest`; the next counter in order needs no window at all (the common case).

@@ -336,15 +336,6 @@ impl Engine {
         }
     }
 
-    /// Both prefetch steps for a whole batch, one after the other (for callers that cannot
-    /// interleave [`Engine::prefetch_token`] with processing).
-    pub fn prefetch<'a>(&self, datagrams: impl Iterator<Item = &'a [u8]> + Clone) {
-        self.prefetch_buckets(datagrams.clone());
-        for d in datagrams {
-            self.prefetch_token(d);
-        }
-    }
-
     /// The event channel (subscribe to consume events).
     pub fn events(&self) -> &EventBus {
         &self.events

@@ -532,7 +532,7 @@ impl Sock {
             }
             Some(kind) => {
                 // Port 0: every thread gets its own port despite SO_REUSEPORT.
-                Sock::Driver(open_driver(kind, local)?)
+                Sock::Driver(open_driver(kind, local)?.0)
             }
         })
     }

@@ -78,13 +78,37 @@ impl DriverStats {
     }
 }
 
-/// Opens the driver of `kind` on a new `SO_REUSEPORT` socket bound to `addr`.
-pub fn open_driver(kind: DriverKind, addr: std::net::SocketAddr) -> io::Result<Box<dyn Driver>> {
-    let socket = bind_reuseport(addr)?;
-    Ok(match kind {
+/// Opens the driver of `kind` on a new `SO_REUSEPORT` socket bound to `addr`; returns it with
+/// the address it is bound to (port 0 resolved).
+pub fn open_driver(
+    kind: DriverKind,
+    addr: std::net::SocketAddr,
+) -> io::Result<(Box<dyn Driver>, std::net::SocketAddr)> {
+    let socket =
+        bind_reuseport(addr).map_err(|e| io::Error::new(e.kind(), format!("UDP {addr}: {e}")))?;
+    let local = socket.local_addr()?;
+    let driver: Box<dyn Driver> = match kind {
         DriverKind::Uring => Box::new(UringDriver::new(socket)?),
         DriverKind::Mmsg => Box::new(MmsgDriver::new(socket)?),
-    })
+    };
+    Ok((driver, local))
+}
+
+/// Opens `count` (at least 1) drivers of `kind` sharing `addr` (one thread each; with port 0
+/// the first socket picks the port and the others join it); returns them with the address.
+pub fn open_drivers(
+    kind: DriverKind,
+    addr: std::net::SocketAddr,
+    count: usize,
+) -> io::Result<(Vec<Box<dyn Driver>>, std::net::SocketAddr)> {
+    let mut drivers = Vec::with_capacity(count.max(1));
+    let mut addr = addr;
+    for _ in 0..count.max(1) {
+        let (driver, local) = open_driver(kind, addr)?;
+        addr = local;
+        drivers.push(driver);
+    }
+    Ok((drivers, addr))
 }
 
 #[cfg(test)]

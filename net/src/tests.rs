@@ -23,13 +23,7 @@ fn loopback() -> SocketAddr {
 
 /// A driver of `kind` on a new loopback socket, and its address.
 fn driver_on(kind: DriverKind) -> (Box<dyn Driver>, SocketAddr) {
-    let socket = bind_reuseport(loopback()).unwrap();
-    let addr = socket.local_addr().unwrap();
-    let driver: Box<dyn Driver> = match kind {
-        DriverKind::Uring => Box::new(UringDriver::new(socket).unwrap()),
-        DriverKind::Mmsg => Box::new(MmsgDriver::new(socket).unwrap()),
-    };
-    (driver, addr)
+    open_driver(kind, loopback()).unwrap()
 }
 
 /// Receives into `batch` until it holds `n` datagrams or 2 s pass.
@@ -161,7 +155,7 @@ fn a_driver_is_dropped_cleanly_while_receiving_and_sending() {
         client.send_to(&[2; 64], addr).unwrap();
         drop(driver);
         // A new driver on a new socket works after the old one is gone.
-        let mut again = open_driver(kind, loopback()).unwrap();
+        let (mut again, _) = driver_on(kind);
         assert_eq!(
             again
                 .recv(&mut PacketBatch::with_capacity(1), Duration::ZERO)

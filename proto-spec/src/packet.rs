@@ -53,6 +53,16 @@ pub fn open_request<'a>(
     datagram: &'a mut [u8],
 ) -> Result<OpenedRequest<'a>, DropReason> {
     let msg_type = check_request(datagram)?.msg_type;
+    open_checked_request(key, msg_type, datagram)
+}
+
+/// As [`open_request`] for a datagram whose cheap checks ([`check_request`]) already passed
+/// with `msg_type`: the tag, the decryption and the body layout only.
+pub fn open_checked_request<'a>(
+    key: &PacketKey,
+    msg_type: MsgType,
+    datagram: &'a mut [u8],
+) -> Result<OpenedRequest<'a>, DropReason> {
     let (header, body) = open(key, datagram)?;
     let body = RequestBody::parse(msg_type, body)?;
     Ok(OpenedRequest {

@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use zoftoken_engine::{Batch, Engine, PacketOutcome, PREFETCH_DISTANCE};
-use zoftoken_net::{probe_uring, Driver, DriverKind, PacketBatch};
+use zoftoken_net::{open_drivers, probe_uring, Driver, DriverKind, PacketBatch};
 use zoftoken_storage::{Committer, Done, Submitter};
 
 use crate::config::IoSetting;
@@ -71,8 +71,8 @@ pub struct UdpServer {
 }
 
 impl UdpServer {
-    /// Binds `threads` sockets on each of `addrs` (a port 0 is resolved by the first socket
-    /// and shared by the others) and starts one IO thread per socket. They run until `stop`
+    /// Binds `threads` sockets on each of `addrs` ([`open_drivers`]) and starts one IO thread
+    /// per socket. They run until `stop`
     /// is set, then finish their batches in flight and end.
     pub fn start(
         engine: Arc<Engine>,
@@ -86,14 +86,9 @@ impl UdpServer {
         let mut drivers = Vec::new();
         let mut bound = Vec::new();
         for addr in addrs {
-            let mut addr = *addr;
-            for _ in 0..threads.max(1) {
-                let (driver, local) = open_driver_at(kind, addr)?;
-                // Port 0: the others join the port the first one got.
-                addr = local;
-                drivers.push(driver);
-            }
-            bound.push(addr);
+            let (opened, local) = open_drivers(kind, *addr, threads)?;
+            drivers.extend(opened);
+            bound.push(local);
         }
         let mut handles = Vec::new();
         let driver_name = drivers.first().map_or("none", |d| d.name());
@@ -121,17 +116,6 @@ impl UdpServer {
             let _ = t.join();
         }
     }
-}
-
-fn open_driver_at(kind: DriverKind, addr: SocketAddr) -> io::Result<(Box<dyn Driver>, SocketAddr)> {
-    let socket = zoftoken_net::bind_reuseport(addr)
-        .map_err(|e| io::Error::new(e.kind(), format!("UDP {addr}: {e}")))?;
-    let local = socket.local_addr()?;
-    let driver: Box<dyn Driver> = match kind {
-        DriverKind::Uring => Box::new(zoftoken_net::UringDriver::new(socket)?),
-        DriverKind::Mmsg => Box::new(zoftoken_net::MmsgDriver::new(socket)?),
-    };
-    Ok((driver, local))
 }
 
 /// One IO thread's state: its driver, its batches, its submitter.

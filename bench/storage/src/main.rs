@@ -27,10 +27,8 @@ use std::time::Instant;
 use zoftoken_bench::engine_fixture::{
     loaded_engine, run_committing, streams, token_id, Stream, NOW_MS,
 };
-use zoftoken_engine::{
-    Batch, Engine, EngineConfig, Mutation, ServiceConfig, TokenRecord, TokenStateRecord,
-};
-use zoftoken_proto::SecretBytes;
+use zoftoken_engine::{Batch, Engine, EngineConfig, Mutation, ServiceConfig, TokenStateRecord};
+use zoftoken_loadgen::TokenSet;
 use zoftoken_storage::{Committer, CommitterConfig, Durability, MasterKey, Store};
 use zoftoken_storage_rocksdb::RocksKv;
 
@@ -62,33 +60,16 @@ fn open(dir: &Path) -> Store {
     .unwrap()
 }
 
-/// Writes `n` paired tokens (cold record, sealed secrets, state) in batches of 10 000.
+/// Writes `n` paired tokens (cold record, sealed secrets, state) in batches of 10 000: the
+/// fixture's tokens (the load generator's token set with seed 0).
 fn fill(store: &Store, engine: &Engine, n: u64) -> f64 {
     let t = Instant::now();
-    let mut batch = Batch::new();
-    for i in 0..n {
-        let id = token_id(i);
-        batch.mutations.push(Mutation::TokenCreated {
-            token_id: id,
-            service: Arc::from("bench"),
-            username: format!("user{i}"),
-        });
-        batch.mutations.push(Mutation::Token(Box::new(TokenRecord {
-            service: 0,
-            secret: SecretBytes::new(blake3::derive_key(
-                "zoftoken bench token secret",
-                &i.to_le_bytes(),
-            )),
-            pin_verifier: SecretBytes::new(*zoftoken_bench::engine_fixture::verifier().expose()),
-            duress_verifier: None,
-            status: TokenStateRecord::new(id),
-        })));
-        if batch.mutations.len() >= 20_000 {
-            store.commit(&batch.mutations, engine).unwrap();
-            batch.mutations.clear();
-        }
+    let set = TokenSet::new("bench", 0, n);
+    for start in (0..n).step_by(10_000) {
+        store
+            .commit(&set.server_mutations(start..start + 10_000), engine)
+            .unwrap();
     }
-    store.commit(&batch.mutations, engine).unwrap();
     store.flush().unwrap();
     t.elapsed().as_secs_f64()
 }
