@@ -47,6 +47,7 @@ macro_rules! conformance_tests {
             store_refuses_a_newer_schema_and_data_without_schema,
             store_commit_and_load_round_trip,
             store_commits_survive_crash,
+            store_writes_any_number_of_events,
             store_reports_corruption,
             store_export_import_round_trip,
         );
@@ -404,6 +405,33 @@ pub fn store_commit_and_load_round_trip(h: &mut dyn Harness) {
     assert_eq!(store.outbox(0, 100).unwrap().len(), 1);
     let check = store.check().unwrap();
     assert!(check.problems.is_empty(), "{:?}", check.problems);
+}
+
+/// A batch with more events than one outbox record holds (65 535, e.g. a timer tick expiring
+/// that many tokens) is written whole, as several records.
+pub fn store_writes_any_number_of_events(h: &mut dyn Harness) {
+    let kv = h.open().unwrap();
+    let store = Store::open(kv, key(1), Durability::Wal).unwrap();
+    let e = engine();
+    let mutations: Vec<Mutation> = (0..70_000u32)
+        .map(|i| {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            Mutation::Event(Event::new(
+                EventKind::Expired,
+                TokenId(id),
+                0,
+                u64::from(i),
+                Actor::Timer,
+            ))
+        })
+        .collect();
+    let seq = store.commit(&mutations, &e).unwrap();
+    let events = store.outbox(0, 10).unwrap();
+    assert_eq!(events.len(), 70_000);
+    assert!(events.iter().all(|ev| ev.kind == EventKind::Expired));
+    assert_eq!(events.last().unwrap().seq, seq);
+    assert!(events.first().unwrap().seq < seq, "two records");
 }
 
 /// Every committed batch is there after a crash; sequence numbers continue after it.

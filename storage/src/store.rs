@@ -229,8 +229,8 @@ impl Store {
     }
 
     /// Writes a batch of engine mutations in one atomic write, the batch's events included
-    /// (one outbox record). Returns the outbox sequence number used, or 0 when the batch had
-    /// no event. Sequence numbers are unique and increase in the order commits start; two
+    /// (one outbox record per 65 535 events). Returns the (last) outbox sequence number used,
+    /// or 0 when the batch had no event. Sequence numbers are unique and increase in the order commits start; two
     /// concurrent commits may become visible in either order, and a failed commit leaves a
     /// gap.
     pub fn commit(
@@ -335,12 +335,12 @@ impl Store {
                 Mutation::Event(e) => events.push(e),
             }
         }
+        // One outbox record per 65 535 events (its count is a u16): a timer tick that expires
+        // more tokens than that at once writes several records, in the same atomic write.
         let mut seq = 0;
-        if !events.is_empty() {
-            let count = u16::try_from(events.len())
-                .map_err(|_| StoreError::Invalid("more than 65535 events in one batch".into()))?;
-            let mut v = schema::outbox_header(count);
-            for e in events {
+        for chunk in events.chunks(usize::from(u16::MAX)) {
+            let mut v = schema::outbox_header(u16::try_from(chunk.len()).unwrap_or(u16::MAX));
+            for e in chunk {
                 let service = names.service_name(e.service);
                 // The username of a deleted token is gone once this batch is written: from
                 // the database, or from this group if the token was created in it.
