@@ -3,6 +3,8 @@
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::gen::{run, IoChoice, LoadConfig, Mix, Progress};
@@ -55,7 +57,8 @@ pub struct LoadgenArgs {
     /// Requests in flight per thread, at most.
     #[arg(long, default_value_t = 64)]
     pub window: usize,
-    /// Message mix in percent, status/open/close.
+    /// Message mix in percent, status/open/close[/wrong-pin] (the last: OPENs with a wrong
+    /// PIN, which block tokens after three in a row).
     #[arg(long, default_value = "60/20/20")]
     pub mix: Mix,
     /// A request without reply after this many milliseconds is lost.
@@ -68,6 +71,11 @@ pub struct LoadgenArgs {
     /// send; without it each run starts all tokens at the clock in microseconds).
     #[arg(long, value_name = "FILE")]
     pub counters: Option<std::path::PathBuf>,
+    /// Write what the server acknowledged for each token to this file at the end (the
+    /// state of the newest answered request; see the crash test): a line per answered token,
+    /// `<token id hex> <index> <counter> <state> <attempts_left> <settled 0|1>`.
+    #[arg(long, value_name = "FILE")]
+    pub acked: Option<std::path::PathBuf>,
     /// Print only the JSON line on stdout, no human summary (set by the binary's `--json`).
     #[arg(skip)]
     pub json: bool,
@@ -92,6 +100,7 @@ impl LoadgenArgs {
         c.timeout = Duration::from_millis(self.timeout_ms);
         c.io = self.io;
         c.counters_file = self.counters.clone();
+        c.acked_file = self.acked.clone();
         Ok(c)
     }
 
@@ -106,6 +115,15 @@ impl LoadgenArgs {
                 return 2;
             }
         };
+        // Ctrl-C (or SIGTERM) stops sending; the replies in flight are awaited and the
+        // summary printed. A second Ctrl-C exits at once.
+        let stop = Arc::new(AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone());
+            let _ = signal_hook::flag::register(signal, stop.clone());
+        }
+        let mut config = config;
+        config.stop = Some(stop);
         let tty = std::io::stderr().is_terminal();
         eprintln!(
             "loadgen: {} tokens of {:?} (seed {}), {} thread(s), window {}, {} for {:.1} s → {:?}",

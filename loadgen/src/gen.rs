@@ -5,6 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, ErrorKind};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +13,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use zoftoken_net::{open_driver, probe_uring, Driver, DriverKind, PacketBatch};
 use zoftoken_proto::packet::{open, open_reply, seal_request};
 use zoftoken_proto::wire::{Be64, Header, OpenRequest, PlainRequest, ReplyBody};
-use zoftoken_proto::{MsgType, PinVerifier, ReplyStatus};
+use zoftoken_proto::{MsgType, PinVerifier, ReplyStatus, WireState};
 
 use crate::histogram::Histogram;
 use crate::tokens::{DeviceToken, TokenSet};
@@ -24,7 +25,7 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Longest single wait for replies (keeps rate pacing and expiry responsive).
 const MAX_WAIT: Duration = Duration::from_millis(1);
 
-/// The message mix in percent; the three add up to 100.
+/// The message mix in percent; the four add up to 100.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mix {
     /// STATUS requests, percent.
@@ -33,6 +34,8 @@ pub struct Mix {
     pub open: u8,
     /// CLOSE requests, percent.
     pub close: u8,
+    /// OPEN requests with a wrong PIN proof (three in a row block the token), percent.
+    pub wrong_pin: u8,
 }
 
 impl Default for Mix {
@@ -41,6 +44,7 @@ impl Default for Mix {
             status: 60,
             open: 20,
             close: 20,
+            wrong_pin: 0,
         }
     }
 }
@@ -48,22 +52,29 @@ impl Default for Mix {
 impl std::str::FromStr for Mix {
     type Err = String;
 
-    /// `status/open/close` in percent, e.g. `60/20/20`.
+    /// `status/open/close[/wrong-pin]` in percent, e.g. `60/20/20` or `40/25/25/10`.
     fn from_str(s: &str) -> Result<Mix, String> {
         let parts: Vec<u8> = s
             .split('/')
             .map(|p| p.trim().parse::<u8>().map_err(|e| format!("{p:?}: {e}")))
             .collect::<Result<_, _>>()?;
-        let [status, open, close] = parts[..] else {
-            return Err("expected status/open/close percentages, e.g. 60/20/20".into());
+        let (status, open, close, wrong_pin) = match parts[..] {
+            [status, open, close] => (status, open, close, 0),
+            [status, open, close, wrong] => (status, open, close, wrong),
+            _ => {
+                return Err(
+                    "expected status/open/close[/wrong-pin] percentages, e.g. 60/20/20".into(),
+                )
+            }
         };
-        if u32::from(status) + u32::from(open) + u32::from(close) != 100 {
+        if u32::from(status) + u32::from(open) + u32::from(close) + u32::from(wrong_pin) != 100 {
             return Err(format!("{s}: the percentages must add up to 100"));
         }
         Ok(Mix {
             status,
             open,
             close,
+            wrong_pin,
         })
     }
 }
@@ -115,6 +126,12 @@ pub struct LoadConfig {
     /// the server handles as reordering (a replay window per token). Takes precedence over
     /// `counter_floor`.
     pub counters_file: Option<std::path::PathBuf>,
+    /// Where to write, at the end, what the server acknowledged for each token (see
+    /// [`write_acked`]): the crash test compares it with the database after a restart.
+    pub acked_file: Option<std::path::PathBuf>,
+    /// Set from outside (Ctrl-C) to stop sending early; the replies in flight are still
+    /// awaited and the summary is complete.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl LoadConfig {
@@ -133,6 +150,8 @@ impl LoadConfig {
             io: IoChoice::Mmsg,
             counter_floor: None,
             counters_file: None,
+            acked_file: None,
+            stop: None,
         }
     }
 }
@@ -209,8 +228,9 @@ pub struct Summary {
     /// Answered with a status other than OK (wrong PIN, blocked, ...): counted in `answered`
     /// too; non-zero means the server's tokens are not this token set.
     pub refused: u64,
-    /// Requests sent per type, in the order of [`KINDS`] (STATUS, OPEN, CLOSE).
-    pub sent_by_type: [u64; 3],
+    /// Requests sent per type, in the order of [`KINDS`] (STATUS, OPEN, CLOSE), then the
+    /// OPENs with a wrong PIN.
+    pub sent_by_type: [u64; 4],
     /// The sending phase.
     pub elapsed: Duration,
     /// `sent / elapsed`.
@@ -234,6 +254,7 @@ impl Summary {
             concat!(
                 "{{\"sent\":{},\"answered\":{},\"echoed\":{},\"lost\":{},\"errors\":{},",
                 "\"refused\":{},\"sent_status\":{},\"sent_open\":{},\"sent_close\":{},",
+                "\"sent_wrong_pin\":{},",
                 "\"elapsed_s\":{:.3},\"sent_pps\":{:.0},\"answered_pps\":{:.0},",
                 "\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}"
             ),
@@ -246,6 +267,7 @@ impl Summary {
             self.sent_by_type[0],
             self.sent_by_type[1],
             self.sent_by_type[2],
+            self.sent_by_type[3],
             self.elapsed.as_secs_f64(),
             self.sent_pps,
             self.answered_pps,
@@ -266,7 +288,7 @@ impl Summary {
             }
         };
         format!(
-            "sent      {} in {:.2} s = {:.0} packets/s (status/open/close {}/{}/{})\n\
+            "sent      {} in {:.2} s = {:.0} packets/s (status/open/close/wrong PIN {}/{}/{}/{})\n\
              replies   {:.0} packets/s: answered {} ({:.2} %), echoed {} ({:.2} %), refused {}\n\
              lost      {} ({:.3} %), errors {}\n\
              round trip p50 {} µs, p99 {} µs, p999 {} µs, max {} µs",
@@ -276,6 +298,7 @@ impl Summary {
             self.sent_by_type[0],
             self.sent_by_type[1],
             self.sent_by_type[2],
+            self.sent_by_type[3],
             self.answered_pps,
             self.answered,
             pct(self.answered),
@@ -293,6 +316,66 @@ impl Summary {
     }
 }
 
+/// The newest answer the server gave one token (the reply to the request with the highest
+/// counter), for the crash check: every reply is sent only after the changes of its receive
+/// batch and of every earlier batch are durable, so the state it reports must survive a
+/// `kill -9` of the server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Acked {
+    /// Counter of the request answered (0: never answered).
+    pub counter: u64,
+    /// The token's state in the reply (a `WireState` byte).
+    pub state: u8,
+    /// Failed authentications left before blocking, from the reply.
+    pub attempts_left: u8,
+    /// Counter of the last OPEN or CLOSE sent to the token (0: none).
+    pub last_change_sent: u64,
+}
+
+impl Acked {
+    /// No OPEN or CLOSE was sent after the answered request: the server's state must be
+    /// exactly the answered one (otherwise a later, unanswered change may or may not have
+    /// been applied).
+    pub fn settled(&self) -> bool {
+        self.counter > 0 && self.last_change_sent <= self.counter
+    }
+}
+
+/// Writes `acked` (token `i` of `tokens` at index `i`) as text: a `#` header, then one line
+/// per token that was answered at least once:
+/// `<token id hex> <index> <counter> <state> <attempts_left> <settled 0|1>`, the state by name
+/// (`pending`, `closed`, `open`, `blocked`).
+pub fn write_acked(
+    path: &std::path::Path,
+    tokens: &TokenSet,
+    acked: &[Acked],
+) -> Result<(), LoadError> {
+    use std::fmt::Write as _;
+    let mut out = String::from("# token_id index counter state attempts_left settled\n");
+    for (i, a) in acked.iter().enumerate().filter(|(_, a)| a.counter > 0) {
+        let state = match WireState::from_byte(a.state) {
+            Some(WireState::Pending) => "pending",
+            Some(WireState::Closed) => "closed",
+            Some(WireState::Open) => "open",
+            Some(WireState::Blocked) => "blocked",
+            None => "unknown",
+        };
+        let id = tokens.device_token(i as u64).id;
+        let hex: String = id.0.iter().map(|b| format!("{b:02x}")).collect();
+        let _ = writeln!(
+            out,
+            "{hex} {i} {} {state} {} {}",
+            a.counter,
+            a.attempts_left,
+            u8::from(a.settled())
+        );
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, out)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| LoadError::Config(format!("{}: {e}", path.display())))
+}
+
 /// One thread's counters.
 #[derive(Clone, Copy, Debug, Default)]
 struct Counts {
@@ -302,7 +385,7 @@ struct Counts {
     lost: u64,
     errors: u64,
     refused: u64,
-    by_type: [u64; 3],
+    by_type: [u64; 4],
 }
 
 impl Counts {
@@ -447,8 +530,18 @@ pub fn run(config: &LoadConfig, mut progress: impl FnMut(&Progress)) -> Result<S
         let mut hist = Histogram::new();
         let mut elapsed = Duration::ZERO;
         let mut next = vec![1u64; config.tokens.count() as usize];
+        let mut acked = if config.acked_file.is_some() {
+            vec![Acked::default(); config.tokens.count() as usize]
+        } else {
+            Vec::new()
+        };
         for (t, h) in handles.into_iter().enumerate() {
-            let (c, h, e, counters) = h.join().map_err(|_| LoadError::Thread)?;
+            let (c, h, e, counters, acks) = h.join().map_err(|_| LoadError::Thread)?;
+            for (j, a) in acks.into_iter().enumerate() {
+                if let Some(slot) = acked.get_mut(t + j * threads) {
+                    *slot = a;
+                }
+            }
             total.add(&c);
             hist.merge(&h);
             elapsed = elapsed.max(e);
@@ -460,6 +553,9 @@ pub fn run(config: &LoadConfig, mut progress: impl FnMut(&Progress)) -> Result<S
         }
         if let Some(path) = &config.counters_file {
             write_counters(path, &next)?;
+        }
+        if let Some(path) = &config.acked_file {
+            write_acked(path, &config.tokens, &acked)?;
         }
         let secs = elapsed.as_secs_f64().max(1e-9);
         Ok(Summary {
@@ -614,6 +710,8 @@ struct Worker<'a> {
     next_endpoint: usize,
     rate: Option<f64>,
     inflight: HashMap<([u8; 16], u64), Pending>,
+    /// Per token, when the acknowledged answers are recorded (else empty).
+    acked: Vec<Acked>,
     order: VecDeque<(([u8; 16], u64), Instant)>,
     counts: Counts,
     total: Histogram,
@@ -630,6 +728,7 @@ impl<'a> Worker<'a> {
         counters: Vec<u64>,
         shared: &'a Shared,
     ) -> Worker<'a> {
+        let n_tokens = tokens.len();
         Worker {
             config,
             tokens,
@@ -641,6 +740,11 @@ impl<'a> Worker<'a> {
             next_endpoint: t,
             rate: config.rate.map(|r| r as f64 / threads as f64),
             inflight: HashMap::with_capacity(config.window * 2),
+            acked: if config.acked_file.is_some() {
+                vec![Acked::default(); n_tokens]
+            } else {
+                Vec::new()
+            },
             order: VecDeque::with_capacity(config.window * 2),
             counts: Counts::default(),
             total: Histogram::new(),
@@ -658,7 +762,7 @@ impl<'a> Worker<'a> {
 
     /// Sends until `duration`, then drains; returns the counters, the latency histogram and
     /// the length of the sending phase.
-    fn run(mut self, start: Instant) -> (Counts, Histogram, Duration, Vec<u64>) {
+    fn run(mut self, start: Instant) -> (Counts, Histogram, Duration, Vec<u64>, Vec<Acked>) {
         let end = start + self.config.duration;
         let mut out = PacketBatch::with_capacity(BATCH);
         let mut inb = PacketBatch::with_capacity(BATCH * 2);
@@ -666,7 +770,12 @@ impl<'a> Worker<'a> {
         let mut send_end = None;
         loop {
             let now = Instant::now();
-            let sending = now < end;
+            let stopped = self
+                .config
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Relaxed));
+            let sending = now < end && !stopped;
             if !sending {
                 send_end.get_or_insert(now);
                 if self.inflight.is_empty() {
@@ -713,7 +822,7 @@ impl<'a> Worker<'a> {
         }
         self.flush();
         let elapsed = send_end.unwrap_or(end).duration_since(start);
-        (self.counts, self.total, elapsed, self.counters)
+        (self.counts, self.total, elapsed, self.counters, self.acked)
     }
 
     /// Builds `n` requests into `out` (cleared first); returns how many.
@@ -723,10 +832,10 @@ impl<'a> Worker<'a> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let time = Be64::new(device_time);
-        let (status_pct, open_pct) = (
-            u64::from(self.config.mix.status),
-            u64::from(self.config.mix.status) + u64::from(self.config.mix.open),
-        );
+        let mix = self.config.mix;
+        let status_pct = u64::from(mix.status);
+        let open_pct = status_pct + u64::from(mix.open);
+        let close_pct = open_pct + u64::from(mix.close);
         let endpoints = self.config.endpoints.len().max(1);
         let mut built = 0;
         for _ in 0..n {
@@ -742,18 +851,30 @@ impl<'a> Worker<'a> {
                 (MsgType::Status, 0)
             } else if roll < open_pct {
                 (MsgType::Open, 1)
-            } else {
+            } else if roll < close_pct {
                 (MsgType::Close, 2)
+            } else {
+                (MsgType::Open, 3)
             };
+            if kind != MsgType::Status {
+                if let Some(a) = self.acked.get_mut(j) {
+                    a.last_change_sent = c;
+                }
+            }
             let plain = PlainRequest {
                 device_time_ms: time,
                 zero: [0; 16],
             };
             let opened;
             let body: &[u8] = if kind == MsgType::Open {
+                let mut proof = self.verifier.proof(kind, &token.id.0, c);
+                if k == 3 {
+                    // A wrong PIN: any other proof.
+                    proof[0] ^= 0x5a;
+                }
                 opened = OpenRequest {
                     device_time_ms: time,
-                    proof: self.verifier.proof(kind, &token.id.0, c),
+                    proof,
                 };
                 opened.as_bytes()
             } else {
@@ -816,6 +937,13 @@ impl<'a> Worker<'a> {
                 if let ReplyBody::Status(s) = r.body {
                     if s.status != ReplyStatus::Ok as u8 {
                         self.counts.refused += 1;
+                    }
+                    if let Some(a) = self.acked.get_mut(p.token) {
+                        if key.1 > a.counter {
+                            a.counter = key.1;
+                            a.state = s.state;
+                            a.attempts_left = s.attempts_left;
+                        }
                     }
                 }
             }

@@ -28,6 +28,8 @@ mod histogram;
 mod tokens;
 
 pub use cli::{LoadgenArgs, PrepareArgs};
-pub use gen::{run, IoChoice, LoadConfig, LoadError, Mix, Progress, Summary, KINDS};
+pub use gen::{
+    run, write_acked, Acked, IoChoice, LoadConfig, LoadError, Mix, Progress, Summary, KINDS,
+};
 pub use histogram::Histogram;
 pub use tokens::{DeviceToken, TokenSet};

@@ -111,6 +111,7 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
     );
     let mut batch = Batch::new();
     let mut last_tick = Instant::now();
+    let mut failing_since: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
         if hup.swap(false, Ordering::Relaxed) {
@@ -122,10 +123,28 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
         last_tick = Instant::now();
         engine.tick(now_ms(), &mut batch);
         if !batch.is_empty() {
-            store
-                .commit(&batch.mutations, &*engine)
-                .context("committing timer changes")?;
-            engine.publish(&mut batch);
+            // A failed write keeps the batch: it is written with the next tick's changes
+            // (records are versioned, a retry never overwrites a newer state) and the
+            // events are published only once it is durable. The server keeps serving.
+            match store.commit(&batch.mutations, &*engine) {
+                Ok(_) => {
+                    engine.publish(&mut batch);
+                    if failing_since.take().is_some() {
+                        eprintln!("zoftoken: timer changes written again after failures");
+                    }
+                }
+                Err(e) => {
+                    metrics::counter!("zoftoken_timer_commit_failures_total").increment(1);
+                    if failing_since.is_none() {
+                        failing_since = Some(Instant::now());
+                        eprintln!(
+                            "zoftoken: error: cannot write timer changes ({} pending): {e}; \
+                             retrying every second",
+                            batch.mutations.len()
+                        );
+                    }
+                }
+            }
         }
         engine.export_metrics();
     }

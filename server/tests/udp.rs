@@ -354,6 +354,120 @@ fn acknowledged_changes_survive_kill_9() {
     server.stop();
 }
 
+/// `kill -9` in the middle of a load: the load generator records, for every token, the state
+/// in the server's answer to its newest answered request; after a restart the database must
+/// hold exactly that state (and failure count) for every token to which no OPEN or CLOSE was
+/// sent after that answer (the others may or may not have taken a later, unanswered change).
+#[test]
+fn every_acknowledged_change_survives_kill_9_during_a_load() {
+    let e = Env::new("mmsg");
+    let o = e
+        .cmd(&["loadgen", "prepare", "--tokens", "3000", "--seed", "7"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let server = e.serve();
+    let acked = e.dir.path().join("acked.txt");
+    let load = e
+        .cmd(&[
+            "--json",
+            "loadgen",
+            "run",
+            "--endpoint",
+            &e.udp.to_string(),
+            "--tokens",
+            "3000",
+            "--seed",
+            "7",
+            "--duration",
+            "3",
+            "--rate",
+            "20000",
+            "--mix",
+            "20/35/30/15",
+            "--timeout-ms",
+            "300",
+            "--acked",
+            acked.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    server.kill9();
+    let out = load.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(
+        out.stdout
+            .split(|b| *b == b'\n')
+            .rfind(|l| l.starts_with(b"{"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(summary["answered"].as_u64().unwrap() > 1000, "{summary}");
+    assert!(
+        summary["lost"].as_u64().unwrap() > 0,
+        "the kill came after the load: {summary}"
+    );
+
+    // Restart: the server loads every token; then the database is read with the server stopped.
+    let server = e.serve();
+    server.stop();
+    let o = e
+        .cmd(&["token", "list", "--service", "bank", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let db: std::collections::HashMap<&str, (&str, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["token_id"].as_str().unwrap(),
+                (
+                    r["state"].as_str().unwrap(),
+                    r["failures"].as_u64().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(db.len(), 3000);
+    let text = std::fs::read_to_string(&acked).unwrap();
+    let (mut settled, mut unsettled) = (0, 0);
+    let mut seen = std::collections::HashMap::<&str, usize>::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let f: Vec<&str> = line.split(' ').collect();
+        let [id, _index, _counter, state, attempts_left, is_settled] = f[..] else {
+            panic!("bad line {line:?}");
+        };
+        let (db_state, db_failures) = db[id];
+        if is_settled == "1" {
+            settled += 1;
+            *seen.entry(state).or_default() += 1;
+            let failures = 3 - attempts_left.parse::<u64>().unwrap();
+            assert_eq!(
+                (db_state, db_failures.min(3)),
+                (state, failures),
+                "token {id}: acknowledged {state} with {failures} failures, database after \
+                 kill -9 and restart says {db_state} with {db_failures}"
+            );
+        } else {
+            unsettled += 1;
+        }
+    }
+    eprintln!("settled {settled} ({seen:?}), unsettled {unsettled}; load: {summary}");
+    // The load reached tokens in every state, and most answers are settled ones.
+    assert!(settled > 1000, "settled {settled}, unsettled {unsettled}");
+    for state in ["open", "closed", "blocked"] {
+        assert!(seen.get(state).copied().unwrap_or(0) > 10, "{seen:?}");
+    }
+}
+
 #[test]
 fn sighup_reloads_services_without_stopping() {
     let e = Env::new("auto");
