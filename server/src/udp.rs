@@ -254,8 +254,11 @@ impl IoThread {
                     .withheld
                     .fetch_add(replies.len() as u64, Ordering::Relaxed);
                 self.log_error(&format!(
-                    "cannot write to the database, {} replies withheld (the apps will retry): {e}",
-                    replies.len()
+                    "cannot write to the database, {} withheld (the apps will retry): {e}",
+                    match replies.len() {
+                        1 => "1 reply".to_string(),
+                        n => format!("{n} replies"),
+                    }
                 ));
             }
         }

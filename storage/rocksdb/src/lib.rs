@@ -12,7 +12,7 @@
 use std::path::Path;
 
 use rocksdb::{
-    BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, ErrorKind, MemtableFactory,
+    BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, Env, ErrorKind, MemtableFactory,
     MergeOperands, Options, ReadOptions, WriteOptions, DB,
 };
 use zoftoken_storage::kv::{KeyValue, Visitor};
@@ -85,6 +85,12 @@ impl RocksKv {
         opts.set_max_total_wal_size(512 << 20);
         opts.set_keep_log_file_num(4);
         opts.set_paranoid_checks(true);
+        // Flushes and compactions run at a lower CPU priority (nice) than the packet path:
+        // on a machine whose cores all run IO threads, a memtable flush must not delay replies.
+        let mut env = Env::new().map_err(error)?;
+        env.lower_thread_pool_cpu_priority();
+        env.lower_high_priority_thread_pool_cpu_priority();
+        opts.set_env(&env);
         let cfs = Cf::ALL
             .into_iter()
             .filter(|c| *c != Cf::Meta)
