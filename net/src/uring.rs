@@ -198,6 +198,11 @@ pub struct UringDriver {
     /// The header the multishot receive was armed with (names and control lengths only).
     recv_hdr: Box<libc::msghdr>,
     armed: bool,
+    /// Whether the ring accepts submissions (a ring with deferred task running starts
+    /// disabled until its issuing thread enables it).
+    enabled: bool,
+    /// Deferred task running: completions must be asked for (`GETEVENTS`).
+    deferred: bool,
     send: SendSlots,
     /// Completions copied out of the ring before they are handled.
     cqes: Vec<(u64, i32, u32)>,
@@ -217,7 +222,30 @@ impl UringDriver {
     /// buffer rings or multishot receive are unavailable.
     pub fn new(socket: UdpSocket) -> io::Result<UringDriver> {
         socket.set_nonblocking(true)?;
-        let ring = IoUring::new(RING_ENTRIES)?;
+        // Deferred task running (Linux 6.1+): the kernel posts completions only when the
+        // owning thread asks for them, in one go per loop turn, instead of interrupting the
+        // thread for every datagram of the multishot receive. It needs a single issuer, and
+        // the driver is usually created on one thread and used on another: the ring starts
+        // disabled and the first thread to receive or send enables it and becomes its issuer.
+        if let Ok(ring) = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_r_disabled()
+            .build(RING_ENTRIES)
+        {
+            if let Ok(driver) = Self::with_ring(ring, socket.try_clone()?, true) {
+                return Ok(driver);
+            }
+        }
+        // Older kernels: cooperative task running (5.19+), else a plain ring.
+        let ring = IoUring::builder()
+            .setup_coop_taskrun()
+            .build(RING_ENTRIES)
+            .or_else(|_| IoUring::new(RING_ENTRIES))?;
+        Self::with_ring(ring, socket, false)
+    }
+
+    fn with_ring(ring: IoUring, socket: UdpSocket, deferred: bool) -> io::Result<UringDriver> {
         let mut probe = io_uring::Probe::new();
         ring.submitter().register_probe(&mut probe)?;
         if !probe.is_supported(opcode::RecvMsg::CODE) || !probe.is_supported(opcode::SendMsg::CODE)
@@ -252,14 +280,30 @@ impl UringDriver {
             bufring,
             recv_hdr,
             armed: false,
+            enabled: !deferred,
+            deferred,
             send: SendSlots::new(),
             cqes: Vec::with_capacity(2 * RING_ENTRIES as usize),
             stash: VecDeque::new(),
             stats: DriverStats::default(),
         };
-        driver.arm()?;
-        driver.ring.submit()?;
+        if driver.enabled {
+            driver.arm()?;
+            driver.ring.submit()?;
+        }
         Ok(driver)
+    }
+
+    /// Enables a ring created disabled (deferred task running): the calling thread becomes
+    /// its only issuer; then arms the receive.
+    fn enable(&mut self) -> io::Result<()> {
+        if !self.enabled {
+            self.ring.submitter().register_enable_rings()?;
+            self.enabled = true;
+            self.arm()?;
+            self.ring.submit()?;
+        }
+        Ok(())
     }
 
     /// Queues the multishot receive.
@@ -393,6 +437,7 @@ impl Driver for UringDriver {
     }
 
     fn recv(&mut self, into: &mut PacketBatch, timeout: Duration) -> io::Result<usize> {
+        self.enable()?;
         let start = into.len();
         while !into.is_full() {
             let Some((peer, data)) = self.stash.pop_front() else {
@@ -405,6 +450,9 @@ impl Driver for UringDriver {
         }
         if self.ring.completion().is_empty() && !timeout.is_zero() && into.len() == start {
             self.wait(timeout)?;
+        } else if self.deferred {
+            // Completions are posted only when asked for: ask without waiting.
+            self.wait(Duration::ZERO)?;
         } else {
             self.ring.submit()?;
         }
@@ -419,6 +467,7 @@ impl Driver for UringDriver {
     }
 
     fn send(&mut self, batch: &PacketBatch) -> io::Result<()> {
+        self.enable()?;
         for (peer, data) in batch.iter() {
             if self.send.free.is_empty() {
                 // Every slot is in flight: wait for the kernel to finish some.
