@@ -142,8 +142,6 @@ impl TotpSecret {
     }
 }
 
-/// Failed authentications that block a token.
-
 /// Expiry timers of one shard: a min-heap of `(open_until_ms, slot)` holding at most one
 /// entry per token (memory is bounded by the number of tokens, however often they reopen).
 pub(crate) type Timers = std::collections::BinaryHeap<std::cmp::Reverse<(u64, u32)>>;

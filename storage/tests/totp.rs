@@ -117,6 +117,18 @@ fn a_totp_token_survives_a_restart_with_its_kind_and_last_step() {
     assert_eq!(state.failures, 0);
     let check = s.store.check().unwrap();
     assert!(check.problems.is_empty(), "{:?}", check.problems);
+    // The admin commands' single-token load brings the kind and the last step too.
+    let one = Engine::new(EngineConfig::new(services(), 9, [9; 32])).unwrap();
+    assert!(s.store.load_one(&one, s.now, &t.token_id).unwrap());
+    assert_eq!(
+        one.status_by_id(s.now, &t.token_id).unwrap().kind,
+        TokenKind::Totp
+    );
+    let mut batch = Batch::new();
+    assert_eq!(
+        one.validate_code(s.now, &t.token_id, &next, &mut batch),
+        Ok(OfflineOutcome::Rejected { attempts_left: 2 })
+    );
 
     // Export, import into a new database, load: still TOTP, still the same last step.
     let mut export = Vec::new();
