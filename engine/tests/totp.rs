@@ -668,3 +668,65 @@ fn a_reload_from_the_committed_records_keeps_the_kind_and_the_last_step() {
         Ok(OfflineOutcome::Accepted { duress: false })
     );
 }
+
+#[test]
+fn a_totp_token_re_enrolled_for_the_app_pairs_and_becomes_an_app_token() {
+    use zoftoken_device::{MemoryStore, Pairing, Request};
+    use zoftoken_proto::deeplink::Deeplink;
+    use zoftoken_proto::PinVerifier;
+    let mut w = World::new();
+    let t = w
+        .admin(|e, now, b| e.enroll_totp(now, "bank", "alice", b))
+        .unwrap();
+    let ticket = w
+        .admin(|e, now, b| e.enroll(now, "bank", "alice", b))
+        .unwrap();
+    let mut pairing = Pairing::from_deeplink(&Deeplink::parse(&ticket.deeplink).unwrap());
+    let src: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+    let mut deliver = |w: &mut World, datagram: &[u8]| -> Vec<u8> {
+        let mut d = datagram.to_vec();
+        let mut out = [0u8; 1200];
+        let mut batch = Batch::new();
+        let outcome = w
+            .engine
+            .handle_packet(w.now, src, &mut d, &mut out, &mut batch);
+        w.commit.commit(&batch.mutations).unwrap();
+        match outcome {
+            PacketOutcome::Reply(n) => out[..n].to_vec(),
+            PacketOutcome::Drop(r) => panic!("dropped: {r:?}"),
+        }
+    };
+    let mut out = [0u8; 1200];
+    let tx = pairing.init_request(w.now, [0x42; 32], &mut out).unwrap();
+    let mut reply = deliver(&mut w, &out[..tx.len]);
+    let offer = pairing.handle_init_reply(&mut reply).unwrap();
+    assert_eq!(offer.token_id, t.token_id);
+    let pin = PinVerifier::derive("2468", &offer.token_id).unwrap();
+    let tx = pairing
+        .complete_request(&pin, None, w.now, &mut out)
+        .unwrap();
+    let mut reply = deliver(&mut w, &out[..tx.len]);
+    let mut store = MemoryStore::default();
+    let mut token = pairing
+        .handle_complete_reply(&mut store, &mut reply)
+        .unwrap()
+        .unwrap();
+    let st = w.engine.status_by_id(w.now, &t.token_id).unwrap();
+    assert_eq!((st.kind, st.state), (TokenKind::App, TokenState::Closed));
+    assert_eq!(w.record(&t.token_id).kind, TokenKind::App);
+    // The app's packets are answered now, and the old TOTP codes are no longer valid.
+    let tx = token
+        .request(&mut store, Request::Open(&pin), w.now, &mut out)
+        .unwrap();
+    let mut reply = deliver(&mut w, &out[..tx.len]);
+    token.handle_reply(&mut reply).unwrap();
+    assert_eq!(
+        w.engine.status_by_id(w.now, &t.token_id).unwrap().state,
+        TokenState::Open
+    );
+    let old = reference_totp(&key_of(&t), w.now_s(), 30, 6);
+    assert_eq!(
+        w.validate(&t.token_id, &old),
+        Ok(OfflineOutcome::Rejected { attempts_left: 2 })
+    );
+}
