@@ -683,7 +683,7 @@ fn a_totp_token_re_enrolled_for_the_app_pairs_and_becomes_an_app_token() {
         .unwrap();
     let mut pairing = Pairing::from_deeplink(&Deeplink::parse(&ticket.deeplink).unwrap());
     let src: SocketAddr = "192.0.2.7:40000".parse().unwrap();
-    let mut deliver = |w: &mut World, datagram: &[u8]| -> Vec<u8> {
+    let deliver = |w: &mut World, datagram: &[u8]| -> Vec<u8> {
         let mut d = datagram.to_vec();
         let mut out = [0u8; 1200];
         let mut batch = Batch::new();
