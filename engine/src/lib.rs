@@ -10,6 +10,13 @@
 //! bounded [`EventBus`]. [`Engine::tick`] runs timers (window expiry, transaction expiry,
 //! housekeeping).
 //!
+//! Two kinds of token ([`TokenKind`]): app tokens, which our phone app pairs and drives over
+//! UDP, and standard authenticator tokens (RFC 6238 TOTP, [`Engine::enroll_totp`]), usable at
+//! once from an `otpauth://` URI. Both validate one-time codes ([`Engine::validate_code`]),
+//! can be forced, deleted and given backup codes; a TOTP token never opens by itself, its
+//! device packets are dropped, and offline challenges and transactions are refused for it
+//! ([`EngineError::NotForTotp`]).
+//!
 //! It does no IO and reads no clock: `now_ms` is an argument everywhere, and randomness comes
 //! from seeded generators, so every rule is tested on a virtual clock. Storage, sockets, HTTP
 //! and webhooks are other crates' business. Usernames are cold data: the engine keeps token
@@ -35,8 +42,8 @@ use zoftoken_proto::replay::ReplayWindow;
 use zoftoken_proto::DropReason;
 
 pub use admin::{
-    EnrollmentTicket, Force, OfflineOutcome, TokenStatus, BACKUP_CODES, BACKUP_DIGITS,
-    TX_RETENTION_MS,
+    EnrollmentTicket, Force, OfflineOutcome, TokenStatus, TotpEnrollment, BACKUP_CODES,
+    BACKUP_DIGITS, TX_RETENTION_MS,
 };
 pub use authkeys::{Access, AuthkeyConfig, Authkeys, Right};
 pub use config::{ServiceConfig, WebhookConfig};
@@ -47,7 +54,7 @@ pub use mutation::{
     TokenStateRecord,
 };
 pub use side::Transaction;
-pub use state::TokenState;
+pub use state::{TokenKind, TokenState};
 
 /// Errors of the API operations. Network input never produces these: bad packets are dropped.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -70,6 +77,10 @@ pub enum EngineError {
     /// No offline challenge is outstanding for the token (none, used or expired).
     #[error("no offline challenge outstanding")]
     NoChallenge,
+    /// The operation needs our phone app (offline challenge and response, transactions) and
+    /// the token is a standard authenticator (TOTP) token, which has neither app nor PIN.
+    #[error("not available for standard authenticator (TOTP) tokens")]
+    NotForTotp,
     /// The configuration is invalid.
     #[error("invalid configuration: {0:?}")]
     Config(Vec<config::ConfigError>),
