@@ -64,6 +64,12 @@ pub struct WebhookDoc {
     /// Event names to deliver; empty or absent: all.
     #[serde(default)]
     pub events: Vec<String>,
+    /// The secret being rotated out: deliveries are signed with both until it is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret: Option<String>,
+    /// PEM file of extra CA certificates for the endpoint (besides the system roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
 }
 
 impl std::fmt::Debug for WebhookDoc {
@@ -72,6 +78,11 @@ impl std::fmt::Debug for WebhookDoc {
             .field("url", &self.url)
             .field("secret", &"<redacted>")
             .field("events", &self.events)
+            .field(
+                "previous_secret",
+                &self.previous_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -132,6 +143,8 @@ impl ServiceDoc {
                 url: w.url.clone(),
                 secret: w.secret.clone(),
                 events: w.events.clone(),
+                previous_secret: w.previous_secret.clone(),
+                ca_file: w.ca_file.clone(),
             }),
         };
         (config, errors)
@@ -157,6 +170,8 @@ impl ServiceDoc {
                 url: w.url.clone(),
                 secret: w.secret.clone(),
                 events: w.events.clone(),
+                previous_secret: w.previous_secret.clone(),
+                ca_file: w.ca_file.clone(),
             }),
         }
     }
