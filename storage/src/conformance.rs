@@ -579,7 +579,9 @@ pub fn store_tracks_webhook_deliveries(h: &mut dyn Harness) {
             Actor::Device,
         ))
     };
-    let s1 = store.commit(&[ev(1, 10), ev(2, 11), ev(3, 12)], &e).unwrap();
+    let s1 = store
+        .commit(&[ev(1, 10), ev(2, 11), ev(3, 12)], &e)
+        .unwrap();
     let s2 = store.commit(&[ev(4, 13)], &e).unwrap();
     let (pending, last) = store.pending_commits(0, 100, &mut |_| false).unwrap();
     assert_eq!(last, Some(s2));
@@ -645,7 +647,10 @@ pub fn store_tracks_webhook_deliveries(h: &mut dyn Harness) {
     assert!(!store.replay_dead_letter(s1, 2).unwrap());
     assert!(store.dead_letters(10).unwrap().is_empty());
     assert_eq!(store.replays(10).unwrap()[0].event, dead_event);
-    assert!(store.disabled_endpoints().unwrap().is_empty(), "replay re-enables");
+    assert!(
+        store.disabled_endpoints().unwrap().is_empty(),
+        "replay re-enables"
+    );
     let mut w = DeliveryWrite::new();
     w.replay_done(s1, 2);
     store.write_deliveries(w).unwrap();

@@ -249,12 +249,14 @@ impl DeliveryWrite {
         let (seq, index) = (r.event.seq, r.event.index);
         self.batch
             .put(Cf::Webhooks, event_key(DEAD, seq, index), encode_dead(r));
-        self.batch.delete(Cf::Webhooks, event_key(REPLAY, seq, index));
+        self.batch
+            .delete(Cf::Webhooks, event_key(REPLAY, seq, index));
     }
 
     /// A replayed dead letter was delivered.
     pub fn replay_done(&mut self, seq: u64, index: u16) {
-        self.batch.delete(Cf::Webhooks, event_key(REPLAY, seq, index));
+        self.batch
+            .delete(Cf::Webhooks, event_key(REPLAY, seq, index));
     }
 
     /// Marks an endpoint disabled (410).
@@ -405,10 +407,16 @@ impl Store {
         if limit == 0 {
             return Ok(out);
         }
-        try_scan(&**self.kv(), Cf::Webhooks, &[tag], Some(&[tag + 1]), &mut |k, v| {
-            out.push(decode_dead(k, v).ok_or_else(|| corrupt(Cf::Webhooks, k, "undecodable"))?);
-            Ok(out.len() < limit)
-        })?;
+        try_scan(
+            &**self.kv(),
+            Cf::Webhooks,
+            &[tag],
+            Some(&[tag + 1]),
+            &mut |k, v| {
+                out.push(decode_dead(k, v).ok_or_else(|| corrupt(Cf::Webhooks, k, "undecodable"))?);
+                Ok(out.len() < limit)
+            },
+        )?;
         Ok(out)
     }
 
@@ -493,7 +501,10 @@ mod tests {
     #[test]
     fn ids_round_trip() {
         assert_eq!(event_id(0x1234, 7), "msg_00000000000012340007");
-        assert_eq!(parse_event_id(&event_id(u64::MAX, 65535)), Some((u64::MAX, 65535)));
+        assert_eq!(
+            parse_event_id(&event_id(u64::MAX, 65535)),
+            Some((u64::MAX, 65535))
+        );
         assert_eq!(parse_event_id("msg_0000000000001234000"), None);
         assert_eq!(parse_event_id("msg_0000000000001234000g"), None);
         assert_eq!(parse_event_id("xyz_00000000000012340007"), None);

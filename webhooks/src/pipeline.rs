@@ -416,7 +416,9 @@ impl Reader {
                     .collect();
                 drop(live);
                 if !new.is_empty() {
-                    self.shared.in_memory.fetch_add(new.len(), Ordering::Relaxed);
+                    self.shared
+                        .in_memory
+                        .fetch_add(new.len(), Ordering::Relaxed);
                     let _ = self.tx.send(Msg::Replays(new));
                 }
             }
@@ -911,8 +913,7 @@ impl Dispatcher {
                         };
                         self.pending.disable(&d);
                         self.disabled.insert(service.to_string(), d);
-                        metrics::counter!("zoftoken_webhook_endpoints_disabled_total")
-                            .increment(1);
+                        metrics::counter!("zoftoken_webhook_endpoints_disabled_total").increment(1);
                     }
                 }
                 let err = attempt

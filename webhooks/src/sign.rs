@@ -26,7 +26,7 @@ pub fn secret_key_bytes(secret: &str) -> Option<Zeroizing<Vec<u8>>> {
 }
 
 /// HMAC-SHA256 keys for the valid secrets of a webhook (current first).
-pub(crate) fn keys(secrets: &[&str]) -> Vec<hmac::Key> {
+pub fn keys(secrets: &[&str]) -> Vec<hmac::Key> {
     secrets
         .iter()
         .filter_map(|s| secret_key_bytes(s))

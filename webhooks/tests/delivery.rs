@@ -45,7 +45,10 @@ fn key_of(secret: &str) -> Vec<u8> {
 /// Whether one of the space-separated `v1,` signatures is HMAC-SHA256(key, id.ts.body), and
 /// the timestamp is within five minutes of now.
 fn verify(secret: &str, d: &Delivery) -> bool {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let ts: i64 = d.timestamp.parse().unwrap();
     if (now - ts).abs() > 300 {
         return false;
@@ -144,8 +147,11 @@ fn receiver(rt: &tokio::runtime::Runtime, at: Option<SocketAddr>, behave: Behave
                                 .map(|v| v.to_str().unwrap().to_owned())
                                 .unwrap_or_default()
                         };
-                        let (id, timestamp, signature) =
-                            (h("webhook-id"), h("webhook-timestamp"), h("webhook-signature"));
+                        let (id, timestamp, signature) = (
+                            h("webhook-id"),
+                            h("webhook-timestamp"),
+                            h("webhook-signature"),
+                        );
                         assert_eq!(h("content-type"), "application/json");
                         let body = req.into_body().collect().await.unwrap().to_bytes().to_vec();
                         let json: Value = serde_json::from_slice(&body).unwrap();
@@ -216,7 +222,10 @@ fn setup(services: Vec<ServiceConfig>) -> (Arc<Store>, Arc<Engine>) {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// Commits events (creating their tokens first if needed) in one batch and publishes them.
@@ -224,7 +233,9 @@ fn commit(store: &Store, engine: &Engine, events: &[(&str, &str, Event)]) -> u64
     let mut m = Vec::new();
     for (svc, user, e) in events {
         if store.token_info(&e.token_id).unwrap().is_none()
-            && !m.iter().any(|x| matches!(x, Mutation::TokenCreated { token_id, .. } if *token_id == e.token_id))
+            && !m.iter().any(
+                |x| matches!(x, Mutation::TokenCreated { token_id, .. } if *token_id == e.token_id),
+            )
         {
             m.push(Mutation::TokenCreated {
                 token_id: e.token_id,
@@ -315,8 +326,10 @@ fn every_event_type_arrives_signed_with_its_fields() {
             ev(&engine, "shop", "sam", kind, t + 100 + i as u64),
         ));
     }
-    let refs: Vec<(&str, &str, Event)> =
-        events.iter().map(|(s, u, e)| (*s, u.as_str(), e.clone())).collect();
+    let refs: Vec<(&str, &str, Event)> = events
+        .iter()
+        .map(|(s, u, e)| (*s, u.as_str(), e.clone()))
+        .collect();
     let seq = commit(&store, &engine, &refs);
 
     wait_until("13 bank deliveries", Duration::from_secs(10), || {
@@ -329,15 +342,26 @@ fn every_event_type_arrives_signed_with_its_fields() {
     assert_eq!(got.len(), 13, "each event once");
     for d in &got {
         assert!(verify(secret, d), "new secret verifies {}", d.id);
-        assert!(verify("old plain secret", d), "old secret verifies {}", d.id);
+        assert!(
+            verify("old plain secret", d),
+            "old secret verifies {}",
+            d.id
+        );
         assert!(!verify("whsec_AAAAAAAA", d));
         let j = &d.json;
         assert_eq!(j["id"], d.id.as_str());
         assert_eq!(j["service"], "bank");
-        assert_eq!(j["secret"], secret, "the configured secret, as the product promises");
+        assert_eq!(
+            j["secret"], secret,
+            "the configured secret, as the product promises"
+        );
         let kind = EventKind::from_name(j["type"].as_str().unwrap()).unwrap();
         let i = EventKind::ALL.iter().position(|k| *k == kind).unwrap();
-        assert_eq!(d.id, event_id(seq, i as u16), "stable id from the outbox position");
+        assert_eq!(
+            d.id,
+            event_id(seq, i as u16),
+            "stable id from the outbox position"
+        );
         assert_eq!(j["username"], format!("user-{}", kind.name()));
         assert_eq!(j["time_ms"], t + i as u64);
         assert_eq!(j["actor"], "device");
@@ -387,16 +411,25 @@ fn receiver_down_then_up_gets_everything_in_token_order() {
     for round in 0..20u64 {
         for user in 0..5u64 {
             let name = format!("u{user}");
-            let kind = if round % 2 == 0 { EventKind::Opened } else { EventKind::Closed };
+            let kind = if round % 2 == 0 {
+                EventKind::Opened
+            } else {
+                EventKind::Closed
+            };
             let e = ev(&engine, "bank", &name, kind, t + round * 10 + user);
             let seq = commit(&store, &engine, &[("bank", &name, e)]);
             expected.insert(event_id(seq, 0), (name, t + round * 10 + user));
         }
     }
     std::thread::sleep(Duration::from_millis(300));
-    assert!(!outbox_empty(&store), "nothing delivered while the receiver is down");
+    assert!(
+        !outbox_empty(&store),
+        "nothing delivered while the receiver is down"
+    );
     let up = receiver(&rt, Some(addr), Arc::new(|_| Answer::Status(200)));
-    wait_until("100 deliveries", Duration::from_secs(20), || up.distinct().len() == 100);
+    wait_until("100 deliveries", Duration::from_secs(20), || {
+        up.distinct().len() == 100
+    });
     wait_until("the outbox to empty", Duration::from_secs(10), || {
         outbox_empty(&store)
     });
@@ -412,7 +445,9 @@ fn receiver_down_then_up_gets_everything_in_token_order() {
             assert!(prev.is_none_or(|p| p < *time), "per-token order for {user}");
         }
     }
-    assert!(zoftoken_webhooks::dead_letters(&store, 10).unwrap().is_empty());
+    assert!(zoftoken_webhooks::dead_letters(&store, 10)
+        .unwrap()
+        .is_empty());
     pipeline.shutdown();
 }
 
@@ -428,7 +463,11 @@ fn a_restart_without_acknowledgements_redelivers_with_the_same_ids() {
         let seq = commit(
             &store,
             &engine,
-            &[("bank", &name, ev(&engine, "bank", &name, EventKind::Opened, t + i))],
+            &[(
+                "bank",
+                &name,
+                ev(&engine, "bank", &name, EventKind::Opened, t + i),
+            )],
         );
         expected.insert(event_id(seq, 0));
     }
@@ -447,7 +486,11 @@ fn a_restart_without_acknowledgements_redelivers_with_the_same_ids() {
     });
     first.abandon();
     let before: Vec<Delivery> = recv.deliveries();
-    assert_eq!(store.outbox(0, 1000).unwrap().len(), 200, "no acknowledgement was written");
+    assert_eq!(
+        store.outbox(0, 1000).unwrap().len(),
+        200,
+        "no acknowledgement was written"
+    );
 
     let second = Pipeline::start(fast(), store.clone(), engine.clone()).unwrap();
     wait_until("the outbox to empty", Duration::from_secs(20), || {
@@ -456,8 +499,16 @@ fn a_restart_without_acknowledgements_redelivers_with_the_same_ids() {
     let all = recv.deliveries();
     assert_eq!(recv.distinct(), expected, "every event arrived");
     for d in &before {
-        let again: Vec<&Delivery> = all[before.len()..].iter().filter(|x| x.id == d.id).collect();
-        assert_eq!(again.len(), 1, "{} delivered again once, same webhook-id", d.id);
+        let again: Vec<&Delivery> = all[before.len()..]
+            .iter()
+            .filter(|x| x.id == d.id)
+            .collect();
+        assert_eq!(
+            again.len(),
+            1,
+            "{} delivered again once, same webhook-id",
+            d.id
+        );
         assert_eq!(again[0].body, d.body, "same event");
         assert!(verify("s3cret", again[0]));
     }
@@ -487,13 +538,21 @@ fn gone_disables_the_endpoint_until_the_configuration_changes_or_a_replay() {
         commit(
             &store,
             &engine,
-            &[("bank", "ana", ev(&engine, "bank", "ana", EventKind::Opened, t + i))],
+            &[(
+                "bank",
+                "ana",
+                ev(&engine, "bank", "ana", EventKind::Opened, t + i),
+            )],
         );
     }
     wait_until("three dead letters", Duration::from_secs(10), || {
         zoftoken_webhooks::dead_letters(&store, 10).unwrap().len() == 3
     });
-    assert_eq!(recv.deliveries().len(), 1, "one attempt, then the endpoint is disabled");
+    assert_eq!(
+        recv.deliveries().len(),
+        1,
+        "one attempt, then the endpoint is disabled"
+    );
     let disabled = zoftoken_webhooks::disabled_endpoints(&store).unwrap();
     assert_eq!(disabled.len(), 1);
     assert_eq!(disabled[0].service, "bank");
@@ -505,7 +564,11 @@ fn gone_disables_the_endpoint_until_the_configuration_changes_or_a_replay() {
     commit(
         &store,
         &engine,
-        &[("bank", "ana", ev(&engine, "bank", "ana", EventKind::Closed, t + 9))],
+        &[(
+            "bank",
+            "ana",
+            ev(&engine, "bank", "ana", EventKind::Closed, t + 9),
+        )],
     );
     wait_until("a fourth dead letter", Duration::from_secs(10), || {
         zoftoken_webhooks::dead_letters(&store, 10).unwrap().len() == 4
@@ -521,7 +584,9 @@ fn gone_disables_the_endpoint_until_the_configuration_changes_or_a_replay() {
         .reload_services(vec![service("bank", &recv.url(), "n3w-secret")])
         .unwrap();
     wait_until("re-enabled", Duration::from_secs(10), || {
-        zoftoken_webhooks::disabled_endpoints(&store).unwrap().is_empty()
+        zoftoken_webhooks::disabled_endpoints(&store)
+            .unwrap()
+            .is_empty()
     });
     let ids: HashSet<String> = zoftoken_webhooks::dead_letters(&store, 10)
         .unwrap()
@@ -529,17 +594,31 @@ fn gone_disables_the_endpoint_until_the_configuration_changes_or_a_replay() {
         .map(|d| d.id)
         .collect();
     assert!(zoftoken_webhooks::replay_dead_letter(&store, "msg_nonsense").unwrap() == false);
-    assert_eq!(zoftoken_webhooks::replay_all_dead_letters(&store).unwrap(), 4);
+    assert_eq!(
+        zoftoken_webhooks::replay_all_dead_letters(&store).unwrap(),
+        4
+    );
     wait_until("four replays delivered", Duration::from_secs(10), || {
-        recv.deliveries().iter().filter(|d| d.json["secret"] == "n3w-secret").count() == 4
+        recv.deliveries()
+            .iter()
+            .filter(|d| d.json["secret"] == "n3w-secret")
+            .count()
+            == 4
     });
-    let replayed: HashSet<String> = recv.deliveries()[1..].iter().map(|d| d.id.clone()).collect();
+    let replayed: HashSet<String> = recv.deliveries()[1..]
+        .iter()
+        .map(|d| d.id.clone())
+        .collect();
     assert_eq!(replayed, ids);
-    assert!(recv.deliveries()[1..].iter().all(|d| verify("n3w-secret", d)));
+    assert!(recv.deliveries()[1..]
+        .iter()
+        .all(|d| verify("n3w-secret", d)));
     wait_until("replays acknowledged", Duration::from_secs(10), || {
         store.replays(10).unwrap().is_empty()
     });
-    assert!(zoftoken_webhooks::dead_letters(&store, 10).unwrap().is_empty());
+    assert!(zoftoken_webhooks::dead_letters(&store, 10)
+        .unwrap()
+        .is_empty());
     pipeline.shutdown();
 }
 
@@ -562,9 +641,15 @@ fn too_many_requests_with_retry_after_is_honoured() {
     commit(
         &store,
         &engine,
-        &[("bank", "ana", ev(&engine, "bank", "ana", EventKind::Opened, now_ms()))],
+        &[(
+            "bank",
+            "ana",
+            ev(&engine, "bank", "ana", EventKind::Opened, now_ms()),
+        )],
     );
-    wait_until("two attempts", Duration::from_secs(10), || recv.deliveries().len() == 2);
+    wait_until("two attempts", Duration::from_secs(10), || {
+        recv.deliveries().len() == 2
+    });
     let d = recv.deliveries();
     assert_eq!(d[0].id, d[1].id, "the same event, same webhook-id");
     let waited = d[1].at - d[0].at;
@@ -581,17 +666,27 @@ fn an_exhausted_schedule_makes_a_dead_letter() {
     let recv = receiver(&rt, None, Arc::new(|_| Answer::Status(500)));
     let (store, engine) = setup(vec![service("bank", &recv.url(), "s3cret")]);
     let config = PipelineConfig {
-        retry_schedule: vec![Duration::ZERO, Duration::from_millis(20), Duration::from_millis(20)],
+        retry_schedule: vec![
+            Duration::ZERO,
+            Duration::from_millis(20),
+            Duration::from_millis(20),
+        ],
         ..fast()
     };
     let pipeline = Pipeline::start(config, store.clone(), engine.clone()).unwrap();
     let seq = commit(
         &store,
         &engine,
-        &[("bank", "ana", ev(&engine, "bank", "ana", EventKind::Blocked, now_ms()))],
+        &[(
+            "bank",
+            "ana",
+            ev(&engine, "bank", "ana", EventKind::Blocked, now_ms()),
+        )],
     );
     wait_until("a dead letter", Duration::from_secs(10), || {
-        !zoftoken_webhooks::dead_letters(&store, 10).unwrap().is_empty()
+        !zoftoken_webhooks::dead_letters(&store, 10)
+            .unwrap()
+            .is_empty()
     });
     let dead = zoftoken_webhooks::dead_letters(&store, 10).unwrap();
     assert_eq!(dead.len(), 1);
@@ -604,7 +699,9 @@ fn an_exhausted_schedule_makes_a_dead_letter() {
         outbox_empty(&store)
     });
     assert!(zoftoken_webhooks::delete_dead_letter(&store, &dead[0].id).unwrap());
-    assert!(zoftoken_webhooks::dead_letters(&store, 10).unwrap().is_empty());
+    assert!(zoftoken_webhooks::dead_letters(&store, 10)
+        .unwrap()
+        .is_empty());
     pipeline.shutdown();
 }
 
@@ -630,8 +727,16 @@ fn a_hanging_receiver_does_not_hold_up_another_service() {
             &store,
             &engine,
             &[
-                ("slow", &u, ev(&engine, "slow", &u, EventKind::Opened, t + i)),
-                ("fast", &u, ev(&engine, "fast", &u, EventKind::Opened, t + i)),
+                (
+                    "slow",
+                    &u,
+                    ev(&engine, "slow", &u, EventKind::Opened, t + i),
+                ),
+                (
+                    "fast",
+                    &u,
+                    ev(&engine, "fast", &u, EventKind::Opened, t + i),
+                ),
             ],
         );
     }
@@ -640,6 +745,9 @@ fn a_hanging_receiver_does_not_hold_up_another_service() {
     });
     assert!(fine.deliveries().iter().all(|d| verify("b", d)));
     assert!(hang.deliveries().is_empty());
-    assert!(!outbox_empty(&store), "the hanging service's events are kept");
+    assert!(
+        !outbox_empty(&store),
+        "the hanging service's events are kept"
+    );
     pipeline.shutdown();
 }
