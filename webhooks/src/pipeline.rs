@@ -229,14 +229,26 @@ impl Pipeline {
             let _ = r.join();
         }
         self.shared.stop_dispatcher.notify_one();
-        if let (Some(rt), Some(d)) = (self.runtime.as_ref(), self.dispatcher.take()) {
-            let _ = rt.block_on(d);
-        }
-        if let Some(w) = self.writer.take() {
-            let _ = w.join();
-        }
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_timeout(Duration::from_secs(1));
+        let runtime = self.runtime.take();
+        let dispatcher = self.dispatcher.take();
+        let writer = self.writer.take();
+        // On a thread of its own: blocking on (or dropping) a runtime inside another
+        // runtime's task would panic, and the caller may well be one.
+        let stopper = std::thread::Builder::new()
+            .name("webhooks-stop".into())
+            .spawn(move || {
+                if let (Some(rt), Some(d)) = (runtime.as_ref(), dispatcher) {
+                    let _ = rt.block_on(d);
+                }
+                if let Some(w) = writer {
+                    let _ = w.join();
+                }
+                if let Some(rt) = runtime {
+                    rt.shutdown_timeout(Duration::from_secs(1));
+                }
+            });
+        if let Ok(t) = stopper {
+            let _ = t.join();
         }
     }
 }

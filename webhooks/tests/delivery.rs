@@ -751,3 +751,230 @@ fn a_hanging_receiver_does_not_hold_up_another_service() {
     );
     pipeline.shutdown();
 }
+
+/// Takes an outbox commit out of sight (as if its write were still in flight).
+fn hide(store: &Store, seq: u64) -> Vec<u8> {
+    use zoftoken_storage::{Cf, WriteBatch};
+    let v = store
+        .kv()
+        .get(Cf::Outbox, &seq.to_be_bytes())
+        .unwrap()
+        .unwrap();
+    let mut b = WriteBatch::new();
+    b.delete(Cf::Outbox, seq.to_be_bytes());
+    store.kv().write(&b, Durability::Wal).unwrap();
+    v
+}
+
+fn unhide(store: &Store, seq: u64, v: &[u8]) {
+    use zoftoken_storage::{Cf, WriteBatch};
+    let mut b = WriteBatch::new();
+    b.put(Cf::Outbox, seq.to_be_bytes(), v);
+    store.kv().write(&b, Durability::Wal).unwrap();
+}
+
+#[test]
+fn a_commit_that_becomes_visible_late_below_later_ones_is_delivered() {
+    let rt = runtime();
+    let recv = ok_receiver(&rt);
+    let (store, engine) = setup(vec![service("bank", &recv.url(), "s3cret")]);
+    // Slow polling: the reader reads when the event bus wakes it.
+    let config = PipelineConfig {
+        poll_interval: Duration::from_secs(30),
+        ..fast()
+    };
+    let pipeline = Pipeline::start(config, store.clone(), engine.clone()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let t = now_ms();
+    let mut seqs = Vec::new();
+    for (i, u) in ["a", "b", "c"].into_iter().enumerate() {
+        let e = ev(&engine, "bank", u, EventKind::Opened, t + i as u64);
+        // Not published: nothing wakes the reader yet.
+        let m = vec![
+            Mutation::TokenCreated {
+                token_id: e.token_id,
+                service: Arc::from("bank"),
+                username: u.into(),
+            },
+            Mutation::Event(e),
+        ];
+        seqs.push(store.commit(&m, &*engine).unwrap());
+    }
+    let hidden = hide(&store, seqs[1]);
+    let wake = || {
+        engine
+            .events()
+            .publish(ev(&engine, "bank", "x", EventKind::Closed, t))
+    };
+    wake();
+    wait_until("a and c", Duration::from_secs(10), || {
+        recv.distinct().len() == 2
+    });
+    assert!(!recv.distinct().contains(&event_id(seqs[1], 0)));
+    unhide(&store, seqs[1], &hidden);
+    wake();
+    wait_until("b", Duration::from_secs(10), || recv.distinct().len() == 3);
+    assert!(recv.distinct().contains(&event_id(seqs[1], 0)));
+    wait_until("the outbox to empty", Duration::from_secs(10), || {
+        outbox_empty(&store)
+    });
+    pipeline.shutdown();
+}
+
+#[test]
+fn the_periodic_rescan_finds_a_commit_missed_below_the_start() {
+    let rt = runtime();
+    let recv = ok_receiver(&rt);
+    let (store, engine) = setup(vec![service("bank", &recv.url(), "s3cret")]);
+    let t = now_ms();
+    let mut seqs = Vec::new();
+    for (i, u) in ["a", "b", "c"].into_iter().enumerate() {
+        let e = ev(&engine, "bank", u, EventKind::Opened, t + i as u64);
+        seqs.push(commit(&store, &engine, &[("bank", u, e)]));
+    }
+    let hidden = hide(&store, seqs[0]);
+    let config = PipelineConfig {
+        rescan_interval: Duration::from_millis(200),
+        ..fast()
+    };
+    let pipeline = Pipeline::start(config, store.clone(), engine.clone()).unwrap();
+    wait_until("b and c", Duration::from_secs(10), || {
+        recv.distinct().len() == 2
+    });
+    unhide(&store, seqs[0], &hidden);
+    wait_until("a", Duration::from_secs(10), || recv.distinct().len() == 3);
+    wait_until("the outbox to empty", Duration::from_secs(10), || {
+        outbox_empty(&store)
+    });
+    assert_eq!(recv.deliveries().len(), 3, "nothing twice");
+    pipeline.shutdown();
+}
+
+/// A CA and a server certificate for 127.0.0.1, made with the `openssl` command.
+fn make_certs(dir: &std::path::Path) {
+    let script = r#"
+set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+  -keyout ca.key -out ca.pem -days 2 -subj /CN=zoftoken-test-ca 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+  -keyout srv.key -out srv.csr -subj /CN=localhost 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n' > ext
+openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem \
+  -days 2 -extfile ext 2>/dev/null
+"#;
+    let ok = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .status()
+        .expect("sh")
+        .success();
+    assert!(ok, "openssl made the certificates");
+}
+
+#[test]
+fn https_with_a_ca_file_is_delivered_and_an_unknown_issuer_is_not() {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = std::env::temp_dir().join(format!("zoftoken-webhooks-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_certs(&dir);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("srv.pem"))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("srv.key")).unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let rt = runtime();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let bodies = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let b2 = bodies.clone();
+    rt.spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let (acceptor, bodies) = (acceptor.clone(), b2.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let bodies = bodies.clone();
+                    async move {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        bodies
+                            .lock()
+                            .unwrap()
+                            .push(serde_json::from_slice(&body).unwrap());
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    let url = format!("https://127.0.0.1:{}/hook", addr.port());
+    let mut trusted = service("trusted", &url, "s1");
+    trusted.webhook.as_mut().unwrap().ca_file = Some(dir.join("ca.pem").display().to_string());
+    let untrusted = service("untrusted", &url, "s2");
+    let (store, engine) = setup(vec![trusted, untrusted]);
+    let config = PipelineConfig {
+        retry_schedule: vec![Duration::ZERO, Duration::from_millis(20)],
+        ..fast()
+    };
+    let pipeline = Pipeline::start(config, store.clone(), engine.clone()).unwrap();
+    let t = now_ms();
+    commit(
+        &store,
+        &engine,
+        &[
+            (
+                "trusted",
+                "ana",
+                ev(&engine, "trusted", "ana", EventKind::Opened, t),
+            ),
+            (
+                "untrusted",
+                "ana",
+                ev(&engine, "untrusted", "ana", EventKind::Opened, t),
+            ),
+        ],
+    );
+    wait_until(
+        "the untrusted one's dead letter",
+        Duration::from_secs(10),
+        || {
+            !zoftoken_webhooks::dead_letters(&store, 10)
+                .unwrap()
+                .is_empty()
+        },
+    );
+    wait_until("the trusted delivery", Duration::from_secs(10), || {
+        !bodies.lock().unwrap().is_empty()
+    });
+    let got = bodies.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["service"], "trusted");
+    let dead = zoftoken_webhooks::dead_letters(&store, 10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].service, "untrusted");
+    assert_eq!(dead[0].last_status, None);
+    assert!(
+        dead[0].last_error.to_lowercase().contains("certificate"),
+        "{}",
+        dead[0].last_error
+    );
+    pipeline.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
