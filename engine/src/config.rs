@@ -6,7 +6,7 @@ use zoftoken_proto::deeplink::{check_endpoint, MAX_ENDPOINTS, SERVICE_NAME_MAX};
 use zoftoken_proto::wire::Alphabet;
 
 /// Which events a service's webhook receives.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct WebhookConfig {
     /// Target URL (http or https).
     pub url: String,
@@ -22,6 +22,21 @@ pub struct WebhookConfig {
     /// PEM file of extra CA certificates trusted for this webhook's HTTPS endpoint (besides
     /// the system roots).
     pub ca_file: Option<String>,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .field("events", &self.events)
+            .field(
+                "previous_secret",
+                &self.previous_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }
 
 /// Whether a webhook secret is usable: not empty, and a `whsec_` secret must be base64.

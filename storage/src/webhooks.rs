@@ -338,7 +338,8 @@ impl Store {
                     // The count is the second and third bytes of the value.
                     count += v
                         .get(1..3)
-                        .map_or(1, |c| usize::from(u16::from_be_bytes([c[0], c[1]])));
+                        .and_then(|c| <[u8; 2]>::try_from(c).ok())
+                        .map_or(1, |c| usize::from(u16::from_be_bytes(c)));
                     raw.push((seq, v.to_vec()));
                 }
                 Ok(count < max_events)

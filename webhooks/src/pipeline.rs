@@ -544,6 +544,9 @@ struct Endpoint {
     tokens: HashMap<[u8; 16], TokenQueue>,
 }
 
+/// A retry due: `(when, serial, service, token)`.
+type Timer = (Instant, u64, Arc<str>, [u8; 16]);
+
 struct Dispatcher {
     cfg: PipelineConfig,
     shared: Arc<Shared>,
@@ -553,7 +556,7 @@ struct Dispatcher {
     /// Commits in memory: resolved bitmap and events left.
     commits: HashMap<u64, (Vec<u8>, u32)>,
     endpoints: HashMap<Arc<str>, Endpoint>,
-    timers: BinaryHeap<Reverse<(Instant, u64, Arc<str>, [u8; 16])>>,
+    timers: BinaryHeap<Reverse<Timer>>,
     timer_serial: u64,
     hooks: HashMap<Arc<str>, Arc<Hook>>,
     disabled: HashMap<String, DisabledEndpoint>,

@@ -593,7 +593,7 @@ fn gone_disables_the_endpoint_until_the_configuration_changes_or_a_replay() {
         .into_iter()
         .map(|d| d.id)
         .collect();
-    assert!(zoftoken_webhooks::replay_dead_letter(&store, "msg_nonsense").unwrap() == false);
+    assert!(!zoftoken_webhooks::replay_dead_letter(&store, "msg_nonsense").unwrap());
     assert_eq!(
         zoftoken_webhooks::replay_all_dead_letters(&store).unwrap(),
         4
