@@ -1,5 +1,7 @@
 //! Deliveries per second from a pre-filled outbox (in memory) to a receiver such as
-//! `webhook-sink`: `throughput <url> <secret> [events] [tokens]`. Prints one JSON line.
+//! `webhook-sink`: `throughput <url> <secret> [events] [tokens] [rate]`. With a rate (events
+//! per second), events are committed and published at that pace while the pipeline runs
+//! (the receiver measures the latency). Prints one JSON line.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::sync::Arc;
@@ -35,7 +37,39 @@ fn main() {
         .unwrap(),
     );
     let engine = Arc::new(Engine::new(EngineConfig::new(vec![svc], 7, [1; 32])).unwrap());
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    let rate: u64 = args.get(5).map_or(0, |s| s.parse().unwrap());
+    if rate > 0 {
+        let pipeline =
+            Pipeline::start(PipelineConfig::default(), store.clone(), engine.clone()).unwrap();
+        let start = Instant::now();
+        for i in 0..events {
+            let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+            if let Some(d) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&(i % tokens).to_be_bytes());
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+            let e = Event::new(EventKind::Opened, TokenId(id), 0, now, Actor::Device);
+            store
+                .commit(&[Mutation::Event(e.clone())], &*engine)
+                .unwrap();
+            engine.events().publish(e);
+        }
+        while !store.outbox(0, 1).unwrap().is_empty() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        pipeline.shutdown();
+        println!("{{\"events\":{events},\"rate\":{rate}}}");
+        return;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     let mut m = Vec::new();
     for i in 0..events {
         let mut id = [0u8; 16];

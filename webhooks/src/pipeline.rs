@@ -646,7 +646,12 @@ impl Dispatcher {
             let Some(w) = c.webhook else { continue };
             let fp = fingerprint(&w);
             let name: Arc<str> = Arc::from(c.name.as_str());
-            if let Some(h) = self.hooks.get(&name).filter(|h| h.fingerprint == fp) {
+            // Kept while unchanged; a client that could not be built (CA file) is tried again.
+            if let Some(h) = self
+                .hooks
+                .get(&name)
+                .filter(|h| h.fingerprint == fp && h.client.is_ok())
+            {
                 hooks.insert(name, h.clone());
                 continue;
             }
