@@ -303,8 +303,12 @@ struct Reader {
     cursor: u64,
     start_high: u64,
     gaps: BTreeMap<u64, Instant>,
+    last_gap_check: Instant,
     last_rescan: Instant,
 }
+
+/// Least time between two lookups of the missing sequence numbers.
+const GAP_CHECK_EVERY: Duration = Duration::from_millis(5);
 
 /// Most missing sequence numbers looked up individually at once.
 const MAX_GAPS: usize = 10_000;
@@ -325,6 +329,7 @@ impl Reader {
             cursor: 0,
             start_high,
             gaps: BTreeMap::new(),
+            last_gap_check: Instant::now(),
             last_rescan: Instant::now(),
         }
     }
@@ -388,7 +393,11 @@ impl Reader {
         // Commits that became visible late below the read position.
         let timeout = self.cfg.gap_timeout;
         self.gaps.retain(|_, t| t.elapsed() < timeout);
-        if !self.gaps.is_empty() && self.room() > 0 {
+        if !self.gaps.is_empty()
+            && self.last_gap_check.elapsed() >= GAP_CHECK_EVERY
+            && self.room() > 0
+        {
+            self.last_gap_check = Instant::now();
             let mut found = Vec::new();
             for &g in self.gaps.keys() {
                 if !self.is_live(g) {

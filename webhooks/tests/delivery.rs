@@ -978,3 +978,167 @@ fn https_with_a_ca_file_is_delivered_and_an_unknown_issuer_is_not() {
     pipeline.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A receiver that answers after `delay` and records the most requests it had at once; the
+/// behaviour decides the status from the body.
+fn slow_receiver(
+    rt: &tokio::runtime::Runtime,
+    delay: Duration,
+    status: Arc<dyn Fn(&Value) -> u16 + Send + Sync>,
+) -> (Receiver, Arc<Mutex<(usize, usize)>>) {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let conc = Arc::new(Mutex::new((0usize, 0usize)));
+    let (log2, conc2) = (log.clone(), conc.clone());
+    let task = rt.spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let (log, conc, status) = (log2.clone(), conc2.clone(), status.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (log, conc, status) = (log.clone(), conc.clone(), status.clone());
+                    async move {
+                        {
+                            let mut c = conc.lock().unwrap();
+                            c.0 += 1;
+                            c.1 = c.1.max(c.0);
+                        }
+                        let id = req.headers()["webhook-id"].to_str().unwrap().to_owned();
+                        let body = req.into_body().collect().await.unwrap().to_bytes().to_vec();
+                        let json: Value = serde_json::from_slice(&body).unwrap();
+                        tokio::time::sleep(delay).await;
+                        let code = status(&json);
+                        if code < 300 {
+                            log.lock().unwrap().push(Delivery {
+                                id,
+                                timestamp: String::new(),
+                                signature: String::new(),
+                                body,
+                                json,
+                                at: Instant::now(),
+                            });
+                        }
+                        conc.lock().unwrap().0 -= 1;
+                        let mut r = Response::new(Full::new(Bytes::new()));
+                        *r.status_mut() = code.try_into().unwrap();
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (Receiver { addr, log, task }, conc)
+}
+
+#[test]
+fn concurrency_per_endpoint_is_bounded_and_used() {
+    let rt = runtime();
+    let (recv, conc) = slow_receiver(&rt, Duration::from_millis(40), Arc::new(|_| 200));
+    let (store, engine) = setup(vec![service("bank", &recv.url(), "s")]);
+    let config = PipelineConfig {
+        concurrency_per_endpoint: 3,
+        ..fast()
+    };
+    let pipeline = Pipeline::start(config, store.clone(), engine.clone()).unwrap();
+    let t = now_ms();
+    let events: Vec<(String, Event)> = (0..30u64)
+        .map(|i| {
+            let u = format!("u{i}");
+            let e = ev(&engine, "bank", &u, EventKind::Opened, t + i);
+            (u, e)
+        })
+        .collect();
+    let refs: Vec<(&str, &str, Event)> = events
+        .iter()
+        .map(|(u, e)| ("bank", u.as_str(), e.clone()))
+        .collect();
+    commit(&store, &engine, &refs);
+    wait_until("30 deliveries", Duration::from_secs(20), || {
+        recv.distinct().len() == 30
+    });
+    let max = conc.lock().unwrap().1;
+    assert_eq!(
+        max, 3,
+        "at most three at once, and three tokens in parallel"
+    );
+    pipeline.shutdown();
+}
+
+#[test]
+fn a_failing_event_holds_back_only_its_own_token() {
+    let rt = runtime();
+    // Ana's first event fails until the clock passes `until`.
+    let until = Arc::new(Mutex::new(Instant::now() + Duration::from_millis(500)));
+    let u2 = until.clone();
+    let (recv, _) = slow_receiver(
+        &rt,
+        Duration::ZERO,
+        Arc::new(move |j| {
+            if j["username"] == "ana"
+                && j["type"] == "opened"
+                && Instant::now() < *u2.lock().unwrap()
+            {
+                500
+            } else {
+                200
+            }
+        }),
+    );
+    let (store, engine) = setup(vec![service("bank", &recv.url(), "s")]);
+    let pipeline = Pipeline::start(fast(), store.clone(), engine.clone()).unwrap();
+    let t = now_ms();
+    commit(
+        &store,
+        &engine,
+        &[
+            (
+                "bank",
+                "ana",
+                ev(&engine, "bank", "ana", EventKind::Opened, t),
+            ),
+            (
+                "bank",
+                "ana",
+                ev(&engine, "bank", "ana", EventKind::Closed, t + 1),
+            ),
+            (
+                "bank",
+                "bob",
+                ev(&engine, "bank", "bob", EventKind::Opened, t + 2),
+            ),
+            (
+                "bank",
+                "bob",
+                ev(&engine, "bank", "bob", EventKind::Closed, t + 3),
+            ),
+        ],
+    );
+    wait_until("bob's two events", Duration::from_secs(5), || {
+        recv.distinct().len() == 2
+    });
+    let got = recv.deliveries();
+    assert!(
+        got.iter().all(|d| d.json["username"] == "bob"),
+        "ana is held back"
+    );
+    assert!(
+        Instant::now() < *until.lock().unwrap(),
+        "bob did not wait for ana"
+    );
+    wait_until("all four", Duration::from_secs(10), || {
+        recv.distinct().len() == 4
+    });
+    let ana: Vec<String> = recv
+        .deliveries()
+        .iter()
+        .filter(|d| d.json["username"] == "ana")
+        .map(|d| d.json["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ana, ["opened", "closed"], "ana's events in order");
+    pipeline.shutdown();
+}
