@@ -346,8 +346,18 @@ impl Reader {
                     for _ in bus.try_iter().take(1 << 16) {}
                 }
                 recv(kick) -> _ => {}
-                default(self.cfg.poll_interval) => {}
+                default(self.wait()) => {}
             }
+        }
+    }
+
+    /// How long to sleep without a wake-up: the poll interval, or the gap lookup period
+    /// while sequence numbers are missing (so that no lookup is skipped for long).
+    fn wait(&self) -> Duration {
+        if self.gaps.is_empty() {
+            self.cfg.poll_interval
+        } else {
+            self.cfg.poll_interval.min(GAP_CHECK_EVERY)
         }
     }
 

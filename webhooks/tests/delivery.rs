@@ -1073,7 +1073,7 @@ fn concurrency_per_endpoint_is_bounded_and_used() {
 fn a_failing_event_holds_back_only_its_own_token() {
     let rt = runtime();
     // Ana's first event fails until the clock passes `until`.
-    let until = Arc::new(Mutex::new(Instant::now() + Duration::from_millis(500)));
+    let until = Arc::new(Mutex::new(Instant::now() + Duration::from_millis(2000)));
     let u2 = until.clone();
     let (recv, _) = slow_receiver(
         &rt,
