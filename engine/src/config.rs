@@ -6,14 +6,58 @@ use zoftoken_proto::deeplink::{check_endpoint, MAX_ENDPOINTS, SERVICE_NAME_MAX};
 use zoftoken_proto::wire::Alphabet;
 
 /// Which events a service's webhook receives.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct WebhookConfig {
     /// Target URL (http or https).
     pub url: String,
-    /// The service's secret (signs deliveries).
+    /// The service's secret (signs deliveries). A secret written `whsec_<base64>` (the
+    /// Standard Webhooks form) signs with the decoded bytes; any other string signs with its
+    /// UTF-8 bytes.
     pub secret: String,
     /// Event names to deliver; empty means all.
     pub events: Vec<String>,
+    /// A second valid secret during a rotation (the one being replaced): deliveries carry a
+    /// signature with each secret until it is removed.
+    pub previous_secret: Option<String>,
+    /// PEM file of extra CA certificates trusted for this webhook's HTTPS endpoint (besides
+    /// the system roots).
+    pub ca_file: Option<String>,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .field("events", &self.events)
+            .field(
+                "previous_secret",
+                &self.previous_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+/// Whether a webhook secret is usable: not empty, and a `whsec_` secret must be base64.
+pub fn webhook_secret_is_valid(secret: &str) -> bool {
+    match secret.strip_prefix("whsec_") {
+        Some(b64) => !b64.is_empty() && base64_ok(b64),
+        None => !secret.is_empty(),
+    }
+}
+
+/// Standard base64 with padding (the Standard Webhooks secret form), checked without decoding.
+fn base64_ok(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() % 4 != 0 {
+        return false;
+    }
+    let body = s.trim_end_matches('=');
+    b.len() - body.len() <= 2
+        && body
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
 }
 
 /// One service (PRODUCT.md "Services").
@@ -107,8 +151,22 @@ pub fn validate_services(services: &[ServiceConfig]) -> Result<(), Vec<ConfigErr
             if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
                 err(at("webhook.url"), "must be an http(s) URL");
             }
-            if w.secret.is_empty() {
-                err(at("webhook.secret"), "must not be empty");
+            if !webhook_secret_is_valid(&w.secret) {
+                err(
+                    at("webhook.secret"),
+                    "must not be empty (and `whsec_` secrets must be base64)",
+                );
+            }
+            if let Some(p) = &w.previous_secret {
+                if !webhook_secret_is_valid(p) {
+                    err(
+                        at("webhook.previous_secret"),
+                        "must not be empty (and `whsec_` secrets must be base64)",
+                    );
+                }
+            }
+            if w.ca_file.as_deref().is_some_and(str::is_empty) {
+                err(at("webhook.ca_file"), "must not be empty");
             }
             for (j, name) in w.events.iter().enumerate() {
                 if crate::EventKind::from_name(name).is_none() {

@@ -292,6 +292,16 @@ impl Engine {
         Ok(())
     }
 
+    /// The current services' configurations, in index order (a snapshot: a reload swaps
+    /// them, SIGHUP). For the webhook pipeline, which reads webhook settings from here.
+    pub fn service_configs(&self) -> Vec<ServiceConfig> {
+        self.services()
+            .list
+            .iter()
+            .map(|s| s.config.clone())
+            .collect()
+    }
+
     /// Replaces the authkeys (reload); on error the old ones stay.
     pub fn reload_authkeys(&self, keys: &[AuthkeyConfig]) -> Result<(), EngineError> {
         let compiled = Authkeys::new(keys).map_err(EngineError::Config)?;

@@ -118,6 +118,8 @@ impl ServiceChanges {
                         AdminError::Invalid("a new webhook needs --webhook-secret".into())
                     })?,
                     events: Vec::new(),
+                    previous_secret: None,
+                    ca_file: None,
                 })
             }
             (None, _) => {}
@@ -159,6 +161,9 @@ fn service_json(d: &ServiceDoc) -> Value {
     let mut v = serde_json::to_value(d).unwrap_or(Value::Null);
     if let Some(w) = v.get_mut("webhook").and_then(Value::as_object_mut) {
         w.insert("secret".into(), json!("<redacted>"));
+        if w.contains_key("previous_secret") {
+            w.insert("previous_secret".into(), json!("<redacted>"));
+        }
     }
     v
 }

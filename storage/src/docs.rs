@@ -64,6 +64,12 @@ pub struct WebhookDoc {
     /// Event names to deliver; empty or absent: all.
     #[serde(default)]
     pub events: Vec<String>,
+    /// The secret being rotated out: deliveries are signed with both until it is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret: Option<String>,
+    /// PEM file of extra CA certificates for the endpoint (besides the system roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
 }
 
 impl std::fmt::Debug for WebhookDoc {
@@ -72,6 +78,11 @@ impl std::fmt::Debug for WebhookDoc {
             .field("url", &self.url)
             .field("secret", &"<redacted>")
             .field("events", &self.events)
+            .field(
+                "previous_secret",
+                &self.previous_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -132,6 +143,8 @@ impl ServiceDoc {
                 url: w.url.clone(),
                 secret: w.secret.clone(),
                 events: w.events.clone(),
+                previous_secret: w.previous_secret.clone(),
+                ca_file: w.ca_file.clone(),
             }),
         };
         (config, errors)
@@ -157,6 +170,8 @@ impl ServiceDoc {
                 url: w.url.clone(),
                 secret: w.secret.clone(),
                 events: w.events.clone(),
+                previous_secret: w.previous_secret.clone(),
+                ca_file: w.ca_file.clone(),
             }),
         }
     }
@@ -291,5 +306,61 @@ pub fn authkeys_to_config(docs: &[AuthkeyDoc]) -> Result<Vec<AuthkeyConfig>, Vec
     } else {
         errors.sort_by(|a, b| a.path.cmp(&b.path));
         Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    fn doc(webhook: &str) -> ServiceDoc {
+        serde_json::from_str(&format!(
+            r#"{{"name":"bank","endpoints":["127.0.0.1:7878"],"webhook":{webhook}}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn webhooks_written_before_rotation_and_ca_files_still_parse() {
+        let d = doc(r#"{"url":"https://h.example/z","secret":"s"}"#);
+        let w = d.webhook.as_ref().unwrap();
+        assert_eq!(
+            (w.previous_secret.as_deref(), w.ca_file.as_deref()),
+            (None, None)
+        );
+        let json = serde_json::to_string(&d).unwrap();
+        assert!(!json.contains("previous_secret") && !json.contains("ca_file"));
+        let c = services_to_config(&[d]).unwrap();
+        assert_eq!(c[0].webhook.as_ref().unwrap().secret, "s");
+    }
+
+    #[test]
+    fn rotation_and_ca_file_round_trip_and_are_validated() {
+        let d = doc(
+            r#"{"url":"https://h.example/z","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                "previous_secret":"old","ca_file":"/etc/ca.pem"}"#,
+        );
+        let c = services_to_config(std::slice::from_ref(&d)).unwrap();
+        let w = c[0].webhook.as_ref().unwrap();
+        assert_eq!(w.previous_secret.as_deref(), Some("old"));
+        assert_eq!(w.ca_file.as_deref(), Some("/etc/ca.pem"));
+        assert_eq!(ServiceDoc::from_config(&c[0]), d);
+        assert!(!format!("{d:?}").contains("old") && !format!("{w:?}").contains("old"));
+        let bad = doc(
+            r#"{"url":"https://h.example/z","secret":"whsec_not base64!","previous_secret":""}"#,
+        );
+        let paths: Vec<String> = services_to_config(&[bad])
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "services[0].webhook.previous_secret",
+                "services[0].webhook.secret"
+            ]
+        );
     }
 }

@@ -26,11 +26,14 @@ pub enum Cf {
     Transactions,
     /// Commit sequence number (big-endian) → the events of that commit, for the webhooks.
     Outbox,
+    /// Webhook delivery state: per-commit delivered bitmaps, dead letters, replays and
+    /// disabled endpoints (layouts in `storage/src/webhooks.rs`).
+    Webhooks,
 }
 
 impl Cf {
     /// Every column family.
-    pub const ALL: [Cf; 10] = [
+    pub const ALL: [Cf; 11] = [
         Cf::Meta,
         Cf::Tokens,
         Cf::Secrets,
@@ -41,6 +44,7 @@ impl Cf {
         Cf::BackupCodes,
         Cf::Transactions,
         Cf::Outbox,
+        Cf::Webhooks,
     ];
 
     /// Its name on disk and in exports.
@@ -56,6 +60,7 @@ impl Cf {
             Cf::BackupCodes => "backup_codes",
             Cf::Transactions => "transactions",
             Cf::Outbox => "outbox",
+            Cf::Webhooks => "webhooks",
         }
     }
 

@@ -24,6 +24,7 @@ mod maint;
 mod memory;
 pub mod schema;
 mod store;
+pub mod webhooks;
 
 pub use committer::{CommitError, Committer, CommitterConfig, CommitterStats, Done, Submitter};
 pub use crypt::{KeyError, MasterKey};
@@ -36,3 +37,4 @@ pub use maint::{CheckReport, Moved};
 pub use memory::MemoryKv;
 pub use schema::OutboxEvent;
 pub use store::{LoadReport, ServiceNames, Store, StoreError};
+pub use webhooks::{DeadLetterRecord, DeliveryWrite, DisabledEndpoint, PendingCommit};

@@ -174,6 +174,7 @@ impl Store {
                         .is_ok_and(|s| schema::decode_outbox(u64::from_be_bytes(s), v).is_some()),
                     Cf::Services => key.open(cf, k, v).is_some(),
                     Cf::Authkeys => serde_json::from_slice::<crate::AuthkeyDoc>(v).is_ok(),
+                    Cf::Webhooks => crate::webhooks::check_record(k, v),
                 };
                 if !ok {
                     r.problems.push(format!(

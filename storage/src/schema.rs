@@ -13,6 +13,7 @@
 //! | `outbox` | commit sequence (u64, big-endian) | the commit's events |
 //! | `services` | name | sealed JSON of the service |
 //! | `authkeys` | name | JSON of the authkey (secret hash only) |
+//! | `webhooks` | tag ‖ … | delivery progress, dead letters, disabled endpoints ([`crate::webhooks`]) |
 
 use std::sync::Arc;
 

@@ -17,7 +17,7 @@ use crate::schema::{self, OutboxEvent, Secrets, SCHEMA_VERSION};
 
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_KEY_CHECK: &[u8] = b"master_key_check";
-const META_OUTBOX_ACKED: &[u8] = b"outbox_acked";
+pub(crate) const META_OUTBOX_ACKED: &[u8] = b"outbox_acked";
 const META_EPOCH: &[u8] = b"epoch";
 const KEY_CHECK_PLAINTEXT: &[u8] = b"zoftoken master key check v1";
 
@@ -66,7 +66,7 @@ fn created_in<'a>(batches: &[&'a [Mutation]], token: &TokenId) -> Option<&'a str
     })
 }
 
-fn corrupt(cf: Cf, key: &[u8], what: &'static str) -> StoreError {
+pub(crate) fn corrupt(cf: Cf, key: &[u8], what: &'static str) -> StoreError {
     StoreError::Corrupt {
         cf,
         key: hex::encode(key),
@@ -773,11 +773,11 @@ impl Store {
 }
 
 /// A scan visitor that may fail: `Ok(false)` stops, an error stops and is returned.
-type TryVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError> + 'a;
+pub(crate) type TryVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError> + 'a;
 
 /// Scans `[start, end)` of `cf` with a visitor that may fail; stops at the first error and
 /// returns it.
-fn try_scan(
+pub(crate) fn try_scan(
     kv: &dyn KvStore,
     cf: Cf,
     start: &[u8],

@@ -1,0 +1,1144 @@
+//! The pipeline against real HTTP receivers on loopback (hyper servers in this file), with
+//! signatures checked by a verifier written here from the Standard Webhooks specification
+//! (the `hmac` and `sha2` crates, not the code under test).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use sha2::Sha256;
+use zoftoken_engine::{
+    Actor, Engine, EngineConfig, Event, EventKind, Mutation, ServiceConfig, WebhookConfig,
+};
+use zoftoken_proto::TokenId;
+use zoftoken_storage::webhooks::event_id;
+use zoftoken_storage::{Durability, MasterKey, MemoryKv, Store};
+use zoftoken_webhooks::{Pipeline, PipelineConfig};
+
+// ---------------------------------------------------------------------------------------
+// The independent verifier (Standard Webhooks, "Verifying signatures").
+
+/// The HMAC key of a secret: `whsec_` + base64 is decoded; anything else is used as is.
+fn key_of(secret: &str) -> Vec<u8> {
+    match secret.strip_prefix("whsec_") {
+        Some(b) => base64::engine::general_purpose::STANDARD.decode(b).unwrap(),
+        None => secret.as_bytes().to_vec(),
+    }
+}
+
+/// Whether one of the space-separated `v1,` signatures is HMAC-SHA256(key, id.ts.body), and
+/// the timestamp is within five minutes of now.
+fn verify(secret: &str, d: &Delivery) -> bool {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let ts: i64 = d.timestamp.parse().unwrap();
+    if (now - ts).abs() > 300 {
+        return false;
+    }
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key_of(secret)).unwrap();
+    mac.update(d.id.as_bytes());
+    mac.update(b".");
+    mac.update(d.timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(&d.body);
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    d.signature
+        .split(' ')
+        .filter_map(|s| s.strip_prefix("v1,"))
+        .any(|s| s == expected)
+}
+
+// ---------------------------------------------------------------------------------------
+// Receivers.
+
+#[derive(Clone, Debug)]
+struct Delivery {
+    id: String,
+    timestamp: String,
+    signature: String,
+    body: Vec<u8>,
+    json: Value,
+    at: Instant,
+}
+
+/// What a receiver answers to its n-th request (0-based): status, `Retry-After`, or hang.
+#[derive(Clone, Copy)]
+enum Answer {
+    Status(u16),
+    RetryAfter(u16, &'static str),
+    Hang,
+}
+
+type Behave = Arc<dyn Fn(usize) -> Answer + Send + Sync>;
+
+struct Receiver {
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<Delivery>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+    fn deliveries(&self) -> Vec<Delivery> {
+        self.log.lock().unwrap().clone()
+    }
+    fn distinct(&self) -> HashSet<String> {
+        self.deliveries().into_iter().map(|d| d.id).collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn receiver(rt: &tokio::runtime::Runtime, at: Option<SocketAddr>, behave: Behave) -> Receiver {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(
+            at.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()),
+        ))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let count = Arc::new(Mutex::new(0usize));
+    let log2 = log.clone();
+    let task = rt.spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            let (log, count, behave) = (log2.clone(), count.clone(), behave.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (log, count, behave) = (log.clone(), count.clone(), behave.clone());
+                    async move {
+                        let h = |n: &str| {
+                            req.headers()
+                                .get(n)
+                                .map(|v| v.to_str().unwrap().to_owned())
+                                .unwrap_or_default()
+                        };
+                        let (id, timestamp, signature) = (
+                            h("webhook-id"),
+                            h("webhook-timestamp"),
+                            h("webhook-signature"),
+                        );
+                        assert_eq!(h("content-type"), "application/json");
+                        let body = req.into_body().collect().await.unwrap().to_bytes().to_vec();
+                        let json: Value = serde_json::from_slice(&body).unwrap();
+                        let n = {
+                            let mut c = count.lock().unwrap();
+                            *c += 1;
+                            *c - 1
+                        };
+                        let answer = behave(n);
+                        if !matches!(answer, Answer::Hang) {
+                            log.lock().unwrap().push(Delivery {
+                                id,
+                                timestamp,
+                                signature,
+                                body,
+                                json,
+                                at: Instant::now(),
+                            });
+                        }
+                        let mut resp = Response::new(Full::new(Bytes::new()));
+                        match answer {
+                            Answer::Status(s) => *resp.status_mut() = s.try_into().unwrap(),
+                            Answer::RetryAfter(s, ra) => {
+                                *resp.status_mut() = s.try_into().unwrap();
+                                resp.headers_mut()
+                                    .insert("retry-after", ra.parse().unwrap());
+                            }
+                            Answer::Hang => {
+                                tokio::time::sleep(Duration::from_secs(3600)).await;
+                            }
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    Receiver { addr, log, task }
+}
+
+fn ok_receiver(rt: &tokio::runtime::Runtime) -> Receiver {
+    receiver(rt, None, Arc::new(|_| Answer::Status(204)))
+}
+
+// ---------------------------------------------------------------------------------------
+// Store, engine and events.
+
+fn service(name: &str, url: &str, secret: &str) -> ServiceConfig {
+    let mut s = ServiceConfig::new(name, &["127.0.0.1:7878"]);
+    s.webhook = Some(WebhookConfig {
+        url: url.to_owned(),
+        secret: secret.to_owned(),
+        events: Vec::new(),
+        previous_secret: None,
+        ca_file: None,
+    });
+    s
+}
+
+fn setup(services: Vec<ServiceConfig>) -> (Arc<Store>, Arc<Engine>) {
+    let kv = Arc::new(MemoryKv::new());
+    let store = Store::open(kv, MasterKey::from_bytes([9; 32]), Durability::Wal).unwrap();
+    let engine = Engine::new(EngineConfig::new(services, 7, [1; 32])).unwrap();
+    (Arc::new(store), Arc::new(engine))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Commits events (creating their tokens first if needed) in one batch and publishes them.
+fn commit(store: &Store, engine: &Engine, events: &[(&str, &str, Event)]) -> u64 {
+    let mut m = Vec::new();
+    for (svc, user, e) in events {
+        if store.token_info(&e.token_id).unwrap().is_none()
+            && !m.iter().any(
+                |x| matches!(x, Mutation::TokenCreated { token_id, .. } if *token_id == e.token_id),
+            )
+        {
+            m.push(Mutation::TokenCreated {
+                token_id: e.token_id,
+                service: Arc::from(*svc),
+                username: (*user).to_owned(),
+            });
+        }
+        m.push(Mutation::Event(e.clone()));
+    }
+    let seq = store.commit(&m, engine).unwrap();
+    for (_, _, e) in events {
+        engine.events().publish(e.clone());
+    }
+    seq
+}
+
+fn ev(engine: &Engine, svc: &str, user: &str, kind: EventKind, t: u64) -> Event {
+    let index = engine.service_index_of(svc).unwrap();
+    Event::new(kind, TokenId::derive(svc, user), index, t, Actor::Device)
+}
+
+fn fast() -> PipelineConfig {
+    PipelineConfig {
+        retry_schedule: vec![Duration::ZERO; 1]
+            .into_iter()
+            .chain(std::iter::repeat_n(Duration::from_millis(30), 200))
+            .collect(),
+        poll_interval: Duration::from_millis(50),
+        attempt_timeout: Duration::from_secs(5),
+        ..PipelineConfig::default()
+    }
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn outbox_empty(store: &Store) -> bool {
+    store.outbox(0, 10).unwrap().is_empty()
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn every_event_type_arrives_signed_with_its_fields() {
+    let rt = runtime();
+    let bank = ok_receiver(&rt);
+    let shop = ok_receiver(&rt);
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let mut bank_svc = service("bank", &bank.url(), secret);
+    // A rotation in progress: both secrets sign.
+    bank_svc.webhook.as_mut().unwrap().previous_secret = Some("old plain secret".into());
+    let mut shop_svc = service("shop", &shop.url(), "shop-secret");
+    // Only opens for this one.
+    shop_svc.webhook.as_mut().unwrap().events = vec!["opened".into()];
+    let (store, engine) = setup(vec![bank_svc, shop_svc]);
+    let pipeline = Pipeline::start(fast(), store.clone(), engine.clone()).unwrap();
+
+    let t = now_ms();
+    let mut events = Vec::new();
+    for (i, kind) in EventKind::ALL.into_iter().enumerate() {
+        let user = format!("user-{}", kind.name());
+        let mut e = ev(&engine, "bank", &user, kind, t + i as u64);
+        match kind {
+            EventKind::Opened => e.open_until_ms = Some(t + 600_000),
+            EventKind::Duress => {
+                e.open_until_ms = Some(t + 600_000);
+                e = e.with_duress();
+            }
+            EventKind::TxApproved | EventKind::TxDenied | EventKind::TxExpired => {
+                e = e.with_tx([i as u8; 16]);
+            }
+            _ => {}
+        }
+        events.push(("bank", user, e));
+    }
+    for (i, kind) in [EventKind::Opened, EventKind::Closed, EventKind::Blocked]
+        .into_iter()
+        .enumerate()
+    {
+        events.push((
+            "shop",
+            "sam".into(),
+            ev(&engine, "shop", "sam", kind, t + 100 + i as u64),
+        ));
+    }
+    let refs: Vec<(&str, &str, Event)> = events
+        .iter()
+        .map(|(s, u, e)| (*s, u.as_str(), e.clone()))
+        .collect();
+    let seq = commit(&store, &engine, &refs);
+
+    wait_until("13 bank deliveries", Duration::from_secs(10), || {
+        bank.distinct().len() == 13
+    });
+    wait_until("the outbox to empty", Duration::from_secs(10), || {
+        outbox_empty(&store)
+    });
+    let got = bank.deliveries();
+    assert_eq!(got.len(), 13, "each event once");
+    for d in &got {
+        assert!(verify(secret, d), "new secret verifies {}", d.id);
+        assert!(
+            verify("old plain secret", d),
+            "old secret verifies {}",
+            d.id
+        );
+        assert!(!verify("whsec_AAAAAAAA", d));
+        let j = &d.json;
+        assert_eq!(j["id"], d.id.as_str());
+        assert_eq!(j["service"], "bank");
+        assert_eq!(
+            j["secret"], secret,
+            "the configured secret, as the product promises"
+        );
+        let kind = EventKind::from_name(j["type"].as_str().unwrap()).unwrap();
+        let i = EventKind::ALL.iter().position(|k| *k == kind).unwrap();
+        assert_eq!(
+            d.id,
+            event_id(seq, i as u16),
+            "stable id from the outbox position"
+        );
+        assert_eq!(j["username"], format!("user-{}", kind.name()));
+        assert_eq!(j["time_ms"], t + i as u64);
+        assert_eq!(j["actor"], "device");
+        let state = match kind {
+            EventKind::Enrolled => "pending",
+            EventKind::Deleted => "deleted",
+            EventKind::Blocked => "blocked",
+            EventKind::Opened | EventKind::Duress => "open",
+            _ => "closed",
+        };
+        assert_eq!(j["state"], state, "{kind:?}");
+        match kind {
+            EventKind::Opened | EventKind::Duress => {
+                assert_eq!(j["open_until_ms"], t + 600_000)
+            }
+            _ => assert!(j["open_until_ms"].is_null()),
+        }
+        assert_eq!(j["duress"], kind == EventKind::Duress);
+        match kind {
+            EventKind::TxApproved | EventKind::TxDenied | EventKind::TxExpired => {
+                assert_eq!(j["transaction_id"], hex::encode([i as u8; 16]))
+            }
+            _ => assert!(j["transaction_id"].is_null()),
+        }
+        assert!(j["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+    let shop_got = shop.deliveries();
+    assert_eq!(shop_got.len(), 1, "only the subscribed event");
+    assert_eq!(shop_got[0].json["type"], "opened");
+    assert!(verify("shop-secret", &shop_got[0]));
+    assert!(!verify(secret, &shop_got[0]));
+    pipeline.shutdown();
+}
+
+#[test]
+fn receiver_down_then_up_gets_everything_in_token_order() {
+    let rt = runtime();
+    // A port with nobody listening yet.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (store, engine) = setup(vec![service("bank", &format!("http://{addr}/"), "s3cret")]);
+    let pipeline = Pipeline::start(fast(), store.clone(), engine.clone()).unwrap();
+    let t = now_ms();
+    let mut expected = HashMap::new();
+    for round in 0..20u64 {
+        for user in 0..5u64 {
+            let name = format!("u{user}");
+            let kind = if round % 2 == 0 {
+                EventKind::Opened
+            } else {
+                EventKind::Closed
+            };
+            let e = ev(&engine, "bank", &name, kind, t + round * 10 + user);
+            let seq = commit(&store, &engine, &[("bank", &name, e)]);
+            expected.insert(event_id(seq, 0), (name, t + round * 10 + user));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !outbox_empty(&store),
+        "nothing delivered while the receiver is down"
+    );
+    let up = receiver(&rt, Some(addr), Arc::new(|_| Answer::Status(200)));
+    wait_until("100 deliveries", Duration::from_secs(20), || {
+        up.distinct().len() == 100
+    });
+    wait_until("the outbox to empty", Duration::from_secs(10), || {
+        outbox_empty(&store)
+    });
+    let got = up.deliveries();
+    let mut last: HashMap<String, u64> = HashMap::new();
+    let mut seen = HashSet::new();
+    for d in &got {
+        assert!(verify("s3cret", d));
+        let (user, time) = expected.get(&d.id).expect("an expected id");
+        assert_eq!(d.json["username"], user.as_str());
+        if seen.insert(d.id.clone()) {
+            let prev = last.insert(user.clone(), *time);
+            assert!(prev.is_none_or(|p| p < *time), "per-token order for {user}");
+        }
+    }
+    assert!(zoftoken_webhooks::dead_letters(&store, 10)
+        .unwrap()
+        .is_empty());
+    pipeline.shutdown();
+}
+
+#[test]
+fn a_restart_without_acknowledgements_redelivers_with_the_same_ids() {
+    let rt = runtime();
+    let recv = ok_receiver(&rt);
+    let (store, engine) = setup(vec![service("bank", &recv.url(), "s3cret")]);
+    let t = now_ms();
+    let mut expected = HashSet::new();
+    for i in 0..200u64 {
+        let name = format!("u{}", i % 40);
+        let seq = commit(
+            &store,
+            &engine,
+            &[(
+                "bank",
+                &name,
+                ev(&engine, "bank", &name, EventKind::Opened, t + i),
+            )],
+        );
+        expected.insert(event_id(seq, 0));
+    }
+    // The first pipeline acknowledges nothing before it "crashes".
+    let first = Pipeline::start(
+        PipelineConfig {
+            ack_interval: Duration::from_secs(3600),
+            ..fast()
+        },
+        store.clone(),
+        engine.clone(),
+    )
+    .unwrap();
+    wait_until("some deliveries", Duration::from_secs(10), || {
+        recv.distinct().len() >= 50
+    });
+    first.abandon();
+    let before: Vec<Delivery> = recv.deliveries();
+    assert_eq!(
+        store.outbox(0, 1000).unwrap().len(),
+        200,
+        "no acknowledgement was written"
+    );
+
+    let second = Pipeline::start(fast(), store.clone(), engine.clone()).unwrap();
+    wait_until("the outbox to empty", Duration::from_secs(20), || {
+        outbox_empty(&store)
+    });
+    let all = recv.deliveries();
+    assert_eq!(recv.distinct(), expected, "every event arrived");
+    for d in &before {
+        let again: Vec<&Delivery> = all[before.len()..]
+            .iter()
+            .filter(|x| x.id == d.id)
+            .collect();
+        assert_eq!(
+            again.len(),
+            1,
+            "{} delivered again once, same webhook-id",
+            d.id
+        );
+        assert_eq!(again[0].body, d.body, "same event");
+        assert!(verify("s3cret", again[0]));
+    }
+    second.shutdown();
+}
+
+#[test]
+fn gone_disables_the_endpoint_until_the_configuration_changes_or_a_replay() {
+    let rt = runtime();
+    let gone = Arc::new(Mutex::new(true));
+    let g = gone.clone();
+    let recv = receiver(
+        &rt,
+        None,
+        Arc::new(move |_| {
+            if *g.lock().unwrap() {
+                Answer::Status(410)
+            } else {
+                Answer::Status(200)
+            }
+        }),
+    );
+    let (store, engine) = setup(vec![service("bank", &recv.url(), "s3cret")]);
+    let pipeline = Pipeline::start(fast(), store.clone(), engine.clone()).unwrap();
+    let t = now_ms();
+    for i in 0..3 {
+        commit(
+            &store,
+            &engine,
+            &[(
+                "bank",
+                "ana",
+                ev(&engine, "bank", "ana", EventKind::Opened, t + i),
+            )],
+        );
+    }
+    wait_until("three dead letters", Duration::from_secs(10), || {
+        zoftoken_webhooks::dead_letters(&store, 10).unwrap().len() == 3
+    });
+    assert_eq!(
+        recv.deliveries().len(),
+        1,
+        "one attempt, then the endpoint is disabled"
+    );
+    let disabled = zoftoken_webhooks::disabled_endpoints(&store).unwrap();
+    assert_eq!(disabled.len(), 1);
+    assert_eq!(disabled[0].service, "bank");
+    assert_eq!(disabled[0].status, 410);
+    let dead = zoftoken_webhooks::dead_letters(&store, 10).unwrap();
+    assert_eq!(dead[0].last_status, Some(410));
+    assert_eq!(dead[0].username.as_deref(), Some("ana"));
+    // Still disabled: a new event is not attempted.
+    commit(
+        &store,
+        &engine,
+        &[(
+            "bank",
+            "ana",
+            ev(&engine, "bank", "ana", EventKind::Closed, t + 9),
+        )],
+    );
+    wait_until("a fourth dead letter", Duration::from_secs(10), || {
+        zoftoken_webhooks::dead_letters(&store, 10).unwrap().len() == 4
+    });
+    assert_eq!(recv.deliveries().len(), 1);
+    wait_until("the outbox to empty", Duration::from_secs(10), || {
+        outbox_empty(&store)
+    });
+
+    // A new secret re-enables it; the dead letters come back by replay, same ids.
+    *gone.lock().unwrap() = false;
+    engine
+        .reload_services(vec![service("bank", &recv.url(), "n3w-secret")])
+        .unwrap();
+    wait_until("re-enabled", Duration::from_secs(10), || {
+        zoftoken_webhooks::disabled_endpoints(&store)
+            .unwrap()
+            .is_empty()
+    });
+    let ids: HashSet<String> = zoftoken_webhooks::dead_letters(&store, 10)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert!(!zoftoken_webhooks::replay_dead_letter(&store, "msg_nonsense").unwrap());
+    assert_eq!(
+        zoftoken_webhooks::replay_all_dead_letters(&store).unwrap(),
+        4
+    );
+    wait_until("four replays delivered", Duration::from_secs(10), || {
+        recv.deliveries()
+            .iter()
+            .filter(|d| d.json["secret"] == "n3w-secret")
+            .count()
+            == 4
+    });
+    let replayed: HashSet<String> = recv.deliveries()[1..]
+        .iter()
+        .map(|d| d.id.clone())
+        .collect();
+    assert_eq!(replayed, ids);
+    assert!(recv.deliveries()[1..]
+        .iter()
+        .all(|d| verify("n3w-secret", d)));
+    wait_until("replays acknowledged", Duration::from_secs(10), || {
+        store.replays(10).unwrap().is_empty()
+    });
+    assert!(zoftoken_webhooks::dead_letters(&store, 10)
+        .unwrap()
+        .is_empty());
+    pipeline.shutdown();
+}
+
+#[test]
+fn too_many_requests_with_retry_after_is_honoured() {
+    let rt = runtime();
+    let recv = receiver(
+        &rt,
+        None,
+        Arc::new(|n| {
+            if n == 0 {
+                Answer::RetryAfter(429, "1")
+            } else {
+                Answer::Status(200)
+            }
+        }),
+    );
+    let (store, engine) = setup(vec![service("bank", &recv.url(), "s3cret")]);
+    let pipeline = Pipeline::start(fast(), store.clone(), engine.clone()).unwrap();
+    commit(
+        &store,
+        &engine,
+        &[(
+            "bank",
+            "ana",
+            ev(&engine, "bank", "ana", EventKind::Opened, now_ms()),
+        )],
+    );
+    wait_until("two attempts", Duration::from_secs(10), || {
+        recv.deliveries().len() == 2
+    });
+    let d = recv.deliveries();
+    assert_eq!(d[0].id, d[1].id, "the same event, same webhook-id");
+    let waited = d[1].at - d[0].at;
+    assert!(
+        waited >= Duration::from_millis(950),
+        "waited {waited:?} although the schedule says 30 ms"
+    );
+    pipeline.shutdown();
+}
+
+#[test]
+fn an_exhausted_schedule_makes_a_dead_letter() {
+    let rt = runtime();
+    let recv = receiver(&rt, None, Arc::new(|_| Answer::Status(500)));
+    let (store, engine) = setup(vec![service("bank", &recv.url(), "s3cret")]);
+    let config = PipelineConfig {
+        retry_schedule: vec![
+            Duration::ZERO,
+            Duration::from_millis(20),
+            Duration::from_millis(20),
+        ],
+        ..fast()
+    };
+    let pipeline = Pipeline::start(config, store.clone(), engine.clone()).unwrap();
+    let seq = commit(
+        &store,
+        &engine,
+        &[(
+            "bank",
+            "ana",
+            ev(&engine, "bank", "ana", EventKind::Blocked, now_ms()),
+        )],
+    );
+    wait_until("a dead letter", Duration::from_secs(10), || {
+        !zoftoken_webhooks::dead_letters(&store, 10)
+            .unwrap()
+            .is_empty()
+    });
+    let dead = zoftoken_webhooks::dead_letters(&store, 10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, event_id(seq, 0));
+    assert_eq!(dead[0].attempts, 3);
+    assert_eq!(dead[0].last_status, Some(500));
+    assert_eq!(dead[0].kind, "blocked");
+    assert_eq!(recv.deliveries().len(), 3);
+    wait_until("the outbox to empty", Duration::from_secs(10), || {
+        outbox_empty(&store)
+    });
+    assert!(zoftoken_webhooks::delete_dead_letter(&store, &dead[0].id).unwrap());
+    assert!(zoftoken_webhooks::dead_letters(&store, 10)
+        .unwrap()
+        .is_empty());
+    pipeline.shutdown();
+}
+
+#[test]
+fn a_hanging_receiver_does_not_hold_up_another_service() {
+    let rt = runtime();
+    let hang = receiver(&rt, None, Arc::new(|_| Answer::Hang));
+    let fine = ok_receiver(&rt);
+    let (store, engine) = setup(vec![
+        service("slow", &hang.url(), "a"),
+        service("fast", &fine.url(), "b"),
+    ]);
+    let config = PipelineConfig {
+        attempt_timeout: Duration::from_secs(60),
+        concurrency_per_endpoint: 4,
+        ..fast()
+    };
+    let pipeline = Pipeline::start(config, store.clone(), engine.clone()).unwrap();
+    let t = now_ms();
+    for i in 0..50u64 {
+        let u = format!("u{i}");
+        commit(
+            &store,
+            &engine,
+            &[
+                (
+                    "slow",
+                    &u,
+                    ev(&engine, "slow", &u, EventKind::Opened, t + i),
+                ),
+                (
+                    "fast",
+                    &u,
+                    ev(&engine, "fast", &u, EventKind::Opened, t + i),
+                ),
+            ],
+        );
+    }
+    wait_until("the other service's 50", Duration::from_secs(10), || {
+        fine.distinct().len() == 50
+    });
+    assert!(fine.deliveries().iter().all(|d| verify("b", d)));
+    assert!(hang.deliveries().is_empty());
+    assert!(
+        !outbox_empty(&store),
+        "the hanging service's events are kept"
+    );
+    pipeline.shutdown();
+}
+
+/// Takes an outbox commit out of sight (as if its write were still in flight).
+fn hide(store: &Store, seq: u64) -> Vec<u8> {
+    use zoftoken_storage::{Cf, WriteBatch};
+    let v = store
+        .kv()
+        .get(Cf::Outbox, &seq.to_be_bytes())
+        .unwrap()
+        .unwrap();
+    let mut b = WriteBatch::new();
+    b.delete(Cf::Outbox, seq.to_be_bytes());
+    store.kv().write(&b, Durability::Wal).unwrap();
+    v
+}
+
+fn unhide(store: &Store, seq: u64, v: &[u8]) {
+    use zoftoken_storage::{Cf, WriteBatch};
+    let mut b = WriteBatch::new();
+    b.put(Cf::Outbox, seq.to_be_bytes(), v);
+    store.kv().write(&b, Durability::Wal).unwrap();
+}
+
+#[test]
+fn a_commit_that_becomes_visible_late_below_later_ones_is_delivered() {
+    let rt = runtime();
+    let recv = ok_receiver(&rt);
+    let (store, engine) = setup(vec![service("bank", &recv.url(), "s3cret")]);
+    // Slow polling: the reader reads when the event bus wakes it.
+    let config = PipelineConfig {
+        poll_interval: Duration::from_secs(30),
+        ..fast()
+    };
+    let pipeline = Pipeline::start(config, store.clone(), engine.clone()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let t = now_ms();
+    let mut seqs = Vec::new();
+    for (i, u) in ["a", "b", "c"].into_iter().enumerate() {
+        let e = ev(&engine, "bank", u, EventKind::Opened, t + i as u64);
+        // Not published: nothing wakes the reader yet.
+        let m = vec![
+            Mutation::TokenCreated {
+                token_id: e.token_id,
+                service: Arc::from("bank"),
+                username: u.into(),
+            },
+            Mutation::Event(e),
+        ];
+        seqs.push(store.commit(&m, &*engine).unwrap());
+    }
+    let hidden = hide(&store, seqs[1]);
+    let wake = || {
+        engine
+            .events()
+            .publish(ev(&engine, "bank", "x", EventKind::Closed, t))
+    };
+    wake();
+    wait_until("a and c", Duration::from_secs(10), || {
+        recv.distinct().len() == 2
+    });
+    assert!(!recv.distinct().contains(&event_id(seqs[1], 0)));
+    unhide(&store, seqs[1], &hidden);
+    wake();
+    wait_until("b", Duration::from_secs(10), || recv.distinct().len() == 3);
+    assert!(recv.distinct().contains(&event_id(seqs[1], 0)));
+    wait_until("the outbox to empty", Duration::from_secs(10), || {
+        outbox_empty(&store)
+    });
+    pipeline.shutdown();
+}
+
+#[test]
+fn the_periodic_rescan_finds_a_commit_missed_below_the_start() {
+    let rt = runtime();
+    let recv = ok_receiver(&rt);
+    let (store, engine) = setup(vec![service("bank", &recv.url(), "s3cret")]);
+    let t = now_ms();
+    let mut seqs = Vec::new();
+    for (i, u) in ["a", "b", "c"].into_iter().enumerate() {
+        let e = ev(&engine, "bank", u, EventKind::Opened, t + i as u64);
+        seqs.push(commit(&store, &engine, &[("bank", u, e)]));
+    }
+    let hidden = hide(&store, seqs[0]);
+    let config = PipelineConfig {
+        rescan_interval: Duration::from_millis(200),
+        ..fast()
+    };
+    let pipeline = Pipeline::start(config, store.clone(), engine.clone()).unwrap();
+    wait_until("b and c", Duration::from_secs(10), || {
+        recv.distinct().len() == 2
+    });
+    unhide(&store, seqs[0], &hidden);
+    wait_until("a", Duration::from_secs(10), || recv.distinct().len() == 3);
+    wait_until("the outbox to empty", Duration::from_secs(10), || {
+        outbox_empty(&store)
+    });
+    assert_eq!(recv.deliveries().len(), 3, "nothing twice");
+    pipeline.shutdown();
+}
+
+/// A CA and a server certificate for 127.0.0.1, made with the `openssl` command.
+fn make_certs(dir: &std::path::Path) {
+    let script = r#"
+set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+  -keyout ca.key -out ca.pem -days 2 -subj /CN=zoftoken-test-ca 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+  -keyout srv.key -out srv.csr -subj /CN=localhost 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n' > ext
+openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem \
+  -days 2 -extfile ext 2>/dev/null
+"#;
+    let ok = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .status()
+        .expect("sh")
+        .success();
+    assert!(ok, "openssl made the certificates");
+}
+
+#[test]
+fn https_with_a_ca_file_is_delivered_and_an_unknown_issuer_is_not() {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = std::env::temp_dir().join(format!("zoftoken-webhooks-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_certs(&dir);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("srv.pem"))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("srv.key")).unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let rt = runtime();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let bodies = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let b2 = bodies.clone();
+    rt.spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let (acceptor, bodies) = (acceptor.clone(), b2.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let bodies = bodies.clone();
+                    async move {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        bodies
+                            .lock()
+                            .unwrap()
+                            .push(serde_json::from_slice(&body).unwrap());
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    let url = format!("https://127.0.0.1:{}/hook", addr.port());
+    let mut trusted = service("trusted", &url, "s1");
+    trusted.webhook.as_mut().unwrap().ca_file = Some(dir.join("ca.pem").display().to_string());
+    let untrusted = service("untrusted", &url, "s2");
+    let (store, engine) = setup(vec![trusted, untrusted]);
+    let config = PipelineConfig {
+        retry_schedule: vec![Duration::ZERO, Duration::from_millis(20)],
+        ..fast()
+    };
+    let pipeline = Pipeline::start(config, store.clone(), engine.clone()).unwrap();
+    let t = now_ms();
+    commit(
+        &store,
+        &engine,
+        &[
+            (
+                "trusted",
+                "ana",
+                ev(&engine, "trusted", "ana", EventKind::Opened, t),
+            ),
+            (
+                "untrusted",
+                "ana",
+                ev(&engine, "untrusted", "ana", EventKind::Opened, t),
+            ),
+        ],
+    );
+    wait_until(
+        "the untrusted one's dead letter",
+        Duration::from_secs(10),
+        || {
+            !zoftoken_webhooks::dead_letters(&store, 10)
+                .unwrap()
+                .is_empty()
+        },
+    );
+    wait_until("the trusted delivery", Duration::from_secs(10), || {
+        !bodies.lock().unwrap().is_empty()
+    });
+    let got = bodies.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["service"], "trusted");
+    let dead = zoftoken_webhooks::dead_letters(&store, 10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].service, "untrusted");
+    assert_eq!(dead[0].last_status, None);
+    assert!(
+        dead[0].last_error.to_lowercase().contains("certificate"),
+        "{}",
+        dead[0].last_error
+    );
+    pipeline.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A receiver that answers after `delay` and records the most requests it had at once; the
+/// behaviour decides the status from the body.
+fn slow_receiver(
+    rt: &tokio::runtime::Runtime,
+    delay: Duration,
+    status: Arc<dyn Fn(&Value) -> u16 + Send + Sync>,
+) -> (Receiver, Arc<Mutex<(usize, usize)>>) {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let conc = Arc::new(Mutex::new((0usize, 0usize)));
+    let (log2, conc2) = (log.clone(), conc.clone());
+    let task = rt.spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let (log, conc, status) = (log2.clone(), conc2.clone(), status.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (log, conc, status) = (log.clone(), conc.clone(), status.clone());
+                    async move {
+                        {
+                            let mut c = conc.lock().unwrap();
+                            c.0 += 1;
+                            c.1 = c.1.max(c.0);
+                        }
+                        let id = req.headers()["webhook-id"].to_str().unwrap().to_owned();
+                        let body = req.into_body().collect().await.unwrap().to_bytes().to_vec();
+                        let json: Value = serde_json::from_slice(&body).unwrap();
+                        tokio::time::sleep(delay).await;
+                        let code = status(&json);
+                        if code < 300 {
+                            log.lock().unwrap().push(Delivery {
+                                id,
+                                timestamp: String::new(),
+                                signature: String::new(),
+                                body,
+                                json,
+                                at: Instant::now(),
+                            });
+                        }
+                        conc.lock().unwrap().0 -= 1;
+                        let mut r = Response::new(Full::new(Bytes::new()));
+                        *r.status_mut() = code.try_into().unwrap();
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (Receiver { addr, log, task }, conc)
+}
+
+#[test]
+fn concurrency_per_endpoint_is_bounded_and_used() {
+    let rt = runtime();
+    let (recv, conc) = slow_receiver(&rt, Duration::from_millis(40), Arc::new(|_| 200));
+    let (store, engine) = setup(vec![service("bank", &recv.url(), "s")]);
+    let config = PipelineConfig {
+        concurrency_per_endpoint: 3,
+        ..fast()
+    };
+    let pipeline = Pipeline::start(config, store.clone(), engine.clone()).unwrap();
+    let t = now_ms();
+    let events: Vec<(String, Event)> = (0..30u64)
+        .map(|i| {
+            let u = format!("u{i}");
+            let e = ev(&engine, "bank", &u, EventKind::Opened, t + i);
+            (u, e)
+        })
+        .collect();
+    let refs: Vec<(&str, &str, Event)> = events
+        .iter()
+        .map(|(u, e)| ("bank", u.as_str(), e.clone()))
+        .collect();
+    commit(&store, &engine, &refs);
+    wait_until("30 deliveries", Duration::from_secs(20), || {
+        recv.distinct().len() == 30
+    });
+    let max = conc.lock().unwrap().1;
+    assert_eq!(
+        max, 3,
+        "at most three at once, and three tokens in parallel"
+    );
+    pipeline.shutdown();
+}
+
+#[test]
+fn a_failing_event_holds_back_only_its_own_token() {
+    let rt = runtime();
+    // Ana's first event fails until the clock passes `until`.
+    let until = Arc::new(Mutex::new(Instant::now() + Duration::from_millis(2000)));
+    let u2 = until.clone();
+    let (recv, _) = slow_receiver(
+        &rt,
+        Duration::ZERO,
+        Arc::new(move |j| {
+            if j["username"] == "ana"
+                && j["type"] == "opened"
+                && Instant::now() < *u2.lock().unwrap()
+            {
+                500
+            } else {
+                200
+            }
+        }),
+    );
+    let (store, engine) = setup(vec![service("bank", &recv.url(), "s")]);
+    let pipeline = Pipeline::start(fast(), store.clone(), engine.clone()).unwrap();
+    let t = now_ms();
+    commit(
+        &store,
+        &engine,
+        &[
+            (
+                "bank",
+                "ana",
+                ev(&engine, "bank", "ana", EventKind::Opened, t),
+            ),
+            (
+                "bank",
+                "ana",
+                ev(&engine, "bank", "ana", EventKind::Closed, t + 1),
+            ),
+            (
+                "bank",
+                "bob",
+                ev(&engine, "bank", "bob", EventKind::Opened, t + 2),
+            ),
+            (
+                "bank",
+                "bob",
+                ev(&engine, "bank", "bob", EventKind::Closed, t + 3),
+            ),
+        ],
+    );
+    wait_until("bob's two events", Duration::from_secs(5), || {
+        recv.distinct().len() == 2
+    });
+    let got = recv.deliveries();
+    assert!(
+        got.iter().all(|d| d.json["username"] == "bob"),
+        "ana is held back"
+    );
+    assert!(
+        Instant::now() < *until.lock().unwrap(),
+        "bob did not wait for ana"
+    );
+    wait_until("all four", Duration::from_secs(10), || {
+        recv.distinct().len() == 4
+    });
+    let ana: Vec<String> = recv
+        .deliveries()
+        .iter()
+        .filter(|d| d.json["username"] == "ana")
+        .map(|d| d.json["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ana, ["opened", "closed"], "ana's events in order");
+    pipeline.shutdown();
+}
