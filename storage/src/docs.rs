@@ -99,6 +99,11 @@ pub struct ServiceDoc {
     /// The webhook, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookDoc>,
+    /// The details JSON object the app shows (logo as base64 PNG, display texts), served by
+    /// the HTTP API at `/v1/services/{name}/details` for installations that point
+    /// `details_url` there. Not part of the engine's configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 impl ServiceDoc {
@@ -158,6 +163,7 @@ impl ServiceDoc {
                 secret: w.secret.clone(),
                 events: w.events.clone(),
             }),
+            details: None,
         }
     }
 }
