@@ -15,7 +15,7 @@ use crate::device::{event, Auth};
 use crate::event::{Actor, EventKind};
 use crate::mutation::{Batch, Mutation, PendingRecord};
 use crate::side::{Challenge, Form, PendingToken, Transaction};
-use crate::state::{TokenEntry, TokenState};
+use crate::state::{TokenEntry, TokenKind, TokenState, TotpSecret, FLAG_TIMER, FLAG_TOTP};
 use crate::{lock, Engine, EngineError, WINDOW_IDLE_MS};
 
 /// What an enrollment hands out (all single use, expiring).
@@ -31,11 +31,38 @@ pub struct EnrollmentTicket {
     pub expires_ms: u64,
 }
 
+/// What a standard authenticator (TOTP) enrollment hands out: the secret, once. The token is
+/// usable at once (closed); nothing expires.
+#[derive(Clone)]
+pub struct TotpEnrollment {
+    /// The token.
+    pub token_id: TokenId,
+    /// `otpauth://totp/<issuer>:<account>?secret=<BASE32>&issuer=<issuer>&algorithm=SHA1&digits=<d>&period=<p>`
+    /// (the QR code's content), with the service's name as issuer and the username as account,
+    /// both percent-encoded (SPEC.md §10.5).
+    pub otpauth_uri: zeroize::Zeroizing<String>,
+    /// The secret in base32 (no padding), for manual entry.
+    pub secret_base32: zeroize::Zeroizing<String>,
+}
+
+impl std::fmt::Debug for TotpEnrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TotpEnrollment")
+            .field("token_id", &self.token_id)
+            .field("otpauth_uri", &"<redacted>")
+            .field("secret_base32", &"<redacted>")
+            .finish()
+    }
+}
+
 /// A token's status for the API.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenStatus {
     /// The token.
     pub token_id: TokenId,
+    /// App or standard authenticator (TOTP). A token re-enrolled for the app and waiting for
+    /// it (pending) is `App`.
+    pub kind: TokenKind,
     /// State at `now` (an ended window reads closed).
     pub state: TokenState,
     /// End of the open window, when open.
@@ -199,6 +226,125 @@ impl Engine {
         })
     }
 
+    /// Enrolls `username` in `service` as a standard authenticator (RFC 6238 TOTP) token
+    /// (SPEC.md §10.5): a fresh 160-bit secret, handed out once as an `otpauth://` URI and in
+    /// base32. The token is usable at once (closed); it never opens by itself (no app, no
+    /// PIN). Digits and period follow the service's one-time-code settings where an
+    /// authenticator app can ([`crate::state::totp_params`]: else 6 digits every 30 s) and are
+    /// fixed for the token's life.
+    ///
+    /// Enrolling an existing token again replaces it, as [`Engine::enroll`] does: the old
+    /// secret (app or TOTP) stops working at once, failures are reset, its transactions,
+    /// offline challenge and backup codes are forgotten and a pending app enrollment is
+    /// withdrawn.
+    pub fn enroll_totp(
+        &self,
+        now_ms: u64,
+        service: &str,
+        username: &str,
+        batch: &mut Batch,
+    ) -> Result<TotpEnrollment, EngineError> {
+        use zoftoken_proto::totp::{self, TotpAlgorithm, TotpParams};
+        if username.is_empty() || username.len() > 1024 {
+            return Err(EngineError::Invalid("username must be 1 to 1024 bytes"));
+        }
+        let index = self.service_index(service)?;
+        let services = self.services();
+        let svc = services
+            .list
+            .get(usize::from(index))
+            .ok_or(EngineError::UnknownService)?;
+        let id = TokenId::derive(service, username);
+        let (digits, period_s) = crate::state::totp_params(svc.config.otp);
+        let key = zeroize::Zeroizing::new(self.random::<{ crate::state::TOTP_KEY_LEN }>());
+        let params = TotpParams {
+            digits,
+            period_s: u32::from(period_s),
+            algorithm: TotpAlgorithm::Sha1,
+        };
+        let otpauth_uri =
+            zeroize::Zeroizing::new(totp::otpauth_uri(service, username, key.as_slice(), params));
+        let secret_base32 = zeroize::Zeroizing::new(totp::base32_encode(key.as_slice()));
+        // Nothing can authenticate as a TOTP token on the UDP path (its packets are dropped
+        // first); its packet keys are random all the same, unrelated to the secret.
+        let d2s = zoftoken_proto::aead::PacketKey::new(self.random::<32>());
+        let s2d = zoftoken_proto::aead::PacketKey::new(self.random::<32>());
+        let entry = TokenEntry {
+            id: id.0,
+            secret: TotpSecret::pack(&key, digits, period_s),
+            d2s,
+            s2d,
+            pin: [0; 32],
+            duress: [0; 32],
+            highest: 0,
+            open_until_ms: 0,
+            offset_ms: 0,
+            last_seen_s: 0,
+            otp_last_step: 0,
+            service: index,
+            state: TokenState::Closed,
+            failures: 0,
+            flags: FLAG_TOTP,
+            otp_drift: 0,
+            version: 0,
+        };
+        batch.mutations.push(Mutation::TokenCreated {
+            token_id: id,
+            service: svc.name.clone(),
+            username: username.to_owned(),
+        });
+        {
+            // Lock order: pending → shard. Holding both, no pairing can complete in between.
+            let mut pending = lock(&self.pending);
+            if pending.remove(&id.0).is_some() {
+                batch.mutations.push(Mutation::DeletePending(id));
+            }
+            let mut shard = self.shard(&id.0);
+            let shard = &mut *shard;
+            let slot = match shard.table.find(&id.0) {
+                Some(slot) => {
+                    if let Some(e) = shard.table.get_mut(slot) {
+                        // The versions continue, so that the new record is newer than
+                        // anything stored for the old token; an expiry timer already in the
+                        // heap for this slot stays accounted for.
+                        let (version, timer) = (e.version, e.flags & FLAG_TIMER);
+                        *e = entry;
+                        e.version = version;
+                        e.flags |= timer;
+                    }
+                    slot
+                }
+                None => shard.table.insert(entry),
+            };
+            shard.windows.remove(&slot);
+            shard.presence.remove(&slot);
+            if let Some(e) = shard.table.get_mut(slot) {
+                batch
+                    .mutations
+                    .push(Mutation::Token(Box::new(self.record(e))));
+            }
+        }
+        lock(&self.side).forget(&id.0, batch);
+        batch.event(crate::Event::new(
+            EventKind::Enrolled,
+            id,
+            index,
+            now_ms,
+            Actor::Admin,
+        ));
+        self.notify(&id.0);
+        Ok(TotpEnrollment {
+            token_id: id,
+            otpauth_uri,
+            secret_base32,
+        })
+    }
+
+    /// The kind of a paired token.
+    fn paired_kind(&self, id: &TokenId) -> Result<TokenKind, EngineError> {
+        self.with_paired(id, |e, _, _| e.kind())
+    }
+
     /// The status of a token by service and username.
     pub fn status(
         &self,
@@ -222,6 +368,11 @@ impl Engine {
                 .is_some_and(|s| s.config.duress_allowed);
             return Ok(TokenStatus {
                 token_id: *id,
+                kind: if state == TokenState::Pending {
+                    TokenKind::App
+                } else {
+                    e.kind()
+                },
                 state,
                 open_until_ms: (state == TokenState::Open).then_some(e.open_until_ms),
                 duress: state == TokenState::Open
@@ -239,6 +390,7 @@ impl Engine {
         {
             return Ok(TokenStatus {
                 token_id: *id,
+                kind: TokenKind::App,
                 state: TokenState::Pending,
                 open_until_ms: None,
                 duress: false,
@@ -371,8 +523,11 @@ impl Engine {
         Ok(())
     }
 
-    /// Validates a one-time code from the app (SPEC.md §10.3): never accepted twice, drift
-    /// tracked, a wrong code is a failure.
+    /// Validates a one-time code (SPEC.md §10.3 for app tokens, §10.5 for TOTP tokens): never
+    /// accepted twice, nor a code of a step at or before the last accepted one; the current
+    /// step (plus the tracked drift) ± 1 is accepted and the drift follows; a wrong code is a
+    /// failure (three in a row block), a correct one resets the failures. A replayed code is
+    /// a wrong code, so it counts as a failure too, as for app codes.
     pub fn validate_code(
         &self,
         now_ms: u64,
@@ -382,6 +537,12 @@ impl Engine {
     ) -> Result<OfflineOutcome, EngineError> {
         let services = self.services();
         let r = self.with_paired(id, |e, shard, slot| {
+            if e.flags & FLAG_TOTP != 0 {
+                let auth = Self::check_totp(now_ms, e, code);
+                let out = self.outcome(now_ms, e, auth, false, false, batch);
+                self.persist(e, shard, slot, batch);
+                return out;
+            }
             let svc = services.list.get(usize::from(e.service));
             let params = svc.map_or(OtpParams::default(), |s| s.config.otp);
             let duress_ok = svc.is_some_and(|s| s.config.duress_allowed);
@@ -406,6 +567,33 @@ impl Engine {
         })?;
         self.notify(&id.0);
         Ok(r)
+    }
+
+    /// Checks a TOTP code (SPEC.md §10.5) against the steps `b + d − 1 ..= b + d + 1` (`b` the
+    /// current step, `d` the tracked drift), above the last accepted step; on a match records
+    /// that step and the new drift `m − b`.
+    fn check_totp(now_ms: u64, e: &mut TokenEntry, code: &str) -> Auth {
+        use zoftoken_proto::totp::{totp_verify_around, TotpAlgorithm, TotpParams};
+        if e.state == TokenState::Blocked {
+            return Auth::Blocked;
+        }
+        let (digits, period_s) = TotpSecret::params(&e.secret);
+        let params = TotpParams {
+            digits,
+            period_s: u32::from(period_s),
+            algorithm: TotpAlgorithm::Sha1,
+        };
+        let base = params.step(now_ms / 1000);
+        let expected = base.saturating_add_signed(i64::from(e.otp_drift));
+        let last = (e.otp_last_step > 0).then_some(u64::from(e.otp_last_step));
+        match totp_verify_around(TotpSecret::key(&e.secret), code, expected, params, 1, last) {
+            Some(step) => {
+                e.otp_last_step = u32::try_from(step).unwrap_or(u32::MAX);
+                e.otp_drift = i8::try_from(step as i64 - base as i64).unwrap_or(0);
+                Auth::Ok { duress: false }
+            }
+            None => Auth::Failed,
+        }
     }
 
     fn outcome(
@@ -460,7 +648,9 @@ impl Engine {
         let random = self.random::<32>();
         let code = codes::validation_code(len, &random)
             .map_err(|_| EngineError::Invalid("length must be 4 to 32 in groups of 4"))?;
-        self.with_paired(id, |_, _, _| ())?;
+        if self.paired_kind(id)? == TokenKind::Totp {
+            return Err(EngineError::NotForTotp);
+        }
         lock(&self.side).challenges.insert(
             id.0,
             Challenge {
@@ -480,6 +670,9 @@ impl Engine {
         response: &str,
         batch: &mut Batch,
     ) -> Result<OfflineOutcome, EngineError> {
+        if self.paired_kind(id)? == TokenKind::Totp {
+            return Err(EngineError::NotForTotp);
+        }
         let challenge = {
             let side = lock(&self.side);
             match side.challenges.get(&id.0) {
@@ -606,7 +799,9 @@ impl Engine {
         if !(1_000..=3_600_000).contains(&timeout_ms) {
             return Err(EngineError::Invalid("timeout must be 1 s to 1 h"));
         }
-        self.with_paired(id, |_, _, _| ())?;
+        if self.paired_kind(id)? == TokenKind::Totp {
+            return Err(EngineError::NotForTotp);
+        }
         let tx_id = self.random::<16>();
         let tx = Transaction {
             tx_id,
@@ -755,13 +950,24 @@ impl Engine {
         if self.services().list.get(usize::from(service)).is_none() {
             return Err(EngineError::UnknownService);
         }
-        let secret = *record.secret.expose();
+        let secret = zeroize::Zeroizing::new(*record.secret.expose());
         let status = &record.status;
+        let totp = record.kind == TokenKind::Totp;
+        // A TOTP token's packet keys are random (see `enroll_totp`), never derived from its
+        // secret, which its user knows.
+        let (d2s, s2d) = if totp {
+            (self.random::<32>(), self.random::<32>())
+        } else {
+            (
+                blake3::derive_key(context::D2S, &*secret),
+                blake3::derive_key(context::S2D, &*secret),
+            )
+        };
         let entry = TokenEntry {
             id: status.token_id.0,
-            secret,
-            d2s: zoftoken_proto::aead::PacketKey::new(blake3::derive_key(context::D2S, &secret)),
-            s2d: zoftoken_proto::aead::PacketKey::new(blake3::derive_key(context::S2D, &secret)),
+            secret: *secret,
+            d2s: zoftoken_proto::aead::PacketKey::new(d2s),
+            s2d: zoftoken_proto::aead::PacketKey::new(s2d),
             pin: *record.pin_verifier.expose(),
             duress: record
                 .duress_verifier
@@ -783,7 +989,7 @@ impl Engine {
                 crate::state::FLAG_OPEN_DURESS
             } else {
                 0
-            },
+            } | if totp { FLAG_TOTP } else { 0 },
             otp_drift: status.otp_drift,
             version: status.version,
         };

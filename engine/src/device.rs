@@ -20,7 +20,8 @@ use crate::event::{Actor, Event, EventKind};
 use crate::mutation::{Batch, Mutation};
 use crate::side::Candidate;
 use crate::state::{
-    TokenEntry, TokenState, FLAG_HAS_DURESS, FLAG_HAS_WINDOW, FLAG_OPEN_DURESS, MAX_FAILURES,
+    TokenEntry, TokenState, FLAG_HAS_DURESS, FLAG_HAS_WINDOW, FLAG_OPEN_DURESS, FLAG_TOTP,
+    MAX_FAILURES,
 };
 use crate::{lock, Engine, Services};
 
@@ -336,6 +337,12 @@ impl Engine {
                 drop(guard);
                 return self.pair_complete(now_ms, id, datagram, out, batch);
             }
+        }
+        // A standard authenticator (TOTP) token has no app: nothing can authenticate as it,
+        // whatever keys its entry holds, so its packets are dropped as unauthentic (counted,
+        // never answered). Only a re-enrollment as an app token (above) leads anywhere.
+        if e.flags & FLAG_TOTP != 0 {
+            return Err(DropReason::Unauthentic);
         }
         let req = open_checked_request(&e.d2s, msg_type, datagram)?;
         let counter = req.header.counter.get();
@@ -741,6 +748,7 @@ impl Engine {
     /// The persistent record of an entry.
     pub(crate) fn record(&self, e: &mut TokenEntry) -> crate::TokenRecord {
         crate::TokenRecord {
+            kind: e.kind(),
             service: e.service,
             secret: zoftoken_proto::SecretBytes::new(e.secret),
             pin_verifier: zoftoken_proto::SecretBytes::new(e.pin),

@@ -35,8 +35,8 @@ use zoftoken_proto::replay::ReplayWindow;
 use zoftoken_proto::DropReason;
 
 pub use admin::{
-    EnrollmentTicket, Force, OfflineOutcome, TokenStatus, BACKUP_CODES, BACKUP_DIGITS,
-    TX_RETENTION_MS,
+    EnrollmentTicket, Force, OfflineOutcome, TokenStatus, TotpEnrollment, BACKUP_CODES,
+    BACKUP_DIGITS, TX_RETENTION_MS,
 };
 pub use authkeys::{Access, AuthkeyConfig, AuthkeyInfo, Authkeys, Right};
 pub use config::{ServiceConfig, WebhookConfig};
@@ -47,7 +47,7 @@ pub use mutation::{
     TokenStateRecord,
 };
 pub use side::Transaction;
-pub use state::TokenState;
+pub use state::{TokenKind, TokenState};
 
 /// Errors of the API operations. Network input never produces these: bad packets are dropped.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -70,6 +70,10 @@ pub enum EngineError {
     /// No offline challenge is outstanding for the token (none, used or expired).
     #[error("no offline challenge outstanding")]
     NoChallenge,
+    /// The operation needs our phone app (offline challenge and response, transactions) and
+    /// the token is a standard authenticator (TOTP) token, which has neither app nor PIN.
+    #[error("not available for standard authenticator (TOTP) tokens")]
+    NotForTotp,
     /// The configuration is invalid.
     #[error("invalid configuration: {0:?}")]
     Config(Vec<config::ConfigError>),

@@ -14,6 +14,9 @@ use crate::state::TokenState;
 /// Secrets are redacted in `Debug`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenRecord {
+    /// App or standard authenticator (TOTP). For a TOTP token, `secret` holds its HMAC key and
+    /// TOTP parameters and both verifiers are zero (see the engine's `state` module).
+    pub kind: crate::state::TokenKind,
     /// Its service's index in the engine's list (storage persists the name, from
     /// [`crate::Engine::service_name`]; indexes are stable across reloads).
     pub service: u16,

@@ -37,6 +37,34 @@ impl TokenState {
     }
 }
 
+/// Which kind of token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TokenKind {
+    /// Our phone app (UDP protocol).
+    App,
+    /// A standard RFC 6238 authenticator (SPEC.md §10.5): no app of ours, no PIN, no packets.
+    Totp,
+}
+
+impl TokenKind {
+    /// The name used by the API: `app` or `totp`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenKind::App => "app",
+            TokenKind::Totp => "totp",
+        }
+    }
+
+    /// The kind for a name (`app`, `totp`).
+    pub fn from_name(name: &str) -> Option<TokenKind> {
+        match name {
+            "app" => Some(TokenKind::App),
+            "totp" => Some(TokenKind::Totp),
+            _ => None,
+        }
+    }
+}
+
 /// Failed authentications that block a token.
 pub const MAX_FAILURES: u8 = 3;
 
@@ -46,6 +74,75 @@ pub(crate) const FLAG_OPEN_DURESS: u8 = 0x02;
 pub(crate) const FLAG_HAS_WINDOW: u8 = 0x04;
 /// The token has an entry in its shard's expiry heap (at most one per token).
 pub(crate) const FLAG_TIMER: u8 = 0x08;
+/// A standard authenticator token ([`TokenKind::Totp`]): `secret` holds its TOTP parameters
+/// (see [`TotpSecret`]); `pin`, `duress` are zero and its packet keys are random (its device
+/// packets are dropped before any key is used).
+pub(crate) const FLAG_TOTP: u8 = 0x10;
+
+/// Length of a TOTP token's HMAC key (RFC 4226 §4: at least 128 bits, 160 recommended).
+pub const TOTP_KEY_LEN: usize = 20;
+
+/// The longest TOTP period the engine hands to authenticator apps (as
+/// `zoftoken_proto::totp::TotpParams::validate` allows).
+pub const TOTP_MAX_PERIOD_S: u16 = 300;
+
+/// The TOTP digits and period for a service's one-time-code settings: its length and period
+/// when a standard authenticator app can follow them (alphabet digits, length 6 or 8, period
+/// 1–300 s), otherwise RFC 6238's usual 6 digits every 30 s.
+pub fn totp_params(otp: zoftoken_proto::codes::OtpParams) -> (u8, u16) {
+    let digits_ok =
+        otp.alphabet == zoftoken_proto::wire::Alphabet::Digits && matches!(otp.length, 6 | 8);
+    if digits_ok && (1..=TOTP_MAX_PERIOD_S).contains(&otp.period_s) {
+        (otp.length, otp.period_s)
+    } else {
+        (6, 30)
+    }
+}
+
+/// How a TOTP token uses the 32-byte `secret` field of its entry (and of its persisted record):
+/// bytes 0..20 the HMAC-SHA-1 key, byte 20 the digits, bytes 21..23 the period in seconds
+/// (big-endian), the rest zero. The parameters are fixed at enrollment, since the
+/// authenticator app learnt them from the `otpauth://` URI and cannot follow a later change of
+/// the service's settings.
+pub(crate) struct TotpSecret;
+
+impl TotpSecret {
+    /// Lays out a key and its parameters.
+    pub fn pack(key: &[u8; TOTP_KEY_LEN], digits: u8, period_s: u16) -> [u8; 32] {
+        let mut s = [0u8; 32];
+        let (k, rest) = s.split_at_mut(TOTP_KEY_LEN);
+        k.copy_from_slice(key);
+        if let [d, p0, p1, ..] = rest {
+            *d = digits;
+            [*p0, *p1] = period_s.to_be_bytes();
+        }
+        s
+    }
+
+    /// The key of a packed secret.
+    pub fn key(s: &[u8; 32]) -> &[u8] {
+        s.split_at(TOTP_KEY_LEN).0
+    }
+
+    /// `(digits, period_s)` of a packed secret; 6 digits / 30 s if they are not ones an
+    /// authenticator app can follow (never the case for what [`TotpSecret::pack`] was given
+    /// by the engine).
+    pub fn params(s: &[u8; 32]) -> (u8, u16) {
+        match s.split_at(TOTP_KEY_LEN).1 {
+            [d @ (6 | 8), p0, p1, ..] => {
+                let period = u16::from_be_bytes([*p0, *p1]);
+                if (1..=TOTP_MAX_PERIOD_S).contains(&period) {
+                    (*d, period)
+                } else {
+                    (6, 30)
+                }
+            }
+            _ => (6, 30),
+        }
+    }
+}
+
+/// Failed authentications that block a token.
 
 /// Expiry timers of one shard: a min-heap of `(open_until_ms, slot)` holding at most one
 /// entry per token (memory is bounded by the number of tokens, however often they reopen).
@@ -110,6 +207,14 @@ impl TokenEntry {
 
     pub fn has_duress(&self) -> bool {
         self.flags & FLAG_HAS_DURESS != 0
+    }
+
+    pub fn kind(&self) -> TokenKind {
+        if self.flags & FLAG_TOTP != 0 {
+            TokenKind::Totp
+        } else {
+            TokenKind::App
+        }
     }
 
     pub fn attempts_left(&self) -> u8 {

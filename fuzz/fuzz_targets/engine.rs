@@ -33,6 +33,7 @@ fn engine() -> (Engine, Vec<TokenId>) {
         let id = TokenId::derive("fuzz", &format!("user{i}"));
         engine
             .load_token(&TokenRecord {
+                kind: zoftoken_engine::TokenKind::App,
                 service,
                 secret: SecretBytes::new([i as u8; 32]),
                 pin_verifier: SecretBytes::new([1; 32]),

@@ -112,6 +112,7 @@ impl TokenSet {
     /// index `service` (0: the first configured service, which must be [`Self::service`]).
     pub fn record(&self, i: u64, service: u16) -> TokenRecord {
         TokenRecord {
+            kind: zoftoken_engine::TokenKind::App,
             service,
             secret: SecretBytes::new(self.secret(i)),
             pin_verifier: SecretBytes::new(*self.verifier().expose()),

@@ -99,6 +99,14 @@ pub fn totp(secret: &[u8], unix_s: u64, params: TotpParams) -> String {
     hotp(secret, params.step(unix_s), params.digits, params.algorithm)
 }
 
+/// RFC 6238 TOTP with HMAC-SHA-1 (what every authenticator app supports) at a Unix time in
+/// seconds, T0 = 0: the `digits`-digit code of step `unix_s / period_s` (a zero period is
+/// taken as 1 s; `digits` above 9 as 9).
+pub fn totp_code(secret: &[u8], unix_s: u64, period_s: u32, digits: u8) -> String {
+    let step = unix_s / u64::from(period_s.max(1));
+    hotp(secret, step, digits.min(9), TotpAlgorithm::Sha1)
+}
+
 /// Server side: accepts `code` if it matches a step within `radius` of the current one and
 /// above `last_used_step` (never twice). Returns the matched step.
 pub fn totp_verify(
@@ -109,13 +117,34 @@ pub fn totp_verify(
     radius: u64,
     last_used_step: Option<u64>,
 ) -> Option<u64> {
+    totp_verify_around(
+        secret,
+        code,
+        params.step(unix_s),
+        params,
+        radius,
+        last_used_step,
+    )
+}
+
+/// [`totp_verify`] around a given step (the current one plus a tracked drift): accepts `code`
+/// if it matches a step in `center ± radius` above `last_used_step`, and returns that step
+/// (the lowest such one). Whitespace in `code` is ignored; every candidate is compared in
+/// constant time.
+pub fn totp_verify_around(
+    secret: &[u8],
+    code: &str,
+    center: u64,
+    params: TotpParams,
+    radius: u64,
+    last_used_step: Option<u64>,
+) -> Option<u64> {
     let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
     if code.len() != usize::from(params.digits) || !code.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let now = params.step(unix_s);
     let mut found = None;
-    for step in now.saturating_sub(radius)..=now.saturating_add(radius) {
+    for step in center.saturating_sub(radius)..=center.saturating_add(radius) {
         let candidate = hotp(secret, step, params.digits, params.algorithm);
         let matches: bool = candidate.as_bytes().ct_eq(code.as_bytes()).into();
         if matches && found.is_none() && last_used_step.is_none_or(|used| step > used) {
@@ -186,6 +215,26 @@ mod tests {
         ] {
             assert_eq!(base32_encode(i.as_bytes()), o);
         }
+    }
+
+    #[test]
+    fn totp_code_matches_rfc6238_appendix_b_sha1() {
+        // RFC 6238 Appendix B, SHA-1 rows, typed in from the RFC.
+        let key = b"12345678901234567890";
+        for (t, code) in [
+            (59, "94287082"),
+            (1_111_111_109, "07081804"),
+            (1_111_111_111, "14050471"),
+            (1_234_567_890, "89005924"),
+            (2_000_000_000, "69279037"),
+            (20_000_000_000, "65353130"),
+        ] {
+            assert_eq!(totp_code(key, t, 30, 8), code, "T = {t}");
+        }
+        // 6 digits are the last 6 of the 8 (same truncated value, smaller modulus).
+        assert_eq!(totp_code(key, 59, 30, 6), "287082");
+        // The period divides the time: step 1 at 59 s with 30 s is step 1 at 119 s with 60 s.
+        assert_eq!(totp_code(key, 119, 60, 8), "94287082");
     }
 
     #[test]

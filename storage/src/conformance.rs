@@ -297,6 +297,7 @@ fn token(n: u32, version: u32) -> TokenRecord {
     status.failures = (n % 3) as u8;
     status.clock_offset_ms = -(i64::from(n));
     TokenRecord {
+        kind: zoftoken_engine::TokenKind::App,
         service: 0,
         secret: SecretBytes::new([n as u8; 32]),
         pin_verifier: SecretBytes::new([(n + 1) as u8; 32]),

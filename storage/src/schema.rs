@@ -5,7 +5,7 @@
 //! | column family | key | value |
 //! |---|---|---|
 //! | `tokens` | token id (16) | service name, username |
-//! | `secrets` | token id | service name, sealed `K ‖ PIN verifier ‖ duress flag ‖ duress verifier` |
+//! | `secrets` | token id | service name, sealed `K ‖ PIN verifier ‖ duress flag ‖ duress verifier` (format 1: app tokens); format 2 appends `‖ kind` inside the seal (TOTP tokens) |
 //! | `state` | token id | version, then the [`TokenStateRecord`] fields (49 bytes) |
 //! | `enrollments` | token id | service name, expiry, sealed key material of both forms |
 //! | `backup_codes` | token id | sealed code hashes |
@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 use zoftoken_engine::{
-    Actor, Event, EventKind, PendingRecord, TokenState, TokenStateRecord, Transaction,
+    Actor, Event, EventKind, PendingRecord, TokenKind, TokenState, TokenStateRecord, Transaction,
 };
 use zoftoken_proto::{SecretBytes, TokenId, TxState};
 
@@ -28,6 +28,13 @@ use crate::kv::Cf;
 /// The schema version this code writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
 const FORMAT: u8 = 1;
+/// The `secrets` format carrying the token's kind (a byte after the duress verifier, inside
+/// the seal). App tokens are still written in format 1, byte for byte as before, so a
+/// database without TOTP tokens stays readable by earlier versions; a record without the kind
+/// (format 1) is an app token.
+const SECRETS_FORMAT_KIND: u8 = 2;
+const KIND_APP: u8 = 0;
+const KIND_TOTP: u8 = 1;
 
 /// A bounds-checked reader over a value.
 pub(crate) struct Reader<'a>(&'a [u8]);
@@ -153,8 +160,10 @@ pub fn decode_state(id: TokenId, v: &[u8]) -> Option<TokenStateRecord> {
     Some(rec)
 }
 
-/// A token's secrets as stored: `(service name, K, PIN verifier, duress verifier)`.
+/// A token's secrets as stored: `(service name, K, PIN verifier, duress verifier, kind)`.
 pub struct Secrets {
+    /// App or standard authenticator (TOTP).
+    pub kind: TokenKind,
     /// The service's name.
     pub service: String,
     /// The token secret.
@@ -177,7 +186,14 @@ pub fn encode_secrets(key: &MasterKey, id: &TokenId, s: &Secrets) -> Vec<u8> {
         }
         None => plain.push(0),
     }
-    let mut v = vec![FORMAT];
+    let format = match s.kind {
+        TokenKind::App => FORMAT,
+        TokenKind::Totp => {
+            plain.push(KIND_TOTP);
+            SECRETS_FORMAT_KIND
+        }
+    };
+    let mut v = vec![format];
     put_short_str(&mut v, &s.service);
     v.extend_from_slice(&key.seal(Cf::Secrets, &id.0, &plain));
     v
@@ -186,7 +202,10 @@ pub fn encode_secrets(key: &MasterKey, id: &TokenId, s: &Secrets) -> Vec<u8> {
 /// Decodes `secrets`; `None` if malformed or sealed under another key.
 pub fn decode_secrets(key: &MasterKey, id: &TokenId, v: &[u8]) -> Option<Secrets> {
     let mut r = Reader::new(v);
-    r.format()?;
+    let format = r.u8()?;
+    if format != FORMAT && format != SECRETS_FORMAT_KIND {
+        return None;
+    }
     let service = r.short_str()?.to_owned();
     let plain = key.open(Cf::Secrets, &id.0, r.rest())?;
     let mut p = Reader::new(&plain);
@@ -197,8 +216,18 @@ pub fn decode_secrets(key: &MasterKey, id: &TokenId, v: &[u8]) -> Option<Secrets
         1 => Some(SecretBytes::new(p.array()?)),
         _ => return None,
     };
+    let kind = if format == SECRETS_FORMAT_KIND {
+        match p.u8()? {
+            KIND_APP => TokenKind::App,
+            KIND_TOTP => TokenKind::Totp,
+            _ => return None,
+        }
+    } else {
+        TokenKind::App
+    };
     p.end()?;
     Some(Secrets {
+        kind,
         service,
         secret,
         pin_verifier,

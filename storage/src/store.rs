@@ -287,6 +287,7 @@ impl Store {
                                 r.service
                             )))?;
                     let secrets = Secrets {
+                        kind: r.kind,
                         service: service.to_string(),
                         secret: r.secret.clone(),
                         pin_verifier: r.pin_verifier.clone(),
@@ -501,6 +502,7 @@ impl Store {
                 return Ok(true);
             };
             let record = TokenRecord {
+                kind: s.kind,
                 service,
                 secret: s.secret,
                 pin_verifier: s.pin_verifier,
@@ -718,6 +720,7 @@ impl Store {
             })?;
             engine
                 .load_token(&TokenRecord {
+                    kind: s.kind,
                     service,
                     secret: s.secret,
                     pin_verifier: s.pin_verifier,

@@ -59,6 +59,7 @@ fn crash_child_writer() {
     let mut setup = Batch::new();
     for n in 0..TOKENS {
         let record = TokenRecord {
+            kind: zoftoken_engine::TokenKind::App,
             service: 0,
             secret: SecretBytes::new([n as u8; 32]),
             pin_verifier: SecretBytes::new([1; 32]),
