@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{
+    HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE,
+};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
@@ -178,6 +180,11 @@ impl From<EngineError> for Failure {
                 "no_challenge",
                 "no offline validation code is outstanding for this token (none, used or expired)",
             ),
+            EngineError::NotForTotp => Failure::new(
+                StatusCode::CONFLICT,
+                "not_for_totp",
+                "standard authenticator (TOTP) tokens have no app: no offline mode, no transactions",
+            ),
             EngineError::Config(errors) => Failure::bad(
                 "invalid_config",
                 errors
@@ -295,11 +302,7 @@ async fn dispatch(
         }
     };
     let m = &parts.method;
-    let ctx = Ctx {
-        state,
-        peer,
-        parts,
-    };
+    let ctx = Ctx { state, peer, parts };
     match resource {
         Resource::Healthz if m == Method::GET => ("healthz", ok(&json!({ "status": "ok" }))),
         Resource::Readyz if m == Method::GET => ("readyz", readyz(state)),
@@ -327,9 +330,10 @@ async fn dispatch(
             "service_replace",
             ctx.service_replace(name.into_owned(), body).await,
         ),
-        Resource::Service(name) if m == Method::DELETE => {
-            ("service_delete", ctx.service_delete(name.into_owned()).await)
-        }
+        Resource::Service(name) if m == Method::DELETE => (
+            "service_delete",
+            ctx.service_delete(name.into_owned()).await,
+        ),
         Resource::Service(_) => ("unmatched", Err(method_not_allowed("GET, PUT, DELETE"))),
         Resource::ServiceDetails(name) if m == Method::GET => {
             ("service_details", service_details(state, &name))
@@ -340,9 +344,10 @@ async fn dispatch(
             ("authkey_create", ctx.authkey_create(body).await)
         }
         Resource::Authkeys => ("unmatched", Err(method_not_allowed("GET, POST"))),
-        Resource::Authkey(name) if m == Method::DELETE => {
-            ("authkey_revoke", ctx.authkey_revoke(name.into_owned()).await)
-        }
+        Resource::Authkey(name) if m == Method::DELETE => (
+            "authkey_revoke",
+            ctx.authkey_revoke(name.into_owned()).await,
+        ),
         Resource::Authkey(_) => ("unmatched", Err(method_not_allowed("DELETE"))),
         Resource::Token(tok, path) => ctx.token(tok, path, body).await,
     }
@@ -407,7 +412,10 @@ fn parse_query(q: Option<&str>, allowed: &[&str]) -> Result<Query, Failure> {
         if !allowed.contains(&k) {
             return Err(Failure::bad(
                 "invalid_query",
-                format!("unknown query parameter (allowed here: {})", allowed.join(", ")),
+                format!(
+                    "unknown query parameter (allowed here: {})",
+                    allowed.join(", ")
+                ),
             ));
         }
         match k {
@@ -476,6 +484,7 @@ fn ensure_loaded(engine: &Engine, store: &Store, now: u64, id: &TokenId) -> Resu
 #[derive(Serialize)]
 struct StatusBody {
     token_id: String,
+    kind: &'static str,
     state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     open_until_ms: Option<u64>,
@@ -488,6 +497,7 @@ struct StatusBody {
 fn status_body(s: &TokenStatus) -> StatusBody {
     StatusBody {
         token_id: hex::encode(s.token_id.0),
+        kind: s.kind.name(),
         state: s.state.name(),
         open_until_ms: s.open_until_ms,
         duress: s.duress,
@@ -504,7 +514,9 @@ fn outcome_body(o: OfflineOutcome) -> Value {
         OfflineOutcome::Rejected { attempts_left } => {
             json!({ "accepted": false, "attempts_left": attempts_left, "blocked": false })
         }
-        OfflineOutcome::Blocked => json!({ "accepted": false, "attempts_left": 0, "blocked": true }),
+        OfflineOutcome::Blocked => {
+            json!({ "accepted": false, "attempts_left": 0, "blocked": true })
+        }
     }
 }
 
@@ -768,20 +780,27 @@ impl Ctx<'_> {
         if declared.is_some_and(|n| n > max as u64) {
             return Err(too_large());
         }
-        let collected =
-            tokio::time::timeout(self.state.config.body_timeout, Limited::new(body, max).collect())
-                .await
-                .map_err(|_| {
-                    Failure::new(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "body_timeout",
-                        "the request body was not received in time",
-                    )
-                })?;
+        let collected = tokio::time::timeout(
+            self.state.config.body_timeout,
+            Limited::new(body, max).collect(),
+        )
+        .await
+        .map_err(|_| {
+            Failure::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body was not received in time",
+            )
+        })?;
         let bytes = match collected {
             Ok(c) => Zeroizing::new(c.to_bytes().to_vec()),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-            Err(_) => return Err(Failure::bad("invalid_body", "the request body could not be read")),
+            Err(_) => {
+                return Err(Failure::bad(
+                    "invalid_body",
+                    "the request body could not be read",
+                ))
+            }
         };
         let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
@@ -866,14 +885,31 @@ impl Ctx<'_> {
     async fn enroll(&self, tok: Tok<'_>, body: Incoming) -> Outcome {
         self.authorize_token(Right::Admin, &tok)?;
         let b: EnrollBody = self.json(body).await?;
-        if b.kind == Kind::Totp {
-            return Err(Failure::bad(
-                "unsupported_kind",
-                "TOTP tokens are not available in this build",
-            ));
-        }
         let (engine, store, now) = self.handles();
         let (service, username) = (tok.service.into_owned(), tok.username.into_owned());
+        if b.kind == Kind::Totp {
+            let t = blocking(move || {
+                let id = TokenId::derive(&service, &username);
+                ensure_loaded(&engine, &store, now, &id)?;
+                let mut batch = Batch::new();
+                let t = engine.enroll_totp(now, &service, &username, &mut batch)?;
+                commit(&engine, &store, &mut batch)?;
+                Ok(t)
+            })
+            .await?;
+            let qr = crate::qr::render(&t.otpauth_uri).ok_or_else(Failure::internal)?;
+            return Ok(json_response(
+                StatusCode::CREATED,
+                &json!({
+                    "kind": "totp",
+                    "token_id": hex::encode(t.token_id.0),
+                    "otpauth_uri": t.otpauth_uri.as_str(),
+                    "secret_base32": t.secret_base32.as_str(),
+                    "qr_png_base64": qr.png_base64,
+                    "qr_svg": qr.svg,
+                }),
+            ));
+        }
         let t = blocking(move || {
             let id = TokenId::derive(&service, &username);
             ensure_loaded(&engine, &store, now, &id)?;
@@ -989,7 +1025,9 @@ impl Ctx<'_> {
         self.authorize_token(Right::Admin, &tok)?;
         let b: ChallengeBody = self.json(body).await?;
         let code = self
-            .token_op(tok, move |e, now, id, _| e.offline_challenge(now, id, b.length))
+            .token_op(tok, move |e, now, id, _| {
+                e.offline_challenge(now, id, b.length)
+            })
             .await?;
         ok(&json!({ "code": code }))
     }
@@ -1112,7 +1150,12 @@ impl Ctx<'_> {
 
     async fn service_list(&self) -> Outcome {
         self.authorize_unrestricted()?;
-        let docs: Vec<ServiceDoc> = self.service_docs().await?.into_iter().map(redacted).collect();
+        let docs: Vec<ServiceDoc> = self
+            .service_docs()
+            .await?
+            .into_iter()
+            .map(redacted)
+            .collect();
         ok(&json!({
             "source": if self.state.config.config_source_database { "database" } else { "file" },
             "services": docs,
@@ -1210,6 +1253,9 @@ impl Ctx<'_> {
         let q = parse_query(self.parts.uri.query(), &["force"])?;
         let state = self.state_arc();
         let tokens = blocking(move || {
+            if state.store.services()?.iter().all(|d| d.name != name) {
+                return Err(EngineError::UnknownService.into());
+            }
             let mut tokens = 0u64;
             state.store.for_each_token(&mut |_, s, _| {
                 if s == name {

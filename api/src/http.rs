@@ -110,7 +110,13 @@ async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        tasks.spawn(connection(stream, peer, state.clone(), shutdown.clone(), permit));
+        tasks.spawn(connection(
+            stream,
+            peer,
+            state.clone(),
+            shutdown.clone(),
+            permit,
+        ));
     }
     drop(listener);
     // Let in-flight requests finish, within the grace period.

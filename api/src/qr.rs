@@ -92,8 +92,8 @@ mod tests {
         let mut reader = decoder.read_info().unwrap();
         let mut buf = vec![0; reader.output_buffer_size().unwrap()];
         let info = reader.next_frame(&mut buf).unwrap();
-        let code = QrCode::with_error_correction_level(b"zoftoken://enroll?s=abc", EcLevel::M)
-            .unwrap();
+        let code =
+            QrCode::with_error_correction_level(b"zoftoken://enroll?s=abc", EcLevel::M).unwrap();
         let side = (code.width() + 2 * QUIET) * SCALE;
         assert_eq!((info.width as usize, info.height as usize), (side, side));
         // The top-left finder pattern's corner module is dark, the quiet zone light.
@@ -101,7 +101,11 @@ mod tests {
         assert!(bit(0, 0), "quiet zone is white");
         assert!(!bit(QUIET * SCALE, QUIET * SCALE), "finder corner is black");
         let squares = qr.svg.matches("h1v1h-1z").count();
-        let dark = code.to_colors().iter().filter(|c| **c == Color::Dark).count();
+        let dark = code
+            .to_colors()
+            .iter()
+            .filter(|c| **c == Color::Dark)
+            .count();
         assert_eq!(squares, dark);
     }
 }

@@ -24,8 +24,16 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/v1/authkeys", "authkey_list"),
     ("POST", "/v1/authkeys", "authkey_create"),
     ("DELETE", "/v1/authkeys/{name}", "authkey_revoke"),
-    ("POST", "/v1/services/{service}/tokens/{username}", "token_enroll"),
-    ("GET", "/v1/services/{service}/tokens/{username}", "token_status"),
+    (
+        "POST",
+        "/v1/services/{service}/tokens/{username}",
+        "token_enroll",
+    ),
+    (
+        "GET",
+        "/v1/services/{service}/tokens/{username}",
+        "token_status",
+    ),
     (
         "DELETE",
         "/v1/services/{service}/tokens/{username}",
@@ -127,11 +135,7 @@ pub(crate) enum PathError {
     BadLength(&'static str),
 }
 
-fn decode<'a>(
-    seg: &'a str,
-    max: usize,
-    what: &'static str,
-) -> Result<Cow<'a, str>, PathError> {
+fn decode<'a>(seg: &'a str, max: usize, what: &'static str) -> Result<Cow<'a, str>, PathError> {
     let s = percent_encoding::percent_decode_str(seg)
         .decode_utf8()
         .map_err(|_| PathError::BadEncoding)?;
@@ -177,9 +181,7 @@ pub(crate) fn resolve(path: &str) -> Result<Resource<'_>, PathError> {
                         [Some("offline"), Some("challenge"), None, ..] => {
                             TokenPath::OfflineChallenge
                         }
-                        [Some("offline"), Some("response"), None, ..] => {
-                            TokenPath::OfflineResponse
-                        }
+                        [Some("offline"), Some("response"), None, ..] => TokenPath::OfflineResponse,
                         [Some("backup-codes"), None, ..] => TokenPath::BackupCodes,
                         [Some("backup-codes"), Some("verify"), None, ..] => TokenPath::BackupVerify,
                         [Some("transactions"), None, ..] => TokenPath::Transactions,
@@ -227,7 +229,10 @@ mod tests {
             resolve(&format!("/v1/services/s/tokens/{long}")),
             Err(PathError::BadLength("username"))
         );
-        assert_eq!(resolve("/v1/services/s/tokens/u/nope"), Err(PathError::NotFound));
+        assert_eq!(
+            resolve("/v1/services/s/tokens/u/nope"),
+            Err(PathError::NotFound)
+        );
         assert_eq!(resolve("/v1"), Err(PathError::NotFound));
         assert_eq!(resolve("/healthz/"), Err(PathError::NotFound));
         assert_eq!(resolve("healthz"), Err(PathError::NotFound));
