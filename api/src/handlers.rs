@@ -40,6 +40,7 @@ pub(crate) struct State {
     clock: Clock,
     shutdown: watch::Receiver<bool>,
     limiter: Limiter,
+    meters: Meters,
     /// Services' details JSON for the app, by service name (database mode; refreshed on
     /// every service change made through the API).
     details: RwLock<Arc<HashMap<String, Value>>>,
@@ -62,6 +63,7 @@ impl State {
             clock,
             shutdown,
             limiter: Limiter::new(),
+            meters: Meters::new(),
             details: RwLock::new(Arc::new(HashMap::new())),
         };
         if state.config.config_source_database {
@@ -218,22 +220,67 @@ fn ok(body: &impl Serialize) -> Outcome {
     Ok(json_response(StatusCode::OK, body))
 }
 
-fn status_label(s: StatusCode) -> &'static str {
-    match s.as_u16() {
-        200 => "200",
-        201 => "201",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        405 => "405",
-        408 => "408",
-        409 => "409",
-        413 => "413",
-        429 => "429",
-        500 => "500",
-        503 => "503",
-        _ => "other",
+/// HTTP statuses counted one by one; others count as `other`.
+const STATUSES: [(u16, &str); 14] = [
+    (200, "200"),
+    (201, "201"),
+    (400, "400"),
+    (401, "401"),
+    (403, "403"),
+    (404, "404"),
+    (405, "405"),
+    (408, "408"),
+    (409, "409"),
+    (413, "413"),
+    (429, "429"),
+    (500, "500"),
+    (503, "503"),
+    (0, "other"),
+];
+
+/// The request metrics, registered once at start (the binary installs its recorder before
+/// starting the API), so that a request costs two atomic updates and no label allocation.
+struct Meters {
+    /// `(op, [counter per status])`, in [`crate::routes::ROUTES`] order, then `unmatched`.
+    requests: Vec<(&'static str, Vec<metrics::Counter>, metrics::Histogram)>,
+}
+
+impl Meters {
+    fn new() -> Meters {
+        let ops = crate::routes::ROUTES
+            .iter()
+            .map(|(_, _, op)| *op)
+            .chain(std::iter::once("unmatched"));
+        let mut requests: Vec<(&'static str, Vec<metrics::Counter>, metrics::Histogram)> =
+            Vec::new();
+        for op in ops {
+            if requests.iter().any(|(o, _, _)| *o == op) {
+                continue;
+            }
+            let counters = STATUSES
+                .iter()
+                .map(|(_, label)| {
+                    metrics::counter!("zoftoken_api_requests_total", "op" => op, "status" => *label)
+                })
+                .collect();
+            let latency = metrics::histogram!("zoftoken_api_request_seconds", "op" => op);
+            requests.push((op, counters, latency));
+        }
+        Meters { requests }
+    }
+
+    fn record(&self, op: &'static str, status: StatusCode, elapsed: Duration) {
+        let Some((_, counters, latency)) = self.requests.iter().find(|(o, _, _)| *o == op) else {
+            return;
+        };
+        let i = STATUSES
+            .iter()
+            .position(|(code, _)| *code == status.as_u16())
+            .unwrap_or(STATUSES.len() - 1);
+        if let Some(c) = counters.get(i) {
+            c.increment(1);
+        }
+        latency.record(elapsed.as_secs_f64());
     }
 }
 
@@ -243,10 +290,7 @@ pub(crate) async fn handle(state: &Arc<State>, peer: SocketAddr, req: Request<In
     let (parts, body) = req.into_parts();
     let (op, outcome) = dispatch(state, peer, &parts, body).await;
     let resp = outcome.unwrap_or_else(Failure::into_response);
-    metrics::counter!("zoftoken_api_requests_total", "op" => op, "status" => status_label(resp.status()))
-        .increment(1);
-    metrics::histogram!("zoftoken_api_request_seconds", "op" => op)
-        .record(start.elapsed().as_secs_f64());
+    state.meters.record(op, resp.status(), start.elapsed());
     resp
 }
 
