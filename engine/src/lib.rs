@@ -10,6 +10,13 @@
 //! bounded [`EventBus`]. [`Engine::tick`] runs timers (window expiry, transaction expiry,
 //! housekeeping).
 //!
+//! Two kinds of token ([`TokenKind`]): app tokens, which our phone app pairs and drives over
+//! UDP, and standard authenticator tokens (RFC 6238 TOTP, [`Engine::enroll_totp`]), usable at
+//! once from an `otpauth://` URI. Both validate one-time codes ([`Engine::validate_code`]),
+//! can be forced, deleted and given backup codes; a TOTP token never opens by itself, its
+//! device packets are dropped, and offline challenges and transactions are refused for it
+//! ([`EngineError::NotForTotp`]).
+//!
 //! It does no IO and reads no clock: `now_ms` is an argument everywhere, and randomness comes
 //! from seeded generators, so every rule is tested on a virtual clock. Storage, sockets, HTTP
 //! and webhooks are other crates' business. Usernames are cold data: the engine keeps token

@@ -142,8 +142,6 @@ impl TotpSecret {
     }
 }
 
-/// Failed authentications that block a token.
-
 /// Expiry timers of one shard: a min-heap of `(open_until_ms, slot)` holding at most one
 /// entry per token (memory is bounded by the number of tokens, however often they reopen).
 pub(crate) type Timers = std::collections::BinaryHeap<std::cmp::Reverse<(u64, u32)>>;
@@ -227,5 +225,39 @@ mod tests {
     #[test]
     fn entry_is_compact() {
         assert_eq!(size_of::<super::TokenEntry>(), 224);
+    }
+
+    #[test]
+    fn totp_secrets_keep_key_and_parameters() {
+        use super::TotpSecret;
+        let key = [0xA5; super::TOTP_KEY_LEN];
+        let s = TotpSecret::pack(&key, 8, 60);
+        assert_eq!(TotpSecret::key(&s), &key);
+        assert_eq!(TotpSecret::params(&s), (8, 60));
+        assert_eq!(&s[23..], &[0; 9]);
+        // Parameters no authenticator app follows read as the defaults.
+        assert_eq!(TotpSecret::params(&TotpSecret::pack(&key, 7, 30)), (6, 30));
+        assert_eq!(TotpSecret::params(&TotpSecret::pack(&key, 8, 0)), (6, 30));
+        assert_eq!(TotpSecret::params(&TotpSecret::pack(&key, 8, 301)), (6, 30));
+    }
+
+    #[test]
+    fn totp_parameters_follow_the_service_where_an_app_can() {
+        use zoftoken_proto::codes::OtpParams;
+        use zoftoken_proto::wire::Alphabet::{Base32, Digits};
+        let p = |length, period_s, alphabet| {
+            super::totp_params(OtpParams {
+                length,
+                period_s,
+                alphabet,
+            })
+        };
+        assert_eq!(p(6, 30, Digits), (6, 30));
+        assert_eq!(p(8, 60, Digits), (8, 60));
+        assert_eq!(p(8, 300, Digits), (8, 300));
+        assert_eq!(p(8, 301, Digits), (6, 30));
+        assert_eq!(p(7, 30, Digits), (6, 30));
+        assert_eq!(p(4, 15, Digits), (6, 30));
+        assert_eq!(p(8, 60, Base32), (6, 30));
     }
 }

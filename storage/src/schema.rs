@@ -490,6 +490,60 @@ mod tests {
     }
 
     #[test]
+    fn secrets_carry_the_kind_and_old_records_read_as_app_tokens() {
+        let key = MasterKey::from_bytes([5; 32]);
+        let id = TokenId([9; 16]);
+        // A record as schema version 1 wrote it before token kinds existed, built by hand:
+        // format 1, service, sealed `K ‖ PIN verifier ‖ 0`.
+        let mut plain = Vec::new();
+        plain.extend_from_slice(&[1; 32]);
+        plain.extend_from_slice(&[2; 32]);
+        plain.push(0);
+        let mut old = vec![1u8, 4];
+        old.extend_from_slice(b"bank");
+        old.extend_from_slice(&key.seal(Cf::Secrets, &id.0, &plain));
+        let s = decode_secrets(&key, &id, &old).unwrap();
+        assert_eq!(s.kind, TokenKind::App);
+        assert_eq!(s.service, "bank");
+        assert_eq!(s.secret.expose(), &[1; 32]);
+        assert_eq!(s.pin_verifier.expose(), &[2; 32]);
+        assert!(s.duress_verifier.is_none());
+        // App tokens are still written in that format (same length, format byte 1).
+        let app = encode_secrets(&key, &id, &s);
+        assert_eq!((app[0], app.len()), (1, old.len()));
+        // TOTP tokens in format 2, one byte longer, and they read back as TOTP.
+        let totp = Secrets {
+            kind: TokenKind::Totp,
+            service: "bank".into(),
+            secret: SecretBytes::new([3; 32]),
+            pin_verifier: SecretBytes::new([0; 32]),
+            duress_verifier: None,
+        };
+        let v = encode_secrets(&key, &id, &totp);
+        assert_eq!((v[0], v.len()), (2, old.len() + 1));
+        let back = decode_secrets(&key, &id, &v).unwrap();
+        assert_eq!(back.kind, TokenKind::Totp);
+        assert_eq!(back.secret.expose(), &[3; 32]);
+        // A format-1 record with a trailing kind byte, an unknown kind, or an unknown format
+        // are all refused.
+        let mut with_kind = plain.clone();
+        with_kind.push(1);
+        let mut bad = vec![1u8, 4];
+        bad.extend_from_slice(b"bank");
+        bad.extend_from_slice(&key.seal(Cf::Secrets, &id.0, &with_kind));
+        assert!(decode_secrets(&key, &id, &bad).is_none());
+        let mut unknown_kind = plain.clone();
+        unknown_kind.push(7);
+        let mut bad = vec![2u8, 4];
+        bad.extend_from_slice(b"bank");
+        bad.extend_from_slice(&key.seal(Cf::Secrets, &id.0, &unknown_kind));
+        assert!(decode_secrets(&key, &id, &bad).is_none());
+        let mut format3 = v;
+        format3[0] = 3;
+        assert!(decode_secrets(&key, &id, &format3).is_none());
+    }
+
+    #[test]
     fn outbox_round_trips() {
         let e = Event::new(EventKind::Deleted, TokenId([1; 16]), 0, 5, Actor::Admin)
             .with_tx([3; 16])
