@@ -23,7 +23,10 @@ use zoftoken_engine::authkeys::hash_secret;
 use zoftoken_engine::{AuthkeyConfig, Batch, Engine, EngineConfig, PacketOutcome, ServiceConfig};
 use zoftoken_proto::deeplink::Deeplink;
 use zoftoken_proto::{PinVerifier, TokenId};
-use zoftoken_storage::{AuthkeyDoc, Durability, MasterKey, MemoryKv, ServiceDoc, Store};
+use zoftoken_storage::kv::{Cf, KeyValue, Visitor};
+use zoftoken_storage::{
+    AuthkeyDoc, Durability, KvError, KvStore, MasterKey, MemoryKv, ServiceDoc, Store, WriteBatch,
+};
 
 const T0: u64 = 1_800_000_000_000;
 const ROOT: &str = "root-secret-0123456789";
@@ -60,16 +63,18 @@ impl Harness {
         Harness::with(ApiConfig::default(), None)
     }
 
-    fn with(mut config: ApiConfig, metrics: Option<zoftoken_api::MetricsRender>) -> Harness {
+    fn with(config: ApiConfig, metrics: Option<zoftoken_api::MetricsRender>) -> Harness {
+        Harness::with_kv(config, metrics, Arc::new(MemoryKv::new()))
+    }
+
+    fn with_kv(
+        mut config: ApiConfig,
+        metrics: Option<zoftoken_api::MetricsRender>,
+        kv: Arc<dyn KvStore>,
+    ) -> Harness {
         config.listen = "127.0.0.1:0".parse().unwrap();
-        let store = Arc::new(
-            Store::open(
-                Arc::new(MemoryKv::new()),
-                MasterKey::from_bytes([4; 32]),
-                Durability::Wal,
-            )
-            .unwrap(),
-        );
+        let store =
+            Arc::new(Store::open(kv, MasterKey::from_bytes([4; 32]), Durability::Wal).unwrap());
         let authkeys: Vec<AuthkeyConfig> = keys()
             .iter()
             .map(|k| AuthkeyConfig {
@@ -1539,4 +1544,113 @@ fn shutdown_answers_long_polls_and_stops_listening() {
     let a = poll.join().unwrap();
     assert_eq!((a.status, a.json["state"].as_str()), (200, Some("closed")));
     assert!(TcpStream::connect(addr).is_err(), "no longer listening");
+}
+
+/// A store whose writes fail while `failing` is set (a full disk).
+struct FailingKv {
+    inner: MemoryKv,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl KvStore for FailingKv {
+    fn write(&self, batch: &WriteBatch, durability: Durability) -> Result<(), KvError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(KvError::Io("disk full".into()));
+        }
+        self.inner.write(batch, durability)
+    }
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        self.inner.get(cf, key)
+    }
+    fn scan(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: Visitor<'_>,
+    ) -> Result<(), KvError> {
+        self.inner.scan(cf, start, end, visit)
+    }
+    fn last(&self, cf: Cf) -> Result<Option<KeyValue>, KvError> {
+        self.inner.last(cf)
+    }
+    fn flush(&self) -> Result<(), KvError> {
+        self.inner.flush()
+    }
+}
+
+#[test]
+fn nothing_is_confirmed_when_the_commit_fails() {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let kv = FailingKv {
+        inner: MemoryKv::new(),
+        failing: failing.clone(),
+    };
+    let h = Harness::with_kv(ApiConfig::default(), None, Arc::new(kv));
+    h.enrolled_phone("alice");
+    failing.store(true, Ordering::SeqCst);
+    let a = h.call("POST", &tok("bank", "dave", ""), Some(ROOT), None);
+    assert_eq!((a.status, a.code()), (500, "storage_error"));
+    assert!(a.json.get("deeplink").is_none() && !a.body.contains("zoftoken://"));
+    let a = h.call(
+        "PUT",
+        &tok("bank", "alice", "/state"),
+        Some(ROOT),
+        Some(r#"{"state":"blocked"}"#),
+    );
+    assert_eq!((a.status, a.code()), (500, "storage_error"));
+    let a = h.call(
+        "POST",
+        &tok("bank", "alice", "/backup-codes"),
+        Some(ROOT),
+        None,
+    );
+    assert_eq!(a.status, 500);
+    assert!(a.json.get("codes").is_none());
+    // Reads go on.
+    let a = h.call("GET", &tok("bank", "alice", ""), Some(WEB), None);
+    assert_eq!(a.status, 200);
+    failing.store(false, Ordering::SeqCst);
+    let a = h.call(
+        "PUT",
+        &tok("bank", "alice", "/state"),
+        Some(ROOT),
+        Some(r#"{"state":"closed"}"#),
+    );
+    assert_eq!(a.status, 200);
+}
+
+#[test]
+fn a_multi_threaded_runtime_serves_concurrent_clients() {
+    let config = ApiConfig {
+        threads: 2,
+        ..ApiConfig::default()
+    };
+    let h = Harness::with(config, None);
+    h.enrolled_phone("alice");
+    let addr = h.addr();
+    let path = tok("bank", "alice", "");
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                (0..25)
+                    .map(|_| call(addr, "GET", &path, Some(WEB), None).json["state"].clone())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for c in clients {
+        let states = c.join().unwrap();
+        assert_eq!(states.len(), 25);
+        assert!(states.iter().all(|s| s == "closed"));
+    }
+    let zero = ApiConfig {
+        threads: 0,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..ApiConfig::default()
+    };
+    let clock: Clock = Arc::new(|| T0);
+    let err = ApiServer::start(zero, h.engine.clone(), h.store.clone(), None, clock).unwrap_err();
+    assert!(matches!(err, zoftoken_api::ApiError::Config(_)), "{err}");
 }
