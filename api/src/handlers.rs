@@ -70,6 +70,9 @@ impl State {
             if let Ok(docs) = state.store.services() {
                 state.set_details(&docs);
             }
+        } else {
+            let map = state.config.service_details.clone();
+            *state.details.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
         }
         state
     }
@@ -436,7 +439,7 @@ fn service_details(state: &State, name: &str) -> Outcome {
         None => Err(Failure::new(
             StatusCode::NOT_FOUND,
             "no_details",
-            "this service has no details JSON stored in the database",
+            "no details JSON is configured for this service",
         )),
     }
 }

@@ -27,6 +27,12 @@ mod limiter;
 mod qr;
 pub mod routes;
 
+pub use limiter::{
+    CAPACITY as AUTH_LIMIT_SOURCES, MAX_FAILURES as AUTH_FAILURES_PER_WINDOW,
+    WINDOW_MS as AUTH_WINDOW_MS,
+};
+
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,6 +91,10 @@ pub struct ApiConfig {
     /// then unrestricted admin keys may create, edit and delete them through the API;
     /// otherwise they are listed read-only.
     pub config_source_database: bool,
+    /// The services' details JSON for the app (`services[].details` of `config.yaml`), served
+    /// at `/v1/services/{name}/details`, with `config_source: file`. In database mode the
+    /// details are read from the stored services instead and this is ignored.
+    pub service_details: HashMap<String, serde_json::Value>,
 }
 
 impl Default for ApiConfig {
@@ -97,6 +107,7 @@ impl Default for ApiConfig {
             body_timeout: Duration::from_secs(10),
             max_wait: Duration::from_secs(60),
             config_source_database: false,
+            service_details: HashMap::new(),
         }
     }
 }

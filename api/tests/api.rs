@@ -418,18 +418,16 @@ fn failed_authentications_are_rate_limited_per_source() {
         }
         assert_eq!(a.status, 401);
     }
-    assert_eq!(first_429, Some(zoftoken_api_limit()));
+    assert_eq!(
+        first_429,
+        Some(zoftoken_api::AUTH_FAILURES_PER_WINDOW as usize)
+    );
     // Even a right key is refused while limited: guessing stops.
     let a = h.call("GET", &path, Some(ROOT), None);
     assert_eq!(a.status, 429);
-    h.advance(60_000);
+    h.advance(zoftoken_api::AUTH_WINDOW_MS);
     let a = h.call("GET", &path, Some(ROOT), None);
     assert_eq!((a.status, a.code()), (404, "unknown_token"));
-}
-
-/// Failures allowed before 429 (the limiter's documented constant).
-fn zoftoken_api_limit() -> usize {
-    20
 }
 
 #[test]
@@ -1291,7 +1289,13 @@ fn services_and_authkeys_are_managed_in_database_mode() {
 
 #[test]
 fn services_and_authkeys_are_read_only_in_file_mode() {
-    let h = Harness::start();
+    let mut config = ApiConfig::default();
+    config
+        .service_details
+        .insert("bank".into(), json!({ "name": "Bank" }));
+    let h = Harness::with(config, None);
+    let a = h.call("GET", "/v1/services/bank/details", None, None);
+    assert_eq!(a.json, json!({ "name": "Bank" }));
     let a = h.call("GET", "/v1/services", Some(ROOT), None);
     assert_eq!((a.status, a.json["source"].as_str()), (200, Some("file")));
     let names: Vec<&str> = a.json["services"]
