@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
     HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE,
+    WWW_AUTHENTICATE,
 };
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
@@ -139,6 +140,10 @@ impl Failure {
         }
         if let Some(a) = self.allow {
             r.headers_mut().insert(ALLOW, HeaderValue::from_static(a));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         r
     }
@@ -753,13 +758,11 @@ impl Ctx<'_> {
             self.state.limiter.fail(ip, now);
             metrics::counter!("zoftoken_api_auth_failures_total", "reason" => "missing_key")
                 .increment(1);
-            let mut f = Failure::new(
+            return Err(Failure::new(
                 StatusCode::UNAUTHORIZED,
                 "missing_authkey",
                 "send an authkey as `Authorization: Bearer <key>`",
-            );
-            f.allow = None;
-            return Err(f);
+            ));
         };
         match check(key) {
             Access::Allowed(_) => Ok(()),
