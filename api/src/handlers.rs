@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -246,12 +246,21 @@ const STATUSES: [(u16, &str); 14] = [
     (0, "other"),
 ];
 
-/// The request metrics, registered once at start (the binary installs its recorder before
-/// starting the API), so that a request costs two atomic updates and no label allocation.
+/// The request metrics. Each `(op, status)` counter and each op's histogram is registered
+/// with the recorder on first use and kept (the binary installs its recorder before starting
+/// the API), so a request costs a couple of atomic operations and no label allocation, and
+/// `/metrics` lists only what happened.
 struct Meters {
-    /// `(op, [counter per status])`, in [`crate::routes::ROUTES`] order, then `unmatched`.
-    requests: Vec<(&'static str, Vec<metrics::Counter>, metrics::Histogram)>,
+    /// `(op, counter per status, latency)`, in [`crate::routes::ROUTES`] order, then
+    /// `unmatched`.
+    requests: Vec<OpMeters>,
 }
+
+type OpMeters = (
+    &'static str,
+    Vec<OnceLock<metrics::Counter>>,
+    OnceLock<metrics::Histogram>,
+);
 
 impl Meters {
     fn new() -> Meters {
@@ -259,36 +268,35 @@ impl Meters {
             .iter()
             .map(|(_, _, op)| *op)
             .chain(std::iter::once("unmatched"));
-        let mut requests: Vec<(&'static str, Vec<metrics::Counter>, metrics::Histogram)> =
-            Vec::new();
+        let mut requests: Vec<OpMeters> = Vec::new();
         for op in ops {
             if requests.iter().any(|(o, _, _)| *o == op) {
                 continue;
             }
-            let counters = STATUSES
-                .iter()
-                .map(|(_, label)| {
-                    metrics::counter!("zoftoken_api_requests_total", "op" => op, "status" => *label)
-                })
-                .collect();
-            let latency = metrics::histogram!("zoftoken_api_request_seconds", "op" => op);
-            requests.push((op, counters, latency));
+            let counters = STATUSES.iter().map(|_| OnceLock::new()).collect();
+            requests.push((op, counters, OnceLock::new()));
         }
         Meters { requests }
     }
 
     fn record(&self, op: &'static str, status: StatusCode, elapsed: Duration) {
-        let Some((_, counters, latency)) = self.requests.iter().find(|(o, _, _)| *o == op) else {
+        let Some((op, counters, latency)) = self.requests.iter().find(|(o, _, _)| *o == op) else {
             return;
         };
+        let op: &'static str = op;
         let i = STATUSES
             .iter()
             .position(|(code, _)| *code == status.as_u16())
             .unwrap_or(STATUSES.len() - 1);
-        if let Some(c) = counters.get(i) {
-            c.increment(1);
+        if let (Some(c), Some((_, label))) = (counters.get(i), STATUSES.get(i)) {
+            c.get_or_init(
+                || metrics::counter!("zoftoken_api_requests_total", "op" => op, "status" => *label),
+            )
+            .increment(1);
         }
-        latency.record(elapsed.as_secs_f64());
+        latency
+            .get_or_init(|| metrics::histogram!("zoftoken_api_request_seconds", "op" => op))
+            .record(elapsed.as_secs_f64());
     }
 }
 
