@@ -148,7 +148,12 @@ impl Harness {
         }
     }
 
-    fn pair(&self, mut pairing: Pairing) -> Phone {
+    fn pair(&self, pairing: Pairing) -> Phone {
+        self.pair_with_duress(pairing, false).0
+    }
+
+    /// Pairs; with `duress`, also sets the duress PIN 1357 (returned beside the phone).
+    fn pair_with_duress(&self, mut pairing: Pairing, duress: bool) -> (Phone, PinVerifier) {
         let mut out = [0u8; 1200];
         let tx = pairing
             .init_request(self.now(), [0x5a; 32], &mut out)
@@ -156,8 +161,9 @@ impl Harness {
         let mut reply = self.deliver(&out[..tx.len]);
         let offer = pairing.handle_init_reply(&mut reply).unwrap();
         let pin = PinVerifier::derive("2468", &offer.token_id).unwrap();
+        let duress_pin = PinVerifier::derive("1357", &offer.token_id).unwrap();
         let tx = pairing
-            .complete_request(&pin, None, self.now(), &mut out)
+            .complete_request(&pin, duress.then_some(&duress_pin), self.now(), &mut out)
             .unwrap();
         let mut reply = self.deliver(&out[..tx.len]);
         let mut store = MemoryStore::default();
@@ -165,7 +171,7 @@ impl Harness {
             .handle_complete_reply(&mut store, &mut reply)
             .unwrap()
             .unwrap();
-        Phone { token, store, pin }
+        (Phone { token, store, pin }, duress_pin)
     }
 
     fn send(&self, phone: &mut Phone, req: Request<'_>) -> Reply {
@@ -1660,4 +1666,35 @@ fn a_multi_threaded_runtime_serves_concurrent_clients() {
     let clock: Clock = Arc::new(|| T0);
     let err = ApiServer::start(zero, h.engine.clone(), h.store.clone(), None, clock).unwrap_err();
     assert!(matches!(err, zoftoken_api::ApiError::Config(_)), "{err}");
+}
+
+#[test]
+fn duress_is_reported_to_the_client_asset() {
+    let h = Harness::start();
+    let a = h.call("POST", &tok("bank", "erin", ""), Some(ROOT), None);
+    let link = Deeplink::parse(a.json["deeplink"].as_str().unwrap()).unwrap();
+    let (mut phone, duress) = h.pair_with_duress(Pairing::from_deeplink(&link), true);
+    // A one-time code made with the duress PIN is accepted and reported as duress.
+    let code = phone.token.one_time_code(&duress, h.now()).unwrap();
+    let a = h.call(
+        "POST",
+        &tok("bank", "erin", "/code"),
+        Some(WEB),
+        Some(&json!({ "code": code }).to_string()),
+    );
+    assert_eq!(
+        a.json,
+        json!({"accepted": true, "duress": true, "blocked": false})
+    );
+    // Opened with the duress PIN: the status says so.
+    h.send(&mut phone, Request::Open(&duress));
+    let a = h.call("GET", &tok("bank", "erin", ""), Some(WEB), None);
+    assert_eq!(
+        (a.json["state"].as_str(), a.json["duress"].as_bool()),
+        (Some("open"), Some(true))
+    );
+    let pin = phone.pin.clone();
+    h.send(&mut phone, Request::Open(&pin));
+    let a = h.call("GET", &tok("bank", "erin", ""), Some(WEB), None);
+    assert_eq!(a.json["duress"], false);
 }
