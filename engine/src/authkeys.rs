@@ -57,7 +57,25 @@ struct Authkey {
     admin: bool,
     service_mask: regex::Regex,
     user_mask: regex::Regex,
+    /// The masks as configured (for listings and [`Authkeys::check_unrestricted`]).
+    masks: (String, String),
 }
+
+/// An authkey as listed (never its secret or hash).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthkeyInfo {
+    /// Its name.
+    pub name: String,
+    /// Admin flag.
+    pub admin: bool,
+    /// Service mask as configured.
+    pub service_mask: String,
+    /// User mask as configured.
+    pub user_mask: String,
+}
+
+/// Masks that match every name, as written by people: `.*` and its dot-matches-newline forms.
+const UNRESTRICTED_MASKS: [&str; 3] = [".*", "(?s).*", "(?s:.*)"];
 
 /// The compiled authkey table.
 #[derive(Default)]
@@ -91,6 +109,7 @@ impl Authkeys {
                         admin: k.admin,
                         service_mask,
                         user_mask,
+                        masks: (k.service_mask.clone(), k.user_mask.clone()),
                     };
                     if by_hash.insert(k.secret_hash, key).is_some() {
                         errors.push(err("secret", "the same secret is configured twice".into()));
@@ -124,6 +143,36 @@ impl Authkeys {
         }
     }
 
+    /// Whether `secret` is an admin key whose masks are both unrestricted (`.*`): the keys
+    /// that may manage services and authkeys, which belong to no single service or user.
+    pub fn check_unrestricted(&self, secret: &str) -> Access {
+        let Some(key) = self.by_hash.get(&hash_secret(secret)) else {
+            return Access::Unknown;
+        };
+        let open = |m: &str| UNRESTRICTED_MASKS.contains(&m.trim());
+        if key.admin && open(&key.masks.0) && open(&key.masks.1) {
+            Access::Allowed(key.name.clone())
+        } else {
+            Access::Forbidden
+        }
+    }
+
+    /// The keys, sorted by name (no secrets: none is kept).
+    pub fn list(&self) -> Vec<AuthkeyInfo> {
+        let mut out: Vec<AuthkeyInfo> = self
+            .by_hash
+            .values()
+            .map(|k| AuthkeyInfo {
+                name: k.name.clone(),
+                admin: k.admin,
+                service_mask: k.masks.0.clone(),
+                user_mask: k.masks.1.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
     /// Number of keys.
     pub fn len(&self) -> usize {
         self.by_hash.len()
@@ -132,6 +181,28 @@ impl Authkeys {
     /// Whether there are no keys.
     pub fn is_empty(&self) -> bool {
         self.by_hash.is_empty()
+    }
+}
+
+impl crate::Engine {
+    /// [`Authkeys::check_unrestricted`] on the current keys.
+    pub fn authorize_unrestricted(&self, secret: &str) -> Access {
+        let keys = self
+            .authkeys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        keys.check_unrestricted(secret)
+    }
+
+    /// The current keys as listed ([`Authkeys::list`]).
+    pub fn authkey_list(&self) -> Vec<AuthkeyInfo> {
+        let keys = self
+            .authkeys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        keys.list()
     }
 }
 
@@ -192,6 +263,23 @@ mod tests {
             k.check("k", Right::Any, "b", "u"),
             Access::Allowed("alt".into())
         );
+    }
+
+    #[test]
+    fn unrestricted_keys_and_listing() {
+        let keys = Authkeys::new(&[
+            key("root", "r", true, ".*", "(?s).*"),
+            key("narrow", "n", true, "bank", ".*"),
+            key("reader", "x", false, ".*", ".*"),
+        ])
+        .unwrap();
+        assert_eq!(keys.check_unrestricted("r"), Access::Allowed("root".into()));
+        assert_eq!(keys.check_unrestricted("n"), Access::Forbidden);
+        assert_eq!(keys.check_unrestricted("x"), Access::Forbidden);
+        assert_eq!(keys.check_unrestricted("?"), Access::Unknown);
+        let names: Vec<String> = keys.list().into_iter().map(|k| k.name).collect();
+        assert_eq!(names, vec!["narrow", "reader", "root"]);
+        assert_eq!(keys.list()[0].service_mask, "bank");
     }
 
     #[test]

@@ -593,6 +593,8 @@ impl Engine {
                     };
                 let (status, tx_state) = match waiting {
                     Some((TxState::Waiting, true)) if !approve => {
+                        // A decision wakes long polls of the token (the API's transaction read).
+                        *changed = true;
                         decide(e, TxState::Denied, false, batch);
                         (ReplyStatus::Ok, TxState::Denied)
                     }

@@ -45,7 +45,7 @@ pub use admin::{
     EnrollmentTicket, Force, OfflineOutcome, TokenStatus, TotpEnrollment, BACKUP_CODES,
     BACKUP_DIGITS, TX_RETENTION_MS,
 };
-pub use authkeys::{Access, AuthkeyConfig, Authkeys, Right};
+pub use authkeys::{Access, AuthkeyConfig, AuthkeyInfo, Authkeys, Right};
 pub use config::{ServiceConfig, WebhookConfig};
 pub use device::PacketOutcome;
 pub use event::{Actor, Event, EventBus, EventKind};

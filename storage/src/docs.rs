@@ -110,6 +110,11 @@ pub struct ServiceDoc {
     /// The webhook, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookDoc>,
+    /// The details JSON object the app shows (logo as base64 PNG, display texts), served by
+    /// the HTTP API at `/v1/services/{name}/details` for installations that point
+    /// `details_url` there. Not part of the engine's configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 impl ServiceDoc {
@@ -173,6 +178,7 @@ impl ServiceDoc {
                 previous_secret: w.previous_secret.clone(),
                 ca_file: w.ca_file.clone(),
             }),
+            details: None,
         }
     }
 }

@@ -1,0 +1,1700 @@
+//! The HTTP API through a real socket: every endpoint, every 401/403/400/413 path, long polls
+//! woken by a device, the enrollment flow with the real device state machine, TOTP against an
+//! independent RFC 6238 implementation, hostile input.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use zoftoken_api::{ApiConfig, ApiServer, Clock};
+use zoftoken_device::{MemoryStore, Pairing, Reply, Request, Token};
+use zoftoken_engine::authkeys::hash_secret;
+use zoftoken_engine::{AuthkeyConfig, Batch, Engine, EngineConfig, PacketOutcome, ServiceConfig};
+use zoftoken_proto::deeplink::Deeplink;
+use zoftoken_proto::{PinVerifier, TokenId};
+use zoftoken_storage::kv::{Cf, KeyValue, Visitor};
+use zoftoken_storage::{
+    AuthkeyDoc, Durability, KvError, KvStore, MasterKey, MemoryKv, ServiceDoc, Store, WriteBatch,
+};
+
+const T0: u64 = 1_800_000_000_000;
+const ROOT: &str = "root-secret-0123456789";
+const WEB: &str = "web-secret-0123456789";
+const BANKADMIN: &str = "bank-admin-secret-0123";
+const ENDPOINT: &str = "127.0.0.1:4500";
+/// A UTF-8 service name with a space and a slash.
+const UTF8_SERVICE: &str = "bänk/ü x";
+
+struct Harness {
+    server: Option<ApiServer>,
+    engine: Arc<Engine>,
+    store: Arc<Store>,
+    now: Arc<AtomicU64>,
+}
+
+fn keys() -> Vec<AuthkeyDoc> {
+    vec![
+        AuthkeyDoc::new("root", ROOT, true, ".*", ".*"),
+        AuthkeyDoc::new("web", WEB, false, "bank", "[a-z]+"),
+        AuthkeyDoc::new("bankadmin", BANKADMIN, true, "bank", ".*"),
+    ]
+}
+
+fn services() -> Vec<ServiceConfig> {
+    vec![
+        ServiceConfig::new("bank", &[ENDPOINT]),
+        ServiceConfig::new(UTF8_SERVICE, &[ENDPOINT]),
+    ]
+}
+
+impl Harness {
+    fn start() -> Harness {
+        Harness::with(ApiConfig::default(), None)
+    }
+
+    fn with(config: ApiConfig, metrics: Option<zoftoken_api::MetricsRender>) -> Harness {
+        Harness::with_kv(config, metrics, Arc::new(MemoryKv::new()))
+    }
+
+    fn with_kv(
+        mut config: ApiConfig,
+        metrics: Option<zoftoken_api::MetricsRender>,
+        kv: Arc<dyn KvStore>,
+    ) -> Harness {
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        let store =
+            Arc::new(Store::open(kv, MasterKey::from_bytes([4; 32]), Durability::Wal).unwrap());
+        let authkeys: Vec<AuthkeyConfig> = keys()
+            .iter()
+            .map(|k| AuthkeyConfig {
+                name: k.name.clone(),
+                secret_hash: hash_secret(match k.name.as_str() {
+                    "root" => ROOT,
+                    "web" => WEB,
+                    _ => BANKADMIN,
+                }),
+                admin: k.admin,
+                service_mask: k.service_mask.clone(),
+                user_mask: k.user_mask.clone(),
+            })
+            .collect();
+        if config.config_source_database {
+            for k in keys() {
+                store.put_authkey(&k).unwrap();
+            }
+            for s in services() {
+                store.put_service(&ServiceDoc::from_config(&s)).unwrap();
+            }
+        }
+        let mut ec = EngineConfig::new(services(), 7, [9; 32]);
+        ec.authkeys = authkeys;
+        let engine = Arc::new(Engine::new(ec).unwrap());
+        let now = Arc::new(AtomicU64::new(T0));
+        let clock: Clock = {
+            let now = now.clone();
+            Arc::new(move || now.load(Ordering::SeqCst))
+        };
+        let server =
+            ApiServer::start(config, engine.clone(), store.clone(), metrics, clock).unwrap();
+        Harness {
+            server: Some(server),
+            engine,
+            store,
+            now,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.server.as_ref().unwrap().local_addr()
+    }
+
+    fn now(&self) -> u64 {
+        self.now.load(Ordering::SeqCst)
+    }
+
+    fn advance(&self, ms: u64) {
+        self.now.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    fn call(&self, method: &str, path: &str, key: Option<&str>, body: Option<&str>) -> Answer {
+        call(self.addr(), method, path, key, body)
+    }
+
+    /// Delivers a device datagram to the engine and commits like the UDP server does.
+    fn deliver(&self, datagram: &[u8]) -> Vec<u8> {
+        let mut d = datagram.to_vec();
+        let mut out = [0u8; 1200];
+        let mut batch = Batch::new();
+        let src: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        let outcome = self
+            .engine
+            .handle_packet(self.now(), src, &mut d, &mut out, &mut batch);
+        self.store.commit(&batch.mutations, &*self.engine).unwrap();
+        self.engine.publish(&mut batch);
+        match outcome {
+            PacketOutcome::Reply(n) => out[..n].to_vec(),
+            PacketOutcome::Drop(r) => panic!("dropped: {r:?}"),
+        }
+    }
+
+    fn pair(&self, pairing: Pairing) -> Phone {
+        self.pair_with_duress(pairing, false).0
+    }
+
+    /// Pairs; with `duress`, also sets the duress PIN 1357 (returned beside the phone).
+    fn pair_with_duress(&self, mut pairing: Pairing, duress: bool) -> (Phone, PinVerifier) {
+        let mut out = [0u8; 1200];
+        let tx = pairing
+            .init_request(self.now(), [0x5a; 32], &mut out)
+            .unwrap();
+        let mut reply = self.deliver(&out[..tx.len]);
+        let offer = pairing.handle_init_reply(&mut reply).unwrap();
+        let pin = PinVerifier::derive("2468", &offer.token_id).unwrap();
+        let duress_pin = PinVerifier::derive("1357", &offer.token_id).unwrap();
+        let tx = pairing
+            .complete_request(&pin, duress.then_some(&duress_pin), self.now(), &mut out)
+            .unwrap();
+        let mut reply = self.deliver(&out[..tx.len]);
+        let mut store = MemoryStore::default();
+        let token = pairing
+            .handle_complete_reply(&mut store, &mut reply)
+            .unwrap()
+            .unwrap();
+        (Phone { token, store, pin }, duress_pin)
+    }
+
+    fn send(&self, phone: &mut Phone, req: Request<'_>) -> Reply {
+        let mut out = [0u8; 1200];
+        let tx = phone
+            .token
+            .request(&mut phone.store, req, self.now(), &mut out)
+            .unwrap();
+        let mut reply = self.deliver(&out[..tx.len]);
+        phone.token.handle_reply(&mut reply).unwrap()
+    }
+
+    /// Enrolls through the API and pairs with the deeplink.
+    fn enrolled_phone(&self, user: &str) -> Phone {
+        let a = self.call("POST", &tok("bank", user, ""), Some(ROOT), None);
+        assert_eq!(a.status, 201, "{}", a.body);
+        let link = Deeplink::parse(a.json["deeplink"].as_str().unwrap()).unwrap();
+        self.pair(Pairing::from_deeplink(&link))
+    }
+}
+
+struct Phone {
+    token: Token,
+    store: MemoryStore,
+    pin: PinVerifier,
+}
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// The path of a token resource.
+fn tok(service: &str, user: &str, rest: &str) -> String {
+    format!("/v1/services/{}/tokens/{}{rest}", enc(service), enc(user))
+}
+
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    head: String,
+    body: String,
+    json: Value,
+}
+
+impl Answer {
+    fn code(&self) -> &str {
+        self.json["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> Answer {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    if let Some(k) = key {
+        req.push_str(&format!("Authorization: Bearer {k}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    raw(addr, req.as_bytes())
+}
+
+fn raw(addr: SocketAddr, bytes: &[u8]) -> Answer {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    parse_answer(&out)
+}
+
+fn parse_answer(out: &[u8]) -> Answer {
+    let text = String::from_utf8_lossy(out).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Answer {
+        status,
+        head: head.to_lowercase(),
+        body: body.to_owned(),
+        json: serde_json::from_str(body).unwrap_or(Value::Null),
+    }
+}
+
+#[test]
+fn health_readiness_openapi_and_errors_are_json() {
+    let h = Harness::start();
+    let a = h.call("GET", "/healthz", None, None);
+    assert_eq!((a.status, a.json["status"].as_str()), (200, Some("ok")));
+    let a = h.call("GET", "/readyz", None, None);
+    assert_eq!((a.status, a.json["status"].as_str()), (200, Some("ready")));
+    let a = h.call("GET", "/openapi.json", None, None);
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json["openapi"], "3.1.0");
+    // Without a recorder, /metrics says so in the error format.
+    let a = h.call("GET", "/metrics", None, None);
+    assert_eq!((a.status, a.code()), (404, "metrics_disabled"));
+    let a = h.call("GET", "/nope", None, None);
+    assert_eq!((a.status, a.code()), (404, "not_found"));
+    assert!(a.json["error"]["message"].is_string());
+    let a = h.call("POST", "/healthz", None, None);
+    assert_eq!((a.status, a.code()), (405, "method_not_allowed"));
+    assert!(a.head.contains("allow: get"), "{}", a.head);
+    let a = h.call("PATCH", &tok("bank", "alice", ""), Some(ROOT), None);
+    assert_eq!((a.status, a.code()), (405, "method_not_allowed"));
+    assert!(a.head.contains("cache-control: no-store"));
+}
+
+#[test]
+fn openapi_describes_every_route_and_nothing_else() {
+    let doc: Value = serde_json::from_str(zoftoken_api::OPENAPI_JSON).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if method == "parameters" {
+                continue;
+            }
+            documented.insert((method.to_uppercase(), path.clone()));
+            assert!(op["responses"].is_object(), "{method} {path} has responses");
+            assert!(
+                op["operationId"].is_string(),
+                "{method} {path} has an operationId"
+            );
+        }
+    }
+    let routed: std::collections::BTreeSet<(String, String)> = zoftoken_api::routes::ROUTES
+        .iter()
+        .map(|(m, p, _)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    let missing: Vec<_> = routed.difference(&documented).collect();
+    let extra: Vec<_> = documented.difference(&routed).collect();
+    assert!(
+        missing.is_empty(),
+        "routes missing from openapi.json: {missing:?}"
+    );
+    assert!(
+        extra.is_empty(),
+        "openapi.json documents no such route: {extra:?}"
+    );
+    // operationIds are the router's operation names.
+    for (m, p, op) in zoftoken_api::routes::ROUTES {
+        assert_eq!(
+            doc["paths"][p][m.to_lowercase()]["operationId"],
+            *op,
+            "{m} {p}"
+        );
+    }
+    // And every routed path answers something other than the router's 404.
+    let h = Harness::start();
+    for (m, p, _) in zoftoken_api::routes::ROUTES {
+        let path = p
+            .replace("{service}", "bank")
+            .replace("{username}", "alice")
+            .replace("{name}", "k")
+            .replace("{tx_id}", &"00".repeat(16));
+        let a = h.call(m, &path, Some(ROOT), Some("{}"));
+        assert_ne!(a.code(), "not_found", "{m} {path}");
+        assert_ne!(a.status, 405, "{m} {path}");
+    }
+}
+
+#[test]
+fn missing_unknown_and_insufficient_keys() {
+    let h = Harness::start();
+    h.enrolled_phone("alice");
+    let status = tok("bank", "alice", "");
+    let a = h.call("GET", &status, None, None);
+    assert_eq!((a.status, a.code()), (401, "missing_authkey"));
+    assert!(a.head.contains("www-authenticate: bearer"), "{}", a.head);
+    let a = raw(
+        h.addr(),
+        format!("GET {status} HTTP/1.1\r\nHost: t\r\nAuthorization: Basic {WEB}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_eq!((a.status, a.code()), (401, "missing_authkey"));
+    let a = h.call("GET", &status, Some("not-a-key"), None);
+    assert_eq!((a.status, a.code()), (401, "unknown_authkey"));
+    // A non-admin key reads status but may not enroll, delete, force, …
+    let a = h.call("GET", &status, Some(WEB), None);
+    assert_eq!((a.status, a.json["state"].as_str()), (200, Some("closed")));
+    for (m, p, b) in [
+        ("POST", tok("bank", "alice", ""), "{}"),
+        ("DELETE", tok("bank", "alice", ""), ""),
+        ("PUT", tok("bank", "alice", "/state"), r#"{"state":"open"}"#),
+        ("POST", tok("bank", "alice", "/offline/challenge"), "{}"),
+        (
+            "POST",
+            tok("bank", "alice", "/offline/response"),
+            r#"{"response":"x"}"#,
+        ),
+        ("POST", tok("bank", "alice", "/backup-codes"), "{}"),
+        (
+            "POST",
+            tok("bank", "alice", "/transactions"),
+            r#"{"message":"m"}"#,
+        ),
+        ("GET", "/v1/services".to_owned(), ""),
+        ("GET", "/v1/authkeys".to_owned(), ""),
+    ] {
+        let a = h.call(m, &p, Some(WEB), Some(b));
+        assert_eq!((a.status, a.code()), (403, "forbidden"), "{m} {p}");
+    }
+    // Masks are anchored and both must match; the refusal is the same whether the token
+    // exists or not.
+    let exists = h.call("GET", &tok("bank", "alice", ""), Some(WEB), None);
+    assert_eq!(exists.status, 200);
+    let bad_user = h.call("GET", &tok("bank", "Alice", ""), Some(WEB), None);
+    let bad_user_missing = h.call("GET", &tok("bank", "Nobody", ""), Some(WEB), None);
+    let bad_service = h.call("GET", &tok(UTF8_SERVICE, "alice", ""), Some(WEB), None);
+    let prefix = h.call("GET", &tok("bank2", "alice", ""), Some(WEB), None);
+    for a in [&bad_user, &bad_user_missing, &bad_service, &prefix] {
+        assert_eq!((a.status, a.code()), (403, "forbidden"));
+    }
+    assert_eq!(bad_user.body, bad_user_missing.body);
+    // An admin key limited to one service cannot manage services or authkeys.
+    let a = h.call("GET", "/v1/services", Some(BANKADMIN), None);
+    assert_eq!((a.status, a.code()), (403, "forbidden"));
+    let a = h.call("POST", &tok(UTF8_SERVICE, "bob", ""), Some(BANKADMIN), None);
+    assert_eq!((a.status, a.code()), (403, "forbidden"));
+    let a = h.call("POST", &tok("bank", "bob", ""), Some(BANKADMIN), None);
+    assert_eq!(a.status, 201);
+}
+
+#[test]
+fn failed_authentications_are_rate_limited_per_source() {
+    let h = Harness::start();
+    let path = tok("bank", "alice", "");
+    let mut first_429 = None;
+    for i in 0..30 {
+        let a = h.call("GET", &path, Some(&format!("guess-{i}")), None);
+        if a.status == 429 {
+            first_429 = Some(i);
+            assert_eq!(a.code(), "too_many_auth_failures");
+            assert!(a.head.contains("retry-after: 60"), "{}", a.head);
+            break;
+        }
+        assert_eq!(a.status, 401);
+    }
+    assert_eq!(
+        first_429,
+        Some(zoftoken_api::AUTH_FAILURES_PER_WINDOW as usize)
+    );
+    // Even a right key is refused while limited: guessing stops.
+    let a = h.call("GET", &path, Some(ROOT), None);
+    assert_eq!(a.status, 429);
+    h.advance(zoftoken_api::AUTH_WINDOW_MS);
+    let a = h.call("GET", &path, Some(ROOT), None);
+    assert_eq!((a.status, a.code()), (404, "unknown_token"));
+}
+
+#[test]
+fn bad_input_is_400_or_413_with_a_json_error() {
+    let config = ApiConfig {
+        max_body_bytes: 1024,
+        ..ApiConfig::default()
+    };
+    let h = Harness::with(config, None);
+    h.enrolled_phone("alice");
+    let code = tok("bank", "alice", "/code");
+    let cases: Vec<(&str, String, String, u16, &str)> = vec![
+        (
+            "POST",
+            code.clone(),
+            "{not json".into(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            code.clone(),
+            r#"{"code":"123456","extra":1}"#.into(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            code.clone(),
+            r#"{"code":123456}"#.into(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            code.clone(),
+            r#"{"code":""}"#.into(),
+            400,
+            "invalid_input",
+        ),
+        (
+            "POST",
+            code.clone(),
+            format!(r#"{{"code":"{}"}}"#, "1".repeat(65)),
+            400,
+            "invalid_input",
+        ),
+        (
+            "POST",
+            code.clone(),
+            format!(r#"{{"code":"{}"}}"#, "1".repeat(2000)),
+            413,
+            "body_too_large",
+        ),
+        (
+            "POST",
+            tok("bank", "alice", ""),
+            r#"{"kind":"sms"}"#.into(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "PUT",
+            tok("bank", "alice", "/state"),
+            r#"{"state":"half-open"}"#.into(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            tok("bank", "alice", "/offline/challenge"),
+            r#"{"length":5}"#.into(),
+            400,
+            "invalid_input",
+        ),
+        (
+            "POST",
+            tok("bank", "alice", "/backup-codes"),
+            r#"{"count":0}"#.into(),
+            400,
+            "invalid_input",
+        ),
+        (
+            "POST",
+            tok("bank", "alice", "/transactions"),
+            format!(r#"{{"message":"{}"}}"#, "x".repeat(201)),
+            400,
+            "invalid_input",
+        ),
+        (
+            "POST",
+            tok("bank", "alice", "/transactions"),
+            r#"{"message":"m","timeout_s":0}"#.into(),
+            400,
+            "invalid_input",
+        ),
+        (
+            "GET",
+            format!("{}?wait=soon", tok("bank", "alice", "")),
+            String::new(),
+            400,
+            "invalid_query",
+        ),
+        (
+            "GET",
+            format!("{}?color=red", tok("bank", "alice", "")),
+            String::new(),
+            400,
+            "invalid_query",
+        ),
+        (
+            "GET",
+            tok("bank", "alice", "/transactions/xyz"),
+            String::new(),
+            400,
+            "invalid_tx_id",
+        ),
+        (
+            "GET",
+            "/v1/services/bank/tokens/%FF%FE".into(),
+            String::new(),
+            400,
+            "invalid_path",
+        ),
+        (
+            "GET",
+            format!("/v1/services/bank/tokens/{}", "u".repeat(1025)),
+            String::new(),
+            400,
+            "invalid_name",
+        ),
+        (
+            "GET",
+            format!("/v1/services/{}/tokens/u", "s".repeat(256)),
+            String::new(),
+            400,
+            "invalid_name",
+        ),
+        (
+            "GET",
+            tok("nosuch", "alice", ""),
+            String::new(),
+            404,
+            "unknown_service",
+        ),
+        (
+            "GET",
+            tok("bank", "nobody", ""),
+            String::new(),
+            404,
+            "unknown_token",
+        ),
+    ];
+    for (m, p, b, status, code) in cases {
+        let a = h.call(m, &p, Some(ROOT), Some(&b));
+        assert_eq!((a.status, a.code()), (status, code), "{m} {p} {b:.80}");
+        assert!(a.json["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    // A declared length over the limit is refused before reading the body.
+    let a = raw(
+        h.addr(),
+        format!(
+            "POST {code} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ROOT}\r\nContent-Length: 99999999\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!((a.status, a.code()), (413, "body_too_large"));
+    // A chunked body over the limit too.
+    let chunk = "a".repeat(1500);
+    let a = raw(
+        h.addr(),
+        format!(
+            "POST {code} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ROOT}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+            chunk.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!((a.status, a.code()), (413, "body_too_large"));
+}
+
+#[test]
+fn enrollment_then_the_device_pairs_with_the_deeplink_and_with_the_manual_code() {
+    let h = Harness::start();
+    // Deeplink, with a UTF-8 service name and a username with a slash and spaces.
+    let user = "Ana María/ops";
+    let a = h.call(
+        "POST",
+        &tok(UTF8_SERVICE, user, ""),
+        Some(ROOT),
+        Some(r#"{"kind":"app"}"#),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let id = TokenId::derive(UTF8_SERVICE, user);
+    assert_eq!(a.json["token_id"], id.to_hex());
+    assert_eq!(a.json["kind"], "app");
+    assert!(a.json["expires_ms"].as_u64().unwrap() > h.now());
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(a.json["qr_png_base64"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(a.json["qr_svg"].as_str().unwrap().starts_with("<svg"));
+    let status = h.call("GET", &tok(UTF8_SERVICE, user, ""), Some(ROOT), None);
+    assert_eq!(status.json["state"], "pending");
+    let link = Deeplink::parse(a.json["deeplink"].as_str().unwrap()).unwrap();
+    assert_eq!(link.service, UTF8_SERVICE);
+    let phone = h.pair(Pairing::from_deeplink(&link));
+    assert_eq!(phone.token.token_id(), id);
+    let status = h.call("GET", &tok(UTF8_SERVICE, user, ""), Some(ROOT), None);
+    assert_eq!(
+        (status.json["state"].as_str(), status.json["kind"].as_str()),
+        (Some("closed"), Some("app"))
+    );
+    // The pairing is durable: the store has the token.
+    assert_eq!(
+        h.store.token_info(&id).unwrap(),
+        Some((UTF8_SERVICE.to_owned(), user.to_owned()))
+    );
+
+    // Manual code.
+    let a = h.call("POST", &tok("bank", "bob", ""), Some(ROOT), None);
+    assert_eq!(a.status, 201);
+    let code = a.json["manual_code"].as_str().unwrap();
+    let pairing = Pairing::from_manual_code(code, "bank", vec![ENDPOINT.to_owned()], None).unwrap();
+    let phone = h.pair(pairing);
+    assert_eq!(phone.token.token_id(), TokenId::derive("bank", "bob"));
+    let status = h.call("GET", &tok("bank", "bob", ""), Some(WEB), None);
+    assert_eq!(status.json["state"], "closed");
+}
+
+#[test]
+fn long_poll_is_woken_by_a_device_open() {
+    let h = Harness::start();
+    let mut phone = h.enrolled_phone("alice");
+    let addr = h.addr();
+    let path = format!("{}?wait=30", tok("bank", "alice", ""));
+    let started = Instant::now();
+    let poll = std::thread::spawn(move || call(addr, "GET", &path, Some(WEB), None));
+    // The poll waits: the engine holds its watcher.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.engine.waiters() == 0 {
+        assert!(Instant::now() < deadline, "long poll never registered");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!poll.is_finished());
+    let pin = phone.pin.clone();
+    h.send(&mut phone, Request::Open(&pin));
+    let a = poll.join().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "woken, not timed out"
+    );
+    assert_eq!((a.status, a.json["state"].as_str()), (200, Some("open")));
+    assert!(a.json["open_until_ms"].as_u64().unwrap() > h.now());
+    // `state` given and different from the current one: no wait at all.
+    let a = h.call(
+        "GET",
+        &format!("{}?wait=30&state=closed", tok("bank", "alice", "")),
+        Some(WEB),
+        None,
+    );
+    assert_eq!(a.json["state"], "open");
+    // An unknown token does not wait either.
+    let a = h.call(
+        "GET",
+        &format!("{}?wait=30", tok("bank", "zed", "")),
+        Some(WEB),
+        None,
+    );
+    assert_eq!(a.code(), "unknown_token");
+}
+
+#[test]
+fn a_long_poll_times_out_with_the_unchanged_state_and_is_capped() {
+    let config = ApiConfig {
+        max_wait: Duration::from_millis(300),
+        ..ApiConfig::default()
+    };
+    let h = Harness::with(config, None);
+    h.enrolled_phone("alice");
+    let started = Instant::now();
+    let a = h.call(
+        "GET",
+        &format!("{}?wait=3600", tok("bank", "alice", "")),
+        Some(WEB),
+        None,
+    );
+    assert_eq!(a.json["state"], "closed");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn force_and_delete() {
+    let h = Harness::start();
+    let mut phone = h.enrolled_phone("alice");
+    let state = tok("bank", "alice", "/state");
+    let a = h.call("PUT", &state, Some(ROOT), Some(r#"{"state":"open"}"#));
+    assert_eq!((a.status, a.json["state"].as_str()), (200, Some("open")));
+    let a = h.call("PUT", &state, Some(ROOT), Some(r#"{"state":"blocked"}"#));
+    assert_eq!(a.json["state"], "blocked");
+    // Blocked: the user cannot open.
+    let pin = phone.pin.clone();
+    let r = h.send(&mut phone, Request::Open(&pin));
+    assert_eq!(r.status().state, zoftoken_proto::WireState::Blocked);
+    let a = h.call("PUT", &state, Some(ROOT), Some(r#"{"state":"closed"}"#));
+    assert_eq!(
+        (a.json["state"].as_str(), a.json["failures"].as_u64()),
+        (Some("closed"), Some(0))
+    );
+    // The forced state is durable.
+    let id = TokenId::derive("bank", "alice");
+    assert_eq!(
+        h.store.token_state(&id).unwrap().unwrap().state,
+        zoftoken_engine::TokenState::Closed
+    );
+    let a = h.call("DELETE", &tok("bank", "alice", ""), Some(ROOT), None);
+    assert_eq!((a.status, a.json["deleted"].as_bool()), (200, Some(true)));
+    let a = h.call("GET", &tok("bank", "alice", ""), Some(ROOT), None);
+    assert_eq!((a.status, a.code()), (404, "unknown_token"));
+    assert_eq!(h.store.token_info(&id).unwrap(), None);
+    let a = h.call("DELETE", &tok("bank", "alice", ""), Some(ROOT), None);
+    assert_eq!(a.code(), "unknown_token");
+    // Pending tokens cannot be forced.
+    h.call("POST", &tok("bank", "carol", ""), Some(ROOT), None);
+    let a = h.call(
+        "PUT",
+        &tok("bank", "carol", "/state"),
+        Some(ROOT),
+        Some(r#"{"state":"open"}"#),
+    );
+    assert_eq!((a.status, a.code()), (409, "not_paired"));
+}
+
+#[test]
+fn app_one_time_codes_are_accepted_once() {
+    let h = Harness::start();
+    let phone = h.enrolled_phone("alice");
+    let path = tok("bank", "alice", "/code");
+    let code = phone.token.one_time_code(&phone.pin, h.now()).unwrap();
+    let body = json!({ "code": code }).to_string();
+    let a = h.call("POST", &path, Some(WEB), Some(&body));
+    assert_eq!(
+        a.json,
+        json!({"accepted": true, "duress": false, "blocked": false})
+    );
+    let a = h.call("POST", &path, Some(WEB), Some(&body));
+    assert_eq!(
+        a.json,
+        json!({"accepted": false, "attempts_left": 2, "blocked": false})
+    );
+    let a = h.call("POST", &path, Some(WEB), Some(r#"{"code":"000000"}"#));
+    assert_eq!(a.json["attempts_left"], 1);
+    let a = h.call("POST", &path, Some(WEB), Some(r#"{"code":"000001"}"#));
+    assert_eq!(a.json["blocked"], true);
+    let a = h.call("GET", &tok("bank", "alice", ""), Some(WEB), None);
+    assert_eq!(a.json["state"], "blocked");
+}
+
+// An RFC 6238 implementation independent of the server's: SHA-1 and HMAC written out here,
+// checked against the RFC's Appendix B vectors before use.
+
+fn sha1(data: &[u8]) -> [u8; 20] {
+    let mut h: [u32; 5] = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0];
+    let mut msg = data.to_vec();
+    let bits = (data.len() as u64) * 8;
+    msg.push(0x80);
+    while msg.len() % 64 != 56 {
+        msg.push(0);
+    }
+    msg.extend_from_slice(&bits.to_be_bytes());
+    for block in msg.chunks(64) {
+        let mut w = [0u32; 80];
+        for i in 0..16 {
+            w[i] = u32::from_be_bytes(block[i * 4..i * 4 + 4].try_into().unwrap());
+        }
+        for i in 16..80 {
+            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e] = h;
+        for (i, wi) in w.iter().enumerate() {
+            let (f, k) = match i {
+                0..=19 => ((b & c) | (!b & d), 0x5A827999),
+                20..=39 => (b ^ c ^ d, 0x6ED9EBA1),
+                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1BBCDC),
+                _ => (b ^ c ^ d, 0xCA62C1D6),
+            };
+            let t = a
+                .rotate_left(5)
+                .wrapping_add(f)
+                .wrapping_add(e)
+                .wrapping_add(k)
+                .wrapping_add(*wi);
+            e = d;
+            d = c;
+            c = b.rotate_left(30);
+            b = a;
+            a = t;
+        }
+        for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
+            *x = x.wrapping_add(y);
+        }
+    }
+    let mut out = [0u8; 20];
+    for (i, x) in h.iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&x.to_be_bytes());
+    }
+    out
+}
+
+fn hmac_sha1(key: &[u8], msg: &[u8]) -> [u8; 20] {
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..20].copy_from_slice(&sha1(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let inner: Vec<u8> = k
+        .iter()
+        .map(|b| b ^ 0x36)
+        .chain(msg.iter().copied())
+        .collect();
+    let ih = sha1(&inner);
+    let outer: Vec<u8> = k
+        .iter()
+        .map(|b| b ^ 0x5c)
+        .chain(ih.iter().copied())
+        .collect();
+    sha1(&outer)
+}
+
+fn totp(key: &[u8], unix_s: u64, period: u64, digits: u32) -> String {
+    let mac = hmac_sha1(key, &(unix_s / period).to_be_bytes());
+    let off = (mac[19] & 0x0f) as usize;
+    let bin = u32::from_be_bytes(mac[off..off + 4].try_into().unwrap()) & 0x7fff_ffff;
+    format!(
+        "{:0width$}",
+        bin % 10u32.pow(digits),
+        width = digits as usize
+    )
+}
+
+fn base32_decode(s: &str) -> Vec<u8> {
+    let mut bits = 0u64;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.trim_end_matches('=').chars() {
+        let v = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+            .find(c.to_ascii_uppercase())
+            .unwrap() as u64;
+        bits = bits << 5 | v;
+        n += 5;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    out
+}
+
+#[test]
+fn totp_tokens_validate_codes_of_an_independent_rfc_6238_implementation() {
+    // RFC 6238 Appendix B, SHA-1 rows.
+    let key = b"12345678901234567890";
+    for (t, code) in [
+        (59, "94287082"),
+        (1111111109, "07081804"),
+        (1111111111, "14050471"),
+        (1234567890, "89005924"),
+        (2000000000, "69279037"),
+        (20000000000, "65353130"),
+    ] {
+        assert_eq!(totp(key, t, 30, 8), code, "RFC 6238 vector at T={t}");
+    }
+    let h = Harness::start();
+    let a = h.call(
+        "POST",
+        &tok("bank", "tom", ""),
+        Some(ROOT),
+        Some(r#"{"kind":"totp"}"#),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(a.json["kind"], "totp");
+    let uri = a.json["otpauth_uri"].as_str().unwrap();
+    assert!(uri.starts_with("otpauth://totp/"), "{uri}");
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(a.json["qr_png_base64"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    assert!(a.json["qr_svg"].as_str().unwrap().starts_with("<svg"));
+    let query = uri.split_once('?').unwrap().1;
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .unwrap()
+            .to_owned()
+    };
+    let secret = base32_decode(&param("secret"));
+    assert_eq!(
+        base32_decode(a.json["secret_base32"].as_str().unwrap()),
+        secret
+    );
+    let digits: u32 = param("digits").parse().unwrap();
+    let period: u64 = param("period").parse().unwrap();
+    let status = h.call("GET", &tok("bank", "tom", ""), Some(WEB), None);
+    assert_eq!(
+        (status.json["kind"].as_str(), status.json["state"].as_str()),
+        (Some("totp"), Some("closed"))
+    );
+    let path = tok("bank", "tom", "/code");
+    let code = totp(&secret, h.now() / 1000, period, digits);
+    let body = json!({ "code": code }).to_string();
+    let a = h.call("POST", &path, Some(WEB), Some(&body));
+    assert_eq!(a.json["accepted"], true, "{}", a.body);
+    // Never twice.
+    let a = h.call("POST", &path, Some(WEB), Some(&body));
+    assert_eq!(a.json["accepted"], false);
+    // The next period's code works.
+    h.advance(period * 1000);
+    let code = totp(&secret, h.now() / 1000, period, digits);
+    let a = h.call(
+        "POST",
+        &path,
+        Some(WEB),
+        Some(&json!({ "code": code }).to_string()),
+    );
+    assert_eq!(a.json["accepted"], true);
+    // No app: no offline mode and no transactions.
+    let a = h.call(
+        "POST",
+        &tok("bank", "tom", "/offline/challenge"),
+        Some(ROOT),
+        None,
+    );
+    assert_eq!((a.status, a.code()), (409, "not_for_totp"));
+    let a = h.call(
+        "POST",
+        &tok("bank", "tom", "/transactions"),
+        Some(ROOT),
+        Some(r#"{"message":"m"}"#),
+    );
+    assert_eq!((a.status, a.code()), (409, "not_for_totp"));
+}
+
+#[test]
+fn offline_challenge_and_response() {
+    let h = Harness::start();
+    let phone = h.enrolled_phone("alice");
+    let a = h.call(
+        "POST",
+        &tok("bank", "alice", "/offline/response"),
+        Some(ROOT),
+        Some(r#"{"response":"1234"}"#),
+    );
+    assert_eq!((a.status, a.code()), (409, "no_challenge"));
+    let a = h.call(
+        "POST",
+        &tok("bank", "alice", "/offline/challenge"),
+        Some(ROOT),
+        Some(r#"{"length":12}"#),
+    );
+    assert_eq!(a.status, 200);
+    let challenge = a.json["code"].as_str().unwrap().to_owned();
+    assert_eq!(challenge.len(), 14, "three groups of four: {challenge}");
+    let response = phone
+        .token
+        .offline_response(&phone.pin, &challenge)
+        .unwrap();
+    let a = h.call(
+        "POST",
+        &tok("bank", "alice", "/offline/response"),
+        Some(ROOT),
+        Some(&json!({ "response": response }).to_string()),
+    );
+    assert_eq!(
+        a.json,
+        json!({"accepted": true, "duress": false, "blocked": false})
+    );
+    let a = h.call("GET", &tok("bank", "alice", ""), Some(WEB), None);
+    assert_eq!(a.json["state"], "open");
+    // Single use.
+    let a = h.call(
+        "POST",
+        &tok("bank", "alice", "/offline/response"),
+        Some(ROOT),
+        Some(&json!({ "response": response }).to_string()),
+    );
+    assert_eq!(a.code(), "no_challenge");
+}
+
+#[test]
+fn backup_codes_are_returned_once_and_work_once() {
+    let h = Harness::start();
+    h.enrolled_phone("alice");
+    let a = h.call(
+        "POST",
+        &tok("bank", "alice", "/backup-codes"),
+        Some(ROOT),
+        None,
+    );
+    assert_eq!(a.status, 201);
+    let codes: Vec<String> = serde_json::from_value(a.json["codes"].clone()).unwrap();
+    assert_eq!(codes.len(), 10);
+    assert!(codes
+        .iter()
+        .all(|c| c.len() == 8 && c.bytes().all(|b| b.is_ascii_digit())));
+    let verify = tok("bank", "alice", "/backup-codes/verify");
+    let body = json!({ "code": codes[0] }).to_string();
+    let a = h.call("POST", &verify, Some(WEB), Some(&body));
+    assert_eq!(a.json["accepted"], true);
+    let a = h.call("POST", &verify, Some(WEB), Some(&body));
+    assert_eq!(
+        (
+            a.json["accepted"].as_bool(),
+            a.json["attempts_left"].as_u64()
+        ),
+        (Some(false), Some(2))
+    );
+    let a = h.call(
+        "POST",
+        &verify,
+        Some(WEB),
+        Some(&json!({ "code": codes[1] }).to_string()),
+    );
+    assert_eq!(a.json["accepted"], true);
+    // Custom count and length.
+    let a = h.call(
+        "POST",
+        &tok("bank", "alice", "/backup-codes"),
+        Some(ROOT),
+        Some(r#"{"count":3,"digits":12}"#),
+    );
+    let codes: Vec<String> = serde_json::from_value(a.json["codes"].clone()).unwrap();
+    assert_eq!((codes.len(), codes[0].len()), (3, 12));
+}
+
+#[test]
+fn transactions_are_approved_through_a_long_poll_and_expire() {
+    let h = Harness::start();
+    let mut phone = h.enrolled_phone("alice");
+    let a = h.call(
+        "POST",
+        &tok("bank", "alice", "/transactions"),
+        Some(ROOT),
+        Some(r#"{"message":"Pay 10 EUR?","timeout_s":60}"#),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let tx = a.json["tx_id"].as_str().unwrap().to_owned();
+    assert_eq!(a.json["expires_ms"], h.now() + 60_000);
+    let read = tok("bank", "alice", &format!("/transactions/{tx}"));
+    let a = h.call("GET", &read, Some(WEB), None);
+    assert_eq!(
+        (a.json["state"].as_str(), a.json["message"].as_str()),
+        (Some("waiting"), Some("Pay 10 EUR?"))
+    );
+    // Another user's path does not reveal the transaction.
+    h.enrolled_phone("bob");
+    let a = h.call(
+        "GET",
+        &tok("bank", "bob", &format!("/transactions/{tx}")),
+        Some(WEB),
+        None,
+    );
+    assert_eq!((a.status, a.code()), (404, "unknown_transaction"));
+    let addr = h.addr();
+    let path = format!("{read}?wait=30");
+    let poll = std::thread::spawn(move || call(addr, "GET", &path, Some(WEB), None));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.engine.waiters() == 0 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let r = h.send(&mut phone, Request::TxFetch);
+    let Reply::Transaction(_, Some(pending)) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(hex::encode(pending.tx_id), tx);
+    let pin = phone.pin.clone();
+    h.send(
+        &mut phone,
+        Request::TxApprove {
+            tx_id: pending.tx_id,
+            pin: &pin,
+        },
+    );
+    let a = poll.join().unwrap();
+    assert_eq!(
+        (a.json["state"].as_str(), a.json["duress"].as_bool()),
+        (Some("approved"), Some(false))
+    );
+
+    // A denial wakes the poll too.
+    let a = h.call(
+        "POST",
+        &tok("bank", "alice", "/transactions"),
+        Some(ROOT),
+        Some(r#"{"message":"Log in?"}"#),
+    );
+    let tx2 = a.json["tx_id"].as_str().unwrap().to_owned();
+    let path = format!(
+        "{}?wait=30",
+        tok("bank", "alice", &format!("/transactions/{tx2}"))
+    );
+    let poll = std::thread::spawn(move || call(addr, "GET", &path, Some(WEB), None));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.engine.waiters() == 0 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut id = [0u8; 16];
+    hex::decode_to_slice(&tx2, &mut id).unwrap();
+    h.send(&mut phone, Request::TxDeny { tx_id: id });
+    assert_eq!(poll.join().unwrap().json["state"], "denied");
+
+    // Expiry: FAILED once the timeout passes.
+    let a = h.call(
+        "POST",
+        &tok("bank", "alice", "/transactions"),
+        Some(ROOT),
+        Some(r#"{"message":"Late?","timeout_s":5}"#),
+    );
+    let tx3 = a.json["tx_id"].as_str().unwrap().to_owned();
+    h.advance(5_000);
+    let a = h.call(
+        "GET",
+        &format!(
+            "{}?wait=30",
+            tok("bank", "alice", &format!("/transactions/{tx3}"))
+        ),
+        Some(WEB),
+        None,
+    );
+    assert_eq!(a.json["state"], "expired");
+}
+
+#[test]
+fn services_and_authkeys_are_managed_in_database_mode() {
+    let config = ApiConfig {
+        config_source_database: true,
+        ..ApiConfig::default()
+    };
+    let h = Harness::with(config, None);
+    let a = h.call("GET", "/v1/services", Some(ROOT), None);
+    assert_eq!(
+        (a.status, a.json["source"].as_str()),
+        (200, Some("database"))
+    );
+    assert_eq!(a.json["services"].as_array().unwrap().len(), 2);
+    let svc = json!({
+        "name": "shop",
+        "window": 300,
+        "endpoints": [ENDPOINT],
+        "webhook": { "url": "https://hooks.example/x", "secret": "hook-secret" },
+        "details": { "name": "Shop", "logo": "iVBORw0KGgo=" }
+    });
+    let a = h.call("POST", "/v1/services", Some(ROOT), Some(&svc.to_string()));
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(a.json["webhook"]["secret"], "<redacted>");
+    let a = h.call("POST", "/v1/services", Some(ROOT), Some(&svc.to_string()));
+    assert_eq!((a.status, a.code()), (409, "service_exists"));
+    let bad = json!({ "name": "bad", "endpoints": [], "window": 999999 });
+    let a = h.call("POST", "/v1/services", Some(ROOT), Some(&bad.to_string()));
+    assert_eq!((a.status, a.code()), (400, "invalid_service"));
+    assert!(a.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("service.window"));
+    // The engine runs the new service at once.
+    let a = h.call("POST", &tok("shop", "sam", ""), Some(ROOT), None);
+    assert_eq!(a.status, 201);
+    // Details JSON for the app, without a key.
+    let a = h.call("GET", "/v1/services/shop/details", None, None);
+    assert_eq!(a.json, json!({ "name": "Shop", "logo": "iVBORw0KGgo=" }));
+    let a = h.call("GET", "/v1/services/bank/details", None, None);
+    assert_eq!((a.status, a.code()), (404, "no_details"));
+    // Edit: the redacted secret read back keeps the stored one.
+    let mut edited = h.call("GET", "/v1/services/shop", Some(ROOT), None).json;
+    edited["window"] = json!(60);
+    let a = h.call(
+        "PUT",
+        "/v1/services/shop",
+        Some(ROOT),
+        Some(&edited.to_string()),
+    );
+    assert_eq!((a.status, a.json["window"].as_u64()), (200, Some(60)));
+    let stored = h.store.services().unwrap();
+    let shop = stored.iter().find(|d| d.name == "shop").unwrap();
+    assert_eq!(
+        (shop.window, shop.webhook.as_ref().unwrap().secret.as_str()),
+        (60, "hook-secret")
+    );
+    let a = h.call(
+        "PUT",
+        "/v1/services/other",
+        Some(ROOT),
+        Some(&edited.to_string()),
+    );
+    assert_eq!(a.code(), "invalid_service");
+    // Delete: refused while tokens exist, unless forced.
+    let a = h.call("DELETE", "/v1/services/shop", Some(ROOT), None);
+    assert_eq!((a.status, a.code()), (409, "service_has_tokens"));
+    let a = h.call("DELETE", "/v1/services/shop?force=true", Some(ROOT), None);
+    assert_eq!((a.status, a.json["tokens_kept"].as_u64()), (200, Some(1)));
+    assert!(h.store.services().unwrap().iter().all(|d| d.name != "shop"));
+    let a = h.call("DELETE", "/v1/services/shop", Some(ROOT), None);
+    assert_eq!(a.code(), "unknown_service");
+
+    // Authkeys: listed without secrets, created (secret shown once), usable, revoked.
+    let a = h.call("GET", "/v1/authkeys", Some(ROOT), None);
+    let names: Vec<&str> = a.json["authkeys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["bankadmin", "root", "web"]);
+    assert!(!a.body.contains(ROOT) && !a.body.contains("secret"));
+    let a = h.call(
+        "POST",
+        "/v1/authkeys",
+        Some(ROOT),
+        Some(r#"{"name":"reader","service_mask":"bank","user_mask":".*","format":"base64"}"#),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let secret = a.json["secret"].as_str().unwrap().to_owned();
+    assert_eq!(secret.len(), 43);
+    assert!(h
+        .store
+        .authkeys()
+        .unwrap()
+        .iter()
+        .all(|d| d.secret.is_none()));
+    h.enrolled_phone("alice");
+    let a = h.call("GET", &tok("bank", "alice", ""), Some(&secret), None);
+    assert_eq!(a.status, 200);
+    let a = h.call(
+        "POST",
+        "/v1/authkeys",
+        Some(ROOT),
+        Some(r#"{"name":"reader"}"#),
+    );
+    assert_eq!(a.code(), "authkey_exists");
+    let a = h.call(
+        "POST",
+        "/v1/authkeys",
+        Some(ROOT),
+        Some(r#"{"name":"x","user_mask":"("}"#),
+    );
+    assert_eq!(a.code(), "invalid_authkey");
+    let a = h.call("DELETE", "/v1/authkeys/reader", Some(ROOT), None);
+    assert_eq!(a.status, 200);
+    let a = h.call("GET", &tok("bank", "alice", ""), Some(&secret), None);
+    assert_eq!(a.code(), "unknown_authkey");
+    let a = h.call("DELETE", "/v1/authkeys/reader", Some(ROOT), None);
+    assert_eq!(a.code(), "unknown_authkey_name");
+}
+
+#[test]
+fn services_and_authkeys_are_read_only_in_file_mode() {
+    let mut config = ApiConfig::default();
+    config
+        .service_details
+        .insert("bank".into(), json!({ "name": "Bank" }));
+    let h = Harness::with(config, None);
+    let a = h.call("GET", "/v1/services/bank/details", None, None);
+    assert_eq!(a.json, json!({ "name": "Bank" }));
+    let a = h.call("GET", "/v1/services", Some(ROOT), None);
+    assert_eq!((a.status, a.json["source"].as_str()), (200, Some("file")));
+    let names: Vec<&str> = a.json["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["bank", UTF8_SERVICE]);
+    let a = h.call(
+        "GET",
+        &format!("/v1/services/{}", enc(UTF8_SERVICE)),
+        Some(ROOT),
+        None,
+    );
+    assert_eq!(a.json["name"], UTF8_SERVICE);
+    let a = h.call(
+        "POST",
+        "/v1/services",
+        Some(ROOT),
+        Some(r#"{"name":"x","endpoints":["127.0.0.1:1"]}"#),
+    );
+    assert_eq!((a.status, a.code()), (409, "config_source_file"));
+    let a = h.call("DELETE", "/v1/services/bank", Some(ROOT), None);
+    assert_eq!(a.code(), "config_source_file");
+    let a = h.call("POST", "/v1/authkeys", Some(ROOT), Some(r#"{"name":"x"}"#));
+    assert_eq!(a.code(), "config_source_file");
+    let a = h.call("DELETE", "/v1/authkeys/web", Some(ROOT), None);
+    assert_eq!(a.code(), "config_source_file");
+    let a = h.call("GET", "/v1/authkeys", Some(ROOT), None);
+    assert_eq!(a.json["authkeys"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn metrics_are_rendered_for_prometheus() {
+    let render = zoftoken_api::install_prometheus().unwrap();
+    let h = Harness::with(ApiConfig::default(), Some(render));
+    h.call("GET", "/healthz", None, None);
+    h.call("GET", &tok("bank", "x", ""), Some("wrong"), None);
+    let a = h.call("GET", "/metrics", None, None);
+    assert_eq!(a.status, 200);
+    assert!(a.head.contains("content-type: text/plain"));
+    assert!(
+        a.body
+            .contains("zoftoken_api_requests_total{op=\"healthz\",status=\"200\"}"),
+        "{}",
+        a.body
+    );
+    assert!(a
+        .body
+        .contains("zoftoken_api_auth_failures_total{reason=\"unknown_key\"}"));
+    assert!(a.body.contains("zoftoken_tokens"));
+    // A second recorder cannot be installed.
+    assert!(zoftoken_api::install_prometheus().is_err());
+}
+
+#[test]
+fn slow_clients_are_cut_off() {
+    let config = ApiConfig {
+        header_timeout: Duration::from_millis(300),
+        body_timeout: Duration::from_millis(300),
+        ..ApiConfig::default()
+    };
+    let h = Harness::with(config, None);
+    // Headers never finished: the connection is closed.
+    let mut s = TcpStream::connect(h.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "closed by the server"
+    );
+    assert!(!String::from_utf8_lossy(&buf).contains(" 200 "));
+    // A body that stops coming: 408.
+    let mut s = TcpStream::connect(h.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(
+        format!(
+            "POST {} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ROOT}\r\nContent-Length: 100\r\n\r\n{{\"code\"",
+            tok("bank", "alice", "/code")
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let a = parse_answer(&buf);
+    assert_eq!((a.status, a.code()), (408, "body_timeout"));
+}
+
+#[test]
+fn keep_alive_serves_many_requests_on_one_connection() {
+    let h = Harness::start();
+    h.enrolled_phone("alice");
+    let mut s = TcpStream::connect(h.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {WEB}\r\n\r\n",
+        tok("bank", "alice", "")
+    );
+    for _ in 0..50 {
+        s.write_all(req.as_bytes()).unwrap();
+        // Read one response: head, then Content-Length bytes.
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap().to_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["state"], "closed");
+    }
+}
+
+#[test]
+fn hostile_input_never_stops_the_server() {
+    let h = Harness::start();
+    h.enrolled_phone("alice");
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let pieces = [
+        "/",
+        "v1",
+        "services",
+        "bank",
+        "tokens",
+        "alice",
+        "state",
+        "code",
+        "offline",
+        "challenge",
+        "response",
+        "backup-codes",
+        "verify",
+        "transactions",
+        "%",
+        "%FF",
+        "%2F",
+        "..",
+        "?",
+        "&",
+        "wait=",
+        "state=",
+        "=",
+        "\u{0}",
+        "é",
+        "details",
+        "authkeys",
+        "00000000000000000000000000000000",
+    ];
+    let methods = [
+        "GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "G\u{1}T", "",
+    ];
+    let bodies = [
+        "",
+        "{",
+        "}",
+        "null",
+        "[]",
+        "{\"code\":",
+        "{\"state\":\"open\"}",
+        "{\"code\":\"\u{0}\"}",
+        "{\"kind\":\"totp\"}",
+        "{\"length\":99999999999999999999}",
+        "{\"message\":\"m\",\"timeout_s\":18446744073709551615}",
+        "\u{feff}{}",
+        "{\"count\":-1}",
+    ];
+    for i in 0..400u64 {
+        let mut path = String::new();
+        for _ in 0..(next() % 8) {
+            path.push_str(pieces[(next() % pieces.len() as u64) as usize]);
+            if next() % 2 == 0 {
+                path.push('/');
+            }
+        }
+        let method = methods[(next() % methods.len() as u64) as usize];
+        let body = bodies[(next() % bodies.len() as u64) as usize];
+        let key = [Some(ROOT), Some(WEB), None][(next() % 3) as usize];
+        let mut req = format!("{method} /{path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
+        if let Some(k) = key {
+            req.push_str(&format!("Authorization: Bearer {k}\r\n"));
+        }
+        req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        let mut bytes = req.into_bytes();
+        if i % 5 == 0 {
+            // Raw garbage, sometimes after a valid start.
+            let n = (next() % 300) as usize;
+            let cut = (next() as usize) % bytes.len();
+            bytes.truncate(cut);
+            bytes.extend((0..n).map(|_| next() as u8));
+        }
+        let mut s = TcpStream::connect(h.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let _ = s.write_all(&bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let a = parse_answer(&out);
+        // (HEAD answers carry no body.)
+        if a.status >= 400 && !a.body.is_empty() && a.head.contains("application/json") {
+            assert!(a.json["error"]["code"].is_string(), "{}", a.body);
+        }
+        assert_ne!(a.status, 500, "request {i}: {}", a.body);
+    }
+    let a = h.call("GET", "/healthz", None, None);
+    assert_eq!(a.status, 200);
+    // (Past any failed-authentication limit the garbage may have earned.)
+    h.advance(zoftoken_api::AUTH_WINDOW_MS);
+    let a = h.call("GET", &tok("bank", "alice", ""), Some(WEB), None);
+    assert_eq!(a.status, 200);
+}
+
+#[test]
+fn shutdown_answers_long_polls_and_stops_listening() {
+    let mut h = Harness::start();
+    h.enrolled_phone("alice");
+    let addr = h.addr();
+    let path = format!("{}?wait=60", tok("bank", "alice", ""));
+    let poll = std::thread::spawn(move || call(addr, "GET", &path, Some(WEB), None));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.engine.waiters() == 0 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let started = Instant::now();
+    h.server.take().unwrap().shutdown();
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "bounded shutdown"
+    );
+    let a = poll.join().unwrap();
+    assert_eq!((a.status, a.json["state"].as_str()), (200, Some("closed")));
+    assert!(TcpStream::connect(addr).is_err(), "no longer listening");
+}
+
+/// A store whose writes fail while `failing` is set (a full disk).
+struct FailingKv {
+    inner: MemoryKv,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl KvStore for FailingKv {
+    fn write(&self, batch: &WriteBatch, durability: Durability) -> Result<(), KvError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(KvError::Io("disk full".into()));
+        }
+        self.inner.write(batch, durability)
+    }
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        self.inner.get(cf, key)
+    }
+    fn scan(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: Visitor<'_>,
+    ) -> Result<(), KvError> {
+        self.inner.scan(cf, start, end, visit)
+    }
+    fn last(&self, cf: Cf) -> Result<Option<KeyValue>, KvError> {
+        self.inner.last(cf)
+    }
+    fn flush(&self) -> Result<(), KvError> {
+        self.inner.flush()
+    }
+}
+
+#[test]
+fn nothing_is_confirmed_when_the_commit_fails() {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let kv = FailingKv {
+        inner: MemoryKv::new(),
+        failing: failing.clone(),
+    };
+    let h = Harness::with_kv(ApiConfig::default(), None, Arc::new(kv));
+    h.enrolled_phone("alice");
+    failing.store(true, Ordering::SeqCst);
+    let a = h.call("POST", &tok("bank", "dave", ""), Some(ROOT), None);
+    assert_eq!((a.status, a.code()), (500, "storage_error"));
+    assert!(a.json.get("deeplink").is_none() && !a.body.contains("zoftoken://"));
+    let a = h.call(
+        "PUT",
+        &tok("bank", "alice", "/state"),
+        Some(ROOT),
+        Some(r#"{"state":"blocked"}"#),
+    );
+    assert_eq!((a.status, a.code()), (500, "storage_error"));
+    let a = h.call(
+        "POST",
+        &tok("bank", "alice", "/backup-codes"),
+        Some(ROOT),
+        None,
+    );
+    assert_eq!(a.status, 500);
+    assert!(a.json.get("codes").is_none());
+    // Reads go on.
+    let a = h.call("GET", &tok("bank", "alice", ""), Some(WEB), None);
+    assert_eq!(a.status, 200);
+    failing.store(false, Ordering::SeqCst);
+    let a = h.call(
+        "PUT",
+        &tok("bank", "alice", "/state"),
+        Some(ROOT),
+        Some(r#"{"state":"closed"}"#),
+    );
+    assert_eq!(a.status, 200);
+}
+
+#[test]
+fn a_multi_threaded_runtime_serves_concurrent_clients() {
+    let config = ApiConfig {
+        threads: 2,
+        ..ApiConfig::default()
+    };
+    let h = Harness::with(config, None);
+    h.enrolled_phone("alice");
+    let addr = h.addr();
+    let path = tok("bank", "alice", "");
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                (0..25)
+                    .map(|_| call(addr, "GET", &path, Some(WEB), None).json["state"].clone())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for c in clients {
+        let states = c.join().unwrap();
+        assert_eq!(states.len(), 25);
+        assert!(states.iter().all(|s| s == "closed"));
+    }
+    let zero = ApiConfig {
+        threads: 0,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..ApiConfig::default()
+    };
+    let clock: Clock = Arc::new(|| T0);
+    let err = ApiServer::start(zero, h.engine.clone(), h.store.clone(), None, clock).unwrap_err();
+    assert!(matches!(err, zoftoken_api::ApiError::Config(_)), "{err}");
+}
+
+#[test]
+fn duress_is_reported_to_the_client_asset() {
+    let h = Harness::start();
+    let a = h.call("POST", &tok("bank", "erin", ""), Some(ROOT), None);
+    let link = Deeplink::parse(a.json["deeplink"].as_str().unwrap()).unwrap();
+    let (mut phone, duress) = h.pair_with_duress(Pairing::from_deeplink(&link), true);
+    // A one-time code made with the duress PIN is accepted and reported as duress.
+    let code = phone.token.one_time_code(&duress, h.now()).unwrap();
+    let a = h.call(
+        "POST",
+        &tok("bank", "erin", "/code"),
+        Some(WEB),
+        Some(&json!({ "code": code }).to_string()),
+    );
+    assert_eq!(
+        a.json,
+        json!({"accepted": true, "duress": true, "blocked": false})
+    );
+    // Opened with the duress PIN: the status says so.
+    h.send(&mut phone, Request::Open(&duress));
+    let a = h.call("GET", &tok("bank", "erin", ""), Some(WEB), None);
+    assert_eq!(
+        (a.json["state"].as_str(), a.json["duress"].as_bool()),
+        (Some("open"), Some(true))
+    );
+    let pin = phone.pin.clone();
+    h.send(&mut phone, Request::Open(&pin));
+    let a = h.call("GET", &tok("bank", "erin", ""), Some(WEB), None);
+    assert_eq!(a.json["duress"], false);
+}
