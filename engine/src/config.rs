@@ -187,14 +187,3 @@ pub fn validate_services(services: &[ServiceConfig]) -> Result<(), Vec<ConfigErr
         Err(errors)
     }
 }
-
-impl crate::Engine {
-    /// The services as the engine runs them now (in index order).
-    pub fn service_configs(&self) -> Vec<ServiceConfig> {
-        self.services()
-            .list
-            .iter()
-            .map(|s| s.config.clone())
-            .collect()
-    }
-}

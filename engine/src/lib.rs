@@ -293,7 +293,7 @@ impl Engine {
     }
 
     /// The current services' configurations, in index order (a snapshot: a reload swaps
-    /// them, SIGHUP). For the webhook pipeline, which reads webhook settings from here.
+    /// them, SIGHUP). The webhook pipeline reads webhook settings here; the API the details.
     pub fn service_configs(&self) -> Vec<ServiceConfig> {
         self.services()
             .list

@@ -127,6 +127,13 @@ pub struct Config {
     /// one per core).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_threads: Option<usize>,
+    /// Threads of the HTTP API's runtime (default 1: the API shares the machine with the UDP
+    /// IO threads and must not slow them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_threads: Option<usize>,
+    /// Threads of the webhook pipeline's runtime (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_threads: Option<usize>,
     /// Services (`config_source: file` only).
     #[serde(default)]
     pub services: Vec<ServiceDoc>,

@@ -1,8 +1,9 @@
 //! `zoftoken serve`: open the database, rebuild the engine's tables in parallel (reporting
 //! progress and the time taken), start the UDP IO threads (driver chosen and logged) and the
-//! group commit, run the timers, reload services and authkeys on SIGHUP, and on SIGINT or
-//! SIGTERM stop receiving, answer the batches in flight, flush and exit 0. The HTTP API
-//! (issue 6) attaches here.
+//! group commit, the webhook pipeline and the HTTP API (each on threads of its own), run the
+//! timers, reload services and authkeys on SIGHUP, and on SIGINT or SIGTERM stop the API,
+//! stop receiving, answer the batches in flight, stop the webhooks (undelivered events stay in
+//! the outbox), flush and exit 0.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -11,12 +12,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use zoftoken_api::{ApiConfig, ApiServer};
 use zoftoken_engine::{Batch, Engine};
+use zoftoken_server::config::ConfigSource;
 use zoftoken_server::config::{self, Loaded};
 use zoftoken_server::now_ms;
 use zoftoken_server::open::{build_engine, effective_config, open_store};
 use zoftoken_server::udp::{choose_driver, UdpServer};
 use zoftoken_storage::{Committer, CommitterConfig, Store};
+use zoftoken_webhooks::{Pipeline, PipelineConfig};
 
 pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
     let mut warnings = Vec::new();
@@ -93,9 +97,46 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
         stop.clone(),
     )
     .context("starting the UDP listeners")?;
+    // Metrics: one process-wide Prometheus recorder, rendered by the API's /metrics.
+    let metrics = match zoftoken_api::install_prometheus() {
+        Ok(m) => Some(m),
+        Err(e) => {
+            eprintln!("zoftoken: warning: metrics unavailable: {e}");
+            None
+        }
+    };
+    let hooks = Pipeline::start(
+        PipelineConfig {
+            worker_threads: loaded.config.webhook_threads.unwrap_or(1).max(1),
+            ..PipelineConfig::default()
+        },
+        store.clone(),
+        engine.clone(),
+    )
+    .context("starting the webhook pipeline")?;
+    let api_config = ApiConfig {
+        listen: loaded.http,
+        threads: loaded.config.api_threads.unwrap_or(1).max(1),
+        config_source_database: loaded.config.config_source == ConfigSource::Database,
+        service_details: loaded
+            .config
+            .services
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), s.details.clone()?)))
+            .collect(),
+        ..ApiConfig::default()
+    };
+    let api = ApiServer::start(
+        api_config,
+        engine.clone(),
+        store.clone(),
+        metrics,
+        Arc::new(now_ms),
+    )
+    .with_context(|| format!("starting the HTTP API on {}", loaded.http))?;
     eprintln!(
         "zoftoken: serving UDP on {} ({} driver, {io_threads} threads per address, group commit {}); \
-         the HTTP API ({}) is not part of this build yet. Stop with Ctrl-C.",
+         the HTTP API on http://{}; webhooks on. Stop with Ctrl-C.",
         udp.addrs
             .iter()
             .map(|a| a.to_string())
@@ -107,7 +148,7 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
         } else {
             "inline"
         },
-        loaded.http
+        api.local_addr()
     );
     let mut batch = Batch::new();
     let mut last_tick = Instant::now();
@@ -150,8 +191,11 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
     }
     eprintln!("zoftoken: stopping: answering the batches in flight");
     let stats = udp.stats.clone();
+    api.shutdown();
     udp.join();
     committer.shutdown();
+    // Undelivered events stay in the outbox; the pipeline goes on with them at the next start.
+    hooks.shutdown();
     eprintln!(
         "zoftoken: handled {} datagrams, sent {} replies, withheld {} (failed commits: {})",
         stats.handled.load(Ordering::Relaxed),

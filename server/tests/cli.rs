@@ -307,7 +307,13 @@ fn signal(pid: u32, sig: &str) {
 fn serve_loads_locks_the_database_and_stops_cleanly() {
     let e = Env::new(FILE_CONFIG);
     e.ok(&["token", "enroll", "--service", "bank", "--user", "alice"]);
-    let mut child = e.cmd(&["serve"]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = e
+        .cmd(&["serve"])
+        .env("ZOFTOKEN_UDP_LISTEN", "127.0.0.1:0")
+        .env("ZOFTOKEN_HTTP_LISTEN", "127.0.0.1:0")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let log = wait_for(&mut err, "serving");
     assert!(log.contains("1 pending enrollments"), "{log}");

@@ -62,7 +62,7 @@ impl Env {
             .map(|e| format!("\"{e}\""))
             .collect();
         let config = format!(
-            "listen: {{ udp: [\"{udp}\"] }}\ndata_dir: data\nio_threads: 2\n\
+            "listen: {{ udp: [\"{udp}\"], http: \"127.0.0.1:0\" }}\ndata_dir: data\nio_threads: 2\n\
              services:\n  - name: bank\n    window: 600\n    endpoints: [{}]\n",
             endpoints.join(", ")
         );

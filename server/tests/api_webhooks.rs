@@ -1,0 +1,374 @@
+//! `zoftoken serve` with its HTTP API and webhook pipeline, end to end with real processes:
+//! an enrollment through the API that `zoftoken device` pairs, a status long poll woken by
+//! the device's open, and webhooks that were not delivered when the server was killed with
+//! `kill -9` arriving after the restart (duplicates share their `webhook-id`).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
+
+mod common;
+use common::wait_for;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use zoftoken_storage::AuthkeyDoc;
+
+const ADMIN_KEY: &str = "e2e-admin-key-0123456789abcdef";
+const READ_KEY: &str = "e2e-read-key-0123456789abcdef";
+
+fn free_udp() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn free_tcp() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new(webhook: Option<SocketAddr>) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let udp = free_udp();
+        let keys = vec![
+            AuthkeyDoc::new("admin", ADMIN_KEY, true, ".*", ".*"),
+            AuthkeyDoc::new("reader", READ_KEY, false, "bank", ".*"),
+        ];
+        let hook = webhook.map_or(String::new(), |a| {
+            format!("    webhook: {{ url: \"http://{a}/hook\", secret: \"e2e-hook-secret\" }}\n")
+        });
+        let config = format!(
+            "listen: {{ udp: [\"{udp}\"], http: \"127.0.0.1:0\" }}\ndata_dir: data\nio_threads: 1\n\
+             services:\n  - name: bank\n    window: 600\n    endpoints: [\"{udp}\"]\n{hook}\
+             authkeys:\n{}",
+            serde_yaml::to_string(&keys).unwrap()
+        );
+        std::fs::write(dir.path().join("config.yaml"), config).unwrap();
+        Env { dir }
+    }
+
+    fn serve(&self) -> Server {
+        let mut child = common::zoftoken(self.dir.path(), &["serve"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let log = wait_for(&mut err, "serving UDP");
+        let http: SocketAddr = log
+            .split("the HTTP API on http://")
+            .nth(1)
+            .and_then(|rest| rest.split(';').next())
+            .unwrap_or_else(|| panic!("no API address in the log:\n{log}"))
+            .parse()
+            .unwrap();
+        // Keep draining the log so that the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            let _ = err.read_to_string(&mut sink);
+        });
+        Server { child, http }
+    }
+
+    fn device(&self, state: &Path, args: &[&str], pins: &str) -> (i32, String) {
+        let mut c = common::zoftoken(
+            self.dir.path(),
+            &["device", "--pin-stdin", "--timeout-ms", "500"],
+        );
+        c.arg("--state").arg(state).args(args);
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(pins.as_bytes())
+            .unwrap();
+        let o = child.wait_with_output().unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    }
+}
+
+struct Server {
+    child: Child,
+    http: SocketAddr,
+}
+
+impl Server {
+    fn stop(mut self) {
+        let s = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(s.success());
+        assert!(self.child.wait().unwrap().success());
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request on a new connection; the status and the JSON body.
+fn http(addr: SocketAddr, method: &str, path: &str, key: &str, body: &str) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text[9..12].parse().unwrap();
+    let json = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .filter(|b| !b.is_empty())
+        .map_or(Value::Null, |b| serde_json::from_str(b).unwrap());
+    (status, json)
+}
+
+#[test]
+fn an_api_enrollment_pairs_and_a_long_poll_wakes_on_the_device_open() {
+    let e = Env::new(None);
+    let server = e.serve();
+    let (code, enrolled) = http(
+        server.http,
+        "POST",
+        "/v1/services/bank/tokens/alice",
+        ADMIN_KEY,
+        "{}",
+    );
+    assert_eq!(code, 201, "{enrolled}");
+    let link = enrolled["deeplink"].as_str().unwrap();
+    assert!(enrolled["qr_png_base64"].is_string() && enrolled["qr_svg"].is_string());
+    // A read-only key may not enroll (403), an unknown one gets 401.
+    assert_eq!(
+        http(
+            server.http,
+            "POST",
+            "/v1/services/bank/tokens/bob",
+            READ_KEY,
+            "{}"
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        http(
+            server.http,
+            "GET",
+            "/v1/services/bank/tokens/alice",
+            "nope",
+            ""
+        )
+        .0,
+        401
+    );
+
+    let phone = e.dir.path().join("phone.json");
+    let (code, out) = e.device(&phone, &["pair", link], "1357\n1357\n");
+    assert_eq!(code, 0, "{out}");
+    let (code, status) = http(
+        server.http,
+        "GET",
+        "/v1/services/bank/tokens/alice",
+        READ_KEY,
+        "",
+    );
+    assert_eq!(
+        (code, status["state"].as_str()),
+        (200, Some("closed")),
+        "{status}"
+    );
+
+    // A long poll, then the device opens: the poll answers with the new state at once.
+    let addr = server.http;
+    let poll = std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = http(
+            addr,
+            "GET",
+            "/v1/services/bank/tokens/alice?wait=30",
+            READ_KEY,
+            "",
+        );
+        (r, t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, out) = e.device(&phone, &["open"], "1357\n");
+    assert_eq!(code, 0, "{out}");
+    let ((code, status), waited) = poll.join().unwrap();
+    assert_eq!(
+        (code, status["state"].as_str()),
+        (200, Some("open")),
+        "{status}"
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "the poll waited {waited:?}"
+    );
+    // /metrics is served through the installed recorder.
+    let mut s = TcpStream::connect(server.http).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("zoftoken_"), "{text}");
+    server.stop();
+}
+
+/// A webhook receiver: answers 204 to every request (keep-alive), records each event's
+/// `webhook-id`, type and username.
+struct Receiver {
+    got: Arc<Mutex<Vec<(String, String, String)>>>,
+}
+
+impl Receiver {
+    fn start(addr: SocketAddr) -> Receiver {
+        let listener = TcpListener::bind(addr).unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let g = g.clone();
+                std::thread::spawn(move || serve_conn(conn, &g));
+            }
+        });
+        Receiver { got }
+    }
+}
+
+fn serve_conn(conn: TcpStream, got: &Mutex<Vec<(String, String, String)>>) {
+    let mut w = conn.try_clone().unwrap();
+    let mut r = BufReader::new(conn);
+    loop {
+        let mut headers = HashMap::new();
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+            }
+        }
+        let len: usize = headers
+            .get("content-length")
+            .map_or(0, |v| v.parse().unwrap());
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        got.lock().unwrap().push((
+            headers.get("webhook-id").cloned().unwrap_or_default(),
+            v["type"].as_str().unwrap_or("").to_owned(),
+            v["username"].as_str().unwrap_or("").to_owned(),
+        ));
+        if w.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+#[test]
+fn webhooks_undelivered_at_a_kill_9_arrive_after_the_restart() {
+    // The receiver is down while the events happen.
+    let hook = free_tcp();
+    let e = Env::new(Some(hook));
+    let server = e.serve();
+    let users: Vec<String> = (0..5).map(|i| format!("user{i}")).collect();
+    for u in &users {
+        let path = format!("/v1/services/bank/tokens/{u}");
+        assert_eq!(http(server.http, "POST", &path, ADMIN_KEY, "{}").0, 201);
+        let (code, body) = http(
+            server.http,
+            "PUT",
+            &format!("{path}/state"),
+            ADMIN_KEY,
+            "{\"state\":\"blocked\"}",
+        );
+        assert!(code == 200 || code == 409, "{code} {body}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    server.kill9();
+
+    let receiver = Receiver::start(hook);
+    let server = e.serve();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = receiver.got.lock().unwrap().clone();
+        let enrolled: HashSet<&str> = got
+            .iter()
+            .filter(|(_, t, _)| t == "enrolled")
+            .map(|(_, _, u)| u.as_str())
+            .collect();
+        if users.iter().all(|u| enrolled.contains(u.as_str())) {
+            // Each delivery of one event carries the same id; ids are unique per event.
+            let ids: HashSet<&str> = got.iter().map(|(id, _, _)| id.as_str()).collect();
+            assert!(ids.iter().all(|id| !id.is_empty()));
+            assert!(ids.len() >= users.len(), "{got:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not delivered after restart: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.stop();
+}
