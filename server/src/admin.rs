@@ -43,6 +43,9 @@ pub enum AdminError {
     /// The engine refused.
     #[error("{0}")]
     Engine(#[from] EngineError),
+    /// The webhook records could not be read or changed.
+    #[error(transparent)]
+    Webhook(#[from] zoftoken_webhooks::WebhookError),
 }
 
 impl AdminError {
@@ -631,6 +634,91 @@ impl Admin {
         Ok(Output {
             human: format!("token of `{username}` in `{service}` deleted\n"),
             json: json!({ "deleted": hex::encode(id.0) }),
+        })
+    }
+
+    /// `webhook dead-letters`: events whose delivery was given up.
+    pub fn webhook_dead_letters(&self, limit: usize) -> Result<Output, AdminError> {
+        let letters = zoftoken_webhooks::dead_letters(&self.store, limit)?;
+        let mut human = String::new();
+        for d in &letters {
+            human.push_str(&format!(
+                "{}  {}  {}  {}  {} attempts, last: {}{}\n",
+                d.id,
+                d.service,
+                d.username.as_deref().unwrap_or("?"),
+                d.kind,
+                d.attempts,
+                d.last_status
+                    .map_or(String::new(), |s| format!("HTTP {s} ")),
+                d.last_error
+            ));
+        }
+        human.push_str(&format!(
+            "{} dead letters{}\n",
+            letters.len(),
+            if letters.is_empty() {
+                ""
+            } else {
+                " (replay with `zoftoken webhook replay ID` or `--all`)"
+            }
+        ));
+        Ok(Output {
+            human,
+            json: json!({ "dead_letters": letters }),
+        })
+    }
+
+    /// `webhook replay ID` / `--all`: queues dead letters for delivery again (same
+    /// `webhook-id`), at the server's next start or at once if it runs the API instead.
+    pub fn webhook_replay(&self, id: Option<&str>) -> Result<Output, AdminError> {
+        let n = match id {
+            Some(id) => {
+                if !zoftoken_webhooks::replay_dead_letter(&self.store, id)? {
+                    return Err(AdminError::NotFound(format!("no dead letter `{id}`")));
+                }
+                1
+            }
+            None => zoftoken_webhooks::replay_all_dead_letters(&self.store)?,
+        };
+        Ok(Output {
+            human: format!("{n} dead letters queued for delivery again\n"),
+            json: json!({ "replayed": n }),
+        })
+    }
+
+    /// `webhook delete ID`: drops a dead letter for good.
+    pub fn webhook_delete(&self, id: &str) -> Result<Output, AdminError> {
+        if !zoftoken_webhooks::delete_dead_letter(&self.store, id)? {
+            return Err(AdminError::NotFound(format!("no dead letter `{id}`")));
+        }
+        Ok(Output {
+            human: format!("dead letter `{id}` deleted\n"),
+            json: json!({ "deleted": id }),
+        })
+    }
+
+    /// `webhook disabled`: endpoints disabled after answering 410 Gone.
+    pub fn webhook_disabled(&self) -> Result<Output, AdminError> {
+        let list = zoftoken_webhooks::disabled_endpoints(&self.store)?;
+        let mut human = String::new();
+        for d in &list {
+            human.push_str(&format!(
+                "{}  {}  HTTP {} at {} (Unix ms)\n",
+                d.service, d.url, d.status, d.at_ms
+            ));
+        }
+        human.push_str(&format!(
+            "{} disabled endpoints (a changed webhook configuration or a replay re-enables one)\n",
+            list.len()
+        ));
+        let rows: Vec<Value> = list
+            .iter()
+            .map(|d| json!({ "service": d.service, "url": d.url, "status": d.status, "at_ms": d.at_ms }))
+            .collect();
+        Ok(Output {
+            human,
+            json: json!({ "disabled": rows }),
         })
     }
 

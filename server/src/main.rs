@@ -60,6 +60,10 @@ enum Command {
     /// Database maintenance.
     #[command(subcommand)]
     Db(DbCmd),
+    /// Webhook dead letters and disabled endpoints (with the server stopped; while it runs,
+    /// the same through the HTTP API under /v1/webhooks).
+    #[command(subcommand)]
+    Webhook(WebhookCmd),
     /// Check the configuration file and print it as understood (secrets redacted).
     CheckConfig,
     /// Use a token from this terminal exactly as the phone app would (needs no configuration
@@ -232,6 +236,32 @@ enum TokenCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum WebhookCmd {
+    /// Events whose delivery was given up after the retry schedule (oldest first).
+    DeadLetters {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Deliver dead letters again (same `webhook-id`): one by its id, or `--all`.
+    Replay {
+        /// The dead letter's id (as listed).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Drop a dead letter for good.
+    Delete {
+        /// The dead letter's id.
+        id: String,
+    },
+    /// Endpoints disabled after answering 410 Gone.
+    Disabled,
+}
+
+#[derive(Subcommand, Debug)]
 enum DbCmd {
     /// Read every record: decode it, open every sealed value, check cross-references.
     Check,
@@ -389,6 +419,12 @@ fn run(cli: Cli, loaded: config::Loaded) -> anyhow::Result<ExitCode> {
                 json: serde_json::json!({ "tokens": n, "service": set.service(), "seed": p.seed }),
             }
         }
+        Command::Webhook(c) => match c {
+            WebhookCmd::DeadLetters { limit } => admin.webhook_dead_letters(limit)?,
+            WebhookCmd::Replay { id, .. } => admin.webhook_replay(id.as_deref())?,
+            WebhookCmd::Delete { id } => admin.webhook_delete(&id)?,
+            WebhookCmd::Disabled => admin.webhook_disabled()?,
+        },
         Command::Db(c) => match c {
             DbCmd::Check => {
                 let (out, ok) = admin.db_check()?;

@@ -18,6 +18,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -266,25 +267,35 @@ fn an_api_enrollment_pairs_and_a_long_poll_wakes_on_the_device_open() {
 /// `webhook-id`, type and username.
 struct Receiver {
     got: Arc<Mutex<Vec<(String, String, String)>>>,
+    status: Arc<AtomicU16>,
 }
 
 impl Receiver {
     fn start(addr: SocketAddr) -> Receiver {
         let listener = TcpListener::bind(addr).unwrap();
         let got = Arc::new(Mutex::new(Vec::new()));
-        let g = got.clone();
+        let status = Arc::new(AtomicU16::new(204));
+        let (g, st) = (got.clone(), status.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                let g = g.clone();
-                std::thread::spawn(move || serve_conn(conn, &g));
+                let (g, st) = (g.clone(), st.clone());
+                std::thread::spawn(move || serve_conn(conn, &g, &st));
             }
         });
-        Receiver { got }
+        Receiver { got, status }
+    }
+
+    fn types_of(&self, user: &str) -> Vec<String> {
+        let got = self.got.lock().unwrap();
+        got.iter()
+            .filter(|(_, _, u)| u == user)
+            .map(|(_, t, _)| t.clone())
+            .collect()
     }
 }
 
-fn serve_conn(conn: TcpStream, got: &Mutex<Vec<(String, String, String)>>) {
+fn serve_conn(conn: TcpStream, got: &Mutex<Vec<(String, String, String)>>, status: &AtomicU16) {
     let mut w = conn.try_clone().unwrap();
     let mut r = BufReader::new(conn);
     loop {
@@ -317,9 +328,11 @@ fn serve_conn(conn: TcpStream, got: &Mutex<Vec<(String, String, String)>>) {
             v["type"].as_str().unwrap_or("").to_owned(),
             v["username"].as_str().unwrap_or("").to_owned(),
         ));
-        if w.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
-            .is_err()
-        {
+        let answer = format!(
+            "HTTP/1.1 {} X\r\nContent-Length: 0\r\n\r\n",
+            status.load(Ordering::Relaxed)
+        );
+        if w.write_all(answer.as_bytes()).is_err() {
             return;
         }
     }
@@ -371,4 +384,64 @@ fn webhooks_undelivered_at_a_kill_9_arrive_after_the_restart() {
         std::thread::sleep(Duration::from_millis(100));
     }
     server.stop();
+}
+
+fn cli(e: &Env, args: &[&str]) -> Value {
+    let o = common::zoftoken(e.dir.path(), &[&["--json"], args].concat())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// 410 Gone disables the endpoint and makes dead letters; the command line lists them and
+/// the endpoint, replays them, and the restarted server delivers them with their ids.
+#[test]
+fn gone_makes_dead_letters_that_the_command_line_lists_and_replays() {
+    let hook = free_tcp();
+    let receiver = Receiver::start(hook);
+    receiver.status.store(410, Ordering::Relaxed);
+    let e = Env::new(Some(hook));
+    let server = e.serve();
+    let path = "/v1/services/bank/tokens/carol";
+    assert_eq!(http(server.http, "POST", path, ADMIN_KEY, "{}").0, 201);
+    wait_until("the 410", || !receiver.types_of("carol").is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+    server.stop();
+
+    let dead = cli(&e, &["webhook", "dead-letters"]);
+    let letters = dead["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{dead}");
+    assert_eq!(letters[0]["type"], "enrolled");
+    assert_eq!(letters[0]["last_status"], 410);
+    let id = letters[0]["id"].as_str().unwrap().to_owned();
+    let disabled = cli(&e, &["webhook", "disabled"]);
+    assert_eq!(disabled["disabled"][0]["service"], "bank", "{disabled}");
+    let o = common::zoftoken(e.dir.path(), &["webhook", "replay", "msg_nonexistent"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4));
+    assert_eq!(cli(&e, &["webhook", "replay", "--all"])["replayed"], 1);
+
+    receiver.status.store(204, Ordering::Relaxed);
+    let before = receiver.got.lock().unwrap().len();
+    let server = e.serve();
+    wait_until("the replayed delivery", || {
+        receiver.got.lock().unwrap().len() > before
+    });
+    let got = receiver.got.lock().unwrap().clone();
+    assert_eq!(got.last().unwrap().0, id, "a replay keeps the webhook-id");
+    server.stop();
+    assert!(cli(&e, &["webhook", "dead-letters"])["dead_letters"]
+        .as_array()
+        .unwrap()
+        .is_empty());
 }
