@@ -76,6 +76,10 @@ pub struct LoadgenArgs {
     /// `<token id hex> <index> <counter> <state> <attempts_left> <settled 0|1>`.
     #[arg(long, value_name = "FILE")]
     pub acked: Option<std::path::PathBuf>,
+    /// Use only the set's tokens from this index on (`user{N}` …): two generators on
+    /// disjoint tokens do not disturb each other's counters.
+    #[arg(long, default_value_t = 0)]
+    pub first_token: u64,
     /// Print only the JSON line on stdout, no human summary (set by the binary's `--json`).
     #[arg(skip)]
     pub json: bool,
@@ -101,6 +105,7 @@ impl LoadgenArgs {
         c.io = self.io;
         c.counters_file = self.counters.clone();
         c.acked_file = self.acked.clone();
+        c.first_token = self.first_token;
         Ok(c)
     }
 

@@ -132,6 +132,9 @@ pub struct LoadConfig {
     /// Set from outside (Ctrl-C) to stop sending early; the replies in flight are still
     /// awaited and the summary is complete.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Use only the tokens from this index of the set on (two generators on disjoint tokens
+    /// never disturb each other's counters). Default 0.
+    pub first_token: u64,
 }
 
 impl LoadConfig {
@@ -152,6 +155,7 @@ impl LoadConfig {
             counters_file: None,
             acked_file: None,
             stop: None,
+            first_token: 0,
         }
     }
 }
@@ -341,13 +345,14 @@ impl Acked {
     }
 }
 
-/// Writes `acked` (token `i` of `tokens` at index `i`) as text: a `#` header, then one line
+/// Writes `acked` (token `first + i` of `tokens` at index `i`) as text: a `#` header, then one line
 /// per token that was answered at least once:
 /// `<token id hex> <index> <counter> <state> <attempts_left> <settled 0|1>`, the state by name
 /// (`pending`, `closed`, `open`, `blocked`).
 pub fn write_acked(
     path: &std::path::Path,
     tokens: &TokenSet,
+    first: u64,
     acked: &[Acked],
 ) -> Result<(), LoadError> {
     use std::fmt::Write as _;
@@ -360,11 +365,12 @@ pub fn write_acked(
             Some(WireState::Blocked) => "blocked",
             None => "unknown",
         };
-        let id = tokens.device_token(i as u64).id;
+        let index = first + i as u64;
+        let id = tokens.device_token(index).id;
         let hex: String = id.0.iter().map(|b| format!("{b:02x}")).collect();
         let _ = writeln!(
             out,
-            "{hex} {i} {} {state} {} {}",
+            "{hex} {index} {} {state} {} {}",
             a.counter,
             a.attempts_left,
             u8::from(a.settled())
@@ -420,7 +426,9 @@ pub fn run(config: &LoadConfig, mut progress: impl FnMut(&Progress)) -> Result<S
     if config.endpoints.is_empty() {
         return Err(LoadError::Config("no endpoint".into()));
     }
-    if config.tokens.count() == 0 {
+    let first = config.first_token;
+    let n_tokens = config.tokens.count().saturating_sub(first);
+    if n_tokens == 0 {
         return Err(LoadError::Config("no token".into()));
     }
     if config.threads == 0 || config.window == 0 {
@@ -448,9 +456,9 @@ pub fn run(config: &LoadConfig, mut progress: impl FnMut(&Progress)) -> Result<S
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64)
     });
-    let threads = config.threads.min(config.tokens.count() as usize).max(1);
+    let threads = config.threads.min(n_tokens as usize).max(1);
     let saved = match &config.counters_file {
-        Some(path) => Some(read_counters(path, config.tokens.count())?),
+        Some(path) => Some(read_counters(path, n_tokens)?),
         None => None,
     };
     let initial = |t: usize, n: usize| -> Vec<u64> {
@@ -478,9 +486,9 @@ pub fn run(config: &LoadConfig, mut progress: impl FnMut(&Progress)) -> Result<S
                 let sh = shared.get(t)?.clone();
                 let barrier = &barrier;
                 Some(scope.spawn(move || {
-                    let tokens: Vec<DeviceToken> = (t as u64..config.tokens.count())
+                    let tokens: Vec<DeviceToken> = (t as u64..n_tokens)
                         .step_by(threads)
-                        .map(|i| config.tokens.device_token(i))
+                        .map(|i| config.tokens.device_token(first + i))
                         .collect();
                     let counters = initial(t, tokens.len());
                     barrier.wait();
@@ -529,9 +537,9 @@ pub fn run(config: &LoadConfig, mut progress: impl FnMut(&Progress)) -> Result<S
         let mut total = Counts::default();
         let mut hist = Histogram::new();
         let mut elapsed = Duration::ZERO;
-        let mut next = vec![1u64; config.tokens.count() as usize];
+        let mut next = vec![1u64; n_tokens as usize];
         let mut acked = if config.acked_file.is_some() {
-            vec![Acked::default(); config.tokens.count() as usize]
+            vec![Acked::default(); n_tokens as usize]
         } else {
             Vec::new()
         };
@@ -555,7 +563,7 @@ pub fn run(config: &LoadConfig, mut progress: impl FnMut(&Progress)) -> Result<S
             write_counters(path, &next)?;
         }
         if let Some(path) = &config.acked_file {
-            write_acked(path, &config.tokens, &acked)?;
+            write_acked(path, &config.tokens, first, &acked)?;
         }
         let secs = elapsed.as_secs_f64().max(1e-9);
         Ok(Summary {

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The HTTP API benchmark of issue #6, in one invocation on this machine, against one
+# `zoftoken serve` (1 million tokens by default, WAL group commit):
+#   1. the UDP load generator alone, flat out               → udp_pps_alone
+#   2. wrk alone: status polls with a valid non-admin key, keep-alive (informative)
+#   3. both at once: the UDP generator flat out and wrk     → udp_pps_with_api, status_rps
+# Status polls cycle over 1 000 of the prepared users (`GET /v1/services/bench/tokens/userN`),
+# each a token held in memory.
+# Ends with one JSON line: {"status_rps":…,"udp_pps_alone":…,"udp_pps_with_api":…}
+# Knobs (environment): TOKENS (1000000), DURATION (s, 10), IO (mmsg), THREADS (UDP IO threads,
+# 2), API_THREADS (1), WRK_THREADS (1), CONNECTIONS (32), LOADGEN_THREADS (1), WINDOW (64).
+# wrk comes from Debian (installed here if missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh >&2
+if ! command -v wrk >/dev/null 2>&1; then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq wrk >&2
+fi
+tokens="${TOKENS:-1000000}"
+duration="${DURATION:-10}"
+io="${IO:-mmsg}"
+threads="${THREADS:-2}"
+api_threads="${API_THREADS:-1}"
+wrk_threads="${WRK_THREADS:-1}"
+connections="${CONNECTIONS:-32}"
+lg_threads="${LOADGEN_THREADS:-1}"
+window="${WINDOW:-64}"
+target="${CARGO_TARGET_DIR:-target}"
+cargo build --release --locked -p zoftoken-loadgen --bin zoftoken-loadgen >&2
+cargo build --workspace --locked --all-targets >&2
+loadgen=$(realpath "$target/release/zoftoken-loadgen")
+zoftoken=$(realpath "$target/debug/zoftoken")
+work="${BENCH_DIR:-$target/api-bench}"
+mkdir -p "$work"
+port_udp=47912
+port_http=47913
+write_config() { # authkeys YAML list
+  cat > "$work/config.yaml" <<CONFIG
+listen: { udp: ["127.0.0.1:$port_udp"], http: "127.0.0.1:$port_http" }
+data_dir: data
+io_threads: $threads
+api_threads: $api_threads
+services:
+  - name: bench
+    window: 600
+    endpoints: ["127.0.0.1:$port_udp"]
+authkeys: $1
+CONFIG
+}
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); io=$io threads=$threads api_threads=$api_threads wrk: $wrk_threads threads, $connections connections; tokens=$tokens" >&2
+write_config "[]"
+if [ "$(cat "$work/prepared" 2>/dev/null)" != "$tokens" ]; then
+  rm -rf "$work/data" "$work/prepared" "$work/counters"
+  (cd "$work" && "$zoftoken" --config config.yaml loadgen prepare --tokens "$tokens" >&2)
+  echo "$tokens" > "$work/prepared"
+fi
+# A non-admin key for the service `bench` (only its hash goes into the configuration).
+key_json=$(cd "$work" && "$zoftoken" --config config.yaml --json authkey create --name bench-status --service-mask bench)
+field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+key=$(field "$key_json" secret)
+hash=$(field "$key_json" secret_hash)
+write_config "[{ name: bench-status, secret_hash: \"$hash\", admin: false, service_mask: bench, user_mask: \".*\" }]"
+cat > "$work/status.lua" <<LUA
+local reqs = {}
+local n = 1000
+init = function(args)
+  for i = 0, n - 1 do
+    reqs[i + 1] = wrk.format("GET", "/v1/services/bench/tokens/user" .. i,
+      { ["Authorization"] = "Bearer $key" })
+  end
+end
+local i = 0
+request = function()
+  i = i % n + 1
+  return reqs[i]
+end
+LUA
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+log="$work/serve.log"
+(cd "$work" && ZOFTOKEN_IO="$io" exec "$zoftoken" --config config.yaml serve) 2> "$log" &
+pids+=($!)
+for _ in $(seq 1 600); do grep -q "serving UDP" "$log" && break; sleep 0.1; done
+grep -E "loaded|serving" "$log" >&2
+python3 - "$key" "$port_http" <<'PY' >&2
+import sys, urllib.request
+req = urllib.request.Request(f"http://127.0.0.1:{sys.argv[2]}/v1/services/bench/tokens/user1",
+                             headers={"Authorization": "Bearer " + sys.argv[1]})
+print("status of user1:", urllib.request.urlopen(req).read().decode())
+PY
+
+run_load() {
+  "$loadgen" --endpoint "127.0.0.1:$port_udp" --service bench --tokens "$tokens" \
+    --threads "$lg_threads" --window "$window" --duration "$duration" \
+    --counters "$work/counters" --json 2>/dev/null | tail -1
+}
+run_wrk() {
+  wrk -t "$wrk_threads" -c "$connections" -d "${duration}s" -s "$work/status.lua" \
+    "http://127.0.0.1:$port_http" > "$1"
+}
+rps() { awk '/^Requests\/sec/ {print $2}' "$1"; }
+non2xx() { awk '/Non-2xx/ {print $NF}' "$1"; }
+
+alone=$(run_load)
+echo "udp alone:    $alone" >&2
+run_wrk "$work/wrk-alone.txt"
+echo "wrk alone:    $(rps "$work/wrk-alone.txt") requests/s, non-2xx: $(non2xx "$work/wrk-alone.txt")" >&2
+run_wrk "$work/wrk-both.txt" &
+wrk_pid=$!
+both=$(run_load)
+wait "$wrk_pid"
+echo "udp with api: $both" >&2
+echo "wrk with udp: $(rps "$work/wrk-both.txt") requests/s, non-2xx: $(non2xx "$work/wrk-both.txt")" >&2
+grep -A3 "Latency" "$work/wrk-both.txt" | head -2 >&2
+[ -z "$(non2xx "$work/wrk-both.txt")" ] || { echo "error answers under load" >&2; exit 1; }
+kill -TERM "${pids[0]}"
+wait "${pids[0]}" || true
+
+python3 - "$alone" "$both" "$(rps "$work/wrk-both.txt")" "$(rps "$work/wrk-alone.txt")" <<'PY'
+import json, sys
+alone, both = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+status, status_alone = float(sys.argv[3]), float(sys.argv[4])
+a, b = alone["answered_pps"], both["answered_pps"]
+print(f"status polls {status:.0f}/s with UDP load ({status_alone:.0f}/s alone); UDP {a:.0f}/s alone, {b:.0f}/s with the API under load ({100 * (1 - b / a):.1f} % less)", file=sys.stderr)
+print(json.dumps({"status_rps": round(status), "udp_pps_alone": round(a), "udp_pps_with_api": round(b)}, separators=(",", ":")))
+PY

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# The webhook benchmark of issue #7, in one invocation on this machine, against one
+# `zoftoken serve` whose service `bench` delivers every event to `webhook-sink` (a local
+# keep-alive receiver that verifies every signature and measures the latency from the event's
+# time to its arrival):
+#   1. throughput: the load generator sends OPEN/CLOSE (each an event) at RATE for DURATION;
+#      the sink's distinct events per second from first to last arrival   → events_per_sec
+#   2. latency: OPENs at 1 000/s (1 000 events/s) for DURATION           → p99_ms
+#   3. UDP cost: a STATUS-only generator flat out (no events), alone and then beside a
+#      second generator making 1 000 events/s that are delivered          → udp_ratio
+# Ends with one JSON line: {"events_per_sec":…,"p99_ms":…,"udp_ratio":…}
+# Knobs (environment): TOKENS (100000), DURATION (s, 10), RATE (30000), IO (mmsg),
+# THREADS (UDP IO threads, 2), WEBHOOK_THREADS (1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh >&2
+tokens="${TOKENS:-100000}"
+duration="${DURATION:-10}"
+rate="${RATE:-30000}"
+io="${IO:-mmsg}"
+threads="${THREADS:-2}"
+hook_threads="${WEBHOOK_THREADS:-1}"
+target="${CARGO_TARGET_DIR:-target}"
+cargo build --release --locked -p zoftoken-loadgen --bin zoftoken-loadgen >&2
+cargo build --release --locked -p zoftoken-webhooks --bin webhook-sink >&2
+cargo build --workspace --locked --all-targets >&2
+loadgen=$(realpath "$target/release/zoftoken-loadgen")
+sink=$(realpath "$target/release/webhook-sink")
+zoftoken=$(realpath "$target/debug/zoftoken")
+work="${BENCH_DIR:-$target/webhooks-bench}"
+mkdir -p "$work"
+port_udp=47922
+port_http=47923
+port_sink=47924
+secret="bench-webhook-secret-0123456789"
+cat > "$work/config.yaml" <<CONFIG
+listen: { udp: ["127.0.0.1:$port_udp"], http: "127.0.0.1:$port_http" }
+data_dir: data
+io_threads: $threads
+webhook_threads: $hook_threads
+services:
+  - name: bench
+    window: 600
+    endpoints: ["127.0.0.1:$port_udp"]
+    webhook: { url: "http://127.0.0.1:$port_sink/hook", secret: "$secret" }
+CONFIG
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); io=$io threads=$threads webhook_threads=$hook_threads tokens=$tokens" >&2
+if [ "$(cat "$work/prepared" 2>/dev/null)" != "$tokens" ]; then
+  rm -rf "$work/data" "$work/prepared" "$work"/counters-*
+  (cd "$work" && "$zoftoken" --config config.yaml loadgen prepare --tokens "$tokens" >&2)
+  echo "$tokens" > "$work/prepared"
+fi
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+sink_pid=""
+start_sink() {
+  "$sink" --listen "127.0.0.1:$port_sink" --secret "$secret" > "$1" 2>/dev/null &
+  sink_pid=$!
+  pids+=("$sink_pid")
+  sleep 0.3
+}
+stop_sink() { # when the pipeline holds nothing more for 2 s (or after 60 s): the summary
+  local idle=0
+  for _ in $(seq 1 600); do
+    depth=$(python3 - "$port_http" <<'PY' 2>/dev/null || echo 1
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics").read().decode()
+vals = [float(l.split()[-1]) for l in text.splitlines() if l.startswith("zoftoken_webhook_queue_depth")]
+print(int(sum(vals)) if vals else 0)
+PY
+)
+    if [ "$depth" = 0 ]; then idle=$((idle + 1)); else idle=0; fi
+    [ "$idle" -ge 20 ] && break
+    sleep 0.1
+  done
+  kill -TERM "$sink_pid"; wait "$sink_pid" || true
+}
+field() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); [d := d[k] for k in sys.argv[2:]]; print(d)' "$@"; }
+# Two disjoint token ranges, each with its own counters: the event generators use the last
+# 1 000 tokens, the STATUS generator the others, so that running side by side they never
+# disturb each other's counters.
+events_load() { # extra args → JSON line
+  "$loadgen" --endpoint "127.0.0.1:$port_udp" --service bench --tokens "$tokens" \
+    --first-token $((tokens - 1000)) --counters "$work/counters-events" \
+    --duration "$duration" --json "$@" 2>/dev/null | tail -1
+}
+status_load() {
+  "$loadgen" --endpoint "127.0.0.1:$port_udp" --service bench --tokens $((tokens - 1000)) \
+    --counters "$work/counters-status" --duration "$duration" --mix 100/0/0 --json \
+    2>/dev/null | tail -1
+}
+
+start_sink "$work/sink-throughput.json"
+log="$work/serve.log"
+(cd "$work" && ZOFTOKEN_IO="$io" exec "$zoftoken" --config config.yaml serve) 2> "$log" &
+server_pid=$!
+pids+=("$server_pid")
+for _ in $(seq 1 600); do grep -q "serving UDP" "$log" && break; sleep 0.1; done
+grep -E "loaded|serving" "$log" >&2
+sleep 2  # the events of the start-up, if any, are delivered first
+
+# 1. Throughput.
+gen=$(events_load --rate "$rate" --mix 0/50/50 --window 256)
+echo "generator: $gen" >&2
+stop_sink
+tp=$(cat "$work/sink-throughput.json")
+echo "sink (throughput): $tp" >&2
+
+# 2. Latency at 1 000 events/s.
+start_sink "$work/sink-latency.json"
+gen=$(events_load --rate 1000 --mix 0/100/0)
+echo "generator: $gen" >&2
+stop_sink
+lat=$(cat "$work/sink-latency.json")
+echo "sink (1 000/s): $lat" >&2
+
+# 3. The UDP rate alone and with 1 000 events/s delivered.
+alone=$(status_load)
+echo "udp alone:         $alone" >&2
+start_sink "$work/sink-beside.json"
+events_load --rate 1000 --mix 0/100/0 > "$work/events-load.json" &
+ev_pid=$!
+with=$(status_load)
+wait "$ev_pid"
+echo "udp with webhooks: $with" >&2
+stop_sink
+echo "sink (beside): $(cat "$work/sink-beside.json")" >&2
+kill -TERM "$server_pid"; wait "$server_pid" || true
+
+python3 - "$tp" "$lat" "$alone" "$with" <<'PY'
+import json, sys
+tp, lat, alone, with_ = (json.loads(a) for a in sys.argv[1:5])
+for name, s in (("throughput", tp), ("latency", lat)):
+    if s["bad_signature"] or s["bad_body"]:
+        sys.exit(f"{name}: {s['bad_signature']} bad signatures, {s['bad_body']} bad bodies")
+ratio = with_["answered_pps"] / alone["answered_pps"]
+print(f"{tp['events_per_sec']:.0f} events/s delivered; p99 {lat['latency_ms']['p99']} ms at 1 000 events/s; UDP {alone['answered_pps']:.0f}/s alone, {with_['answered_pps']:.0f}/s with webhooks (ratio {ratio:.3f})", file=sys.stderr)
+print(json.dumps({"events_per_sec": round(tp["events_per_sec"]), "p99_ms": lat["latency_ms"]["p99"], "udp_ratio": round(ratio, 3)}, separators=(",", ":")))
+PY
