@@ -25,6 +25,7 @@ use zoftoken_engine::{
 };
 use zoftoken_proto::{TokenId, TxState};
 use zoftoken_storage::{AuthkeyDoc, ServiceDoc, Store, StoreError};
+use zoftoken_webhooks::WebhookError;
 
 use crate::limiter::Limiter;
 use crate::routes::{resolve, PathError, Resource, Tok, TokenPath};
@@ -207,6 +208,30 @@ impl From<EngineError> for Failure {
     }
 }
 
+impl From<WebhookError> for Failure {
+    fn from(e: WebhookError) -> Self {
+        match e {
+            WebhookError::Store(e) => e.into(),
+            WebhookError::Start(_) | WebhookError::Tls(_) | WebhookError::Config(_) => {
+                Failure::internal()
+            }
+        }
+    }
+}
+
+fn unknown_dead_letter() -> Failure {
+    Failure::new(
+        StatusCode::NOT_FOUND,
+        "unknown_dead_letter",
+        "no dead letter of this id",
+    )
+}
+
+/// Dead letters listed when `?limit=` is not given.
+const DEAD_LETTERS_DEFAULT: usize = 100;
+/// Most dead letters listed at once (a larger `?limit=` is capped to it).
+const DEAD_LETTERS_MAX: usize = 1000;
+
 type Outcome = Result<Resp, Failure>;
 
 fn json_response(status: StatusCode, body: &impl Serialize) -> Resp {
@@ -355,6 +380,7 @@ async fn dispatch(
                     match what {
                         "service name" => "the service name must be 1 to 255 bytes",
                         "username" => "the username must be 1 to 1024 bytes",
+                        "dead letter id" => "the dead letter id must be 1 to 255 bytes",
                         _ => "the authkey name must be 1 to 255 bytes",
                     },
                 )),
@@ -410,6 +436,28 @@ async fn dispatch(
         ),
         Resource::Authkey(_) => ("unmatched", Err(method_not_allowed("DELETE"))),
         Resource::Token(tok, path) => ctx.token(tok, path, body).await,
+        Resource::DeadLetters if m == Method::GET => {
+            ("dead_letter_list", ctx.dead_letter_list().await)
+        }
+        Resource::DeadLetters => ("unmatched", Err(method_not_allowed("GET"))),
+        Resource::DeadLettersReplay if m == Method::POST => {
+            ("dead_letter_replay_all", ctx.dead_letter_replay_all().await)
+        }
+        Resource::DeadLettersReplay => ("unmatched", Err(method_not_allowed("POST"))),
+        Resource::DeadLetterReplay(id) if m == Method::POST => (
+            "dead_letter_replay",
+            ctx.dead_letter_replay(id.into_owned()).await,
+        ),
+        Resource::DeadLetterReplay(_) => ("unmatched", Err(method_not_allowed("POST"))),
+        Resource::DeadLetter(id) if m == Method::DELETE => (
+            "dead_letter_delete",
+            ctx.dead_letter_delete(id.into_owned()).await,
+        ),
+        Resource::DeadLetter(_) => ("unmatched", Err(method_not_allowed("DELETE"))),
+        Resource::WebhooksDisabled if m == Method::GET => {
+            ("webhook_disabled_list", ctx.webhook_disabled_list().await)
+        }
+        Resource::WebhooksDisabled => ("unmatched", Err(method_not_allowed("GET"))),
     }
 }
 
@@ -463,6 +511,7 @@ struct Query {
     wait_s: u64,
     state: Option<TokenState>,
     force: bool,
+    limit: Option<usize>,
 }
 
 fn parse_query(q: Option<&str>, allowed: &[&str]) -> Result<Query, Failure> {
@@ -504,6 +553,15 @@ fn parse_query(q: Option<&str>, allowed: &[&str]) -> Result<Query, Failure> {
                     "false" | "0" => false,
                     _ => return Err(Failure::bad("invalid_query", "force must be true or false")),
                 }
+            }
+            "limit" => {
+                let n: usize = v
+                    .parse()
+                    .map_err(|_| Failure::bad("invalid_query", "limit must be a whole number"))?;
+                if n == 0 {
+                    return Err(Failure::bad("invalid_query", "limit must be at least 1"));
+                }
+                out.limit = Some(n);
             }
             _ => {}
         }
@@ -1437,5 +1495,73 @@ impl Ctx<'_> {
         })
         .await?;
         ok(&json!({ "revoked": true }))
+    }
+
+    // Webhook dead letters and disabled endpoints (unrestricted admin keys). A replay is
+    // queued in the store; the running pipeline delivers it at its next poll.
+
+    /// `GET /v1/webhooks/dead-letters[?limit=N]`: oldest first.
+    async fn dead_letter_list(&self) -> Outcome {
+        self.authorize_unrestricted()?;
+        let q = parse_query(self.parts.uri.query(), &["limit"])?;
+        let limit = q
+            .limit
+            .unwrap_or(DEAD_LETTERS_DEFAULT)
+            .min(DEAD_LETTERS_MAX);
+        let store = self.state.store.clone();
+        let list = blocking(move || Ok(zoftoken_webhooks::dead_letters(&store, limit)?)).await?;
+        ok(&json!({ "dead_letters": list }))
+    }
+
+    async fn dead_letter_replay(&self, id: String) -> Outcome {
+        self.authorize_unrestricted()?;
+        parse_query(self.parts.uri.query(), &[])?;
+        let store = self.state.store.clone();
+        let found =
+            blocking(move || Ok(zoftoken_webhooks::replay_dead_letter(&store, &id)?)).await?;
+        if !found {
+            return Err(unknown_dead_letter());
+        }
+        ok(&json!({ "replayed": true }))
+    }
+
+    async fn dead_letter_replay_all(&self) -> Outcome {
+        self.authorize_unrestricted()?;
+        parse_query(self.parts.uri.query(), &[])?;
+        let store = self.state.store.clone();
+        let n = blocking(move || Ok(zoftoken_webhooks::replay_all_dead_letters(&store)?)).await?;
+        ok(&json!({ "replayed": n }))
+    }
+
+    async fn dead_letter_delete(&self, id: String) -> Outcome {
+        self.authorize_unrestricted()?;
+        parse_query(self.parts.uri.query(), &[])?;
+        let store = self.state.store.clone();
+        let found =
+            blocking(move || Ok(zoftoken_webhooks::delete_dead_letter(&store, &id)?)).await?;
+        if !found {
+            return Err(unknown_dead_letter());
+        }
+        ok(&json!({ "deleted": true }))
+    }
+
+    /// `GET /v1/webhooks/disabled`: endpoints disabled after a 410 Gone.
+    async fn webhook_disabled_list(&self) -> Outcome {
+        self.authorize_unrestricted()?;
+        parse_query(self.parts.uri.query(), &[])?;
+        let store = self.state.store.clone();
+        let list = blocking(move || Ok(zoftoken_webhooks::disabled_endpoints(&store)?)).await?;
+        let disabled: Vec<Value> = list
+            .into_iter()
+            .map(|d| {
+                json!({
+                    "service": d.service,
+                    "url": d.url,
+                    "status": d.status,
+                    "at_ms": d.at_ms,
+                })
+            })
+            .collect();
+        ok(&json!({ "disabled": disabled }))
     }
 }

@@ -14,6 +14,10 @@
 //! (Prometheus text, [`install_prometheus`]) and `/openapi.json` (OpenAPI 3.1, kept by hand in
 //! `api/openapi.json` and tested against the router) are served too.
 //!
+//! Unrestricted admin keys also list, replay and delete the webhook pipeline's dead letters
+//! and list the endpoints it disabled after a 410 (`/v1/webhooks/…`, through the store
+//! functions of `zoftoken-webhooks`; a running pipeline delivers a replay at its next poll).
+//!
 //! It does not start the engine, load the store, run timers (`Engine::tick`), deliver webhooks
 //! or terminate TLS (put a reverse proxy in front for that): the binary does those.
 //!

@@ -4,7 +4,7 @@
 //! percent-encoded (RFC 3986; a `/` inside a name is `%2F`), one path segment each. The path
 //! is split on `/` first and each segment decoded after, so no decoded character can change
 //! the route. Lengths are checked here: services 1–255 bytes, usernames 1–1024 bytes, authkey
-//! names 1–255 bytes.
+//! names 1–255 bytes, dead-letter ids 1–255 bytes.
 
 use std::borrow::Cow;
 
@@ -79,6 +79,23 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "/v1/services/{service}/tokens/{username}/transactions/{tx_id}",
         "transaction_get",
     ),
+    ("GET", "/v1/webhooks/dead-letters", "dead_letter_list"),
+    (
+        "POST",
+        "/v1/webhooks/dead-letters/replay",
+        "dead_letter_replay_all",
+    ),
+    (
+        "POST",
+        "/v1/webhooks/dead-letters/{id}/replay",
+        "dead_letter_replay",
+    ),
+    (
+        "DELETE",
+        "/v1/webhooks/dead-letters/{id}",
+        "dead_letter_delete",
+    ),
+    ("GET", "/v1/webhooks/disabled", "webhook_disabled_list"),
 ];
 
 /// Longest service name (bytes), as the engine allows.
@@ -87,6 +104,8 @@ pub const SERVICE_MAX: usize = 255;
 pub const USERNAME_MAX: usize = 1024;
 /// Longest authkey name (bytes).
 pub const AUTHKEY_NAME_MAX: usize = 255;
+/// Longest dead-letter id (bytes); real ids are `msg_` and 20 hexadecimal digits.
+pub const DEAD_LETTER_ID_MAX: usize = 255;
 
 /// A matched resource (the method is checked by the caller).
 #[derive(Debug, PartialEq, Eq)]
@@ -101,6 +120,16 @@ pub(crate) enum Resource<'a> {
     Authkeys,
     Authkey(Cow<'a, str>),
     Token(Tok<'a>, TokenPath<'a>),
+    /// `/v1/webhooks/dead-letters`.
+    DeadLetters,
+    /// `/v1/webhooks/dead-letters/replay` (every dead letter).
+    DeadLettersReplay,
+    /// `/v1/webhooks/dead-letters/{id}`.
+    DeadLetter(Cow<'a, str>),
+    /// `/v1/webhooks/dead-letters/{id}/replay`.
+    DeadLetterReplay(Cow<'a, str>),
+    /// `/v1/webhooks/disabled`.
+    WebhooksDisabled,
 }
 
 /// A token's service and username.
@@ -167,6 +196,20 @@ pub(crate) fn resolve(path: &str) -> Result<Resource<'_>, PathError> {
             AUTHKEY_NAME_MAX,
             "authkey name",
         )?)),
+        [Some("v1"), Some("webhooks"), Some("disabled"), None, ..] => {
+            Ok(Resource::WebhooksDisabled)
+        }
+        [Some("v1"), Some("webhooks"), Some("dead-letters"), rest @ ..] => {
+            let id = |seg| decode(seg, DEAD_LETTER_ID_MAX, "dead letter id");
+            match rest {
+                [None, ..] => Ok(Resource::DeadLetters),
+                // Ids are `msg_…`: `replay` is never one.
+                [Some("replay"), None, ..] => Ok(Resource::DeadLettersReplay),
+                [Some(i), None, ..] => Ok(Resource::DeadLetter(id(i)?)),
+                [Some(i), Some("replay"), None, ..] => Ok(Resource::DeadLetterReplay(id(i)?)),
+                _ => Err(NotFound),
+            }
+        }
         [Some("v1"), Some("services"), None, ..] => Ok(Resource::Services),
         [Some("v1"), Some("services"), Some(s), rest @ ..] => {
             let service = || decode(s, SERVICE_MAX, "service name");
@@ -234,6 +277,35 @@ mod tests {
             Err(PathError::NotFound)
         );
         assert_eq!(resolve("/v1"), Err(PathError::NotFound));
+        assert_eq!(
+            resolve("/v1/webhooks/dead-letters").unwrap(),
+            Resource::DeadLetters
+        );
+        assert_eq!(
+            resolve("/v1/webhooks/dead-letters/replay").unwrap(),
+            Resource::DeadLettersReplay
+        );
+        assert_eq!(
+            resolve("/v1/webhooks/dead-letters/msg_%30a/replay").unwrap(),
+            Resource::DeadLetterReplay("msg_0a".into())
+        );
+        assert_eq!(
+            resolve("/v1/webhooks/dead-letters/msg_1").unwrap(),
+            Resource::DeadLetter("msg_1".into())
+        );
+        assert_eq!(
+            resolve("/v1/webhooks/disabled").unwrap(),
+            Resource::WebhooksDisabled
+        );
+        assert_eq!(
+            resolve("/v1/webhooks/dead-letters//replay"),
+            Err(PathError::BadLength("dead letter id"))
+        );
+        assert_eq!(
+            resolve("/v1/webhooks/dead-letters/x/y"),
+            Err(PathError::NotFound)
+        );
+        assert_eq!(resolve("/v1/webhooks"), Err(PathError::NotFound));
         assert_eq!(resolve("/healthz/"), Err(PathError::NotFound));
         assert_eq!(resolve("healthz"), Err(PathError::NotFound));
         assert_eq!(resolve("/a/b/c/d/e/f/g/h/i/j"), Err(PathError::NotFound));

@@ -11,8 +11,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -20,7 +20,9 @@ use serde_json::{json, Value};
 use zoftoken_api::{ApiConfig, ApiServer, Clock};
 use zoftoken_device::{MemoryStore, Pairing, Reply, Request, Token};
 use zoftoken_engine::authkeys::hash_secret;
-use zoftoken_engine::{AuthkeyConfig, Batch, Engine, EngineConfig, PacketOutcome, ServiceConfig};
+use zoftoken_engine::{
+    AuthkeyConfig, Batch, Engine, EngineConfig, PacketOutcome, ServiceConfig, WebhookConfig,
+};
 use zoftoken_proto::deeplink::Deeplink;
 use zoftoken_proto::{PinVerifier, TokenId};
 use zoftoken_storage::kv::{Cf, KeyValue, Visitor};
@@ -68,9 +70,31 @@ impl Harness {
     }
 
     fn with_kv(
+        config: ApiConfig,
+        metrics: Option<zoftoken_api::MetricsRender>,
+        kv: Arc<dyn KvStore>,
+    ) -> Harness {
+        Harness::with_services(config, metrics, kv, services())
+    }
+
+    /// Service `bank` delivers its webhooks to `url`.
+    fn with_webhook(url: &str) -> Harness {
+        let mut s = services();
+        s[0].webhook = Some(WebhookConfig {
+            url: url.to_owned(),
+            secret: "s3cret".into(),
+            events: Vec::new(),
+            previous_secret: None,
+            ca_file: None,
+        });
+        Harness::with_services(ApiConfig::default(), None, Arc::new(MemoryKv::new()), s)
+    }
+
+    fn with_services(
         mut config: ApiConfig,
         metrics: Option<zoftoken_api::MetricsRender>,
         kv: Arc<dyn KvStore>,
+        services: Vec<ServiceConfig>,
     ) -> Harness {
         config.listen = "127.0.0.1:0".parse().unwrap();
         let store =
@@ -93,11 +117,11 @@ impl Harness {
             for k in keys() {
                 store.put_authkey(&k).unwrap();
             }
-            for s in services() {
-                store.put_service(&ServiceDoc::from_config(&s)).unwrap();
+            for s in &services {
+                store.put_service(&ServiceDoc::from_config(s)).unwrap();
             }
         }
-        let mut ec = EngineConfig::new(services(), 7, [9; 32]);
+        let mut ec = EngineConfig::new(services, 7, [9; 32]);
         ec.authkeys = authkeys;
         let engine = Arc::new(Engine::new(ec).unwrap());
         let now = Arc::new(AtomicU64::new(T0));
@@ -341,7 +365,8 @@ fn openapi_describes_every_route_and_nothing_else() {
             .replace("{service}", "bank")
             .replace("{username}", "alice")
             .replace("{name}", "k")
-            .replace("{tx_id}", &"00".repeat(16));
+            .replace("{tx_id}", &"00".repeat(16))
+            .replace("{id}", "msg_00000000000000010000");
         let a = h.call(m, &path, Some(ROOT), Some("{}"));
         assert_ne!(a.code(), "not_found", "{m} {path}");
         assert_ne!(a.status, 405, "{m} {path}");
@@ -1697,4 +1722,351 @@ fn duress_is_reported_to_the_client_asset() {
     h.send(&mut phone, Request::Open(&pin));
     let a = h.call("GET", &tok("bank", "erin", ""), Some(WEB), None);
     assert_eq!(a.json["duress"], false);
+}
+
+// ---------------------------------------------------------------------------------------
+// Webhook dead letters, with the real pipeline delivering to a receiver on loopback.
+
+/// A webhook receiver: answers each request with the current `status` (and closes the
+/// connection), recording `(webhook-id, status answered)`.
+struct Hook {
+    addr: SocketAddr,
+    status: Arc<AtomicU16>,
+    log: Arc<Mutex<Vec<(String, u16)>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Hook {
+    fn start(status: u16) -> Hook {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hook = Hook {
+            addr,
+            status: Arc::new(AtomicU16::new(status)),
+            log: Arc::new(Mutex::new(Vec::new())),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let (status, log, stop) = (hook.status.clone(), hook.log.clone(), hook.stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let (status, log) = (status.clone(), log.clone());
+                        std::thread::spawn(move || hook_answer(s, &status, &log));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        hook
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    fn set(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    fn log(&self) -> Vec<(String, u16)> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// How many requests carried `id` and were answered `status`.
+    fn count(&self, id: &str, status: u16) -> usize {
+        self.log()
+            .iter()
+            .filter(|(i, s)| i == id && *s == status)
+            .count()
+    }
+}
+
+impl Drop for Hook {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn hook_answer(mut s: TcpStream, status: &AtomicU16, log: &Mutex<Vec<(String, u16)>>) {
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+            .unwrap_or_default()
+    };
+    let length: usize = header("content-length:").parse().unwrap_or(0);
+    while buf.len() < head_end + length {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let body: Value = serde_json::from_slice(&buf[head_end..head_end + length]).unwrap();
+    assert!(body["type"].is_string(), "a webhook body: {body}");
+    let code = status.load(Ordering::SeqCst);
+    log.lock().unwrap().push((header("webhook-id:"), code));
+    let _ = s.write_all(
+        format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+}
+
+/// Three attempts 20 ms apart, then a dead letter.
+fn short_schedule() -> zoftoken_webhooks::PipelineConfig {
+    zoftoken_webhooks::PipelineConfig {
+        retry_schedule: vec![
+            Duration::ZERO,
+            Duration::from_millis(20),
+            Duration::from_millis(20),
+        ],
+        poll_interval: Duration::from_millis(50),
+        attempt_timeout: Duration::from_secs(5),
+        ..zoftoken_webhooks::PipelineConfig::default()
+    }
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+const DEAD: &str = "/v1/webhooks/dead-letters";
+
+impl Harness {
+    /// The dead letters' ids as the API lists them.
+    fn dead_ids(&self) -> Vec<String> {
+        let a = self.call("GET", DEAD, Some(ROOT), None);
+        assert_eq!(a.status, 200, "{}", a.body);
+        a.json["dead_letters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+#[test]
+fn dead_letters_are_listed_replayed_and_deleted_by_unrestricted_admins() {
+    let hook = Hook::start(500);
+    let h = Harness::with_webhook(&hook.url());
+    let pipeline =
+        zoftoken_webhooks::Pipeline::start(short_schedule(), h.store.clone(), h.engine.clone())
+            .unwrap();
+    // Three enrollments: three `enrolled` events, each tried three times, all answered 500.
+    let users = ["ana", "bob", "cy"];
+    for u in users {
+        let a = h.call("POST", &tok("bank", u, ""), Some(ROOT), None);
+        assert_eq!(a.status, 201, "{}", a.body);
+    }
+    wait_until("three dead letters", || h.dead_ids().len() == 3);
+    let a = h.call("GET", DEAD, Some(ROOT), None);
+    let list = a.json["dead_letters"].as_array().unwrap().clone();
+    let ids = h.dead_ids();
+    for (d, u) in list.iter().zip(users) {
+        assert_eq!(d["type"], "enrolled", "{d}");
+        assert_eq!(d["service"], "bank");
+        assert_eq!(d["username"], u, "oldest first");
+        assert_eq!(
+            d["token_id"].as_str().unwrap(),
+            hex::encode(TokenId::derive("bank", u).0)
+        );
+        assert_eq!(d["attempts"], 3);
+        assert_eq!(d["last_status"], 500);
+        assert!(d["dead_at_ms"].as_u64().unwrap() > 0);
+        assert!(d["last_error"].is_string());
+    }
+    for id in &ids {
+        assert!(id.starts_with("msg_"), "{id}");
+        assert_eq!(hook.count(id, 500), 3, "{id}: the whole schedule was tried");
+    }
+
+    // ?limit
+    let a = h.call("GET", &format!("{DEAD}?limit=2"), Some(ROOT), None);
+    assert_eq!(a.status, 200);
+    let two: Vec<&str> = a.json["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(two, [ids[0].as_str(), ids[1].as_str()]);
+    let a = h.call("GET", &format!("{DEAD}?limit=5000"), Some(ROOT), None);
+    assert_eq!(
+        a.json["dead_letters"].as_array().unwrap().len(),
+        3,
+        "capped"
+    );
+    for q in ["limit=0", "limit=x", "limit=-1", "wait=1"] {
+        let a = h.call("GET", &format!("{DEAD}?{q}"), Some(ROOT), None);
+        assert_eq!((a.status, a.code()), (400, "invalid_query"), "{q}");
+    }
+
+    // Only unrestricted admin keys; a refused call changes nothing.
+    let routes = [
+        ("GET", DEAD.to_owned()),
+        ("POST", format!("{DEAD}/replay")),
+        ("POST", format!("{DEAD}/{}/replay", ids[0])),
+        ("DELETE", format!("{DEAD}/{}", ids[0])),
+        ("GET", "/v1/webhooks/disabled".to_owned()),
+    ];
+    for (m, p) in &routes {
+        let a = h.call(m, p, None, None);
+        assert_eq!((a.status, a.code()), (401, "missing_authkey"), "{m} {p}");
+        assert!(a.head.contains("www-authenticate: bearer"));
+        for key in [WEB, BANKADMIN] {
+            let a = h.call(m, p, Some(key), None);
+            assert_eq!((a.status, a.code()), (403, "forbidden"), "{m} {p}");
+        }
+    }
+    let a = h.call(
+        "DELETE",
+        &format!("{DEAD}/{}", ids[0]),
+        Some("not-a-key"),
+        None,
+    );
+    assert_eq!((a.status, a.code()), (401, "unknown_authkey"));
+    assert_eq!(
+        zoftoken_webhooks::dead_letters(&h.store, 10).unwrap().len(),
+        3
+    );
+    assert!(
+        h.store.replays(10).unwrap().is_empty(),
+        "nothing was replayed"
+    );
+
+    // Wrong methods.
+    let a = h.call("GET", &format!("{DEAD}/replay"), Some(ROOT), None);
+    assert_eq!((a.status, a.code()), (405, "method_not_allowed"));
+    assert!(a.head.contains("allow: post"), "{}", a.head);
+    let a = h.call("DELETE", DEAD, Some(ROOT), None);
+    assert_eq!(a.status, 405);
+    let a = h.call("GET", &format!("{DEAD}/{}", ids[0]), Some(ROOT), None);
+    assert_eq!(a.status, 405);
+
+    // The receiver recovers; replay one: delivered with its id, then no longer dead.
+    hook.set(204);
+    let a = h.call(
+        "POST",
+        &format!("{DEAD}/{}/replay", ids[0]),
+        Some(ROOT),
+        None,
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json, json!({ "replayed": true }));
+    wait_until("the replay delivered", || hook.count(&ids[0], 204) == 1);
+    wait_until("the replay acknowledged", || h.dead_ids() == ids[1..]);
+    assert_eq!(hook.count(&ids[1], 204) + hook.count(&ids[2], 204), 0);
+
+    // Unknown and malformed ids.
+    for id in ["msg_00000000000000ff0000", "nonsense", "replay%2Fx"] {
+        let a = h.call("POST", &format!("{DEAD}/{id}/replay"), Some(ROOT), None);
+        assert_eq!((a.status, a.code()), (404, "unknown_dead_letter"), "{id}");
+        let a = h.call("DELETE", &format!("{DEAD}/{id}"), Some(ROOT), None);
+        assert_eq!((a.status, a.code()), (404, "unknown_dead_letter"), "{id}");
+    }
+    // The replayed one is gone too.
+    let a = h.call(
+        "POST",
+        &format!("{DEAD}/{}/replay", ids[0]),
+        Some(ROOT),
+        None,
+    );
+    assert_eq!((a.status, a.code()), (404, "unknown_dead_letter"));
+
+    // Delete one for good: gone from the list, never delivered, a second delete is 404.
+    let a = h.call("DELETE", &format!("{DEAD}/{}", ids[1]), Some(ROOT), None);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json, json!({ "deleted": true }));
+    assert_eq!(h.dead_ids(), ids[2..]);
+    let a = h.call("DELETE", &format!("{DEAD}/{}", ids[1]), Some(ROOT), None);
+    assert_eq!((a.status, a.code()), (404, "unknown_dead_letter"));
+    let a = h.call(
+        "POST",
+        &format!("{DEAD}/{}/replay", ids[1]),
+        Some(ROOT),
+        None,
+    );
+    assert_eq!((a.status, a.code()), (404, "unknown_dead_letter"));
+
+    // Replay all: the remaining one is delivered; then there is nothing left to replay.
+    let a = h.call("POST", &format!("{DEAD}/replay"), Some(ROOT), None);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json, json!({ "replayed": 1 }));
+    wait_until("the last replay delivered", || {
+        hook.count(&ids[2], 204) == 1
+    });
+    wait_until("no dead letters left", || h.dead_ids().is_empty());
+    let a = h.call("POST", &format!("{DEAD}/replay"), Some(ROOT), None);
+    assert_eq!(a.json, json!({ "replayed": 0 }));
+    assert_eq!(
+        hook.count(&ids[1], 204),
+        0,
+        "the deleted one was never delivered"
+    );
+    assert_eq!(hook.count(&ids[0], 204), 1, "each replay delivered once");
+    pipeline.shutdown();
+}
+
+#[test]
+fn endpoints_disabled_by_gone_are_listed_and_a_replay_re_enables_them() {
+    let hook = Hook::start(410);
+    let h = Harness::with_webhook(&hook.url());
+    let pipeline =
+        zoftoken_webhooks::Pipeline::start(short_schedule(), h.store.clone(), h.engine.clone())
+            .unwrap();
+    let a = h.call("GET", "/v1/webhooks/disabled", Some(ROOT), None);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json, json!({ "disabled": [] }));
+    let a = h.call("POST", &tok("bank", "ana", ""), Some(ROOT), None);
+    assert_eq!(a.status, 201);
+    wait_until("a dead letter", || h.dead_ids().len() == 1);
+    let a = h.call("GET", "/v1/webhooks/disabled", Some(ROOT), None);
+    assert_eq!(a.status, 200);
+    let disabled = a.json["disabled"].as_array().unwrap();
+    assert_eq!(disabled.len(), 1, "{}", a.body);
+    assert_eq!(disabled[0]["service"], "bank");
+    assert_eq!(disabled[0]["url"], hook.url());
+    assert_eq!(disabled[0]["status"], 410);
+    assert!(disabled[0]["at_ms"].as_u64().unwrap() > 0);
+    let a = h.call("GET", DEAD, Some(ROOT), None);
+    assert_eq!(a.json["dead_letters"][0]["last_status"], 410);
+    assert_eq!(
+        a.json["dead_letters"][0]["attempts"], 1,
+        "no retries after a 410"
+    );
+    let id = h.dead_ids().remove(0);
+    assert_eq!(hook.log().len(), 1);
+
+    hook.set(200);
+    let a = h.call("POST", &format!("{DEAD}/{id}/replay"), Some(ROOT), None);
+    assert_eq!(a.json, json!({ "replayed": true }));
+    wait_until("the replay delivered", || hook.count(&id, 200) == 1);
+    wait_until("re-enabled", || {
+        h.call("GET", "/v1/webhooks/disabled", Some(ROOT), None)
+            .json
+            == json!({ "disabled": [] })
+    });
+    wait_until("no dead letters left", || h.dead_ids().is_empty());
+    pipeline.shutdown();
 }
