@@ -1075,6 +1075,16 @@ impl Engine {
             .map(|s| s.name.clone())
     }
 
+    /// Whether service `index` has a webhook that receives events of `kind` (storage writes
+    /// only those events into the durable outbox; the others need no delivery).
+    pub fn webhook_wants(&self, index: u16, kind: crate::EventKind) -> bool {
+        self.services()
+            .list
+            .get(usize::from(index))
+            .and_then(|s| s.config.webhook.as_ref())
+            .is_some_and(|w| w.events.is_empty() || w.events.iter().any(|e| e == kind.name()))
+    }
+
     /// The otp parameters of a service (for the app's display and the API).
     pub fn otp_params(&self, service: &str) -> Result<OtpParams, EngineError> {
         let services = self.services();

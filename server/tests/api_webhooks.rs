@@ -271,8 +271,23 @@ struct Receiver {
 }
 
 impl Receiver {
+    /// Listens on `addr` (retrying a few seconds while the port is briefly in use).
     fn start(addr: SocketAddr) -> Receiver {
-        let listener = TcpListener::bind(addr).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let listener = loop {
+            match TcpListener::bind(addr) {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("receiver bind {addr}: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("receiver bind {addr}: {e}"),
+            }
+        };
+        Receiver::on(listener)
+    }
+
+    fn on(listener: TcpListener) -> Receiver {
         let got = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(204));
         let (g, st) = (got.clone(), status.clone());
@@ -406,8 +421,9 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 /// the endpoint, replays them, and the restarted server delivers them with their ids.
 #[test]
 fn gone_makes_dead_letters_that_the_command_line_lists_and_replays() {
-    let hook = free_tcp();
-    let receiver = Receiver::start(hook);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook = listener.local_addr().unwrap();
+    let receiver = Receiver::on(listener);
     receiver.status.store(410, Ordering::Relaxed);
     let e = Env::new(Some(hook));
     let server = e.serve();

@@ -112,11 +112,22 @@ impl std::fmt::Debug for Store {
 pub trait ServiceNames {
     /// The name of service `index`.
     fn service_name(&self, index: u16) -> Option<Arc<str>>;
+
+    /// Whether events of `kind` of service `index` go into the outbox, i.e. whether the
+    /// service has a webhook that receives them (default: every event).
+    fn outbox_wants(&self, index: u16, kind: zoftoken_engine::EventKind) -> bool {
+        let _ = (index, kind);
+        true
+    }
 }
 
 impl ServiceNames for Engine {
     fn service_name(&self, index: u16) -> Option<Arc<str>> {
         Engine::service_name(self, index)
+    }
+
+    fn outbox_wants(&self, index: u16, kind: zoftoken_engine::EventKind) -> bool {
+        self.webhook_wants(index, kind)
     }
 }
 
@@ -223,13 +234,18 @@ impl Store {
         self.durability
     }
 
+    /// The sequence number the next commit with events will get.
+    pub(crate) fn next_outbox_seq(&self) -> u64 {
+        self.next_seq.load(Ordering::Relaxed)
+    }
+
     /// The key-value store underneath.
     pub fn kv(&self) -> &Arc<dyn KvStore> {
         &self.kv
     }
 
-    /// Writes a batch of engine mutations in one atomic write, the batch's events included
-    /// (one outbox record per 65 535 events). Returns the (last) outbox sequence number used,
+    /// Writes a batch of engine mutations in one atomic write, with the batch's events that a
+    /// webhook receives ([`ServiceNames::outbox_wants`]; one outbox record per 65 535 events). Returns the (last) outbox sequence number used,
     /// or 0 when the batch had no event. Sequence numbers are unique and increase in the order commits start; two
     /// concurrent commits may become visible in either order, and a failed commit leaves a
     /// gap.
@@ -333,7 +349,9 @@ impl Store {
                     id.0,
                     schema::encode_backup(&self.key, id, hashes),
                 ),
-                Mutation::Event(e) => events.push(e),
+                // Only events some webhook will deliver are kept: the outbox exists for them.
+                Mutation::Event(e) if names.outbox_wants(e.service, e.kind) => events.push(e),
+                Mutation::Event(_) => {}
             }
         }
         // One outbox record per 65 535 events (its count is a u16): a timer tick that expires

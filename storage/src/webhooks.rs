@@ -361,17 +361,36 @@ impl Store {
         }
     }
 
-    /// The sequence numbers of the outbox commits below `below`, in order.
-    pub fn outbox_seqs(&self, below: u64) -> Result<Vec<u64>, StoreError> {
+    /// The sequence numbers of the outbox commits from `from` to below `below`, in order.
+    pub fn outbox_seqs(&self, from: u64, below: u64) -> Result<Vec<u64>, StoreError> {
         let mut out = Vec::new();
-        self.kv()
-            .scan(Cf::Outbox, &[], Some(&below.to_be_bytes()), &mut |k, _| {
+        self.kv().scan(
+            Cf::Outbox,
+            &from.to_be_bytes(),
+            Some(&below.to_be_bytes()),
+            &mut |k, _| {
                 if let Ok(s) = k.try_into().map(u64::from_be_bytes) {
                     out.push(s);
                 }
                 true
-            })?;
+            },
+        )?;
         Ok(out)
+    }
+
+    /// Where reading the outbox starts: its lowest sequence number, or past every number
+    /// used when it is empty. (Reading from 0 would walk over the deleted records of every
+    /// delivered commit that compaction has not dropped yet, at every read.)
+    pub fn outbox_start(&self) -> Result<u64, StoreError> {
+        let mut first = None;
+        self.kv().scan(Cf::Outbox, &[], None, &mut |k, _| {
+            first = k.try_into().ok().map(u64::from_be_bytes);
+            false
+        })?;
+        Ok(match first {
+            Some(s) => s,
+            None => self.next_outbox_seq(),
+        })
     }
 
     /// The highest sequence number in the outbox.
