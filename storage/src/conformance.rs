@@ -48,6 +48,7 @@ macro_rules! conformance_tests {
             store_commit_and_load_round_trip,
             store_commits_survive_crash,
             store_writes_any_number_of_events,
+            store_keeps_only_events_a_webhook_receives,
             store_reports_corruption,
             store_export_import_round_trip,
             store_tracks_webhook_deliveries,
@@ -276,8 +277,17 @@ pub fn store_refuses_a_newer_schema_and_data_without_schema(h: &mut dyn Harness)
     ));
 }
 
+/// A service with a webhook for every event: the outbox keeps only events a webhook receives.
 fn service() -> ServiceConfig {
-    ServiceConfig::new("bank", &["127.0.0.1:7878"])
+    let mut s = ServiceConfig::new("bank", &["127.0.0.1:7878"]);
+    s.webhook = Some(zoftoken_engine::WebhookConfig {
+        url: "https://hooks.example/zt".into(),
+        secret: "conformance-secret".into(),
+        events: Vec::new(),
+        previous_secret: None,
+        ca_file: None,
+    });
+    s
 }
 
 fn engine() -> Engine {
@@ -434,6 +444,43 @@ pub fn store_writes_any_number_of_events(h: &mut dyn Harness) {
     assert!(events.iter().all(|ev| ev.kind == EventKind::Expired));
     assert_eq!(events.last().unwrap().seq, seq);
     assert!(events.first().unwrap().seq < seq, "two records");
+}
+
+/// The outbox holds only the events some webhook receives: none for a service without a
+/// webhook, only the subscribed kinds for a webhook with an event list.
+pub fn store_keeps_only_events_a_webhook_receives(h: &mut dyn Harness) {
+    let kv = h.open().unwrap();
+    let store = Store::open(kv, key(1), Durability::Wal).unwrap();
+    let mut quiet = ServiceConfig::new("quiet", &["127.0.0.1:7878"]);
+    quiet.webhook = None;
+    let mut picky = service();
+    picky.name = "picky".into();
+    if let Some(w) = picky.webhook.as_mut() {
+        w.events = vec!["blocked".into()];
+    }
+    let e = Engine::new(EngineConfig::new(vec![quiet, picky], 7, [3; 32])).unwrap();
+    let event = |kind, service| {
+        Mutation::Event(Event::new(
+            kind,
+            TokenId([service as u8; 16]),
+            service,
+            1,
+            Actor::Device,
+        ))
+    };
+    let mutations = vec![
+        event(EventKind::Opened, 0),
+        event(EventKind::Blocked, 0),
+        event(EventKind::Opened, 1),
+        event(EventKind::Blocked, 1),
+    ];
+    store.commit(&mutations, &e).unwrap();
+    let events = store.outbox(0, 10).unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        (events[0].kind, events[0].service.as_str()),
+        (EventKind::Blocked, "picky")
+    );
 }
 
 /// Every committed batch is there after a crash; sequence numbers continue after it.
@@ -617,6 +664,7 @@ pub fn store_tracks_webhook_deliveries(h: &mut dyn Harness) {
         fingerprint: [7; 32],
     });
     store.write_deliveries(w).unwrap();
+    drop(store);
     h.crash(kv);
 
     let kv = h.open().unwrap();

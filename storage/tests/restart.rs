@@ -39,6 +39,14 @@ impl Server {
         .unwrap();
         let mut bank = ServiceConfig::new("bank", &["127.0.0.1:4500"]);
         bank.window_s = 600;
+        // A webhook for every event: the outbox keeps only events a webhook receives.
+        bank.webhook = Some(zoftoken_engine::WebhookConfig {
+            url: "https://hooks.example/zt".into(),
+            secret: "test-secret".into(),
+            events: Vec::new(),
+            previous_secret: None,
+            ca_file: None,
+        });
         let engine = Engine::new(EngineConfig::new(vec![bank], epoch, [epoch as u8; 32])).unwrap();
         store.load(&engine, now, 2, &|_| {}).unwrap();
         Server {

@@ -302,8 +302,6 @@ struct Reader {
     tx: mpsc::UnboundedSender<Msg>,
     cursor: u64,
     start_high: u64,
-    /// The outbox's lowest sequence number at start: rescans begin here.
-    first: u64,
     gaps: BTreeMap<u64, Instant>,
     last_gap_check: Instant,
     last_rescan: Instant,
@@ -333,7 +331,6 @@ impl Reader {
             store,
             tx,
             cursor,
-            first: cursor,
             start_high,
             gaps: BTreeMap::new(),
             last_gap_check: Instant::now(),
@@ -441,7 +438,7 @@ impl Reader {
         if self.last_rescan.elapsed() >= self.cfg.rescan_interval && self.room() > 0 {
             self.last_rescan = Instant::now();
             let mut found = Vec::new();
-            for s in self.store.outbox_seqs(self.first, self.cursor)? {
+            for s in self.store.outbox_seqs(0, self.cursor)? {
                 if !self.is_live(s) && !self.gaps.contains_key(&s) {
                     // Looked up after the liveness check: a commit finished in between is
                     // gone from the outbox by then.

@@ -26,12 +26,16 @@ const BASE_MS: u64 = 1_800_000_000_000;
 const WINDOW_MS: u64 = 600_000;
 
 fn engine() -> Engine {
-    Engine::new(EngineConfig::new(
-        vec![ServiceConfig::new("bank", &["127.0.0.1:7878"])],
-        7,
-        [1; 32],
-    ))
-    .unwrap()
+    let mut bank = ServiceConfig::new("bank", &["127.0.0.1:7878"]);
+    // A webhook for every event: the outbox keeps only events a webhook receives.
+    bank.webhook = Some(zoftoken_engine::WebhookConfig {
+        url: "https://hooks.example/zt".into(),
+        secret: "test-secret".into(),
+        events: Vec::new(),
+        previous_secret: None,
+        ca_file: None,
+    });
+    Engine::new(EngineConfig::new(vec![bank], 7, [1; 32])).unwrap()
 }
 
 fn id(n: u32) -> TokenId {
