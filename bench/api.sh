@@ -58,7 +58,7 @@ if [ "$(cat "$work/prepared" 2>/dev/null)" != "$tokens" ]; then
   echo "$tokens" > "$work/prepared"
 fi
 # A non-admin key for the service `bench` (only its hash goes into the configuration).
-key_json=$(cd "$work" && "$zoftoken" --config config.yaml --json authkey create --name bench-status --service-mask bench)
+key_json=$(cd "$work" && "$zoftoken" --config config.yaml --json authkey create bench-status --service-mask bench)
 field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 key=$(field "$key_json" secret)
 hash=$(field "$key_json" secret_hash)

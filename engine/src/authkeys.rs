@@ -55,8 +55,8 @@ pub enum Access {
 struct Authkey {
     name: String,
     admin: bool,
-    service_mask: regex::Regex,
-    user_mask: regex::Regex,
+    service_mask: Mask,
+    user_mask: Mask,
     /// The masks as configured (for listings and [`Authkeys::check_unrestricted`]).
     masks: (String, String),
 }
@@ -89,6 +89,48 @@ fn anchored(pattern: &str) -> Result<regex::Regex, regex::Error> {
         .build()
 }
 
+/// A compiled, anchored mask. The common masks are answered without the regex engine (on
+/// every API request): everything, any single line (`.*`, whose `.` does not match a
+/// newline), and plain names; every other pattern runs as an anchored regex.
+#[derive(Clone, Debug)]
+enum Mask {
+    /// `(?s).*`: matches every string.
+    Everything,
+    /// `.*`: matches every string without a newline.
+    AnyLine,
+    /// Letters, digits, `_` and `-` only: matches exactly itself.
+    Literal(String),
+    /// Anything else.
+    Pattern(regex::Regex),
+}
+
+impl Mask {
+    fn compile(pattern: &str) -> Result<Mask, regex::Error> {
+        // Compiled in every case, so that an invalid pattern is refused the same way.
+        let regex = anchored(pattern)?;
+        Ok(match pattern {
+            "(?s).*" | "(?s:.*)" => Mask::Everything,
+            ".*" => Mask::AnyLine,
+            p if !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+            {
+                Mask::Literal(p.to_owned())
+            }
+            _ => Mask::Pattern(regex),
+        })
+    }
+
+    fn is_match(&self, s: &str) -> bool {
+        match self {
+            Mask::Everything => true,
+            Mask::AnyLine => !s.contains('\n'),
+            Mask::Literal(l) => l == s,
+            Mask::Pattern(r) => r.is_match(s),
+        }
+    }
+}
+
 impl Authkeys {
     /// Compiles the table; reports every invalid entry with its path.
     pub fn new(keys: &[AuthkeyConfig]) -> Result<Authkeys, Vec<ConfigError>> {
@@ -100,8 +142,9 @@ impl Authkeys {
                 message,
             };
             let service_mask =
-                anchored(&k.service_mask).map_err(|e| err("service_mask", e.to_string()));
-            let user_mask = anchored(&k.user_mask).map_err(|e| err("user_mask", e.to_string()));
+                Mask::compile(&k.service_mask).map_err(|e| err("service_mask", e.to_string()));
+            let user_mask =
+                Mask::compile(&k.user_mask).map_err(|e| err("user_mask", e.to_string()));
             match (service_mask, user_mask) {
                 (Ok(service_mask), Ok(user_mask)) => {
                     let key = Authkey {
@@ -218,6 +261,25 @@ mod tests {
             service_mask: s.into(),
             user_mask: u.into(),
         }
+    }
+
+    #[test]
+    fn fast_masks_match_exactly_as_the_anchored_regex() {
+        let inputs = [
+            "", "bank", "Bank", "bank2", "bank\n", "a\nb", "x-y_z", "bänk", "bank.", " bank",
+        ];
+        for pattern in [
+            ".*", "(?s).*", "(?s:.*)", "bank", "x-y_z", "b.nk", "[a-z]+", "bank|x",
+        ] {
+            let fast = Mask::compile(pattern).unwrap();
+            let slow = anchored(pattern).unwrap();
+            for s in inputs {
+                assert_eq!(fast.is_match(s), slow.is_match(s), "{pattern:?} on {s:?}");
+            }
+        }
+        assert!(matches!(Mask::compile("bank").unwrap(), Mask::Literal(_)));
+        assert!(matches!(Mask::compile(".*").unwrap(), Mask::AnyLine));
+        assert!(Mask::compile("(").is_err());
     }
 
     #[test]
