@@ -25,10 +25,7 @@ use zoftoken_engine::{
 };
 use zoftoken_proto::deeplink::Deeplink;
 use zoftoken_proto::{PinVerifier, TokenId};
-use zoftoken_storage::kv::{Cf, KeyValue, Visitor};
-use zoftoken_storage::{
-    AuthkeyDoc, Durability, KvError, KvStore, MasterKey, MemoryKv, ServiceDoc, Store, WriteBatch,
-};
+use zoftoken_storage::{AuthkeyDoc, Durability, KvStore, MasterKey, MemoryKv, ServiceDoc, Store};
 
 const T0: u64 = 1_800_000_000_000;
 const ROOT: &str = "root-secret-0123456789";
@@ -1584,49 +1581,13 @@ fn shutdown_answers_long_polls_and_stops_listening() {
     assert!(TcpStream::connect(addr).is_err(), "no longer listening");
 }
 
-/// A store whose writes fail while `failing` is set (a full disk).
-struct FailingKv {
-    inner: MemoryKv,
-    failing: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl KvStore for FailingKv {
-    fn write(&self, batch: &WriteBatch, durability: Durability) -> Result<(), KvError> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(KvError::Io("disk full".into()));
-        }
-        self.inner.write(batch, durability)
-    }
-    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        self.inner.get(cf, key)
-    }
-    fn scan(
-        &self,
-        cf: Cf,
-        start: &[u8],
-        end: Option<&[u8]>,
-        visit: Visitor<'_>,
-    ) -> Result<(), KvError> {
-        self.inner.scan(cf, start, end, visit)
-    }
-    fn last(&self, cf: Cf) -> Result<Option<KeyValue>, KvError> {
-        self.inner.last(cf)
-    }
-    fn flush(&self) -> Result<(), KvError> {
-        self.inner.flush()
-    }
-}
-
 #[test]
 fn nothing_is_confirmed_when_the_commit_fails() {
-    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let kv = FailingKv {
-        inner: MemoryKv::new(),
-        failing: failing.clone(),
-    };
-    let h = Harness::with_kv(ApiConfig::default(), None, Arc::new(kv));
+    // A store whose writes fail on demand (a full disk).
+    let kv = Arc::new(zoftoken_storage::FaultyKv::new(Arc::new(MemoryKv::new())));
+    let h = Harness::with_kv(ApiConfig::default(), None, kv.clone());
     h.enrolled_phone("alice");
-    failing.store(true, Ordering::SeqCst);
+    kv.set_failing(true);
     let a = h.call("POST", &tok("bank", "dave", ""), Some(ROOT), None);
     assert_eq!((a.status, a.code()), (500, "storage_error"));
     assert!(a.json.get("deeplink").is_none() && !a.body.contains("zoftoken://"));
@@ -1648,7 +1609,7 @@ fn nothing_is_confirmed_when_the_commit_fails() {
     // Reads go on.
     let a = h.call("GET", &tok("bank", "alice", ""), Some(WEB), None);
     assert_eq!(a.status, 200);
-    failing.store(false, Ordering::SeqCst);
+    kv.set_failing(false);
     let a = h.call(
         "PUT",
         &tok("bank", "alice", "/state"),

@@ -90,32 +90,8 @@ impl Env {
     }
 
     fn device(&self, state: &Path, args: &[&str], pins: &str) -> (i32, String) {
-        let mut c = common::zoftoken(
-            self.dir.path(),
-            &["device", "--pin-stdin", "--timeout-ms", "500"],
-        );
-        c.arg("--state").arg(state).args(args);
-        let mut child = c
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(pins.as_bytes())
-            .unwrap();
-        let o = child.wait_with_output().unwrap();
-        (
-            o.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-        )
+        let (code, out, err) = common::device(self.dir.path(), state, args, pins);
+        (code, out + &err)
     }
 }
 

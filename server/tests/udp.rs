@@ -491,30 +491,7 @@ fn sighup_reloads_services_without_stopping() {
 
 /// Runs `zoftoken device …` with PIN lines on stdin; returns (exit code, stdout, stderr).
 fn device(e: &Env, state: &std::path::Path, args: &[&str], pins: &str) -> (i32, String, String) {
-    use std::io::Write;
-    let mut c = common::zoftoken(
-        e.dir.path(),
-        &["device", "--pin-stdin", "--timeout-ms", "300"],
-    );
-    c.arg("--state").arg(state).args(args);
-    let mut child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(pins.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    common::device(e.dir.path(), state, args, pins)
 }
 
 #[test]

@@ -35,3 +35,30 @@ pub fn wait_for(reader: &mut impl BufRead, needle: &str) -> String {
         }
     }
 }
+
+/// `zoftoken device` with the token state in `state`, PINs written on stdin; the exit code,
+/// stdout and stderr.
+pub fn device(dir: &Path, state: &Path, args: &[&str], pins: &str) -> (i32, String, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut c = zoftoken(dir, &["device", "--pin-stdin", "--timeout-ms", "300"]);
+    c.arg("--state").arg(state).args(args);
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(pins.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
