@@ -77,7 +77,6 @@ PY
   done
   kill -TERM "$sink_pid"; wait "$sink_pid" || true
 }
-field() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); [d := d[k] for k in sys.argv[2:]]; print(d)' "$@"; }
 # Two disjoint token ranges, each with its own counters: the event generators use the last
 # 1 000 tokens, the STATUS generator the others, so that running side by side they never
 # disturb each other's counters.

@@ -152,7 +152,7 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
     );
     let mut batch = Batch::new();
     let mut last_tick = Instant::now();
-    let mut failing_since: Option<Instant> = None;
+    let mut timer_writes_failing = false;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
         if hup.swap(false, Ordering::Relaxed) {
@@ -170,14 +170,13 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
             match store.commit(&batch.mutations, &*engine) {
                 Ok(_) => {
                     engine.publish(&mut batch);
-                    if failing_since.take().is_some() {
+                    if std::mem::take(&mut timer_writes_failing) {
                         eprintln!("zoftoken: timer changes written again after failures");
                     }
                 }
                 Err(e) => {
                     metrics::counter!("zoftoken_timer_commit_failures_total").increment(1);
-                    if failing_since.is_none() {
-                        failing_since = Some(Instant::now());
+                    if !std::mem::replace(&mut timer_writes_failing, true) {
                         eprintln!(
                             "zoftoken: error: cannot write timer changes ({} pending): {e}; \
                              retrying every second",

@@ -423,53 +423,15 @@ fn stopped() -> Done {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::{KeyValue, KvError, Visitor, WriteBatch};
-    use crate::{Cf, KvStore, MasterKey, MemoryKv};
+    use crate::{Cf, FaultyKv, KvStore, MasterKey, MemoryKv};
     use zoftoken_engine::{EngineConfig, ServiceConfig};
 
-    /// A memory store whose writes fail while `failing` is set (a full disk).
-    #[derive(Clone, Default)]
-    struct FlakyKv {
-        inner: MemoryKv,
-        failing: Arc<AtomicBool>,
-    }
-
-    impl KvStore for FlakyKv {
-        fn write(&self, batch: &WriteBatch, durability: Durability) -> Result<(), KvError> {
-            if self.failing.load(Ordering::Relaxed) {
-                return Err(KvError::Io("no space left on device".into()));
-            }
-            self.inner.write(batch, durability)
-        }
-        fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-            self.inner.get(cf, key)
-        }
-        fn scan(
-            &self,
-            cf: Cf,
-            start: &[u8],
-            end: Option<&[u8]>,
-            visit: Visitor<'_>,
-        ) -> Result<(), KvError> {
-            self.inner.scan(cf, start, end, visit)
-        }
-        fn last(&self, cf: Cf) -> Result<Option<KeyValue>, KvError> {
-            self.inner.last(cf)
-        }
-        fn flush(&self) -> Result<(), KvError> {
-            self.inner.flush()
-        }
-    }
-
-    /// A store on a [`FlakyKv`], an engine with one service, and their committer.
-    fn start(queue: usize, writer_thread: bool) -> (Committer, Arc<Engine>, FlakyKv) {
-        let kv = FlakyKv::default();
-        let store = Store::open(
-            Arc::new(kv.clone()),
-            MasterKey::from_bytes([7; 32]),
-            Durability::Wal,
-        )
-        .unwrap();
+    /// A store on a [`FaultyKv`] (writes fail on demand), an engine with one service, and
+    /// their committer.
+    fn start(queue: usize, writer_thread: bool) -> (Committer, Arc<Engine>, Arc<FaultyKv>) {
+        let kv = Arc::new(FaultyKv::new(Arc::new(MemoryKv::new())));
+        let store =
+            Store::open(kv.clone(), MasterKey::from_bytes([7; 32]), Durability::Wal).unwrap();
         let demo = ServiceConfig::new("demo", &["127.0.0.1:4500"]);
         let engine = Arc::new(Engine::new(EngineConfig::new(vec![demo], 1, [1; 32])).unwrap());
         let config = CommitterConfig {
@@ -481,7 +443,7 @@ mod tests {
         (committer, engine, kv)
     }
 
-    fn count(kv: &FlakyKv, cf: Cf) -> usize {
+    fn count(kv: &FaultyKv, cf: Cf) -> usize {
         let mut n = 0;
         kv.scan(cf, &[], None, &mut |_, _| {
             n += 1;
@@ -540,7 +502,7 @@ mod tests {
             let (committer, engine, kv) = start(4, writer_thread);
             let events = engine.events().subscribe();
             let mut s = committer.submitter();
-            kv.failing.store(true, Ordering::Relaxed);
+            kv.set_failing(true);
             assert!(s.submit(enroll(&engine, "lost")).is_ok());
             let done = s.wait_done().unwrap();
             assert!(
@@ -556,7 +518,7 @@ mod tests {
             );
             assert_eq!(committer.stats().failed_writes.load(Ordering::Relaxed), 1);
             // The disk recovers: the next batch is written.
-            kv.failing.store(false, Ordering::Relaxed);
+            kv.set_failing(false);
             assert!(s.submit(enroll(&engine, "kept")).is_ok());
             assert!(s.wait_done().unwrap().result.is_ok());
             assert_eq!(count(&kv, Cf::Enrollments), 1);
