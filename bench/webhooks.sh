@@ -3,12 +3,16 @@
 # `zoftoken serve` whose service `bench` delivers every event to `webhook-sink` (a local
 # keep-alive receiver that verifies every signature and measures the latency from the event's
 # time to its arrival):
-#   1. throughput: the load generator sends OPEN/CLOSE (each an event) at RATE for DURATION;
-#      the sink's distinct events per second from first to last arrival   → events_per_sec
+#   1. throughput, delivery alone: with delivery paused (`webhook_threads: 0`) the load
+#      generator sends OPEN/CLOSE (each an event) at RATE for DURATION; the server is
+#      restarted with its pipeline and delivers the backlog from the durable outbox; the
+#      sink's distinct events per second from first to last arrival       → events_per_sec
+#   1b. throughput, live: the same load while the pipeline delivers (the generator, the
+#      server's UDP path and the pipeline share the cores)                → events_per_sec_live
 #   2. latency: OPENs at 1 000/s (1 000 events/s) for DURATION           → p99_ms
 #   3. UDP cost: a STATUS-only generator flat out (no events), alone and then beside a
 #      second generator making 1 000 events/s that are delivered          → udp_ratio
-# Ends with one JSON line: {"events_per_sec":…,"p99_ms":…,"udp_ratio":…}
+# Ends with one JSON line: {"events_per_sec":…,"p99_ms":…,"udp_ratio":…,"events_per_sec_live":…}
 # Knobs (environment): TOKENS (100000), DURATION (s, 10), RATE (30000), IO (mmsg),
 # THREADS (UDP IO threads, 2), WEBHOOK_THREADS (1).
 set -euo pipefail
@@ -33,17 +37,20 @@ port_udp=47922
 port_http=47923
 port_sink=47924
 secret="bench-webhook-secret-0123456789"
-cat > "$work/config.yaml" <<CONFIG
+write_config() { # webhook threads (0: delivery paused)
+  cat > "$work/config.yaml" <<CONFIG
 listen: { udp: ["127.0.0.1:$port_udp"], http: "127.0.0.1:$port_http" }
 data_dir: data
 io_threads: $threads
-webhook_threads: $hook_threads
+webhook_threads: $1
 services:
   - name: bench
     window: 600
     endpoints: ["127.0.0.1:$port_udp"]
     webhook: { url: "http://127.0.0.1:$port_sink/hook", secret: "$secret" }
 CONFIG
+}
+write_config "$hook_threads"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); io=$io threads=$threads webhook_threads=$hook_threads tokens=$tokens" >&2
 if [ "$(cat "$work/prepared" 2>/dev/null)" != "$tokens" ]; then
   rm -rf "$work/data" "$work/prepared" "$work"/counters-*
@@ -91,21 +98,37 @@ status_load() {
     2>/dev/null | tail -1
 }
 
-start_sink "$work/sink-throughput.json"
 log="$work/serve.log"
-(cd "$work" && ZOFTOKEN_IO="$io" exec "$zoftoken" --config config.yaml serve) 2> "$log" &
-server_pid=$!
-pids+=("$server_pid")
-for _ in $(seq 1 600); do grep -q "serving UDP" "$log" && break; sleep 0.1; done
-grep -E "loaded|serving" "$log" >&2
-sleep 2  # the events of the start-up, if any, are delivered first
+server_pid=""
+start_server() {
+  (cd "$work" && ZOFTOKEN_IO="$io" exec "$zoftoken" --config config.yaml serve) 2> "$log" &
+  server_pid=$!
+  pids+=("$server_pid")
+  for _ in $(seq 1 600); do grep -q "serving UDP" "$log" && break; sleep 0.1; done
+  grep -E "loaded|serving" "$log" >&2
+}
+stop_server() { kill -TERM "$server_pid"; wait "$server_pid" || true; }
 
-# 1. Throughput.
+# 1. Throughput of delivery alone: a backlog made while delivery is paused, then delivered.
+write_config 0
+start_server
+gen=$(events_load --rate "$rate" --mix 0/50/50 --window 256)
+echo "generator (delivery paused): $gen" >&2
+stop_server
+write_config "$hook_threads"
+start_sink "$work/sink-backlog.json"
+start_server
+stop_sink
+tp=$(cat "$work/sink-backlog.json")
+echo "sink (backlog): $tp" >&2
+
+# 1b. Throughput while the load that makes the events runs.
+start_sink "$work/sink-throughput.json"
 gen=$(events_load --rate "$rate" --mix 0/50/50 --window 256)
 echo "generator: $gen" >&2
 stop_sink
-tp=$(cat "$work/sink-throughput.json")
-echo "sink (throughput): $tp" >&2
+live=$(cat "$work/sink-throughput.json")
+echo "sink (live): $live" >&2
 
 # 2. Latency at 1 000 events/s.
 start_sink "$work/sink-latency.json"
@@ -126,15 +149,15 @@ wait "$ev_pid"
 echo "udp with webhooks: $with" >&2
 stop_sink
 echo "sink (beside): $(cat "$work/sink-beside.json")" >&2
-kill -TERM "$server_pid"; wait "$server_pid" || true
+stop_server
 
-python3 - "$tp" "$lat" "$alone" "$with" <<'PY'
+python3 - "$tp" "$lat" "$alone" "$with" "$live" <<'PY'
 import json, sys
-tp, lat, alone, with_ = (json.loads(a) for a in sys.argv[1:5])
-for name, s in (("throughput", tp), ("latency", lat)):
+tp, lat, alone, with_, live = (json.loads(a) for a in sys.argv[1:6])
+for name, s in (("backlog", tp), ("live", live), ("latency", lat)):
     if s["bad_signature"] or s["bad_body"]:
         sys.exit(f"{name}: {s['bad_signature']} bad signatures, {s['bad_body']} bad bodies")
 ratio = with_["answered_pps"] / alone["answered_pps"]
-print(f"{tp['events_per_sec']:.0f} events/s delivered; p99 {lat['latency_ms']['p99']} ms at 1 000 events/s; UDP {alone['answered_pps']:.0f}/s alone, {with_['answered_pps']:.0f}/s with webhooks (ratio {ratio:.3f})", file=sys.stderr)
-print(json.dumps({"events_per_sec": round(tp["events_per_sec"]), "p99_ms": lat["latency_ms"]["p99"], "udp_ratio": round(ratio, 3)}, separators=(",", ":")))
+print(f"{tp['events_per_sec']:.0f} events/s delivered from a backlog, {live['events_per_sec']:.0f}/s live; p99 {lat['latency_ms']['p99']} ms at 1 000 events/s; UDP {alone['answered_pps']:.0f}/s alone, {with_['answered_pps']:.0f}/s with webhooks (ratio {ratio:.3f})", file=sys.stderr)
+print(json.dumps({"events_per_sec": round(tp["events_per_sec"]), "p99_ms": lat["latency_ms"]["p99"], "udp_ratio": round(ratio, 3), "events_per_sec_live": round(live["events_per_sec"])}, separators=(",", ":")))
 PY

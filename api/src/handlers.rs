@@ -1389,10 +1389,20 @@ impl Ctx<'_> {
                     ),
                 ));
             }
+            // The running engine forgets it too: its tokens' packets are dropped from now on.
+            let remaining: Vec<ServiceDoc> = state
+                .store
+                .services()?
+                .into_iter()
+                .filter(|d| d.name != name)
+                .collect();
+            let configs = zoftoken_storage::services_to_config(&remaining)
+                .map_err(|_| Failure::internal())?;
             if !state.store.delete_service(&name)? {
                 return Err(EngineError::UnknownService.into());
             }
-            state.set_details(&state.store.services()?);
+            state.engine.reload_services(configs)?;
+            state.set_details(&remaining);
             Ok(tokens)
         })
         .await?;

@@ -1263,6 +1263,11 @@ fn services_and_authkeys_are_managed_in_database_mode() {
     let a = h.call("DELETE", "/v1/services/shop?force=true", Some(ROOT), None);
     assert_eq!((a.status, a.json["tokens_kept"].as_u64()), (200, Some(1)));
     assert!(h.store.services().unwrap().iter().all(|d| d.name != "shop"));
+    // The running engine no longer has it: its token and new enrollments are refused.
+    let a = h.call("GET", &tok("shop", "sam", ""), Some(ROOT), None);
+    assert_eq!((a.status, a.code()), (404, "unknown_service"));
+    let a = h.call("POST", &tok("shop", "sue", ""), Some(ROOT), None);
+    assert_eq!((a.status, a.code()), (404, "unknown_service"));
     let a = h.call("DELETE", "/v1/services/shop", Some(ROOT), None);
     assert_eq!(a.code(), "unknown_service");
 

@@ -129,9 +129,7 @@ impl Engine {
 
     fn service_index(&self, name: &str) -> Result<u16, EngineError> {
         self.services()
-            .by_name
-            .get(name)
-            .copied()
+            .index_of(name)
             .ok_or(EngineError::UnknownService)
     }
 
@@ -150,10 +148,7 @@ impl Engine {
         }
         let index = self.service_index(service)?;
         let services = self.services();
-        let svc = services
-            .list
-            .get(usize::from(index))
-            .ok_or(EngineError::UnknownService)?;
+        let svc = services.get(index).ok_or(EngineError::UnknownService)?;
         let id = TokenId::derive(service, username);
         let link_secret = EnrollmentSecret::new(self.random::<32>().to_vec());
         let manual_code = codes::manual_code(&self.random::<19>());
@@ -250,10 +245,7 @@ impl Engine {
         }
         let index = self.service_index(service)?;
         let services = self.services();
-        let svc = services
-            .list
-            .get(usize::from(index))
-            .ok_or(EngineError::UnknownService)?;
+        let svc = services.get(index).ok_or(EngineError::UnknownService)?;
         let id = TokenId::derive(service, username);
         let (digits, period_s) = crate::state::totp_params(svc.config.otp);
         let key = zeroize::Zeroizing::new(self.random::<{ crate::state::TOTP_KEY_LEN }>());
@@ -363,8 +355,7 @@ impl Engine {
             let state = e.effective_state(now_ms);
             let services = self.services();
             let duress_ok = services
-                .list
-                .get(usize::from(e.service))
+                .get(e.service)
                 .is_some_and(|s| s.config.duress_allowed);
             return Ok(TokenStatus {
                 token_id: *id,
@@ -543,7 +534,7 @@ impl Engine {
                 self.persist(e, shard, slot, batch);
                 return out;
             }
-            let svc = services.list.get(usize::from(e.service));
+            let svc = services.get(e.service);
             let params = svc.map_or(OtpParams::default(), |s| s.config.otp);
             let duress_ok = svc.is_some_and(|s| s.config.duress_allowed);
             let base = params.step(now_ms.saturating_add_signed(e.offset_ms));
@@ -683,8 +674,7 @@ impl Engine {
         let services = self.services();
         let r = self.with_paired(id, |e, shard, slot| {
             let duress_ok = services
-                .list
-                .get(usize::from(e.service))
+                .get(e.service)
                 .is_some_and(|s| s.config.duress_allowed);
             let keys = TokenSecret::from_bytes(e.secret).keys();
             let auth = self.authenticate(e, |n, d| {
@@ -751,8 +741,7 @@ impl Engine {
         let services = self.services();
         let r = self.with_paired(id, |e, shard, slot| {
             let duress_ok = services
-                .list
-                .get(usize::from(e.service))
+                .get(e.service)
                 .is_some_and(|s| s.config.duress_allowed);
             let hash = backup_hash(&e.secret, &code);
             let auth = if e.state == TokenState::Blocked {
@@ -947,7 +936,7 @@ impl Engine {
     /// Loads a paired token's persisted record at start (storage rebuilds the tables).
     pub fn load_token(&self, record: &crate::TokenRecord) -> Result<(), EngineError> {
         let service = record.service;
-        if self.services().list.get(usize::from(service)).is_none() {
+        if self.services().get(service).is_none() {
             return Err(EngineError::UnknownService);
         }
         let secret = zeroize::Zeroizing::new(*record.secret.expose());
@@ -1069,18 +1058,14 @@ impl Engine {
 
     /// The name of a service by index.
     pub fn service_name(&self, index: u16) -> Option<std::sync::Arc<str>> {
-        self.services()
-            .list
-            .get(usize::from(index))
-            .map(|s| s.name.clone())
+        self.services().name_of(index).cloned()
     }
 
     /// Whether service `index` has a webhook that receives events of `kind` (storage writes
     /// only those events into the durable outbox; the others need no delivery).
     pub fn webhook_wants(&self, index: u16, kind: crate::EventKind) -> bool {
         self.services()
-            .list
-            .get(usize::from(index))
+            .get(index)
             .and_then(|s| s.config.webhook.as_ref())
             .is_some_and(|w| w.events.is_empty() || w.events.iter().any(|e| e == kind.name()))
     }
@@ -1090,8 +1075,7 @@ impl Engine {
         let services = self.services();
         let i = self.service_index(service)?;
         services
-            .list
-            .get(usize::from(i))
+            .get(i)
             .map(|s| s.config.otp)
             .ok_or(EngineError::UnknownService)
     }

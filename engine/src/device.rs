@@ -156,10 +156,7 @@ impl Engine {
         let server = Ephemeral::from_random(random);
         zeroize::Zeroize::zeroize(&mut random);
         let secret = server.server_token_secret(&body.device_public, pairing_id)?;
-        let service = services
-            .list
-            .get(usize::from(p.service))
-            .ok_or(DropReason::UnknownToken)?;
+        let service = services.get(p.service).ok_or(DropReason::UnknownToken)?;
         let keys = secret.keys();
         p.candidate = Some(Candidate {
             secret,
@@ -220,8 +217,7 @@ impl Engine {
         c.window.accept(counter);
         let service_index = p.service;
         let service = services
-            .list
-            .get(usize::from(service_index))
+            .get(service_index)
             .ok_or(DropReason::UnknownToken)?;
         let with_duress = body.flags & VERIFIER_FLAG_DURESS != 0;
         if with_duress && !service.config.duress_allowed {
@@ -377,10 +373,7 @@ impl Engine {
         }
         e.highest = e.highest.max(counter);
         e.last_seen_s = (now_ms / 1000) as u32;
-        let service = services
-            .list
-            .get(usize::from(e.service))
-            .ok_or(DropReason::UnknownToken)?;
+        let service = services.get(e.service).ok_or(DropReason::UnknownToken)?;
         let mut changed = false;
         let reply: ReplyBytes = if e.state == TokenState::Pending {
             ReplyBytes::status(status_block(e, ReplyStatus::NotPaired, now_ms))
@@ -720,8 +713,7 @@ impl Engine {
         services: &Services,
     ) {
         let window_ms = services
-            .list
-            .get(usize::from(e.service))
+            .get(e.service)
             .map_or(0, |s| u64::from(s.config.window_s) * 1000);
         if window_ms > 0 {
             e.state = TokenState::Open;

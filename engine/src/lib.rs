@@ -126,11 +126,42 @@ impl EngineConfig {
 pub(crate) struct Service {
     pub config: ServiceConfig,
     pub name: Arc<str>,
+    /// Dropped from the configuration by a reload. Its index stays reserved (tokens record
+    /// it) so that the service can return, but until then it does not exist: its tokens'
+    /// packets are dropped, the API does not know it, and it receives no webhooks.
+    pub removed: bool,
 }
 
 pub(crate) struct Services {
-    pub list: Vec<Service>,
-    pub by_name: HashMap<String, u16>,
+    list: Vec<Service>,
+    /// Names of the services that are not removed.
+    by_name: HashMap<String, u16>,
+}
+
+impl Services {
+    /// The configured service at `index` (`None` if there is none or it was removed).
+    pub fn get(&self, index: u16) -> Option<&Service> {
+        self.list.get(usize::from(index)).filter(|s| !s.removed)
+    }
+
+    /// The index of a configured service.
+    pub fn index_of(&self, name: &str) -> Option<u16> {
+        self.by_name.get(name).copied()
+    }
+
+    /// The configured services, with their indexes.
+    pub fn configured(&self) -> impl Iterator<Item = (u16, &Service)> {
+        self.list
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.removed)
+            .map(|(i, s)| (i as u16, s))
+    }
+
+    /// The name recorded for `index`, also of a removed service (events already made).
+    pub fn name_of(&self, index: u16) -> Option<&Arc<str>> {
+        self.get(index).map(|s| &s.name)
+    }
 }
 
 /// Per-shard counters, kept without atomics on the packet path and exported by
@@ -221,7 +252,9 @@ impl Engine {
         }
         let shards = config.shards.clamp(1, 4096).next_power_of_two();
         let mut seed_rng = ChaCha20Rng::from_seed(config.seed);
-        let services = Arc::new(Self::build_services(config.services));
+        let services = Arc::new(Self::build_services(
+            config.services.into_iter().map(|s| (s, false)).collect(),
+        ));
         let shard_list: Vec<Mutex<Shard>> = (0..shards)
             .map(|_| {
                 Mutex::new(Shard {
@@ -252,37 +285,43 @@ impl Engine {
         })
     }
 
-    fn build_services(list: Vec<ServiceConfig>) -> Services {
+    fn build_services(list: Vec<(ServiceConfig, bool)>) -> Services {
         let by_name = list
             .iter()
             .enumerate()
-            .map(|(i, s)| (s.name.clone(), i as u16))
+            .filter(|(_, (_, removed))| !removed)
+            .map(|(i, (s, _))| (s.name.clone(), i as u16))
             .collect();
         let list = list
             .into_iter()
-            .map(|config| Service {
+            .map(|(config, removed)| Service {
                 name: Arc::from(config.name.as_str()),
                 config,
+                removed,
             })
             .collect();
         Services { list, by_name }
     }
 
-    /// Replaces the services (reload). Services are matched by name: tokens of a service that
-    /// disappeared keep their index and are refused by the API until it returns.
+    /// Replaces the services (reload) with `services`, matched by name: a service that is no
+    /// longer listed is removed (its tokens' packets are dropped and the API refuses it) but
+    /// keeps its index, so that its tokens work again if it returns; a new one is added.
     pub fn reload_services(&self, services: Vec<ServiceConfig>) -> Result<(), EngineError> {
         config::validate_services(&services).map_err(EngineError::Config)?;
         let current = self.services();
         let mut list = current
             .list
             .iter()
-            .map(|s| s.config.clone())
+            .map(|s| (s.config.clone(), true))
             .collect::<Vec<_>>();
         for s in services {
-            match list.iter_mut().find(|c| c.name == s.name) {
-                Some(slot) => *slot = s,
-                None => list.push(s),
+            match list.iter_mut().find(|(c, _)| c.name == s.name) {
+                Some(slot) => *slot = (s, false),
+                None => list.push((s, false)),
             }
+        }
+        if list.len() > usize::from(u16::MAX) {
+            return Err(EngineError::Invalid("too many services"));
         }
         let new = Arc::new(Self::build_services(list));
         *self.services.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
@@ -296,9 +335,8 @@ impl Engine {
     /// them, SIGHUP). The webhook pipeline reads webhook settings here; the API the details.
     pub fn service_configs(&self) -> Vec<ServiceConfig> {
         self.services()
-            .list
-            .iter()
-            .map(|s| s.config.clone())
+            .configured()
+            .map(|(_, s)| s.config.clone())
             .collect()
     }
 

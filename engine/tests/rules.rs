@@ -523,6 +523,44 @@ fn a_deleted_tokens_packets_are_silently_dropped() {
 }
 
 #[test]
+fn a_service_removed_by_a_reload_is_gone_until_it_returns() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", false);
+    w.open(&mut p).unwrap();
+    w.kinds();
+    let without_bank: Vec<ServiceConfig> = services()
+        .into_iter()
+        .filter(|s| s.name != "bank")
+        .collect();
+    w.engine.reload_services(without_bank).unwrap();
+    // The phone's packets are dropped unanswered, the API does not know the service, and
+    // nothing can be enrolled in it.
+    assert_eq!(
+        w.send(&mut p, Request::Status),
+        Err(DropReason::UnknownToken)
+    );
+    assert_eq!(
+        w.engine.status(w.now, "bank", "alice"),
+        Err(EngineError::UnknownService)
+    );
+    assert_eq!(
+        w.admin(|e, now, b| e.enroll(now, "bank", "bob", b)).err(),
+        Some(EngineError::UnknownService)
+    );
+    assert!(w.engine.service_configs().iter().all(|s| s.name != "bank"));
+    assert!(w.kinds().is_empty());
+    // The other services are untouched; when the service returns, so does its token.
+    assert!(w.engine.status(w.now, "door", "nobody").is_err());
+    w.engine.reload_services(services()).unwrap();
+    let r = w.send(&mut p, Request::Status).unwrap();
+    assert_eq!(status(&r).1, WireState::Open);
+    assert_eq!(
+        w.engine.status(w.now, "bank", "alice").unwrap().state,
+        TokenState::Open
+    );
+}
+
+#[test]
 fn stale_and_forged_packets_are_dropped_and_time_sync_recovers_a_changed_clock() {
     let mut w = World::new();
     let mut p = w.pair("bank", "alice", false);

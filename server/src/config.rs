@@ -131,7 +131,8 @@ pub struct Config {
     /// IO threads and must not slow them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_threads: Option<usize>,
-    /// Threads of the webhook pipeline's runtime (default 1).
+    /// Threads of the webhook pipeline's runtime (default 1). 0 pauses delivery: events
+    /// are kept in the outbox and delivered by the next server started with threads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_threads: Option<usize>,
     /// Services (`config_source: file` only).

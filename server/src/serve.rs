@@ -105,15 +105,22 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
             None
         }
     };
-    let hooks = Pipeline::start(
-        PipelineConfig {
-            worker_threads: loaded.config.webhook_threads.unwrap_or(1).max(1),
-            ..PipelineConfig::default()
-        },
-        store.clone(),
-        engine.clone(),
-    )
-    .context("starting the webhook pipeline")?;
+    // `webhook_threads: 0` pauses delivery: events stay in the durable outbox until a
+    // server with a pipeline runs (nothing is lost, nothing is sent).
+    let hooks = match loaded.config.webhook_threads.unwrap_or(1) {
+        0 => None,
+        threads => Some(
+            Pipeline::start(
+                PipelineConfig {
+                    worker_threads: threads,
+                    ..PipelineConfig::default()
+                },
+                store.clone(),
+                engine.clone(),
+            )
+            .context("starting the webhook pipeline")?,
+        ),
+    };
     let api_config = ApiConfig {
         listen: loaded.http,
         threads: loaded.config.api_threads.unwrap_or(1).max(1),
@@ -136,7 +143,7 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
     .with_context(|| format!("starting the HTTP API on {}", loaded.http))?;
     eprintln!(
         "zoftoken: serving UDP on {} ({} driver, {io_threads} threads per address, group commit {}); \
-         the HTTP API on http://{}; webhooks on. Stop with Ctrl-C.",
+         the HTTP API on http://{}; webhooks {}. Stop with Ctrl-C.",
         udp.addrs
             .iter()
             .map(|a| a.to_string())
@@ -148,7 +155,12 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
         } else {
             "inline"
         },
-        api.local_addr()
+        api.local_addr(),
+        if hooks.is_some() {
+            "on"
+        } else {
+            "paused (webhook_threads: 0; events are kept)"
+        }
     );
     let mut batch = Batch::new();
     let mut last_tick = Instant::now();
@@ -194,7 +206,9 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
     udp.join();
     committer.shutdown();
     // Undelivered events stay in the outbox; the pipeline goes on with them at the next start.
-    hooks.shutdown();
+    if let Some(hooks) = hooks {
+        hooks.shutdown();
+    }
     eprintln!(
         "zoftoken: handled {} datagrams, sent {} replies, withheld {} (failed commits: {})",
         stats.handled.load(Ordering::Relaxed),

@@ -377,6 +377,37 @@ fn webhooks_undelivered_at_a_kill_9_arrive_after_the_restart() {
     server.stop();
 }
 
+/// `webhook_threads: 0` pauses delivery: nothing is sent while the events happen, and the next
+/// server started with a pipeline delivers every one of them.
+#[test]
+fn paused_webhooks_keep_their_events_for_the_next_server() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let receiver = Receiver::on(listener.try_clone().unwrap());
+    let e = Env::new(Some(listener.local_addr().unwrap()));
+    let config = e.dir.path().join("config.yaml");
+    let normal = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("webhook_threads: 0\n{normal}")).unwrap();
+    let server = e.serve();
+    let users: Vec<String> = (0..3).map(|i| format!("user{i}")).collect();
+    for u in &users {
+        let path = format!("/v1/services/bank/tokens/{u}");
+        assert_eq!(http(server.http, "POST", &path, ADMIN_KEY, "{}").0, 201);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        receiver.got.lock().unwrap().is_empty(),
+        "delivered while paused"
+    );
+    server.stop();
+
+    std::fs::write(&config, normal).unwrap();
+    let server = e.serve();
+    wait_until("the paused events", || {
+        users.iter().all(|u| receiver.types_of(u) == ["enrolled"])
+    });
+    server.stop();
+}
+
 fn cli(e: &Env, args: &[&str]) -> Value {
     let o = common::zoftoken(e.dir.path(), &[&["--json"], args].concat())
         .output()
