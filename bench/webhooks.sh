@@ -12,7 +12,10 @@
 #   2. latency: OPENs at 1 000/s (1 000 events/s) for DURATION           → p99_ms
 #   3. UDP cost: a STATUS-only generator flat out (no events), alone and then beside a
 #      second generator making 1 000 events/s that are delivered          → udp_ratio
-# Ends with one JSON line: {"events_per_sec":…,"p99_ms":…,"udp_ratio":…,"events_per_sec_live":…}
+#   3b. the same two generators with delivery paused, so that only the pipeline differs
+#      from the delivered run                                             → udp_ratio_vs_paused
+# Ends with one JSON line:
+#   {"events_per_sec":…,"p99_ms":…,"udp_ratio":…,"events_per_sec_live":…,"udp_ratio_vs_paused":…}
 # Knobs (environment): TOKENS (100000), DURATION (s, 10), RATE (30000), IO (mmsg),
 # THREADS (UDP IO threads, 2), WEBHOOK_THREADS (1).
 set -euo pipefail
@@ -69,19 +72,22 @@ start_sink() {
   sleep 0.3
 }
 stop_sink() { # when the pipeline holds nothing more for 2 s (or after 60 s): the summary
-  local idle=0
-  for _ in $(seq 1 600); do
-    depth=$(python3 - "$port_http" <<'PY' 2>/dev/null || echo 1
-import sys, urllib.request
-text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics").read().decode()
-vals = [float(l.split()[-1]) for l in text.splitlines() if l.startswith("zoftoken_webhook_queue_depth")]
-print(int(sum(vals)) if vals else 0)
+  # One poller process for the whole wait (a process per poll would take CPU from the
+  # pipeline being measured).
+  python3 - "$port_http" <<'PY' || true
+import sys, time, urllib.request
+idle, deadline = 0, time.monotonic() + 60
+while idle < 10 and time.monotonic() < deadline:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics").read().decode()
+        vals = [float(l.split()[-1]) for l in text.splitlines()
+                if l.startswith("zoftoken_webhook_queue_depth")]
+        depth = int(sum(vals)) if vals else 0
+    except OSError:
+        depth = 1
+    idle = idle + 1 if depth == 0 else 0
+    time.sleep(0.2)
 PY
-)
-    if [ "$depth" = 0 ]; then idle=$((idle + 1)); else idle=0; fi
-    [ "$idle" -ge 20 ] && break
-    sleep 0.1
-  done
   kill -TERM "$sink_pid"; wait "$sink_pid" || true
 }
 # Two disjoint token ranges, each with its own counters: the event generators use the last
@@ -149,15 +155,26 @@ wait "$ev_pid"
 echo "udp with webhooks: $with" >&2
 stop_sink
 echo "sink (beside): $(cat "$work/sink-beside.json")" >&2
+# 3b. The same two loads with delivery paused: what the webhook pipeline itself costs.
 stop_server
+write_config 0
+start_server
+events_load --rate 1000 --mix 0/100/0 > "$work/events-load.json" &
+ev_pid=$!
+paused=$(status_load)
+wait "$ev_pid"
+echo "udp with events, delivery paused: $paused" >&2
+stop_server
+write_config "$hook_threads"
 
-python3 - "$tp" "$lat" "$alone" "$with" "$live" <<'PY'
+python3 - "$tp" "$lat" "$alone" "$with" "$live" "$paused" <<'PY'
 import json, sys
-tp, lat, alone, with_, live = (json.loads(a) for a in sys.argv[1:6])
+tp, lat, alone, with_, live, paused = (json.loads(a) for a in sys.argv[1:7])
 for name, s in (("backlog", tp), ("live", live), ("latency", lat)):
     if s["bad_signature"] or s["bad_body"]:
         sys.exit(f"{name}: {s['bad_signature']} bad signatures, {s['bad_body']} bad bodies")
 ratio = with_["answered_pps"] / alone["answered_pps"]
-print(f"{tp['events_per_sec']:.0f} events/s delivered from a backlog, {live['events_per_sec']:.0f}/s live; p99 {lat['latency_ms']['p99']} ms at 1 000 events/s; UDP {alone['answered_pps']:.0f}/s alone, {with_['answered_pps']:.0f}/s with webhooks (ratio {ratio:.3f})", file=sys.stderr)
-print(json.dumps({"events_per_sec": round(tp["events_per_sec"]), "p99_ms": lat["latency_ms"]["p99"], "udp_ratio": round(ratio, 3), "events_per_sec_live": round(live["events_per_sec"])}, separators=(",", ":")))
+ratio_paused = with_["answered_pps"] / paused["answered_pps"]
+print(f"{tp['events_per_sec']:.0f} events/s delivered from a backlog, {live['events_per_sec']:.0f}/s live; p99 {lat['latency_ms']['p99']} ms at 1 000 events/s; UDP {alone['answered_pps']:.0f}/s alone, {with_['answered_pps']:.0f}/s with webhooks (ratio {ratio:.3f}); {paused['answered_pps']:.0f}/s with the same events not delivered (ratio {ratio_paused:.3f})", file=sys.stderr)
+print(json.dumps({"events_per_sec": round(tp["events_per_sec"]), "p99_ms": lat["latency_ms"]["p99"], "udp_ratio": round(ratio, 3), "events_per_sec_live": round(live["events_per_sec"]), "udp_ratio_vs_paused": round(ratio_paused, 3)}, separators=(",", ":")))
 PY
