@@ -8,7 +8,8 @@
 # open every reply; an echoed request fails to open and is counted as an echo).
 # Ends with one JSON line: {"echo_pps":…,"zoftoken_pps":…,"ratio":…,"p99_us":…}
 # Knobs (environment): TOKENS (1000000), DURATION (s, 10), IO (mmsg|uring|auto, mmsg),
-# THREADS (server and echo IO threads, 2), LOADGEN_THREADS (1), WINDOW (64).
+# THREADS (server and echo IO threads, 2), LOADGEN_THREADS (1), WINDOW (64), ROUNDS (3:
+# alternations of echo and zoftoken, medians compared).
 # The token set's counters continue from run to run (`--counters`), as a phone's do.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,7 @@ io="${IO:-mmsg}"
 threads="${THREADS:-2}"
 lg_threads="${LOADGEN_THREADS:-1}"
 window="${WINDOW:-64}"
+rounds="${ROUNDS:-3}"
 target="${CARGO_TARGET_DIR:-target}"
 # Release builds of the two programs that need no RocksDB; the server in the tests' profile
 # (RocksDB compiled once, the server's crates optimised there too).
@@ -56,28 +58,47 @@ run_load() { # endpoint, extra args… → the JSON line
 }
 field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 
-# 1. The echo baseline.
+# Both servers run side by side (an idle one only waits in its receive call) and the
+# generator alternates between them ROUNDS times, so that the machine's background falls on
+# both sides alike; the medians are compared.
 "$echo_bin" --listen "127.0.0.1:$port_echo" --threads "$threads" --io "$io" >&2 &
 pids+=($!)
-sleep 1
-echo_json=$(run_load "127.0.0.1:$port_echo")
-echo "echo:     $echo_json" >&2
-kill "${pids[0]}"
-
-# 2. zoftoken serve.
 log="$work/serve.log"
 (cd "$work" && ZOFTOKEN_IO="$io" exec "$zoftoken" --config config.yaml serve) 2> "$log" &
-pids+=($!)
+server_pid=$!
+pids+=("$server_pid")
 for _ in $(seq 1 600); do grep -q "serving UDP" "$log" && break; sleep 0.1; done
 grep -E "loaded|serving" "$log" >&2
-zt_json=$(run_load "127.0.0.1:$port_zt" --counters "$work/counters")
-echo "zoftoken: $zt_json" >&2
+median_run() { # JSON lines → the one with the median answered_pps
+  printf '%s\n' "$@" | python3 -c '
+import json, sys
+runs = sorted((json.loads(l) for l in sys.stdin if l.strip()), key=lambda r: r["answered_pps"])
+print(json.dumps(runs[len(runs) // 2]))'
+}
+echos=()
+zts=()
+for round in $(seq 1 "$rounds"); do
+  echos+=("$(run_load "127.0.0.1:$port_echo")")
+  echo "echo ($round):     ${echos[-1]}" >&2
+  zts+=("$(run_load "127.0.0.1:$port_zt" --counters "$work/counters")")
+  echo "zoftoken ($round): ${zts[-1]}" >&2
+done
+echo_json=$(median_run "${echos[@]}")
+zt_json=$(median_run "${zts[@]}")
+# The latency at half the median maximum, ROUNDS times; the run with the median p99.
 zt_pps=$(field "$zt_json" answered_pps)
 half=$(( ${zt_pps%.*} / 2 ))
-half_json=$(run_load "127.0.0.1:$port_zt" --rate "$half" --counters "$work/counters")
-echo "zoftoken at $half/s: $half_json" >&2
-kill -TERM "${pids[1]}"
-wait "${pids[1]}" || true
+halves=()
+for round in $(seq 1 "$rounds"); do
+  halves+=("$(run_load "127.0.0.1:$port_zt" --rate "$half" --counters "$work/counters")")
+  echo "zoftoken at $half/s ($round): ${halves[-1]}" >&2
+done
+half_json=$(printf '%s\n' "${halves[@]}" | python3 -c '
+import json, sys
+runs = sorted((json.loads(l) for l in sys.stdin if l.strip()), key=lambda r: r["p99_us"])
+print(json.dumps(runs[len(runs) // 2]))')
+kill -TERM "$server_pid"
+wait "$server_pid" || true
 tail -3 "$log" >&2
 
 python3 - "$echo_json" "$zt_json" "$half_json" <<'PY'

@@ -17,7 +17,7 @@
 # Ends with one JSON line:
 #   {"events_per_sec":…,"p99_ms":…,"udp_ratio":…,"events_per_sec_live":…,"udp_ratio_vs_paused":…}
 # Knobs (environment): TOKENS (100000), DURATION (s, 10), RATE (30000), IO (mmsg),
-# THREADS (UDP IO threads, 2), WEBHOOK_THREADS (1).
+# THREADS (UDP IO threads, 2), WEBHOOK_THREADS (1), ROUNDS (alternations of step 3, 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh >&2
@@ -27,6 +27,7 @@ rate="${RATE:-30000}"
 io="${IO:-mmsg}"
 threads="${THREADS:-2}"
 hook_threads="${WEBHOOK_THREADS:-1}"
+rounds="${ROUNDS:-3}"
 target="${CARGO_TARGET_DIR:-target}"
 cargo build --release --locked -p zoftoken-loadgen --bin zoftoken-loadgen >&2
 cargo build --release --locked -p zoftoken-webhooks --bin webhook-sink >&2
@@ -144,17 +145,31 @@ stop_sink
 lat=$(cat "$work/sink-latency.json")
 echo "sink (1 000/s): $lat" >&2
 
-# 3. The UDP rate alone and with 1 000 events/s delivered.
-alone=$(status_load)
-echo "udp alone:         $alone" >&2
-start_sink "$work/sink-beside.json"
-events_load --rate 1000 --mix 0/100/0 > "$work/events-load.json" &
-ev_pid=$!
-with=$(status_load)
-wait "$ev_pid"
-echo "udp with webhooks: $with" >&2
-stop_sink
-echo "sink (beside): $(cat "$work/sink-beside.json")" >&2
+# 3. The UDP rate alone and with 1 000 events/s delivered, alternated ROUNDS times (the
+#    machine's background, RocksDB compactions included, then falls on both sides alike);
+#    the medians are compared.
+alones=()
+withs=()
+for round in $(seq 1 "$rounds"); do
+  alones+=("$(status_load)")
+  echo "udp alone ($round):         ${alones[-1]}" >&2
+  start_sink "$work/sink-beside.json"
+  events_load --rate 1000 --mix 0/100/0 > "$work/events-load.json" &
+  ev_pid=$!
+  withs+=("$(status_load)")
+  wait "$ev_pid"
+  echo "udp with webhooks ($round): ${withs[-1]}" >&2
+  stop_sink
+  echo "sink (beside): $(cat "$work/sink-beside.json")" >&2
+done
+median_run() { # JSON lines → the one with the median answered_pps
+  printf '%s\n' "$@" | python3 -c '
+import json, sys
+runs = sorted((json.loads(l) for l in sys.stdin if l.strip()), key=lambda r: r["answered_pps"])
+print(json.dumps(runs[len(runs) // 2]))'
+}
+alone=$(median_run "${alones[@]}")
+with=$(median_run "${withs[@]}")
 # 3b. The same two loads with delivery paused: what the webhook pipeline itself costs.
 stop_server
 write_config 0
