@@ -43,8 +43,8 @@ pub(crate) struct State {
     shutdown: watch::Receiver<bool>,
     limiter: Limiter,
     meters: Meters,
-    /// Services' details JSON for the app, by service name (database mode; refreshed on
-    /// every service change made through the API).
+    /// Services' details JSON for the app, by service name (database mode: refreshed on
+    /// every service change made through the API; file mode: on SIGHUP).
     details: RwLock<Arc<HashMap<String, Value>>>,
 }
 
@@ -73,17 +73,20 @@ impl State {
                 state.set_details(&docs);
             }
         } else {
-            let map = state.config.service_details.clone();
-            *state.details.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
+            state.replace_details(state.config.service_details.clone());
         }
         state
     }
 
     fn set_details(&self, docs: &[ServiceDoc]) {
-        let map = docs
-            .iter()
-            .filter_map(|d| Some((d.name.clone(), d.details.clone()?)))
-            .collect();
+        self.replace_details(
+            docs.iter()
+                .filter_map(|d| Some((d.name.clone(), d.details.clone()?)))
+                .collect(),
+        );
+    }
+
+    pub(crate) fn replace_details(&self, map: HashMap<String, Value>) {
         *self.details.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
     }
 

@@ -69,15 +69,17 @@ pub(crate) fn start(
         let _guard = runtime.enter();
         tokio::net::TcpListener::from_std(listener).map_err(bind)?
     };
+    let served = state.clone();
     let thread = std::thread::Builder::new()
         .name("zoftoken-api".into())
         .spawn(move || {
-            runtime.block_on(serve(listener, state, shutdown_rx));
+            runtime.block_on(serve(listener, served, shutdown_rx));
             runtime.shutdown_timeout(Duration::from_millis(100));
         })
         .map_err(ApiError::Runtime)?;
     Ok(ApiServer {
         local_addr,
+        state,
         shutdown: shutdown_tx,
         thread: Some(thread),
     })

@@ -119,6 +119,7 @@ impl Default for ApiConfig {
 /// The running API server.
 pub struct ApiServer {
     local_addr: SocketAddr,
+    state: Arc<handlers::State>,
     shutdown: tokio::sync::watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -150,6 +151,15 @@ impl ApiServer {
     /// The address it listens on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Replaces the services' details JSON served with `config_source: file` (the server
+    /// calls it when SIGHUP reloads the configuration file). In database mode the details
+    /// come from the stored services and this does nothing.
+    pub fn set_service_details(&self, details: HashMap<String, serde_json::Value>) {
+        if !self.state.config.config_source_database {
+            self.state.replace_details(details);
+        }
     }
 
     /// Stops accepting, lets in-flight requests finish (at most [`SHUTDOWN_GRACE`]; long polls

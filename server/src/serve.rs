@@ -5,6 +5,7 @@
 //! stop receiving, answer the batches in flight, stop the webhooks (undelivered events stay in
 //! the outbox), flush and exit 0.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -125,12 +126,7 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
         listen: loaded.http,
         threads: loaded.config.api_threads.unwrap_or(1).max(1),
         config_source_database: loaded.config.config_source == ConfigSource::Database,
-        service_details: loaded
-            .config
-            .services
-            .iter()
-            .filter_map(|s| Some((s.name.clone(), s.details.clone()?)))
-            .collect(),
+        service_details: service_details(&loaded.config),
         ..ApiConfig::default()
     };
     let api = ApiServer::start(
@@ -168,7 +164,7 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
         if hup.swap(false, Ordering::Relaxed) {
-            reload(config_path, &store, &engine);
+            reload(config_path, &store, &engine, &api);
         }
         if last_tick.elapsed() < Duration::from_secs(1) {
             continue;
@@ -225,18 +221,20 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
 /// SIGHUP: reads the configuration file again and replaces the engine's services and
 /// authkeys (packets keep flowing; the engine swaps its snapshots). Listen addresses, the
 /// data directory and the other start-up settings keep their values until a restart.
-fn reload(config_path: &Path, store: &Store, engine: &Engine) {
+fn reload(config_path: &Path, store: &Store, engine: &Engine, api: &ApiServer) {
     let env = |k: &str| std::env::var(k).ok();
     let result = config::load(config_path, &env)
         .map_err(|e| e.to_string())
-        .and_then(|loaded| effective_config(&loaded, store).map_err(|e| e.to_string()))
-        .and_then(|(services, authkeys)| {
+        .and_then(|loaded| {
+            let (services, authkeys) =
+                effective_config(&loaded, store).map_err(|e| e.to_string())?;
             let n = services.len();
             engine
                 .reload_services(services)
                 .and_then(|()| engine.reload_authkeys(&authkeys))
-                .map(|()| (n, authkeys.len()))
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            api.set_service_details(service_details(&loaded.config));
+            Ok((n, authkeys.len()))
         });
     match result {
         Ok((services, authkeys)) => eprintln!(
@@ -247,4 +245,13 @@ fn reload(config_path: &Path, store: &Store, engine: &Engine) {
             eprintln!("zoftoken: SIGHUP: reload failed, keeping the running configuration: {e}")
         }
     }
+}
+
+/// The services' details JSON of the configuration file (served by the API in file mode).
+fn service_details(config: &config::Config) -> HashMap<String, serde_json::Value> {
+    config
+        .services
+        .iter()
+        .filter_map(|s| Some((s.name.clone(), s.details.clone()?)))
+        .collect()
 }

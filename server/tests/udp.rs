@@ -103,13 +103,20 @@ impl Env {
             "mmsg" => assert!(log.contains("(recvmmsg driver"), "{log}"),
             _ => assert!(log.contains(" driver, "), "{log}"),
         }
-        Server { child, err }
+        let http = log
+            .split("the HTTP API on http://")
+            .nth(1)
+            .and_then(|rest| rest.split(';').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no API address in the log:\n{log}"));
+        Server { child, err, http }
     }
 }
 
 struct Server {
     child: Child,
     err: BufReader<ChildStderr>,
+    http: SocketAddr,
 }
 
 impl Server {
@@ -119,6 +126,26 @@ impl Server {
             .status()
             .unwrap();
         assert!(s.success());
+    }
+
+    /// `GET path` without a key on a new connection: the status code and the body.
+    fn get(&self, path: &str) -> (u16, String) {
+        use std::io::Write;
+        let mut c = std::net::TcpStream::connect(self.http).unwrap();
+        write!(
+            c,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        let code = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+        (code, body)
     }
 
     /// SIGTERM, then the log until exit; asserts exit code 0.
@@ -482,10 +509,32 @@ fn sighup_reloads_services_without_stopping() {
     server.signal("-HUP");
     wait_for(&mut server.err, "reload failed");
     assert_eq!(phone.state(), WireState::Open);
-    std::fs::write(&path, good.replace("window: 600", "window: 0")).unwrap();
+    assert_eq!(server.get("/v1/services/bank/details").0, 404);
+    let edited = good.replace(
+        "window: 600",
+        "window: 0\n    details: { name: \"Bank of Tests\" }",
+    );
+    std::fs::write(&path, &edited).unwrap();
     server.signal("-HUP");
     wait_for(&mut server.err, "reloaded 1 services");
     assert_eq!(phone.state(), WireState::Open, "served throughout");
+    // The app's details JSON follows the file.
+    let (code, body) = server.get("/v1/services/bank/details");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("Bank of Tests"), "{body}");
+    // A service dropped from the file is gone: its tokens' packets go unanswered...
+    std::fs::write(&path, edited.replace("name: bank", "name: shop")).unwrap();
+    server.signal("-HUP");
+    wait_for(&mut server.err, "reloaded 1 services");
+    assert!(
+        phone.send(Request::Status).is_none(),
+        "answered for a removed service"
+    );
+    // ...until it returns.
+    std::fs::write(&path, &edited).unwrap();
+    server.signal("-HUP");
+    wait_for(&mut server.err, "reloaded 1 services");
+    assert_eq!(phone.state(), WireState::Open);
     server.stop();
 }
 
