@@ -227,9 +227,12 @@ pub(crate) fn state_record(e: &mut state::TokenEntry) -> mutation::TokenStateRec
     }
 }
 
-/// How many packets ahead of the one being processed [`Engine::prefetch_token`] should run:
-/// one packet takes about a microsecond, several DRAM latencies, so a short distance suffices.
-pub const PREFETCH_DISTANCE: usize = 2;
+/// How many packets ahead of the one being processed [`Engine::prefetch_token`] should run.
+/// One packet takes about a microsecond, several DRAM latencies, yet at 2 the entry was
+/// often still missing when its packet came (the first read of the entry held half of
+/// `handle_packet`'s profile samples): on a virtual machine a miss on a large table also
+/// walks nested page tables. Measured at 1 M tokens (BENCHMARKS.md): 6 beats 2 and 12.
+pub const PREFETCH_DISTANCE: usize = 6;
 
 /// The token id a datagram claims (header bytes 8..24), unauthenticated: for prefetching only.
 fn token_id_hint(datagram: &[u8]) -> Option<[u8; 16]> {
