@@ -149,18 +149,15 @@ impl Services {
         self.by_name.get(name).copied()
     }
 
-    /// The configured services, with their indexes.
-    pub fn configured(&self) -> impl Iterator<Item = (u16, &Service)> {
-        self.list
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| !s.removed)
-            .map(|(i, s)| (i as u16, s))
+    /// The configured services, in index order.
+    pub fn configured(&self) -> impl Iterator<Item = &Service> {
+        self.list.iter().filter(|s| !s.removed)
     }
 
-    /// The name recorded for `index`, also of a removed service (events already made).
+    /// The name recorded for `index`, also of a removed service (its tokens' events, such as
+    /// an expiry, still name it).
     pub fn name_of(&self, index: u16) -> Option<&Arc<str>> {
-        self.get(index).map(|s| &s.name)
+        self.list.get(usize::from(index)).map(|s| &s.name)
     }
 }
 
@@ -339,7 +336,7 @@ impl Engine {
     pub fn service_configs(&self) -> Vec<ServiceConfig> {
         self.services()
             .configured()
-            .map(|(_, s)| s.config.clone())
+            .map(|s| s.config.clone())
             .collect()
     }
 

@@ -528,11 +528,16 @@ fn a_service_removed_by_a_reload_is_gone_until_it_returns() {
     let mut p = w.pair("bank", "alice", false);
     w.open(&mut p).unwrap();
     w.kinds();
+    let bank = w.engine.service_index_of("bank").unwrap();
     let without_bank: Vec<ServiceConfig> = services()
         .into_iter()
         .filter(|s| s.name != "bank")
         .collect();
     w.engine.reload_services(without_bank).unwrap();
+    assert_eq!(w.engine.service_index_of("bank"), None);
+    // Its index keeps its name: records of its tokens (an expiry, say) are still written.
+    assert_eq!(w.engine.service_name(bank).as_deref(), Some("bank"));
+    assert!(!w.engine.webhook_wants(bank, EventKind::Expired));
     // The phone's packets are dropped unanswered, the API does not know the service, and
     // nothing can be enrolled in it.
     assert_eq!(
@@ -549,14 +554,17 @@ fn a_service_removed_by_a_reload_is_gone_until_it_returns() {
     );
     assert!(w.engine.service_configs().iter().all(|s| s.name != "bank"));
     assert!(w.kinds().is_empty());
-    // The other services are untouched; when the service returns, so does its token.
-    assert!(w.engine.status(w.now, "door", "nobody").is_err());
+    // Its open window still runs out, with an event that names the service.
+    w.now += 601_000;
+    w.admin(|e, now, b| e.tick(now, b));
+    assert_eq!(w.kinds(), vec![EventKind::Expired]);
+    // When the service returns, so does its token.
     w.engine.reload_services(services()).unwrap();
     let r = w.send(&mut p, Request::Status).unwrap();
-    assert_eq!(status(&r).1, WireState::Open);
+    assert_eq!(status(&r).1, WireState::Closed);
     assert_eq!(
         w.engine.status(w.now, "bank", "alice").unwrap().state,
-        TokenState::Open
+        TokenState::Closed
     );
 }
 
