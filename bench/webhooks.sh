@@ -14,6 +14,7 @@
 #      second generator making 1 000 events/s that are delivered          → udp_ratio
 #   3b. the same two generators with delivery paused, so that only the pipeline differs
 #      from the delivered run                                             → udp_ratio_vs_paused
+#      (3 and 3b alternate ROUNDS times; medians)
 # Ends with one JSON line:
 #   {"events_per_sec":…,"p99_ms":…,"udp_ratio":…,"events_per_sec_live":…,"udp_ratio_vs_paused":…}
 # Knobs (environment): TOKENS (100000), DURATION (s, 10), RATE (30000), IO (mmsg),
@@ -145,22 +146,37 @@ stop_sink
 lat=$(cat "$work/sink-latency.json")
 echo "sink (1 000/s): $lat" >&2
 
-# 3. The UDP rate alone and with 1 000 events/s delivered, alternated ROUNDS times (the
-#    machine's background, RocksDB compactions included, then falls on both sides alike);
-#    the medians are compared.
+# 3. The UDP rate alone, with 1 000 events/s delivered, and with the same events while
+#    delivery is paused (a restart with `webhook_threads: 0`; the backlog is delivered
+#    before the next round), alternated ROUNDS times so that the machine's background,
+#    RocksDB compactions included, falls on every side alike; the medians are compared.
 alones=()
 withs=()
+pauseds=()
 for round in $(seq 1 "$rounds"); do
   alones+=("$(status_load)")
-  echo "udp alone ($round):         ${alones[-1]}" >&2
+  echo "udp alone ($round):             ${alones[-1]}" >&2
   start_sink "$work/sink-beside.json"
   events_load --rate 1000 --mix 0/100/0 > "$work/events-load.json" &
   ev_pid=$!
   withs+=("$(status_load)")
   wait "$ev_pid"
-  echo "udp with webhooks ($round): ${withs[-1]}" >&2
+  echo "udp with webhooks ($round):     ${withs[-1]}" >&2
   stop_sink
   echo "sink (beside): $(cat "$work/sink-beside.json")" >&2
+  stop_server
+  write_config 0
+  start_server
+  events_load --rate 1000 --mix 0/100/0 > "$work/events-load.json" &
+  ev_pid=$!
+  pauseds+=("$(status_load)")
+  wait "$ev_pid"
+  echo "udp with events, paused ($round): ${pauseds[-1]}" >&2
+  stop_server
+  write_config "$hook_threads"
+  start_sink "$work/sink-catch-up.json"
+  start_server
+  stop_sink
 done
 median_run() { # JSON lines → the one with the median answered_pps
   printf '%s\n' "$@" | python3 -c '
@@ -170,17 +186,8 @@ print(json.dumps(runs[len(runs) // 2]))'
 }
 alone=$(median_run "${alones[@]}")
 with=$(median_run "${withs[@]}")
-# 3b. The same two loads with delivery paused: what the webhook pipeline itself costs.
+paused=$(median_run "${pauseds[@]}")
 stop_server
-write_config 0
-start_server
-events_load --rate 1000 --mix 0/100/0 > "$work/events-load.json" &
-ev_pid=$!
-paused=$(status_load)
-wait "$ev_pid"
-echo "udp with events, delivery paused: $paused" >&2
-stop_server
-write_config "$hook_threads"
 
 python3 - "$tp" "$lat" "$alone" "$with" "$live" "$paused" <<'PY'
 import json, sys
