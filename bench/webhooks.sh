@@ -150,6 +150,12 @@ echo "sink (1 000/s): $lat" >&2
 #    delivery is paused (a restart with `webhook_threads: 0`; the backlog is delivered
 #    before the next round), alternated ROUNDS times so that the machine's background,
 #    RocksDB compactions included, falls on every side alike; the medians are compared.
+status_beside_events() { # the STATUS flood beside 1 000 OPENs/s (events) → its JSON line
+  events_load --rate 1000 --mix 0/100/0 > "$work/events-load.json" &
+  local ev_pid=$!
+  status_load
+  wait "$ev_pid"
+}
 alones=()
 withs=()
 pauseds=()
@@ -157,20 +163,14 @@ for round in $(seq 1 "$rounds"); do
   alones+=("$(status_load)")
   echo "udp alone ($round):             ${alones[-1]}" >&2
   start_sink "$work/sink-beside.json"
-  events_load --rate 1000 --mix 0/100/0 > "$work/events-load.json" &
-  ev_pid=$!
-  withs+=("$(status_load)")
-  wait "$ev_pid"
+  withs+=("$(status_beside_events)")
   echo "udp with webhooks ($round):     ${withs[-1]}" >&2
   stop_sink
   echo "sink (beside): $(cat "$work/sink-beside.json")" >&2
   stop_server
   write_config 0
   start_server
-  events_load --rate 1000 --mix 0/100/0 > "$work/events-load.json" &
-  ev_pid=$!
-  pauseds+=("$(status_load)")
-  wait "$ev_pid"
+  pauseds+=("$(status_beside_events)")
   echo "udp with events, paused ($round): ${pauseds[-1]}" >&2
   stop_server
   write_config "$hook_threads"
