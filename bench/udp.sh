@@ -13,6 +13,7 @@
 # The token set's counters continue from run to run (`--counters`), as a phone's do.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/median.sh
 ./scripts/setup.sh >&2
 tokens="${TOKENS:-1000000}"
 duration="${DURATION:-10}"
@@ -69,12 +70,6 @@ server_pid=$!
 pids+=("$server_pid")
 for _ in $(seq 1 600); do grep -q "serving UDP" "$log" && break; sleep 0.1; done
 grep -E "loaded|serving" "$log" >&2
-median_run() { # JSON lines → the one with the median answered_pps
-  printf '%s\n' "$@" | python3 -c '
-import json, sys
-runs = sorted((json.loads(l) for l in sys.stdin if l.strip()), key=lambda r: r["answered_pps"])
-print(json.dumps(runs[len(runs) // 2]))'
-}
 echos=()
 zts=()
 for round in $(seq 1 "$rounds"); do
@@ -83,8 +78,8 @@ for round in $(seq 1 "$rounds"); do
   zts+=("$(run_load "127.0.0.1:$port_zt" --counters "$work/counters")")
   echo "zoftoken ($round): ${zts[-1]}" >&2
 done
-echo_json=$(median_run "${echos[@]}")
-zt_json=$(median_run "${zts[@]}")
+echo_json=$(median_by answered_pps "${echos[@]}")
+zt_json=$(median_by answered_pps "${zts[@]}")
 # The latency at half the median maximum, ROUNDS times; the run with the median p99.
 zt_pps=$(field "$zt_json" answered_pps)
 half=$(( ${zt_pps%.*} / 2 ))
@@ -93,10 +88,7 @@ for round in $(seq 1 "$rounds"); do
   halves+=("$(run_load "127.0.0.1:$port_zt" --rate "$half" --counters "$work/counters")")
   echo "zoftoken at $half/s ($round): ${halves[-1]}" >&2
 done
-half_json=$(printf '%s\n' "${halves[@]}" | python3 -c '
-import json, sys
-runs = sorted((json.loads(l) for l in sys.stdin if l.strip()), key=lambda r: r["p99_us"])
-print(json.dumps(runs[len(runs) // 2]))')
+half_json=$(median_by p99_us "${halves[@]}")
 kill -TERM "$server_pid"
 wait "$server_pid" || true
 tail -3 "$log" >&2

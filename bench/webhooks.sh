@@ -21,6 +21,7 @@
 # THREADS (UDP IO threads, 2), WEBHOOK_THREADS (1), ROUNDS (alternations of step 3, 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/median.sh
 ./scripts/setup.sh >&2
 tokens="${TOKENS:-100000}"
 duration="${DURATION:-10}"
@@ -178,15 +179,9 @@ for round in $(seq 1 "$rounds"); do
   start_server
   stop_sink
 done
-median_run() { # JSON lines → the one with the median answered_pps
-  printf '%s\n' "$@" | python3 -c '
-import json, sys
-runs = sorted((json.loads(l) for l in sys.stdin if l.strip()), key=lambda r: r["answered_pps"])
-print(json.dumps(runs[len(runs) // 2]))'
-}
-alone=$(median_run "${alones[@]}")
-with=$(median_run "${withs[@]}")
-paused=$(median_run "${pauseds[@]}")
+alone=$(median_by answered_pps "${alones[@]}")
+with=$(median_by answered_pps "${withs[@]}")
+paused=$(median_by answered_pps "${pauseds[@]}")
 stop_server
 
 python3 - "$tp" "$lat" "$alone" "$with" "$live" "$paused" <<'PY'

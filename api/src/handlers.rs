@@ -1527,15 +1527,8 @@ impl Ctx<'_> {
     }
 
     async fn dead_letter_replay(&self, id: String) -> Outcome {
-        self.authorize_unrestricted()?;
-        parse_query(self.parts.uri.query(), &[])?;
-        let store = self.state.store.clone();
-        let found =
-            blocking(move || Ok(zoftoken_webhooks::replay_dead_letter(&store, &id)?)).await?;
-        if !found {
-            return Err(unknown_dead_letter());
-        }
-        ok(&json!({ "replayed": true }))
+        self.dead_letter_by_id(id, zoftoken_webhooks::replay_dead_letter, "replayed")
+            .await
     }
 
     async fn dead_letter_replay_all(&self) -> Outcome {
@@ -1547,15 +1540,25 @@ impl Ctx<'_> {
     }
 
     async fn dead_letter_delete(&self, id: String) -> Outcome {
+        self.dead_letter_by_id(id, zoftoken_webhooks::delete_dead_letter, "deleted")
+            .await
+    }
+
+    /// Runs `op` on the dead letter `id`; answers `{ done: true }`, or 404 if there is none.
+    async fn dead_letter_by_id(
+        &self,
+        id: String,
+        op: fn(&Store, &str) -> Result<bool, WebhookError>,
+        done: &'static str,
+    ) -> Outcome {
         self.authorize_unrestricted()?;
         parse_query(self.parts.uri.query(), &[])?;
         let store = self.state.store.clone();
-        let found =
-            blocking(move || Ok(zoftoken_webhooks::delete_dead_letter(&store, &id)?)).await?;
+        let found = blocking(move || Ok(op(&store, &id)?)).await?;
         if !found {
             return Err(unknown_dead_letter());
         }
-        ok(&json!({ "deleted": true }))
+        ok(&json!({ done: true }))
     }
 
     /// `GET /v1/webhooks/disabled`: endpoints disabled after a 410 Gone.

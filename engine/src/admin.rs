@@ -133,6 +133,23 @@ impl Engine {
             .ok_or(EngineError::UnknownService)
     }
 
+    /// Checks an enrollment's username and finds its service: the services' snapshot and the
+    /// service's index in it.
+    fn enrollment_target(
+        &self,
+        service: &str,
+        username: &str,
+    ) -> Result<(std::sync::Arc<crate::Services>, u16), EngineError> {
+        if username.is_empty() || username.len() > 1024 {
+            return Err(EngineError::Invalid("username must be 1 to 1024 bytes"));
+        }
+        let services = self.services();
+        let index = services
+            .index_of(service)
+            .ok_or(EngineError::UnknownService)?;
+        Ok((services, index))
+    }
+
     /// Enrolls `username` in `service` (PRODUCT.md): a pending token with a deeplink and a
     /// manual code, both single use until `expires_ms`. Enrolling a paired token again
     /// re-enrolls it: its app gets NOT_PAIRED until the new pairing completes.
@@ -143,11 +160,7 @@ impl Engine {
         username: &str,
         batch: &mut Batch,
     ) -> Result<EnrollmentTicket, EngineError> {
-        if username.is_empty() || username.len() > 1024 {
-            return Err(EngineError::Invalid("username must be 1 to 1024 bytes"));
-        }
-        let index = self.service_index(service)?;
-        let services = self.services();
+        let (services, index) = self.enrollment_target(service, username)?;
         let svc = services.get(index).ok_or(EngineError::UnknownService)?;
         let id = TokenId::derive(service, username);
         let link_secret = EnrollmentSecret::new(self.random::<32>().to_vec());
@@ -240,11 +253,7 @@ impl Engine {
         batch: &mut Batch,
     ) -> Result<TotpEnrollment, EngineError> {
         use zoftoken_proto::totp::{self, TotpAlgorithm, TotpParams};
-        if username.is_empty() || username.len() > 1024 {
-            return Err(EngineError::Invalid("username must be 1 to 1024 bytes"));
-        }
-        let index = self.service_index(service)?;
-        let services = self.services();
+        let (services, index) = self.enrollment_target(service, username)?;
         let svc = services.get(index).ok_or(EngineError::UnknownService)?;
         let id = TokenId::derive(service, username);
         let (digits, period_s) = crate::state::totp_params(svc.config.otp);
