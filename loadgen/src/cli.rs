@@ -51,6 +51,10 @@ pub struct LoadgenArgs {
     /// Requests per second over all threads (default: flat out, limited by the window).
     #[arg(long)]
     pub rate: Option<u64>,
+    /// With --rate: send in groups of this many requests, sleeping in between (fewer
+    /// wake-ups of the generator at low rates; 1 sends each request when it is due).
+    #[arg(long, default_value_t = 1)]
+    pub burst: usize,
     /// Seconds of sending.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
@@ -98,6 +102,7 @@ impl LoadgenArgs {
         let mut c = LoadConfig::new(self.endpoints.clone(), tokens);
         c.threads = self.threads;
         c.rate = self.rate;
+        c.burst = self.burst;
         c.duration = Duration::from_secs_f64(self.duration);
         c.window = self.window;
         c.mix = self.mix;

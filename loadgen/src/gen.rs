@@ -25,6 +25,10 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Longest single wait for replies (keeps rate pacing and expiry responsive).
 const MAX_WAIT: Duration = Duration::from_millis(1);
 
+/// Longest wait for the next group of requests at a low rate (timeouts and the progress
+/// line are checked at least this often).
+const MAX_IDLE_WAIT: Duration = Duration::from_millis(20);
+
 /// The message mix in percent; the four add up to 100.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mix {
@@ -106,6 +110,11 @@ pub struct LoadConfig {
     pub threads: usize,
     /// Requests per second over all threads; `None`: flat out (limited by the window).
     pub rate: Option<u64>,
+    /// With a `rate`: send once this many requests are due, and sleep until the next group
+    /// is due in between. 1 (the default) sends each request when it is due; a larger group
+    /// makes the generator wake far less often at low rates (at 1 000/s one at a time costs
+    /// it a wake-up per request, taken from the machine it measures).
+    pub burst: usize,
     /// How long to send. Replies are awaited for up to `timeout` after that.
     pub duration: Duration,
     /// Requests in flight per thread, at most.
@@ -146,6 +155,7 @@ impl LoadConfig {
             tokens,
             threads: 1,
             rate: None,
+            burst: 1,
             duration: Duration::from_secs(10),
             window: 64,
             mix: Mix::default(),
@@ -431,9 +441,9 @@ pub fn run(config: &LoadConfig, mut progress: impl FnMut(&Progress)) -> Result<S
     if n_tokens == 0 {
         return Err(LoadError::Config("no token".into()));
     }
-    if config.threads == 0 || config.window == 0 {
+    if config.threads == 0 || config.window == 0 || config.burst == 0 {
         return Err(LoadError::Config(
-            "threads and window must be at least 1".into(),
+            "threads, window and burst must be at least 1".into(),
         ));
     }
     if config.rate == Some(0) {
@@ -617,7 +627,8 @@ fn write_counters(path: &std::path::Path, counters: &[u64]) -> Result<(), LoadEr
 
 /// A thread's socket.
 enum Sock {
-    Std(UdpSocket, bool),
+    /// The socket, whether it is non-blocking, its read timeout.
+    Std(UdpSocket, bool, Duration),
     Driver(Box<dyn Driver>),
 }
 
@@ -632,7 +643,7 @@ impl Sock {
                 let s = UdpSocket::bind(local)?;
                 s.set_nonblocking(true)?;
                 s.set_read_timeout(Some(MAX_WAIT))?;
-                Sock::Std(s, true)
+                Sock::Std(s, true, MAX_WAIT)
             }
             Some(kind) => {
                 // Port 0: every thread gets its own port despite SO_REUSEPORT.
@@ -645,7 +656,7 @@ impl Sock {
     /// drivers count refusals without saying which).
     fn send(&mut self, batch: &PacketBatch) -> u64 {
         match self {
-            Sock::Std(s, _) => batch
+            Sock::Std(s, ..) => batch
                 .iter()
                 .filter(|(peer, d)| s.send_to(d, *peer).is_err())
                 .count() as u64,
@@ -672,7 +683,14 @@ impl Sock {
     fn recv(&mut self, into: &mut PacketBatch, wait: Duration) -> io::Result<usize> {
         match self {
             Sock::Driver(d) => d.recv(into, wait),
-            Sock::Std(s, nonblocking) => {
+            Sock::Std(s, nonblocking, timeout) => {
+                // Whole milliseconds, as the drivers' poll, so that the timeout changes
+                // (a system call) only now and then.
+                let wait = Duration::from_millis(wait.as_micros().div_ceil(1000) as u64);
+                if !wait.is_zero() && wait != *timeout {
+                    s.set_read_timeout(Some(wait))?;
+                    *timeout = wait;
+                }
                 let mut n = 0;
                 while !into.is_full() {
                     let want_block = n == 0 && !wait.is_zero();
@@ -791,6 +809,9 @@ impl<'a> Worker<'a> {
                 }
             }
             let mut built = 0;
+            // With a rate: when the next group of requests is due (the wait below ends
+            // there instead of polling every MAX_WAIT).
+            let mut next_due = None;
             if sending {
                 let mut n = self
                     .config
@@ -799,7 +820,11 @@ impl<'a> Worker<'a> {
                     .min(BATCH);
                 if let Some(r) = self.rate {
                     let due = (now.duration_since(start).as_secs_f64() * r) as u64;
-                    n = n.min(due.saturating_sub(self.counts.sent) as usize);
+                    let owed = due.saturating_sub(self.counts.sent) as usize;
+                    let burst = self.config.burst.max(1);
+                    n = if owed >= burst { n.min(owed) } else { 0 };
+                    let group_end = self.counts.sent + burst as u64;
+                    next_due = Some(start + Duration::from_secs_f64(group_end as f64 / r));
                 }
                 if n > 0 {
                     built = self.build(&mut out, n, now);
@@ -808,7 +833,13 @@ impl<'a> Worker<'a> {
                     self.counts.errors += refused;
                 }
             }
-            let wait = if built > 0 { Duration::ZERO } else { MAX_WAIT };
+            let wait = match next_due {
+                _ if built > 0 => Duration::ZERO,
+                // Replies still wake the receive at once; only an idle wait is longer. (Due
+                // already but the window is full: wait for replies as without a rate.)
+                Some(at) if at > now => (at - now).min(MAX_IDLE_WAIT),
+                _ => MAX_WAIT,
+            };
             inb.clear();
             match self.sock.recv(&mut inb, wait) {
                 Ok(_) => {}

@@ -295,11 +295,34 @@ fn wrong_secrets_get_no_reply() {
 }
 
 #[test]
+fn a_rate_is_kept_when_sending_in_groups() {
+    for io in [IoChoice::Std, IoChoice::Mmsg] {
+        let echo = Responder::echo();
+        let set = TokenSet::new("demo", 5, 100);
+        let mut c = config(vec![echo.addr], &set, io);
+        c.window = 64;
+        c.rate = Some(2_000);
+        c.burst = 20;
+        let s = run(&c, |_| {}).unwrap();
+        println!("groups of 20 at 2 000/s, {io:?}: {}", s.to_json());
+        check_totals(&s);
+        // 600 ms at 2 000/s: 1 200 due by the end, sent only in whole groups of 20 (the
+        // last group may not have come due); none early.
+        assert!((1_100..=1_200).contains(&s.sent), "{s:?}");
+        assert_eq!(s.echoed, s.sent, "{s:?}");
+        assert_eq!(echo.received.load(Ordering::Relaxed), s.sent);
+    }
+}
+
+#[test]
 fn invalid_configurations_are_refused() {
     let set = TokenSet::new("demo", 1, 10);
     assert!(run(&LoadConfig::new(vec![], set.clone()), |_| {}).is_err());
     let mut c = LoadConfig::new(vec!["127.0.0.1:9".parse().unwrap()], set);
     c.window = 0;
+    assert!(run(&c, |_| {}).is_err());
+    c.window = 1;
+    c.burst = 0;
     assert!(run(&c, |_| {}).is_err());
     assert!("60/20".parse::<Mix>().is_err());
     assert!("60/20/30".parse::<Mix>().is_err());

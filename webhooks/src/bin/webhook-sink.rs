@@ -98,10 +98,17 @@ fn main() -> anyhow::Result<()> {
     let secrets: Vec<&str> = args.secret.iter().map(String::as_str).collect();
     let keys = Arc::new(sign::keys(&secrets));
     anyhow::ensure!(keys.len() == secrets.len(), "unusable secret");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .enable_all()
-        .build()?;
+    // One thread: a current-thread runtime, which wakes once per batch of ready
+    // connections where a one-worker pool also hands work between threads (the sink shares
+    // the machine with the server it measures).
+    let mut builder = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(args.threads);
+        b
+    };
+    let rt = builder.enable_all().build()?;
     let stats = Arc::new(Mutex::new(Stats::default()));
     let done = Arc::new(tokio::sync::Notify::new());
     let listener = rt
