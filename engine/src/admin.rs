@@ -1082,9 +1082,9 @@ impl Engine {
     /// The otp parameters of a service (for the app's display and the API).
     pub fn otp_params(&self, service: &str) -> Result<OtpParams, EngineError> {
         let services = self.services();
-        let i = self.service_index(service)?;
         services
-            .get(i)
+            .index_of(service)
+            .and_then(|i| services.get(i))
             .map(|s| s.config.otp)
             .ok_or(EngineError::UnknownService)
     }

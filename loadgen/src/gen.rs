@@ -821,7 +821,7 @@ impl<'a> Worker<'a> {
                 if let Some(r) = self.rate {
                     let due = (now.duration_since(start).as_secs_f64() * r) as u64;
                     let owed = due.saturating_sub(self.counts.sent) as usize;
-                    let burst = self.config.burst.max(1);
+                    let burst = self.config.burst;
                     n = if owed >= burst { n.min(owed) } else { 0 };
                     let group_end = self.counts.sent + burst as u64;
                     next_due = Some(start + Duration::from_secs_f64(group_end as f64 / r));

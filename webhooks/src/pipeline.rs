@@ -321,9 +321,10 @@ struct Reader {
     gaps: BTreeMap<u64, Instant>,
     last_gap_check: Instant,
     last_rescan: Instant,
-    /// Usernames of recently seen tokens. A token's username never changes (a new
-    /// enrolment is a new token id), so a steady stream of events from the same tokens
-    /// reads each name from the store once instead of once per read of the outbox.
+    /// Usernames of recently seen tokens. A token's username never changes (the token id
+    /// is derived from the service and the username), so a steady stream of events from the
+    /// same tokens reads each name from the store once instead of once per read of the
+    /// outbox.
     names: HashMap<[u8; 16], String>,
 }
 
