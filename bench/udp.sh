@@ -3,10 +3,16 @@
 # (flat out, then at half the server's maximum for the latency) against
 #   1. `udp-echo`, the baseline: the same sockets, batching and driver, no crypto, no state;
 #   2. `zoftoken serve` with 1 million tokens (written by `zoftoken loadgen prepare`), WAL
-#      group commit before every reply.
+#      group commit before every reply;
+#   3. the floor: `udp-echo --aead --entries 1000000 --log …`, the echo server doing the work
+#      every server of this protocol must do (one AEAD open and seal, a read and write of a
+#      224-byte entry in a table of a million, one log write per batch before the echo). Not
+#      part of the target: it tells how much of the gap to the echo server the mandatory work
+#      explains (`floor_ratio`) and how much is zoftoken's own.
 # The generator does the same work per packet in both runs (seals real requests, tries to
 # open every reply; an echoed request fails to open and is counted as an echo).
-# Ends with one JSON line: {"echo_pps":…,"zoftoken_pps":…,"ratio":…,"p99_us":…}
+# Ends with one JSON line: {"echo_pps":…,"zoftoken_pps":…,"ratio":…,"p99_us":…,"floor_pps":…,
+# "floor_ratio":…}
 # Knobs (environment): TOKENS (1000000), DURATION (s, 10), IO (mmsg|uring|auto, mmsg),
 # THREADS (server and echo IO threads, 2), LOADGEN_THREADS (1), WINDOW (64), ROUNDS (3:
 # alternations of echo and zoftoken, medians compared).
@@ -34,6 +40,7 @@ work="${BENCH_DIR:-$target/udp-bench}"
 mkdir -p "$work"
 port_echo=47901
 port_zt=47902
+port_floor=47904
 cat > "$work/config.yaml" <<CONFIG
 listen: { udp: ["127.0.0.1:$port_zt"], http: "127.0.0.1:47903" }
 data_dir: data
@@ -59,10 +66,13 @@ run_load() { # endpoint, extra args… → the JSON line
 }
 field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 
-# Both servers run side by side (an idle one only waits in its receive call) and the
+# The servers run side by side (an idle one only waits in its receive call) and the
 # generator alternates between them ROUNDS times, so that the machine's background falls on
-# both sides alike; the medians are compared.
+# every side alike; the medians are compared.
 "$echo_bin" --listen "127.0.0.1:$port_echo" --threads "$threads" --io "$io" >&2 &
+pids+=($!)
+"$echo_bin" --listen "127.0.0.1:$port_floor" --threads "$threads" --io "$io" \
+  --aead --entries "$tokens" --log "$work/floor-log" >&2 &
 pids+=($!)
 log="$work/serve.log"
 (cd "$work" && ZOFTOKEN_IO="$io" exec "$zoftoken" --config config.yaml serve) 2> "$log" &
@@ -72,14 +82,18 @@ for _ in $(seq 1 600); do grep -q "serving UDP" "$log" && break; sleep 0.1; done
 grep -E "loaded|serving" "$log" >&2
 echos=()
 zts=()
+floors=()
 for round in $(seq 1 "$rounds"); do
   echos+=("$(run_load "127.0.0.1:$port_echo")")
   echo "echo ($round):     ${echos[-1]}" >&2
   zts+=("$(run_load "127.0.0.1:$port_zt" --counters "$work/counters")")
   echo "zoftoken ($round): ${zts[-1]}" >&2
+  floors+=("$(run_load "127.0.0.1:$port_floor")")
+  echo "floor ($round):    ${floors[-1]}" >&2
 done
 echo_json=$(median_by answered_pps "${echos[@]}")
 zt_json=$(median_by answered_pps "${zts[@]}")
+floor_json=$(median_by answered_pps "${floors[@]}")
 # The latency at half the median maximum, ROUNDS times; the run with the median p99.
 zt_pps=$(field "$zt_json" answered_pps)
 half=$(( ${zt_pps%.*} / 2 ))
@@ -93,10 +107,10 @@ kill -TERM "$server_pid"
 wait "$server_pid" || true
 tail -3 "$log" >&2
 
-python3 - "$echo_json" "$zt_json" "$half_json" <<'PY'
+python3 - "$echo_json" "$zt_json" "$half_json" "$floor_json" <<'PY'
 import json, sys
-echo, zt, half = (json.loads(a) for a in sys.argv[1:4])
-e, z = echo["answered_pps"], zt["answered_pps"]
-print(f"echo {e:.0f}/s, zoftoken {z:.0f}/s, ratio {z / e:.3f}; p99 at half rate {half['p99_us']} µs (lost {half['lost']})", file=sys.stderr)
-print(json.dumps({"echo_pps": round(e), "zoftoken_pps": round(z), "ratio": round(z / e, 3), "p99_us": half["p99_us"]}, separators=(",", ":")))
+echo, zt, half, floor = (json.loads(a) for a in sys.argv[1:5])
+e, z, f = echo["answered_pps"], zt["answered_pps"], floor["answered_pps"]
+print(f"echo {e:.0f}/s, zoftoken {z:.0f}/s, ratio {z / e:.3f}; p99 at half rate {half['p99_us']} µs (lost {half['lost']}); floor {f:.0f}/s, {f / e:.3f} of echo", file=sys.stderr)
+print(json.dumps({"echo_pps": round(e), "zoftoken_pps": round(z), "ratio": round(z / e, 3), "p99_us": half["p99_us"], "floor_pps": round(f), "floor_ratio": round(f / e, 3)}, separators=(",", ":")))
 PY

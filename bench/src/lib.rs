@@ -1,7 +1,8 @@
 //! Benchmarks of the ZofToken codec (criterion, in `benches/`) and the fixtures they share: a
 //! paired token's keys and one genuine request and reply datagram of every message type.
 //! Results and how to reproduce them are in BENCHMARKS.md. [`echo`] is the UDP echo server
-//! (binary `udp-echo`) that is the baseline of the server's load test.
+//! (binary `udp-echo`) that is the baseline of the server's load test, and with its
+//! [`echo::Floor`] the floor: the work every server of the protocol must do.
 //!
 //! This crate measures; it does not test behaviour (the other crates' tests do).
 #![forbid(unsafe_code)]

@@ -1,5 +1,6 @@
 //! The `udp-echo` server's loop, in-process, under the load generator: every request comes
-//! back and is counted as an echo.
+//! back and is counted as an echo, with and without the floor's work.
+#![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,10 +8,64 @@ use std::time::Duration;
 
 use zoftoken_bench::echo;
 use zoftoken_loadgen::{run, IoChoice, LoadConfig, TokenSet};
-use zoftoken_net::DriverKind;
+use zoftoken_net::{DriverKind, MAX_DATAGRAM};
+use zoftoken_proto::aead::PacketKey;
+use zoftoken_proto::wire::{HEADER_LEN, TAG_LEN};
 
 #[test]
 fn echo_server_echoes_every_request() {
+    echo_every_request(echo::Floor::none);
+}
+
+/// The floor's work (AEAD, table, log) changes nothing the generator sees, and its log holds
+/// one record per OPEN and CLOSE echoed.
+#[test]
+fn echo_server_with_the_floor_still_echoes_every_request() {
+    let dir = std::env::temp_dir().join(format!("zoftoken-floor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let logs: Vec<_> = (0..2).map(|i| dir.join(format!("log.{i}"))).collect();
+    let files = std::sync::Mutex::new(
+        logs.iter()
+            .map(|p| std::fs::File::create(p).unwrap())
+            .collect::<Vec<_>>(),
+    );
+    let summary = echo_every_request(|| {
+        let f = files.lock().unwrap().pop();
+        echo::Floor::new(true, 1_000, f)
+    });
+    let logged: u64 = logs
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
+        logged,
+        summary.sent_by_type[1..].iter().sum::<u64>() * echo::LOG_RECORD as u64
+    );
+}
+
+/// The floor's AEAD work is real: a datagram sealed under its key opens, a changed one does not.
+#[test]
+fn aead_work_opens_what_its_key_sealed() {
+    let key = PacketKey::new([7; 32]);
+    let mut datagram = [0u8; 72];
+    datagram[..HEADER_LEN].fill(3);
+    let (aad, body) = datagram.split_at_mut(HEADER_LEN);
+    let plain = body.len() - TAG_LEN;
+    let tag = key.seal_in_place(1, 1, aad, &mut body[..plain]).unwrap();
+    body[plain..].copy_from_slice(&tag);
+    let mut scratch = [0u8; MAX_DATAGRAM];
+    assert!(echo::aead_work(&key, &datagram, &mut scratch));
+    datagram[40] ^= 1;
+    assert!(!echo::aead_work(&key, &datagram, &mut scratch));
+    assert!(!echo::aead_work(
+        &key,
+        &datagram[..HEADER_LEN + 8],
+        &mut scratch
+    ));
+}
+
+fn echo_every_request(floor: impl Fn() -> echo::Floor + Sync) -> zoftoken_loadgen::Summary {
     let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let (drivers, addr) = echo::open(DriverKind::Mmsg, addr, 2).unwrap();
     assert_ne!(addr.port(), 0);
@@ -20,7 +75,8 @@ fn echo_server_echoes_every_request() {
             .into_iter()
             .map(|mut d| {
                 let stop = &stop;
-                s.spawn(move || echo::serve(d.as_mut(), stop))
+                let mut f = floor();
+                s.spawn(move || echo::serve(d.as_mut(), stop, &mut f))
             })
             .collect();
         let mut c = LoadConfig::new(vec![addr], TokenSet::new("demo", 5, 1_000));
@@ -37,5 +93,6 @@ fn echo_server_echoes_every_request() {
         assert_eq!(summary.echoed, summary.sent);
         assert_eq!((summary.answered, summary.lost, summary.errors), (0, 0, 0));
         assert_eq!(echoed, summary.sent);
-    });
+        summary
+    })
 }

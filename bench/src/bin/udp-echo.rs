@@ -3,6 +3,7 @@
 //! each datagram back to its peer: no parsing, no crypto, no state. Runs until killed.
 //!
 //!     udp-echo --listen 127.0.0.1:4500 [--threads N (default: cores)] [--io auto|uring|mmsg]
+//!              [--aead] [--entries N] [--log FILE]   (the floor: see `echo::Floor`)
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -35,6 +36,17 @@ struct Args {
     /// IO driver.
     #[arg(long, value_enum, default_value_t = Io::Auto)]
     io: Io,
+    /// The floor (see `echo::Floor`): one AEAD open and seal per datagram.
+    #[arg(long)]
+    aead: bool,
+    /// The floor: a table of this many 224-byte entries per thread, one read and written per
+    /// datagram.
+    #[arg(long, default_value_t = 0)]
+    entries: usize,
+    /// The floor: one `write` per batch of a 64-byte record per OPEN/CLOSE to `FILE.N` (N: the
+    /// thread), before the batch is echoed.
+    #[arg(long, value_name = "FILE")]
+    log: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -67,15 +79,49 @@ fn main() -> ExitCode {
         }
     };
     eprintln!(
-        "udp-echo: {addr}, {} thread(s), {}",
+        "udp-echo: {addr}, {} thread(s), {}{}",
         drivers.len(),
-        drivers.first().map_or("?", |d| d.name())
+        drivers.first().map_or("?", |d| d.name()),
+        if args.aead || args.entries > 0 || args.log.is_some() {
+            format!(
+                "; floor: aead {}, {} entries, log {}",
+                args.aead,
+                args.entries,
+                args.log
+                    .as_ref()
+                    .map_or("none".into(), |p| p.display().to_string())
+            )
+        } else {
+            String::new()
+        }
     );
+    let mut floors = Vec::with_capacity(drivers.len());
+    for i in 0..drivers.len() {
+        let log = match &args.log {
+            None => None,
+            Some(path) => {
+                let mut name = path.clone().into_os_string();
+                name.push(format!(".{i}"));
+                match std::fs::File::create(&name) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        eprintln!("udp-echo: {}: {e}", std::path::Path::new(&name).display());
+                        return ExitCode::from(1);
+                    }
+                }
+            }
+        };
+        floors.push(zoftoken_bench::echo::Floor::new(
+            args.aead,
+            args.entries,
+            log,
+        ));
+    }
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
-        for mut d in drivers {
+        for (mut d, mut floor) in drivers.into_iter().zip(floors) {
             let stop = &stop;
-            s.spawn(move || zoftoken_bench::echo::serve(d.as_mut(), stop));
+            s.spawn(move || zoftoken_bench::echo::serve(d.as_mut(), stop, &mut floor));
         }
     });
     ExitCode::SUCCESS
