@@ -6,8 +6,8 @@
 //! With a [`Floor`] it also does, per datagram, the work that SPEC.md and the product make
 //! every server do, with the simplest code that does it, and still echoes the datagram
 //! unchanged so that the load generator's work stays the same: one ChaCha20-Poly1305 open of
-//! the request and one seal of a reply of its size (keys built per operation, as the server
-//! does), a read and a write of the token's 224-byte entry in a table of a million (chosen by
+//! the request and one seal of a reply of its type's size, through the codec (keys built per
+//! operation, as the server does), a read and a write of the token's 224-byte entry in a table of a million (chosen by
 //! the token id, prefetched a batch ahead), and one `write` per batch to a log file of a
 //! 64-byte record per OPEN or CLOSE (the durable change before the reply; no `fsync`, as the
 //! server's default). That is a floor for any server of this protocol on the machine: what
@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use zoftoken_net::{Driver, DriverKind, PacketBatch, MAX_DATAGRAM};
 use zoftoken_proto::aead::PacketKey;
-use zoftoken_proto::wire::{MsgType, HEADER_LEN, TAG_LEN};
+use zoftoken_proto::packet::{open_checked_request, seal_reply};
+use zoftoken_proto::wire::{check_request, MsgType};
 
 /// Datagrams per receive batch (as the server).
 pub const BATCH: usize = 32;
@@ -78,9 +79,7 @@ impl Floor {
             if let Some(e) = self.slots.get(i).and_then(|&s| self.entries.get_mut(s)) {
                 e[1] = e[1].wrapping_add(std::hint::black_box(e[0]) | 1);
             }
-            let changes = matches!(d.get(1), Some(&t)
-                if t == MsgType::Open.request_byte() || t == MsgType::Close.request_byte());
-            if self.log.is_some() && changes {
+            if self.log.is_some() && changes_state(d) {
                 let record = d.get(..LOG_RECORD.min(d.len())).unwrap_or_default();
                 self.pending.extend_from_slice(record);
                 self.pending
@@ -94,6 +93,12 @@ impl Floor {
     }
 }
 
+/// Whether a request is an OPEN or a CLOSE (the requests that the floor logs).
+fn changes_state(datagram: &[u8]) -> bool {
+    matches!(datagram.get(1), Some(&t)
+        if t == MsgType::Open.request_byte() || t == MsgType::Close.request_byte())
+}
+
 /// The table slot of a request's token id (header bytes 8–23).
 fn entry_index(datagram: &[u8], len: usize) -> usize {
     let mut id = [0u8; 8];
@@ -103,22 +108,23 @@ fn entry_index(datagram: &[u8], len: usize) -> usize {
     (u64::from_le_bytes(id) % len.max(1) as u64) as usize
 }
 
-/// The AEAD work of the floor on one datagram, in `scratch`: opens it as a request sealed
-/// under `key` with epoch 1 and counter 1, then seals a body of the same size. Returns whether
-/// the open succeeded (never for the load generator's requests: the key is not the token's).
+/// The AEAD work of the floor on one datagram, through the codec as the server does it: the
+/// cheap checks, the open of a copy in `scratch` (the server's path after the lookup), then the
+/// seal of a reply of the type's size into `scratch`. Returns whether the open succeeded (never
+/// for the load generator's requests: `key` is not the token's).
 pub fn aead_work(key: &PacketKey, datagram: &[u8], scratch: &mut [u8; MAX_DATAGRAM]) -> bool {
+    let Ok(unchecked) = check_request(datagram) else {
+        return false;
+    };
+    let (msg_type, header) = (unchecked.msg_type, *unchecked.header);
     let Some(copy) = scratch.get_mut(..datagram.len()) else {
         return false;
     };
     copy.copy_from_slice(datagram);
-    if copy.len() < HEADER_LEN + TAG_LEN {
-        return false;
-    }
-    let (aad, body) = copy.split_at_mut(HEADER_LEN);
-    let opened = key.open_in_place(1, 1, aad, body).is_ok();
-    let plain = body.len() - TAG_LEN;
-    if let Some(reply) = body.get_mut(..plain) {
-        std::hint::black_box(key.seal_in_place(1, 2, aad, reply).ok());
+    let opened = open_checked_request(key, msg_type, copy).is_ok();
+    let zeros = [0u8; MAX_DATAGRAM];
+    if let Some(reply_body) = zeros.get(..msg_type.reply_body_len()) {
+        std::hint::black_box(seal_reply(key, 1, &header, reply_body, scratch).ok());
     }
     opened
 }

@@ -9,8 +9,7 @@ use std::time::Duration;
 use zoftoken_bench::echo;
 use zoftoken_loadgen::{run, IoChoice, LoadConfig, TokenSet};
 use zoftoken_net::{DriverKind, MAX_DATAGRAM};
-use zoftoken_proto::aead::PacketKey;
-use zoftoken_proto::wire::{HEADER_LEN, TAG_LEN};
+use zoftoken_proto::wire::{MsgType, HEADER_LEN};
 
 #[test]
 fn echo_server_echoes_every_request() {
@@ -47,19 +46,20 @@ fn echo_server_with_the_floor_still_echoes_every_request() {
 /// The floor's AEAD work is real: a datagram sealed under its key opens, a changed one does not.
 #[test]
 fn aead_work_opens_what_its_key_sealed() {
-    let key = PacketKey::new([7; 32]);
-    let mut datagram = [0u8; 72];
-    datagram[..HEADER_LEN].fill(3);
-    let (aad, body) = datagram.split_at_mut(HEADER_LEN);
-    let plain = body.len() - TAG_LEN;
-    let tag = key.seal_in_place(1, 1, aad, &mut body[..plain]).unwrap();
-    body[plain..].copy_from_slice(&tag);
+    let fixture = zoftoken_bench::Fixture::new();
+    let key = &fixture.keys.d2s;
+    let (_, request, _) = fixture
+        .packets
+        .iter()
+        .find(|(t, _, _)| *t == MsgType::Status)
+        .unwrap();
+    let mut datagram = request.clone();
     let mut scratch = [0u8; MAX_DATAGRAM];
-    assert!(echo::aead_work(&key, &datagram, &mut scratch));
+    assert!(echo::aead_work(key, &datagram, &mut scratch));
     datagram[40] ^= 1;
-    assert!(!echo::aead_work(&key, &datagram, &mut scratch));
+    assert!(!echo::aead_work(key, &datagram, &mut scratch));
     assert!(!echo::aead_work(
-        &key,
+        key,
         &datagram[..HEADER_LEN + 8],
         &mut scratch
     ));
