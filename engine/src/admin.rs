@@ -288,6 +288,7 @@ impl Engine {
             flags: FLAG_TOTP,
             otp_drift: 0,
             version: 0,
+            recent: u32::MAX,
         };
         batch.mutations.push(Mutation::TokenCreated {
             token_id: id,
@@ -878,6 +879,7 @@ impl Engine {
                 if !keep {
                     if let Some(e) = table.get_mut(*slot) {
                         e.flags &= !crate::state::FLAG_HAS_WINDOW;
+                        e.recent = u32::MAX;
                     }
                 }
                 keep
@@ -990,6 +992,7 @@ impl Engine {
             } | if totp { FLAG_TOTP } else { 0 },
             otp_drift: status.otp_drift,
             version: status.version,
+            recent: u32::MAX,
         };
         let mut shard = self.shard(&status.token_id.0);
         let slot = match shard.table.find(&entry.id) {

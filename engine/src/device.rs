@@ -9,7 +9,7 @@ use zoftoken_proto::clock::{is_fresh, offset_ms};
 use zoftoken_proto::packet::{open_checked_request, seal_reply, OpenedRequest};
 use zoftoken_proto::pairing::Ephemeral;
 use zoftoken_proto::pin::{check_proof, PinMatch};
-use zoftoken_proto::replay::ReplayWindow;
+use zoftoken_proto::replay::{compact_accept, compact_check, ReplayWindow};
 use zoftoken_proto::wire::{
     check_request, Be16, Be32, Be64, MsgType, PairInitReply, RequestBody, StatusBlock,
     TxDecideReply, TxFetchReply, SERVICE_FLAG_DURESS, TX_MESSAGE_MAX, VERIFIER_FLAG_DURESS,
@@ -231,6 +231,9 @@ impl Engine {
             return seal_reply(&c.keys.s2d, self.epoch, &req.header, block.as_bytes(), out)
                 .map_err(|_| DropReason::WrongLength);
         }
+        // The candidate's window becomes the token's: compact in the entry when it can be
+        // (always, unless earlier PAIR_COMPLETEs left an unseen counter far below).
+        let compact = c.window.to_compact();
         let entry = TokenEntry {
             id: *id,
             secret: *c.secret.expose(),
@@ -238,7 +241,7 @@ impl Engine {
             s2d: c.keys.s2d.clone(),
             pin: body.pin_verifier,
             duress: body.duress_verifier,
-            highest: counter,
+            highest: c.window.highest(),
             open_until_ms: 0,
             offset_ms: c.offset_ms,
             last_seen_s: (now_ms / 1000) as u32,
@@ -246,11 +249,16 @@ impl Engine {
             service: service_index,
             state: TokenState::Closed,
             failures: 0,
-            flags: FLAG_HAS_WINDOW | if with_duress { FLAG_HAS_DURESS } else { 0 },
+            flags: if compact.is_none() {
+                FLAG_HAS_WINDOW
+            } else {
+                0
+            } | if with_duress { FLAG_HAS_DURESS } else { 0 },
             otp_drift: 0,
             version: 0,
+            recent: compact.unwrap_or(u32::MAX),
         };
-        let window = c.window.clone();
+        let window = compact.is_none().then(|| c.window.clone());
         let reply_key = c.keys.s2d.clone();
         pending.remove(id);
         let mut shard = self.shard(id);
@@ -267,7 +275,10 @@ impl Engine {
             }
             None => shard.table.insert(entry),
         };
-        shard.windows.insert(slot, (window, now_ms));
+        match window {
+            Some(w) => shard.windows.insert(slot, (w, now_ms)),
+            None => shard.windows.remove(&slot),
+        };
         shard.presence.remove(&slot);
         let e = shard.table.get_mut(slot).ok_or(DropReason::UnknownToken)?;
         batch.mutations.push(Mutation::DeletePending(TokenId(*id)));
@@ -318,7 +329,7 @@ impl Engine {
             ..
         } = &mut *guard;
         let e = table.get(slot).ok_or(DropReason::UnknownToken)?;
-        let (highest, offset, state) = (e.highest, e.offset_ms, e.state);
+        let (highest, recent, offset, state) = (e.highest, e.recent, e.offset_ms, e.state);
         let has_window = e.flags & FLAG_HAS_WINDOW != 0;
         // A re-enrolled token: the new app's PAIR_COMPLETE is under the candidate key.
         if state == TokenState::Pending && msg_type == MsgType::PairComplete {
@@ -342,15 +353,19 @@ impl Engine {
         }
         let req = open_checked_request(&e.d2s, msg_type, datagram)?;
         let counter = req.header.counter.get();
-        // Replay (SPEC.md §8.1). A token without a window entry has seen everything up to
-        // `highest`; the next counter in order needs no window at all (the common case).
-        let in_order = !has_window && counter == highest.wrapping_add(1);
-        let window_ok = if in_order {
-            true
-        } else if has_window {
-            windows.get(&slot).is_some_and(|w| w.0.check(counter))
+        // Replay (SPEC.md §8.1): the compact window in the entry, or the whole window in the
+        // shard's map while the token has an unseen counter more than 32 below its highest.
+        let mut whole = if has_window {
+            windows.get_mut(&slot)
         } else {
-            ReplayWindow::restored(highest).check(counter)
+            None
+        };
+        // (A flag without its map entry cannot happen; if it did, the window reads as
+        // restored: everything up to `highest` seen.)
+        let recent = if has_window { u32::MAX } else { recent };
+        let window_ok = match &whole {
+            Some(w) => w.0.check(counter),
+            None => compact_check(highest, recent, counter),
         };
         if !window_ok {
             return Err(DropReason::Replayed);
@@ -360,16 +375,29 @@ impl Engine {
         if !resync && !is_fresh(device_time, now_ms, offset) {
             return Err(DropReason::Stale);
         }
-        if !in_order {
-            let w = windows
-                .entry(slot)
-                .or_insert_with(|| (ReplayWindow::restored(highest), now_ms));
-            w.0.accept(counter);
-            w.1 = now_ms;
-        }
         let e = table.get_mut(slot).ok_or(DropReason::UnknownToken)?;
-        if !in_order {
-            e.flags |= FLAG_HAS_WINDOW;
+        match whole.as_mut() {
+            Some(w) => {
+                w.0.accept(counter);
+                w.1 = now_ms;
+                if let Some(recent) = w.0.to_compact() {
+                    e.recent = recent;
+                    e.flags &= !FLAG_HAS_WINDOW;
+                    windows.remove(&slot);
+                }
+            }
+            None => match compact_accept(highest, recent, counter) {
+                Some((_, recent)) => {
+                    e.recent = recent;
+                    e.flags &= !FLAG_HAS_WINDOW;
+                }
+                None => {
+                    let mut w = ReplayWindow::from_compact(highest, recent);
+                    w.accept(counter);
+                    windows.insert(slot, (w, now_ms));
+                    e.flags |= FLAG_HAS_WINDOW;
+                }
+            },
         }
         e.highest = e.highest.max(counter);
         e.last_seen_s = (now_ms / 1000) as u32;

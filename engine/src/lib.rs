@@ -173,7 +173,8 @@ pub(crate) struct Counters {
 
 pub(crate) struct Shard {
     pub table: table::Table,
-    /// Replay windows of recently active tokens (SPEC.md §8.1); others are `restored(H)`.
+    /// Whole replay windows (SPEC.md §8.1) of the tokens with an unseen counter more than 32
+    /// below their highest; every other token's window is compact, in its entry.
     pub windows: HashMap<u32, (ReplayWindow, u64)>,
     /// `(open_until_ms, slot)` of open tokens, for expiry events.
     pub timers: state::Timers,

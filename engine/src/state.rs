@@ -70,7 +70,8 @@ pub const MAX_FAILURES: u8 = 3;
 
 pub(crate) const FLAG_HAS_DURESS: u8 = 0x01;
 pub(crate) const FLAG_OPEN_DURESS: u8 = 0x02;
-/// The token has an entry in its shard's replay-window map.
+/// The token's replay window is in its shard's window map (it has an unseen counter more
+/// than 32 below its highest); otherwise it is the entry's `highest` and `recent`.
 pub(crate) const FLAG_HAS_WINDOW: u8 = 0x04;
 /// The token has an entry in its shard's expiry heap (at most one per token).
 pub(crate) const FLAG_TIMER: u8 = 0x08;
@@ -158,8 +159,8 @@ pub(crate) fn schedule_expiry(timers: &mut Timers, e: &mut TokenEntry, slot: u32
 /// overwritten or dropped (see `Drop`). Cold data (username) lives in storage only.
 ///
 /// Field order is the memory layout (`repr(C)`): what every packet touches (id, counters,
-/// times, flags, both packet keys: the first 120 bytes) comes first, so that STATUS and CLOSE
-/// read two or three cache lines of the entry rather than all four.
+/// times, flags, the compact replay window, both packet keys: the first 128 bytes) comes
+/// first, so that STATUS and CLOSE read two cache lines of the entry rather than all four.
 #[derive(Clone)]
 #[repr(C)]
 pub(crate) struct TokenEntry {
@@ -177,6 +178,10 @@ pub(crate) struct TokenEntry {
     /// Bumped at every persisted change: storage keeps the newest version of a token's state
     /// even when two threads' group commits land in the other order.
     pub version: u32,
+    /// The replay window's counters just below `highest` (`zoftoken_proto::replay`'s compact
+    /// form; all seen after a restart). Meaningless while [`FLAG_HAS_WINDOW`] is set: the
+    /// shard's window map then holds the whole window.
+    pub recent: u32,
     pub d2s: zoftoken_proto::aead::PacketKey,
     pub s2d: zoftoken_proto::aead::PacketKey,
     pub pin: [u8; 32],

@@ -259,6 +259,7 @@ mod tests {
             flags: 0,
             otp_drift: 0,
             version: 0,
+            recent: u32::MAX,
         }
     }
 

@@ -1031,6 +1031,43 @@ fn out_of_order_counters_are_accepted_once_and_never_lower_the_highest() {
 }
 
 #[test]
+fn late_counters_far_and_near_below_the_highest_are_accepted_once() {
+    // 20 late requests fit the window kept in the token's entry; 45 need the whole window
+    // (an unseen counter more than 32 below the highest). Both accept each exactly once.
+    for n in [20usize, 45] {
+        let mut w = World::new();
+        let mut p = w.pair("bank", "alice", false);
+        let mut sent = Vec::new();
+        for _ in 0..n {
+            let mut out = [0u8; 1200];
+            let tx = p
+                .token
+                .request(&mut p.store, Request::Status, w.now, &mut out)
+                .unwrap();
+            sent.push(out[..tx.len].to_vec());
+        }
+        let last = sent.pop().unwrap();
+        assert!(w.deliver(&last).is_ok());
+        // The late ones, odd positions first and then the even ones, each from the top.
+        let order: Vec<usize> = (0..sent.len())
+            .rev()
+            .filter(|i| i % 2 == 1)
+            .chain((0..sent.len()).rev().filter(|i| i % 2 == 0))
+            .collect();
+        for (k, &i) in order.iter().enumerate() {
+            assert!(w.deliver(&sent[i]).is_ok(), "n {n}: late request {i}");
+            // Everything delivered so far stays refused.
+            for &j in &order[..=k] {
+                assert_eq!(w.deliver(&sent[j]), Err(DropReason::Replayed), "n {n}: {j}");
+            }
+            assert_eq!(w.deliver(&last), Err(DropReason::Replayed));
+        }
+        let r = w.send(&mut p, Request::Status);
+        assert!(r.is_ok(), "n {n}: {r:?}");
+    }
+}
+
+#[test]
 fn metrics_count_packets_drops_and_events() {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
     let recorder = DebuggingRecorder::new();

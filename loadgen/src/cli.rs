@@ -84,6 +84,10 @@ pub struct LoadgenArgs {
     /// disjoint tokens do not disturb each other's counters.
     #[arg(long, default_value_t = 0)]
     pub first_token: u64,
+    /// Seed of the sequence of tokens and request kinds (default: from the clock, a new
+    /// sequence every run, as phones' traffic is; give one to repeat a run's choices).
+    #[arg(long, value_name = "N")]
+    pub sequence_seed: Option<u64>,
     /// Print only the JSON line on stdout, no human summary (set by the binary's `--json`).
     #[arg(skip)]
     pub json: bool,
@@ -111,6 +115,7 @@ impl LoadgenArgs {
         c.counters_file = self.counters.clone();
         c.acked_file = self.acked.clone();
         c.first_token = self.first_token;
+        c.sequence_seed = self.sequence_seed;
         Ok(c)
     }
 

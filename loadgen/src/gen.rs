@@ -144,6 +144,12 @@ pub struct LoadConfig {
     /// Use only the tokens from this index of the set on (two generators on disjoint tokens
     /// never disturb each other's counters). Default 0.
     pub first_token: u64,
+    /// Seed of the run's sequence of (token, request kind) choices; `None`: from the clock,
+    /// so that every run makes its own choices, as phones do. (With one fixed sequence,
+    /// every run would send each token the same kinds of requests: a token drawn for
+    /// STATUS only would send nothing but STATUS in every run, so its counter would run far
+    /// ahead of the last one the server persisted, SPEC.md §8.2, unlike a phone's.)
+    pub sequence_seed: Option<u64>,
 }
 
 impl LoadConfig {
@@ -166,6 +172,7 @@ impl LoadConfig {
             acked_file: None,
             stop: None,
             first_token: 0,
+            sequence_seed: None,
         }
     }
 }
@@ -466,6 +473,11 @@ pub fn run(config: &LoadConfig, mut progress: impl FnMut(&Progress)) -> Result<S
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64)
     });
+    let sequence = config.sequence_seed.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
     let threads = config.threads.min(n_tokens as usize).max(1);
     let saved = match &config.counters_file {
         Some(path) => Some(read_counters(path, n_tokens)?),
@@ -503,7 +515,8 @@ pub fn run(config: &LoadConfig, mut progress: impl FnMut(&Progress)) -> Result<S
                     let counters = initial(t, tokens.len());
                     barrier.wait();
                     let start = Instant::now();
-                    Worker::new(config, t, threads, tokens, sock, counters, &sh).run(start)
+                    Worker::new(config, (t, threads), sequence, tokens, sock, counters, &sh)
+                        .run(start)
                 }))
             })
             .collect();
@@ -747,8 +760,8 @@ struct Worker<'a> {
 impl<'a> Worker<'a> {
     fn new(
         config: &'a LoadConfig,
-        t: usize,
-        threads: usize,
+        (t, threads): (usize, usize),
+        sequence: u64,
         tokens: Vec<DeviceToken>,
         sock: Sock,
         counters: Vec<u64>,
@@ -762,7 +775,10 @@ impl<'a> Worker<'a> {
             counters,
             sock,
             shared,
-            rng: (config.tokens.seed() ^ (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1,
+            rng: (config.tokens.seed()
+                ^ sequence.wrapping_mul(0xD6E8_FEB8_6659_FD93)
+                ^ (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                | 1,
             next_endpoint: t,
             rate: config.rate.map(|r| r as f64 / threads as f64),
             inflight: HashMap::with_capacity(config.window * 2),
@@ -779,7 +795,7 @@ impl<'a> Worker<'a> {
     }
 
     fn next(&mut self) -> u64 {
-        // xorshift64*: reproducible and cheap.
+        // xorshift64*: cheap, and reproducible with a fixed `sequence_seed`.
         self.rng ^= self.rng >> 12;
         self.rng ^= self.rng << 25;
         self.rng ^= self.rng >> 27;
