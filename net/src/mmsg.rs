@@ -114,12 +114,6 @@ impl Driver for MmsgDriver {
             return Ok(0);
         }
         let fd = self.socket.as_raw_fd();
-        if !timeout.is_zero() {
-            let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
-            if !poll_fd(fd, libc::POLLIN, ms) {
-                return Ok(0);
-            }
-        }
         self.scratch.ensure(free);
         let name_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         for i in 0..free {
@@ -128,27 +122,48 @@ impl Driver for MmsgDriver {
                 self.scratch.link(i, ptr, MAX_DATAGRAM, name_len);
             }
         }
-        // SAFETY: the first `free` headers point at `free` distinct, writable buffers of
-        // MAX_DATAGRAM bytes in `into` (borrowed mutably for this call) and at address slots
-        // of `name_len` bytes in `self.scratch`; the kernel writes within those bounds.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.scratch.hdrs.as_mut_ptr(),
-                free as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if !would_block(&e) {
-                DriverStats::add(&self.stats.recv_errors, 1);
+        let hdrs = self.scratch.hdrs.as_mut_ptr();
+        let receive = || {
+            // SAFETY: the first `free` headers point at `free` distinct, writable buffers of
+            // MAX_DATAGRAM bytes in `into` (borrowed mutably for this call) and at address
+            // slots of `name_len` bytes in `self.scratch`; the kernel writes within those
+            // bounds.
+            let n = unsafe {
+                libc::recvmmsg(
+                    fd,
+                    hdrs,
+                    free as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
             }
-            return Ok(0);
+        };
+        // Under load datagrams are waiting: take them without a `poll` first, and wait
+        // only when there were none.
+        let mut received = receive();
+        if !timeout.is_zero() && received.as_ref().is_err_and(would_block) {
+            let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+            if !poll_fd(fd, libc::POLLIN, ms) {
+                return Ok(0);
+            }
+            received = receive();
         }
+        let n = match received {
+            Ok(n) => n,
+            Err(e) => {
+                if !would_block(&e) {
+                    DriverStats::add(&self.stats.recv_errors, 1);
+                }
+                return Ok(0);
+            }
+        };
         let mut kept = start;
-        for i in 0..n as usize {
+        for i in 0..n {
             let (Some(hdr), Some(addr)) = (self.scratch.hdrs.get(i), self.scratch.addrs.get(i))
             else {
                 break;
