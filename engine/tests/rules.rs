@@ -54,6 +54,20 @@ fn services() -> Vec<ServiceConfig> {
 }
 
 impl World {
+    /// `n` STATUS requests the phone built (counters in order), none delivered yet.
+    fn status_requests(&self, p: &mut Phone, n: usize) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|_| {
+                let mut out = [0u8; 1200];
+                let tx = p
+                    .token
+                    .request(&mut p.store, Request::Status, self.now, &mut out)
+                    .unwrap();
+                out[..tx.len].to_vec()
+            })
+            .collect()
+    }
+
     fn new() -> World {
         let engine = Engine::new(EngineConfig::new(services(), 7, [9; 32])).unwrap();
         let events = engine.events().subscribe();
@@ -1005,15 +1019,7 @@ fn out_of_order_counters_are_accepted_once_and_never_lower_the_highest() {
     let mut w = World::new();
     let mut p = w.pair("bank", "alice", false);
     // Three requests leave the phone; the network delivers them 3, 1, 2.
-    let mut sent = Vec::new();
-    for _ in 0..3 {
-        let mut out = [0u8; 1200];
-        let tx = p
-            .token
-            .request(&mut p.store, Request::Status, w.now, &mut out)
-            .unwrap();
-        sent.push(out[..tx.len].to_vec());
-    }
+    let sent = w.status_requests(&mut p, 3);
     assert!(w.deliver(&sent[2]).is_ok());
     assert!(w.deliver(&sent[0]).is_ok());
     assert!(w.deliver(&sent[1]).is_ok());
@@ -1037,15 +1043,7 @@ fn late_counters_far_and_near_below_the_highest_are_accepted_once() {
     for n in [20usize, 45] {
         let mut w = World::new();
         let mut p = w.pair("bank", "alice", false);
-        let mut sent = Vec::new();
-        for _ in 0..n {
-            let mut out = [0u8; 1200];
-            let tx = p
-                .token
-                .request(&mut p.store, Request::Status, w.now, &mut out)
-                .unwrap();
-            sent.push(out[..tx.len].to_vec());
-        }
+        let mut sent = w.status_requests(&mut p, n);
         let last = sent.pop().unwrap();
         assert!(w.deliver(&last).is_ok());
         // The late ones, odd positions first and then the even ones, each from the top.
