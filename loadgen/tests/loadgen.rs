@@ -315,6 +315,35 @@ fn a_rate_is_kept_when_sending_in_groups() {
 }
 
 #[test]
+fn each_run_draws_its_own_sequence_unless_a_seed_is_given() {
+    // The (type, token id) of the first 40 requests a run sends.
+    let first_requests = |seed: Option<u64>| {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let responder = Responder::start(move |_, _, d, out| {
+            let mut seen = record.lock().unwrap();
+            if seen.len() < 40 && d.len() >= 24 {
+                seen.push((d[1], d[8..24].to_vec()));
+            }
+            out[..d.len()].copy_from_slice(d);
+            Some(d.len())
+        });
+        let set = TokenSet::new("demo", 5, 1000);
+        let mut c = config(vec![responder.addr], &set, IoChoice::Std);
+        c.duration = Duration::from_millis(200);
+        c.rate = Some(1_000);
+        c.sequence_seed = seed;
+        run(&c, |_| {}).unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 40);
+        seen
+    };
+    assert_eq!(first_requests(Some(7)), first_requests(Some(7)));
+    assert_ne!(first_requests(Some(7)), first_requests(Some(8)));
+    assert_ne!(first_requests(None), first_requests(None));
+}
+
+#[test]
 fn invalid_configurations_are_refused() {
     let set = TokenSet::new("demo", 1, 10);
     assert!(run(&LoadConfig::new(vec![], set.clone()), |_| {}).is_err());
