@@ -85,7 +85,8 @@ pub struct LoadgenArgs {
     #[arg(long, default_value_t = 0)]
     pub first_token: u64,
     /// Seed of the sequence of tokens and request kinds (default: from the clock, a new
-    /// sequence every run, as phones' traffic is; give one to repeat a run's choices).
+    /// sequence every run, as phones' traffic is; printed at the start; give one to repeat a
+    /// run's choices).
     #[arg(long, value_name = "N")]
     pub sequence_seed: Option<u64>,
     /// Print only the JSON line on stdout, no human summary (set by the binary's `--json`).
@@ -139,9 +140,16 @@ impl LoadgenArgs {
         }
         let mut config = config;
         config.stop = Some(stop);
+        // Drawn here rather than in `run`, so that it is printed and a run can be repeated.
+        let sequence = *config.sequence_seed.get_or_insert_with(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
         let tty = std::io::stderr().is_terminal();
         eprintln!(
-            "loadgen: {} tokens of {:?} (seed {}), {} thread(s), window {}, {} for {:.1} s → {:?}",
+            "loadgen: {} tokens of {:?} (seed {}, sequence {sequence}), {} thread(s), window {}, \
+             {} for {:.1} s → {:?}",
             config.tokens.count(),
             config.tokens.service(),
             config.tokens.seed(),
