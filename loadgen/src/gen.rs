@@ -629,9 +629,18 @@ fn read_counters(path: &std::path::Path, count: u64) -> Result<Vec<u64>, LoadErr
         .collect())
 }
 
-/// Writes the next counters to `path` atomically.
+/// Writes the next counters to `path` atomically. Each token's counter written is the higher
+/// of this run's and the file's: another generator that used the same file meanwhile (a
+/// mistake: the two runs reuse counters, and the server drops those as replays) cannot make
+/// it go back, so the next run starts above every counter either used.
 fn write_counters(path: &std::path::Path, counters: &[u64]) -> Result<(), LoadError> {
-    let bytes: Vec<u8> = counters.iter().flat_map(|c| c.to_le_bytes()).collect();
+    let now = read_counters(path, counters.len() as u64).unwrap_or_default();
+    let bytes: Vec<u8> = counters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| now.get(i).map_or(*c, |n| (*c).max(*n)))
+        .flat_map(|c| c.to_le_bytes())
+        .collect();
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, &bytes)
         .and_then(|()| std::fs::rename(&tmp, path))
@@ -1031,5 +1040,22 @@ impl<'a> Worker<'a> {
         *lock(&self.shared.counts) = self.counts;
         lock(&self.shared.interval).merge(&self.interval);
         self.interval.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counters_written_never_go_back() {
+        let dir = std::env::temp_dir().join(format!("zoftoken-counters-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("counters");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(super::read_counters(&path, 3).unwrap(), vec![1, 1, 1]);
+        super::write_counters(&path, &[5, 1, 9]).unwrap();
+        // A run that started from the older file writes lower counters for some tokens.
+        super::write_counters(&path, &[3, 7, 9]).unwrap();
+        assert_eq!(super::read_counters(&path, 3).unwrap(), vec![5, 7, 9]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
