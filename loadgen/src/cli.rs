@@ -141,11 +141,9 @@ impl LoadgenArgs {
         let mut config = config;
         config.stop = Some(stop);
         // Drawn here rather than in `run`, so that it is printed and a run can be repeated.
-        let sequence = *config.sequence_seed.get_or_insert_with(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        });
+        let sequence = *config
+            .sequence_seed
+            .get_or_insert_with(crate::gen::clock_sequence_seed);
         let tty = std::io::stderr().is_terminal();
         eprintln!(
             "loadgen: {} tokens of {:?} (seed {}, sequence {sequence}), {} thread(s), window {}, \

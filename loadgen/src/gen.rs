@@ -473,11 +473,7 @@ pub fn run(config: &LoadConfig, mut progress: impl FnMut(&Progress)) -> Result<S
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64)
     });
-    let sequence = config.sequence_seed.unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-    });
+    let sequence = config.sequence_seed.unwrap_or_else(clock_sequence_seed);
     let threads = config.threads.min(n_tokens as usize).max(1);
     let saved = match &config.counters_file {
         Some(path) => Some(read_counters(path, n_tokens)?),
@@ -606,6 +602,14 @@ pub fn run(config: &LoadConfig, mut progress: impl FnMut(&Progress)) -> Result<S
             max_us: hist.max(),
         })
     })
+}
+
+/// A sequence seed from the clock (what `LoadConfig::sequence_seed: None` uses): a new one
+/// every run.
+pub(crate) fn clock_sequence_seed() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Each token's next counter from `path` (absent: all 1).

@@ -49,7 +49,7 @@ pub fn compact_accept(highest: u64, recent: u32, counter: u64) -> Option<(u64, u
         // `delta - 1`, old bit j on `delta + j`, the counters in between are unseen.
         match counter - highest {
             delta if delta < COMPACT_WINDOW => {
-                let kept = recent.checked_shl(delta as u32).unwrap_or(0);
+                let kept = recent << delta;
                 // The bits shifted out must all be seen (they become "everything below").
                 let shifted_out = recent >> (COMPACT_WINDOW - delta);
                 (shifted_out == (1u32 << delta) - 1)
