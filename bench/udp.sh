@@ -12,7 +12,8 @@
 # The generator does the same work per packet in both runs (seals real requests, tries to
 # open every reply; an echoed request fails to open and is counted as an echo).
 # Ends with one JSON line: {"echo_pps":…,"zoftoken_pps":…,"ratio":…,"p99_us":…,"floor_pps":…,
-# "floor_ratio":…}
+# "floor_ratio":…,"echo_p99_us":…,"floor_p99_us":…} (the last two: the echo server's and the
+# floor's p99 at zoftoken's half rate, the machine's own latency there; not targets).
 # Knobs (environment): TOKENS (1000000), DURATION (s, 10), IO (mmsg|uring|auto, mmsg),
 # THREADS (server and echo IO threads, 2), LOADGEN_THREADS (1), WINDOW (64), ROUNDS (3:
 # alternations of echo and zoftoken, medians compared).
@@ -94,23 +95,33 @@ done
 echo_json=$(median_by answered_pps "${echos[@]}")
 zt_json=$(median_by answered_pps "${zts[@]}")
 floor_json=$(median_by answered_pps "${floors[@]}")
-# The latency at half the median maximum, ROUNDS times; the run with the median p99.
+# The latency at half the median maximum, ROUNDS times; the run with the median p99. The
+# echo server and the floor at the same rate, alternated with it, give the machine's own
+# latency at that rate (context, not part of the target).
 zt_pps=$(field "$zt_json" answered_pps)
 half=$(( ${zt_pps%.*} / 2 ))
 halves=()
+echo_halves=()
+floor_halves=()
 for round in $(seq 1 "$rounds"); do
   halves+=("$(run_load "127.0.0.1:$port_zt" --rate "$half" --counters "$work/counters")")
   echo "zoftoken at $half/s ($round): ${halves[-1]}" >&2
+  echo_halves+=("$(run_load "127.0.0.1:$port_echo" --rate "$half")")
+  echo "echo at $half/s ($round):     ${echo_halves[-1]}" >&2
+  floor_halves+=("$(run_load "127.0.0.1:$port_floor" --rate "$half")")
+  echo "floor at $half/s ($round):    ${floor_halves[-1]}" >&2
 done
 half_json=$(median_by p99_us "${halves[@]}")
+echo_half_json=$(median_by p99_us "${echo_halves[@]}")
+floor_half_json=$(median_by p99_us "${floor_halves[@]}")
 kill -TERM "$server_pid"
 wait "$server_pid" || true
 tail -3 "$log" >&2
 
-python3 - "$echo_json" "$zt_json" "$half_json" "$floor_json" <<'PY'
+python3 - "$echo_json" "$zt_json" "$half_json" "$floor_json" "$echo_half_json" "$floor_half_json" <<'PY'
 import json, sys
-echo, zt, half, floor = (json.loads(a) for a in sys.argv[1:5])
+echo, zt, half, floor, echo_half, floor_half = (json.loads(a) for a in sys.argv[1:7])
 e, z, f = echo["answered_pps"], zt["answered_pps"], floor["answered_pps"]
-print(f"echo {e:.0f}/s, zoftoken {z:.0f}/s, ratio {z / e:.3f}; p99 at half rate {half['p99_us']} µs (lost {half['lost']}); floor {f:.0f}/s, {f / e:.3f} of echo", file=sys.stderr)
-print(json.dumps({"echo_pps": round(e), "zoftoken_pps": round(z), "ratio": round(z / e, 3), "p99_us": half["p99_us"], "floor_pps": round(f), "floor_ratio": round(f / e, 3)}, separators=(",", ":")))
+print(f"echo {e:.0f}/s, zoftoken {z:.0f}/s, ratio {z / e:.3f}; p99 at half rate {half['p99_us']} µs (lost {half['lost']}; echo {echo_half['p99_us']} µs, floor {floor_half['p99_us']} µs at that rate); floor {f:.0f}/s, {f / e:.3f} of echo", file=sys.stderr)
+print(json.dumps({"echo_pps": round(e), "zoftoken_pps": round(z), "ratio": round(z / e, 3), "p99_us": half["p99_us"], "floor_pps": round(f), "floor_ratio": round(f / e, 3), "echo_p99_us": echo_half["p99_us"], "floor_p99_us": floor_half["p99_us"]}, separators=(",", ":")))
 PY
