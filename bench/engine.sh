@@ -4,9 +4,12 @@
 #     (STATUS 60 %, OPEN 20 %, CLOSE 20 %), each packet fully processed (parse, open, state
 #     change, seal of the reply), in receive batches of 32 with table prefetch;
 #   - the cost of one ChaCha20-Poly1305 open + seal of the same sizes, in the same run;
-#   - resident bytes per token at 1 M and 10 M tokens (RSS before and after loading).
+#   - resident bytes per token at 1 M and 10 M tokens (RSS before and after loading);
+#   - the floor on the same one-thread streams: the AEAD open and seal plus a read and write
+#     of one 224-byte entry in a table of 1 M per packet, no engine (context, not a target).
 # Ends with one JSON line:
-#   {"pps_1t":…,"pps_2t":…,"aead_ns":…,"ns_per_packet":…,"bytes_per_token":…}
+#   {"pps_1t":…,"pps_2t":…,"aead_ns":…,"ns_per_packet":…,"bytes_per_token":…,"floor_pps":…,
+#    "floor_ns":…}
 # where bytes_per_token is the 10 M figure (the target's size).
 # Usage: bench/engine.sh [packets per round, default 2000000]
 set -euo pipefail

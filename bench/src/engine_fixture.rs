@@ -211,6 +211,20 @@ pub fn run_committing(
     replies
 }
 
+/// The whole stream through `floor` ([`crate::echo::Floor`]: the minimum work of any server of
+/// the protocol, with no engine) in batches of 32, as [`run`] takes it through the engine.
+/// The stream is left as it was (the floor opens copies). Returns the packets handled.
+pub fn run_floor(floor: &mut crate::echo::Floor, stream: &Stream) -> usize {
+    let Stream { bytes, packets } = stream;
+    for chunk in packets.chunks(32) {
+        let datagrams = chunk.iter().filter_map(|p| datagram(bytes, p));
+        if let Err(e) = floor.handle_datagrams(datagrams) {
+            panic!("floor: {e}");
+        }
+    }
+    packets.len()
+}
+
 /// Packet `(start, len)` of a stream's bytes.
 fn datagram<'b>(bytes: &'b [u8], &(start, len): &(usize, usize)) -> Option<&'b [u8]> {
     bytes.get(start..start + len)

@@ -43,6 +43,31 @@ fn echo_server_with_the_floor_still_echoes_every_request() {
     );
 }
 
+/// The engine benchmark's floor run takes every packet of a stream through the floor's work,
+/// in batches: its log holds one record per OPEN and CLOSE of the stream.
+#[test]
+fn floor_run_handles_every_packet_of_a_stream() {
+    use zoftoken_bench::engine_fixture::{run_floor, streams};
+    let path = std::env::temp_dir().join(format!("zoftoken-floor-run-{}", std::process::id()));
+    let mut floor = echo::Floor::new(true, 50, Some(std::fs::File::create(&path).unwrap()));
+    let mut counters = vec![1u64; 50];
+    let stream = streams(50, 1, 200, &mut counters, 3).pop().unwrap();
+    let changes = stream
+        .packets
+        .iter()
+        .filter(|&&(start, _)| {
+            let t = stream.bytes[start + 1];
+            t == MsgType::Open.request_byte() || t == MsgType::Close.request_byte()
+        })
+        .count();
+    assert!(changes > 0);
+    assert_eq!(run_floor(&mut floor, &stream), 200);
+    drop(floor);
+    let logged = std::fs::metadata(&path).unwrap().len();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(logged, (changes * echo::LOG_RECORD) as u64);
+}
+
 /// The floor's AEAD work is real: a datagram sealed under its key opens, a changed one does not.
 #[test]
 fn aead_work_opens_what_its_key_sealed() {

@@ -1,7 +1,10 @@
 //! Standalone engine benchmark: loads N tokens, measures resident bytes per token, then
 //! packets per second on one and on two threads (realistic mix, each packet fully processed),
 //! and the cost of one ChaCha20-Poly1305 open + seal of the same sizes in the same run.
-//! Prints one line of figures, then one JSON line.
+//! Also in the same run, on the same one-thread streams: the floor (`echo::Floor` without its
+//! log: the AEAD open and seal through the codec and a read and write of a 224-byte entry in
+//! a table of N, prefetched a batch ahead), the least work any engine of the protocol does
+//! per packet on this machine. Prints one line of figures, then one JSON line.
 //!
 //! `engine-bench [--tokens N] [--packets P] [--rounds R] [--memory-only]`
 #![allow(
@@ -13,7 +16,8 @@
 
 use std::time::Instant;
 
-use zoftoken_bench::engine_fixture::{loaded_engine, rss_bytes, run, streams, NOW_MS};
+use zoftoken_bench::echo::Floor;
+use zoftoken_bench::engine_fixture::{loaded_engine, rss_bytes, run, run_floor, streams, NOW_MS};
 use zoftoken_proto::packet::{open_request, seal_reply};
 use zoftoken_proto::wire::{Be64, MsgType, PlainRequest, StatusBlock};
 use zoftoken_proto::{ReplyStatus, TokenSecret, WireState};
@@ -98,9 +102,14 @@ fn main() {
         eprintln!("pps={:.0}", n as f64 / start.elapsed().as_secs_f64());
         return;
     }
-    let (mut pps1, mut pps2, mut aead) = (Vec::new(), Vec::new(), Vec::new());
+    let mut floor = Floor::new(true, tokens as usize, None);
+    let (mut pps1, mut pps2, mut aead, mut floor_pps) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         let mut one = streams(tokens, 1, packets, &mut counters, 11 + round as u64);
+        let t = Instant::now();
+        let n = run_floor(&mut floor, &one[0]);
+        floor_pps.push(n as f64 / t.elapsed().as_secs_f64());
         let t = Instant::now();
         let n = run(&engine, &mut one[0]);
         pps1.push(n as f64 / t.elapsed().as_secs_f64());
@@ -118,13 +127,15 @@ fn main() {
         aead.push(aead_ns(packets));
     }
     let (pps_1t, pps_2t, aead_ns) = (median(pps1), median(pps2), median(aead));
+    let floor_pps = median(floor_pps);
     let ns_per_packet = 1e9 / pps_1t;
+    let floor_ns = 1e9 / floor_pps;
     println!(
-        "tokens={tokens} packets={packets} rounds={rounds} pps_1t={pps_1t:.0} pps_2t={pps_2t:.0} scaling={:.2} ns_per_packet={ns_per_packet:.1} aead_ns={aead_ns:.1} engine_overhead_ns={:.1} bytes_per_token={bytes_per_token:.1} table_bytes_per_token={table_per_token:.1} load_s={load_s:.2}",
+        "tokens={tokens} packets={packets} rounds={rounds} pps_1t={pps_1t:.0} pps_2t={pps_2t:.0} scaling={:.2} ns_per_packet={ns_per_packet:.1} aead_ns={aead_ns:.1} engine_overhead_ns={:.1} floor_pps={floor_pps:.0} floor_ns={floor_ns:.1} bytes_per_token={bytes_per_token:.1} table_bytes_per_token={table_per_token:.1} load_s={load_s:.2}",
         pps_2t / pps_1t,
         ns_per_packet - aead_ns
     );
     println!(
-        "{{\"pps_1t\":{pps_1t:.0},\"pps_2t\":{pps_2t:.0},\"aead_ns\":{aead_ns:.1},\"ns_per_packet\":{ns_per_packet:.1},\"bytes_per_token\":{bytes_per_token:.1}}}"
+        "{{\"pps_1t\":{pps_1t:.0},\"pps_2t\":{pps_2t:.0},\"aead_ns\":{aead_ns:.1},\"ns_per_packet\":{ns_per_packet:.1},\"bytes_per_token\":{bytes_per_token:.1},\"floor_pps\":{floor_pps:.0},\"floor_ns\":{floor_ns:.1}}}"
     );
 }
