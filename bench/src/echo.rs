@@ -118,6 +118,10 @@ fn entry_index(datagram: &[u8], len: usize) -> usize {
     (u64::from_le_bytes(id) % len.max(1) as u64) as usize
 }
 
+/// The reply body the floor seals (zeros, up to the largest reply): static, so that no
+/// datagram pays for clearing it.
+static REPLY_BODY: [u8; MAX_DATAGRAM] = [0; MAX_DATAGRAM];
+
 /// The AEAD work of the floor on one datagram, through the codec as the server does it: the
 /// cheap checks, the open of a copy in `scratch` (the server's path after the lookup), then the
 /// seal of a reply of the type's size into `scratch`. Returns whether the open succeeded (never
@@ -132,8 +136,7 @@ pub fn aead_work(key: &PacketKey, datagram: &[u8], scratch: &mut [u8; MAX_DATAGR
     };
     copy.copy_from_slice(datagram);
     let opened = open_checked_request(key, msg_type, copy).is_ok();
-    let zeros = [0u8; MAX_DATAGRAM];
-    if let Some(reply_body) = zeros.get(..msg_type.reply_body_len()) {
+    if let Some(reply_body) = REPLY_BODY.get(..msg_type.reply_body_len()) {
         std::hint::black_box(seal_reply(key, 1, &header, reply_body, scratch).ok());
     }
     opened
