@@ -10,9 +10,7 @@
 use std::net::SocketAddr;
 
 use zerocopy::IntoBytes;
-use zoftoken_engine::{
-    Batch, Engine, EngineConfig, PacketOutcome, ServiceConfig, PREFETCH_DISTANCE,
-};
+use zoftoken_engine::{Batch, Engine, EngineConfig, PacketOutcome, Prefetcher, ServiceConfig};
 use zoftoken_loadgen::TokenSet;
 use zoftoken_proto::packet::seal_request;
 use zoftoken_proto::wire::{Be64, MsgType, OpenRequest, PlainRequest};
@@ -146,9 +144,9 @@ pub fn streams(
 /// Processes the packets `range` of a stream as a server would: receive batches of 32
 /// packets, each packet fully (parse, open, state change, seal of the reply), then the batch's
 /// mutations committed (here: discarded) and its events published. With `prefetch`, the
-/// table lines are prefetched as the server does ([`Engine::prefetch_buckets`] for the batch,
-/// [`Engine::prefetch_token`] two packets ahead). Returns the number of
-/// replies; panics if any packet was dropped (a benchmark bug).
+/// table lines are prefetched as the server does ([`Engine::prefetch_batch`] on each batch
+/// before its packets). Returns the number of replies; panics if any packet was dropped (a
+/// benchmark bug).
 pub fn run_range(
     engine: &Engine,
     stream: &mut Stream,
@@ -175,6 +173,7 @@ pub fn run_committing(
     let src: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 40000));
     let mut out = [0u8; 1200];
     let mut batch = Batch::new();
+    let mut prefetcher = Prefetcher::default();
     let mut replies = 0;
     let mut pending = 0;
     let Stream { bytes, packets } = stream;
@@ -182,17 +181,12 @@ pub fn run_committing(
     // Receive batches of 32, as the IO driver hands them over: prefetch, process, commit.
     for chunk in packets.chunks(32) {
         if prefetch {
-            engine.prefetch_buckets(chunk.iter().filter_map(|p| datagram(bytes, p)));
-            for d in chunk.iter().take(PREFETCH_DISTANCE) {
-                engine.prefetch_token(datagram(bytes, d).unwrap_or_default());
-            }
+            engine.prefetch_batch(
+                &mut prefetcher,
+                chunk.iter().filter_map(|p| datagram(bytes, p)),
+            );
         }
-        for (i, (start, len)) in chunk.iter().enumerate() {
-            if prefetch {
-                if let Some(d) = chunk.get(i + PREFETCH_DISTANCE) {
-                    engine.prefetch_token(datagram(bytes, d).unwrap_or_default());
-                }
-            }
+        for (start, len) in chunk {
             let Some(d) = bytes.get_mut(*start..*start + *len) else {
                 continue;
             };

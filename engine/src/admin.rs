@@ -316,7 +316,7 @@ impl Engine {
                     }
                     slot
                 }
-                None => shard.table.insert(entry),
+                None => self.insert_entry(shard, entry),
             };
             shard.windows.remove(&slot);
             shard.presence.remove(&slot);
@@ -1002,7 +1002,7 @@ impl Engine {
                 }
                 slot
             }
-            None => shard.table.insert(entry),
+            None => self.insert_entry(&mut shard, entry),
         };
         let shard = &mut *shard;
         if let Some(e) = shard.table.get_mut(slot) {

@@ -273,7 +273,7 @@ impl Engine {
                 }
                 slot
             }
-            None => shard.table.insert(entry),
+            None => self.insert_entry(&mut shard, entry),
         };
         match window {
             Some(w) => shard.windows.insert(slot, (w, now_ms)),

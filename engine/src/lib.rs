@@ -34,6 +34,7 @@ pub mod state;
 mod table;
 
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use rand_chacha::ChaCha20Rng;
@@ -186,6 +187,8 @@ pub(crate) struct Shard {
     /// Long-poll waiters by token id (woken at the token's next change).
     pub watchers: HashMap<[u8; 16], Vec<futures_channel::oneshot::Sender<()>>>,
     pub counters: Counters,
+    /// The table's view version last published in [`Engine`]'s views.
+    pub view_version: u64,
 }
 
 /// A replay window idle this long collapses to "everything up to the highest counter seen":
@@ -198,6 +201,10 @@ pub struct Engine {
     authkeys: RwLock<Arc<Authkeys>>,
     shards: Box<[Mutex<Shard>]>,
     shard_mask: usize,
+    /// Each shard's table view, for [`Engine::prefetch_batch`] (replaced when a table grows).
+    views: RwLock<Arc<[table::TableView]>>,
+    /// Bumped at each replacement of `views`.
+    views_generation: AtomicU64,
     pending: Mutex<side::Pending>,
     side: Mutex<side::Side>,
     rng: Mutex<ChaCha20Rng>,
@@ -225,12 +232,14 @@ pub(crate) fn state_record(e: &mut state::TokenEntry) -> mutation::TokenStateRec
     }
 }
 
-/// How many packets ahead of the one being processed [`Engine::prefetch_token`] should run.
-/// One packet takes about a microsecond, several DRAM latencies, yet at 2 the entry was
-/// often still missing when its packet came (the first read of the entry held half of
-/// `handle_packet`'s profile samples): on a virtual machine a miss on a large table also
-/// walks nested page tables. Measured at 1 M tokens (BENCHMARKS.md): 6 beats 2 and 12.
-pub const PREFETCH_DISTANCE: usize = 6;
+/// A driver thread's copy of what [`Engine::prefetch_batch`] reads of the token tables
+/// (their indexes and where their entries are), refreshed when a table has grown. One per
+/// thread; [`Default`] is an empty copy, filled at the first batch.
+#[derive(Default)]
+pub struct Prefetcher {
+    generation: u64,
+    views: Option<Arc<[table::TableView]>>,
+}
 
 /// The token id a datagram claims (header bytes 8..24), unauthenticated: for prefetching only.
 fn token_id_hint(datagram: &[u8]) -> Option<[u8; 16]> {
@@ -266,9 +275,12 @@ impl Engine {
                     services: services.clone(),
                     watchers: HashMap::new(),
                     counters: Counters::default(),
+                    view_version: 0,
                 })
             })
             .collect();
+        let views: Arc<[table::TableView]> =
+            shard_list.iter().map(|s| lock(s).table.view()).collect();
         let mut rng_seed = [0u8; 32];
         rand_core::RngCore::fill_bytes(&mut seed_rng, &mut rng_seed);
         Ok(Engine {
@@ -276,6 +288,8 @@ impl Engine {
             authkeys: RwLock::new(Arc::new(authkeys)),
             shards: shard_list.into_boxed_slice(),
             shard_mask: shards - 1,
+            views: RwLock::new(views),
+            views_generation: AtomicU64::new(1),
             pending: Mutex::new(side::Pending::default()),
             side: Mutex::new(side::Side::default()),
             rng: Mutex::new(ChaCha20Rng::from_seed(rng_seed)),
@@ -376,24 +390,55 @@ impl Engine {
         lock(&self.shards[self.shard_of(id)])
     }
 
-    /// A hint before processing a receive batch: brings every packet's index bucket into the
-    /// cache, so that their memory latencies overlap instead of adding up. Then, while
-    /// processing, call [`Engine::prefetch_token`] a few packets ahead of the one being
-    /// handled ([`PREFETCH_DISTANCE`]): by then its bucket has arrived. Optional; has no effect
-    /// on results.
-    pub fn prefetch_buckets<'a>(&self, datagrams: impl Iterator<Item = &'a [u8]>) {
+    /// A hint before processing a receive batch: brings every packet's index bucket, then
+    /// the hot lines of its token entry, into the cache, in two tight loops over the batch
+    /// and without taking any lock, so that the batch's memory latencies and page walks
+    /// overlap instead of adding up (a lock per packet would serialise them: a locked
+    /// instruction waits for the loads before it). Reads the tables' indexes through
+    /// `prefetcher`, the calling thread's copy; a stale copy or a forged id only prefetches
+    /// the wrong lines. Optional; has no effect on results.
+    pub fn prefetch_batch<'a>(
+        &self,
+        prefetcher: &mut Prefetcher,
+        datagrams: impl Iterator<Item = &'a [u8]> + Clone,
+    ) {
+        let generation = self.views_generation.load(Ordering::Acquire);
+        if prefetcher.generation != generation || prefetcher.views.is_none() {
+            prefetcher.views = Some(self.views.read().unwrap_or_else(|p| p.into_inner()).clone());
+            prefetcher.generation = generation;
+        }
+        let Some(views) = &prefetcher.views else {
+            return;
+        };
+        for id in datagrams.clone().filter_map(token_id_hint) {
+            if let Some(v) = views.get(self.shard_of(&id)) {
+                v.prefetch_bucket(&id);
+            }
+        }
         for id in datagrams.filter_map(token_id_hint) {
-            self.shard(&id).table.prefetch_bucket(&id);
+            if let Some(v) = views.get(self.shard_of(&id)) {
+                v.prefetch_entry(&id);
+            }
         }
     }
 
-    /// Prefetch step 2 for one packet: reads its index bucket (brought in by
-    /// [`Engine::prefetch_buckets`]) and brings the hot lines of its token entry into the
-    /// cache. A hint only; has no effect on results.
-    pub fn prefetch_token(&self, datagram: &[u8]) {
-        if let Some(id) = token_id_hint(datagram) {
-            self.shard(&id).table.prefetch_entry(&id);
+    /// Inserts a new token into its shard's table (the id must not be present there) and
+    /// publishes the table's new view if it grew.
+    pub(crate) fn insert_entry(&self, shard: &mut Shard, entry: state::TokenEntry) -> u32 {
+        let index = self.shard_of(&entry.id);
+        let slot = shard.table.insert(entry);
+        let version = shard.table.view_version();
+        if version != shard.view_version {
+            shard.view_version = version;
+            let mut views = self.views.write().unwrap_or_else(|p| p.into_inner());
+            let mut list = views.to_vec();
+            if let Some(v) = list.get_mut(index) {
+                *v = shard.table.view();
+            }
+            *views = list.into();
+            self.views_generation.fetch_add(1, Ordering::Release);
         }
+        slot
     }
 
     /// The event channel (subscribe to consume events).
@@ -520,5 +565,46 @@ impl Engine {
         list.retain(|s| !s.is_canceled());
         list.push(tx);
         rx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefetch_views_follow_every_table_as_it_grows() {
+        let engine = Engine::new(EngineConfig::new(Vec::new(), 1, [3; 32])).unwrap();
+        let mut prefetcher = Prefetcher::default();
+        let ids: Vec<[u8; 16]> = (0..30_000u32)
+            .map(|n| {
+                *blake3::hash(&n.to_le_bytes())
+                    .as_bytes()
+                    .first_chunk()
+                    .unwrap()
+            })
+            .collect();
+        for (n, id) in ids.iter().enumerate() {
+            let mut shard = engine.shard(id);
+            engine.insert_entry(&mut shard, table::tests::entry(*id));
+            drop(shard);
+            if n % 1000 == 0 {
+                // Prefetching while the tables grow: a stale copy is only a hint.
+                let mut datagram = [0u8; 64];
+                datagram[8..24].copy_from_slice(id);
+                engine.prefetch_batch(&mut prefetcher, [&datagram[..], &[1, 2, 3][..]].into_iter());
+            }
+        }
+        let views = engine.views.read().unwrap().clone();
+        for (shard, view) in engine.shards.iter().zip(views.iter()) {
+            assert!(view.is_current(&lock(shard).table));
+        }
+        let datagram = [0u8; 64];
+        engine.prefetch_batch(&mut prefetcher, std::iter::once(&datagram[..]));
+        assert_eq!(
+            prefetcher.generation,
+            engine.views_generation.load(Ordering::Relaxed)
+        );
+        assert!(Arc::ptr_eq(prefetcher.views.as_ref().unwrap(), &views));
     }
 }

@@ -1,20 +1,106 @@
 //! One shard's token table: entries in a chunked slab (no growth slack beyond one chunk) and
 //! an open-addressing index of 8-byte buckets (`tag ‖ slot + 1`, linear probing, backward-shift
 //! deletion). About 224 + 13–17 bytes per token; see BENCHMARKS.md.
+//!
+//! The index is an array of atomics so that a [`TableView`] can read it without the shard's
+//! lock, to prefetch a whole receive batch's buckets and entries in two tight loops (the
+//! memory latencies and page walks of the batch then overlap; a lock per packet would
+//! serialise them). Only the lock holder writes it; what a view reads is a hint.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 use crate::state::TokenEntry;
 
 const CHUNK: usize = 4096;
+
+/// Buckets [`Table::prefetch_entry`] looks at from a token's home bucket.
+const PREFETCH_PROBES: usize = 8;
 
 /// Slab + index. Slots are stable while a token exists; freed slots are reused.
 pub(crate) struct Table {
     chunks: Vec<Vec<TokenEntry>>,
     free: Vec<u32>,
     len: usize,
-    /// Bucket: 0 empty, else `(tag << 32) | (slot + 1)`.
-    index: Vec<u64>,
+    /// Bucket: 0 empty, else `(tag << 32) | (slot + 1)`. Shared with this table's views.
+    index: Arc<[AtomicU64]>,
     mask: usize,
     hash_key: u64,
+    /// Address of each chunk's first entry (a chunk never moves: it is allocated full size).
+    bases: Vec<usize>,
+    /// Bumped whenever a view taken before is out of date (new index, new chunk).
+    view_version: u64,
+}
+
+/// What a prefetcher needs of one table, readable without its shard's lock: the index
+/// (shared, read with relaxed loads) and the chunks' addresses. Out of date once the table
+/// grows (the table's `view_version` says when); a stale view only prefetches the wrong lines.
+#[derive(Clone)]
+pub(crate) struct TableView {
+    index: Arc<[AtomicU64]>,
+    mask: usize,
+    hash_key: u64,
+    bases: Arc<[usize]>,
+}
+
+fn zeroed_index(len: usize) -> Arc<[AtomicU64]> {
+    (0..len).map(|_| AtomicU64::new(0)).collect()
+}
+
+/// Prefetches the cache line holding the byte at `addr` (any address, even a stale one: a
+/// prefetch never faults and changes nothing the program can observe). `prefetch_index`
+/// computes `slice.as_ptr().wrapping_add(index)`, so an index relative to a static anchor
+/// names any address without `unsafe` here.
+fn prefetch_address(addr: usize) {
+    static ANCHOR: [u8; 1] = [0];
+    prefetch_index::prefetch_index(&ANCHOR[..], addr.wrapping_sub(ANCHOR.as_ptr() as usize));
+}
+
+impl TableView {
+    /// Whether this view is `table`'s current one (same index, same chunks).
+    #[cfg(test)]
+    pub fn is_current(&self, table: &Table) -> bool {
+        Arc::ptr_eq(&self.index, &table.index) && *self.bases == *table.bases
+    }
+
+    /// Step 1: brings the id's home bucket into the cache.
+    pub fn prefetch_bucket(&self, id: &[u8; 16]) {
+        let h = mix(id, self.hash_key);
+        prefetch_index::prefetch_index(&self.index[..], h as usize & self.mask);
+    }
+
+    /// Step 2 (after step 1 for a whole batch): brings the first 160 bytes of the id's entry
+    /// (id, counters, both packet keys, the PIN verifier) into the cache. A wrong guess costs
+    /// nothing but a miss.
+    pub fn prefetch_entry(&self, id: &[u8; 16]) {
+        if let Some(addr) = self.entry_address(id) {
+            for line in [0, 64, 128] {
+                prefetch_address(addr.wrapping_add(line));
+            }
+        }
+    }
+
+    /// Where the view believes the id's entry is: found through its bucket (its home or a
+    /// later one of the cluster with its tag, as far as [`PREFETCH_PROBES`] buckets). An
+    /// address, never dereferenced: a stale view may name a reused or moved slot.
+    fn entry_address(&self, id: &[u8; 16]) -> Option<usize> {
+        let h = mix(id, self.hash_key);
+        let tag = Table::tag_of(h);
+        let mut i = h as usize & self.mask;
+        for _ in 0..PREFETCH_PROBES {
+            let b = self.index.get(i)?.load(Relaxed);
+            if b == 0 {
+                return None;
+            }
+            if b >> 32 == tag {
+                let s = (b as u32).wrapping_sub(1) as usize;
+                let base = self.bases.get(s / CHUNK)?;
+                return Some(base.wrapping_add((s % CHUNK) * size_of::<TokenEntry>()));
+            }
+            i = (i + 1) & self.mask;
+        }
+        None
+    }
 }
 
 fn mix(id: &[u8; 16], key: u64) -> u64 {
@@ -34,10 +120,27 @@ impl Table {
             chunks: Vec::new(),
             free: Vec::new(),
             len: 0,
-            index: vec![0; 16],
+            index: zeroed_index(16),
             mask: 15,
             hash_key,
+            bases: Vec::new(),
+            view_version: 0,
         }
+    }
+
+    /// A view for prefetching without the lock.
+    pub fn view(&self) -> TableView {
+        TableView {
+            index: self.index.clone(),
+            mask: self.mask,
+            hash_key: self.hash_key,
+            bases: self.bases.as_slice().into(),
+        }
+    }
+
+    /// Changes whenever views taken before are out of date.
+    pub fn view_version(&self) -> u64 {
+        self.view_version
     }
 
     pub fn len(&self) -> usize {
@@ -50,7 +153,7 @@ impl Table {
             .iter()
             .map(|c| c.capacity() * size_of::<TokenEntry>())
             .sum::<usize>()
-            + self.index.capacity() * 8
+            + self.index.len() * 8
             + self.free.capacity() * 4
     }
 
@@ -68,42 +171,13 @@ impl Table {
         self.chunks.get_mut(s / CHUNK)?.get_mut(s % CHUNK)
     }
 
-    /// Prefetch step 1: brings the id's home bucket of the index into the cache.
-    pub fn prefetch_bucket(&self, id: &[u8; 16]) {
-        let h = mix(id, self.hash_key);
-        prefetch_index::prefetch_index(&self.index, h as usize & self.mask);
-    }
-
-    /// Prefetch step 2 (after step 1 for a whole batch): reads the home bucket and brings the
-    /// first two cache lines of the entry it points to (id, counters, packet keys) into the
-    /// cache. A hint only: a wrong guess (tag mismatch, probing) costs nothing but a miss.
-    pub fn prefetch_entry(&self, id: &[u8; 16]) {
-        let h = mix(id, self.hash_key);
-        let Some(&b) = self.index.get(h as usize & self.mask) else {
-            return;
-        };
-        if b == 0 || b >> 32 != Self::tag_of(h) {
-            return;
-        }
-        let s = (b as u32).wrapping_sub(1) as usize;
-        // Taking a field's address reads nothing; each prefetch asks for the line holding
-        // that field. Together they cover bytes 0–150: the hot fields, both packet keys
-        // and the PIN verifier.
-        if let Some(e) = self.chunks.get(s / CHUNK).and_then(|c| c.get(s % CHUNK)) {
-            prefetch_index::prefetch_index(std::slice::from_ref(&e.id), 0);
-            prefetch_index::prefetch_index(std::slice::from_ref(&e.d2s), 0);
-            prefetch_index::prefetch_index(std::slice::from_ref(&e.s2d), 0);
-            prefetch_index::prefetch_index(std::slice::from_ref(&e.pin), 0);
-        }
-    }
-
     /// The slot of a token id.
     pub fn find(&self, id: &[u8; 16]) -> Option<u32> {
         let h = mix(id, self.hash_key);
         let tag = Self::tag_of(h);
         let mut i = h as usize & self.mask;
         loop {
-            let b = *self.index.get(i)?;
+            let b = self.index.get(i)?.load(Relaxed);
             if b == 0 {
                 return None;
             }
@@ -132,7 +206,10 @@ impl Table {
             }
             None => {
                 if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
-                    self.chunks.push(Vec::with_capacity(CHUNK));
+                    let chunk = Vec::with_capacity(CHUNK);
+                    self.bases.push(chunk.as_ptr() as usize);
+                    self.chunks.push(chunk);
+                    self.view_version += 1;
                 }
                 let chunk_index = self.chunks.len() - 1;
                 let slot = (chunk_index * CHUNK + self.chunks.last().map_or(0, |c| c.len())) as u32;
@@ -150,18 +227,19 @@ impl Table {
     fn index_insert(&mut self, id: &[u8; 16], slot: u32) {
         let h = mix(id, self.hash_key);
         let mut i = h as usize & self.mask;
-        while self.index.get(i).is_some_and(|b| *b != 0) {
+        while self.index.get(i).is_some_and(|b| b.load(Relaxed) != 0) {
             i = (i + 1) & self.mask;
         }
-        if let Some(b) = self.index.get_mut(i) {
-            *b = (Self::tag_of(h) << 32) | u64::from(slot + 1);
+        if let Some(b) = self.index.get(i) {
+            b.store((Self::tag_of(h) << 32) | u64::from(slot + 1), Relaxed);
         }
     }
 
     fn grow_index(&mut self) {
         let new_len = (self.index.len() * 2).max(16);
-        self.index = vec![0; new_len];
+        self.index = zeroed_index(new_len);
         self.mask = new_len - 1;
+        self.view_version += 1;
         let ids: Vec<([u8; 16], u32)> = self.iter().map(|(slot, e)| (e.id, slot)).collect();
         for (id, slot) in ids {
             self.index_insert(&id, slot);
@@ -177,14 +255,14 @@ impl Table {
         while self
             .index
             .get(i)
-            .is_some_and(|b| (*b as u32).wrapping_sub(1) != slot)
+            .is_some_and(|b| (b.load(Relaxed) as u32).wrapping_sub(1) != slot)
         {
             i = (i + 1) & self.mask;
         }
         let mut hole = i;
         let mut j = (hole + 1) & self.mask;
         loop {
-            let b = self.index.get(j).copied().unwrap_or(0);
+            let b = self.index.get(j).map_or(0, |b| b.load(Relaxed));
             if b == 0 {
                 break;
             }
@@ -199,15 +277,15 @@ impl Table {
                 home > hole || home <= j
             };
             if !in_range {
-                if let Some(x) = self.index.get_mut(hole) {
-                    *x = b;
+                if let Some(x) = self.index.get(hole) {
+                    x.store(b, Relaxed);
                 }
                 hole = j;
             }
             j = (j + 1) & self.mask;
         }
-        if let Some(x) = self.index.get_mut(hole) {
-            *x = 0;
+        if let Some(x) = self.index.get(hole) {
+            x.store(0, Relaxed);
         }
         if let Some(e) = self.get_mut(slot) {
             // Overwrite secrets now; the slot waits on the free list.
@@ -236,7 +314,7 @@ impl Table {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::state::TokenState;
 
@@ -291,5 +369,50 @@ mod tests {
         }
         assert_eq!(t.iter().count(), model.len());
         assert!(t.remove(&id(0)).is_none());
+    }
+
+    #[test]
+    fn a_view_prefetches_without_panicking_whatever_it_is_given() {
+        let mut t = Table::new(7);
+        let old = t.view();
+        for n in 0..10_000u32 {
+            t.insert(entry(id(n)));
+        }
+        let new = t.view();
+        assert!(!old.is_current(&t), "the index grew and chunks were added");
+        assert!(new.is_current(&t));
+        for n in 0..20_000u32 {
+            // Present and absent ids, through a stale and a current view.
+            for v in [&old, &new] {
+                v.prefetch_bucket(&id(n));
+                v.prefetch_entry(&id(n));
+            }
+        }
+        for addr in [0, 1, usize::MAX, usize::MAX / 2, ANCHOR_PROBE] {
+            prefetch_address(addr);
+        }
+    }
+
+    /// An address far from any allocation of this process.
+    const ANCHOR_PROBE: usize = 0x7fff_ffff_f000;
+
+    #[test]
+    fn the_entries_are_where_the_view_says() {
+        let mut t = Table::new(9);
+        for n in 0..9_000u32 {
+            t.insert(entry(id(n)));
+        }
+        let v = t.view();
+        let mut found = 0;
+        for n in 0..9_000u32 {
+            let e = t.get(t.find(&id(n)).unwrap()).unwrap();
+            // Beyond `PREFETCH_PROBES` buckets from home the view gives up (rare).
+            if let Some(addr) = v.entry_address(&id(n)) {
+                assert_eq!(addr, e as *const TokenEntry as usize);
+                found += 1;
+            }
+        }
+        assert!(found > 8_900, "{found}");
+        assert_eq!(v.entry_address(&id(9_001)), None);
     }
 }

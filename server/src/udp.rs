@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use zoftoken_engine::{Batch, Engine, PacketOutcome, PREFETCH_DISTANCE};
+use zoftoken_engine::{Batch, Engine, PacketOutcome, Prefetcher};
 use zoftoken_net::{open_drivers, probe_uring, Driver, DriverKind, PacketBatch};
 use zoftoken_storage::{Committer, Done, Submitter};
 
@@ -129,6 +129,8 @@ struct IoThread {
     waiting: VecDeque<PacketBatch>,
     spare_replies: Vec<PacketBatch>,
     spare_batches: Vec<Batch>,
+    /// This thread's copy of the token tables' indexes, for prefetching.
+    prefetcher: Prefetcher,
     last_error_log: Option<Instant>,
 }
 
@@ -150,6 +152,7 @@ impl IoThread {
                 .map(|_| PacketBatch::with_capacity(RECV_BATCH))
                 .collect(),
             spare_batches: Vec::new(),
+            prefetcher: Prefetcher::default(),
             last_error_log: None,
         }
     }
@@ -196,15 +199,9 @@ impl IoThread {
         let mut batch = self.spare_batches.pop().unwrap_or_default();
         let now = now_ms();
         let engine = &*self.engine;
-        engine.prefetch_buckets(self.rx.iter().map(|(_, d)| d));
-        for (_, d) in self.rx.iter().take(PREFETCH_DISTANCE) {
-            engine.prefetch_token(d);
-        }
+        engine.prefetch_batch(&mut self.prefetcher, self.rx.iter().map(|(_, d)| d));
         let n = self.rx.len();
         for i in 0..n {
-            if let Some((_, ahead)) = self.rx.get(i + PREFETCH_DISTANCE) {
-                engine.prefetch_token(ahead);
-            }
             let Some((peer, datagram)) = self.rx.get_mut(i) else {
                 continue;
             };
