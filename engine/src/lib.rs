@@ -237,8 +237,9 @@ pub(crate) fn state_record(e: &mut state::TokenEntry) -> mutation::TokenStateRec
 /// thread; [`Default`] is an empty copy, filled at the first batch.
 #[derive(Default)]
 pub struct Prefetcher {
+    /// 0 before the first batch (the engine's generations start at 1).
     generation: u64,
-    views: Option<Arc<[table::TableView]>>,
+    views: Arc<[table::TableView]>,
 }
 
 /// The token id a datagram claims (header bytes 8..24), unauthenticated: for prefetching only.
@@ -403,13 +404,11 @@ impl Engine {
         datagrams: impl Iterator<Item = &'a [u8]> + Clone,
     ) {
         let generation = self.views_generation.load(Ordering::Acquire);
-        if prefetcher.generation != generation || prefetcher.views.is_none() {
-            prefetcher.views = Some(self.views.read().unwrap_or_else(|p| p.into_inner()).clone());
+        if prefetcher.generation != generation {
+            prefetcher.views = self.views.read().unwrap_or_else(|p| p.into_inner()).clone();
             prefetcher.generation = generation;
         }
-        let Some(views) = &prefetcher.views else {
-            return;
-        };
+        let views = &prefetcher.views;
         for id in datagrams.clone().filter_map(token_id_hint) {
             if let Some(v) = views.get(self.shard_of(&id)) {
                 v.prefetch_bucket(&id);
@@ -605,6 +604,6 @@ mod tests {
             prefetcher.generation,
             engine.views_generation.load(Ordering::Relaxed)
         );
-        assert!(Arc::ptr_eq(prefetcher.views.as_ref().unwrap(), &views));
+        assert!(Arc::ptr_eq(&prefetcher.views, &views));
     }
 }

@@ -14,7 +14,7 @@ use crate::state::TokenEntry;
 
 const CHUNK: usize = 4096;
 
-/// Buckets [`Table::prefetch_entry`] looks at from a token's home bucket.
+/// Buckets [`TableView::prefetch_entry`] looks at from a token's home bucket.
 const PREFETCH_PROBES: usize = 8;
 
 /// Slab + index. Slots are stable while a token exists; freed slots are reused.
