@@ -58,7 +58,7 @@ impl Fixture {
             Ok(opened) => opened.header,
             Err(_) => return 0,
         };
-        seal_reply(&self.keys.s2d, 1, &header, reply_body, out).unwrap_or(0)
+        seal_reply(&self.keys.s2d, 1, header, reply_body, out).unwrap_or(0)
     }
 }
 

@@ -80,7 +80,7 @@ impl DemoServer {
             return seal_reply(
                 &self.enrollment.s2d,
                 EPOCH,
-                &req.header,
+                req.header,
                 reply.as_bytes(),
                 out,
             )
@@ -135,7 +135,7 @@ impl DemoServer {
         };
         let (st, until) = state(self.open_until);
         let block = StatusBlock::new(status, st, 3, until, now);
-        seal_reply(&keys.s2d, EPOCH, &req.header, block.as_bytes(), out).ok()
+        seal_reply(&keys.s2d, EPOCH, req.header, block.as_bytes(), out).ok()
     }
 }
 

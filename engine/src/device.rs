@@ -180,7 +180,7 @@ impl Engine {
             },
             reserved: [0; 3],
         };
-        seal_reply(&s2d, self.epoch, &req.header, reply.as_bytes(), out)
+        seal_reply(&s2d, self.epoch, req.header, reply.as_bytes(), out)
             .map_err(|_| DropReason::WrongLength)
     }
 
@@ -228,7 +228,7 @@ impl Engine {
                 0,
                 now_ms,
             );
-            return seal_reply(&c.keys.s2d, self.epoch, &req.header, block.as_bytes(), out)
+            return seal_reply(&c.keys.s2d, self.epoch, req.header, block.as_bytes(), out)
                 .map_err(|_| DropReason::WrongLength);
         }
         // The candidate's window becomes the token's: compact in the entry when it can be
@@ -296,7 +296,7 @@ impl Engine {
             *c += 1;
         }
         drop(shard);
-        seal_reply(&reply_key, self.epoch, &req.header, block.as_bytes(), out)
+        seal_reply(&reply_key, self.epoch, req.header, block.as_bytes(), out)
             .map_err(|_| DropReason::WrongLength)
     }
 
@@ -436,7 +436,7 @@ impl Engine {
         {
             *c += 1;
         }
-        let len = seal_reply(&e.s2d, self.epoch, &req.header, reply.as_slice(), out)
+        let len = seal_reply(&e.s2d, self.epoch, req.header, reply.as_slice(), out)
             .map_err(|_| DropReason::WrongLength)?;
         if changed {
             Engine::notify_in(&mut guard, id);

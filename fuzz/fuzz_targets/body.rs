@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let mut buf = data.to_vec();
     if let Ok(req) = open_request(&keys.d2s, &mut buf) {
         let mut again = [0u8; 1200];
-        let n = seal(&keys.d2s, &req.header, req.body.as_bytes(), &mut again).unwrap();
+        let n = seal(&keys.d2s, req.header, req.body.as_bytes(), &mut again).unwrap();
         assert_eq!(&again[..n - 16], &data[..n - 16]);
         let counter = req.header.counter.get();
         let id = req.header.token_id;

@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
         let mut buf = data.to_vec();
         if let Ok(req) = open_request(d2s, &mut buf) {
             let mut again = [0u8; 1200];
-            let n = seal(d2s, &req.header, req.body.as_bytes(), &mut again).unwrap();
+            let n = seal(d2s, req.header, req.body.as_bytes(), &mut again).unwrap();
             assert_eq!(
                 &again[..n],
                 data,
@@ -36,13 +36,13 @@ fuzz_target!(|data: &[u8]| {
             let reply_len = req.msg_type.reply_len();
             assert!(reply_len <= data.len());
             let body = vec![0u8; req.msg_type.reply_body_len()];
-            let m = seal_reply(s2d, 1, &req.header, &body, &mut again).unwrap();
+            let m = seal_reply(s2d, 1, req.header, &body, &mut again).unwrap();
             assert_eq!(m, reply_len);
         }
         let mut buf = data.to_vec();
         if let Ok(rep) = open_reply(s2d, &mut buf) {
             let mut again = [0u8; 1200];
-            let n = seal(s2d, &rep.header, rep.body.as_bytes(), &mut again).unwrap();
+            let n = seal(s2d, rep.header, rep.body.as_bytes(), &mut again).unwrap();
             assert_eq!(&again[..n], data, "an accepted reply must be a genuine one");
         }
     }

@@ -23,13 +23,17 @@ pub fn seal(key: &PacketKey, header: &Header, body: &[u8], out: &mut [u8]) -> Re
     Ok(len)
 }
 
-/// Verifies and decrypts `datagram` in place; returns a copy of the header and the plaintext
-/// body borrowed from the buffer. The caller has already run the cheap checks.
-pub fn open<'a>(key: &PacketKey, datagram: &'a mut [u8]) -> Result<(Header, &'a [u8]), DropReason> {
+/// Verifies and decrypts `datagram` in place; returns the header and the plaintext
+/// body, both borrowed from the buffer. The caller has already run the cheap checks.
+pub fn open<'a>(
+    key: &PacketKey,
+    datagram: &'a mut [u8],
+) -> Result<(&'a Header, &'a [u8]), DropReason> {
     let (head, rest) = datagram
         .split_at_mut_checked(HEADER_LEN)
         .ok_or(DropReason::Truncated)?;
-    let header = Header::read_from_bytes(head).map_err(|_| DropReason::Truncated)?;
+    let head: &'a [u8] = head;
+    let header = Header::ref_from_bytes(head).map_err(|_| DropReason::Truncated)?;
     let body = key.open_in_place(header.epoch.get(), header.counter.get(), head, rest)?;
     Ok((header, &*body))
 }
@@ -40,8 +44,9 @@ pub fn open<'a>(key: &PacketKey, datagram: &'a mut [u8]) -> Result<(Header, &'a 
 pub struct OpenedRequest<'a> {
     /// The request type.
     pub msg_type: MsgType,
-    /// The authenticated header.
-    pub header: Header,
+    /// The authenticated header, in place in the datagram (a reference keeps this value
+    /// small: it is returned in a `Result` and copied on every packet).
+    pub header: &'a Header,
     /// The decrypted body.
     pub body: RequestBody<'a>,
 }
@@ -77,8 +82,9 @@ pub fn open_checked_request<'a>(
 pub struct OpenedReply<'a> {
     /// The type of the request this answers.
     pub msg_type: MsgType,
-    /// The authenticated header.
-    pub header: Header,
+    /// The authenticated header, in place in the datagram (a reference keeps this value
+    /// small: it is returned in a `Result` and copied on every packet).
+    pub header: &'a Header,
     /// The decrypted body.
     pub body: ReplyBody<'a>,
 }

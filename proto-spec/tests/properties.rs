@@ -99,7 +99,7 @@ proptest! {
         let mut d = sealed.clone();
         let opened = open_request(&keys.d2s, &mut d).unwrap();
         prop_assert_eq!(opened.msg_type, t);
-        prop_assert_eq!(opened.header, Header::request(t, id, counter));
+        prop_assert_eq!(*opened.header, Header::request(t, id, counter));
         prop_assert_eq!(opened.body.as_bytes(), body.as_slice());
         for bit in 0..n * 8 {
             let mut d = sealed.clone();
@@ -135,7 +135,7 @@ proptest! {
         let sealed = out[..n].to_vec();
         let mut d = sealed.clone();
         let opened = open_reply(&keys.s2d, &mut d).unwrap();
-        prop_assert_eq!(opened.header, Header::reply_to(&request, epoch));
+        prop_assert_eq!(*opened.header, Header::reply_to(&request, epoch));
         prop_assert_eq!(opened.body.as_bytes(), body.as_slice());
         for bit in 0..n * 8 {
             let mut d = sealed.clone();

@@ -67,7 +67,7 @@ fn aead_ns(iterations: usize) -> f64 {
     for _ in 0..iterations {
         buf[..n].copy_from_slice(&sealed[..n]);
         let req = open_request(&keys.d2s, &mut buf[..n]).unwrap();
-        total += seal_reply(&keys.s2d, 1, &req.header, reply.as_bytes(), &mut out).unwrap();
+        total += seal_reply(&keys.s2d, 1, req.header, reply.as_bytes(), &mut out).unwrap();
     }
     assert!(total > 0);
     start.elapsed().as_nanos() as f64 / iterations as f64
