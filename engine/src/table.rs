@@ -63,17 +63,18 @@ impl TableView {
         Arc::ptr_eq(&self.index, &table.index) && *self.bases == *table.bases
     }
 
-    /// Step 1: brings the id's home bucket into the cache.
-    pub fn prefetch_bucket(&self, id: &[u8; 16]) {
+    /// Step 1: brings the id's home bucket into the cache; returns the id's hash for step 2.
+    pub fn prefetch_bucket(&self, id: &[u8; 16]) -> u64 {
         let h = mix(id, self.hash_key);
         prefetch_index::prefetch_index(&self.index[..], h as usize & self.mask);
+        h
     }
 
     /// Step 2 (after step 1 for a whole batch): brings the first 160 bytes of the id's entry
     /// (id, counters, both packet keys, the PIN verifier) into the cache. A wrong guess costs
     /// nothing but a miss.
-    pub fn prefetch_entry(&self, id: &[u8; 16]) {
-        if let Some(addr) = self.entry_address(id) {
+    pub fn prefetch_entry(&self, hash: u64) {
+        if let Some(addr) = self.entry_address_of(hash) {
             for line in [0, 64, 128] {
                 prefetch_address(addr.wrapping_add(line));
             }
@@ -83,8 +84,13 @@ impl TableView {
     /// Where the view believes the id's entry is: found through its bucket (its home or a
     /// later one of the cluster with its tag, as far as [`PREFETCH_PROBES`] buckets). An
     /// address, never dereferenced: a stale view may name a reused or moved slot.
+    #[cfg(test)]
     fn entry_address(&self, id: &[u8; 16]) -> Option<usize> {
-        let h = mix(id, self.hash_key);
+        self.entry_address_of(mix(id, self.hash_key))
+    }
+
+    /// [`TableView::entry_address`] of the id whose hash is `h`.
+    pub(crate) fn entry_address_of(&self, h: u64) -> Option<usize> {
         let tag = Table::tag_of(h);
         let mut i = h as usize & self.mask;
         for _ in 0..PREFETCH_PROBES {
@@ -384,8 +390,8 @@ pub(crate) mod tests {
         for n in 0..20_000u32 {
             // Present and absent ids, through a stale and a current view.
             for v in [&old, &new] {
-                v.prefetch_bucket(&id(n));
-                v.prefetch_entry(&id(n));
+                let h = v.prefetch_bucket(&id(n));
+                v.prefetch_entry(h);
             }
         }
         for addr in [0, 1, usize::MAX, usize::MAX / 2, ANCHOR_PROBE] {

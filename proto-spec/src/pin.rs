@@ -100,8 +100,8 @@ pub fn classify<const N: usize>(
     let duress_present = Choice::from(u8::from(duress.is_some()));
     let with_normal = compute(normal);
     let with_duress = compute(duress.unwrap_or(normal));
-    let is_normal = with_normal.as_slice().ct_eq(candidate);
-    let is_duress = with_duress.as_slice().ct_eq(candidate) & duress_present & !is_normal;
+    let is_normal = bytes_equal(&with_normal, candidate);
+    let is_duress = bytes_equal(&with_duress, candidate) & duress_present & !is_normal;
     if bool::from(is_normal) {
         PinMatch::Normal
     } else if bool::from(is_duress) {
@@ -109,6 +109,18 @@ pub fn classify<const N: usize>(
     } else {
         PinMatch::Wrong
     }
+}
+
+/// Whether `a` and `b` are equal, in time that depends only on their lengths: every byte
+/// pair is XORed into one accumulator and only that is compared (`subtle` hides the result
+/// from the optimiser). The same guarantee as `subtle`'s slice comparison, which puts each
+/// byte through its optimisation barrier on its own; this runs once per OPEN.
+fn bytes_equal(a: &[u8], b: &[u8]) -> Choice {
+    if a.len() != b.len() {
+        return Choice::from(0);
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    diff.ct_eq(&0)
 }
 
 /// Checks a request's PIN proof against the normal and duress verifiers.
@@ -128,6 +140,22 @@ pub fn check_proof(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_equal_sees_every_byte_and_the_length() {
+        let a = [0x5au8; 16];
+        assert!(bool::from(bytes_equal(&a, &a)));
+        for i in 0..a.len() {
+            for bit in 0..8 {
+                let mut b = a;
+                b[i] ^= 1 << bit;
+                assert!(!bool::from(bytes_equal(&a, &b)), "byte {i} bit {bit}");
+            }
+        }
+        assert!(!bool::from(bytes_equal(&a, &a[..15])));
+        assert!(!bool::from(bytes_equal(&a[..15], &a)));
+        assert!(bool::from(bytes_equal(&[], &[])));
+    }
 
     #[test]
     fn proofs_distinguish_pins_and_bind_the_counter() {

@@ -4,7 +4,8 @@
 //! Also in the same run, on the same one-thread streams: the floor (`echo::Floor` without its
 //! log: the AEAD open and seal through the codec and a read and write of a 224-byte entry in
 //! a table of N, prefetched a batch ahead), the least work any engine of the protocol does
-//! per packet on this machine. Prints one line of figures, then one JSON line.
+//! per packet on this machine. Prints one line of figures, then one JSON line (and each
+//! round's figures on standard error).
 //!
 //! `engine-bench [--tokens N] [--packets P] [--rounds R] [--memory-only]`
 #![allow(
@@ -125,6 +126,10 @@ fn main() {
         });
         pps2.push(total as f64 / t.elapsed().as_secs_f64());
         aead.push(aead_ns(packets));
+        eprintln!(
+            "round {round}: pps_1t={:.0} pps_2t={:.0} floor_pps={:.0}",
+            pps1[round], pps2[round], floor_pps[round]
+        );
     }
     let (pps_1t, pps_2t, aead_ns) = (median(pps1), median(pps2), median(aead));
     let floor_pps = median(floor_pps);
