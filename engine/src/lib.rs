@@ -396,11 +396,11 @@ impl Engine {
 
     /// A hint before processing a receive batch: brings every packet's index bucket, then
     /// the hot lines of its token entry, into the cache, in two tight loops over the batch
-    /// (over each 32 packets of it) and without taking any lock, so that the batch's memory latencies and page walks
-    /// overlap instead of adding up (a lock per packet would serialise them: a locked
-    /// instruction waits for the loads before it). Reads the tables' indexes through
-    /// `prefetcher`, the calling thread's copy; a stale copy or a forged id only prefetches
-    /// the wrong lines. Optional; has no effect on results.
+    /// (over each 32 packets of it) and without taking any lock, so that the batch's memory
+    /// latencies and page walks overlap instead of adding up (a lock per packet would
+    /// serialise them: a locked instruction waits for the loads before it). Reads the tables'
+    /// indexes through `prefetcher`, the calling thread's copy; a stale copy or a forged id
+    /// only prefetches the wrong lines. Optional; has no effect on results.
     pub fn prefetch_batch<'a>(
         &self,
         prefetcher: &mut Prefetcher,
@@ -423,7 +423,7 @@ impl Engine {
             prefetcher.generation = generation;
         }
         let views = &prefetcher.views;
-        // Step 1 keeps what step 2 needs (the view and the hash), so that step 2 is a short
+        // Step 1 keeps what step 2 needs (the shard and the hash), so that step 2 is a short
         // loop: the more of its iterations fit in the processor's window, the more of the
         // batch's misses are in flight at once.
         let mut hints = [(0usize, 0u64); PREFETCH_BATCH];

@@ -114,7 +114,7 @@ pub fn classify<const N: usize>(
 /// Whether `a` and `b` are equal, in time that depends only on their lengths: every byte
 /// pair is XORed into one accumulator and only that is compared (`subtle` hides the result
 /// from the optimiser). The same guarantee as `subtle`'s slice comparison, which puts each
-/// byte through its optimisation barrier on its own; this runs once per OPEN.
+/// byte through its optimisation barrier on its own; this runs twice for every PIN proof.
 fn bytes_equal(a: &[u8], b: &[u8]) -> Choice {
     if a.len() != b.len() {
         return Choice::from(0);
