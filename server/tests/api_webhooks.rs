@@ -1,7 +1,9 @@
 //! `zoftoken serve` with its HTTP API and webhook pipeline, end to end with real processes:
 //! an enrollment through the API that `zoftoken device` pairs, a status long poll woken by
-//! the device's open, and webhooks that were not delivered when the server was killed with
-//! `kill -9` arriving after the restart (duplicates share their `webhook-id`).
+//! the device's open; the device's duress PIN, one-time code, offline response and
+//! transaction decisions, each checked through the API; and webhooks that were not delivered
+//! when the server was killed with `kill -9` arriving after the restart (duplicates share
+//! their `webhook-id`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -22,7 +24,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use zoftoken_storage::AuthkeyDoc;
 
 const ADMIN_KEY: &str = "e2e-admin-key-0123456789abcdef";
@@ -59,7 +61,8 @@ impl Env {
         });
         let config = format!(
             "listen: {{ udp: [\"{udp}\"], http: \"127.0.0.1:0\" }}\ndata_dir: data\nio_threads: 1\n\
-             services:\n  - name: bank\n    window: 600\n    endpoints: [\"{udp}\"]\n{hook}\
+             services:\n  - name: bank\n    window: 600\n    duress_allowed: true\n    \
+             endpoints: [\"{udp}\"]\n{hook}\
              authkeys:\n{}",
             serde_yaml::to_string(&keys).unwrap()
         );
@@ -236,6 +239,122 @@ fn an_api_enrollment_pairs_and_a_long_poll_wakes_on_the_device_open() {
     s.read_to_string(&mut text).unwrap();
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("zoftoken_"), "{text}");
+    server.stop();
+}
+
+/// `zoftoken device` as `Ok(stdout parsed as JSON)` with exit code 0, or `Err(the output)`.
+fn device_json(e: &Env, state: &Path, args: &[&str], pins: &str) -> Result<Value, String> {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let (code, out, err) = common::device(e.dir.path(), state, &all, pins);
+    match serde_json::from_str(out.trim()) {
+        Ok(v) if code == 0 => Ok(v),
+        _ => Err(format!("exit {code}: {out}{err}")),
+    }
+}
+
+#[test]
+fn duress_codes_offline_responses_and_transactions_through_a_real_server() {
+    let e = Env::new(None);
+    let server = e.serve();
+    let token = "/v1/services/bank/tokens/carol";
+    let api = |method: &str, path: &str, body: &str| {
+        let (code, v) = http(
+            server.http,
+            method,
+            &format!("{token}{path}"),
+            ADMIN_KEY,
+            body,
+        );
+        assert!((200..300).contains(&code), "{method} {path}: {code} {v}");
+        v
+    };
+    let link = api("POST", "", "{}")["deeplink"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let phone = e.dir.path().join("carol.json");
+    // PIN 2468 twice, then the duress PIN 1357 twice.
+    let paired = device_json(
+        &e,
+        &phone,
+        &["pair", "--duress", &link],
+        "2468\n2468\n1357\n1357\n",
+    );
+    assert_eq!(paired.unwrap()["duress_pin"], true);
+
+    // The duress PIN opens; the server sees the duress, the output does not say so.
+    let opened = device_json(&e, &phone, &["open", "--duress"], "1357\n").unwrap();
+    assert_eq!(opened["state"], "open", "{opened}");
+    let st = api("GET", "", "");
+    assert_eq!(
+        (&st["state"], &st["duress"]),
+        (&json!("open"), &json!(true)),
+        "{st}"
+    );
+    assert_eq!(
+        device_json(&e, &phone, &["close"], "").unwrap()["state"],
+        "closed"
+    );
+    assert_eq!(api("GET", "", "")["state"], "closed");
+
+    // A one-time code made on the device (no network) is accepted once.
+    let made = device_json(&e, &phone, &["code"], "2468\n").unwrap();
+    let code = made["code"].as_str().unwrap();
+    let body = json!({ "code": code }).to_string();
+    let v = api("POST", "/code", &body);
+    assert_eq!(
+        (&v["accepted"], &v["duress"]),
+        (&json!(true), &json!(false)),
+        "{v}"
+    );
+    assert_eq!(
+        api("POST", "/code", &body)["accepted"],
+        false,
+        "a code is used once"
+    );
+
+    // An offline validation code read out by an operator; the device's response opens.
+    let challenge = api("POST", "/offline/challenge", "{}")["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let answered = device_json(&e, &phone, &["offline", &challenge], "2468\n").unwrap();
+    let body = json!({ "response": answered["response"] }).to_string();
+    assert_eq!(api("POST", "/offline/response", &body)["accepted"], true);
+    assert_eq!(api("GET", "", "")["state"], "open");
+
+    // Transactions: shown by `watch`, approved with the PIN, denied without.
+    let create = |message: &str| {
+        let body = json!({ "message": message }).to_string();
+        api("POST", "/transactions", &body)["tx_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let tx1 = create("Pay 10 EUR?");
+    let watched = device_json(&e, &phone, &["watch", "--once"], "").unwrap();
+    assert_eq!(
+        (&watched["pending"]["tx_id"], &watched["pending"]["message"]),
+        (&json!(tx1), &json!("Pay 10 EUR?")),
+        "{watched}"
+    );
+    let decided = device_json(&e, &phone, &["approve", &tx1], "2468\n").unwrap();
+    assert_eq!(decided["tx_state"], "approved", "{decided}");
+    assert_eq!(
+        api("GET", &format!("/transactions/{tx1}"), "")["state"],
+        "approved"
+    );
+    let tx2 = create("Log in?");
+    let decided = device_json(&e, &phone, &["deny", &tx2], "").unwrap();
+    assert_eq!(decided["tx_state"], "denied", "{decided}");
+    assert_eq!(
+        api("GET", &format!("/transactions/{tx2}"), "")["state"],
+        "denied"
+    );
+    // Decided once: deciding again is refused with its own exit code.
+    let again = device_json(&e, &phone, &["deny", &tx2], "").unwrap_err();
+    assert!(again.starts_with("exit 4"), "{again}");
     server.stop();
 }
 
