@@ -286,6 +286,7 @@ fn duress_codes_offline_responses_and_transactions_through_a_real_server() {
     // The duress PIN opens; the server sees the duress, the output does not say so.
     let opened = device_json(&e, &phone, &["open", "--duress"], "1357\n").unwrap();
     assert_eq!(opened["state"], "open", "{opened}");
+    assert!(opened.get("duress").is_none(), "{opened}");
     let st = api("GET", "", "");
     assert_eq!(
         (&st["state"], &st["duress"]),
