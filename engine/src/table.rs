@@ -70,9 +70,9 @@ impl TableView {
         h
     }
 
-    /// Step 2 (after step 1 for a whole batch): brings the first 160 bytes of the id's entry
-    /// (id, counters, both packet keys, the PIN verifier) into the cache. A wrong guess costs
-    /// nothing but a miss.
+    /// Step 2 (after step 1 for a whole batch): brings the first three cache lines (192 bytes)
+    /// of the entry of the id whose hash is `hash` into the cache (id, counters, both packet
+    /// keys, the PIN and duress verifiers). A wrong guess costs nothing but a miss.
     pub fn prefetch_entry(&self, hash: u64) {
         if let Some(addr) = self.entry_address_of(hash) {
             for line in [0, 64, 128] {
