@@ -158,6 +158,9 @@ impl From<StoreError> for Failure {
         metrics::counter!("zoftoken_api_storage_errors_total").increment(1);
         match e {
             StoreError::Invalid(m) => Failure::bad("invalid_input", m),
+            // The database cannot write now (full disk, IO error): nothing was done, and the
+            // server recovers by itself when it can write again.
+            StoreError::Kv(_) => storage_unavailable(),
             _ => Failure::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "storage_error",
@@ -199,6 +202,15 @@ impl From<EngineError> for Failure {
                 "not_for_totp",
                 "standard authenticator (TOTP) tokens have no app: no offline mode, no transactions",
             ),
+            EngineError::Unsettled => {
+                let mut f = Failure::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "token_busy",
+                    "the token has a change that is still being written; try again",
+                );
+                f.retry_after = Some(1);
+                f
+            }
             EngineError::Config(errors) => Failure::bad(
                 "invalid_config",
                 errors
@@ -218,6 +230,74 @@ impl From<WebhookError> for Failure {
             WebhookError::Start(_) | WebhookError::Tls(_) | WebhookError::Config(_) => {
                 Failure::internal()
             }
+        }
+    }
+}
+
+/// `503 storage_unavailable`: the database cannot write; nothing was changed.
+fn storage_unavailable() -> Failure {
+    let mut f = Failure::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage_unavailable",
+        "the database cannot write at the moment; nothing was changed; try again later",
+    );
+    f.retry_after = Some(1);
+    f
+}
+
+/// Refuses a change up front while the database cannot write (after trying whether it can
+/// again: a small write).
+fn writable(engine: &Engine, store: &Store, now: u64) -> Result<(), Failure> {
+    if !store.health().writable() {
+        store.probe(engine, now);
+    }
+    if store.health().writable() {
+        Ok(())
+    } else {
+        Err(storage_unavailable())
+    }
+}
+
+/// How long an API call waits for a token whose change is being written by another request
+/// before it answers `503 token_busy` (a commit takes microseconds to milliseconds).
+const UNSETTLED_WAIT: Duration = Duration::from_secs(1);
+const UNSETTLED_POLL: Duration = Duration::from_millis(2);
+
+/// Runs `op` (on the blocking pool), again while the token has a change of another request
+/// not yet written ([`EngineError::Unsettled`]), up to [`UNSETTLED_WAIT`].
+fn settled_retry<R>(mut op: impl FnMut() -> Result<R, Failure>) -> Result<R, Failure> {
+    let started = std::time::Instant::now();
+    loop {
+        match op() {
+            Err(f) if f.code == "token_busy" && started.elapsed() < UNSETTLED_WAIT => {
+                std::thread::sleep(UNSETTLED_POLL)
+            }
+            r => return r,
+        }
+    }
+}
+
+/// A token's status, waiting (asynchronously) while another request's change to it is
+/// being written, up to [`UNSETTLED_WAIT`].
+async fn settled_status(
+    engine: &Engine,
+    now: impl Fn() -> u64,
+    service: &str,
+    username: &str,
+) -> Result<zoftoken_engine::TokenStatus, Failure> {
+    Ok(settled(|| engine.status(now(), service, username)).await?)
+}
+
+/// Runs a read of the engine again (asynchronously) while it answers
+/// [`EngineError::Unsettled`], up to [`UNSETTLED_WAIT`].
+async fn settled<R>(read: impl Fn() -> Result<R, EngineError>) -> Result<R, EngineError> {
+    let started = std::time::Instant::now();
+    loop {
+        match read() {
+            Err(EngineError::Unsettled) if started.elapsed() < UNSETTLED_WAIT => {
+                tokio::time::sleep(UNSETTLED_POLL).await
+            }
+            r => return r,
         }
     }
 }
@@ -471,6 +551,9 @@ fn readyz(state: &State) -> Outcome {
             "shutting_down",
             "the server is shutting down",
         ))
+    } else if !state.store.health().writable() {
+        // Reads still work, but nothing can change: send traffic elsewhere until it can.
+        Err(storage_unavailable())
     } else {
         ok(&json!({ "status": "ready", "tokens": state.engine.token_count() }))
     }
@@ -583,10 +666,11 @@ async fn blocking<R: Send + 'static>(
 
 /// Persists a batch exactly as the command line does, then publishes its events. Nothing is
 /// answered as done before this returns.
-fn commit(engine: &Engine, store: &Store, batch: &mut Batch) -> Result<(), Failure> {
-    if !batch.mutations.is_empty() {
-        store.commit(&batch.mutations, engine)?;
-        engine.publish(batch);
+/// A failed write restores the batch's tokens from the database, so nothing it changed stays
+/// visible (`zoftoken_storage::Store::commit_batch`).
+fn commit(engine: &Engine, store: &Store, now: u64, batch: &mut Batch) -> Result<(), Failure> {
+    if !batch.is_empty() {
+        store.commit_batch(engine, now, batch)?;
     }
     Ok(())
 }
@@ -976,14 +1060,15 @@ impl Ctx<'_> {
         let q = parse_query(self.parts.uri.query(), &["wait", "state"])?;
         let engine = &self.state.engine;
         let id = TokenId::derive(&tok.service, &tok.username);
+        let clock = || self.state.now();
         if q.wait_s == 0 {
-            let st = engine.status(self.state.now(), &tok.service, &tok.username)?;
+            let st = settled_status(engine, clock, &tok.service, &tok.username).await?;
             return ok(&status_body(&st));
         }
         // Watch first, then read: a change between the two is not missed.
         let changed = engine.watch(&id);
+        let st = settled_status(engine, clock, &tok.service, &tok.username).await?;
         let now = self.state.now();
-        let st = engine.status(now, &tok.service, &tok.username)?;
         if q.state.is_some_and(|s| s != st.state) {
             return ok(&status_body(&st));
         }
@@ -997,7 +1082,7 @@ impl Ctx<'_> {
             _ = tokio::time::sleep(limit) => {}
             _ = self.state.stopping() => {}
         }
-        let st = engine.status(self.state.now(), &tok.service, &tok.username)?;
+        let st = settled_status(engine, clock, &tok.service, &tok.username).await?;
         ok(&status_body(&st))
     }
 
@@ -1008,12 +1093,15 @@ impl Ctx<'_> {
         let (service, username) = (tok.service.into_owned(), tok.username.into_owned());
         if b.kind == Kind::Totp {
             let t = blocking(move || {
+                writable(&engine, &store, now)?;
                 let id = TokenId::derive(&service, &username);
                 ensure_loaded(&engine, &store, now, &id)?;
-                let mut batch = Batch::new();
-                let t = engine.enroll_totp(now, &service, &username, &mut batch)?;
-                commit(&engine, &store, &mut batch)?;
-                Ok(t)
+                settled_retry(|| {
+                    let mut batch = Batch::new();
+                    let t = engine.enroll_totp(now, &service, &username, &mut batch)?;
+                    commit(&engine, &store, now, &mut batch)?;
+                    Ok(t)
+                })
             })
             .await?;
             let qr = crate::qr::render(&t.otpauth_uri).ok_or_else(Failure::internal)?;
@@ -1030,12 +1118,15 @@ impl Ctx<'_> {
             ));
         }
         let t = blocking(move || {
+            writable(&engine, &store, now)?;
             let id = TokenId::derive(&service, &username);
             ensure_loaded(&engine, &store, now, &id)?;
-            let mut batch = Batch::new();
-            let t = engine.enroll(now, &service, &username, &mut batch)?;
-            commit(&engine, &store, &mut batch)?;
-            Ok(t)
+            settled_retry(|| {
+                let mut batch = Batch::new();
+                let t = engine.enroll(now, &service, &username, &mut batch)?;
+                commit(&engine, &store, now, &mut batch)?;
+                Ok(t)
+            })
         })
         .await?;
         let qr = crate::qr::render(&t.deeplink).ok_or_else(Failure::internal)?;
@@ -1074,18 +1165,22 @@ impl Ctx<'_> {
             if engine.service_index_of(&service).is_none() {
                 return Err(EngineError::UnknownService.into());
             }
+            writable(&engine, &store, now)?;
             let id = TokenId::derive(&service, &username);
             ensure_loaded(&engine, &store, now, &id)?;
-            let mut batch = Batch::new();
-            match engine.delete(now, &id, &mut batch) {
-                Ok(()) => {}
-                // Stored but neither paired nor pending (an expired enrollment): remove the rest.
-                Err(EngineError::UnknownToken) if store.token_info(&id)?.is_some() => batch
-                    .mutations
-                    .push(zoftoken_engine::Mutation::DeleteToken(id)),
-                Err(e) => return Err(e.into()),
-            }
-            commit(&engine, &store, &mut batch)
+            settled_retry(|| {
+                let mut batch = Batch::new();
+                match engine.delete(now, &id, &mut batch) {
+                    Ok(()) => {}
+                    // Stored but neither paired nor pending (an expired enrollment): remove
+                    // the rest.
+                    Err(EngineError::UnknownToken) if store.token_info(&id)?.is_some() => batch
+                        .mutations
+                        .push(zoftoken_engine::Mutation::DeleteToken(id)),
+                    Err(e) => return Err(e.into()),
+                }
+                commit(&engine, &store, now, &mut batch)
+            })
         })
         .await?;
         ok(&json!({ "deleted": true }))
@@ -1095,7 +1190,7 @@ impl Ctx<'_> {
     async fn token_op<R: Send + 'static>(
         &self,
         tok: Tok<'_>,
-        op: impl FnOnce(&Engine, u64, &TokenId, &mut Batch) -> Result<R, EngineError> + Send + 'static,
+        op: impl Fn(&Engine, u64, &TokenId, &mut Batch) -> Result<R, EngineError> + Send + 'static,
     ) -> Result<R, Failure> {
         let (engine, store, now) = self.handles();
         let (service, username) = (tok.service.into_owned(), tok.username.into_owned());
@@ -1103,13 +1198,16 @@ impl Ctx<'_> {
             if engine.service_index_of(&service).is_none() {
                 return Err(EngineError::UnknownService.into());
             }
+            writable(&engine, &store, now)?;
             let id = TokenId::derive(&service, &username);
             ensure_loaded(&engine, &store, now, &id)?;
-            let mut batch = Batch::new();
-            let r = op(&engine, now, &id, &mut batch);
-            // A failed operation may still have counted a failure: commit what it changed.
-            commit(&engine, &store, &mut batch)?;
-            Ok(r?)
+            settled_retry(|| {
+                let mut batch = Batch::new();
+                let r = op(&engine, now, &id, &mut batch);
+                // A failed operation may still have counted a failure: commit what it changed.
+                commit(&engine, &store, now, &mut batch)?;
+                Ok(r?)
+            })
         })
         .await
     }
@@ -1222,20 +1320,20 @@ impl Ctx<'_> {
             return Err(EngineError::UnknownService.into());
         }
         let id = TokenId::derive(&tok.service, &tok.username);
-        let read = |now: u64| {
-            engine
-                .transaction(now, &tx_id)
-                .ok()
-                .filter(|t| t.token_id == id)
-                .ok_or(Failure::from(EngineError::UnknownTransaction))
+        let read = |now: u64| async move {
+            match settled(|| engine.transaction(now, &tx_id)).await {
+                Ok(t) if t.token_id == id => Ok(t),
+                Err(EngineError::Unsettled) => Err(Failure::from(EngineError::Unsettled)),
+                _ => Err(Failure::from(EngineError::UnknownTransaction)),
+            }
         };
         let now = self.state.now();
-        let t = read(now)?;
+        let t = read(now).await?;
         if q.wait_s == 0 || t.state != TxState::Waiting {
             return ok(&tx_body(&t));
         }
         let changed = engine.watch(&id);
-        let t = read(now)?;
+        let t = read(now).await?;
         if t.state != TxState::Waiting {
             return ok(&tx_body(&t));
         }
@@ -1247,7 +1345,7 @@ impl Ctx<'_> {
             _ = tokio::time::sleep(limit) => {}
             _ = self.state.stopping() => {}
         }
-        ok(&tx_body(&read(self.state.now())?))
+        ok(&tx_body(&read(self.state.now()).await?))
     }
 
     // Services and authkeys (unrestricted admin keys).

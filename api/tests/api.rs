@@ -1594,34 +1594,59 @@ fn nothing_is_confirmed_when_the_commit_fails() {
     h.enrolled_phone("alice");
     kv.set_failing(true);
     let a = h.call("POST", &tok("bank", "dave", ""), Some(ROOT), None);
-    assert_eq!((a.status, a.code()), (500, "storage_error"));
+    assert_eq!((a.status, a.code()), (503, "storage_unavailable"));
     assert!(a.json.get("deeplink").is_none() && !a.body.contains("zoftoken://"));
+    // The enrollment that was not written does not exist.
+    let a = h.call("GET", &tok("bank", "dave", ""), Some(WEB), None);
+    assert_eq!((a.status, a.code()), (404, "unknown_token"));
     let a = h.call(
         "PUT",
         &tok("bank", "alice", "/state"),
         Some(ROOT),
         Some(r#"{"state":"blocked"}"#),
     );
-    assert_eq!((a.status, a.code()), (500, "storage_error"));
+    assert_eq!((a.status, a.code()), (503, "storage_unavailable"));
+    // The change that was not written is not visible: alice is what the store holds.
+    let a = h.call("GET", &tok("bank", "alice", ""), Some(WEB), None);
+    assert_eq!((a.status, a.json["state"].as_str()), (200, Some("closed")));
+    // While the store cannot write, changes are refused at once, and the server says so.
+    let a = h.call(
+        "PUT",
+        &tok("bank", "alice", "/state"),
+        Some(ROOT),
+        Some(r#"{"state":"blocked"}"#),
+    );
+    assert_eq!((a.status, a.code()), (503, "storage_unavailable"));
+    assert!(
+        a.head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{}",
+        a.head
+    );
+    let a = h.call("GET", "/readyz", None, None);
+    assert_eq!((a.status, a.code()), (503, "storage_unavailable"));
     let a = h.call(
         "POST",
         &tok("bank", "alice", "/backup-codes"),
         Some(ROOT),
         None,
     );
-    assert_eq!(a.status, 500);
+    assert_eq!((a.status, a.code()), (503, "storage_unavailable"));
     assert!(a.json.get("codes").is_none());
     // Reads go on.
     let a = h.call("GET", &tok("bank", "alice", ""), Some(WEB), None);
     assert_eq!(a.status, 200);
+    // The disk recovers: the next change finds out by itself, and is written.
     kv.set_failing(false);
     let a = h.call(
         "PUT",
         &tok("bank", "alice", "/state"),
         Some(ROOT),
-        Some(r#"{"state":"closed"}"#),
+        Some(r#"{"state":"blocked"}"#),
     );
-    assert_eq!(a.status, 200);
+    assert_eq!((a.status, a.json["state"].as_str()), (200, Some("blocked")));
+    assert_eq!(h.call("GET", "/readyz", None, None).status, 200);
+    let a = h.call("GET", &tok("bank", "alice", ""), Some(WEB), None);
+    assert_eq!(a.json["state"].as_str(), Some("blocked"));
 }
 
 #[test]

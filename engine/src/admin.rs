@@ -186,6 +186,10 @@ impl Engine {
         let expires_ms = now_ms + self.enrollment_ttl_ms;
         {
             let mut shard = self.shard(&id.0);
+            if shard.is_unsettled(&id.0, batch) {
+                return Err(EngineError::Unsettled);
+            }
+            shard.mark(&id.0, batch);
             if let Some(slot) = shard.table.find(&id.0) {
                 if let Some(e) = shard.table.get_mut(slot) {
                     e.state = TokenState::Pending;
@@ -298,10 +302,15 @@ impl Engine {
         {
             // Lock order: pending → shard. Holding both, no pairing can complete in between.
             let mut pending = lock(&self.pending);
+            let mut shard = self.shard(&id.0);
+            if shard.is_unsettled(&id.0, batch) {
+                batch.mutations.clear();
+                return Err(EngineError::Unsettled);
+            }
+            shard.mark(&id.0, batch);
             if pending.remove(&id.0).is_some() {
                 batch.mutations.push(Mutation::DeletePending(id));
             }
-            let mut shard = self.shard(&id.0);
             let shard = &mut *shard;
             let slot = match shard.table.find(&id.0) {
                 Some(slot) => {
@@ -358,9 +367,23 @@ impl Engine {
         self.status_by_id(now_ms, &TokenId::derive(service, username))
     }
 
-    /// The status of a token by id.
+    /// The status of a token by id. A token whose last change is not yet durable is
+    /// refused ([`EngineError::Unsettled`]): ask again in a moment.
     pub fn status_by_id(&self, now_ms: u64, id: &TokenId) -> Result<TokenStatus, EngineError> {
+        self.status_in(now_ms, id, &Batch::new())
+    }
+
+    /// [`Engine::status_by_id`] as seen by `batch`, which may read its own changes.
+    fn status_in(
+        &self,
+        now_ms: u64,
+        id: &TokenId,
+        batch: &Batch,
+    ) -> Result<TokenStatus, EngineError> {
         let shard = self.shard(&id.0);
+        if shard.is_unsettled(&id.0, batch) {
+            return Err(EngineError::Unsettled);
+        }
         if let Some(e) = shard.table.find(&id.0).and_then(|s| shard.table.get(s)) {
             let state = e.effective_state(now_ms);
             let services = self.services();
@@ -415,13 +438,29 @@ impl Engine {
         Some((addr, seen))
     }
 
-    /// Runs `f` on a paired token's entry (re-enrolled tokens count as not paired).
+    /// Runs `f` on a paired token's entry (re-enrolled tokens count as not paired), reading
+    /// only: [`Engine::change_paired`] for changes.
     fn with_paired<R>(
         &self,
         id: &TokenId,
         f: impl FnOnce(&mut TokenEntry, &mut crate::Shard, u32) -> R,
     ) -> Result<R, EngineError> {
+        self.change_paired(id, &mut Batch::new(), |e, shard, slot, _| f(e, shard, slot))
+    }
+
+    /// Runs `f` on a paired token's entry, which may change it and append to `batch`; the
+    /// token is marked unsettled for `batch` if `f` appended anything. A token with a change
+    /// of another batch not yet durable is refused ([`EngineError::Unsettled`]).
+    fn change_paired<R>(
+        &self,
+        id: &TokenId,
+        batch: &mut Batch,
+        f: impl FnOnce(&mut TokenEntry, &mut crate::Shard, u32, &mut Batch) -> R,
+    ) -> Result<R, EngineError> {
         let mut shard = self.shard(&id.0);
+        if shard.is_unsettled(&id.0, batch) {
+            return Err(EngineError::Unsettled);
+        }
         let Some(slot) = shard.table.find(&id.0) else {
             // Lock order is pending → shard (pairing): release the shard first.
             drop(shard);
@@ -441,9 +480,13 @@ impl Engine {
         if entry.state == TokenState::Pending {
             return Err(EngineError::NotPaired);
         }
-        let r = f(&mut entry, shard, slot);
+        let before = batch.mutations.len();
+        let r = f(&mut entry, shard, slot, batch);
         if let Some(e) = shard.table.get_mut(slot) {
             *e = entry;
+        }
+        if batch.mutations.len() > before {
+            shard.mark(&id.0, batch);
         }
         Ok(r)
     }
@@ -464,7 +507,7 @@ impl Engine {
         to: Force,
         batch: &mut Batch,
     ) -> Result<TokenStatus, EngineError> {
-        self.with_paired(id, |e, shard, slot| {
+        self.change_paired(id, batch, |e, shard, slot, batch| {
             let was_blocked = e.state == TokenState::Blocked;
             match to {
                 Force::Blocked => {
@@ -493,14 +536,22 @@ impl Engine {
             self.persist(e, shard, slot, batch);
         })?;
         self.notify(&id.0);
-        self.status_by_id(now_ms, id)
+        self.status_in(now_ms, id, batch)
     }
 
     /// Deletes a token (paired or pending): its app's packets are dropped from now on.
     pub fn delete(&self, now_ms: u64, id: &TokenId, batch: &mut Batch) -> Result<(), EngineError> {
+        // Lock order: pending → shard.
+        let mut pending = lock(&self.pending);
         let removed = {
             let mut shard = self.shard(&id.0);
+            if shard.is_unsettled(&id.0, batch) {
+                return Err(EngineError::Unsettled);
+            }
             let slot = shard.table.find(&id.0);
+            if slot.is_some() || pending.by_token.contains_key(&id.0) {
+                shard.mark(&id.0, batch);
+            }
             let service = slot.and_then(|s| shard.table.get(s)).map(|e| e.service);
             if let Some(slot) = slot {
                 shard.windows.remove(&slot);
@@ -509,7 +560,7 @@ impl Engine {
             }
             service
         };
-        let pending = lock(&self.pending).remove(&id.0).map(|p| p.service);
+        let pending = pending.remove(&id.0).map(|p| p.service);
         let service = removed.or(pending).ok_or(EngineError::UnknownToken)?;
         lock(&self.side).forget(&id.0, batch);
         batch.mutations.push(Mutation::DeleteToken(*id));
@@ -537,7 +588,7 @@ impl Engine {
         batch: &mut Batch,
     ) -> Result<OfflineOutcome, EngineError> {
         let services = self.services();
-        let r = self.with_paired(id, |e, shard, slot| {
+        let r = self.change_paired(id, batch, |e, shard, slot, batch| {
             if e.flags & FLAG_TOTP != 0 {
                 let auth = Self::check_totp(now_ms, e, code);
                 let out = self.outcome(now_ms, e, auth, false, false, batch);
@@ -682,7 +733,7 @@ impl Engine {
             }
         };
         let services = self.services();
-        let r = self.with_paired(id, |e, shard, slot| {
+        let r = self.change_paired(id, batch, |e, shard, slot, batch| {
             let duress_ok = services
                 .get(e.service)
                 .is_some_and(|s| s.config.duress_allowed);
@@ -716,6 +767,7 @@ impl Engine {
             return Err(EngineError::Invalid("1 to 20 codes of 6 to 16 digits"));
         }
         let secret = self.with_paired(id, |e, _, _| e.secret)?;
+        self.mark_unsettled(&id.0, batch)?;
         let mut codes_out = Vec::with_capacity(count);
         let mut hashes = Vec::with_capacity(count);
         while codes_out.len() < count {
@@ -749,7 +801,7 @@ impl Engine {
             .filter(|c| !c.is_whitespace() && *c != '-')
             .collect();
         let services = self.services();
-        let r = self.with_paired(id, |e, shard, slot| {
+        let r = self.change_paired(id, batch, |e, shard, slot, batch| {
             let duress_ok = services
                 .get(e.service)
                 .is_some_and(|s| s.config.duress_allowed);
@@ -801,6 +853,7 @@ impl Engine {
         if self.paired_kind(id)? == TokenKind::Totp {
             return Err(EngineError::NotForTotp);
         }
+        self.mark_unsettled(&id.0, batch)?;
         let tx_id = self.random::<16>();
         let tx = Transaction {
             tx_id,
@@ -822,12 +875,12 @@ impl Engine {
 
     /// Reads a transaction (any key).
     pub fn transaction(&self, now_ms: u64, tx_id: &[u8; 16]) -> Result<Transaction, EngineError> {
-        let side = lock(&self.side);
-        let mut tx = side
+        let mut tx = lock(&self.side)
             .transactions
             .get(tx_id)
             .cloned()
             .ok_or(EngineError::UnknownTransaction)?;
+        self.check_settled(&tx.token_id.0)?;
         if tx.state == TxState::Waiting && tx.expires_ms <= now_ms {
             tx.state = TxState::Expired;
         }
@@ -839,6 +892,7 @@ impl Engine {
     /// windows.
     pub fn tick(&self, now_ms: u64, batch: &mut Batch) {
         let mut changed = Vec::new();
+        let mut deferred = Vec::new();
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
             let shard = &mut *shard;
@@ -847,10 +901,24 @@ impl Engine {
                     break;
                 }
                 shard.timers.pop();
-                let crate::Shard { table, timers, .. } = &mut *shard;
+                let crate::Shard {
+                    table,
+                    timers,
+                    unsettled,
+                    ..
+                } = &mut *shard;
                 if let Some(e) = table.get_mut(slot) {
+                    if !unsettled.is_empty()
+                        && unsettled.contains(&e.id)
+                        && !batch.marked.contains(&e.id)
+                    {
+                        // Another batch's change is not yet durable: expire at a later tick.
+                        deferred.push((until, slot));
+                        continue;
+                    }
                     e.flags &= !crate::state::FLAG_TIMER;
                     if e.state == TokenState::Open && e.open_until_ms <= now_ms {
+                        crate::settle::mark_in(unsettled, &e.id, batch);
                         e.state = TokenState::Closed;
                         let mut ev = event(EventKind::Expired, e, now_ms, Actor::Timer);
                         ev.open_until_ms = Some(e.open_until_ms);
@@ -865,6 +933,9 @@ impl Engine {
                     }
                 }
             }
+            shard
+                .timers
+                .extend(deferred.drain(..).map(std::cmp::Reverse));
             for id in changed.drain(..) {
                 Engine::notify_in(shard, &id);
             }

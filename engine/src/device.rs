@@ -57,6 +57,20 @@ pub(crate) fn event(kind: EventKind, e: &TokenEntry, now_ms: u64, actor: Actor) 
     }
 }
 
+/// Whether a request type may change the token's state (and so produce events): what the
+/// per-token limit counts.
+fn changes_state(t: MsgType) -> bool {
+    matches!(
+        t,
+        MsgType::Open
+            | MsgType::Close
+            | MsgType::ChangePin
+            | MsgType::PairComplete
+            | MsgType::TxApprove
+            | MsgType::TxDeny
+    )
+}
+
 /// The result of checking an authentication of the user (PIN proof, code, response).
 pub(crate) enum Auth {
     Ok { duress: bool },
@@ -260,8 +274,12 @@ impl Engine {
         };
         let window = compact.is_none().then(|| c.window.clone());
         let reply_key = c.keys.s2d.clone();
-        pending.remove(id);
         let mut shard = self.shard(id);
+        if shard.is_unsettled(id, batch) {
+            return Err(DropReason::Unsettled);
+        }
+        shard.mark(id, batch);
+        pending.remove(id);
         let slot = match shard.table.find(id) {
             Some(slot) => {
                 if let Some(e) = shard.table.get_mut(slot) {
@@ -326,6 +344,9 @@ impl Engine {
             presence,
             timers,
             counters,
+            unsettled,
+            rate,
+            rate_second,
             ..
         } = &mut *guard;
         let e = table.get(slot).ok_or(DropReason::UnknownToken)?;
@@ -352,6 +373,10 @@ impl Engine {
             return Err(DropReason::Unauthentic);
         }
         let req = open_checked_request(&e.d2s, msg_type, datagram)?;
+        // Nothing is answered from a change that is not yet durable (the `settle` module).
+        if !unsettled.is_empty() && unsettled.contains(id) && !batch.marked.contains(id) {
+            return Err(DropReason::Unsettled);
+        }
         let counter = req.header.counter.get();
         // Replay (SPEC.md §8.1): the compact window in the entry, or the whole window in the
         // shard's map while the token has an unseen counter more than 32 below its highest.
@@ -374,6 +399,21 @@ impl Engine {
         let resync = msg_type == MsgType::TimeSync && counter > highest;
         if !resync && !is_fresh(device_time, now_ms, offset) {
             return Err(DropReason::Stale);
+        }
+        // One token may not flood its service's backend: state-changing requests are limited
+        // per token and second (counted only for authentic, fresh, new requests; the
+        // counter is not consumed, so the app's next attempt can still be answered).
+        if self.max_changes_per_s > 0 && changes_state(msg_type) {
+            let second = now_ms / 1000;
+            if *rate_second != second {
+                rate.clear();
+                *rate_second = second;
+            }
+            let n = rate.entry(slot).or_insert(0);
+            if *n >= self.max_changes_per_s {
+                return Err(DropReason::RateLimited);
+            }
+            *n += 1;
         }
         let e = table.get_mut(slot).ok_or(DropReason::UnknownToken)?;
         match whole.as_mut() {
@@ -403,6 +443,7 @@ impl Engine {
         e.last_seen_s = (now_ms / 1000) as u32;
         let service = services.get(e.service).ok_or(DropReason::UnknownToken)?;
         let mut changed = false;
+        let mutations_before = batch.mutations.len();
         let reply: ReplyBytes = if e.state == TokenState::Pending {
             ReplyBytes::status(status_block(e, ReplyStatus::NotPaired, now_ms))
         } else {
@@ -429,6 +470,9 @@ impl Engine {
             } else {
                 Mutation::TokenState(crate::state_record(e))
             });
+        }
+        if batch.mutations.len() > mutations_before {
+            crate::settle::mark_in(unsettled, id, batch);
         }
         if let Some(c) = counters
             .replies
@@ -502,18 +546,38 @@ impl Engine {
                 ReplyBytes::status(status_block(e, ReplyStatus::Ok, now_ms))
             }
             RequestBody::PairComplete(p) => {
+                // A paired token's PAIR_COMPLETE is a retransmission only if it carries the
+                // stored verifiers. Anything else tests PIN material, so it counts as a failed
+                // authentication like a wrong PIN (three block the token), and a blocked
+                // token compares nothing (SPEC.md §5.6, §6.5).
+                if e.state == TokenState::Blocked {
+                    return Ok(ReplyBytes::status(status_block(
+                        e,
+                        ReplyStatus::Blocked,
+                        now_ms,
+                    )));
+                }
                 use subtle::ConstantTimeEq;
                 let same = p.pin_verifier.ct_eq(&e.pin)
                     & p.duress_verifier.ct_eq(&e.duress)
                     & subtle::Choice::from(u8::from(
                         (p.flags & VERIFIER_FLAG_DURESS != 0) == e.has_duress(),
                     ));
-                let status = if bool::from(same) {
-                    ReplyStatus::Ok
+                if bool::from(same) {
+                    ReplyBytes::status(status_block(e, ReplyStatus::Ok, now_ms))
                 } else {
-                    ReplyStatus::Refused
-                };
-                ReplyBytes::status(status_block(e, status, now_ms))
+                    *changed = true;
+                    self.settle(
+                        now_ms,
+                        e,
+                        Auth::Failed,
+                        duress_ok,
+                        Actor::Device,
+                        batch,
+                        false,
+                        services,
+                    )
+                }
             }
             RequestBody::ChangePin(c) => {
                 let auth =

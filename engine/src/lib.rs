@@ -29,11 +29,12 @@ pub mod config;
 mod device;
 pub mod event;
 pub mod mutation;
+mod settle;
 mod side;
 pub mod state;
 mod table;
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -85,6 +86,10 @@ pub enum EngineError {
     /// The configuration is invalid.
     #[error("invalid configuration: {0:?}")]
     Config(Vec<config::ConfigError>),
+    /// The token has a change that is not yet durable (a commit in flight, or a failed one
+    /// being undone from storage); nothing was done. Ask again in a moment.
+    #[error("the token has a change that is not yet written; try again")]
+    Unsettled,
 }
 
 /// How the engine is built.
@@ -106,6 +111,10 @@ pub struct EngineConfig {
     pub enrollment_ttl_ms: u64,
     /// How long an offline challenge stays usable.
     pub challenge_ttl_ms: u64,
+    /// Most state-changing device requests (OPEN, CLOSE, CHANGE_PIN, transaction decisions)
+    /// one token may make per second; further ones are dropped and counted
+    /// ([`DropReason::RateLimited`]). 0: no limit.
+    pub max_changes_per_s: u16,
 }
 
 impl EngineConfig {
@@ -120,6 +129,7 @@ impl EngineConfig {
             event_capacity: 65_536,
             enrollment_ttl_ms: 7 * 24 * 3600 * 1000,
             challenge_ttl_ms: 10 * 60 * 1000,
+            max_changes_per_s: 0,
         }
     }
 }
@@ -169,7 +179,7 @@ pub(crate) struct Counters {
     /// Replies by request type (index = type byte).
     pub replies: [u64; 16],
     /// Drops by reason (index into `DropReason::ALL`).
-    pub drops: [u64; 16],
+    pub drops: [u64; 24],
 }
 
 pub(crate) struct Shard {
@@ -189,6 +199,12 @@ pub(crate) struct Shard {
     pub counters: Counters,
     /// The table's view version last published in [`Engine`]'s views.
     pub view_version: u64,
+    /// Tokens with a change not yet known to be durable (see the `settle` module).
+    pub unsettled: HashSet<[u8; 16]>,
+    /// State-changing requests per token (by slot) in the second `rate_second`.
+    pub rate: HashMap<u32, u16>,
+    /// The second (Unix s) that `rate` counts.
+    pub rate_second: u64,
 }
 
 /// A replay window idle this long collapses to "everything up to the highest counter seen":
@@ -212,6 +228,7 @@ pub struct Engine {
     epoch: u32,
     enrollment_ttl_ms: u64,
     challenge_ttl_ms: u64,
+    max_changes_per_s: u16,
 }
 
 /// The state-only record of an entry, with a new version.
@@ -280,6 +297,9 @@ impl Engine {
                     watchers: HashMap::new(),
                     counters: Counters::default(),
                     view_version: 0,
+                    unsettled: HashSet::new(),
+                    rate: HashMap::new(),
+                    rate_second: 0,
                 })
             })
             .collect();
@@ -301,6 +321,7 @@ impl Engine {
             epoch: config.epoch,
             enrollment_ttl_ms: config.enrollment_ttl_ms,
             challenge_ttl_ms: config.challenge_ttl_ms,
+            max_changes_per_s: config.max_changes_per_s,
         })
     }
 
@@ -470,8 +491,10 @@ impl Engine {
         &self.events
     }
 
-    /// Publishes a committed batch's events and clears the batch.
+    /// After `batch` was written: settles its tokens ([`Engine::settle_committed`]),
+    /// publishes its events and clears it.
     pub fn publish(&self, batch: &mut Batch) {
+        self.settle_committed(batch);
         let mut overflowed = 0;
         let mut kinds = [0u64; EventKind::ALL.len()];
         for m in batch.mutations.drain(..) {

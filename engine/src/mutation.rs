@@ -148,6 +148,8 @@ pub enum Mutation {
 pub struct Batch {
     /// Records to persist, in order.
     pub mutations: Vec<Mutation>,
+    /// Tokens this batch marked unsettled (see [`crate::Engine::settle_committed`]).
+    pub(crate) marked: Vec<[u8; 16]>,
 }
 
 impl Batch {
@@ -158,7 +160,7 @@ impl Batch {
 
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.mutations.is_empty()
+        self.mutations.is_empty() && self.marked.is_empty()
     }
 
     /// The batch's events, in order.

@@ -1172,6 +1172,8 @@ fn pairing_and_admin_operations_run_concurrently() {
             for u in &users {
                 let mut batch = Batch::new();
                 let ticket = engine.enroll(T0, "bank", u, &mut batch).unwrap();
+                // Committed (this test has no storage): the token is settled again.
+                engine.publish(&mut batch);
                 let mut pairing =
                     Pairing::from_deeplink(&Deeplink::parse(&ticket.deeplink).unwrap());
                 let mut out = [0u8; 1200];
@@ -1190,6 +1192,7 @@ fn pairing_and_admin_operations_run_concurrently() {
                     engine.handle_packet(T0, src, &mut out[..tx.len], &mut reply, &mut batch),
                     PacketOutcome::Reply(_)
                 ));
+                engine.publish(&mut batch);
                 assert_eq!(
                     engine.status_by_id(T0, &offer.token_id).unwrap().state,
                     TokenState::Closed
@@ -1202,9 +1205,16 @@ fn pairing_and_admin_operations_run_concurrently() {
                     let id = TokenId::derive("bank", u);
                     let mut batch = Batch::new();
                     let r = engine.force(T0, &id, Force::Closed, &mut batch);
+                    engine.publish(&mut batch);
+                    // Unsettled: the pairing thread's change was not committed yet.
                     assert!(
                         r.is_ok()
-                            || matches!(r, Err(EngineError::NotPaired | EngineError::UnknownToken))
+                            || matches!(
+                                r,
+                                Err(EngineError::NotPaired
+                                    | EngineError::UnknownToken
+                                    | EngineError::Unsettled)
+                            )
                     );
                 }
             }
@@ -1316,4 +1326,237 @@ fn every_persisted_change_of_a_token_has_a_newer_version() {
     older.version = u32::MAX;
     newer.version = 2;
     assert!(newer.is_newer_than(&older));
+}
+
+/// A PAIR_COMPLETE for a paired token, sealed by someone who holds the phone's storage (the
+/// token secret and the next counter) but not the PIN, with `verifier` as the PIN guess.
+fn forged_pair_complete(w: &World, id: &TokenId, counter: u64, verifier: &PinVerifier) -> Vec<u8> {
+    use zerocopy::IntoBytes;
+    use zoftoken_proto::wire::PairCompleteRequest;
+    let secret = w
+        .commit
+        .log
+        .iter()
+        .rev()
+        .find_map(|m| match m {
+            Mutation::Token(r) if r.token_id() == *id => Some(*r.secret.expose()),
+            _ => None,
+        })
+        .unwrap();
+    let keys = zoftoken_proto::TokenSecret::from_bytes(secret).keys();
+    let body = PairCompleteRequest {
+        device_time_ms: zoftoken_proto::wire::Be64::new(w.now),
+        pin_verifier: *verifier.expose(),
+        duress_verifier: [0; 32],
+        flags: 0,
+        zero: [0; 7],
+    };
+    let mut out = [0u8; 1200];
+    let n = zoftoken_proto::packet::seal_request(
+        &keys.d2s,
+        zoftoken_proto::MsgType::PairComplete,
+        id.0,
+        counter,
+        body.as_bytes(),
+        &mut out,
+    )
+    .unwrap();
+    out[..n].to_vec()
+}
+
+#[test]
+fn pair_complete_on_a_paired_token_counts_wrong_verifiers_as_failures() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", false);
+    let id = p.token.token_id();
+    w.kinds();
+    let mut counter = p.token.next_counter() + 10;
+    // Three guesses: each wrong verifier is a failed authentication; the third blocks.
+    for (n, guess) in ["0000", "1111", "2222"].iter().enumerate() {
+        let v = PinVerifier::derive(guess, &id).unwrap();
+        let d = forged_pair_complete(&w, &id, counter, &v);
+        counter += 1;
+        assert!(w.deliver(&d).is_ok(), "answered");
+        assert_eq!(
+            w.engine.status_by_id(w.now, &id).unwrap().failures,
+            n as u8 + 1
+        );
+    }
+    assert_eq!(
+        w.kinds(),
+        vec![
+            EventKind::FailedAttempt,
+            EventKind::FailedAttempt,
+            EventKind::FailedAttempt,
+            EventKind::Blocked
+        ]
+    );
+    assert_eq!(
+        w.engine.status_by_id(w.now, &id).unwrap().state,
+        TokenState::Blocked
+    );
+    // Blocked: the right verifier is not compared (no oracle), nothing more is counted.
+    let right = forged_pair_complete(&w, &id, counter, &p.pin);
+    assert!(w.deliver(&right).is_ok());
+    assert!(w.kinds().is_empty());
+    let r = w.open(&mut p).unwrap();
+    assert_eq!(status(&r), (ReplyStatus::Blocked, WireState::Blocked, 0));
+}
+
+#[test]
+fn a_retransmitted_pair_complete_with_the_stored_verifiers_is_still_ok() {
+    let mut w = World::new();
+    let p = w.pair("bank", "alice", false);
+    let id = p.token.token_id();
+    w.kinds();
+    let again = forged_pair_complete(&w, &id, p.token.next_counter() + 1, &p.pin);
+    assert!(w.deliver(&again).is_ok());
+    let st = w.engine.status_by_id(w.now, &id).unwrap();
+    assert_eq!((st.state, st.failures), (TokenState::Closed, 0));
+    assert!(w.kinds().is_empty());
+}
+
+#[test]
+fn a_token_with_a_change_not_yet_written_is_not_answered_by_another_batch() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", false);
+    let id = p.token.token_id();
+    w.open(&mut p).unwrap();
+    // A CLOSE handled but its batch not yet committed.
+    let mut out = [0u8; 1200];
+    let tx = p
+        .token
+        .request(&mut p.store, Request::Close, w.now, &mut out)
+        .unwrap();
+    let mut close = out[..tx.len].to_vec();
+    let mut pending = Batch::new();
+    let mut reply = [0u8; 1200];
+    let src: SocketAddr = SRC.parse().unwrap();
+    let outcome = w
+        .engine
+        .handle_packet(w.now, src, &mut close, &mut reply, &mut pending);
+    assert!(matches!(outcome, PacketOutcome::Reply(_)));
+    // Meanwhile: a STATUS in another batch is dropped, the API's read and changes wait.
+    let r = w.send(&mut p, Request::Status);
+    assert_eq!(r.err(), Some(DropReason::Unsettled));
+    assert_eq!(
+        w.engine.status_by_id(w.now, &id).err(),
+        Some(EngineError::Unsettled)
+    );
+    assert_eq!(
+        w.admin(|e, now, b| e.force(now, &id, Force::Blocked, b))
+            .err(),
+        Some(EngineError::Unsettled)
+    );
+    assert_eq!(w.engine.unsettled_count(), 1);
+    // Written: everything sees the change.
+    w.commit(pending);
+    assert_eq!(w.engine.unsettled_count(), 0);
+    let r = w.send(&mut p, Request::Status).unwrap();
+    assert_eq!(status(&r).1, WireState::Closed);
+    assert_eq!(
+        w.engine.status_by_id(w.now, &id).unwrap().state,
+        TokenState::Closed
+    );
+}
+
+#[test]
+fn a_failed_commit_is_undone_by_restoring_the_token() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", false);
+    let id = p.token.token_id();
+    w.open(&mut p).unwrap();
+    let durable = w
+        .commit
+        .log
+        .iter()
+        .rev()
+        .find_map(|m| match m {
+            Mutation::Token(r) if r.token_id() == id => Some((**r).clone()),
+            _ => None,
+        })
+        .unwrap();
+    let mut durable = durable;
+    durable.apply_state(
+        &w.commit
+            .log
+            .iter()
+            .rev()
+            .find_map(|m| match m {
+                Mutation::TokenState(s) if s.token_id == id => Some(*s),
+                _ => None,
+            })
+            .unwrap(),
+    );
+    // A CLOSE whose batch cannot be written.
+    let mut out = [0u8; 1200];
+    let tx = p
+        .token
+        .request(&mut p.store, Request::Close, w.now, &mut out)
+        .unwrap();
+    let recorded = out[..tx.len].to_vec();
+    let mut close = recorded.clone();
+    let mut failed = Batch::new();
+    let mut reply = [0u8; 1200];
+    let src: SocketAddr = SRC.parse().unwrap();
+    w.engine
+        .handle_packet(w.now, src, &mut close, &mut reply, &mut failed);
+    // The driver restores what storage holds: the token is open again in memory.
+    let ids = w.engine.unsettled_tokens(&mut failed);
+    assert_eq!(ids, vec![id]);
+    let mut restored = Vec::new();
+    for t in &ids {
+        let highest = w.engine.forget_for_restore(t);
+        assert_eq!(highest, tx.counter, "the counter seen in memory is kept");
+        w.engine.load_token(&durable).unwrap();
+        restored.push((*t, highest));
+    }
+    w.engine.finish_restore(&restored);
+    assert_eq!(w.engine.unsettled_count(), 0);
+    assert_eq!(
+        w.engine.status_by_id(w.now, &id).unwrap().state,
+        TokenState::Open
+    );
+    // The failed request's counter is not accepted again (its reply would reuse a nonce).
+    assert_eq!(w.deliver(&recorded), Err(DropReason::Replayed));
+    let r = w.send(&mut p, Request::Status).unwrap();
+    assert_eq!(status(&r).1, WireState::Open);
+}
+
+#[test]
+fn state_changes_per_token_are_limited_per_second() {
+    let mut config = EngineConfig::new(services(), 7, [9; 32]);
+    config.max_changes_per_s = 3;
+    let engine = Engine::new(config).unwrap();
+    let events = engine.events().subscribe();
+    let mut w = World {
+        engine,
+        now: T0,
+        commit: MemoryCommit::default(),
+        events,
+        seen: Vec::new(),
+    };
+    w.now += 1_000;
+    let mut p = w.pair("bank", "alice", false);
+    w.now += 1_000;
+    w.kinds();
+    w.open(&mut p).unwrap();
+    w.send(&mut p, Request::Close).unwrap();
+    w.open(&mut p).unwrap();
+    assert_eq!(
+        w.send(&mut p, Request::Close).err(),
+        Some(DropReason::RateLimited)
+    );
+    assert_eq!(w.open(&mut p).err(), Some(DropReason::RateLimited));
+    // Reads are not limited.
+    assert!(w.send(&mut p, Request::Status).is_ok());
+    assert_eq!(w.engine.drops(DropReason::RateLimited), 2);
+    assert_eq!(
+        w.kinds(),
+        vec![EventKind::Opened, EventKind::Closed, EventKind::Opened]
+    );
+    // The next second allows more.
+    w.now += 1_000;
+    let r = w.send(&mut p, Request::Close).unwrap();
+    assert_eq!(status(&r).1, WireState::Closed);
 }

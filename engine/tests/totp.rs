@@ -691,6 +691,7 @@ fn a_totp_token_re_enrolled_for_the_app_pairs_and_becomes_an_app_token() {
             .engine
             .handle_packet(w.now, src, &mut d, &mut out, &mut batch);
         w.commit.commit(&batch.mutations).unwrap();
+        w.engine.publish(&mut batch);
         match outcome {
             PacketOutcome::Reply(n) => out[..n].to_vec(),
             PacketOutcome::Drop(r) => panic!("dropped: {r:?}"),

@@ -96,11 +96,32 @@ pub fn open_driver(
 
 /// Opens `count` (at least 1) drivers of `kind` sharing `addr` (one thread each; with port 0
 /// the first socket picks the port and the others join it); returns them with the address.
+///
+/// One port, one server: `SO_REUSEPORT` would let a second process (of the same user) join
+/// the port and silently take part of the traffic, answering devices whose tokens it does not
+/// know. So a port that is already bound by anyone is refused with [`io::ErrorKind::AddrInUse`]
+/// before this process's sockets bind it (checked with a plain socket, which cannot share a
+/// port; two servers started within the same instant are not told apart).
 pub fn open_drivers(
     kind: DriverKind,
     addr: std::net::SocketAddr,
     count: usize,
 ) -> io::Result<(Vec<Box<dyn Driver>>, std::net::SocketAddr)> {
+    if addr.port() != 0 {
+        if let Err(e) = std::net::UdpSocket::bind(addr) {
+            return Err(io::Error::new(
+                e.kind(),
+                if e.kind() == io::ErrorKind::AddrInUse {
+                    format!(
+                        "UDP {addr} is already in use by another process (another zoftoken \
+                         server?); one port is served by one server"
+                    )
+                } else {
+                    format!("UDP {addr}: {e}")
+                },
+            ));
+        }
+    }
     let mut drivers = Vec::with_capacity(count.max(1));
     let mut addr = addr;
     for _ in 0..count.max(1) {

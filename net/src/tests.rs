@@ -143,6 +143,23 @@ fn several_sockets_share_a_port() {
 }
 
 #[test]
+fn a_port_served_by_another_server_is_refused_and_threads_still_share_one() {
+    for kind in kinds() {
+        // One server's threads share a port...
+        let (drivers, addr) = open_drivers(kind, loopback(), 2).unwrap();
+        assert_eq!(drivers.len(), 2);
+        // ...and a second server on the same port is refused with a clear error.
+        let err = open_drivers(kind, addr, 2).err().expect("refused");
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        assert!(err.to_string().contains("already in use"), "{err}");
+        // Once the first is gone, the port can be served again.
+        drop(drivers);
+        let (again, same) = open_drivers(kind, addr, 1).unwrap();
+        assert_eq!((again.len(), same), (1, addr));
+    }
+}
+
+#[test]
 fn a_driver_is_dropped_cleanly_while_receiving_and_sending() {
     for kind in kinds() {
         let (mut driver, addr) = driver_on(kind);

@@ -56,11 +56,21 @@ pub enum DropReason {
     /// The X25519 exchange produced a non-contributory (all-zero) shared secret.
     #[error("non-contributory key exchange")]
     WeakKeyExchange,
+    /// The token has a change that is not yet known to be durable (its commit is in flight,
+    /// or failed and the token is being restored from storage). Set by the engine: the
+    /// request is not answered, so that no reply ever shows state that was not written; the
+    /// app retries.
+    #[error("token change not yet durable")]
+    Unsettled,
+    /// The token has made more state changes in the last second than the server allows
+    /// (a per-token limit). Set by the engine.
+    #[error("too many state changes for this token")]
+    RateLimited,
 }
 
 impl DropReason {
     /// Every reason, for metrics that pre-register their labels.
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::Oversize,
         DropReason::Truncated,
         DropReason::UnknownVersion,
@@ -76,6 +86,8 @@ impl DropReason {
         DropReason::InvalidField,
         DropReason::UnexpectedReply,
         DropReason::WeakKeyExchange,
+        DropReason::Unsettled,
+        DropReason::RateLimited,
     ];
 
     /// A short stable name for metrics labels.
@@ -96,6 +108,8 @@ impl DropReason {
             DropReason::InvalidField => "invalid_field",
             DropReason::UnexpectedReply => "unexpected_reply",
             DropReason::WeakKeyExchange => "weak_key_exchange",
+            DropReason::Unsettled => "unsettled",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 }

@@ -154,6 +154,56 @@ pub fn open_store(
     )?)
 }
 
+/// Opens the database of a damaged write-ahead log, dropping everything from the first damage
+/// on (`zoftoken db recover`), and checks it as a start would (schema, master key). The
+/// report says what was dropped.
+pub fn recover_store(
+    loaded: &Loaded,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<(Store, zoftoken_storage_rocksdb::Recovery), OpenError> {
+    let dir = &loaded.config.data_dir;
+    if !database_exists(dir) {
+        return Err(OpenError::Io {
+            path: dir.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no database here"),
+        });
+    }
+    let key = master_key(loaded, env, warnings)?;
+    let (kv, recovery) = RocksKv::recover(dir).map_err(|e| match e {
+        KvError::Locked(m) => OpenError::Locked(m),
+        other => OpenError::Store(other.into()),
+    })?;
+    let store = Store::open(Arc::new(kv), key, loaded.config.durability.into())?;
+    Ok((store, recovery))
+}
+
+/// The exit code of a failed start caused by the database: 5 when it cannot be written or
+/// read (a full disk, a read-only or failing filesystem), 6 when it is damaged (see `zoftoken
+/// db recover`); `None` for other failures.
+pub fn storage_exit_code(e: &anyhow::Error) -> Option<u8> {
+    e.chain().find_map(|cause| {
+        let kv = cause
+            .downcast_ref::<KvError>()
+            .or_else(|| match cause.downcast_ref::<StoreError>() {
+                Some(StoreError::Kv(k)) => Some(k),
+                _ => None,
+            })
+            .or_else(|| match cause.downcast_ref::<OpenError>() {
+                Some(OpenError::Store(StoreError::Kv(k))) => Some(k),
+                _ => None,
+            });
+        match kv {
+            Some(KvError::Io(_)) => Some(5),
+            Some(KvError::Corrupt(_)) => Some(6),
+            _ => match cause.downcast_ref::<StoreError>() {
+                Some(StoreError::Corrupt { .. }) => Some(6),
+                _ => None,
+            },
+        }
+    })
+}
+
 /// The services and authkeys in effect: the file's, or the database's.
 pub fn effective_config(
     loaded: &Loaded,

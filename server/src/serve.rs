@@ -170,14 +170,18 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
             continue;
         }
         last_tick = Instant::now();
-        engine.tick(now_ms(), &mut batch);
+        let now = now_ms();
+        // While the database cannot write: find out whether it can again (and retry the
+        // restores of tokens that could not be read back).
+        store.probe(&engine, now);
+        engine.tick(now, &mut batch);
         if !batch.is_empty() {
-            // A failed write keeps the batch: it is written with the next tick's changes
-            // (records are versioned, a retry never overwrites a newer state) and the
-            // events are published only once it is durable. The server keeps serving.
-            match store.commit(&batch.mutations, &*engine) {
+            // A failed write restores the tokens the tick expired (a later tick expires them
+            // again) and keeps the rest of the batch, written with the next tick's changes
+            // (records are versioned, a retry never overwrites a newer state); events are
+            // published only once durable. The server keeps serving.
+            match store.commit_timers(&engine, now, &mut batch) {
                 Ok(_) => {
-                    engine.publish(&mut batch);
                     if std::mem::take(&mut timer_writes_failing) {
                         eprintln!("zoftoken: timer changes written again after failures");
                     }
@@ -195,6 +199,7 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
             }
         }
         engine.export_metrics();
+        export_storage_metrics(&store, &engine, &udp.stats);
     }
     eprintln!("zoftoken: stopping: answering the batches in flight");
     let stats = udp.stats.clone();
@@ -216,6 +221,17 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
     store.flush().context("flushing the database")?;
     eprintln!("zoftoken: stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The database's health and what it cost: whether it can write, failed commits, replies
+/// withheld because their batch was not written, tokens waiting for their change's outcome.
+fn export_storage_metrics(store: &Store, engine: &Engine, udp: &zoftoken_server::udp::UdpStats) {
+    let health = store.health();
+    metrics::gauge!("zoftoken_storage_writable").set(if health.writable() { 1.0 } else { 0.0 });
+    metrics::counter!("zoftoken_commit_failures_total").absolute(health.failed_commits());
+    metrics::counter!("zoftoken_replies_withheld_total")
+        .absolute(udp.withheld.load(Ordering::Relaxed));
+    metrics::gauge!("zoftoken_tokens_unsettled").set(engine.unsettled_count() as f64);
 }
 
 /// SIGHUP: reads the configuration file again and replaces the engine's services and

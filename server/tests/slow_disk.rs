@@ -48,6 +48,10 @@ impl Rig {
         let store = Arc::new(
             Store::open(kv.clone(), MasterKey::from_bytes([1; 32]), Durability::Wal).unwrap(),
         );
+        // The tokens are durable, as a server's are (a failed write restores them from here).
+        store
+            .commit(&set.server_mutations(0..set.count()), &*engine)
+            .unwrap();
         let mut config = CommitterConfig::new(Durability::Wal, 1);
         config.writer_thread = writer_thread;
         let committer = Committer::start(store, engine.clone(), config).unwrap();

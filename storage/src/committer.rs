@@ -252,7 +252,7 @@ fn write_loop(
             write_group(store, engine, &batches, config.durability, stats)
         };
         for mut job in group.drain(..) {
-            finish(engine, &mut job.batch, &result);
+            finish(store, engine, &mut job.batch, &result);
             // A submitter that is gone no longer needs its answer.
             let _ = job.done.send(Done {
                 batch: job.batch,
@@ -285,14 +285,17 @@ fn write_group(
     })
 }
 
-/// After the write: a committed batch's events are published; a failed batch is dropped.
+/// After the write: a committed batch's tokens are settled and its events published; a
+/// failed batch's tokens are restored from the database (nothing it changed stays visible).
 /// Either way the batch comes back empty.
-fn finish(engine: &Engine, batch: &mut Batch, result: &Result<(), CommitError>) {
-    if result.is_ok() {
-        engine.publish(batch);
-    } else {
-        batch.mutations.clear();
-    }
+fn finish(store: &Store, engine: &Engine, batch: &mut Batch, result: &Result<(), CommitError>) {
+    let now = crate::durable::now_ms();
+    store.after_commit(
+        engine,
+        now,
+        batch,
+        result.as_ref().map(|_| ()).map_err(|_| ()),
+    );
 }
 
 /// Waits a little for the next job without sleeping: under load the next batch comes within
@@ -365,7 +368,7 @@ impl Submitter {
                     return Err((batch, CommitError::Stopped));
                 }
                 let result = write_group(store, engine, &[&batch.mutations], *durability, stats);
-                finish(engine, &mut batch, &result);
+                finish(store, engine, &mut batch, &result);
                 ready.push_back(Done { batch, result });
             }
         }

@@ -18,6 +18,7 @@ mod committer;
 pub mod conformance;
 pub mod crypt;
 pub mod docs;
+mod durable;
 mod fault;
 pub mod kv;
 mod maint;
@@ -31,6 +32,7 @@ pub use crypt::{KeyError, MasterKey};
 pub use docs::{
     authkeys_to_config, services_to_config, AuthkeyDoc, OtpDoc, ServiceDoc, WebhookDoc,
 };
+pub use durable::Health;
 pub use fault::FaultyKv;
 pub use kv::{Cf, Durability, KvError, KvStore, Op, WriteBatch};
 pub use maint::{CheckReport, Moved};

@@ -98,6 +98,7 @@ pub struct Store {
     key: MasterKey,
     durability: Durability,
     next_seq: AtomicU64,
+    pub(crate) health: crate::durable::Health,
 }
 
 impl std::fmt::Debug for Store {
@@ -205,6 +206,7 @@ impl Store {
             key,
             durability,
             next_seq: AtomicU64::new(last.max(acked) + 1),
+            health: crate::durable::Health::default(),
         })
     }
 
@@ -385,8 +387,17 @@ impl Store {
             seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
             b.put(Cf::Outbox, seq.to_be_bytes(), v);
         }
-        self.kv.write(&b, durability)?;
-        Ok(seq)
+        match self.kv.write(&b, durability) {
+            Ok(()) => {
+                self.health.write_ok();
+                Ok(seq)
+            }
+            Err(e) => {
+                let e = StoreError::from(e);
+                self.health.write_failed(&e);
+                Err(e)
+            }
+        }
     }
 
     /// Rebuilds the engine's tables: tokens (in parallel over `threads` workers, calling
@@ -726,41 +737,9 @@ impl Store {
     /// admin command that works on the database while the server is stopped. Returns whether
     /// anything was found.
     pub fn load_one(&self, engine: &Engine, now_ms: u64, id: &TokenId) -> Result<bool, StoreError> {
-        let mut found = false;
-        if let Some(v) = self.kv.get(Cf::Secrets, &id.0)? {
-            let s = schema::decode_secrets(&self.key, id, &v)
-                .ok_or_else(|| corrupt(Cf::Secrets, &id.0, "undecodable or not authentic"))?;
-            let status = self
-                .token_state(id)?
-                .ok_or_else(|| corrupt(Cf::Secrets, &id.0, "token has no state record"))?;
-            let service = engine.service_index_of(&s.service).ok_or_else(|| {
-                StoreError::Invalid(format!("service `{}` is not configured", s.service))
-            })?;
-            engine
-                .load_token(&TokenRecord {
-                    kind: s.kind,
-                    service,
-                    secret: s.secret,
-                    pin_verifier: s.pin_verifier,
-                    duress_verifier: s.duress_verifier,
-                    status,
-                })
-                .map_err(|e| StoreError::Invalid(e.to_string()))?;
-            found = true;
-        }
-        if let Some(v) = self.kv.get(Cf::Enrollments, &id.0)? {
-            let p = schema::decode_pending(&self.key, *id, &v)
-                .ok_or_else(|| corrupt(Cf::Enrollments, &id.0, "undecodable or not authentic"))?;
-            engine
-                .load_pending(now_ms, &p)
-                .map_err(|e| StoreError::Invalid(e.to_string()))?;
-            found = true;
-        }
-        if let Some(v) = self.kv.get(Cf::BackupCodes, &id.0)? {
-            let hashes = schema::decode_backup(&self.key, id, &v)
-                .ok_or_else(|| corrupt(Cf::BackupCodes, &id.0, "undecodable or not authentic"))?;
-            engine.load_backup_codes(id, hashes);
-        }
+        let stored = self.read_token(engine, id)?;
+        let found = stored.token.is_some() || stored.pending.is_some();
+        stored.apply(engine, now_ms)?;
         let mut txs = Vec::new();
         self.kv.scan(Cf::Transactions, &[], None, &mut |k, v| {
             if let Some(t) = k
@@ -780,6 +759,52 @@ impl Store {
         Ok(found || self.token_info(id)?.is_some())
     }
 
+    /// Reads one token's records (paired token, pending enrollment, backup codes; not its
+    /// transactions) without changing the engine.
+    pub(crate) fn read_token(
+        &self,
+        engine: &Engine,
+        id: &TokenId,
+    ) -> Result<StoredToken, StoreError> {
+        let mut stored = StoredToken {
+            id: *id,
+            token: None,
+            pending: None,
+            backup: None,
+        };
+        if let Some(v) = self.kv.get(Cf::Secrets, &id.0)? {
+            let s = schema::decode_secrets(&self.key, id, &v)
+                .ok_or_else(|| corrupt(Cf::Secrets, &id.0, "undecodable or not authentic"))?;
+            let status = self
+                .token_state(id)?
+                .ok_or_else(|| corrupt(Cf::Secrets, &id.0, "token has no state record"))?;
+            let service = engine.service_index_of(&s.service).ok_or_else(|| {
+                StoreError::Invalid(format!("service `{}` is not configured", s.service))
+            })?;
+            stored.token = Some(TokenRecord {
+                kind: s.kind,
+                service,
+                secret: s.secret,
+                pin_verifier: s.pin_verifier,
+                duress_verifier: s.duress_verifier,
+                status,
+            });
+        }
+        if let Some(v) = self.kv.get(Cf::Enrollments, &id.0)? {
+            stored.pending =
+                Some(schema::decode_pending(&self.key, *id, &v).ok_or_else(|| {
+                    corrupt(Cf::Enrollments, &id.0, "undecodable or not authentic")
+                })?);
+        }
+        if let Some(v) = self.kv.get(Cf::BackupCodes, &id.0)? {
+            stored.backup =
+                Some(schema::decode_backup(&self.key, id, &v).ok_or_else(|| {
+                    corrupt(Cf::BackupCodes, &id.0, "undecodable or not authentic")
+                })?);
+        }
+        Ok(stored)
+    }
+
     /// Makes everything durable (clean shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
         Ok(self.kv.flush()?)
@@ -787,6 +812,34 @@ impl Store {
 
     pub(crate) fn master_key(&self) -> &MasterKey {
         &self.key
+    }
+}
+
+/// One token's records as read by [`Store::read_token`].
+pub(crate) struct StoredToken {
+    id: TokenId,
+    token: Option<TokenRecord>,
+    pending: Option<zoftoken_engine::PendingRecord>,
+    backup: Option<Vec<[u8; 16]>>,
+}
+
+impl StoredToken {
+    /// Loads the records into the engine.
+    pub(crate) fn apply(self, engine: &Engine, now_ms: u64) -> Result<(), StoreError> {
+        if let Some(t) = &self.token {
+            engine
+                .load_token(t)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        }
+        if let Some(p) = &self.pending {
+            engine
+                .load_pending(now_ms, p)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        }
+        if let Some(hashes) = self.backup {
+            engine.load_backup_codes(&self.id, hashes);
+        }
+        Ok(())
     }
 }
 

@@ -6,15 +6,20 @@
 //! It knows nothing of tokens or of the schema beyond that merge rule; `zoftoken-storage`
 //! does the rest. This is the only crate of the workspace that links RocksDB.
 //!
-//! Key type: [`RocksKv`].
+//! A damaged write-ahead log never silently drops acknowledged changes: see
+//! [`RocksKv::open`] and [`RocksKv::recover`] (module [`wal`] finds and measures the damage).
+//!
+//! Key types: [`RocksKv`], [`Recovery`].
 #![forbid(unsafe_code)]
 
 use std::path::Path;
 
 use rocksdb::{
-    BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, Env, ErrorKind, MemtableFactory,
-    MergeOperands, Options, ReadOptions, WriteOptions, DB,
+    BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, Env, ErrorKind,
+    MemtableFactory, MergeOperands, Options, ReadOptions, WriteOptions, DB,
 };
+
+pub mod wal;
 use zoftoken_storage::kv::{KeyValue, Visitor};
 use zoftoken_storage::schema::newer_state;
 use zoftoken_storage::{Cf, Durability, KvError, KvStore, Op, WriteBatch};
@@ -72,10 +77,78 @@ fn cf_options(cf: Cf) -> Options {
     o
 }
 
+/// What `zoftoken db recover` did: where the write-ahead log was damaged and what the
+/// recovery dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    /// The damage and the write batches after it, dropped; `None` if the log was intact.
+    pub loss: Option<wal::Loss>,
+}
+
 impl RocksKv {
     /// Opens (or creates) the database in directory `path`.
+    ///
+    /// Every change in the write-ahead log is replayed, or the open fails: damage in the
+    /// middle of a log (an intact record after a damaged one) stops it with
+    /// [`KvError::Corrupt`], saying where and how much would be lost, and that
+    /// [`RocksKv::recover`] (`zoftoken db recover`) opens it with that loss. Only a damaged
+    /// *tail* (the last record of the newest log cut short or unreadable, what a crash in the
+    /// middle of a write leaves) is accepted, and logged loudly: that last write never
+    /// returned under `durability: fsync`; under `durability: wal` it may have been
+    /// acknowledged before the machine lost power (SECURITY.md).
     pub fn open(path: &Path) -> Result<RocksKv, KvError> {
+        match Self::open_with(path, DBRecoveryMode::AbsoluteConsistency) {
+            Err(KvError::Corrupt(text)) => {
+                let report = wal::inspect(path).map_err(|e| KvError::Io(e.to_string()))?;
+                match report.loss() {
+                    Some(loss) if loss.batches == 0 => {
+                        let kv =
+                            Self::open_with(path, DBRecoveryMode::TolerateCorruptedTailRecords)?;
+                        eprintln!(
+                            "zoftoken: WARNING: the write-ahead log {} ended in a damaged record at \
+                             byte {} (a crash during a write); it was dropped. Under \
+                             `durability: fsync` that write was never acknowledged; under \
+                             `durability: wal` it may have been, if the machine lost power.",
+                            loss.path.display(),
+                            loss.offset
+                        );
+                        Ok(kv)
+                    }
+                    Some(loss) => Err(KvError::Corrupt(format!(
+                        "the write-ahead log {} is damaged at byte {}, and {} write batches \
+                         ({} records) after the damage would be lost. Nothing was changed. \
+                         Restore a backup, or run `zoftoken db recover` to start without them \
+                         (RocksDB: {text})",
+                        loss.path.display(),
+                        loss.offset,
+                        loss.batches,
+                        loss.records
+                    ))),
+                    None => Err(KvError::Corrupt(text)),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Opens a database whose write-ahead log is damaged, dropping everything from the first
+    /// damage on (RocksDB's point-in-time recovery), flushes what was recovered so that the
+    /// damaged log is no longer needed, and reports what was dropped.
+    pub fn recover(path: &Path) -> Result<(RocksKv, Recovery), KvError> {
+        let report = wal::inspect(path).map_err(|e| KvError::Io(e.to_string()))?;
+        let kv = Self::open_with(path, DBRecoveryMode::PointInTime)?;
+        kv.flush()?;
+        Ok((
+            kv,
+            Recovery {
+                loss: report.loss(),
+            },
+        ))
+    }
+
+    fn open_with(path: &Path, recovery: DBRecoveryMode) -> Result<RocksKv, KvError> {
         let mut opts = Options::default();
+        opts.set_wal_recovery_mode(recovery);
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);

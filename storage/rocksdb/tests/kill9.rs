@@ -91,6 +91,7 @@ fn crash_child_writer() {
                 .unwrap();
         }
         store.commit(&batch.mutations, &engine).unwrap();
+        engine.publish(&mut batch);
         writeln!(out, "committed {k}").unwrap();
         out.flush().unwrap();
         // The parent kills long before this; never run away if it does not.

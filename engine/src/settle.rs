@@ -1,0 +1,149 @@
+//! Durability of token changes: nothing a reply, an API answer or an event shows may be a
+//! change that storage has not written.
+//!
+//! Every operation that changes a token marks it *unsettled* in its shard, under the shard
+//! lock and before the change can be seen, and records the mark in its [`Batch`]. While a
+//! token is unsettled, no other batch reads or changes it: its datagrams are dropped
+//! ([`DropReason::Unsettled`](zoftoken_proto::DropReason::Unsettled), the app retries with a
+//! new request) and API operations answer [`EngineError::Unsettled`] (the API waits a little
+//! and asks again). So a reply, an answer or an event only ever shows state that is durable,
+//! or the batch's own change, which is written before that batch's replies leave.
+//!
+//! When the batch's commit succeeds the driver calls [`Engine::publish`] (which calls
+//! [`Engine::settle_committed`]): its tokens are usable
+//! again. When it fails, the driver restores each of the batch's tokens from storage
+//! ([`Engine::unsettled_tokens`], [`Engine::forget_for_restore`], then the load functions,
+//! then [`Engine::finish_restore`]): the engine's memory is again what the store holds, and
+//! only then are the tokens released. A token whose restore could not read the store stays
+//! unsettled (unusable, never wrong) until a later restore succeeds.
+
+use zoftoken_proto::TokenId;
+
+use crate::mutation::Batch;
+use crate::{lock, Engine, EngineError, Shard};
+
+impl Shard {
+    /// Whether `id` has a change not yet known to be durable, other than `batch`'s own
+    /// (a batch's own changes are written together with it).
+    pub(crate) fn is_unsettled(&self, id: &[u8; 16], batch: &Batch) -> bool {
+        !self.unsettled.is_empty() && self.unsettled.contains(id) && !batch.marked.contains(id)
+    }
+
+    /// Marks `id` as changed by `batch` (call with the shard locked, before the change can be
+    /// seen by another thread).
+    pub(crate) fn mark(&mut self, id: &[u8; 16], batch: &mut Batch) {
+        mark_in(&mut self.unsettled, id, batch);
+    }
+}
+
+/// [`Shard::mark`] for code that holds the shard's fields apart.
+pub(crate) fn mark_in(
+    unsettled: &mut std::collections::HashSet<[u8; 16]>,
+    id: &[u8; 16],
+    batch: &mut Batch,
+) {
+    if !batch.marked.contains(id) {
+        batch.marked.push(*id);
+    }
+    unsettled.insert(*id);
+}
+
+impl Engine {
+    /// Marks `id` unsettled for `batch`, locking its shard (for operations whose change lives
+    /// outside the shard: call before making the change).
+    pub(crate) fn mark_unsettled(
+        &self,
+        id: &[u8; 16],
+        batch: &mut Batch,
+    ) -> Result<(), EngineError> {
+        let mut shard = self.shard(id);
+        if shard.is_unsettled(id, batch) {
+            return Err(EngineError::Unsettled);
+        }
+        shard.mark(id, batch);
+        Ok(())
+    }
+
+    /// Fails with [`EngineError::Unsettled`] if `id` has a change not yet known durable.
+    pub(crate) fn check_settled(&self, id: &[u8; 16]) -> Result<(), EngineError> {
+        let shard = self.shard(id);
+        if !shard.unsettled.is_empty() && shard.unsettled.contains(id) {
+            return Err(EngineError::Unsettled);
+        }
+        Ok(())
+    }
+
+    /// After `batch` was written: its tokens' changes are durable, so they may be read and
+    /// changed again. Call before sending its replies or publishing its events.
+    pub fn settle_committed(&self, batch: &mut Batch) {
+        for id in batch.marked.drain(..) {
+            self.shard(&id).unsettled.remove(&id);
+        }
+    }
+
+    /// After `batch` could not be written: the tokens it changed, to restore from storage.
+    /// The batch's marks are handed over: the tokens stay unsettled (unusable) until
+    /// [`Engine::finish_restore`]. (Changes that follow from the clock alone, a transaction's
+    /// or an enrollment's expiry, are not marked: whether written or not, every read derives
+    /// them from the time again.)
+    pub fn unsettled_tokens(&self, batch: &mut Batch) -> Vec<TokenId> {
+        let mut ids = std::mem::take(&mut batch.marked);
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter().map(TokenId).collect()
+    }
+
+    /// Step 1 of restoring a token whose change could not be written: forgets everything the
+    /// engine holds about it (entry, pending enrollment, transactions, backup codes) so that
+    /// storage can load what it holds. Returns the highest device counter seen in memory,
+    /// which the restore must keep (a counter seen once is never accepted again, written or
+    /// not: SPEC.md §8).
+    pub fn forget_for_restore(&self, id: &TokenId) -> u64 {
+        let highest = {
+            let mut shard = self.shard(&id.0);
+            let shard = &mut *shard;
+            match shard.table.find(&id.0) {
+                Some(slot) => {
+                    let highest = shard.table.get(slot).map_or(0, |e| e.highest);
+                    shard.windows.remove(&slot);
+                    shard.presence.remove(&slot);
+                    shard.table.remove(&id.0);
+                    highest
+                }
+                None => 0,
+            }
+        };
+        lock(&self.pending).remove(&id.0);
+        let mut side = lock(&self.side);
+        if let Some(txs) = side.tx_by_token.remove(&id.0) {
+            for tx in txs {
+                side.transactions.remove(&tx);
+            }
+        }
+        side.backup.remove(&id.0);
+        highest
+    }
+
+    /// Step 3 of a restore (after storage loaded what it holds): keeps the counters seen in
+    /// memory seen, releases the tokens and wakes their long polls.
+    pub fn finish_restore(&self, restored: &[(TokenId, u64)]) {
+        for (id, highest) in restored {
+            let mut shard = self.shard(&id.0);
+            let shard = &mut *shard;
+            if let Some(e) = shard.table.find(&id.0).and_then(|s| shard.table.get_mut(s)) {
+                if *highest > e.highest {
+                    // Everything up to the highest counter seen counts as seen (SPEC.md §8.2).
+                    e.highest = *highest;
+                    e.recent = u32::MAX;
+                }
+            }
+            shard.unsettled.remove(&id.0);
+            Engine::notify_in(shard, &id.0);
+        }
+    }
+
+    /// Tokens with a change not yet known durable (in flight, or waiting for a restore).
+    pub fn unsettled_count(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).unsettled.len()).sum()
+    }
+}

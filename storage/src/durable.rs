@@ -1,0 +1,264 @@
+//! Failing closed: what happens around a commit so that nothing that was not written is ever
+//! visible, and what the server knows about its database's health.
+//!
+//! - [`Store::commit_batch`] is the one way a driver (the group commit, the API, the timers)
+//!   commits an engine [`Batch`]: on success the batch's tokens are settled and its events
+//!   published; on failure nothing is published, and every token the batch changed is
+//!   restored from the database ([`Store::restore_tokens`]), so that the engine's memory is
+//!   again what the database holds (see the engine's `settle` module).
+//! - [`Health`] records whether the database can write: the first failed write logs one line
+//!   and turns the server not ready (`/readyz`), the API refuses changes with `503` while it
+//!   lasts, and [`Health::failed_commits`] counts them for the metrics; [`Store::probe`] (called every second by the server
+//!   while writes fail) finds out when writes work again, logs one line, and retries the
+//!   restores that could not read the database.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use zoftoken_engine::{Batch, Engine, EventKind, Mutation};
+use zoftoken_proto::TokenId;
+
+use crate::kv::{Cf, Durability, WriteBatch};
+use crate::schema;
+use crate::store::{Store, StoreError};
+
+const META_PROBE: &[u8] = b"write_probe";
+
+/// Whether the database can write, shared by everything that writes it.
+#[derive(Debug)]
+pub struct Health {
+    writable: AtomicBool,
+    failed_commits: AtomicU64,
+    /// The last write error, for the one log line and `/readyz`.
+    last_error: Mutex<Option<String>>,
+    /// Tokens whose restore could not read the database: still unsettled, retried by
+    /// [`Store::probe`].
+    unrestored: Mutex<Vec<TokenId>>,
+}
+
+impl Default for Health {
+    fn default() -> Health {
+        Health {
+            writable: AtomicBool::new(true),
+            failed_commits: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            unrestored: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl Health {
+    /// Whether the last write succeeded.
+    pub fn writable(&self) -> bool {
+        self.writable.load(Ordering::Acquire)
+    }
+
+    /// Commits that failed since start.
+    pub fn failed_commits(&self) -> u64 {
+        self.failed_commits.load(Ordering::Relaxed)
+    }
+
+    /// Why writes fail, while they do.
+    pub fn last_error(&self) -> Option<String> {
+        if self.writable() {
+            return None;
+        }
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A write failed: logged once, until writes work again.
+    pub(crate) fn write_failed(&self, e: &StoreError) {
+        self.failed_commits.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        if self.writable.swap(false, Ordering::AcqRel) {
+            eprintln!(
+                "zoftoken: error: cannot write to the database: {e}. Nothing that was not \
+                 written is answered: state changes get no reply, the API answers 503 \
+                 storage_unavailable, /readyz is not ready; retrying every second"
+            );
+        }
+    }
+
+    /// A write succeeded.
+    pub(crate) fn write_ok(&self) {
+        if !self.writable.load(Ordering::Acquire) && !self.writable.swap(true, Ordering::AcqRel) {
+            eprintln!("zoftoken: the database can write again; serving normally");
+        }
+    }
+}
+
+impl Store {
+    /// The database's health.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Commits an engine batch: on success settles its tokens and publishes its events (the
+    /// batch comes back empty); on failure publishes nothing, restores the batch's tokens from
+    /// the database and empties the batch. Nothing the batch changed is visible unless this
+    /// returns `Ok`.
+    pub fn commit_batch(
+        &self,
+        engine: &Engine,
+        now_ms: u64,
+        batch: &mut Batch,
+    ) -> Result<u64, StoreError> {
+        let r = self.commit_group(&[&batch.mutations], engine, self.durability());
+        self.after_commit(
+            engine,
+            now_ms,
+            batch,
+            r.as_ref().map(|_| ()).map_err(|_| ()),
+        );
+        r
+    }
+
+    /// What follows a commit of `batch` (by [`Store::commit_batch`] or a group commit):
+    /// publish on success, restore on failure.
+    pub(crate) fn after_commit(
+        &self,
+        engine: &Engine,
+        now_ms: u64,
+        batch: &mut Batch,
+        result: Result<(), ()>,
+    ) {
+        if result.is_ok() {
+            engine.publish(batch);
+            return;
+        }
+        let ids = engine.unsettled_tokens(batch);
+        batch.mutations.clear();
+        self.restore_or_keep(engine, now_ms, ids);
+    }
+
+    /// Commits the timers' batch ([`zoftoken_engine::Engine::tick`]). On failure the tokens
+    /// it expired are restored (their next tick expires them again) and their changes leave
+    /// the batch; what is left (transactions' and enrollments' expiries, which follow from
+    /// the clock alone) stays in the batch, to be written with the next tick's changes, so
+    /// that their events are not lost.
+    pub fn commit_timers(
+        &self,
+        engine: &Engine,
+        now_ms: u64,
+        batch: &mut Batch,
+    ) -> Result<u64, StoreError> {
+        match self.commit_group(&[&batch.mutations], engine, self.durability()) {
+            Ok(seq) => {
+                engine.publish(batch);
+                Ok(seq)
+            }
+            Err(e) => {
+                let ids = engine.unsettled_tokens(batch);
+                let restored: HashSet<[u8; 16]> = ids.iter().map(|t| t.0).collect();
+                batch.mutations.retain(|m| match m {
+                    Mutation::TokenState(s) => !restored.contains(&s.token_id.0),
+                    Mutation::Event(ev) if ev.kind == EventKind::Expired => {
+                        !restored.contains(&ev.token_id.0)
+                    }
+                    _ => true,
+                });
+                self.restore_or_keep(engine, now_ms, ids);
+                Err(e)
+            }
+        }
+    }
+
+    fn restore_or_keep(&self, engine: &Engine, now_ms: u64, ids: Vec<TokenId>) {
+        if ids.is_empty() {
+            return;
+        }
+        if let Err(e) = self.restore_tokens(engine, now_ms, &ids) {
+            eprintln!(
+                "zoftoken: error: cannot read {} token(s) back from the database after a failed \
+                 write: {e}; they stay unusable until it can",
+                ids.len()
+            );
+            self.health
+                .unrestored
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(ids);
+        }
+    }
+
+    /// Makes the engine's memory of `ids` what the database holds (their changes could not
+    /// be written), then releases them. On a read error nothing is released: the tokens stay
+    /// unusable (never wrong) and the call may be repeated.
+    pub fn restore_tokens(
+        &self,
+        engine: &Engine,
+        now_ms: u64,
+        ids: &[TokenId],
+    ) -> Result<(), StoreError> {
+        let wanted: HashSet<[u8; 16]> = ids.iter().map(|t| t.0).collect();
+        // Read everything first: a read error leaves the engine untouched.
+        let mut txs: HashMap<[u8; 16], Vec<zoftoken_engine::Transaction>> = HashMap::new();
+        self.kv().scan(Cf::Transactions, &[], None, &mut |k, v| {
+            if let Some(t) = k
+                .try_into()
+                .ok()
+                .and_then(|k| schema::decode_transaction(k, v))
+            {
+                if wanted.contains(&t.token_id.0) {
+                    txs.entry(t.token_id.0).or_default().push(t);
+                }
+            }
+            true
+        })?;
+        let mut loaded = Vec::with_capacity(ids.len());
+        for id in ids {
+            loaded.push(self.read_token(engine, id)?);
+        }
+        let mut restored = Vec::with_capacity(ids.len());
+        for (id, records) in ids.iter().zip(loaded) {
+            let highest = engine.forget_for_restore(id);
+            records.apply(engine, now_ms)?;
+            for t in txs.remove(&id.0).unwrap_or_default() {
+                engine.load_transaction(t);
+            }
+            restored.push((*id, highest));
+        }
+        engine.finish_restore(&restored);
+        Ok(())
+    }
+
+    /// While writes fail: tries a small write; if it works, the database is writable again.
+    /// Also retries the restores that could not read the database.
+    pub fn probe(&self, engine: &Engine, now_ms: u64) {
+        let pending = std::mem::take(
+            &mut *self
+                .health
+                .unrestored
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        self.restore_or_keep(engine, now_ms, pending);
+        if self.health.writable() {
+            return;
+        }
+        let mut b = WriteBatch::new();
+        b.put(Cf::Meta, META_PROBE, now_ms.to_be_bytes());
+        match self.kv().write(&b, Durability::Wal) {
+            Ok(()) => self.health.write_ok(),
+            Err(e) => {
+                *self
+                    .health
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            }
+        }
+    }
+}
+
+/// The wall clock in Unix milliseconds, for the restores of the group commit (which expire
+/// enrollments loaded back by the time).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
