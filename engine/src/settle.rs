@@ -93,6 +93,17 @@ impl Engine {
         ids.into_iter().map(TokenId).collect()
     }
 
+    /// Marks a token unsettled for a restore that no failed batch asked for (storage was
+    /// reopened); `false`, and nothing done, if a batch under way has it.
+    pub fn mark_for_restore(&self, id: &TokenId) -> bool {
+        let mut shard = self.shard(&id.0);
+        if shard.unsettled.contains(&id.0) {
+            return false;
+        }
+        shard.unsettled.insert(id.0);
+        true
+    }
+
     /// Step 1 of restoring a token whose change could not be written: forgets everything the
     /// engine holds about it (entry, pending enrollment, transactions, backup codes) so that
     /// storage can load what it holds. Returns the highest device counter seen in memory,

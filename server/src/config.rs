@@ -98,6 +98,10 @@ pub struct MasterKeySource {
     pub env: Option<String>,
 }
 
+/// State-changing device requests one token may make per second unless configured: far
+/// above what a person does, far below what would flood a webhook receiver.
+pub const DEFAULT_TOKEN_CHANGES_PER_S: u16 = 10;
+
 /// The whole file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,6 +139,11 @@ pub struct Config {
     /// are kept in the outbox and delivered by the next server started with threads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_threads: Option<usize>,
+    /// Most state-changing device requests (open, close, PIN change, transaction decisions)
+    /// one token may make per second; more are dropped and counted (default
+    /// [`DEFAULT_TOKEN_CHANGES_PER_S`]; 0: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_changes_per_s: Option<u16>,
     /// Services (`config_source: file` only).
     #[serde(default)]
     pub services: Vec<ServiceDoc>,

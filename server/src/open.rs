@@ -240,5 +240,9 @@ pub fn build_engine(loaded: &Loaded, store: &Store, epoch: u32) -> Result<Engine
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
     let mut config = EngineConfig::new(services, epoch, seed);
     config.authkeys = authkeys;
+    config.max_changes_per_s = loaded
+        .config
+        .token_changes_per_s
+        .unwrap_or(crate::config::DEFAULT_TOKEN_CHANGES_PER_S);
     Ok(Engine::new(config)?)
 }

@@ -246,17 +246,15 @@ impl IoThread {
                     .fetch_add(replies.len() as u64, Ordering::Relaxed);
             }
             Err(e) => {
+                // Counted, not logged here: the store logs the failure once, and again when
+                // it can write; a stopped committer is worth a line.
                 self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .withheld
                     .fetch_add(replies.len() as u64, Ordering::Relaxed);
-                self.log_error(&format!(
-                    "cannot write to the database, {} withheld (the apps will retry): {e}",
-                    match replies.len() {
-                        1 => "1 reply".to_string(),
-                        n => format!("{n} replies"),
-                    }
-                ));
+                if matches!(e, zoftoken_storage::CommitError::Stopped) {
+                    self.log_error(&format!("replies withheld: {e}"));
+                }
             }
         }
         self.spare_replies.push(replies);

@@ -530,6 +530,66 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_leaves_memory_as_the_store_holds_it() {
+        use zoftoken_engine::{Force, TokenState};
+        for writer_thread in [true, false] {
+            let (committer, engine, kv) = start(4, writer_thread);
+            let events = engine.events().subscribe();
+            let mut s = committer.submitter();
+            // A paired token, durable (closed).
+            let id = zoftoken_proto::TokenId::derive("demo", "alice");
+            let record = zoftoken_engine::TokenRecord {
+                kind: zoftoken_engine::TokenKind::App,
+                service: 0,
+                secret: zoftoken_proto::SecretBytes::new([3; 32]),
+                pin_verifier: zoftoken_proto::SecretBytes::new([4; 32]),
+                duress_verifier: None,
+                status: zoftoken_engine::TokenStateRecord::new(id),
+            };
+            engine.load_token(&record).unwrap();
+            let mut batch = Batch::new();
+            batch.mutations.push(Mutation::Token(Box::new(record)));
+            assert!(s.submit(batch).is_ok());
+            assert!(s.wait_done().unwrap().result.is_ok());
+            // An enrollment and a block that cannot be written.
+            kv.set_failing(true);
+            assert!(s.submit(enroll(&engine, "bob")).is_ok());
+            let mut block = Batch::new();
+            engine
+                .force(1_000, &id, Force::Blocked, &mut block)
+                .unwrap();
+            assert!(s.submit(block).is_ok());
+            for _ in 0..2 {
+                assert!(s.wait_done().unwrap().result.is_err());
+            }
+            // Nothing of either is visible: alice is closed as stored, bob does not exist,
+            // no event was published, and nothing waits for a restore.
+            let st = engine.status(1_000, "demo", "alice").unwrap();
+            assert_eq!((st.state, st.failures), (TokenState::Closed, 0));
+            assert_eq!(
+                engine.status(1_000, "demo", "bob").err(),
+                Some(zoftoken_engine::EngineError::UnknownToken)
+            );
+            assert_eq!(events.try_iter().count(), 0);
+            assert_eq!(engine.unsettled_count(), 0);
+            assert!(!committer.store.health().writable());
+            // The disk recovers: the same change is written and seen.
+            kv.set_failing(false);
+            let mut block = Batch::new();
+            engine
+                .force(2_000, &id, Force::Blocked, &mut block)
+                .unwrap();
+            assert!(s.submit(block).is_ok());
+            assert!(s.wait_done().unwrap().result.is_ok());
+            assert!(committer.store.health().writable());
+            assert_eq!(
+                engine.status(2_000, "demo", "alice").unwrap().state,
+                TokenState::Blocked
+            );
+        }
+    }
+
+    #[test]
     fn shutdown_writes_the_queue_then_refuses() {
         for writer_thread in [true, false] {
             let (committer, engine, kv) = start(64, writer_thread);

@@ -35,6 +35,10 @@ pub struct Health {
     /// Tokens whose restore could not read the database: still unsettled, retried by
     /// [`Store::probe`].
     unrestored: Mutex<Vec<TokenId>>,
+    /// Tokens restored since writes began to fail: restored again if the database is reopened
+    /// (a write reported as failed may still be in its log, and the reopened database then
+    /// holds it).
+    restored_while_failing: Mutex<HashSet<TokenId>>,
 }
 
 impl Default for Health {
@@ -44,6 +48,7 @@ impl Default for Health {
             failed_commits: AtomicU64::new(0),
             last_error: Mutex::new(None),
             unrestored: Mutex::new(Vec::new()),
+            restored_while_failing: Mutex::new(HashSet::new()),
         }
     }
 }
@@ -135,6 +140,14 @@ impl Store {
         self.restore_or_keep(engine, now_ms, ids);
     }
 
+    fn remember_restored(&self, ids: &[TokenId]) {
+        self.health
+            .restored_while_failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(ids.iter().copied());
+    }
+
     /// Commits the timers' batch ([`zoftoken_engine::Engine::tick`]). On failure the tokens
     /// it expired are restored (their next tick expires them again) and their changes leave
     /// the batch; what is left (transactions' and enrollments' expiries, which follow from
@@ -171,6 +184,7 @@ impl Store {
         if ids.is_empty() {
             return;
         }
+        self.remember_restored(&ids);
         if let Err(e) = self.restore_tokens(engine, now_ms, &ids) {
             eprintln!(
                 "zoftoken: error: cannot read {} token(s) back from the database after a failed \
@@ -240,17 +254,47 @@ impl Store {
         if self.health.writable() {
             return;
         }
+        let note = |e: String| {
+            *self
+                .health
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(e);
+        };
+        match self.kv().reopen() {
+            Ok(true) => {
+                eprintln!("zoftoken: the database was opened again after failed writes");
+                let again: Vec<TokenId> = self
+                    .health
+                    .restored_while_failing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .copied()
+                    .collect();
+                // A token in use by a batch under way is left to that batch's outcome (a
+                // failed commit restores it anyway).
+                let again = again
+                    .into_iter()
+                    .filter(|id| engine.mark_for_restore(id))
+                    .collect();
+                self.restore_or_keep(engine, now_ms, again);
+            }
+            Ok(false) => {}
+            Err(e) => return note(e.to_string()),
+        }
         let mut b = WriteBatch::new();
         b.put(Cf::Meta, META_PROBE, now_ms.to_be_bytes());
         match self.kv().write(&b, Durability::Wal) {
-            Ok(()) => self.health.write_ok(),
-            Err(e) => {
-                *self
-                    .health
-                    .last_error
+            Ok(()) => {
+                self.health.write_ok();
+                self.health
+                    .restored_while_failing
                     .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
             }
+            Err(e) => note(e.to_string()),
         }
     }
 }

@@ -80,4 +80,8 @@ impl KvStore for FaultyKv {
     fn flush(&self) -> Result<(), KvError> {
         self.inner.flush()
     }
+
+    fn reopen(&self) -> Result<bool, KvError> {
+        self.inner.reopen()
+    }
 }

@@ -258,4 +258,11 @@ pub trait KvStore: Send + Sync {
 
     /// Makes everything written so far durable on disk (memtables flushed, WAL synced).
     fn flush(&self) -> Result<(), KvError>;
+
+    /// After a failed write, makes the store able to write again if it cannot recover by
+    /// itself (RocksDB: close and open again). Returns whether it did anything; stores that
+    /// need nothing of the kind keep the default, which does nothing.
+    fn reopen(&self) -> Result<bool, KvError> {
+        Ok(false)
+    }
 }

@@ -12,7 +12,9 @@
 //! Key types: [`RocksKv`], [`Recovery`].
 #![forbid(unsafe_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
 
 use rocksdb::{
     BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, Env, ErrorKind,
@@ -25,16 +27,47 @@ use zoftoken_storage::schema::newer_state;
 use zoftoken_storage::{Cf, Durability, KvError, KvStore, Op, WriteBatch};
 
 /// A RocksDB database holding every column family of [`Cf::ALL`].
+///
+/// After a failed write (a full disk), RocksDB refuses every later write until it is opened
+/// again: [`KvStore::reopen`] closes and reopens it in place (the write lock waits for the
+/// reads and writes under way), replaying its write-ahead log.
 pub struct RocksKv {
-    db: DB,
+    /// `None` only while a reopen failed (every call then fails until one succeeds).
+    db: RwLock<Option<DB>>,
+    path: PathBuf,
+    /// A write failed since the last open.
+    write_failed: AtomicBool,
 }
 
 impl std::fmt::Debug for RocksKv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RocksKv")
-            .field("path", &self.db.path())
-            .finish()
+        f.debug_struct("RocksKv").field("path", &self.path).finish()
     }
+}
+
+/// Room needed in the data directory before a reopen is tried.
+const REOPEN_ROOM: usize = 4 << 20;
+
+/// Writes (and removes) [`REOPEN_ROOM`] bytes in `dir`: whether it can take writes again.
+fn space_check(dir: &Path) -> Result<(), KvError> {
+    use std::io::Write;
+    let file = dir.join("ZOFTOKEN_SPACE_CHECK");
+    let result = std::fs::File::create(&file).and_then(|mut f| {
+        let chunk = vec![0u8; 1 << 20];
+        for _ in 0..REOPEN_ROOM / chunk.len() {
+            f.write_all(&chunk)?;
+        }
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(&file);
+    result.map_err(|e| KvError::Io(format!("the data directory cannot take writes yet: {e}")))
+}
+
+/// The column family handle of `cf`.
+fn handle(db: &DB, cf: Cf) -> Result<&rocksdb::ColumnFamily, KvError> {
+    let name = if cf == Cf::Meta { "default" } else { cf.name() };
+    db.cf_handle(name)
+        .ok_or_else(|| KvError::Corrupt(format!("column family `{name}` missing")))
 }
 
 fn error(e: rocksdb::Error) -> KvError {
@@ -106,7 +139,8 @@ impl RocksKv {
                             Self::open_with(path, DBRecoveryMode::TolerateCorruptedTailRecords)?;
                         eprintln!(
                             "zoftoken: WARNING: the write-ahead log {} ended in a damaged record at \
-                             byte {} (a crash during a write); it was dropped. Under \
+                             byte {} (a write cut short by a crash or a full disk); it was \
+                             dropped. Under \
                              `durability: fsync` that write was never acknowledged; under \
                              `durability: wal` it may have been, if the machine lost power.",
                             loss.path.display(),
@@ -170,44 +204,61 @@ impl RocksKv {
             .map(|c| ColumnFamilyDescriptor::new(c.name(), cf_options(c)));
         // `meta` is RocksDB's default column family.
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(error)?;
-        Ok(RocksKv { db })
+        Ok(RocksKv {
+            db: RwLock::new(Some(db)),
+            path: path.to_owned(),
+            write_failed: AtomicBool::new(false),
+        })
     }
 
-    fn handle(&self, cf: Cf) -> Result<&rocksdb::ColumnFamily, KvError> {
-        let name = if cf == Cf::Meta { "default" } else { cf.name() };
-        self.db
-            .cf_handle(name)
-            .ok_or_else(|| KvError::Corrupt(format!("column family `{name}` missing")))
+    /// Runs `f` on the open database.
+    fn with_db<R>(&self, f: impl FnOnce(&DB) -> Result<R, KvError>) -> Result<R, KvError> {
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        let db = guard.as_ref().ok_or_else(|| {
+            KvError::Io(
+                "the database is closed: reopening it after a failed write did not work yet".into(),
+            )
+        })?;
+        f(db)
     }
 
     /// Stops background work at once, as a crash would (tests: drop right after this).
     pub fn simulate_crash(&self) {
-        self.db.cancel_all_background_work(false);
+        let _ = self.with_db(|db| {
+            db.cancel_all_background_work(false);
+            Ok(())
+        });
     }
 }
 
 impl KvStore for RocksKv {
     fn write(&self, batch: &WriteBatch, durability: Durability) -> Result<(), KvError> {
-        let mut b = rocksdb::WriteBatch::default();
-        for op in batch.ops() {
-            match op {
-                Op::Put(cf, k, v) => b.put_cf(self.handle(cf)?, k, v),
-                Op::Delete(cf, k) => b.delete_cf(self.handle(cf)?, k),
-                Op::PutNewer(Cf::State, k, v) => b.merge_cf(self.handle(Cf::State)?, k, v),
-                Op::PutNewer(cf, _, _) => {
-                    return Err(KvError::Io(format!(
-                        "versioned puts are only supported in `state`, not `{cf}`"
-                    )))
+        let r = self.with_db(|db| {
+            let mut b = rocksdb::WriteBatch::default();
+            for op in batch.ops() {
+                match op {
+                    Op::Put(cf, k, v) => b.put_cf(handle(db, cf)?, k, v),
+                    Op::Delete(cf, k) => b.delete_cf(handle(db, cf)?, k),
+                    Op::PutNewer(Cf::State, k, v) => b.merge_cf(handle(db, Cf::State)?, k, v),
+                    Op::PutNewer(cf, _, _) => {
+                        return Err(KvError::Io(format!(
+                            "versioned puts are only supported in `state`, not `{cf}`"
+                        )))
+                    }
                 }
             }
+            let mut wo = WriteOptions::default();
+            wo.set_sync(durability == Durability::Fsync);
+            db.write_opt(b, &wo).map_err(error)
+        });
+        if r.is_err() {
+            self.write_failed.store(true, Ordering::Release);
         }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(durability == Durability::Fsync);
-        self.db.write_opt(b, &wo).map_err(error)
+        r
     }
 
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        self.db.get_cf(self.handle(cf)?, key).map_err(error)
+        self.with_db(|db| db.get_cf(handle(db, cf)?, key).map_err(error))
     }
 
     fn scan(
@@ -217,44 +268,72 @@ impl KvStore for RocksKv {
         end: Option<&[u8]>,
         visit: Visitor<'_>,
     ) -> Result<(), KvError> {
-        let mut ro = ReadOptions::default();
-        if let Some(end) = end {
-            ro.set_iterate_upper_bound(end.to_vec());
-        }
-        // A full scan should not push the hot working set out of the block cache.
-        ro.fill_cache(false);
-        let mut it = self.db.raw_iterator_cf_opt(self.handle(cf)?, ro);
-        it.seek(start);
-        while it.valid() {
-            match (it.key(), it.value()) {
-                (Some(k), Some(v)) => {
-                    if !visit(k, v) {
-                        return Ok(());
-                    }
-                }
-                _ => break,
+        self.with_db(|db| {
+            let mut ro = ReadOptions::default();
+            if let Some(end) = end {
+                ro.set_iterate_upper_bound(end.to_vec());
             }
-            it.next();
-        }
-        it.status().map_err(error)
+            // A full scan should not push the hot working set out of the block cache.
+            ro.fill_cache(false);
+            let mut it = db.raw_iterator_cf_opt(handle(db, cf)?, ro);
+            it.seek(start);
+            while it.valid() {
+                match (it.key(), it.value()) {
+                    (Some(k), Some(v)) => {
+                        if !visit(k, v) {
+                            return Ok(());
+                        }
+                    }
+                    _ => break,
+                }
+                it.next();
+            }
+            it.status().map_err(error)
+        })
     }
 
     fn last(&self, cf: Cf) -> Result<Option<KeyValue>, KvError> {
-        let mut it = self.db.raw_iterator_cf(self.handle(cf)?);
-        it.seek_to_last();
-        let out = match (it.valid(), it.key(), it.value()) {
-            (true, Some(k), Some(v)) => Some((k.to_vec(), v.to_vec())),
-            _ => None,
-        };
-        it.status().map_err(error)?;
-        Ok(out)
+        self.with_db(|db| {
+            let mut it = db.raw_iterator_cf(handle(db, cf)?);
+            it.seek_to_last();
+            let out = match (it.valid(), it.key(), it.value()) {
+                (true, Some(k), Some(v)) => Some((k.to_vec(), v.to_vec())),
+                _ => None,
+            };
+            it.status().map_err(error)?;
+            Ok(out)
+        })
     }
 
     fn flush(&self) -> Result<(), KvError> {
-        self.db.flush_wal(true).map_err(error)?;
-        for cf in Cf::ALL {
-            self.db.flush_cf(self.handle(cf)?).map_err(error)?;
+        self.with_db(|db| {
+            db.flush_wal(true).map_err(error)?;
+            for cf in Cf::ALL {
+                db.flush_cf(handle(db, cf)?).map_err(error)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// After a failed write: closes the database and opens it again (as at start: every
+    /// intact record of the write-ahead log is replayed, a write cut short at its end is
+    /// dropped and logged). Does nothing if no write failed. On failure the database stays
+    /// closed until a later call succeeds.
+    fn reopen(&self) -> Result<bool, KvError> {
+        if !self.write_failed.load(Ordering::Acquire) {
+            return Ok(false);
         }
-        Ok(())
+        // Only when the directory can take writes again (the disk has room): a reopen on a
+        // full disk fails and leaves the database closed, reads included.
+        space_check(&self.path)?;
+        let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
+        drop(guard.take());
+        let db = Self::open(&self.path)?
+            .db
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
+        *guard = db;
+        self.write_failed.store(false, Ordering::Release);
+        Ok(true)
     }
 }

@@ -138,15 +138,9 @@ fn read_file(bytes: &[u8]) -> WalFile {
             usize::from(u16::from_le_bytes([l0, l1])),
         );
         let rest = bytes.get(pos..).unwrap_or_default();
-        if crc == 0 && len == 0 && kind == 0 {
-            // Zeros: preallocated space after the last record, or zeros written over
-            // records. The end only if nothing but zeros follows.
-            if rest.iter().all(|b| *b == 0) {
-                break;
-            }
-            note_damage(&mut damage, pos);
-            pos += block_left;
-            continue;
+        if crc == 0 && len == 0 && kind == 0 && rest.iter().all(|b| *b == 0) {
+            // Nothing but zeros to the end: preallocated space after the last record.
+            break;
         }
         let header = if (5..=8).contains(&kind) || kind == 11 {
             RECYCLABLE_HEADER
@@ -155,18 +149,16 @@ fn read_file(bytes: &[u8]) -> WalFile {
         };
         let end = pos + header + len;
         let fits = header + len <= block_left;
-        let Some(checked) = bytes.get(pos + 6..end).filter(|_| fits) else {
-            note_damage(&mut damage, pos);
-            // A bad length: nothing more can be read in this block.
-            pos += block_left;
-            assembly.open = false;
-            continue;
-        };
-        // The checksum covers the type byte, the log number (recyclable) and the payload.
-        if unmask(crc) != crc32c(checked) {
+        // A record of a known type whose length fits its block and whose checksum (over the
+        // type byte, the log number if recyclable, and the payload) verifies; anything else
+        // is damage, and the next record is looked for at the next byte (the checksum makes
+        // a false find negligible), so that every intact record after the damage is counted.
+        let known = matches!(kind & 0x7f, 1..=11);
+        let checked = bytes.get(pos + 6..end).filter(|_| fits && known);
+        if !checked.is_some_and(|c| unmask(crc) == crc32c(c)) {
             note_damage(&mut damage, pos);
             assembly.open = false;
-            pos = end;
+            pos += 1;
             continue;
         }
         let payload = bytes.get(pos + header..end).unwrap_or_default();

@@ -1,0 +1,311 @@
+//! A real `zoftoken serve` whose data directory is on a small filesystem that fills up under
+//! load (a tmpfs mounted for the test; it needs root, and is skipped with a message where
+//! mounting is impossible): writes really fail, nothing that was not written is answered,
+//! `/readyz` says so, the server recovers by itself once there is room again, stops with exit
+//! code 0, and after a restart holds exactly what it acknowledged.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
+
+mod common;
+use common::wait_for;
+
+use std::collections::HashMap;
+use std::io::{BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A tmpfs mounted on a directory of the test, unmounted when dropped.
+struct Mount {
+    point: PathBuf,
+}
+
+impl Mount {
+    fn tmpfs(point: &Path, size_mb: u32) -> Option<Mount> {
+        std::fs::create_dir_all(point).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m"), "tmpfs"])
+            .arg(point)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!(
+                "SKIPPED: cannot mount a tmpfs here ({}); the full-disk test needs root",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        Some(Mount {
+            point: point.to_owned(),
+        })
+    }
+
+    /// Fills the filesystem but for `left_kb` KiB; returns the filler file.
+    fn fill(&self, left_kb: u64) -> PathBuf {
+        let out = Command::new("df")
+            .args(["--output=avail", "-k"])
+            .arg(&self.point)
+            .output()
+            .unwrap();
+        let avail: u64 = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let filler = self.point.join("filler");
+        let s = Command::new("fallocate")
+            .args(["-l", &format!("{}k", avail.saturating_sub(left_kb))])
+            .arg(&filler)
+            .status()
+            .unwrap();
+        assert!(s.success());
+        filler
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.point).status();
+    }
+}
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Server {
+    child: Child,
+    err: BufReader<ChildStderr>,
+    http: SocketAddr,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        let mut child = common::zoftoken(dir, &["serve"])
+            .env("ZOFTOKEN_IO", "mmsg")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let log = wait_for(&mut err, "serving UDP");
+        let http = log
+            .split("the HTTP API on http://")
+            .nth(1)
+            .and_then(|rest| rest.split(';').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap();
+        Server { child, err, http }
+    }
+
+    fn readyz(&self) -> u16 {
+        let mut c = TcpStream::connect(self.http).unwrap();
+        write!(
+            c,
+            "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        text.split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// SIGTERM; the exit code and the rest of the log.
+    fn stop(mut self) -> (Option<i32>, String) {
+        let s = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(s.success());
+        let mut rest = String::new();
+        self.err.read_to_string(&mut rest).unwrap();
+        (self.child.wait().unwrap().code(), rest)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the load generator (opens and closes) for `secs`; its JSON summary.
+fn load(dir: &Path, udp: SocketAddr, secs: u32, acked: &Path) -> serde_json::Value {
+    let out = common::zoftoken(
+        dir,
+        &[
+            "--json",
+            "loadgen",
+            "run",
+            "--endpoint",
+            &udp.to_string(),
+            "--tokens",
+            "2000",
+            "--seed",
+            "7",
+            "--duration",
+            &secs.to_string(),
+            "--rate",
+            "5000",
+            "--mix",
+            "0/50/50",
+            "--timeout-ms",
+            "300",
+            "--counters",
+            dir.join("counters.txt").to_str().unwrap(),
+            "--acked",
+            acked.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(
+        out.stdout
+            .split(|b| *b == b'\n')
+            .rfind(|l| l.starts_with(b"{"))
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Every settled acknowledgement of `acked` (token → state, failures) must be what the
+/// database holds; returns how many were checked.
+fn check_acknowledged(dir: &Path, acked: &Path) -> usize {
+    let o = common::zoftoken(dir, &["token", "list", "--service", "bank", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let db: HashMap<String, (String, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["token_id"].as_str().unwrap().to_owned(),
+                (
+                    r["state"].as_str().unwrap().to_owned(),
+                    r["failures"].as_u64().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(db.len(), 2000);
+    let mut checked = 0;
+    for line in std::fs::read_to_string(acked).unwrap().lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let f: Vec<&str> = line.split(' ').collect();
+        let [id, _index, _counter, state, attempts_left, "1"] = f[..] else {
+            continue;
+        };
+        let failures = 3 - attempts_left.parse::<u64>().unwrap();
+        let (db_state, db_failures) = &db[id];
+        assert_eq!(
+            (db_state.as_str(), (*db_failures).min(3)),
+            (state, failures),
+            "token {id}: acknowledged {state}, the database says {db_state}"
+        );
+        checked += 1;
+    }
+    checked
+}
+
+#[test]
+fn a_full_disk_withholds_what_it_cannot_write_and_the_server_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mount) = Mount::tmpfs(&dir.path().join("volume"), 48) else {
+        return;
+    };
+    let udp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        format!(
+            "listen: {{ udp: [\"{udp}\"], http: \"127.0.0.1:0\" }}\ndata_dir: volume/data\n\
+             io_threads: 1\nservices:\n  - name: bank\n    window: 3600\n    endpoints: [\"{udp}\"]\n"
+        ),
+    )
+    .unwrap();
+    let o = common::zoftoken(
+        dir.path(),
+        &["loadgen", "prepare", "--tokens", "2000", "--seed", "7"],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // 1.5 MiB left: the write-ahead log fills it within a second of load.
+    let filler = mount.fill(1536);
+    let server = Server::start(dir.path());
+    assert_eq!(server.readyz(), 200);
+    let acked = dir.path().join("acked.txt");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let summary = load(dir.path(), udp, 2, &acked);
+        eprintln!("load while the disk fills: {summary}");
+        if server.readyz() == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the disk never filled up");
+    }
+    // While it cannot write: changes are not answered (the load loses most requests).
+    let failing = load(dir.path(), udp, 2, &acked);
+    eprintln!("load on a full disk: {failing}");
+    let (sent, answered) = (
+        failing["sent"].as_u64().unwrap(),
+        failing["answered"].as_u64().unwrap(),
+    );
+    assert!(answered * 2 < sent, "answered on a full disk: {failing}");
+    assert_eq!(server.readyz(), 503);
+
+    // Room again: the server resumes by itself, without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.readyz() != 200 {
+        assert!(Instant::now() < deadline, "no recovery");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let back = load(dir.path(), udp, 2, &acked);
+    eprintln!("load after recovery: {back}");
+    let (sent, answered) = (
+        back["sent"].as_u64().unwrap(),
+        back["answered"].as_u64().unwrap(),
+    );
+    assert!(answered * 100 >= sent * 99, "after recovery: {back}");
+    let (code, log) = server.stop();
+    assert_eq!(code, Some(0), "{log}");
+    // The failure was logged once, not per packet, and so was the recovery.
+    assert_eq!(
+        log.matches("cannot write to the database").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(log.matches("can write again").count(), 1, "{log}");
+
+    // Restarted, the database holds exactly what was acknowledged.
+    let server = Server::start(dir.path());
+    let (code, log) = server.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let checked = check_acknowledged(dir.path(), &acked);
+    assert!(checked > 1000, "{checked} acknowledgements checked");
+    drop(mount);
+}
