@@ -192,6 +192,16 @@ impl From<EngineError> for Failure {
                 "unknown_transaction",
                 "no such transaction for this token",
             ),
+            EngineError::TooManyTransactions => Failure::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_transactions",
+                format!(
+                    "the token has {} transactions waiting or {} kept (finished ones stay an hour \
+                     after their expiry): wait until some are decided or expire",
+                    zoftoken_engine::MAX_WAITING_TRANSACTIONS,
+                    zoftoken_engine::MAX_KEPT_TRANSACTIONS
+                ),
+            ),
             EngineError::NoChallenge => Failure::new(
                 StatusCode::CONFLICT,
                 "no_challenge",
@@ -695,6 +705,7 @@ struct StatusBody {
     open_until_ms: Option<u64>,
     duress: bool,
     failures: u8,
+    attempts_left: u8,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_seen_ms: Option<u64>,
 }
@@ -707,6 +718,7 @@ fn status_body(s: &TokenStatus) -> StatusBody {
         open_until_ms: s.open_until_ms,
         duress: s.duress,
         failures: s.failures,
+        attempts_left: s.attempts_left,
         last_seen_ms: s.last_seen_ms,
     }
 }

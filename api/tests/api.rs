@@ -1195,6 +1195,77 @@ fn transactions_are_approved_through_a_long_poll_and_expire() {
 }
 
 #[test]
+fn transactions_beyond_the_per_token_cap_are_refused_with_429() {
+    let h = Harness::start();
+    h.enrolled_phone("alice");
+    h.enrolled_phone("bob");
+    let create = |user: &str| {
+        h.call(
+            "POST",
+            &tok("bank", user, "/transactions"),
+            Some(ROOT),
+            Some(r#"{"message":"Pay?","timeout_s":60}"#),
+        )
+    };
+    for _ in 0..zoftoken_engine::MAX_WAITING_TRANSACTIONS {
+        assert_eq!(create("alice").status, 201);
+    }
+    let a = create("alice");
+    assert_eq!(
+        (a.status, a.code()),
+        (429, "too_many_transactions"),
+        "{}",
+        a.body
+    );
+    assert!(a.json["error"]["message"].as_str().unwrap().contains("16"));
+    assert_eq!(create("bob").status, 201);
+    // Expired, they wait no more.
+    h.advance(60_000);
+    assert_eq!(create("alice").status, 201);
+}
+
+#[test]
+fn a_blocked_token_reports_no_attempts_left() {
+    let h = Harness::start();
+    let mut phone = h.enrolled_phone("alice");
+    let status = tok("bank", "alice", "");
+    let a = h.call("GET", &status, Some(WEB), None);
+    assert_eq!(a.json["attempts_left"], 3, "{}", a.body);
+    let a = h.call(
+        "PUT",
+        &tok("bank", "alice", "/state"),
+        Some(ROOT),
+        Some(r#"{"state":"blocked"}"#),
+    );
+    assert_eq!(
+        (a.json["state"].as_str(), a.json["attempts_left"].as_u64()),
+        (Some("blocked"), Some(0)),
+        "{}",
+        a.body
+    );
+    let a = h.call("GET", &status, Some(WEB), None);
+    assert_eq!(a.json["attempts_left"], 0);
+    let r = h.send(&mut phone, Request::Status);
+    assert_eq!(
+        (r.status().state, r.status().attempts_left),
+        (zoftoken_proto::WireState::Blocked, 0)
+    );
+    let a = h.call(
+        "POST",
+        &tok("bank", "alice", "/code"),
+        Some(WEB),
+        Some(r#"{"code":"000000"}"#),
+    );
+    assert_eq!(
+        (
+            a.json["blocked"].as_bool(),
+            a.json["attempts_left"].as_u64()
+        ),
+        (Some(true), Some(0))
+    );
+}
+
+#[test]
 fn services_and_authkeys_are_managed_in_database_mode() {
     let config = ApiConfig {
         config_source_database: true,

@@ -71,6 +71,9 @@ pub struct TokenStatus {
     pub duress: bool,
     /// Consecutive failed authentications.
     pub failures: u8,
+    /// Failed authentications left before the token blocks (0 while blocked, by failures or
+    /// by an administrator), as the app's status block says.
+    pub attempts_left: u8,
     /// Last time the device was heard from (Unix ms), if ever.
     pub last_seen_ms: Option<u64>,
 }
@@ -106,6 +109,13 @@ pub enum OfflineOutcome {
 const BACKUP_CONTEXT: &str = "zoftoken 2026-11-23 v1 backup code";
 /// How long a finished (decided or expired) transaction stays readable after its expiry.
 pub const TX_RETENTION_MS: u64 = 3_600_000;
+/// Transactions a token may have waiting (neither decided nor expired) at once; one more is
+/// refused ([`EngineError::TooManyTransactions`]). The app shows them one at a time.
+pub const MAX_WAITING_TRANSACTIONS: usize = 16;
+/// Transactions a token may have kept at once, waiting or finished and still readable
+/// ([`TX_RETENTION_MS`]); one more is refused. Bounds the memory and start-up work one token
+/// can cost, however short the transactions' timeouts.
+pub const MAX_KEPT_TRANSACTIONS: usize = 256;
 /// Default number of backup codes.
 pub const BACKUP_CODES: usize = 10;
 /// Default digits per backup code.
@@ -403,6 +413,7 @@ impl Engine {
                     && duress_ok
                     && e.flags & crate::state::FLAG_OPEN_DURESS != 0,
                 failures: e.failures,
+                attempts_left: e.attempts_left(),
                 last_seen_ms: (e.last_seen_s > 0).then_some(u64::from(e.last_seen_s) * 1000),
             });
         }
@@ -419,6 +430,7 @@ impl Engine {
                 open_until_ms: None,
                 duress: false,
                 failures: 0,
+                attempts_left: crate::state::MAX_FAILURES,
                 last_seen_ms: None,
             });
         }
@@ -853,7 +865,23 @@ impl Engine {
         if self.paired_kind(id)? == TokenKind::Totp {
             return Err(EngineError::NotForTotp);
         }
+        {
+            let side = lock(&self.side);
+            if let Some(list) = side.tx_by_token.get(&id.0) {
+                let waiting = list
+                    .iter()
+                    .filter_map(|t| side.transactions.get(t))
+                    .filter(|t| t.state == TxState::Waiting && t.expires_ms > now_ms)
+                    .count();
+                if waiting >= MAX_WAITING_TRANSACTIONS || list.len() >= MAX_KEPT_TRANSACTIONS {
+                    return Err(EngineError::TooManyTransactions);
+                }
+            }
+        }
+        // Lock order: shard (the mark) before side.
         self.mark_unsettled(&id.0, batch)?;
+        let mut side = lock(&self.side);
+        // `rng` is a leaf lock: taking it under `side` keeps the lock order.
         let tx_id = self.random::<16>();
         let tx = Transaction {
             tx_id,
@@ -864,7 +892,6 @@ impl Engine {
             state: TxState::Waiting,
             duress: false,
         };
-        let mut side = lock(&self.side);
         side.tx_by_token.entry(id.0).or_default().push_back(tx_id);
         batch
             .mutations
@@ -976,15 +1003,25 @@ impl Engine {
                 .filter(|t| t.expires_ms.saturating_add(TX_RETENTION_MS) <= now_ms)
                 .map(|t| t.tx_id)
                 .collect();
+            // Each token's list is filtered once, however many of its transactions go.
+            let mut touched = std::collections::HashSet::new();
             for id in old {
                 if let Some(tx) = side.transactions.remove(&id) {
-                    if let Some(q) = side.tx_by_token.get_mut(&tx.token_id.0) {
-                        q.retain(|t| *t != id);
-                        if q.is_empty() {
-                            side.tx_by_token.remove(&tx.token_id.0);
-                        }
-                    }
+                    touched.insert(tx.token_id.0);
                     batch.mutations.push(Mutation::DeleteTransaction(id));
+                }
+            }
+            let crate::side::Side {
+                transactions,
+                tx_by_token,
+                ..
+            } = &mut *side;
+            for token in touched {
+                if let Some(q) = tx_by_token.get_mut(&token) {
+                    q.retain(|t| transactions.contains_key(t));
+                    if q.is_empty() {
+                        tx_by_token.remove(&token);
+                    }
                 }
             }
         }
@@ -1109,22 +1146,45 @@ impl Engine {
         Ok(())
     }
 
-    /// Loads a transaction at start (kept in creation order per token).
+    /// Loads a transaction at start (kept in creation order per token). Appending in that
+    /// order costs O(1); otherwise its place is found by binary search. To load many, use
+    /// [`Engine::load_transactions`].
     pub fn load_transaction(&self, tx: Transaction) {
         let mut side = lock(&self.side);
-        let side = &mut *side;
-        let list = side.tx_by_token.entry(tx.token_id.0).or_default();
+        Self::insert_loaded(&mut side, tx);
+    }
+
+    /// Loads transactions at start, in any order: sorted by creation first, so that each is
+    /// appended to its token's list (O(n log n) in all).
+    pub fn load_transactions(&self, mut txs: Vec<Transaction>) {
+        txs.sort_unstable_by_key(|t| (t.created_ms, t.tx_id));
+        let mut side = lock(&self.side);
+        for tx in txs {
+            Self::insert_loaded(&mut side, tx);
+        }
+    }
+
+    fn insert_loaded(side: &mut crate::side::Side, tx: Transaction) {
+        let order = |t: &Transaction| (t.created_ms, t.tx_id);
+        let key = order(&tx);
+        if let Some(old) = side.transactions.insert(tx.tx_id, tx) {
+            // Loaded twice: keep one place in the list.
+            if let Some(q) = side.tx_by_token.get_mut(&old.token_id.0) {
+                q.retain(|t| *t != old.tx_id);
+            }
+        }
+        let Some(token) = side.transactions.get(&key.1).map(|t| t.token_id.0) else {
+            return;
+        };
         let transactions = &side.transactions;
-        let at = list
-            .iter()
-            .position(|id| {
-                transactions
-                    .get(id)
-                    .is_some_and(|t| (t.created_ms, t.tx_id) > (tx.created_ms, tx.tx_id))
-            })
-            .unwrap_or(list.len());
-        list.insert(at, tx.tx_id);
-        side.transactions.insert(tx.tx_id, tx);
+        let list = side.tx_by_token.entry(token).or_default();
+        let before = |id: &[u8; 16]| transactions.get(id).is_some_and(|t| order(t) <= key);
+        if list.back().is_none_or(before) {
+            list.push_back(key.1);
+        } else {
+            let at = list.partition_point(before);
+            list.insert(at, key.1);
+        }
     }
 
     /// Loads a token's backup-code hashes at start.

@@ -45,7 +45,7 @@ use zoftoken_proto::DropReason;
 
 pub use admin::{
     EnrollmentTicket, Force, OfflineOutcome, TokenStatus, TotpEnrollment, BACKUP_CODES,
-    BACKUP_DIGITS, TX_RETENTION_MS,
+    BACKUP_DIGITS, MAX_KEPT_TRANSACTIONS, MAX_WAITING_TRANSACTIONS, TX_RETENTION_MS,
 };
 pub use authkeys::{Access, AuthkeyConfig, AuthkeyInfo, Authkeys, Right};
 pub use config::{ServiceConfig, WebhookConfig};
@@ -76,6 +76,10 @@ pub enum EngineError {
     /// No such transaction.
     #[error("unknown transaction")]
     UnknownTransaction,
+    /// The token already has [`MAX_WAITING_TRANSACTIONS`] transactions waiting, or
+    /// [`MAX_KEPT_TRANSACTIONS`] kept (waiting, or finished and still readable).
+    #[error("too many transactions for this token")]
+    TooManyTransactions,
     /// No offline challenge is outstanding for the token (none, used or expired).
     #[error("no offline challenge outstanding")]
     NoChallenge,

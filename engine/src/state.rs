@@ -220,8 +220,15 @@ impl TokenEntry {
         }
     }
 
+    /// Failed authentications left before the token blocks: `3 − failures`, and 0 while it
+    /// is blocked, whether by failures or by an administrator (whose block leaves the
+    /// failure count as it was).
     pub fn attempts_left(&self) -> u8 {
-        MAX_FAILURES.saturating_sub(self.failures)
+        if self.state == TokenState::Blocked {
+            0
+        } else {
+            MAX_FAILURES.saturating_sub(self.failures)
+        }
     }
 }
 

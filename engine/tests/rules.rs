@@ -715,6 +715,183 @@ fn a_duress_approval_looks_normal_and_is_reported() {
 }
 
 #[test]
+fn an_admin_blocked_token_has_no_attempts_left_in_any_reply() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", true);
+    let id = p.token.token_id();
+    // One failure first: the block must not report what the failures would leave.
+    let wrong = PinVerifier::derive("0000", &id).unwrap();
+    let r = w.send(&mut p, Request::Open(&wrong)).unwrap();
+    assert_eq!(status(&r), (ReplyStatus::WrongPin, WireState::Closed, 2));
+    let st = w
+        .admin(|e, now, b| e.force(now, &id, Force::Blocked, b))
+        .unwrap();
+    assert_eq!((st.state, st.attempts_left), (TokenState::Blocked, 0));
+    assert_eq!(w.engine.status_by_id(w.now, &id).unwrap().attempts_left, 0);
+    let pin = p.pin.clone();
+    let duress = p.duress.clone();
+    let tx = w
+        .admin(|e, now, b| e.create_transaction(now, &id, "Pay?", 60_000, b))
+        .unwrap();
+    for req in [
+        Request::Open(&pin),
+        Request::Open(&duress),
+        Request::Open(&wrong),
+        Request::Close,
+        Request::Status,
+        Request::TimeSync,
+        Request::TxFetch,
+        Request::TxApprove {
+            tx_id: tx,
+            pin: &pin,
+        },
+        Request::TxDeny { tx_id: tx },
+    ] {
+        let name = format!("{req:?}");
+        let r = w.send(&mut p, req).unwrap();
+        assert_eq!(r.status().state, WireState::Blocked, "{name}");
+        assert_eq!(r.status().attempts_left, 0, "{name}");
+    }
+    let code = p.token.one_time_code(&pin, w.now).unwrap();
+    assert_eq!(
+        w.admin(|e, now, b| e.validate_code(now, &id, &code, b)),
+        Ok(OfflineOutcome::Blocked)
+    );
+    // Unblocked: all three attempts again.
+    let st = w
+        .admin(|e, now, b| e.force(now, &id, Force::Closed, b))
+        .unwrap();
+    assert_eq!((st.state, st.attempts_left), (TokenState::Closed, 3));
+    let r = w.send(&mut p, Request::Status).unwrap();
+    assert_eq!(status(&r), (ReplyStatus::Ok, WireState::Closed, 3));
+}
+
+#[test]
+fn waiting_and_kept_transactions_per_token_are_capped() {
+    let mut w = World::new();
+    let p = w.pair("bank", "alice", false);
+    let q = w.pair("bank", "bob", false);
+    let (id, other) = (p.token.token_id(), q.token.token_id());
+    let create = |w: &mut World, id: TokenId, timeout_ms: u64| {
+        w.admin(|e, now, b| e.create_transaction(now, &id, "Pay?", timeout_ms, b))
+    };
+    for _ in 0..MAX_WAITING_TRANSACTIONS {
+        create(&mut w, id, 60_000).unwrap();
+    }
+    let before = w.commit.log.len();
+    assert_eq!(
+        create(&mut w, id, 60_000),
+        Err(EngineError::TooManyTransactions)
+    );
+    assert_eq!(w.commit.log.len(), before, "a refusal writes nothing");
+    // Another token is not affected.
+    create(&mut w, other, 60_000).unwrap();
+    // Once they expire they no longer wait (even before a tick marks them expired): room
+    // for more, until the token keeps MAX_KEPT_TRANSACTIONS, finished ones included.
+    let mut kept = MAX_WAITING_TRANSACTIONS;
+    w.now += 60_000;
+    while kept < MAX_KEPT_TRANSACTIONS {
+        create(&mut w, id, 1_000).unwrap();
+        kept += 1;
+        if kept % MAX_WAITING_TRANSACTIONS == 0 {
+            w.now += 1_000;
+        }
+    }
+    w.now += 1_000;
+    w.admin(|e, now, b| e.tick(now, b));
+    assert_eq!(
+        create(&mut w, id, 60_000),
+        Err(EngineError::TooManyTransactions),
+        "none waits, but {MAX_KEPT_TRANSACTIONS} are kept"
+    );
+    // Finished ones go an hour after their expiry; then there is room again.
+    w.now += TX_RETENTION_MS;
+    w.admin(|e, now, b| e.tick(now, b));
+    create(&mut w, id, 60_000).unwrap();
+}
+
+#[test]
+fn many_transactions_of_one_token_load_in_creation_order() {
+    // A database written before the cap may hold thousands of transactions on one token;
+    // they load in any order and come back in creation order.
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", false);
+    let id = p.token.token_id();
+    let n: u32 = 5_000;
+    let now = w.now;
+    let tx = |i: u32, state: TxState| Transaction {
+        tx_id: {
+            // Ids in another order than creation.
+            let mut t = [0u8; 16];
+            t[..4].copy_from_slice(&(i.wrapping_mul(2_654_435_761)).to_be_bytes());
+            t[4..8].copy_from_slice(&i.to_be_bytes());
+            t
+        },
+        token_id: id,
+        message: format!("tx {i}"),
+        // Two by two at the same millisecond: ties are ordered by id.
+        created_ms: now - 10_000 + u64::from(i / 2),
+        expires_ms: now + 600_000,
+        state,
+        duress: false,
+    };
+    // The oldest 4 000 are decided; the oldest waiting one is number 4 000.
+    let all: Vec<Transaction> = (0..n)
+        .map(|i| {
+            tx(
+                i,
+                if i < 4_000 {
+                    TxState::Denied
+                } else {
+                    TxState::Waiting
+                },
+            )
+        })
+        .collect();
+    let mut shuffled = all.clone();
+    shuffled.sort_by_key(|t| t.tx_id);
+    let (first, rest) = shuffled.split_at(100);
+    // One at a time and in bulk, both in id order.
+    for t in first {
+        w.engine.load_transaction(t.clone());
+    }
+    w.engine.load_transactions(rest.to_vec());
+    for t in &all {
+        assert_eq!(&w.engine.transaction(w.now, &t.tx_id).unwrap(), t);
+    }
+    // Of two created at the same millisecond the lower id comes first.
+    let (a, b) = (&all[4_000], &all[4_001]);
+    let oldest = if a.tx_id < b.tx_id { a } else { b };
+    let r = w.send(&mut p, Request::TxFetch).unwrap();
+    let Reply::Transaction(_, Some(pending)) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(pending.tx_id, oldest.tx_id);
+    // Denying it shows the next one; after the retention everything goes in one tick.
+    w.send(
+        &mut p,
+        Request::TxDeny {
+            tx_id: oldest.tx_id,
+        },
+    )
+    .unwrap();
+    let next = if a.tx_id < b.tx_id { b } else { a };
+    let r = w.send(&mut p, Request::TxFetch).unwrap();
+    assert!(matches!(r, Reply::Transaction(_, Some(t)) if t.tx_id == next.tx_id));
+    w.now += 600_000 + TX_RETENTION_MS;
+    w.admin(|e, now, b| e.tick(now, b));
+    assert_eq!(
+        w.engine.transaction(w.now, &all[0].tx_id),
+        Err(EngineError::UnknownTransaction)
+    );
+    let r = w.send(&mut p, Request::TxFetch).unwrap();
+    assert!(matches!(r, Reply::Transaction(_, None)));
+    // The token takes new ones again.
+    w.admin(|e, now, b| e.create_transaction(now, &id, "Pay?", 60_000, b))
+        .unwrap();
+}
+
+#[test]
 fn backup_codes_work_once_each() {
     let mut w = World::new();
     let p = w.pair("bank", "alice", false);
@@ -868,7 +1045,7 @@ fn force_open_and_block() {
     let r = w.open(&mut p).unwrap();
     assert_eq!(status(&r).0, ReplyStatus::Blocked);
     let r = w.send(&mut p, Request::Close).unwrap();
-    assert_eq!(status(&r), (ReplyStatus::Blocked, WireState::Blocked, 3));
+    assert_eq!(status(&r), (ReplyStatus::Blocked, WireState::Blocked, 0));
     assert_eq!(w.kinds(), vec![EventKind::Opened, EventKind::Blocked]);
     let st = w
         .admin(|e, now, b| e.force(now, &id, Force::Open, b))

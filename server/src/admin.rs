@@ -49,12 +49,12 @@ pub enum AdminError {
 }
 
 impl AdminError {
-    /// 2: invalid input or refused; 3: the database is locked by a running server; 4: not
-    /// found; 1: anything else.
+    /// 2: invalid input or configuration, or refused; 3: the database is locked by a running
+    /// server; 4: not found; 1: anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
             AdminError::Invalid(_) | AdminError::Refused(_) => 2,
-            AdminError::Open(OpenError::Locked(_)) => 3,
+            AdminError::Open(e) => e.exit_code(),
             AdminError::NotFound(_) => 4,
             AdminError::Engine(EngineError::UnknownService | EngineError::UnknownToken) => 4,
             AdminError::Engine(EngineError::Invalid(_) | EngineError::Config(_)) => 2,

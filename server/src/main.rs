@@ -7,9 +7,11 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use zoftoken_server::admin::{Admin, AdminError, Output, SecretFormat, ServiceChanges};
 use zoftoken_server::config;
+use zoftoken_server::open::OpenError;
 
 const AFTER_HELP: &str = "\
 Admin commands work on the database while the server is stopped (the database is locked \
@@ -335,6 +337,10 @@ fn exit_code(code: i32) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Whatever this process creates (RocksDB's files, exports, key files, the device's state)
+    // is for its user only: files 0600, directories 0700, whatever umask it was started with.
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     // The phone's side and the load generator need no server configuration.
     match &cli.command {
@@ -367,6 +373,11 @@ fn main() -> ExitCode {
             let code = e
                 .downcast_ref::<AdminError>()
                 .map(AdminError::exit_code)
+                .or_else(|| {
+                    e.downcast_ref::<OpenError>()
+                        .map(OpenError::exit_code)
+                        .filter(|c| *c != 1)
+                })
                 .or_else(|| zoftoken_server::open::storage_exit_code(&e))
                 .unwrap_or(1);
             eprintln!("zoftoken: {e:#}");
@@ -488,7 +499,9 @@ fn run(cli: Cli, loaded: config::Loaded) -> anyhow::Result<ExitCode> {
                     lock.flush()?;
                     o
                 } else {
-                    let f = std::fs::File::create(&output)?;
+                    // The export holds every record (secrets sealed): owner only.
+                    let f = zoftoken_server::open::create_private_file(&output)
+                        .with_context(|| format!("{}", output.display()))?;
                     let mut w = std::io::BufWriter::new(f);
                     let o = admin.db_export(&mut w)?;
                     w.flush()?;

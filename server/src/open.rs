@@ -1,6 +1,10 @@
 //! Opening the database as a configuration says: the master key (from the environment, a
 //! key file, or generated for a new embedded database), RocksDB in the data directory, the
 //! store's schema and key checks, and the engine built from the configured services.
+//!
+//! Nothing secret is left readable by others: a key file that group or others may read or
+//! write is refused, the data directory is created (or tightened to) 0700, and the binary
+//! sets its umask to 077 so that every file RocksDB or an export creates is 0600.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,6 +25,17 @@ pub enum OpenError {
     /// The master key is malformed.
     #[error("master key invalid: {0}")]
     KeyInvalid(String),
+    /// The master key file is open to group or others.
+    #[error(
+        "master key file {path} has mode {mode:04o}: group and others must have no access to it \
+         (run `chmod 600 {path}`); refusing to use it"
+    )]
+    KeyFileMode {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -41,6 +56,20 @@ pub enum OpenError {
     /// The engine refused the configuration.
     #[error("engine: {0}")]
     Engine(#[from] zoftoken_engine::EngineError),
+}
+
+impl OpenError {
+    /// The process's exit code: 2 (invalid configuration) for a master key that is missing,
+    /// malformed or open to others, 3 for a database in use by a running server, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            OpenError::KeyMissing(_) | OpenError::KeyInvalid(_) | OpenError::KeyFileMode { .. } => {
+                2
+            }
+            OpenError::Locked(_) => 3,
+            _ => 1,
+        }
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
@@ -77,6 +106,7 @@ pub fn master_key(
     }
     let file = loaded.master_key_file();
     if file.exists() {
+        check_key_file_mode(&file)?;
         let text = zeroize::Zeroizing::new(std::fs::read_to_string(&file).map_err(io(&file))?);
         return parse(&text, &file.display().to_string());
     }
@@ -114,6 +144,65 @@ pub fn master_key(
     Ok(key)
 }
 
+/// Refuses a key file that group or others may read, write or execute (as ssh refuses a
+/// private key): the key is the database's root of trust.
+fn check_key_file_mode(file: &Path) -> Result<(), OpenError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(file)
+            .map_err(io(file))?
+            .permissions()
+            .mode()
+            & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(OpenError::KeyFileMode {
+                path: file.to_owned(),
+                mode,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Sets the data directory to 0700 if group or others have any access to it; returns a line
+/// for the log when it did.
+fn tighten_data_dir(dir: &Path) -> std::io::Result<Option<String>> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            return Ok(Some(format!(
+                "the data directory {} had mode {mode:04o}; set it to 0700 (the database is \
+                 for this user only)",
+                dir.display()
+            )));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(None)
+}
+
+/// Creates (or truncates) a file readable and writable by the owner only: mode 0600 for a
+/// new file, and an existing regular file is set to 0600 before anything is written to it.
+pub fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let f = o.open(path)?;
+    // Only a regular file: `-o /dev/stdout` must not change a terminal's mode.
+    #[cfg(unix)]
+    if f.metadata()?.is_file() {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(f)
+}
+
 /// Creates a directory (and its parents) readable by the owner only, if it does not exist.
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     if dir.as_os_str().is_empty() || dir.exists() {
@@ -143,6 +232,9 @@ pub fn open_store(
     let dir = &loaded.config.data_dir;
     let key = master_key(loaded, env, warnings)?;
     create_private_dir(dir).map_err(io(dir))?;
+    if let Some(note) = tighten_data_dir(dir).map_err(io(dir))? {
+        warnings.push(note);
+    }
     let kv = RocksKv::open(dir).map_err(|e| match e {
         KvError::Locked(m) => OpenError::Locked(m),
         other => OpenError::Store(other.into()),

@@ -217,6 +217,136 @@ fn a_missing_or_wrong_master_key_is_a_clear_error() {
     assert!(o.status.success());
 }
 
+/// `c` run under umask 022 (the usual default, which leaves new files 0644), whatever the
+/// test's own umask.
+fn under_umask_022(c: &Command) -> Command {
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg("umask 022 && exec \"$0\" \"$@\"")
+        .arg(c.get_program())
+        .args(c.get_args());
+    if let Some(d) = c.get_current_dir() {
+        sh.current_dir(d);
+    }
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    sh
+}
+
+#[cfg(unix)]
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[cfg(unix)]
+#[test]
+fn database_files_exports_and_the_data_directory_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = Env::new(FILE_CONFIG);
+    // A data directory made beforehand by hand, open to everyone for reading.
+    std::fs::create_dir(e.path("data")).unwrap();
+    std::fs::set_permissions(e.path("data"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = |args: &[&str]| {
+        let o = under_umask_022(&e.cmd(args)).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = run(&["token", "enroll", "--service", "bank", "--user", "alice"]);
+    assert!(
+        err.contains("had mode 0755; set it to 0700"),
+        "the tightening is logged: {err}"
+    );
+    assert_eq!(mode(&e.path("data")), 0o700);
+    let err = run(&["token", "enroll", "--service", "bank", "--user", "bob"]);
+    assert!(!err.contains("set it to 0700"), "{err}");
+    // Every file RocksDB wrote (and the generated key) is the owner's only.
+    let mut files = 0;
+    for entry in std::fs::read_dir(e.path("data")).unwrap() {
+        let path = entry.unwrap().path();
+        let m = mode(&path);
+        assert_eq!(m & 0o077, 0, "{} has mode {m:04o}", path.display());
+        files += 1;
+    }
+    assert!(files > 3, "RocksDB's files are there");
+    // Exports: a new file, and an existing file that was open to others.
+    run(&["db", "export", "-o", "dump.jsonl"]);
+    assert_eq!(mode(&e.path("dump.jsonl")), 0o600);
+    std::fs::write(e.path("old.jsonl"), "old").unwrap();
+    std::fs::set_permissions(e.path("old.jsonl"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    run(&["db", "export", "-o", "old.jsonl"]);
+    assert_eq!(mode(&e.path("old.jsonl")), 0o600);
+    assert_eq!(
+        std::fs::read(e.path("old.jsonl")).unwrap(),
+        std::fs::read(e.path("dump.jsonl")).unwrap()
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_master_key_file_open_to_others_is_refused_with_exit_code_2() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = Env::new(FILE_CONFIG);
+    e.ok(&["token", "enroll", "--service", "bank", "--user", "alice"]);
+    let key = e.path("data/master.key");
+    for bad in [0o644, 0o640, 0o604, 0o660, 0o606, 0o610] {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(bad)).unwrap();
+        let (code, err) = code_and_err(&e.run(&["token", "list"]));
+        assert_eq!(code, 2, "mode {bad:04o}: {err}");
+        assert!(
+            err.contains(&format!("has mode {bad:04o}")) && err.contains("chmod 600"),
+            "{err}"
+        );
+    }
+    // `serve` refuses it too (and would serve on if it did not: give it 30 s).
+    let mut child = e
+        .cmd(&["serve"])
+        .env("ZOFTOKEN_UDP_LISTEN", "127.0.0.1:0")
+        .env("ZOFTOKEN_HTTP_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("serve started with a key file open to others");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+    // A key file elsewhere (master_key.file / ZOFTOKEN_MASTER_KEY_FILE) is checked too.
+    std::fs::copy(&key, e.path("elsewhere.key")).unwrap();
+    std::fs::set_permissions(
+        e.path("elsewhere.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let o = e
+        .cmd(&["token", "list"])
+        .env("ZOFTOKEN_MASTER_KEY_FILE", e.path("elsewhere.key"))
+        .output()
+        .unwrap();
+    assert_eq!(code_and_err(&o).0, 2, "{}", code_and_err(&o).1);
+    // Owner-only modes are accepted.
+    for good in [0o600, 0o400] {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(good)).unwrap();
+        e.ok(&["token", "list"]);
+    }
+}
+
 #[test]
 fn database_mode_services_and_authkeys() {
     let e = Env::new("config_source: database\ndata_dir: data\n");

@@ -215,7 +215,7 @@ impl Store {
             if let Some(t) = k
                 .try_into()
                 .ok()
-                .and_then(|k| schema::decode_transaction(k, v))
+                .and_then(|k| schema::decode_transaction(self.master_key(), k, v))
             {
                 if wanted.contains(&t.token_id.0) {
                     txs.entry(t.token_id.0).or_default().push(t);

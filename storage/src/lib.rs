@@ -35,7 +35,7 @@ pub use docs::{
 pub use durable::Health;
 pub use fault::FaultyKv;
 pub use kv::{Cf, Durability, KvError, KvStore, Op, WriteBatch};
-pub use maint::{CheckReport, Moved};
+pub use maint::{CheckReport, Moved, IMPORT_EPOCH_MARGIN, IMPORT_SEQ_MARGIN};
 pub use memory::MemoryKv;
 pub use schema::OutboxEvent;
 pub use store::{LoadReport, ServiceNames, Store, StoreError};

@@ -18,7 +18,7 @@ use crate::schema::{self, OutboxEvent, Secrets, SCHEMA_VERSION};
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_KEY_CHECK: &[u8] = b"master_key_check";
 pub(crate) const META_OUTBOX_ACKED: &[u8] = b"outbox_acked";
-const META_EPOCH: &[u8] = b"epoch";
+pub(crate) const META_EPOCH: &[u8] = b"epoch";
 const KEY_CHECK_PLAINTEXT: &[u8] = b"zoftoken master key check v1";
 
 /// Errors of the store. Every one is a clear reason to stop at start; none is ever turned
@@ -54,6 +54,10 @@ pub enum StoreError {
     /// Invalid input to an import or an admin command.
     #[error("{0}")]
     Invalid(String),
+    /// Every server epoch has been handed out (SPEC.md §4.3 forbids reusing one): this
+    /// database cannot be served again; export the tokens into a new one.
+    #[error("every server epoch of this database has been used; it must not be started again")]
+    EpochsExhausted,
 }
 
 /// The username of `token` if one of `batches` creates it.
@@ -241,6 +245,23 @@ impl Store {
         self.next_seq.load(Ordering::Relaxed)
     }
 
+    /// Makes the next commit's sequence number at least `seq` (after an import).
+    pub(crate) fn raise_next_outbox_seq(&self, seq: u64) {
+        self.next_seq.fetch_max(seq, Ordering::Relaxed);
+    }
+
+    /// The last server epoch handed out by this database (0: none yet).
+    pub(crate) fn last_epoch(&self) -> Result<u32, StoreError> {
+        match self.kv.get(Cf::Meta, META_EPOCH)? {
+            None => Ok(0),
+            Some(v) => v
+                .as_slice()
+                .try_into()
+                .map(u32::from_be_bytes)
+                .map_err(|_| corrupt(Cf::Meta, META_EPOCH, "not an epoch")),
+        }
+    }
+
     /// The key-value store underneath.
     pub fn kv(&self) -> &Arc<dyn KvStore> {
         &self.kv
@@ -339,9 +360,11 @@ impl Store {
                     schema::encode_pending(&self.key, p),
                 ),
                 Mutation::DeletePending(id) => b.delete(Cf::Enrollments, id.0),
-                Mutation::Transaction(t) => {
-                    b.put(Cf::Transactions, t.tx_id, schema::encode_transaction(t))
-                }
+                Mutation::Transaction(t) => b.put(
+                    Cf::Transactions,
+                    t.tx_id,
+                    schema::encode_transaction(&self.key, t),
+                ),
                 Mutation::DeleteTransaction(id) => b.delete(Cf::Transactions, *id),
                 Mutation::BackupCodes(id, hashes) if hashes.is_empty() => {
                     b.delete(Cf::BackupCodes, id.0)
@@ -467,13 +490,16 @@ impl Store {
             }
             Ok(true)
         })?;
+        // Scanned in id order (random); the engine sorts them by creation once.
+        let mut txs = Vec::new();
         try_scan(kv, Cf::Transactions, &[], None, &mut |k, v| {
-            let t = schema::decode_transaction(id_key(Cf::Transactions, k)?, v)
-                .ok_or_else(|| corrupt(Cf::Transactions, k, "undecodable"))?;
-            engine.load_transaction(t);
-            out.transactions += 1;
+            let t = schema::decode_transaction(&self.key, id_key(Cf::Transactions, k)?, v)
+                .ok_or_else(|| corrupt(Cf::Transactions, k, "undecodable or not authentic"))?;
+            txs.push(t);
             Ok(true)
         })?;
+        out.transactions = txs.len() as u64;
+        engine.load_transactions(txs);
         try_scan(kv, Cf::BackupCodes, &[], None, &mut |k, v| {
             let id = TokenId(id_key(Cf::BackupCodes, k)?);
             let hashes = schema::decode_backup(&self.key, &id, v)
@@ -720,13 +746,11 @@ impl Store {
 
     /// A new server epoch (SPEC.md §4.3): one more than the last one handed out by this
     /// database, never zero, durable before it is returned, so no two starts share one.
+    /// Refused, never wrapped, once every epoch has been used; an unreadable record is
+    /// corruption, never read as "none yet".
     pub fn next_epoch(&self) -> Result<u32, StoreError> {
-        let last = self
-            .kv
-            .get(Cf::Meta, META_EPOCH)?
-            .and_then(|v| v.as_slice().try_into().ok().map(u32::from_be_bytes))
-            .unwrap_or(0);
-        let next = last.checked_add(1).unwrap_or(1);
+        let last = self.last_epoch()?;
+        let next = last.checked_add(1).ok_or(StoreError::EpochsExhausted)?;
         let mut b = WriteBatch::new();
         b.put(Cf::Meta, META_EPOCH, next.to_be_bytes());
         self.kv.write(&b, Durability::Fsync)?;
@@ -745,7 +769,7 @@ impl Store {
             if let Some(t) = k
                 .try_into()
                 .ok()
-                .and_then(|k| schema::decode_transaction(k, v))
+                .and_then(|k| schema::decode_transaction(&self.key, k, v))
             {
                 if t.token_id == *id {
                     txs.push(t);

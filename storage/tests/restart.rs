@@ -221,6 +221,89 @@ fn a_paired_device_keeps_working_across_restarts() {
 }
 
 #[test]
+fn thousands_of_stored_transactions_of_one_token_load_in_order() {
+    use zoftoken_storage::{Cf, Durability as D, KvStore, WriteBatch};
+    let mut s = Server::start(MemoryKv::new(), 1, T0);
+    let ticket = s
+        .admin(|e, now, b| e.enroll(now, "bank", "dora", b))
+        .unwrap();
+    let (mut token, mut store, _) = pair(&mut s, &ticket.deeplink);
+    let id = token.token_id();
+    // As a database written before transactions were capped may hold them: thousands on
+    // one token, ids in another order than creation, half of them in the earlier record
+    // format (duress flag and message in clear), written by hand.
+    let n: u32 = 3_000;
+    let tx = |i: u32| Transaction {
+        tx_id: {
+            let mut t = [0u8; 16];
+            t[..4].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_be_bytes());
+            t[4..8].copy_from_slice(&i.to_be_bytes());
+            t
+        },
+        token_id: id,
+        message: format!("Pay {i} EUR?"),
+        created_ms: T0 - 100_000 + u64::from(i),
+        expires_ms: T0 + 600_000,
+        state: if i < n - 1 {
+            TxState::Denied
+        } else {
+            TxState::Waiting
+        },
+        duress: i % 7 == 0,
+    };
+    let all: Vec<Transaction> = (0..n).map(tx).collect();
+    let mut batch = Batch::new();
+    let mut old = WriteBatch::new();
+    for t in &all {
+        if t.created_ms % 2 == 0 {
+            batch
+                .mutations
+                .push(Mutation::Transaction(Box::new(t.clone())));
+        } else {
+            let mut v = vec![1u8];
+            v.extend_from_slice(&t.token_id.0);
+            v.extend_from_slice(&t.created_ms.to_be_bytes());
+            v.extend_from_slice(&t.expires_ms.to_be_bytes());
+            v.push(t.state as u8);
+            v.push(u8::from(t.duress));
+            v.extend_from_slice(t.message.as_bytes());
+            old.put(Cf::Transactions, t.tx_id, v);
+        }
+    }
+    s.store.commit(&batch.mutations, &s.engine).unwrap();
+    s.kv.write(&old, D::Wal).unwrap();
+    // New records keep neither the message nor the duress flag in clear.
+    let sealed = s.kv.get(Cf::Transactions, &all[0].tx_id).unwrap().unwrap();
+    assert_eq!(sealed[0], 2);
+    assert!(!sealed
+        .windows(all[0].message.len())
+        .any(|w| w == all[0].message.as_bytes()));
+
+    let mut s = s.restart();
+    for t in &all {
+        assert_eq!(&s.engine.transaction(s.now, &t.tx_id).unwrap(), t);
+    }
+    let report = s.store.load(
+        &Engine::new(EngineConfig::new(
+            vec![ServiceConfig::new("bank", &["127.0.0.1:4500"])],
+            9,
+            [9; 32],
+        ))
+        .unwrap(),
+        s.now,
+        2,
+        &|_| {},
+    );
+    assert_eq!(report.unwrap().transactions, u64::from(n));
+    // The only waiting one is the newest: the app is shown it.
+    let (r, _) = s.send(&mut token, &mut store, Request::TxFetch).unwrap();
+    assert!(
+        matches!(r, Reply::Transaction(_, Some(ref p)) if p.tx_id == all[n as usize - 1].tx_id),
+        "{r:?}"
+    );
+}
+
+#[test]
 fn an_enrollment_survives_a_restart_and_pairs_after_it() {
     let mut s = Server::start(MemoryKv::new(), 1, T0);
     let ticket = s
