@@ -578,3 +578,29 @@ fn the_device_command_line_pairs_and_fails_over_to_a_live_endpoint() {
         "names the endpoints tried: {err}"
     );
 }
+
+#[test]
+fn a_second_server_on_the_same_udp_port_is_refused() {
+    let e = Env::new("mmsg");
+    let deeplink = e.enroll("alice");
+    let server = e.serve();
+    // Another server of its own (its own data directory), configured with the same port.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        e.dir.path().join("config.yaml"),
+        other.path().join("config.yaml"),
+    )
+    .unwrap();
+    let o = common::zoftoken(other.path(), &["serve"])
+        .env("ZOFTOKEN_IO", "mmsg")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("already in use by another process"), "{err}");
+    assert!(err.contains(&e.udp.to_string()), "{err}");
+    // The first server still answers its devices.
+    let mut phone = Phone::pair(e.udp, &deeplink, "2468");
+    assert_eq!(phone.open(), WireState::Open);
+    server.stop();
+}

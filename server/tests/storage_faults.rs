@@ -1,8 +1,11 @@
-//! A real `zoftoken serve` whose data directory is on a small filesystem that fills up under
-//! load (a tmpfs mounted for the test; it needs root, and is skipped with a message where
-//! mounting is impossible): writes really fail, nothing that was not written is answered,
-//! `/readyz` says so, the server recovers by itself once there is room again, stops with exit
-//! code 0, and after a restart holds exactly what it acknowledged.
+//! A real `zoftoken serve` on storage that fails:
+//! - a data directory on a small filesystem that fills up under load (a tmpfs mounted for the
+//!   test; it needs root, and is skipped with a message where mounting is impossible): writes
+//!   really fail, nothing that was not written is answered, `/readyz` says so, the server
+//!   recovers by itself once there is room again, stops with exit code 0, and after a restart
+//!   holds exactly what it acknowledged; a disk already full at start is exit code 5;
+//! - a write-ahead log damaged in the middle (after `kill -9`): the start stops with exit code
+//!   6 and says what to do; `zoftoken db recover` opens it with loss and reports the loss.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -237,14 +240,7 @@ fn a_full_disk_withholds_what_it_cannot_write_and_the_server_recovers_by_itself(
         return;
     };
     let udp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    std::fs::write(
-        dir.path().join("config.yaml"),
-        format!(
-            "listen: {{ udp: [\"{udp}\"], http: \"127.0.0.1:0\" }}\ndata_dir: volume/data\n\
-             io_threads: 1\nservices:\n  - name: bank\n    window: 3600\n    endpoints: [\"{udp}\"]\n"
-        ),
-    )
-    .unwrap();
+    write_config(dir.path(), udp, "volume/data");
     let o = common::zoftoken(
         dir.path(),
         &["loadgen", "prepare", "--tokens", "2000", "--seed", "7"],
@@ -308,4 +304,102 @@ fn a_full_disk_withholds_what_it_cannot_write_and_the_server_recovers_by_itself(
     let checked = check_acknowledged(dir.path(), &acked);
     assert!(checked > 1000, "{checked} acknowledgements checked");
     drop(mount);
+}
+
+/// `config.yaml` in `dir` for one service on `udp`, the database in `data_dir`.
+fn write_config(dir: &Path, udp: SocketAddr, data_dir: &str) {
+    std::fs::write(
+        dir.join("config.yaml"),
+        format!(
+            "listen: {{ udp: [\"{udp}\"], http: \"127.0.0.1:0\" }}\ndata_dir: {data_dir}\n\
+             io_threads: 1\nservices:\n  - name: bank\n    window: 3600\n    endpoints: [\"{udp}\"]\n"
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_disk_full_at_start_is_a_clear_error_with_exit_code_5() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mount) = Mount::tmpfs(&dir.path().join("volume"), 16) else {
+        return;
+    };
+    let udp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    write_config(dir.path(), udp, "volume/data");
+    let o = common::zoftoken(
+        dir.path(),
+        &["loadgen", "prepare", "--tokens", "100", "--seed", "7"],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    mount.fill(0);
+    let o = common::zoftoken(dir.path(), &["serve"])
+        .env("ZOFTOKEN_IO", "mmsg")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(5), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+}
+
+#[test]
+fn a_wal_damaged_in_the_middle_stops_the_start_and_db_recover_reports_the_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let udp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    write_config(dir.path(), udp, "data");
+    let o = common::zoftoken(
+        dir.path(),
+        &["loadgen", "prepare", "--tokens", "2000", "--seed", "7"],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Acknowledged changes in the write-ahead log only: a load, then kill -9.
+    let mut server = Server::start(dir.path());
+    let acked = dir.path().join("acked.txt");
+    let summary = load(dir.path(), udp, 2, &acked);
+    assert!(summary["answered"].as_u64().unwrap() > 1000, "{summary}");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    drop(server);
+    let log = std::fs::read_dir(dir.path().join("data"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&log).unwrap();
+    assert!(bytes.len() > 100_000, "{} bytes of log", bytes.len());
+    let middle = bytes.len() / 2;
+    bytes[middle..middle + 64].fill(0x5A);
+    std::fs::write(&log, &bytes).unwrap();
+
+    // The start refuses: exit code 6, where, how much, and what to do.
+    let o = common::zoftoken(dir.path(), &["serve"])
+        .env("ZOFTOKEN_IO", "mmsg")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(6), "{err}");
+    assert!(err.contains("zoftoken db recover"), "{err}");
+    assert!(err.contains("would be lost"), "{err}");
+
+    // The explicit recovery reports what it dropped; then the server starts.
+    let o = common::zoftoken(dir.path(), &["--json", "db", "recover"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["damaged"], true, "{report}");
+    assert!(report["dropped_batches"].as_u64().unwrap() > 0, "{report}");
+    let again = common::zoftoken(dir.path(), &["--json", "db", "recover"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(report["damaged"], false, "{report}");
+    let server = Server::start(dir.path());
+    let (code, log) = server.stop();
+    assert_eq!(code, Some(0), "{log}");
 }
