@@ -8,7 +8,9 @@
 //! [`Mutation`] and an [`Event`] to the caller's [`Batch`]; the driver commits the batch to
 //! storage, then sends the replies and calls [`Engine::publish`] to release the events onto the
 //! bounded [`EventBus`]. [`Engine::tick`] runs timers (window expiry, transaction expiry,
-//! housekeeping).
+//! housekeeping). A token changed by a batch not yet committed is read or changed by no other
+//! batch, and a failed commit is undone by restoring the batch's tokens from storage (module
+//! `settle`): nothing that was not written is ever shown.
 //!
 //! Two kinds of token ([`TokenKind`]): app tokens, which our phone app pairs and drives over
 //! UDP, and standard authenticator tokens (RFC 6238 TOTP, [`Engine::enroll_totp`]), usable at

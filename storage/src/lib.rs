@@ -9,8 +9,12 @@
 //! [`MemoryKv`] implements it in memory for tests. [`conformance`] is the one test suite every
 //! implementation runs. It reads no configuration files and opens no sockets.
 //!
+//! It fails closed: a batch whose write fails publishes nothing and its tokens are restored
+//! from the database ([`Store::commit_batch`]); [`Health`] says whether the database can write
+//! and [`Store::probe`] finds out when it can again.
+//!
 //! Key types: [`KvStore`], [`WriteBatch`], [`Store`], [`Committer`] (group commit on a
-//! writer thread, pipelined with packet processing), [`MasterKey`], [`ServiceDoc`],
+//! writer thread, pipelined with packet processing), [`Health`], [`MasterKey`], [`ServiceDoc`],
 //! [`AuthkeyDoc`].
 #![forbid(unsafe_code)]
 

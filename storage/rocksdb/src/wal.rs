@@ -155,7 +155,7 @@ fn read_file(bytes: &[u8]) -> WalFile {
         // a false find negligible), so that every intact record after the damage is counted.
         let known = matches!(kind & 0x7f, 1..=11);
         let checked = bytes.get(pos + 6..end).filter(|_| fits && known);
-        if !checked.is_some_and(|c| unmask(crc) == crc32c(c)) {
+        if checked.is_none_or(|c| unmask(crc) != crc32c(c)) {
             note_damage(&mut damage, pos);
             assembly.open = false;
             pos += 1;
@@ -264,7 +264,7 @@ mod tests {
         assert_eq!(crc32c(b"123456789"), 0xe306_9283);
         // RocksDB's mask is undone exactly.
         let crc = crc32c(b"zoftoken");
-        let masked = ((crc >> 15) | (crc << 17)).wrapping_add(MASK_DELTA);
+        let masked = crc.rotate_right(15).wrapping_add(MASK_DELTA);
         assert_eq!(unmask(masked), crc);
     }
 }

@@ -57,7 +57,7 @@ fn damage_in_the_middle_stops_the_open_and_recover_reports_the_loss() {
     std::fs::write(&log, &bytes).unwrap();
 
     // The start refuses, says where and what would be lost, and what to do.
-    let err = RocksKv::open(dir.path()).err().expect("refused");
+    let err = RocksKv::open(dir.path()).expect_err("refused");
     let KvError::Corrupt(text) = &err else {
         panic!("{err:?}")
     };
