@@ -29,7 +29,7 @@ pub mod webhooks;
 pub use committer::{CommitError, Committer, CommitterConfig, CommitterStats, Done, Submitter};
 pub use crypt::{KeyError, MasterKey};
 pub use docs::{
-    authkeys_to_config, services_to_config, AuthkeyDoc, OtpDoc, ServiceDoc, WebhookDoc,
+    authkeys_to_config, services_to_config, AuthkeyDoc, OtpDoc, ServiceDoc, WebhookDoc, REDACTED,
 };
 pub use fault::FaultyKv;
 pub use kv::{Cf, Durability, KvError, KvStore, Op, WriteBatch};
