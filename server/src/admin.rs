@@ -647,11 +647,12 @@ impl Admin {
         let mut human = String::new();
         for d in &letters {
             human.push_str(&format!(
-                "{}  {}  {}  {}  {} attempts, last: {}{}\n",
+                "{}  {}  {}  {} (sequence {})  {} attempts, last: {}{}\n",
                 d.id,
                 d.service,
                 d.username.as_deref().unwrap_or("?"),
                 d.kind,
+                d.sequence,
                 d.attempts,
                 d.last_status
                     .map_or(String::new(), |s| format!("HTTP {s} ")),

@@ -79,37 +79,58 @@ fn every_change_of_a_token_gets_a_higher_number() {
     assert_eq!(stored, seen.iter().map(|(_, s)| *s).collect::<Vec<_>>());
 }
 
-#[test]
-fn numbers_keep_rising_across_a_restart_with_an_empty_outbox() {
-    let kv = MemoryKv::new();
-    let store = open(&kv);
-    let engine = engine();
-    // Far above anything this process handed out: as if a previous process had.
-    let high = next_sequence() + (1 << 36);
-    raise_sequence_floor(high);
-    let mut batch = Batch::new();
-    engine.enroll(1, "bank", "bob", &mut batch).unwrap();
-    let made = sequences(&batch)[0].1;
-    assert!(made >= high);
-    store.commit(&batch.mutations, &engine).unwrap();
-    // Delivered: the outbox forgets the event.
-    let seq = store.outbox(0, 10).unwrap()[0].seq;
-    let mut b = zoftoken_storage::WriteBatch::new();
-    b.delete(Cf::Outbox, seq.to_be_bytes());
-    store.kv().write(&b, Durability::Wal).unwrap();
-    drop(store);
-    // The floor was written with the event: opening the database puts the counter above it
-    // (in a new process the counter starts at 1; here it is already high, so check the floor
-    // the store keeps instead of relying on it).
-    let mut floors = Vec::new();
+/// The floor records in `meta`.
+fn floors(kv: &MemoryKv) -> Vec<u64> {
+    let mut out = Vec::new();
     kv.scan(Cf::Meta, b"event_seq_floor", None, &mut |k, _| {
         if let Some(n) = k.strip_prefix(b"event_seq_floor".as_slice()) {
-            floors.push(u64::from_be_bytes(n.try_into().unwrap()));
+            out.push(u64::from_be_bytes(n.try_into().unwrap()));
         }
         true
     })
     .unwrap();
-    assert!(floors.iter().any(|f| *f > made), "{floors:?} vs {made}");
+    out
+}
+
+fn enroll(store: &Store, engine: &Engine, user: &str) -> u64 {
+    let mut batch = Batch::new();
+    engine.enroll(1, "bank", user, &mut batch).unwrap();
+    store.commit(&batch.mutations, engine).unwrap();
+    sequences(&batch)[0].1
+}
+
+#[test]
+fn the_durable_floor_covers_every_stored_number_and_survives_an_empty_outbox() {
+    // (A new process starts its counter at 1 and only this floor puts it above the numbers
+    // handed out before: the command-line tests run that across processes.)
+    let kv = MemoryKv::new();
+    let store = open(&kv);
+    let engine = engine();
+    let first = enroll(&store, &engine, "ana");
+    let f = floors(&kv);
+    assert_eq!(f.len(), 1, "the first numbered commit writes a floor");
+    assert!(f[0] > first);
+    // Below the floor: no new record.
+    let second = enroll(&store, &engine, "bob");
+    assert!(second < f[0]);
+    assert_eq!(floors(&kv), f);
+    // At or above it (as after many events): a higher record, in the same write.
+    raise_sequence_floor(f[0]);
+    let third = enroll(&store, &engine, "cyd");
+    let f2 = floors(&kv);
+    assert_eq!(f2.len(), 2);
+    assert!(f2.iter().all(|x| *x > first) && f2.iter().any(|x| *x > third));
+    // Delivered: the outbox forgets the events, the floor stays.
+    for e in store.outbox(0, 10).unwrap() {
+        let mut b = zoftoken_storage::WriteBatch::new();
+        b.delete(Cf::Outbox, e.seq.to_be_bytes());
+        store.kv().write(&b, Durability::Wal).unwrap();
+    }
+    assert!(store.outbox(0, 10).unwrap().is_empty());
+    drop(store);
+    // Opening keeps the highest floor only, and the counter is above it.
     let _store = open(&kv);
-    assert!(next_sequence() > made);
+    let f3 = floors(&kv);
+    assert_eq!(f3, vec![*f2.iter().max().unwrap()]);
+    assert!(next_sequence() >= f3[0]);
 }

@@ -128,9 +128,9 @@ impl Pipeline {
         store: Arc<Store>,
         engine: Arc<Engine>,
     ) -> Result<Pipeline, WebhookError> {
-        if config.retry_delays.is_empty() {
+        if config.retry_delays.is_empty() || config.retry_delays.iter().any(Duration::is_zero) {
             return Err(WebhookError::Config(
-                "the retry delays need at least one entry".into(),
+                "the retry delays need at least one entry, each longer than zero".into(),
             ));
         }
         if config.concurrency_per_endpoint == 0 || config.max_in_memory == 0 {
