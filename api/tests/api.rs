@@ -1793,12 +1793,12 @@ fn hook_answer(mut s: TcpStream, status: &AtomicU16, log: &Mutex<Vec<(String, u1
     );
 }
 
-/// Three attempts 20 ms apart, then a dead letter.
+/// Three attempts 100 ms apart, then a dead letter.
 fn short_schedule() -> zoftoken_webhooks::PipelineConfig {
     zoftoken_webhooks::PipelineConfig {
-        // Retried for 40 ms: the last retry falls at the bound.
-        retry_delays: vec![Duration::from_millis(20)],
-        retry_for: Duration::from_millis(40),
+        // Retried for 200 ms: the last retry falls at the bound.
+        retry_delays: vec![Duration::from_millis(100)],
+        retry_for: Duration::from_millis(200),
         jitter_percent: 0,
         poll_interval: Duration::from_millis(50),
         attempt_timeout: Duration::from_secs(5),

@@ -680,9 +680,9 @@ fn an_exhausted_schedule_makes_a_dead_letter() {
     let recv = receiver(&rt, None, Arc::new(|_| Answer::Status(500)));
     let (store, engine) = setup(vec![service("bank", &recv.url(), "s3cret")]);
     let config = PipelineConfig {
-        // Three attempts: at once, 20 ms later, and at the 40 ms bound.
-        retry_delays: vec![Duration::from_millis(20)],
-        retry_for: Duration::from_millis(40),
+        // Three attempts: at once, 100 ms later, and at the 200 ms bound.
+        retry_delays: vec![Duration::from_millis(100)],
+        retry_for: Duration::from_millis(200),
         jitter_percent: 0,
         ..fast()
     };
