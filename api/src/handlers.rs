@@ -24,6 +24,7 @@ use zoftoken_engine::{
     Access, Batch, Engine, EngineError, Force, OfflineOutcome, Right, TokenState, TokenStatus,
 };
 use zoftoken_proto::{TokenId, TxState};
+use zoftoken_storage::REDACTED;
 use zoftoken_storage::{AuthkeyDoc, ServiceDoc, Store, StoreError};
 use zoftoken_webhooks::WebhookError;
 
@@ -757,14 +758,58 @@ fn tx_body(tx: &zoftoken_engine::Transaction) -> Value {
     })
 }
 
-fn redacted(mut d: ServiceDoc) -> ServiceDoc {
-    if let Some(w) = &mut d.webhook {
-        w.secret = REDACTED.into();
-    }
-    d
+fn redacted(d: ServiceDoc) -> ServiceDoc {
+    d.redacted()
 }
 
-const REDACTED: &str = "<redacted>";
+/// Refuses a webhook `ca_file` given through the API: a file path on the server is the
+/// operator's (config.yaml or the command line). The value already stored (a document read
+/// back and written again) is kept.
+fn refuse_new_ca_file(new: &ServiceDoc, old: Option<&ServiceDoc>) -> Result<(), Failure> {
+    let given = new.webhook.as_ref().and_then(|w| w.ca_file.as_ref());
+    let stored = old
+        .and_then(|d| d.webhook.as_ref())
+        .and_then(|w| w.ca_file.as_ref());
+    match given {
+        Some(path) if Some(path) != stored => Err(Failure::bad(
+            "webhook_ca_file_refused",
+            "webhook.ca_file names a file on the server: set it in config.yaml or with the \
+             command line, not through the API",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Puts the stored secrets back where a document read from the API carries `<redacted>`;
+/// refuses a `<redacted>` that stands for nothing stored.
+fn restore_redacted(new: &mut ServiceDoc, old: Option<&ServiceDoc>) -> Result<(), Failure> {
+    let Some(w) = &mut new.webhook else {
+        return Ok(());
+    };
+    let old = old.and_then(|d| d.webhook.as_ref());
+    let missing = || {
+        Failure::bad(
+            "invalid_service",
+            "`<redacted>` stands for a stored secret, and there is none to keep",
+        )
+    };
+    if w.secret == REDACTED {
+        w.secret = old.map(|o| o.secret.clone()).ok_or_else(missing)?;
+    }
+    if w.previous_secret.as_deref() == Some(REDACTED) {
+        w.previous_secret = Some(
+            old.and_then(|o| o.previous_secret.clone())
+                .ok_or_else(missing)?,
+        );
+    }
+    if w.shared_token.as_deref() == Some(REDACTED) {
+        w.shared_token = Some(
+            old.and_then(|o| o.shared_token.clone())
+                .ok_or_else(missing)?,
+        );
+    }
+    Ok(())
+}
 
 // Request bodies. Unknown fields are refused.
 
@@ -1430,7 +1475,9 @@ impl Ctx<'_> {
     async fn service_create(&self, body: Incoming) -> Outcome {
         self.authorize_unrestricted()?;
         self.require_database()?;
-        let doc: ServiceDoc = self.json(body).await?;
+        let mut doc: ServiceDoc = self.json(body).await?;
+        refuse_new_ca_file(&doc, None)?;
+        restore_redacted(&mut doc, None)?;
         let state = self.state_arc();
         let saved = blocking(move || {
             let all = state.store.services()?;
@@ -1464,12 +1511,9 @@ impl Ctx<'_> {
                 .iter()
                 .find(|d| d.name == doc.name)
                 .ok_or(Failure::from(EngineError::UnknownService))?;
-            // A document read back from the API carries `<redacted>`: keep the stored secret.
-            if let (Some(new), Some(old)) = (&mut doc.webhook, &old.webhook) {
-                if new.secret == REDACTED {
-                    new.secret = old.secret.clone();
-                }
-            }
+            refuse_new_ca_file(&doc, Some(old))?;
+            // A document read back from the API carries `<redacted>`: keep the stored secrets.
+            restore_redacted(&mut doc, Some(old))?;
             Self::save_service(&state, all, doc)
         })
         .await?;

@@ -83,6 +83,8 @@ impl Harness {
             events: Vec::new(),
             previous_secret: None,
             ca_file: None,
+            shared_token: None,
+            allow_insecure_http: false,
         });
         Harness::with_services(ApiConfig::default(), None, Arc::new(MemoryKv::new()), s)
     }
@@ -1887,14 +1889,13 @@ fn hook_answer(mut s: TcpStream, status: &AtomicU16, log: &Mutex<Vec<(String, u1
     );
 }
 
-/// Three attempts 20 ms apart, then a dead letter.
+/// Three attempts 100 ms apart, then a dead letter.
 fn short_schedule() -> zoftoken_webhooks::PipelineConfig {
     zoftoken_webhooks::PipelineConfig {
-        retry_schedule: vec![
-            Duration::ZERO,
-            Duration::from_millis(20),
-            Duration::from_millis(20),
-        ],
+        // Retried for 200 ms: the last retry falls at the bound.
+        retry_delays: vec![Duration::from_millis(100)],
+        retry_for: Duration::from_millis(200),
+        jitter_percent: 0,
         poll_interval: Duration::from_millis(50),
         attempt_timeout: Duration::from_secs(5),
         ..zoftoken_webhooks::PipelineConfig::default()
@@ -2131,4 +2132,132 @@ fn endpoints_disabled_by_gone_are_listed_and_a_replay_re_enables_them() {
     });
     wait_until("no dead letters left", || h.dead_ids().is_empty());
     pipeline.shutdown();
+}
+
+#[test]
+fn no_output_that_shows_a_service_contains_a_webhook_secret() {
+    let config = ApiConfig {
+        config_source_database: true,
+        ..ApiConfig::default()
+    };
+    let h = Harness::with(config, None);
+    let secrets = [
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "previous-signing-secret",
+        "plain-shared-token",
+    ];
+    let svc = json!({
+        "name": "shop",
+        "endpoints": [ENDPOINT],
+        "webhook": {
+            "url": "https://hooks.example/x",
+            "secret": secrets[0],
+            "previous_secret": secrets[1],
+            "shared_token": secrets[2],
+        },
+    });
+    let mut shown = Vec::new();
+    let a = h.call("POST", "/v1/services", Some(ROOT), Some(&svc.to_string()));
+    assert_eq!(a.status, 201, "{}", a.body);
+    shown.push(a.body);
+    let got = h.call("GET", "/v1/services/shop", Some(ROOT), None);
+    assert_eq!(got.status, 200);
+    shown.push(got.body.clone());
+    let a = h.call("GET", "/v1/services", Some(ROOT), None);
+    assert_eq!(a.status, 200);
+    shown.push(a.body);
+    // Written back as read: every redacted value keeps the stored one.
+    let a = h.call("PUT", "/v1/services/shop", Some(ROOT), Some(&got.body));
+    assert_eq!(a.status, 200, "{}", a.body);
+    shown.push(a.body);
+    for body in &shown {
+        for s in secrets {
+            assert!(!body.contains(s), "{body} shows a secret");
+        }
+        assert!(body.contains("<redacted>"), "{body}");
+    }
+    let stored = h.store.services().unwrap();
+    let w = stored
+        .iter()
+        .find(|d| d.name == "shop")
+        .and_then(|d| d.webhook.clone())
+        .unwrap();
+    assert_eq!(
+        (
+            w.secret.as_str(),
+            w.previous_secret.as_deref(),
+            w.shared_token.as_deref()
+        ),
+        (secrets[0], Some(secrets[1]), Some(secrets[2]))
+    );
+    // `<redacted>` standing for nothing stored is refused, not stored.
+    let mut v: serde_json::Value = serde_json::from_str(&got.body).unwrap();
+    v["name"] = json!("new");
+    let a = h.call("POST", "/v1/services", Some(ROOT), Some(&v.to_string()));
+    assert_eq!((a.status, a.code()), (400, "invalid_service"));
+    // Debug forms redact too.
+    let debug = format!("{stored:?}");
+    for s in secrets {
+        assert!(!debug.contains(s), "{debug}");
+    }
+}
+
+#[test]
+fn webhook_ca_files_and_plain_http_are_refused_through_the_api() {
+    let config = ApiConfig {
+        config_source_database: true,
+        ..ApiConfig::default()
+    };
+    let h = Harness::with(config, None);
+    let svc = |webhook: serde_json::Value| {
+        json!({ "name": "shop", "endpoints": [ENDPOINT], "webhook": webhook }).to_string()
+    };
+    let a = h.call(
+        "POST",
+        "/v1/services",
+        Some(ROOT),
+        Some(&svc(json!({
+            "url": "https://hooks.example/x", "secret": "s", "ca_file": "/dev/zero"
+        }))),
+    );
+    assert_eq!((a.status, a.code()), (400, "webhook_ca_file_refused"));
+    assert!(h.store.services().unwrap().iter().all(|d| d.name != "shop"));
+    let a = h.call(
+        "POST",
+        "/v1/services",
+        Some(ROOT),
+        Some(&svc(
+            json!({ "url": "http://hooks.example/x", "secret": "s" }),
+        )),
+    );
+    assert_eq!((a.status, a.code()), (400, "invalid_service"));
+    assert!(a.body.contains("allow_insecure_http"), "{}", a.body);
+    // Loopback, or an explicit opt-in, is accepted.
+    let a = h.call(
+        "POST",
+        "/v1/services",
+        Some(ROOT),
+        Some(&svc(
+            json!({ "url": "http://127.0.0.1:9/x", "secret": "s" }),
+        )),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let a = h.call(
+        "PUT",
+        "/v1/services/shop",
+        Some(ROOT),
+        Some(&svc(json!({
+            "url": "http://hooks.example/x", "secret": "s", "allow_insecure_http": true
+        }))),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = h.call(
+        "PUT",
+        "/v1/services/shop",
+        Some(ROOT),
+        Some(&svc(json!({
+            "url": "https://hooks.example/x", "secret": "s", "ca_file": "/etc/passwd"
+        }))),
+    );
+    assert_eq!((a.status, a.code()), (400, "webhook_ca_file_refused"));
 }

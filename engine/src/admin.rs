@@ -231,14 +231,11 @@ impl Engine {
         if let Some(r) = pending.record(&id.0, svc.name.clone()) {
             batch.mutations.push(Mutation::Pending(Box::new(r)));
         }
+        // Numbered under the `pending` lock, which orders enrollments, pairings and deletions
+        // of the token.
+        let enrolled = crate::Event::new(EventKind::Enrolled, id, index, now_ms, Actor::Admin);
         drop(pending);
-        batch.event(crate::Event::new(
-            EventKind::Enrolled,
-            id,
-            index,
-            now_ms,
-            Actor::Admin,
-        ));
+        batch.event(enrolled);
         self.notify(&id.0);
         Ok(EnrollmentTicket {
             token_id: id,
@@ -309,7 +306,7 @@ impl Engine {
             service: svc.name.clone(),
             username: username.to_owned(),
         });
-        {
+        let enrolled = {
             // Lock order: pending → shard. Holding both, no pairing can complete in between.
             let mut pending = lock(&self.pending);
             let mut shard = self.shard(&id.0);
@@ -344,15 +341,10 @@ impl Engine {
                     .mutations
                     .push(Mutation::Token(Box::new(self.record(e))));
             }
-        }
+            crate::Event::new(EventKind::Enrolled, id, index, now_ms, Actor::Admin)
+        };
         lock(&self.side).forget(&id.0, batch);
-        batch.event(crate::Event::new(
-            EventKind::Enrolled,
-            id,
-            index,
-            now_ms,
-            Actor::Admin,
-        ));
+        batch.event(enrolled);
         self.notify(&id.0);
         Ok(TotpEnrollment {
             token_id: id,
@@ -572,17 +564,18 @@ impl Engine {
             }
             service
         };
-        let pending = pending.remove(&id.0).map(|p| p.service);
+        // Numbered under the `pending` lock, which orders enrollments, pairings and deletions
+        // of the token.
+        let sequence = crate::event::next_sequence();
+        let pending_service = pending.remove(&id.0).map(|p| p.service);
+        drop(pending);
+        let pending = pending_service;
         let service = removed.or(pending).ok_or(EngineError::UnknownToken)?;
         lock(&self.side).forget(&id.0, batch);
         batch.mutations.push(Mutation::DeleteToken(*id));
-        batch.event(crate::Event::new(
-            EventKind::Deleted,
-            *id,
-            service,
-            now_ms,
-            Actor::Admin,
-        ));
+        let mut deleted = crate::Event::new(EventKind::Deleted, *id, service, now_ms, Actor::Admin);
+        deleted.sequence = sequence;
+        batch.event(deleted);
         self.notify(&id.0);
         Ok(())
     }

@@ -8,7 +8,9 @@ use zoftoken_proto::wire::Alphabet;
 /// Which events a service's webhook receives.
 #[derive(Clone, PartialEq, Eq)]
 pub struct WebhookConfig {
-    /// Target URL (http or https).
+    /// Target URL: `https://`, or `http://` to a loopback address (`localhost`, `127.0.0.0/8`,
+    /// `[::1]`), or any `http://` URL when `allow_insecure_http` is set
+    /// ([`check_webhook_url`]).
     pub url: String,
     /// The service's secret (signs deliveries). A secret written `whsec_<base64>` (the
     /// Standard Webhooks form) signs with the decoded bytes; any other string signs with its
@@ -22,6 +24,28 @@ pub struct WebhookConfig {
     /// PEM file of extra CA certificates trusted for this webhook's HTTPS endpoint (besides
     /// the system roots).
     pub ca_file: Option<String>,
+    /// A plain value put in every body (`shared_token`) for receivers that can only compare a
+    /// shared value. Never the signing secret (validation refuses one equal to either
+    /// secret): anyone who reads one delivery learns it, so it is weaker than the signature.
+    pub shared_token: Option<String>,
+    /// Whether a plain `http://` URL to a non-loopback address is accepted (deliveries and
+    /// their bodies then cross the network unencrypted). Default false.
+    pub allow_insecure_http: bool,
+}
+
+impl WebhookConfig {
+    /// A webhook to `url` signed with `secret`, every event, nothing else set.
+    pub fn new(url: &str, secret: &str) -> WebhookConfig {
+        WebhookConfig {
+            url: url.to_owned(),
+            secret: secret.to_owned(),
+            events: Vec::new(),
+            previous_secret: None,
+            ca_file: None,
+            shared_token: None,
+            allow_insecure_http: false,
+        }
+    }
 }
 
 impl std::fmt::Debug for WebhookConfig {
@@ -35,7 +59,67 @@ impl std::fmt::Debug for WebhookConfig {
                 &self.previous_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("ca_file", &self.ca_file)
+            .field(
+                "shared_token",
+                &self.shared_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("allow_insecure_http", &self.allow_insecure_http)
             .finish()
+    }
+}
+
+/// Why a webhook URL is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookUrlError {
+    /// Neither `https://` nor `http://`, or no host.
+    #[error("must be an https:// URL with a host")]
+    NotHttp,
+    /// `http://` to an address that is not loopback, without `allow_insecure_http`.
+    #[error(
+        "http:// is refused except to a loopback address (use https://, or set \
+         `allow_insecure_http: true` to send deliveries unencrypted)"
+    )]
+    InsecureHttp,
+}
+
+/// Checks a webhook URL: `https://` with a host; `http://` only to a loopback address
+/// (`localhost`, an IPv4 address in `127.0.0.0/8`, `[::1]`) unless `allow_insecure_http`.
+/// The host is judged as written (a name other than `localhost` is not resolved).
+pub fn check_webhook_url(url: &str, allow_insecure_http: bool) -> Result<(), WebhookUrlError> {
+    let (https, rest) = match (url.get(..8), url.get(..7)) {
+        (Some(p), _) if p.eq_ignore_ascii_case("https://") => (true, url.get(8..)),
+        (_, Some(p)) if p.eq_ignore_ascii_case("http://") => (false, url.get(7..)),
+        _ => return Err(WebhookUrlError::NotHttp),
+    };
+    let rest = rest.unwrap_or("");
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // Userinfo (`user:pass@`) is not part of the host.
+    let host_port = authority.rsplit('@').next().unwrap_or("");
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((h, _)) => h,
+            None => return Err(WebhookUrlError::NotHttp),
+        }
+    } else {
+        host_port.split(':').next().unwrap_or("")
+    };
+    if host.is_empty() || authority.chars().any(char::is_whitespace) {
+        return Err(WebhookUrlError::NotHttp);
+    }
+    if https || allow_insecure_http || host_is_loopback(host) {
+        Ok(())
+    } else {
+        Err(WebhookUrlError::InsecureHttp)
+    }
+}
+
+fn host_is_loopback(host: &str) -> bool {
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => false,
     }
 }
 
@@ -148,8 +232,8 @@ pub fn validate_services(services: &[ServiceConfig]) -> Result<(), Vec<ConfigErr
             }
         }
         if let Some(w) = &s.webhook {
-            if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
-                err(at("webhook.url"), "must be an http(s) URL");
+            if let Err(e) = check_webhook_url(&w.url, w.allow_insecure_http) {
+                err(at("webhook.url"), &e.to_string());
             }
             if !webhook_secret_is_valid(&w.secret) {
                 err(
@@ -168,6 +252,16 @@ pub fn validate_services(services: &[ServiceConfig]) -> Result<(), Vec<ConfigErr
             if w.ca_file.as_deref().is_some_and(str::is_empty) {
                 err(at("webhook.ca_file"), "must not be empty");
             }
+            if let Some(t) = &w.shared_token {
+                if t.is_empty() {
+                    err(at("webhook.shared_token"), "must not be empty");
+                } else if *t == w.secret || w.previous_secret.as_ref() == Some(t) {
+                    err(
+                        at("webhook.shared_token"),
+                        "must differ from the signing secrets (the body is not secret)",
+                    );
+                }
+            }
             for (j, name) in w.events.iter().enumerate() {
                 if crate::EventKind::from_name(name).is_none() {
                     err(
@@ -185,5 +279,84 @@ pub fn validate_services(services: &[ServiceConfig]) -> Result<(), Vec<ConfigErr
         Ok(())
     } else {
         Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_refused_except_to_loopback_or_when_allowed() {
+        for ok in [
+            "https://hooks.example/z",
+            "HTTPS://hooks.example",
+            "https://10.0.0.1:8443/z?q",
+            "http://127.0.0.1:9000/hook",
+            "http://127.9.9.9/",
+            "http://localhost:8080",
+            "http://[::1]:8080/x",
+            "http://user@127.0.0.1/x",
+        ] {
+            assert_eq!(check_webhook_url(ok, false), Ok(()), "{ok}");
+        }
+        for insecure in [
+            "http://hooks.example/z",
+            "http://10.0.0.1/",
+            "http://[::2]:80/",
+            "http://127.0.0.1.evil.example/",
+            "http://localhost.evil.example/",
+            "http://127.0.0.1@hooks.example/",
+            "http://[::ffff:10.0.0.1]/",
+        ] {
+            assert_eq!(
+                check_webhook_url(insecure, false),
+                Err(WebhookUrlError::InsecureHttp),
+                "{insecure}"
+            );
+            assert_eq!(check_webhook_url(insecure, true), Ok(()), "{insecure}");
+        }
+        for bad in [
+            "ftp://x",
+            "https://",
+            "http:///x",
+            "http://[::1/",
+            "hooks.example",
+        ] {
+            assert_eq!(
+                check_webhook_url(bad, true),
+                Err(WebhookUrlError::NotHttp),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn services_with_insecure_webhooks_or_a_shared_token_equal_to_a_secret_are_refused() {
+        let mut s = ServiceConfig::new("bank", &["127.0.0.1:7878"]);
+        s.webhook = Some(WebhookConfig::new("http://hooks.example/z", "s3cret"));
+        let e = validate_services(std::slice::from_ref(&s)).unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].path, "services[0].webhook.url");
+        assert!(
+            e[0].message.contains("allow_insecure_http"),
+            "{}",
+            e[0].message
+        );
+        if let Some(w) = &mut s.webhook {
+            w.allow_insecure_http = true;
+            w.previous_secret = Some("old".into());
+            w.shared_token = Some("old".into());
+        }
+        let e = validate_services(std::slice::from_ref(&s)).unwrap_err();
+        assert_eq!(e[0].path, "services[0].webhook.shared_token");
+        if let Some(w) = &mut s.webhook {
+            w.shared_token = Some("s3cret".into());
+        }
+        assert!(validate_services(std::slice::from_ref(&s)).is_err());
+        if let Some(w) = &mut s.webhook {
+            w.shared_token = Some("a plain value".into());
+        }
+        assert_eq!(validate_services(&[s]), Ok(()));
     }
 }

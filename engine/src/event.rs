@@ -1,8 +1,31 @@
 //! Events: every state change produces one, on a bounded channel that the webhook pipeline and
 //! the API consume. A full channel never blocks the packet path: the event is counted as
-//! overflowed (and stays in the storage outbox once storage lands, issue #4).
+//! overflowed (it stays in the storage outbox all the same).
+//!
+//! Every event carries a sequence number ([`Event::sequence`]) taken when it is made, while
+//! the lock that orders its token's changes is held, from one counter for the whole process:
+//! of two events of a token, the later change has the higher number, whatever order their
+//! commits reach the disk in. Storage persists the numbers with the events and raises the
+//! counter above everything it has handed out when it opens ([`raise_sequence_floor`]), so the
+//! numbers keep increasing across restarts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The next event sequence number. 0 is never handed out: it marks events written before
+/// events were numbered.
+static NEXT_SEQUENCE: AtomicU64 = AtomicU64::new(1);
+
+/// A new event sequence number, higher than every number handed out before in this process
+/// (and, once storage raised the floor, in this database).
+pub fn next_sequence() -> u64 {
+    NEXT_SEQUENCE.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Makes every later [`next_sequence`] at least `floor` (never lowers the counter). Storage
+/// calls it when it opens, with the floor it keeps durable.
+pub fn raise_sequence_floor(floor: u64) {
+    NEXT_SEQUENCE.fetch_max(floor, Ordering::Relaxed);
+}
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use zoftoken_proto::TokenId;
@@ -114,10 +137,14 @@ pub struct Event {
     pub duress: bool,
     /// The transaction, for transaction events.
     pub tx_id: Option<[u8; 16]>,
+    /// Its sequence number ([`next_sequence`]): higher for every later change of the same
+    /// token, across restarts; not consecutive (one counter numbers every token's events).
+    pub sequence: u64,
 }
 
 impl Event {
-    /// An event with no open window, no duress and no transaction.
+    /// An event with no open window, no duress and no transaction, numbered now
+    /// ([`next_sequence`]): make it while holding the lock that orders its token's changes.
     pub fn new(
         kind: EventKind,
         token_id: TokenId,
@@ -134,6 +161,7 @@ impl Event {
             open_until_ms: None,
             duress: false,
             tx_id: None,
+            sequence: next_sequence(),
         }
     }
 

@@ -1737,3 +1737,45 @@ fn state_changes_per_token_are_limited_per_second() {
     let r = w.send(&mut p, Request::Close).unwrap();
     assert_eq!(status(&r).1, WireState::Closed);
 }
+
+#[test]
+fn every_event_of_a_token_has_a_higher_sequence_number_than_the_one_before() {
+    let mut w = World::new();
+    let id = TokenId::derive("bank", "alice");
+    let mut p = w.pair("bank", "alice", true);
+    w.open(&mut p).unwrap();
+    w.now += 10 * 60_000;
+    w.admin(|e, now, b| e.tick(now, b)); // expired
+    w.admin(|e, now, b| e.create_transaction(now, &id, "Pay?", 1_000, b))
+        .unwrap();
+    w.now += 2_000;
+    w.admin(|e, now, b| e.tick(now, b)); // transaction expired
+    let wrong = PinVerifier::derive("0000", &p.token.token_id()).unwrap();
+    for _ in 0..3 {
+        w.send(&mut p, Request::Open(&wrong)).unwrap(); // failures, then a block
+    }
+    w.admin(|e, now, b| e.force(now, &id, Force::Closed, b))
+        .unwrap();
+    w.admin(|e, now, b| e.delete(now, &id, b)).unwrap();
+    w.admin(|e, now, b| e.enroll(now, "bank", "alice", b))
+        .unwrap();
+    let seen: Vec<(EventKind, u64)> = w.seen.iter().map(|e| (e.kind, e.sequence)).collect();
+    let kinds: Vec<EventKind> = seen.iter().map(|(k, _)| *k).collect();
+    for k in [
+        EventKind::Enrolled,
+        EventKind::Paired,
+        EventKind::Opened,
+        EventKind::Expired,
+        EventKind::TxExpired,
+        EventKind::FailedAttempt,
+        EventKind::Blocked,
+        EventKind::Unblocked,
+        EventKind::Deleted,
+    ] {
+        assert!(kinds.contains(&k), "{k:?} in {kinds:?}");
+    }
+    assert!(
+        seen.windows(2).all(|p| p[0].1 < p[1].1),
+        "strictly increasing in the order the changes were made: {seen:?}"
+    );
+}

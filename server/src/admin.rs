@@ -86,6 +86,8 @@ pub struct ServiceChanges {
     pub webhook_secret: Option<String>,
     /// Webhook events (replaces the list).
     pub webhook_events: Option<Vec<String>>,
+    /// Accept an `http://` webhook URL to a non-loopback address.
+    pub webhook_allow_insecure_http: Option<bool>,
 }
 
 impl ServiceChanges {
@@ -123,6 +125,8 @@ impl ServiceChanges {
                     events: Vec::new(),
                     previous_secret: None,
                     ca_file: None,
+                    shared_token: None,
+                    allow_insecure_http: false,
                 })
             }
             (None, _) => {}
@@ -134,7 +138,13 @@ impl ServiceChanges {
             if let Some(e) = self.webhook_events {
                 w.events = e;
             }
-        } else if self.webhook_secret.is_some() || self.webhook_events.is_some() {
+            if let Some(a) = self.webhook_allow_insecure_http {
+                w.allow_insecure_http = a;
+            }
+        } else if self.webhook_secret.is_some()
+            || self.webhook_events.is_some()
+            || self.webhook_allow_insecure_http.is_some()
+        {
             return Err(AdminError::Invalid(
                 "the service has no webhook: give --webhook-url too".into(),
             ));
@@ -160,15 +170,9 @@ pub struct Admin {
     pub warnings: Vec<String>,
 }
 
+/// A service as every command prints it: its webhook's secrets redacted.
 fn service_json(d: &ServiceDoc) -> Value {
-    let mut v = serde_json::to_value(d).unwrap_or(Value::Null);
-    if let Some(w) = v.get_mut("webhook").and_then(Value::as_object_mut) {
-        w.insert("secret".into(), json!("<redacted>"));
-        if w.contains_key("previous_secret") {
-            w.insert("previous_secret".into(), json!("<redacted>"));
-        }
-    }
-    v
+    serde_json::to_value(d.redacted()).unwrap_or(Value::Null)
 }
 
 fn authkey_json(d: &AuthkeyDoc) -> Value {
@@ -643,11 +647,12 @@ impl Admin {
         let mut human = String::new();
         for d in &letters {
             human.push_str(&format!(
-                "{}  {}  {}  {}  {} attempts, last: {}{}\n",
+                "{}  {}  {}  {} (sequence {})  {} attempts, last: {}{}\n",
                 d.id,
                 d.service,
                 d.username.as_deref().unwrap_or("?"),
                 d.kind,
+                d.sequence,
                 d.attempts,
                 d.last_status
                     .map_or(String::new(), |s| format!("HTTP {s} ")),

@@ -144,12 +144,31 @@ pub struct Config {
     /// [`DEFAULT_TOKEN_CHANGES_PER_S`]; 0: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_changes_per_s: Option<u16>,
+    /// Seconds an event's delivery is retried from its first attempt before it becomes a
+    /// dead letter (default 86400, a day; 60 to 604800).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_retry_seconds: Option<u64>,
     /// Services (`config_source: file` only).
     #[serde(default)]
     pub services: Vec<ServiceDoc>,
     /// Authkeys (`config_source: file` only).
     #[serde(default)]
     pub authkeys: Vec<AuthkeyDoc>,
+}
+
+/// The configuration as `check-config` prints it: every webhook secret (`secret`,
+/// `previous_secret`, `shared_token`) and every authkey `secret` redacted.
+pub fn shown(config: &Config) -> Config {
+    let mut shown = config.clone();
+    for s in &mut shown.services {
+        *s = s.redacted();
+    }
+    for a in &mut shown.authkeys {
+        if a.secret.is_some() {
+            a.secret = Some(zoftoken_storage::REDACTED.into());
+        }
+    }
+    shown
 }
 
 /// Why a configuration could not be used.
@@ -271,6 +290,12 @@ pub fn parse(
     }
     if config.io_threads.is_some_and(|n| n == 0 || n > 256) {
         err("io_threads", "must be 1 to 256");
+    }
+    if config
+        .webhook_retry_seconds
+        .is_some_and(|s| !(60..=604_800).contains(&s))
+    {
+        err("webhook_retry_seconds", "must be 60 to 604800 (a week)");
     }
     if let Some(v) = env("ZOFTOKEN_MASTER_KEY_FILE") {
         config.master_key.file = Some(PathBuf::from(v));

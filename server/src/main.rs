@@ -119,6 +119,9 @@ struct ServiceFields {
     /// An event the webhook receives (repeat; none: all).
     #[arg(long = "webhook-event")]
     webhook_events: Vec<String>,
+    /// Accept an http:// webhook URL to a non-loopback address (deliveries unencrypted).
+    #[arg(long)]
+    webhook_allow_insecure_http: Option<bool>,
 }
 
 impl ServiceFields {
@@ -134,6 +137,7 @@ impl ServiceFields {
             webhook_url: self.webhook_url,
             webhook_secret: self.webhook_secret,
             webhook_events: (!self.webhook_events.is_empty()).then_some(self.webhook_events),
+            webhook_allow_insecure_http: self.webhook_allow_insecure_http,
         }
     }
 }
@@ -389,12 +393,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli, loaded: config::Loaded) -> anyhow::Result<ExitCode> {
     let json = cli.json;
     if let Command::CheckConfig = cli.command {
-        let mut shown = loaded.config.clone();
-        for s in &mut shown.services {
-            if let Some(w) = &mut s.webhook {
-                w.secret = "<redacted>".into();
-            }
-        }
+        let shown = config::shown(&loaded.config);
         if json {
             println!("{}", serde_json::to_string(&shown)?);
         } else {

@@ -114,6 +114,10 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
             Pipeline::start(
                 PipelineConfig {
                     worker_threads: threads,
+                    retry_for: loaded
+                        .config
+                        .webhook_retry_seconds
+                        .map_or(zoftoken_webhooks::DEFAULT_RETRY_FOR, Duration::from_secs),
                     ..PipelineConfig::default()
                 },
                 store.clone(),

@@ -456,3 +456,161 @@ fn serve_loads_locks_the_database_and_stops_cleanly() {
     assert!(child.wait().unwrap().success());
     assert!(e.ok(&["db", "check"]).contains("database OK"));
 }
+
+#[test]
+fn no_output_that_shows_a_service_contains_a_secret() {
+    let secrets = [
+        "hook-secret-123",
+        "previous-secret-456",
+        "shared-token-789",
+        "authkey-secret-0",
+    ];
+    let e = Env::new(&format!(
+        "data_dir: data
+services:
+  - name: bank
+    endpoints: [\"127.0.0.1:7878\"]
+    webhook:
+      url: \"https://hooks.example/zt\"
+      secret: \"{}\"
+      previous_secret: \"{}\"
+      shared_token: \"{}\"
+authkeys:
+  - name: api
+    admin: true
+    secret: \"{}\"
+",
+        secrets[0], secrets[1], secrets[2], secrets[3]
+    ));
+    let mut shown = Vec::new();
+    for args in [
+        &["check-config"][..],
+        &["check-config", "--json"],
+        &["service", "list"],
+        &["service", "list", "--json"],
+    ] {
+        let o = e.run(args);
+        assert!(o.status.success(), "{args:?}");
+        shown.push(String::from_utf8_lossy(&o.stdout).into_owned());
+        shown.push(String::from_utf8_lossy(&o.stderr).into_owned());
+    }
+    for out in &shown {
+        for s in secrets {
+            assert!(!out.contains(s), "{out} shows {s}");
+        }
+    }
+    assert!(shown[0].contains("<redacted>"), "{}", shown[0]);
+    let json: serde_json::Value = serde_json::from_str(&shown[2]).unwrap();
+    let w = &json["services"][0]["webhook"];
+    assert_eq!(
+        (&w["secret"], &w["previous_secret"], &w["shared_token"]),
+        (
+            &serde_json::json!("<redacted>"),
+            &serde_json::json!("<redacted>"),
+            &serde_json::json!("<redacted>")
+        )
+    );
+
+    // Database mode: created and edited services are printed redacted too.
+    let e = Env::new("config_source: database\ndata_dir: data\n");
+    let out = e.ok(&[
+        "service",
+        "create",
+        "shop",
+        "--endpoint",
+        "shop.example:7878",
+        "--webhook-url",
+        "https://h.example/x",
+        "--webhook-secret",
+        secrets[0],
+        "--json",
+    ]);
+    assert!(!out.contains(secrets[0]), "{out}");
+    let out = e.ok(&["service", "edit", "shop", "--window", "60", "--json"]);
+    assert!(!out.contains(secrets[0]), "{out}");
+}
+
+#[test]
+fn plain_http_webhooks_are_refused_on_the_command_line_unless_allowed() {
+    let e = Env::new("config_source: database\ndata_dir: data\n");
+    let args = [
+        "service",
+        "create",
+        "shop",
+        "--endpoint",
+        "shop.example:7878",
+        "--webhook-url",
+        "http://hooks.example/x",
+        "--webhook-secret",
+        "s",
+    ];
+    let (code, err) = code_and_err(&e.run(&args));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("allow_insecure_http"), "{err}");
+    let mut allowed = args.to_vec();
+    allowed.extend(["--webhook-allow-insecure-http", "true"]);
+    e.ok(&allowed);
+    e.ok(&[
+        "service",
+        "edit",
+        "shop",
+        "--webhook-url",
+        "http://127.0.0.1:9/x",
+        "--webhook-allow-insecure-http",
+        "false",
+    ]);
+    let (code, err) = code_and_err(&e.run(&[
+        "service",
+        "edit",
+        "shop",
+        "--webhook-url",
+        "http://10.1.2.3/x",
+    ]));
+    assert_eq!(code, 2, "{err}");
+    // config.yaml too.
+    let e = Env::new(
+        "data_dir: data\nservices:\n  - name: bank\n    endpoints: [\"127.0.0.1:7878\"]\n    webhook: { url: \"http://hooks.example/zt\", secret: \"s\" }\n",
+    );
+    let (code, err) = code_and_err(&e.run(&["check-config"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("services[0].webhook.url"), "{err}");
+}
+
+/// The events of the outbox in a database export, as `(type, sequence)`.
+fn exported_events(e: &Env) -> Vec<(String, u64)> {
+    e.ok(&["db", "export", "-o", "x.jsonl"]);
+    let dump = std::fs::read_to_string(e.path("x.jsonl")).unwrap();
+    let mut out = Vec::new();
+    for line in dump.lines().skip(1) {
+        let l: serde_json::Value = serde_json::from_str(line).unwrap();
+        if l["cf"] != "outbox" {
+            continue;
+        }
+        let key = hex::decode(l["key"].as_str().unwrap()).unwrap();
+        let seq = u64::from_be_bytes(key.try_into().unwrap());
+        let value = hex::decode(l["value"].as_str().unwrap()).unwrap();
+        for ev in zoftoken_storage::schema::decode_outbox(seq, &value).unwrap() {
+            out.push((ev.kind.name().to_owned(), ev.sequence));
+        }
+    }
+    out
+}
+
+#[test]
+fn event_sequence_numbers_rise_across_processes() {
+    // Each command is a process of its own: the counter starts again in each, so only the
+    // floor kept in the database keeps the numbers rising.
+    let e = Env::new(
+        "data_dir: data\nservices:\n  - name: bank\n    endpoints: [\"127.0.0.1:7878\"]\n    webhook: { url: \"http://127.0.0.1:9/zt\", secret: \"s\" }\n",
+    );
+    e.ok(&["token", "enroll", "--service", "bank", "--user", "ana"]);
+    e.ok(&["token", "delete", "--service", "bank", "--user", "ana"]);
+    e.ok(&["token", "enroll", "--service", "bank", "--user", "ana"]);
+    let events = exported_events(&e);
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["enrolled", "deleted", "enrolled"]);
+    assert!(
+        events.windows(2).all(|w| w[0].1 < w[1].1),
+        "rising: {events:?}"
+    );
+}

@@ -287,6 +287,8 @@ fn service() -> ServiceConfig {
         events: Vec::new(),
         previous_secret: None,
         ca_file: None,
+        shared_token: None,
+        allow_insecure_http: false,
     });
     s
 }

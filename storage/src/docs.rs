@@ -57,7 +57,8 @@ impl Default for OtpDoc {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookDoc {
-    /// Target URL (http or https).
+    /// Target URL: https, or http to a loopback address (any http with
+    /// `allow_insecure_http`).
     pub url: String,
     /// The secret that signs deliveries.
     pub secret: String,
@@ -68,8 +69,32 @@ pub struct WebhookDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_secret: Option<String>,
     /// PEM file of extra CA certificates for the endpoint (besides the system roots).
+    /// `config.yaml` and the command line only: the HTTP API refuses it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<String>,
+    /// A plain value put in every body for receivers that only compare a shared value (not
+    /// a signing secret; weaker than the signature).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_token: Option<String>,
+    /// Accept an `http://` URL to a non-loopback address. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_insecure_http: bool,
+}
+
+/// What every output shows instead of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+impl WebhookDoc {
+    /// The same webhook with every secret value (`secret`, `previous_secret`, `shared_token`)
+    /// replaced by [`REDACTED`]: the form every listing, API answer and check prints.
+    pub fn redacted(&self) -> WebhookDoc {
+        WebhookDoc {
+            secret: REDACTED.into(),
+            previous_secret: self.previous_secret.as_ref().map(|_| REDACTED.into()),
+            shared_token: self.shared_token.as_ref().map(|_| REDACTED.into()),
+            ..self.clone()
+        }
+    }
 }
 
 impl std::fmt::Debug for WebhookDoc {
@@ -83,6 +108,11 @@ impl std::fmt::Debug for WebhookDoc {
                 &self.previous_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("ca_file", &self.ca_file)
+            .field(
+                "shared_token",
+                &self.shared_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("allow_insecure_http", &self.allow_insecure_http)
             .finish()
     }
 }
@@ -118,6 +148,14 @@ pub struct ServiceDoc {
 }
 
 impl ServiceDoc {
+    /// The same service with its webhook's secrets redacted ([`WebhookDoc::redacted`]).
+    pub fn redacted(&self) -> ServiceDoc {
+        ServiceDoc {
+            webhook: self.webhook.as_ref().map(WebhookDoc::redacted),
+            ..self.clone()
+        }
+    }
+
     /// The engine's form, with the conversion errors (the form is complete either way, so
     /// that later checks report paths at the right index).
     fn convert(&self, at: &str) -> (ServiceConfig, Vec<ConfigError>) {
@@ -150,6 +188,8 @@ impl ServiceDoc {
                 events: w.events.clone(),
                 previous_secret: w.previous_secret.clone(),
                 ca_file: w.ca_file.clone(),
+                shared_token: w.shared_token.clone(),
+                allow_insecure_http: w.allow_insecure_http,
             }),
         };
         (config, errors)
@@ -177,6 +217,8 @@ impl ServiceDoc {
                 events: w.events.clone(),
                 previous_secret: w.previous_secret.clone(),
                 ca_file: w.ca_file.clone(),
+                shared_token: w.shared_token.clone(),
+                allow_insecure_http: w.allow_insecure_http,
             }),
             details: None,
         }

@@ -34,7 +34,7 @@ pub mod webhooks;
 pub use committer::{CommitError, Committer, CommitterConfig, CommitterStats, Done, Submitter};
 pub use crypt::{KeyError, MasterKey};
 pub use docs::{
-    authkeys_to_config, services_to_config, AuthkeyDoc, OtpDoc, ServiceDoc, WebhookDoc,
+    authkeys_to_config, services_to_config, AuthkeyDoc, OtpDoc, ServiceDoc, WebhookDoc, REDACTED,
 };
 pub use durable::Health;
 pub use fault::FaultyKv;

@@ -10,7 +10,7 @@
 //! | `enrollments` | token id | service name, expiry, sealed key material of both forms |
 //! | `backup_codes` | token id | sealed code hashes |
 //! | `transactions` | transaction id (16) | token, times, state, sealed `duress flag ‖ message length ‖ message ‖ zero padding to 200 bytes` (format 2; format 1, still read, kept the duress flag and the message in clear) |
-//! | `outbox` | commit sequence (u64, big-endian) | the commit's events |
+//! | `outbox` | commit sequence (u64, big-endian) | the commit's events (format 2: each with its event sequence number; format 1, written before events were numbered, reads as number 0) |
 //! | `services` | name | sealed JSON of the service |
 //! | `authkeys` | name | JSON of the authkey (secret hash only) |
 //! | `webhooks` | tag ‖ … | delivery progress, dead letters, disabled endpoints ([`crate::webhooks`]) |
@@ -34,6 +34,8 @@ const FORMAT: u8 = 1;
 /// database without TOTP tokens stays readable by earlier versions; a record without the kind
 /// (format 1) is an app token.
 const SECRETS_FORMAT_KIND: u8 = 2;
+/// The outbox format whose events carry their sequence number ([`Event::sequence`]).
+const OUTBOX_FORMAT_SEQUENCE: u8 = 2;
 const KIND_APP: u8 = 0;
 const KIND_TOTP: u8 = 1;
 /// The `transactions` format with the duress flag and the message sealed, padded so that the
@@ -402,6 +404,10 @@ pub struct OutboxEvent {
     pub duress: bool,
     /// The transaction, for transaction events.
     pub tx_id: Option<[u8; 16]>,
+    /// The event's sequence number ([`Event::sequence`]): higher for every later change of
+    /// the token. 0 for an event written before events were numbered (older than every
+    /// numbered one).
+    pub sequence: u64,
 }
 
 const ACTORS: [Actor; 4] = [Actor::Device, Actor::Admin, Actor::Operator, Actor::Timer];
@@ -412,6 +418,7 @@ pub(crate) fn push_event(v: &mut Vec<u8>, e: &Event, service: &str, username: Op
     v.extend_from_slice(&e.token_id.0);
     put_short_str(v, service);
     v.extend_from_slice(&e.time_ms.to_be_bytes());
+    v.extend_from_slice(&e.sequence.to_be_bytes());
     v.push(ACTORS.iter().position(|a| *a == e.actor).unwrap_or(0) as u8);
     let mut flags = 0u8;
     if e.open_until_ms.is_some() {
@@ -446,7 +453,11 @@ pub(crate) fn push_event(v: &mut Vec<u8>, e: &Event, service: &str, username: Op
 /// Decodes an outbox value (all events of commit `seq`).
 pub fn decode_outbox(seq: u64, v: &[u8]) -> Option<Vec<OutboxEvent>> {
     let mut r = Reader::new(v);
-    r.format()?;
+    let numbered = match r.u8()? {
+        FORMAT => false,
+        OUTBOX_FORMAT_SEQUENCE => true,
+        _ => return None,
+    };
     let n = r.u16()?;
     let mut out = Vec::with_capacity(usize::from(n));
     for index in 0..n {
@@ -454,6 +465,7 @@ pub fn decode_outbox(seq: u64, v: &[u8]) -> Option<Vec<OutboxEvent>> {
         let token_id = TokenId(r.array()?);
         let service = r.short_str()?.to_owned();
         let time_ms = r.u64()?;
+        let sequence = if numbered { r.u64()? } else { 0 };
         let actor = *ACTORS.get(usize::from(r.u8()?))?;
         let flags = r.u8()?;
         let open_until_ms = if flags & 1 != 0 { Some(r.u64()?) } else { None };
@@ -480,6 +492,7 @@ pub fn decode_outbox(seq: u64, v: &[u8]) -> Option<Vec<OutboxEvent>> {
             open_until_ms,
             duress: flags & 2 != 0,
             tx_id,
+            sequence,
         });
     }
     r.end()?;
@@ -488,7 +501,7 @@ pub fn decode_outbox(seq: u64, v: &[u8]) -> Option<Vec<OutboxEvent>> {
 
 /// Starts an outbox value for `count` events.
 pub(crate) fn outbox_header(count: u16) -> Vec<u8> {
-    let mut v = vec![FORMAT];
+    let mut v = vec![OUTBOX_FORMAT_SEQUENCE];
     v.extend_from_slice(&count.to_be_bytes());
     v
 }
@@ -661,6 +674,23 @@ mod tests {
         assert_eq!(d[0].tx_id, Some([3; 16]));
         assert!(d[0].duress);
         assert_eq!(d[0].kind, EventKind::Deleted);
+        assert_eq!(d[0].sequence, e.sequence);
+        assert!(e.sequence > 0);
         assert_eq!(decode_outbox(9, &v[..v.len() - 1]), None);
+    }
+
+    #[test]
+    fn outbox_records_written_before_numbering_read_as_number_zero() {
+        // Format 1, built by hand: one `opened` event without a sequence number.
+        let mut v = vec![1u8, 0, 1, EventKind::Opened as u8];
+        v.extend_from_slice(&[4; 16]);
+        v.extend_from_slice(&[3, b's', b'v', b'c']);
+        v.extend_from_slice(&77u64.to_be_bytes());
+        v.extend_from_slice(&[0, 0]);
+        let d = decode_outbox(3, &v).unwrap();
+        assert_eq!((d[0].sequence, d[0].time_ms), (0, 77));
+        assert_eq!(d[0].service, "svc");
+        v[0] = 3;
+        assert_eq!(decode_outbox(3, &v), None, "unknown format");
     }
 }

@@ -19,6 +19,12 @@ const META_SCHEMA: &[u8] = b"schema_version";
 const META_KEY_CHECK: &[u8] = b"master_key_check";
 pub(crate) const META_OUTBOX_ACKED: &[u8] = b"outbox_acked";
 pub(crate) const META_EPOCH: &[u8] = b"epoch";
+/// Prefix of the event-sequence floors: `event_seq_floor` ‖ floor (u64 BE), empty values. Each
+/// commit that uses numbers at or above the durable floor adds one in its own write; the
+/// highest is the floor (a set of keys, so concurrent commits reach the disk in any order).
+const META_EVENT_FLOOR: &[u8] = b"event_seq_floor";
+/// Event sequence numbers reserved by one floor record beyond the highest one written.
+const EVENT_FLOOR_STEP: u64 = 1 << 20;
 const KEY_CHECK_PLAINTEXT: &[u8] = b"zoftoken master key check v1";
 
 /// Errors of the store. Every one is a clear reason to stop at start; none is ever turned
@@ -103,6 +109,8 @@ pub struct Store {
     durability: Durability,
     next_seq: AtomicU64,
     pub(crate) health: crate::durable::Health,
+    /// Every event sequence number below this is below a durable floor record.
+    event_floor: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -197,6 +205,8 @@ impl Store {
             }
         }
         Self::check_key(&*kv, &key)?;
+        let event_floor = Self::event_sequence_floor(&*kv)?;
+        zoftoken_engine::event::raise_sequence_floor(event_floor);
         let last = kv
             .last(Cf::Outbox)?
             .and_then(|(k, _)| k.as_slice().try_into().ok().map(u64::from_be_bytes))
@@ -211,7 +221,45 @@ impl Store {
             durability,
             next_seq: AtomicU64::new(last.max(acked) + 1),
             health: crate::durable::Health::default(),
+            event_floor: AtomicU64::new(event_floor),
         })
+    }
+
+    /// The durable event-sequence floor (1 in a database that never numbered an event): every
+    /// number handed out before is below it. Leaves a single floor record behind.
+    fn event_sequence_floor(kv: &dyn KvStore) -> Result<u64, StoreError> {
+        let mut keys = Vec::new();
+        let mut floor = 1u64;
+        let end = {
+            let mut e = META_EVENT_FLOOR.to_vec();
+            e.push(0xff);
+            e
+        };
+        try_scan(kv, Cf::Meta, META_EVENT_FLOOR, Some(&end), &mut |k, _| {
+            let n = k
+                .strip_prefix(META_EVENT_FLOOR)
+                .and_then(|n| <[u8; 8]>::try_from(n).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| corrupt(Cf::Meta, k, "not an event sequence floor"))?;
+            floor = floor.max(n);
+            keys.push(k.to_vec());
+            Ok(true)
+        })?;
+        if keys.len() > 1 {
+            let mut b = WriteBatch::new();
+            for k in &keys {
+                b.delete(Cf::Meta, k);
+            }
+            b.put(Cf::Meta, Self::event_floor_key(floor), []);
+            kv.write(&b, Durability::Fsync)?;
+        }
+        Ok(floor)
+    }
+
+    fn event_floor_key(floor: u64) -> Vec<u8> {
+        let mut k = META_EVENT_FLOOR.to_vec();
+        k.extend_from_slice(&floor.to_be_bytes());
+        k
     }
 
     fn is_empty(kv: &dyn KvStore) -> Result<bool, StoreError> {
@@ -381,6 +429,16 @@ impl Store {
         }
         // One outbox record per 65 535 events (its count is a u16): a timer tick that expires
         // more tokens than that at once writes several records, in the same atomic write.
+        // Numbers at or above the durable floor: this write raises it (a record of its own, so
+        // that a concurrent commit written later with lower numbers cannot lower it). The
+        // in-memory floor rises only once the write succeeded.
+        let highest = events.iter().map(|e| e.sequence).max();
+        let raised = highest
+            .filter(|h| *h >= self.event_floor.load(Ordering::Acquire))
+            .map(|h| h.saturating_add(EVENT_FLOOR_STEP));
+        if let Some(f) = raised {
+            b.put(Cf::Meta, Self::event_floor_key(f), []);
+        }
         let mut seq = 0;
         for chunk in events.chunks(usize::from(u16::MAX)) {
             let mut v = schema::outbox_header(u16::try_from(chunk.len()).unwrap_or(u16::MAX));
@@ -413,6 +471,9 @@ impl Store {
         match self.kv.write(&b, durability) {
             Ok(()) => {
                 self.health.write_ok();
+                if let Some(f) = raised {
+                    self.event_floor.fetch_max(f, Ordering::AcqRel);
+                }
                 Ok(seq)
             }
             Err(e) => {

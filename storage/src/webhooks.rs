@@ -141,6 +141,7 @@ fn encode_event(v: &mut Vec<u8>, e: &OutboxEvent) {
         open_until_ms: e.open_until_ms,
         duress: e.duress,
         tx_id: e.tx_id,
+        sequence: e.sequence,
     };
     v.extend_from_slice(&schema::outbox_header(1));
     schema::push_event(v, &ev, &e.service, e.username.as_deref());
@@ -545,6 +546,7 @@ mod tests {
                 open_until_ms: Some(99),
                 duress: true,
                 tx_id: Some([5; 16]),
+                sequence: 1 << 40,
             },
             attempts: 8,
             last_status: Some(503),

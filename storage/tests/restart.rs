@@ -46,6 +46,8 @@ impl Server {
             events: Vec::new(),
             previous_secret: None,
             ca_file: None,
+            shared_token: None,
+            allow_insecure_http: false,
         });
         let engine = Engine::new(EngineConfig::new(vec![bank], epoch, [epoch as u8; 32])).unwrap();
         store.load(&engine, now, 2, &|_| {}).unwrap();

@@ -27,6 +27,8 @@ fn main() {
         events: Vec::new(),
         previous_secret: None,
         ca_file: None,
+        shared_token: None,
+        allow_insecure_http: false,
     });
     let store = Arc::new(
         Store::open(

@@ -28,7 +28,40 @@ fn system_roots() -> Arc<Vec<CertificateDer<'static>>> {
         .clone()
 }
 
-/// A client trusting the system roots and, if given, the certificates of `ca_file` (PEM).
+/// Largest CA file read (a bundle of a few hundred certificates fits).
+pub(crate) const MAX_CA_FILE: u64 = 1 << 20;
+
+/// Reads a CA file: a regular file (not a device, FIFO or directory) of at most
+/// [`MAX_CA_FILE`] bytes, checked before it is opened and again on the open handle, and read
+/// no further than the cap.
+fn read_ca_file(path: &str) -> Result<Vec<u8>, WebhookError> {
+    use std::io::Read as _;
+    let fail = |why: String| WebhookError::Tls(format!("CA file {path}: {why}"));
+    let regular = |m: &std::fs::Metadata| -> Result<(), WebhookError> {
+        if !m.is_file() {
+            return Err(fail("not a regular file".into()));
+        }
+        if m.len() > MAX_CA_FILE {
+            return Err(fail(format!("larger than {MAX_CA_FILE} bytes")));
+        }
+        Ok(())
+    };
+    // Checked before opening, so that opening a FIFO cannot block.
+    regular(&std::fs::metadata(path).map_err(|e| fail(e.to_string()))?)?;
+    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    regular(&file.metadata().map_err(|e| fail(e.to_string()))?)?;
+    let mut pem = Vec::new();
+    file.take(MAX_CA_FILE + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| fail(e.to_string()))?;
+    if pem.len() as u64 > MAX_CA_FILE {
+        return Err(fail(format!("larger than {MAX_CA_FILE} bytes")));
+    }
+    Ok(pem)
+}
+
+/// A client trusting the system roots and, if given, the certificates of `ca_file` (PEM, read
+/// with [`read_ca_file`]'s limits).
 pub(crate) fn client(
     ca_file: Option<&str>,
     max_idle_per_host: usize,
@@ -36,8 +69,8 @@ pub(crate) fn client(
     let mut roots = RootCertStore::empty();
     let (_added, _ignored) = roots.add_parsable_certificates(system_roots().iter().cloned());
     if let Some(path) = ca_file {
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| WebhookError::Tls(format!("CA file {path}: {e}")))?
+        let pem = read_ca_file(path)?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| WebhookError::Tls(format!("CA file {path}: {e}")))?;
         if certs.is_empty() {
@@ -206,7 +239,30 @@ fn parse_http_date(v: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
+
+    #[test]
+    fn ca_files_must_be_small_regular_files() {
+        let err = |p: &str| match client(Some(p), 1) {
+            Err(WebhookError::Tls(m)) => m,
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("{p} accepted"),
+        };
+        // Without the limits, /dev/zero is read until memory runs out.
+        assert!(err("/dev/zero").contains("not a regular file"));
+        assert!(err("/tmp").contains("not a regular file"));
+        assert!(err("/nonexistent/ca.pem").contains("/nonexistent/ca.pem"));
+        let dir = std::env::temp_dir().join(format!("zoftoken-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = dir.join("big.pem");
+        std::fs::write(&big, vec![b'A'; MAX_CA_FILE as usize + 1]).unwrap();
+        assert!(err(big.to_str().unwrap()).contains("larger than"));
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, b"no certificate here\n").unwrap();
+        assert!(err(empty.to_str().unwrap()).contains("no certificate"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn retry_after_forms() {

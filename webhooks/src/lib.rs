@@ -6,8 +6,9 @@
 //! it reads the durable outbox (woken by the engine's event bus, polling as the source of
 //! truth), delivers each event over HTTP or HTTPS (hyper with rustls on the ring provider,
 //! system roots plus an optional CA file per service, kept-alive connections), retries with
-//! exponential backoff and jitter (the Standard Webhooks schedule by default, `Retry-After`
-//! honoured on 429 and 503), keeps each token's events in order while other tokens and
+//! backoff and jitter for a bounded time (a day by default, as Standard Webhooks recommends;
+//! `Retry-After` honoured on 429 and 503 without shortening it), keeps each token's events in
+//! order of their sequence numbers while other tokens and
 //! services proceed in parallel with bounded concurrency per endpoint, marks an endpoint
 //! disabled on 410, and keeps dead letters once the schedule is exhausted. Progress is
 //! written per event, many acknowledgements per write, in the storage's `webhooks` column
@@ -50,6 +51,9 @@ pub enum WebhookError {
     Config(String),
 }
 
+/// The default of [`PipelineConfig::retry_for`]: a day.
+pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(86_400);
+
 /// How the pipeline delivers.
 #[derive(Clone, Debug)]
 pub struct PipelineConfig {
@@ -57,13 +61,19 @@ pub struct PipelineConfig {
     pub concurrency_per_endpoint: usize,
     /// Time limit of one attempt (connect, request, response). Default 10 s.
     pub attempt_timeout: Duration,
-    /// Delay before each attempt: the first entry is the first attempt (normally 0), the
-    /// event is a dead letter after the last one fails. Default: the Standard Webhooks
-    /// schedule (immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h).
-    pub retry_schedule: Vec<Duration>,
+    /// Delays between attempts: the n-th entry follows the n-th failure, the last one repeats
+    /// (the first attempt is immediate). Default: the Standard Webhooks schedule (5 s, 5 min,
+    /// 30 min, 2 h, 5 h, 10 h).
+    pub retry_delays: Vec<Duration>,
+    /// How long an event is retried, from its first attempt: the last retry falls at this
+    /// bound (a delay is cut to meet it), and the event is a dead letter when an attempt at
+    /// or after it fails. Not a count of attempts: a receiver's `Retry-After` spreads the
+    /// attempts out but never ends the schedule sooner. Default 24 h.
+    pub retry_for: Duration,
     /// Random spread of each retry delay, in percent (±). Default 20.
     pub jitter_percent: u8,
-    /// Longest `Retry-After` honoured (a longer one is cut to this). Default 1 h.
+    /// Longest `Retry-After` honoured (a longer one is cut to this; one below 1 s is raised
+    /// to 1 s). Default 1 h.
     pub max_retry_after: Duration,
     /// How often the outbox is read when the event bus is quiet. Default 1 s.
     pub poll_interval: Duration,
@@ -89,16 +99,8 @@ impl Default for PipelineConfig {
         PipelineConfig {
             concurrency_per_endpoint: 32,
             attempt_timeout: Duration::from_secs(10),
-            retry_schedule: vec![
-                Duration::ZERO,
-                Duration::from_secs(5),
-                m(5),
-                m(30),
-                m(120),
-                m(300),
-                m(600),
-                m(600),
-            ],
+            retry_delays: vec![Duration::from_secs(5), m(5), m(30), m(120), m(300), m(600)],
+            retry_for: DEFAULT_RETRY_FOR,
             jitter_percent: 20,
             max_retry_after: Duration::from_secs(3600),
             poll_interval: Duration::from_secs(1),
@@ -127,6 +129,9 @@ pub struct DeadLetter {
     pub token_id: String,
     /// Event time (Unix ms).
     pub time_ms: u64,
+    /// The event's sequence number (as in its body): a receiver that has seen a higher one
+    /// for the token ignores this event when it is replayed.
+    pub sequence: u64,
     /// Attempts made.
     pub attempts: u32,
     /// Status of the last response, if any.
@@ -149,6 +154,7 @@ pub fn dead_letters(store: &Store, limit: usize) -> Result<Vec<DeadLetter>, Webh
             username: r.event.username,
             token_id: hex::encode(r.event.token_id.0),
             time_ms: r.event.time_ms,
+            sequence: r.event.sequence,
             attempts: r.attempts,
             last_status: r.last_status,
             last_error: r.last_error,

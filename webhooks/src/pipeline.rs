@@ -10,10 +10,26 @@
 //! (`live`) keeps a commit from being loaded twice; it is left only once the write that
 //! removes the commit from the outbox has succeeded.
 //!
-//! Ordering: each endpoint (service) has one queue per token, ordered by event time then
-//! sequence; only a token's first event is ever in flight or waiting for a retry, so a failing
-//! event holds back later events of its token only. At most `concurrency_per_endpoint`
-//! attempts per endpoint are in flight.
+//! Ordering: each endpoint (service) has one queue per token, ordered by the events' sequence
+//! numbers (the order the engine made them in; events written before numbering, number 0,
+//! first, by time); only a token's first event is ever in flight or waiting for a retry, so a
+//! failing event holds back later events of its token only. At most
+//! `concurrency_per_endpoint` attempts per endpoint are in flight.
+//!
+//! Retries are bounded by time, not by a count: an event is retried (delays from
+//! `retry_delays`, the last one repeating, with jitter) until `retry_for` has passed since its
+//! first attempt by this process, and becomes a dead letter at the first failure after that.
+//! A 429 or 503 with `Retry-After` sets the next delay to the receiver's value (at least
+//! [`MIN_RETRY_AFTER`], at most `max_retry_after`) without using up a step of the schedule, so
+//! a receiver that asks for time never exhausts it early.
+//!
+//! Dead letters do not hold back later events of their token: once an event is given up
+//! (after a whole `retry_for` of failures, or a 410), the token's next events are delivered.
+//! Holding them back would freeze the receiver's view of the token at an older state (a
+//! closed token still shown open) until an operator acts; delivering them gives it the newest
+//! state, and the sequence number in every body lets the receiver recognise the dead letter,
+//! when it is replayed later, as older than what it has (it keeps the highest number per
+//! token and ignores lower ones).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
@@ -27,6 +43,7 @@ use hyper::Uri;
 use ring::hmac;
 use tokio::sync::{mpsc, Notify};
 use zeroize::Zeroizing;
+use zoftoken_engine::config::check_webhook_url;
 use zoftoken_engine::{Engine, EventKind, WebhookConfig};
 use zoftoken_storage::webhooks::{event_id, set_bit};
 use zoftoken_storage::{
@@ -111,9 +128,9 @@ impl Pipeline {
         store: Arc<Store>,
         engine: Arc<Engine>,
     ) -> Result<Pipeline, WebhookError> {
-        if config.retry_schedule.is_empty() {
+        if config.retry_delays.is_empty() || config.retry_delays.iter().any(Duration::is_zero) {
             return Err(WebhookError::Config(
-                "the retry schedule needs at least one entry".into(),
+                "the retry delays need at least one entry, each longer than zero".into(),
             ));
         }
         if config.concurrency_per_endpoint == 0 || config.max_in_memory == 0 {
@@ -163,6 +180,7 @@ impl Pipeline {
             hooks: HashMap::new(),
             disabled,
             clients: HashMap::new(),
+            client_errors: HashMap::new(),
             pending: DeliveryWrite::new(),
             finished: Vec::new(),
             replays_done: Vec::new(),
@@ -549,8 +567,9 @@ impl Reader {
 /// A service's webhook as the dispatcher uses it.
 struct Hook {
     url: String,
-    uri: Option<Uri>,
-    secret: Zeroizing<String>,
+    /// The parsed URL, or why no request is made to it.
+    uri: Result<Uri, String>,
+    shared_token: Option<Zeroizing<String>>,
     keys: Vec<hmac::Key>,
     events: u32,
     fingerprint: [u8; 32],
@@ -570,6 +589,12 @@ fn fingerprint(w: &WebhookConfig) -> [u8; 32] {
         w.secret.as_str(),
         w.previous_secret.as_deref().unwrap_or("\u{0}none"),
         w.ca_file.as_deref().unwrap_or("\u{0}none"),
+        w.shared_token.as_deref().unwrap_or("\u{0}none"),
+        if w.allow_insecure_http {
+            "insecure"
+        } else {
+            "secure"
+        },
     ] {
         ctx.update(&(part.len() as u64).to_be_bytes());
         ctx.update(part.as_bytes());
@@ -588,11 +613,66 @@ struct Item {
     ev: OutboxEvent,
     replay: bool,
     attempts: u32,
+    /// When this process first attempted it: retries stop `retry_for` later.
+    first_attempt: Option<Instant>,
+    /// Steps of `retry_delays` used (a honoured `Retry-After` uses none).
+    step: usize,
 }
 
 impl Item {
+    fn new(ev: OutboxEvent, replay: bool) -> Item {
+        Item {
+            ev,
+            replay,
+            attempts: 0,
+            first_attempt: None,
+            step: 0,
+        }
+    }
+
+    /// Age order (the oldest undelivered event).
     fn order(&self) -> (u64, u64, u16) {
         (self.ev.time_ms, self.ev.seq, self.ev.index)
+    }
+
+    /// Order within its token's queue: the sequence number the engine gave the event under the
+    /// token's lock (commits may reach the disk, and the clock may step, in another order).
+    fn queue_order(&self) -> (u64, u64, u64, u16) {
+        (
+            self.ev.sequence,
+            self.ev.time_ms,
+            self.ev.seq,
+            self.ev.index,
+        )
+    }
+}
+
+/// Shortest delay a `Retry-After` can ask for (a `Retry-After: 0` loop would be a flood).
+pub(crate) const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The next delay after a failed attempt: `(delay, steps used)`. A honoured `Retry-After`
+/// (429 or 503) is the delay, within [`MIN_RETRY_AFTER`] and `max_retry_after`, and uses no
+/// step; otherwise the schedule's delay for `step` (the last entry repeating) with jitter, cut
+/// so that the attempt falls no later than `left` (the time left of `retry_for`).
+fn retry_delay(
+    cfg: &PipelineConfig,
+    rng: &mut u64,
+    attempt: &Attempt,
+    step: usize,
+    left: Duration,
+) -> (Duration, usize) {
+    let honour = matches!(attempt.status, Some(429) | Some(503));
+    match attempt.retry_after.filter(|_| honour) {
+        Some(d) => (d.max(MIN_RETRY_AFTER).min(cfg.max_retry_after), 0),
+        None => {
+            let base = cfg
+                .retry_delays
+                .get(step)
+                .or(cfg.retry_delays.last())
+                .copied()
+                .unwrap_or(Duration::ZERO);
+            (jitter(rng, base, cfg.jitter_percent).min(left), 1)
+        }
     }
 }
 
@@ -628,6 +708,8 @@ struct Dispatcher {
     hooks: HashMap<Arc<str>, Arc<Hook>>,
     disabled: HashMap<String, DisabledEndpoint>,
     clients: HashMap<Option<String>, HttpClient>,
+    /// The last client error logged per service (logged again only when it changes).
+    client_errors: HashMap<Arc<str>, String>,
     pending: DeliveryWrite,
     finished: Vec<u64>,
     replays_done: Vec<(u64, u16)>,
@@ -733,6 +815,19 @@ impl Dispatcher {
                     Err(e) => Err(e.to_string()),
                 },
             };
+            // An unusable CA file fails this service's deliveries (retried, then dead
+            // letters), counted and logged once per change; it never stops the server.
+            match &client {
+                Err(e) if self.client_errors.get(&name) != Some(e) => {
+                    metrics::counter!("zoftoken_webhook_config_errors_total").increment(1);
+                    eprintln!("webhooks: service `{name}`: {e}");
+                    self.client_errors.insert(name.clone(), e.clone());
+                }
+                Err(_) => {}
+                Ok(_) => {
+                    self.client_errors.remove(&name);
+                }
+            }
             let mut secrets = vec![w.secret.as_str()];
             if let Some(p) = &w.previous_secret {
                 secrets.push(p);
@@ -745,11 +840,19 @@ impl Dispatcher {
                     .filter_map(|n| EventKind::from_name(n))
                     .fold(0, |m, k| m | 1 << (k as u32))
             };
+            // Validation refuses these URLs already; checked again before any request.
+            let uri = match check_webhook_url(&w.url, w.allow_insecure_http) {
+                Err(e) => Err(format!("the webhook URL is refused: {e}")),
+                Ok(()) => w
+                    .url
+                    .parse::<Uri>()
+                    .map_err(|_| "the webhook URL does not parse".to_owned()),
+            };
             let hook = Hook {
-                uri: w.url.parse::<Uri>().ok(),
+                uri,
                 url: w.url.clone(),
                 keys: sign::keys(&secrets),
-                secret: Zeroizing::new(w.secret.clone()),
+                shared_token: w.shared_token.clone().map(Zeroizing::new),
                 events,
                 fingerprint: fp,
                 client,
@@ -799,11 +902,7 @@ impl Dispatcher {
                     }
                     self.commits.insert(c.seq, (c.resolved, n));
                     for ev in c.events {
-                        self.enqueue(Item {
-                            ev,
-                            replay: false,
-                            attempts: 0,
-                        });
+                        self.enqueue(Item::new(ev, false));
                     }
                 }
             }
@@ -811,11 +910,7 @@ impl Dispatcher {
                 for r in list {
                     // The replay re-enabled the endpoint in the store.
                     self.disabled.remove(&r.event.service);
-                    self.enqueue(Item {
-                        ev: r.event,
-                        replay: true,
-                        attempts: 0,
-                    });
+                    self.enqueue(Item::new(r.event, true));
                 }
             }
             Msg::Done {
@@ -850,12 +945,12 @@ impl Dispatcher {
                 };
                 let q = ep.tokens.entry(token).or_default();
                 let start = usize::from(q.busy).min(q.items.len());
-                let key = item.order();
+                let key = item.queue_order();
                 let at = q
                     .items
                     .iter()
                     .skip(start)
-                    .position(|i| i.order() > key)
+                    .position(|i| i.queue_order() > key)
                     .map_or(q.items.len(), |p| p + start);
                 let was_empty = q.items.is_empty();
                 q.items.insert(at, item);
@@ -890,7 +985,7 @@ impl Dispatcher {
             if q.busy {
                 continue;
             }
-            let Some(head) = q.items.front() else {
+            let Some(head) = q.items.front_mut() else {
                 ep.tokens.remove(&token);
                 continue;
             };
@@ -915,19 +1010,21 @@ impl Dispatcher {
                     continue;
                 }
             };
+            head.first_attempt.get_or_insert_with(Instant::now);
+            let ev = head.ev.clone();
             q.busy = true;
             ep.in_flight += 1;
-            let ev = head.ev.clone();
             let tx = self.tx.clone();
             let service = service.clone();
             let timeout = self.cfg.attempt_timeout;
             tokio::spawn(async move {
                 let id = event_id(ev.seq, ev.index);
-                let body = sign::body(&id, &ev, ev.username.as_deref(), &hook.secret);
+                let token = hook.shared_token.as_deref().map(String::as_str);
+                let body = sign::body(&id, &ev, ev.username.as_deref(), token);
                 let timestamp = now_ms() / 1000;
                 let signature = sign::signature_header(&hook.keys, &id, timestamp, &body);
                 let attempt = match (&hook.client, &hook.uri) {
-                    (Ok(c), Some(uri)) => {
+                    (Ok(c), Ok(uri)) => {
                         let signed = Signed {
                             id: &id,
                             timestamp,
@@ -940,10 +1037,10 @@ impl Dispatcher {
                         retry_after: None,
                         error: Some(e.clone()),
                     },
-                    (_, None) => Attempt {
+                    (_, Err(e)) => Attempt {
                         status: None,
                         retry_after: None,
-                        error: Some("the webhook URL does not parse".into()),
+                        error: Some(e.clone()),
                     },
                 };
                 let _ = tx.send(Msg::Done {
@@ -958,7 +1055,7 @@ impl Dispatcher {
     fn done(&mut self, service: Arc<str>, token: [u8; 16], attempt: Attempt) {
         self.touched.insert(service.clone());
         let disabled_now = self.disabled.contains_key(&*service);
-        let schedule_len = self.cfg.retry_schedule.len();
+        let now = Instant::now();
         let Some(ep) = self.endpoints.get_mut(&service) else {
             return;
         };
@@ -972,7 +1069,8 @@ impl Dispatcher {
         head.attempts += 1;
         let ok = attempt.status.is_some_and(|s| (200..300).contains(&s));
         let gone = attempt.status == Some(410);
-        let give_up = !ok && (gone || disabled_now || head.attempts as usize >= schedule_len);
+        let deadline = head.first_attempt.unwrap_or(now) + self.cfg.retry_for;
+        let give_up = !ok && (gone || disabled_now || now >= deadline);
         if ok || give_up {
             let Some(item) = q.items.pop_front() else {
                 return;
@@ -1011,26 +1109,18 @@ impl Dispatcher {
             return;
         }
         // Retry later: `Retry-After` on 429/503, else the schedule with jitter.
-        let n = head.attempts as usize;
-        let scheduled = self
-            .cfg
-            .retry_schedule
-            .get(n)
-            .copied()
-            .unwrap_or(Duration::ZERO);
-        let honour = matches!(attempt.status, Some(429) | Some(503));
-        let delay = match attempt.retry_after.filter(|_| honour) {
-            Some(d) => d.min(self.cfg.max_retry_after),
-            None => jitter(&mut self.rng, scheduled, self.cfg.jitter_percent),
-        };
+        let (delay, steps) = retry_delay(
+            &self.cfg,
+            &mut self.rng,
+            &attempt,
+            head.step,
+            deadline.saturating_duration_since(now),
+        );
+        head.step += steps;
         metrics::counter!("zoftoken_webhook_retried_total").increment(1);
         self.timer_serial += 1;
-        self.timers.push(Reverse((
-            Instant::now() + delay,
-            self.timer_serial,
-            service,
-            token,
-        )));
+        self.timers
+            .push(Reverse((now + delay, self.timer_serial, service, token)));
     }
 
     fn dead(&mut self, item: Item, status: Option<u16>, error: String) {

@@ -105,6 +105,7 @@ pub fn rfc3339_ms(ms: u64) -> String {
 #[derive(Serialize)]
 struct Body<'a> {
     id: &'a str,
+    sequence: u64,
     #[serde(rename = "type")]
     kind: &'static str,
     timestamp: String,
@@ -116,16 +117,26 @@ struct Body<'a> {
     duress: bool,
     transaction_id: Option<String>,
     actor: &'static str,
-    secret: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shared_token: Option<&'a str>,
 }
 
-/// The JSON body of a delivery. `secret` is the service's configured secret, included as the
-/// product documents promise ("a configurable secret so whatever backend is listening can
-/// confirm that they actually originated from ZofToken") for receivers that only compare a
-/// shared secret; the signature headers are the stronger check.
-pub fn body(id: &str, e: &OutboxEvent, username: Option<&str>, secret: &str) -> Vec<u8> {
+/// The JSON body of a delivery. `sequence` is the event's sequence number (higher for every
+/// later change of the token, across restarts: receivers keep the highest seen per token and
+/// ignore lower ones, which tells a late retry or a replayed dead letter from a newer event);
+/// `timestamp` and `time_ms` are the time of the change. It never holds a signing secret:
+/// `shared_token` is a separately configured plain value, present only when the service has
+/// one, for receivers that can only compare a shared value (anyone who reads one delivery
+/// learns it; the signature is the real check).
+pub fn body(
+    id: &str,
+    e: &OutboxEvent,
+    username: Option<&str>,
+    shared_token: Option<&str>,
+) -> Vec<u8> {
     let b = Body {
         id,
+        sequence: e.sequence,
         kind: e.kind.name(),
         timestamp: rfc3339_ms(e.time_ms),
         time_ms: e.time_ms,
@@ -136,7 +147,7 @@ pub fn body(id: &str, e: &OutboxEvent, username: Option<&str>, secret: &str) -> 
         duress: e.duress,
         transaction_id: e.tx_id.map(hex::encode),
         actor: actor_name(e.actor),
-        secret,
+        shared_token,
     };
     serde_json::to_vec(&b).unwrap_or_default()
 }

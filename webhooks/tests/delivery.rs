@@ -210,6 +210,8 @@ fn service(name: &str, url: &str, secret: &str) -> ServiceConfig {
         events: Vec::new(),
         previous_secret: None,
         ca_file: None,
+        shared_token: None,
+        allow_insecure_http: false,
     });
     s
 }
@@ -259,10 +261,8 @@ fn ev(engine: &Engine, svc: &str, user: &str, kind: EventKind, t: u64) -> Event 
 
 fn fast() -> PipelineConfig {
     PipelineConfig {
-        retry_schedule: vec![Duration::ZERO; 1]
-            .into_iter()
-            .chain(std::iter::repeat_n(Duration::from_millis(30), 200))
-            .collect(),
+        retry_delays: vec![Duration::from_millis(30)],
+        retry_for: Duration::from_secs(60),
         poll_interval: Duration::from_millis(50),
         attempt_timeout: Duration::from_secs(5),
         ..PipelineConfig::default()
@@ -292,6 +292,7 @@ fn every_event_type_arrives_signed_with_its_fields() {
     let mut bank_svc = service("bank", &bank.url(), secret);
     // A rotation in progress: both secrets sign.
     bank_svc.webhook.as_mut().unwrap().previous_secret = Some("old plain secret".into());
+    bank_svc.webhook.as_mut().unwrap().shared_token = Some("a plain shared value".into());
     let mut shop_svc = service("shop", &shop.url(), "shop-secret");
     // Only opens for this one.
     shop_svc.webhook.as_mut().unwrap().events = vec!["opened".into()];
@@ -351,10 +352,13 @@ fn every_event_type_arrives_signed_with_its_fields() {
         let j = &d.json;
         assert_eq!(j["id"], d.id.as_str());
         assert_eq!(j["service"], "bank");
-        assert_eq!(
-            j["secret"], secret,
-            "the configured secret, as the product promises"
-        );
+        // The body never carries a signing secret; the separately configured shared token
+        // is there for receivers that only compare a value.
+        let text = String::from_utf8(d.body.clone()).unwrap();
+        assert!(!text.contains(secret) && !text.contains("old plain secret"));
+        assert!(!text.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
+        assert!(j.get("secret").is_none(), "{text}");
+        assert_eq!(j["shared_token"], "a plain shared value");
         let kind = EventKind::from_name(j["type"].as_str().unwrap()).unwrap();
         let i = EventKind::ALL.iter().position(|k| *k == kind).unwrap();
         assert_eq!(
@@ -387,10 +391,20 @@ fn every_event_type_arrives_signed_with_its_fields() {
             _ => assert!(j["transaction_id"].is_null()),
         }
         assert!(j["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(
+            j["sequence"], events[i].2.sequence,
+            "the number the event was made with"
+        );
+        assert!(events[i].2.sequence > 0);
     }
     let shop_got = shop.deliveries();
     assert_eq!(shop_got.len(), 1, "only the subscribed event");
     assert_eq!(shop_got[0].json["type"], "opened");
+    assert!(
+        shop_got[0].json.get("shared_token").is_none(),
+        "none configured"
+    );
+    assert!(!String::from_utf8_lossy(&shop_got[0].body).contains("shop-secret"));
     assert!(verify("shop-secret", &shop_got[0]));
     assert!(!verify(secret, &shop_got[0]));
     pipeline.shutdown();
@@ -601,7 +615,7 @@ fn gone_disables_the_endpoint_until_the_configuration_changes_or_a_replay() {
     wait_until("four replays delivered", Duration::from_secs(10), || {
         recv.deliveries()
             .iter()
-            .filter(|d| d.json["secret"] == "n3w-secret")
+            .filter(|d| verify("n3w-secret", d))
             .count()
             == 4
     });
@@ -666,11 +680,10 @@ fn an_exhausted_schedule_makes_a_dead_letter() {
     let recv = receiver(&rt, None, Arc::new(|_| Answer::Status(500)));
     let (store, engine) = setup(vec![service("bank", &recv.url(), "s3cret")]);
     let config = PipelineConfig {
-        retry_schedule: vec![
-            Duration::ZERO,
-            Duration::from_millis(20),
-            Duration::from_millis(20),
-        ],
+        // Three attempts: at once, 100 ms later, and at the 200 ms bound.
+        retry_delays: vec![Duration::from_millis(100)],
+        retry_for: Duration::from_millis(200),
+        jitter_percent: 0,
         ..fast()
     };
     let pipeline = Pipeline::start(config, store.clone(), engine.clone()).unwrap();
@@ -930,7 +943,8 @@ fn https_with_a_ca_file_is_delivered_and_an_unknown_issuer_is_not() {
     let untrusted = service("untrusted", &url, "s2");
     let (store, engine) = setup(vec![trusted, untrusted]);
     let config = PipelineConfig {
-        retry_schedule: vec![Duration::ZERO, Duration::from_millis(20)],
+        retry_delays: vec![Duration::from_millis(20)],
+        retry_for: Duration::from_millis(100),
         ..fast()
     };
     let pipeline = Pipeline::start(config, store.clone(), engine.clone()).unwrap();
@@ -980,7 +994,8 @@ fn https_with_a_ca_file_is_delivered_and_an_unknown_issuer_is_not() {
 }
 
 /// A receiver that answers after `delay` and records the most requests it had at once; the
-/// behaviour decides the status from the body.
+/// behaviour decides the status from the body (a 429 comes with `Retry-After: 1`); only
+/// successes are logged.
 fn slow_receiver(
     rt: &tokio::runtime::Runtime,
     delay: Duration,
@@ -1023,6 +1038,9 @@ fn slow_receiver(
                         conc.lock().unwrap().0 -= 1;
                         let mut r = Response::new(Full::new(Bytes::new()));
                         *r.status_mut() = code.try_into().unwrap();
+                        if code == 429 {
+                            r.headers_mut().insert("retry-after", "1".parse().unwrap());
+                        }
                         Ok::<_, std::convert::Infallible>(r)
                     }
                 });
@@ -1140,5 +1158,194 @@ fn a_failing_event_holds_back_only_its_own_token() {
         .map(|d| d.json["type"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(ana, ["opened", "closed"], "ana's events in order");
+    pipeline.shutdown();
+}
+
+#[test]
+fn retry_after_for_longer_than_a_count_of_attempts_dead_letters_nothing_and_keeps_order() {
+    let rt = runtime();
+    // 429 with `Retry-After: 1` for 4.5 s (the old count-based schedule, eight attempts,
+    // ran out long before), then 200.
+    let until = Instant::now() + Duration::from_millis(4500);
+    let tries = Arc::new(Mutex::new(0usize));
+    let t2 = tries.clone();
+    let (limited, _) = slow_receiver(
+        &rt,
+        Duration::ZERO,
+        Arc::new(move |_| {
+            *t2.lock().unwrap() += 1;
+            if Instant::now() < until {
+                429
+            } else {
+                200
+            }
+        }),
+    );
+    let (store, engine) = setup(vec![service("bank", &limited.url(), "s3cret")]);
+    let config = PipelineConfig {
+        // Scaled down: a short backoff, retried for 20 s.
+        retry_delays: vec![Duration::from_millis(20)],
+        retry_for: Duration::from_secs(20),
+        ..fast()
+    };
+    let pipeline = Pipeline::start(config, store.clone(), engine.clone()).unwrap();
+    let t = now_ms();
+    let mut made = Vec::new();
+    for (i, (user, kind)) in [
+        ("ana", EventKind::Opened),
+        ("bob", EventKind::Opened),
+        ("ana", EventKind::Closed),
+        ("ana", EventKind::Opened),
+        ("bob", EventKind::Closed),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let e = ev(&engine, "bank", user, kind, t + i as u64);
+        made.push(e.sequence);
+        commit(&store, &engine, &[("bank", user, e)]);
+    }
+    wait_until("five deliveries", Duration::from_secs(30), || {
+        limited.distinct().len() == 5
+    });
+    assert!(zoftoken_webhooks::dead_letters(&store, 10)
+        .unwrap()
+        .is_empty());
+    wait_until("the outbox to empty", Duration::from_secs(10), || {
+        outbox_empty(&store)
+    });
+    // Each token's events arrived in the order they were made, by sequence number.
+    let ok = limited.deliveries();
+    assert_eq!(ok.len(), 5, "each once");
+    for user in ["ana", "bob"] {
+        let seqs: Vec<u64> = ok
+            .iter()
+            .filter(|d| d.json["username"] == user)
+            .map(|d| d.json["sequence"].as_u64().unwrap())
+            .collect();
+        let mut sorted = seqs.clone();
+        sorted.sort_unstable();
+        assert_eq!(seqs, sorted, "{user}'s events in order");
+    }
+    let all: HashSet<u64> = ok
+        .iter()
+        .map(|d| d.json["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(all, made.into_iter().collect());
+    // The receiver's pace was kept: about one attempt per token and second while limited.
+    let n = *tries.lock().unwrap();
+    assert!((5..=30).contains(&n), "{n} attempts");
+    pipeline.shutdown();
+}
+
+#[test]
+fn a_dead_letter_does_not_hold_back_its_token_and_its_replay_is_recognisably_older() {
+    let rt = runtime();
+    // Ana's `opened` fails until told otherwise; everything else succeeds.
+    let failing = Arc::new(Mutex::new(true));
+    let f2 = failing.clone();
+    let (recv, _) = slow_receiver(
+        &rt,
+        Duration::ZERO,
+        Arc::new(move |j| {
+            if j["type"] == "opened" && *f2.lock().unwrap() {
+                500
+            } else {
+                200
+            }
+        }),
+    );
+    let (store, engine) = setup(vec![service("bank", &recv.url(), "s")]);
+    let config = PipelineConfig {
+        retry_delays: vec![Duration::from_millis(20)],
+        retry_for: Duration::from_millis(300),
+        ..fast()
+    };
+    let pipeline = Pipeline::start(config, store.clone(), engine.clone()).unwrap();
+    let t = now_ms();
+    let opened = ev(&engine, "bank", "ana", EventKind::Opened, t);
+    let closed = ev(&engine, "bank", "ana", EventKind::Closed, t + 1);
+    commit(&store, &engine, &[("bank", "ana", opened.clone())]);
+    wait_until("the dead letter", Duration::from_secs(10), || {
+        zoftoken_webhooks::dead_letters(&store, 10).unwrap().len() == 1
+    });
+    let dead = zoftoken_webhooks::dead_letters(&store, 10).unwrap();
+    assert_eq!(dead[0].sequence, opened.sequence);
+    // The later event is delivered although the earlier one is a dead letter.
+    commit(&store, &engine, &[("bank", "ana", closed.clone())]);
+    wait_until("the close", Duration::from_secs(10), || {
+        recv.deliveries().len() == 1
+    });
+    *failing.lock().unwrap() = false;
+    assert!(zoftoken_webhooks::replay_dead_letter(&store, &dead[0].id).unwrap());
+    wait_until("the replay", Duration::from_secs(10), || {
+        recv.deliveries().len() == 2
+    });
+    let got = recv.deliveries();
+    assert_eq!(
+        (got[0].json["type"].as_str(), got[1].json["type"].as_str()),
+        (Some("closed"), Some("opened")),
+        "the replay arrives after the newer event"
+    );
+    // A receiver keeping the highest number per token ignores the replay.
+    let newest = got[0].json["sequence"].as_u64().unwrap();
+    let replayed = got[1].json["sequence"].as_u64().unwrap();
+    assert_eq!((newest, replayed), (closed.sequence, opened.sequence));
+    assert!(replayed < newest, "the replayed dead letter is older");
+    pipeline.shutdown();
+}
+
+#[test]
+fn an_unusable_ca_file_fails_only_its_service() {
+    let rt = runtime();
+    let fine = ok_receiver(&rt);
+    let bad_url = "https://127.0.0.1:9/hook";
+    let mut zero = service("zero", bad_url, "a");
+    zero.webhook.as_mut().unwrap().ca_file = Some("/dev/zero".into());
+    let mut dir = service("dir", bad_url, "b");
+    dir.webhook.as_mut().unwrap().ca_file = Some(std::env::temp_dir().display().to_string());
+    let (store, engine) = setup(vec![zero, dir, service("fine", &fine.url(), "c")]);
+    let config = PipelineConfig {
+        retry_delays: vec![Duration::from_millis(20)],
+        retry_for: Duration::from_millis(100),
+        ..fast()
+    };
+    let pipeline = Pipeline::start(config, store.clone(), engine.clone()).unwrap();
+    let t = now_ms();
+    commit(
+        &store,
+        &engine,
+        &[
+            (
+                "zero",
+                "ana",
+                ev(&engine, "zero", "ana", EventKind::Opened, t),
+            ),
+            (
+                "dir",
+                "ana",
+                ev(&engine, "dir", "ana", EventKind::Opened, t),
+            ),
+            (
+                "fine",
+                "ana",
+                ev(&engine, "fine", "ana", EventKind::Opened, t),
+            ),
+        ],
+    );
+    wait_until("two dead letters", Duration::from_secs(10), || {
+        zoftoken_webhooks::dead_letters(&store, 10).unwrap().len() == 2
+    });
+    for d in zoftoken_webhooks::dead_letters(&store, 10).unwrap() {
+        assert!(
+            d.last_error.contains("not a regular file"),
+            "{}: {}",
+            d.service,
+            d.last_error
+        );
+    }
+    wait_until("the other service", Duration::from_secs(10), || {
+        fine.distinct().len() == 1
+    });
     pipeline.shutdown();
 }

@@ -60,6 +60,8 @@ fn deliveries_retries_and_failures_are_counted() {
         events: Vec::new(),
         previous_secret: None,
         ca_file: None,
+        shared_token: None,
+        allow_insecure_http: false,
     });
     let store = Arc::new(
         Store::open(
@@ -71,7 +73,10 @@ fn deliveries_retries_and_failures_are_counted() {
     );
     let engine = Arc::new(Engine::new(EngineConfig::new(vec![svc], 7, [1; 32])).unwrap());
     let config = PipelineConfig {
-        retry_schedule: vec![Duration::ZERO, Duration::from_millis(10)],
+        // Two attempts: the retry falls at the 100 ms bound.
+        retry_delays: vec![Duration::from_millis(100)],
+        retry_for: Duration::from_millis(100),
+        jitter_percent: 0,
         poll_interval: Duration::from_millis(50),
         concurrency_per_endpoint: 1,
         ..PipelineConfig::default()

@@ -34,6 +34,8 @@ fn engine() -> Engine {
         events: Vec::new(),
         previous_secret: None,
         ca_file: None,
+        shared_token: None,
+        allow_insecure_http: false,
     });
     Engine::new(EngineConfig::new(vec![bank], 7, [1; 32])).unwrap()
 }
