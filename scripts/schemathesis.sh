@@ -4,13 +4,17 @@
 # `zoftoken serve` (127.0.0.1 only, a temporary data directory, database mode, an
 # unrestricted admin key) and checks every answer: no server error, documented status codes,
 # content types, headers and schemas, invalid input refused. Not part of ./scripts/test.sh.
-# Schemathesis is installed into a Python venv on first use.
+# Schemathesis is installed into a Python venv on first use. Two checks are left out because
+# they contradict documented behaviour: after 20 requests without a key from one address the
+# API answers 429, not 401 (`missing_required_header`, `ignored_auth`; api/tests/api.rs
+# covers 401 and 429).
 # Knobs (environment): MAX_EXAMPLES (per operation, 100), PORT_HTTP (47981), PORT_UDP (47980),
 # SCHEMATHESIS_VENV (venv directory), and extra arguments are passed to `schemathesis run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
-cargo build --workspace --locked >&2
+# The same build as the tests (one feature set: RocksDB is built once).
+cargo build --workspace --tests --locked >&2
 zoftoken=$(realpath "$target/debug/zoftoken")
 venv="${SCHEMATHESIS_VENV:-$target/schemathesis-venv}"
 if [ ! -x "$venv/bin/schemathesis" ]; then
@@ -45,5 +49,6 @@ grep -q "serving" "$work/serve.log" || { cat "$work/serve.log" >&2; exit 1; }
 "$venv/bin/schemathesis" run "http://127.0.0.1:$port_http/openapi.json" \
   --header "Authorization: Bearer $key" \
   --checks all \
+  --exclude-checks missing_required_header,ignored_auth \
   --max-examples "${MAX_EXAMPLES:-100}" \
   "$@"
