@@ -55,6 +55,8 @@ port_udp=47922
 port_http=47923
 port_sink=47924
 secret="bench-webhook-secret-0123456789"
+# /metrics needs an unrestricted admin key (its counters are not public): a fresh one per run.
+metrics_key=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 write_config() { # webhook threads (0: delivery paused; off: the service has no webhook)
   local hook="    webhook: { url: \"http://127.0.0.1:$port_sink/hook\", secret: \"$secret\" }"
   local pipeline="$1"
@@ -64,6 +66,8 @@ listen: { udp: ["127.0.0.1:$port_udp"], http: "127.0.0.1:$port_http" }
 data_dir: data
 io_threads: $threads
 webhook_threads: $pipeline
+authkeys:
+  - { name: bench-metrics, secret: "$metrics_key", admin: true }
 services:
   - name: bench
     window: 600
@@ -92,12 +96,14 @@ start_sink() {
 stop_sink() { # when the pipeline holds nothing more for 2 s (or after 60 s): the summary
   # One poller process for the whole wait (a process per poll would take CPU from the
   # pipeline being measured).
-  python3 - "$port_http" <<'PY' || true
+  python3 - "$port_http" "$metrics_key" <<'PY' || true
 import sys, time, urllib.request
 idle, deadline = 0, time.monotonic() + 60
 while idle < 10 and time.monotonic() < deadline:
     try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics").read().decode()
+        req = urllib.request.Request(f"http://127.0.0.1:{sys.argv[1]}/metrics",
+                                     headers={"Authorization": f"Bearer {sys.argv[2]}"})
+        text = urllib.request.urlopen(req).read().decode()
         vals = [float(l.split()[-1]) for l in text.splitlines()
                 if l.startswith("zoftoken_webhook_queue_depth")]
         depth = int(sum(vals)) if vals else 0

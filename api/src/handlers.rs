@@ -486,7 +486,11 @@ async fn dispatch(
     match resource {
         Resource::Healthz if m == Method::GET => ("healthz", ok(&json!({ "status": "ok" }))),
         Resource::Readyz if m == Method::GET => ("readyz", readyz(state)),
-        Resource::Metrics if m == Method::GET => ("metrics", metrics_text(state)),
+        Resource::Metrics if m == Method::GET => (
+            "metrics",
+            ctx.authorize_unrestricted()
+                .and_then(|()| metrics_text(state)),
+        ),
         Resource::OpenApi if m == Method::GET => (
             "openapi",
             Ok(bytes_response(
@@ -566,7 +570,8 @@ fn readyz(state: &State) -> Outcome {
         // Reads still work, but nothing can change: send traffic elsewhere until it can.
         Err(storage_unavailable())
     } else {
-        ok(&json!({ "status": "ready", "tokens": state.engine.token_count() }))
+        // Public: nothing about tokens (not even how many there are).
+        ok(&json!({ "status": "ready" }))
     }
 }
 
@@ -949,43 +954,31 @@ impl Ctx<'_> {
             .filter(|k| !k.is_empty() && k.len() <= 1024)
     }
 
-    /// Checks the caller's key: `check` answers for a present key.
+    /// The client's address: the peer's, or with a trusted proxy as the peer, the address
+    /// it forwarded in `X-Forwarded-For` ([`crate::limiter::client_address`]).
+    fn client_ip(&self) -> std::net::IpAddr {
+        crate::limiter::client_address(
+            self.peer.ip(),
+            &self.state.config.trusted_proxies,
+            self.parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(HeaderValue::as_bytes),
+        )
+    }
+
+    /// Checks the caller's key: `check` answers for a present key. The key is looked up
+    /// before the failed-authentication limiter is consulted: a key that exists is never
+    /// refused by the limiter, and a limited source's refusal costs the same lookup as an
+    /// unlimited one's.
     fn authorize(&self, check: impl FnOnce(&str) -> Access) -> Result<(), Failure> {
-        let now = self.state.now();
-        let ip = self.peer.ip();
-        if let Some(retry) = self.state.limiter.limited(ip, now) {
-            metrics::counter!("zoftoken_api_auth_failures_total", "reason" => "rate_limited")
-                .increment(1);
-            let mut f = Failure::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_auth_failures",
-                "too many failed authentications from this address; try again later",
-            );
-            f.retry_after = Some(retry);
-            return Err(f);
-        }
-        let Some(key) = self.bearer() else {
-            self.state.limiter.fail(ip, now);
-            metrics::counter!("zoftoken_api_auth_failures_total", "reason" => "missing_key")
-                .increment(1);
-            return Err(Failure::new(
-                StatusCode::UNAUTHORIZED,
-                "missing_authkey",
-                "send an authkey as `Authorization: Bearer <key>`",
-            ));
+        let (access, reason) = match self.bearer() {
+            Some(key) => (check(key), "unknown_key"),
+            None => (Access::Unknown, "missing_key"),
         };
-        match check(key) {
+        match access {
             Access::Allowed(_) => Ok(()),
-            Access::Unknown => {
-                self.state.limiter.fail(ip, now);
-                metrics::counter!("zoftoken_api_auth_failures_total", "reason" => "unknown_key")
-                    .increment(1);
-                Err(Failure::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unknown_authkey",
-                    "unknown authkey",
-                ))
-            }
             Access::Forbidden => {
                 metrics::counter!("zoftoken_api_auth_failures_total", "reason" => "forbidden")
                     .increment(1);
@@ -994,6 +987,35 @@ impl Ctx<'_> {
                     "forbidden",
                     "this authkey may not do this operation on this service and user",
                 ))
+            }
+            Access::Unknown => {
+                let now = self.state.now();
+                if let Some(retry) = self.state.limiter.fail(self.client_ip(), now) {
+                    metrics::counter!("zoftoken_api_auth_failures_total", "reason" => "rate_limited")
+                        .increment(1);
+                    let mut f = Failure::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too_many_auth_failures",
+                        "too many failed authentications from this address; try again later",
+                    );
+                    f.retry_after = Some(retry);
+                    return Err(f);
+                }
+                metrics::counter!("zoftoken_api_auth_failures_total", "reason" => reason)
+                    .increment(1);
+                Err(if reason == "missing_key" {
+                    Failure::new(
+                        StatusCode::UNAUTHORIZED,
+                        "missing_authkey",
+                        "send an authkey as `Authorization: Bearer <key>`",
+                    )
+                } else {
+                    Failure::new(
+                        StatusCode::UNAUTHORIZED,
+                        "unknown_authkey",
+                        "unknown authkey",
+                    )
+                })
             }
         }
     }

@@ -1,9 +1,11 @@
 //! The listener: its own tokio runtime on its own thread, one task per connection (HTTP/1.1
-//! with keep-alive, header read timeout), a bound on connections, graceful shutdown.
+//! with keep-alive, header read timeout, a head limit), bounds on connections in total and
+//! per source address, graceful shutdown.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -16,10 +18,70 @@ use zoftoken_storage::Store;
 use crate::handlers::{self, State};
 use crate::{ApiConfig, ApiError, ApiServer, Clock, MetricsRender, SHUTDOWN_GRACE};
 
-/// Connections served at once; further ones wait in the kernel's backlog.
+/// Connections served at once at most (the default of [`ApiConfig::max_connections`]);
+/// further ones wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 16_384;
-/// Largest request head (request line and headers) hyper buffers.
-const MAX_HEAD_BYTES: usize = 32 * 1024;
+/// Largest request head (request line and headers, at most 100 headers): a larger one is
+/// answered 431 and the connection closed.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+/// File descriptors kept for everything but API connections (the database's files, the UDP
+/// sockets, webhook connections, logs) when the limit is small: [`connection_cap`] keeps
+/// this many or a quarter of the limit, whichever is more.
+pub const FD_RESERVE: u64 = 512;
+
+/// The connection cap that fits a process whose file-descriptor limit is `nofile`: at most
+/// [`MAX_CONNECTIONS`], leaving [`FD_RESERVE`] descriptors or a quarter of the limit
+/// (whichever is more) for the rest of the process; at least 1.
+pub fn connection_cap(nofile: u64) -> usize {
+    let reserve = FD_RESERVE.max(nofile / 4);
+    let cap = nofile.saturating_sub(reserve).max(1);
+    usize::try_from(cap).map_or(MAX_CONNECTIONS, |c| c.min(MAX_CONNECTIONS))
+}
+
+/// Connections open per source (an IPv4 address, or an IPv6 /64).
+struct PerAddress {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection counted in [`PerAddress`]; uncounted when dropped.
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    key: IpAddr,
+}
+
+impl PerAddress {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a new connection from `ip`, or `None` if its source has `max` open.
+    fn admit(table: &Arc<PerAddress>, ip: IpAddr) -> Option<AddressSlot> {
+        let key = crate::limiter::source_key(ip);
+        let mut open = table.lock();
+        let n = open.entry(key).or_insert(0);
+        if *n >= table.max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            table: table.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.lock();
+        if let Some(n) = open.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
 /// Threads of the blocking pool (storage writes).
 const BLOCKING_THREADS: usize = 4;
 
@@ -35,6 +97,14 @@ pub(crate) fn start(
     }
     if config.max_body_bytes == 0 {
         return Err(ApiError::Config("max_body_bytes must be at least 1"));
+    }
+    if config.max_connections == 0 {
+        return Err(ApiError::Config("max_connections must be at least 1"));
+    }
+    if config.max_connections_per_address == 0 {
+        return Err(ApiError::Config(
+            "max_connections_per_address must be at least 1",
+        ));
     }
     let addr = config.listen;
     let bind = |source| ApiError::Bind { addr, source };
@@ -90,7 +160,11 @@ async fn serve(
     state: Arc<State>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let permits = Arc::new(Semaphore::new(state.config.max_connections));
+    let per_address = Arc::new(PerAddress {
+        max: state.config.max_connections_per_address,
+        open: Mutex::new(HashMap::new()),
+    });
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         let permit = tokio::select! {
@@ -111,13 +185,32 @@ async fn serve(
                 continue;
             }
         };
+        let trusted = state
+            .config
+            .trusted_proxies
+            .iter()
+            .any(|r| r.contains(peer.ip()));
+        let slot = if trusted {
+            None
+        } else {
+            match PerAddress::admit(&per_address, peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    // Closed at once: one source cannot take every connection.
+                    metrics::counter!("zoftoken_api_connections_refused_total", "reason" => "per_address")
+                        .increment(1);
+                    drop(stream);
+                    continue;
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
         tasks.spawn(connection(
             stream,
             peer,
             state.clone(),
             shutdown.clone(),
-            permit,
+            (permit, slot),
         ));
     }
     drop(listener);
@@ -134,7 +227,7 @@ async fn connection(
     peer: SocketAddr,
     state: Arc<State>,
     mut shutdown: watch::Receiver<bool>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _permits: (tokio::sync::OwnedSemaphorePermit, Option<AddressSlot>),
 ) {
     let svc_state = state.clone();
     let service = service_fn(move |req| {
@@ -146,7 +239,10 @@ async fn connection(
         .timer(TokioTimer::new())
         .header_read_timeout(state.config.header_timeout)
         .keep_alive(true)
-        .max_buf_size(MAX_HEAD_BYTES);
+        .max_buf_size(MAX_HEAD_BYTES)
+        // The head limit itself: `max_buf_size` alone bounds the buffer's reads, and one
+        // read may fill more than it.
+        .max_header_size(MAX_HEAD_BYTES);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     if *shutdown.borrow() {
@@ -157,4 +253,46 @@ async fn connection(
         _ = shutdown.changed() => conn.as_mut().graceful_shutdown(),
     }
     let _ = conn.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_leaves_a_reserve_under_the_limit() {
+        assert_eq!(connection_cap(1024), 512);
+        assert_eq!(connection_cap(4096), 3072);
+        assert_eq!(connection_cap(20_000), 15_000);
+        assert_eq!(connection_cap(1 << 20), MAX_CONNECTIONS);
+        assert_eq!(connection_cap(u64::MAX), MAX_CONNECTIONS);
+        assert_eq!(connection_cap(100), 1);
+        for n in [600u64, 1024, 2048, 8192, 30_000, 65_536] {
+            let cap = connection_cap(n) as u64;
+            assert!(cap + FD_RESERVE <= n, "{n}: {cap}");
+        }
+    }
+
+    #[test]
+    fn per_address_slots_are_counted_and_released() {
+        let t = Arc::new(PerAddress {
+            max: 2,
+            open: Mutex::new(HashMap::new()),
+        });
+        let a: IpAddr = "192.0.2.1".parse().unwrap_or(IpAddr::from([0; 4]));
+        let v6a: IpAddr = "2001:db8::1".parse().unwrap_or(IpAddr::from([0; 4]));
+        let v6b: IpAddr = "2001:db8::2".parse().unwrap_or(IpAddr::from([0; 4]));
+        let s1 = PerAddress::admit(&t, a);
+        let s2 = PerAddress::admit(&t, a);
+        assert!(s1.is_some() && s2.is_some());
+        assert!(PerAddress::admit(&t, a).is_none());
+        drop(s1);
+        assert!(PerAddress::admit(&t, a).is_some());
+        // One /64 is one source.
+        let _x = PerAddress::admit(&t, v6a);
+        let _y = PerAddress::admit(&t, v6b);
+        assert!(PerAddress::admit(&t, v6a).is_none());
+        drop(s2);
+        assert!(t.lock().get(&a).is_none(), "emptied entries are removed");
+    }
 }

@@ -7,12 +7,15 @@
 //! authorised by authkeys sent as `Authorization: Bearer <key>` (401 for a missing or unknown
 //! key, 403 when the key lacks the admin right or its anchored masks refuse the service or the
 //! username, never revealing whether the token exists; failed authentications are rate limited
-//! per source address in bounded memory and counted). Mutating operations are committed to the
+//! per source address in bounded memory and counted; a key that exists is never refused by
+//! that limiter; `X-Forwarded-For` is believed only from [`ApiConfig::trusted_proxies`]). Mutating operations are committed to the
 //! [`Store`] on the runtime's blocking pool before they are answered. Status and transaction
 //! reads long-poll (`?wait=N`) on the engine's watch futures: no thread per waiter. Errors are
-//! always `{"error":{"code":"snake_case","message":"…"}}`. `/healthz`, `/readyz`, `/metrics`
-//! (Prometheus text, [`install_prometheus`]) and `/openapi.json` (OpenAPI 3.1, kept by hand in
-//! `api/openapi.json` and tested against the router) are served too.
+//! always `{"error":{"code":"snake_case","message":"…"}}`. `/healthz`, `/readyz` and
+//! `/openapi.json` (OpenAPI 3.1, kept by hand in `api/openapi.json` and tested against the
+//! router) are public and say nothing about tokens; `/metrics` (Prometheus text,
+//! [`install_prometheus`]; it counts duress events) needs an unrestricted admin key.
+//! Connections are bounded in total and per source address.
 //!
 //! Unrestricted admin keys also list, replay and delete the webhook pipeline's dead letters
 //! and list the endpoints it disabled after a 410 (`/v1/webhooks/…`, through the store
@@ -31,9 +34,10 @@ mod limiter;
 mod qr;
 pub mod routes;
 
+pub use http::{connection_cap, FD_RESERVE, MAX_CONNECTIONS, MAX_HEAD_BYTES};
 pub use limiter::{
-    CAPACITY as AUTH_LIMIT_SOURCES, MAX_FAILURES as AUTH_FAILURES_PER_WINDOW,
-    WINDOW_MS as AUTH_WINDOW_MS,
+    IpRange, IpRangeError, CAPACITY as AUTH_LIMIT_SOURCES,
+    MAX_FAILURES as AUTH_FAILURES_PER_WINDOW, WINDOW_MS as AUTH_WINDOW_MS,
 };
 
 use std::collections::HashMap;
@@ -99,7 +103,23 @@ pub struct ApiConfig {
     /// at `/v1/services/{name}/details`, with `config_source: file`. In database mode the
     /// details are read from the stored services instead and this is ignored.
     pub service_details: HashMap<String, serde_json::Value>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (`api.trusted_proxies`; default
+    /// none: the header is ignored and the peer's address is the client's). The
+    /// failed-authentication limiter counts the forwarded client address of their requests,
+    /// and the per-address connection cap does not apply to them.
+    pub trusted_proxies: Vec<IpRange>,
+    /// Connections served at once (default [`MAX_CONNECTIONS`]; the server lowers it to fit
+    /// its file-descriptor limit, see [`connection_cap`]). Further ones wait in the kernel's
+    /// backlog.
+    pub max_connections: usize,
+    /// Connections served at once from one source address (an IPv6 /64 counts as one;
+    /// `api.max_connections_per_address`, default [`DEFAULT_CONNECTIONS_PER_ADDRESS`]).
+    /// Further connections from it are closed at once. Trusted proxies are exempt.
+    pub max_connections_per_address: usize,
 }
+
+/// Connections served at once from one source address, by default.
+pub const DEFAULT_CONNECTIONS_PER_ADDRESS: usize = 1024;
 
 impl Default for ApiConfig {
     fn default() -> Self {
@@ -112,6 +132,9 @@ impl Default for ApiConfig {
             max_wait: Duration::from_secs(60),
             config_source_database: false,
             service_details: HashMap::new(),
+            trusted_proxies: Vec::new(),
+            max_connections: MAX_CONNECTIONS,
+            max_connections_per_address: DEFAULT_CONNECTIONS_PER_ADDRESS,
         }
     }
 }

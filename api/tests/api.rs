@@ -299,12 +299,15 @@ fn health_readiness_openapi_and_errors_are_json() {
     let a = h.call("GET", "/healthz", None, None);
     assert_eq!((a.status, a.json["status"].as_str()), (200, Some("ok")));
     let a = h.call("GET", "/readyz", None, None);
-    assert_eq!((a.status, a.json["status"].as_str()), (200, Some("ready")));
+    // Public: nothing about tokens, not even how many there are.
+    assert_eq!((a.status, &a.json), (200, &json!({ "status": "ready" })));
     let a = h.call("GET", "/openapi.json", None, None);
     assert_eq!(a.status, 200);
     assert_eq!(a.json["openapi"], "3.1.0");
-    // Without a recorder, /metrics says so in the error format.
+    // /metrics needs a key; without a recorder, it says so in the error format.
     let a = h.call("GET", "/metrics", None, None);
+    assert_eq!((a.status, a.code()), (401, "missing_authkey"));
+    let a = h.call("GET", "/metrics", Some(ROOT), None);
     assert_eq!((a.status, a.code()), (404, "metrics_disabled"));
     let a = h.call("GET", "/nope", None, None);
     assert_eq!((a.status, a.code()), (404, "not_found"));
@@ -453,12 +456,289 @@ fn failed_authentications_are_rate_limited_per_source() {
         first_429,
         Some(zoftoken_api::AUTH_FAILURES_PER_WINDOW as usize)
     );
-    // Even a right key is refused while limited: guessing stops.
-    let a = h.call("GET", &path, Some(ROOT), None);
-    assert_eq!(a.status, 429);
-    h.advance(zoftoken_api::AUTH_WINDOW_MS);
+    // A key that exists is never refused by the limiter (nobody can lock its holders out);
+    // missing and unknown keys from the limited address still are.
     let a = h.call("GET", &path, Some(ROOT), None);
     assert_eq!((a.status, a.code()), (404, "unknown_token"));
+    let a = h.call("GET", &tok("bank", "Alice", ""), Some(WEB), None);
+    assert_eq!((a.status, a.code()), (403, "forbidden"));
+    let a = h.call("GET", &path, Some("guess-again"), None);
+    assert_eq!((a.status, a.code()), (429, "too_many_auth_failures"));
+    let a = h.call("GET", &path, None, None);
+    assert_eq!((a.status, a.code()), (429, "too_many_auth_failures"));
+    h.advance(zoftoken_api::AUTH_WINDOW_MS);
+    let a = h.call("GET", &path, Some("guess-again"), None);
+    assert_eq!((a.status, a.code()), (401, "unknown_authkey"));
+    let a = h.call("GET", &path, Some(ROOT), None);
+    assert_eq!((a.status, a.code()), (404, "unknown_token"));
+}
+
+/// `call`, from the local address `from` (any 127.0.0.0/8 address on Linux).
+fn call_from(from: std::net::IpAddr, to: SocketAddr, path: &str, key: Option<&str>) -> Answer {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let stream = rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(from, 0)).unwrap();
+        sock.connect(to).await.unwrap().into_std().unwrap()
+    });
+    stream.set_nonblocking(false).unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    if let Some(k) = key {
+        req.push_str(&format!("Authorization: Bearer {k}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut s = stream;
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    parse_answer(&out)
+}
+
+#[test]
+fn many_failing_sources_never_lock_out_a_valid_key() {
+    let h = Harness::start();
+    let path = tok("bank", "alice", "");
+    // More distinct failing sources than the limiter remembers (one bad key each).
+    let n = zoftoken_api::AUTH_LIMIT_SOURCES as u32 + 3 * zoftoken_api::AUTH_FAILURES_PER_WINDOW;
+    for i in 0..n {
+        let from = std::net::Ipv4Addr::from(0x7f01_0000 + i);
+        let a = call_from(from.into(), h.addr(), &path, Some("bad-key"));
+        assert_eq!(
+            (a.status, a.code()),
+            (401, "unknown_authkey"),
+            "source {from}"
+        );
+    }
+    // A new source with a valid key, and with a bad one: neither shares anyone's entry.
+    let fresh = std::net::IpAddr::from([127, 2, 0, 1]);
+    let a = call_from(fresh, h.addr(), &path, Some(ROOT));
+    assert_eq!((a.status, a.code()), (404, "unknown_token"));
+    let a = call_from(fresh, h.addr(), &path, Some("bad-key"));
+    assert_eq!((a.status, a.code()), (401, "unknown_authkey"));
+    // One source that keeps failing stays limited while others come and go.
+    let noisy = std::net::IpAddr::from([127, 3, 0, 1]);
+    for _ in 0..zoftoken_api::AUTH_FAILURES_PER_WINDOW {
+        call_from(noisy, h.addr(), &path, None);
+    }
+    let a = call_from(noisy, h.addr(), &path, None);
+    assert_eq!(a.status, 429);
+    let a = call_from(noisy, h.addr(), &path, Some(ROOT));
+    assert_eq!(
+        a.status, 404,
+        "a valid key passes even from a limited source"
+    );
+}
+
+#[test]
+fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let path = tok("bank", "alice", "");
+    let get = |h: &Harness, xff: &str, key: &str| {
+        raw(
+            h.addr(),
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\
+                 X-Forwarded-For: {xff}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+    };
+    let limit = zoftoken_api::AUTH_FAILURES_PER_WINDOW;
+    // No proxy configured (the default): the header is ignored, the peer is the source.
+    let h = Harness::start();
+    for i in 0..limit {
+        assert_eq!(get(&h, &format!("198.51.100.{i}"), "bad").status, 401);
+    }
+    assert_eq!(get(&h, "198.51.100.200", "bad").status, 429);
+    assert_eq!(get(&h, "198.51.100.200", ROOT).status, 404);
+    // Behind a trusted proxy: each forwarded client is its own source.
+    let config = ApiConfig {
+        trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()],
+        ..ApiConfig::default()
+    };
+    let h = Harness::with(config, None);
+    for _ in 0..limit {
+        assert_eq!(get(&h, "203.0.113.1", "bad").status, 401);
+    }
+    assert_eq!(get(&h, "203.0.113.1", "bad").status, 429);
+    // The client cannot escape by prepending addresses: the last untrusted hop counts.
+    assert_eq!(get(&h, "192.0.2.9, 203.0.113.1", "bad").status, 429);
+    assert_eq!(get(&h, "203.0.113.1, 127.0.0.5", "bad").status, 429);
+    // Other clients behind the same proxy are not limited.
+    assert_eq!(get(&h, "203.0.113.2", "bad").status, 401);
+    assert_eq!(get(&h, "203.0.113.1", ROOT).status, 404);
+}
+
+#[test]
+fn connections_are_capped_per_source_address() {
+    let per = 3;
+    let config = ApiConfig {
+        max_connections_per_address: per,
+        ..ApiConfig::default()
+    };
+    let h = Harness::with(config, None);
+    // Idle connections up to the cap are held open…
+    let held: Vec<TcpStream> = (0..per)
+        .map(|_| TcpStream::connect(h.addr()).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // …and one more from the same address is closed at once, unanswered.
+    let mut extra = TcpStream::connect(h.addr()).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut buf = Vec::new();
+    let started = Instant::now();
+    let _ = extra.read_to_end(&mut buf);
+    assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "closed, not timed out"
+    );
+    // Another source address is served meanwhile.
+    let a = call_from([127, 0, 0, 2].into(), h.addr(), "/healthz", None);
+    assert_eq!(a.status, 200);
+    // Once one closes, the address is served again.
+    drop(held);
+    wait_until("a slot is free again", || {
+        let mut s = TcpStream::connect(h.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        parse_answer(&out).status == 200
+    });
+    // A trusted proxy is exempt.
+    let config = ApiConfig {
+        max_connections_per_address: 1,
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+        ..ApiConfig::default()
+    };
+    let h = Harness::with(config, None);
+    let _held: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(h.addr()).unwrap())
+        .collect();
+    assert_eq!(h.call("GET", "/healthz", None, None).status, 200);
+}
+
+#[test]
+fn request_heads_are_limited_to_32_kib() {
+    let h = Harness::start();
+    let head = |pad: usize| {
+        let start = "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Pad: ";
+        let end = "\r\n\r\n";
+        let fill = pad - start.len() - end.len();
+        format!("{start}{}{end}", "a".repeat(fill))
+    };
+    let max = zoftoken_api::MAX_HEAD_BYTES;
+    assert_eq!(raw(h.addr(), head(max).as_bytes()).status, 200);
+    // Larger heads are refused with 431 (or, when the server closes before reading all of
+    // it, the connection is reset and the answer lost): never served.
+    let mut refused = 0;
+    for size in [max + 1, max + 4096, 2 * max - 100, 3 * max] {
+        let mut s = TcpStream::connect(h.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let _ = s.write_all(head(size).as_bytes());
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let a = parse_answer(&out);
+        assert!(a.status == 431 || out.is_empty(), "{size}: {}", a.head);
+        refused += usize::from(a.status == 431);
+    }
+    assert!(refused > 0, "no 431 seen");
+}
+
+#[test]
+fn padded_masks_and_control_characters_are_refused_through_the_api() {
+    let config = ApiConfig {
+        config_source_database: true,
+        ..ApiConfig::default()
+    };
+    let h = Harness::with(config, None);
+    // A mask that reads as `.*` but is narrower would have counted as unrestricted.
+    for body in [
+        r#"{"name":"pad","admin":true,"service_mask":".* ","user_mask":".*"}"#,
+        r#"{"name":"pad","admin":true,"service_mask":".*","user_mask":"\t.*"}"#,
+        r#"{"name":"pad","admin":true,"service_mask":".*\n","user_mask":".*"}"#,
+    ] {
+        let a = h.call("POST", "/v1/authkeys", Some(ROOT), Some(body));
+        assert_eq!((a.status, a.code()), (400, "invalid_authkey"), "{body}");
+        assert!(a.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("whitespace"));
+    }
+    let a = h.call(
+        "POST",
+        "/v1/authkeys",
+        Some(ROOT),
+        Some(r#"{"name":"bad\nname"}"#),
+    );
+    assert_eq!((a.status, a.code()), (400, "invalid_authkey"));
+    // A key whose mask only looks unrestricted may not manage anything global.
+    let a = h.call(
+        "POST",
+        "/v1/authkeys",
+        Some(ROOT),
+        Some(r#"{"name":"alt","admin":true,"service_mask":".*|bank","user_mask":".*"}"#),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let alt = a.json["secret"].as_str().unwrap().to_owned();
+    for (m, p) in [
+        ("GET", "/v1/authkeys"),
+        ("GET", "/v1/services"),
+        ("GET", "/v1/webhooks/dead-letters"),
+        ("GET", "/metrics"),
+    ] {
+        let a = h.call(m, p, Some(&alt), None);
+        assert_eq!((a.status, a.code()), (403, "forbidden"), "{m} {p}");
+    }
+    let a = h.call(
+        "POST",
+        "/v1/authkeys",
+        Some(&alt),
+        Some(r#"{"name":"root2","admin":true}"#),
+    );
+    assert_eq!((a.status, a.code()), (403, "forbidden"));
+    // Service names and usernames with control characters cannot be created.
+    let svc = json!({ "name": "shop\nx", "endpoints": [ENDPOINT] });
+    let a = h.call("POST", "/v1/services", Some(ROOT), Some(&svc.to_string()));
+    assert_eq!((a.status, a.code()), (400, "invalid_service"));
+    assert!(a.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("control characters"));
+    // (With a key whose user mask matches newlines too, so that the engine is asked.)
+    let a = h.call(
+        "POST",
+        "/v1/authkeys",
+        Some(ROOT),
+        Some(r#"{"name":"dotall","admin":true,"user_mask":"(?s).*"}"#),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let dotall = a.json["secret"].as_str().unwrap().to_owned();
+    for user in ["alice\n", "a\u{0}b", "x\u{1b}[31m", "\u{85}"] {
+        for body in [None, Some(r#"{"kind":"totp"}"#)] {
+            let a = h.call("POST", &tok("bank", user, ""), Some(&dotall), body);
+            assert_eq!((a.status, a.code()), (400, "invalid_input"), "{user:?}");
+            assert!(a.json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("control characters"));
+        }
+    }
+    let mut stored = 0;
+    h.store
+        .for_each_token(&mut |_, _, _| {
+            stored += 1;
+            true
+        })
+        .unwrap();
+    assert_eq!(stored, 0);
 }
 
 #[test]
@@ -1442,7 +1722,14 @@ fn metrics_are_rendered_for_prometheus() {
     let h = Harness::with(ApiConfig::default(), Some(render));
     h.call("GET", "/healthz", None, None);
     h.call("GET", &tok("bank", "x", ""), Some("wrong"), None);
-    let a = h.call("GET", "/metrics", None, None);
+    // The counters tell when a duress PIN was used: never public, nor for a key that is
+    // limited to some services or users, nor for a non-admin key.
+    for (key, status) in [(None, 401), (Some(WEB), 403), (Some(BANKADMIN), 403)] {
+        let a = h.call("GET", "/metrics", key, None);
+        assert_eq!(a.status, status, "{key:?}");
+        assert!(!a.body.contains("zoftoken_"), "{}", a.body);
+    }
+    let a = h.call("GET", "/metrics", Some(ROOT), None);
     assert_eq!(a.status, 200);
     assert!(a.head.contains("content-type: text/plain"));
     assert!(

@@ -153,6 +153,11 @@ impl Engine {
         if username.is_empty() || username.len() > 1024 {
             return Err(EngineError::Invalid("username must be 1 to 1024 bytes"));
         }
+        if crate::config::check_name(username).is_err() {
+            return Err(EngineError::Invalid(
+                "username must not contain control characters",
+            ));
+        }
         let services = self.services();
         let index = services
             .index_of(service)

@@ -57,7 +57,7 @@ struct Authkey {
     admin: bool,
     service_mask: Mask,
     user_mask: Mask,
-    /// The masks as configured (for listings and [`Authkeys::check_unrestricted`]).
+    /// The masks as configured (for listings).
     masks: (String, String),
 }
 
@@ -73,9 +73,6 @@ pub struct AuthkeyInfo {
     /// User mask as configured.
     pub user_mask: String,
 }
-
-/// Masks that match every name, as written by people: `.*` and its dot-matches-newline forms.
-const UNRESTRICTED_MASKS: [&str; 3] = [".*", "(?s).*", "(?s:.*)"];
 
 /// The compiled authkey table.
 #[derive(Default)]
@@ -121,6 +118,12 @@ impl Mask {
         })
     }
 
+    /// Whether the mask matches every name a service or a user can have (names never hold
+    /// control characters, so `.*` is one): decided on the compiled form, never on the text.
+    fn is_unrestricted(&self) -> bool {
+        matches!(self, Mask::Everything | Mask::AnyLine)
+    }
+
     fn is_match(&self, s: &str) -> bool {
         match self {
             Mask::Everything => true,
@@ -141,10 +144,18 @@ impl Authkeys {
                 path: format!("authkeys[{i}].{field}"),
                 message,
             };
-            let service_mask =
-                Mask::compile(&k.service_mask).map_err(|e| err("service_mask", e.to_string()));
-            let user_mask =
-                Mask::compile(&k.user_mask).map_err(|e| err("user_mask", e.to_string()));
+            if let Err(m) = crate::config::check_name(&k.name) {
+                errors.push(err("name", m.into()));
+            }
+            let compile = |field: &str, mask: &str| {
+                if mask.trim() != mask {
+                    // `".* "` would be a different, narrower mask than it reads as.
+                    return Err(err(field, "must not begin or end with whitespace".into()));
+                }
+                Mask::compile(mask).map_err(|e| err(field, e.to_string()))
+            };
+            let service_mask = compile("service_mask", &k.service_mask);
+            let user_mask = compile("user_mask", &k.user_mask);
             match (service_mask, user_mask) {
                 (Ok(service_mask), Ok(user_mask)) => {
                     let key = Authkey {
@@ -186,14 +197,14 @@ impl Authkeys {
         }
     }
 
-    /// Whether `secret` is an admin key whose masks are both unrestricted (`.*`): the keys
-    /// that may manage services and authkeys, which belong to no single service or user.
+    /// Whether `secret` is an admin key whose masks both match every name (`.*`, `(?s).*`,
+    /// as compiled): the keys that may manage services and authkeys, which belong to no
+    /// single service or user.
     pub fn check_unrestricted(&self, secret: &str) -> Access {
         let Some(key) = self.by_hash.get(&hash_secret(secret)) else {
             return Access::Unknown;
         };
-        let open = |m: &str| UNRESTRICTED_MASKS.contains(&m.trim());
-        if key.admin && open(&key.masks.0) && open(&key.masks.1) {
+        if key.admin && key.service_mask.is_unrestricted() && key.user_mask.is_unrestricted() {
             Access::Allowed(key.name.clone())
         } else {
             Access::Forbidden
@@ -342,6 +353,39 @@ mod tests {
         let names: Vec<String> = keys.list().into_iter().map(|k| k.name).collect();
         assert_eq!(names, vec!["narrow", "reader", "root"]);
         assert_eq!(keys.list()[0].service_mask, "bank");
+    }
+
+    #[test]
+    fn unrestricted_is_decided_by_the_compiled_mask_and_padded_masks_are_refused() {
+        // A mask with surrounding whitespace reads as `.*` but is not: refused everywhere
+        // keys are compiled (configuration file, database, API, command line).
+        for (s, u) in [
+            (".* ", ".*"),
+            (".*", " .*"),
+            ("\t(?s).*", ".*"),
+            (".*\n", ".*"),
+        ] {
+            let errors = Authkeys::new(&[key("pad", "p", true, s, u)]).err().unwrap();
+            assert_eq!(errors.len(), 1, "{s:?} {u:?}");
+            assert!(errors[0].message.contains("whitespace"), "{errors:?}");
+        }
+        // Masks that merely look unrestricted do not make a key unrestricted.
+        let keys = Authkeys::new(&[
+            key("alt", "a", true, ".*|x", ".*"),
+            key("plus", "p", true, ".+", ".*"),
+            key("group", "g", true, "(?:.*)", ".*"),
+            key("s", "s", true, "(?s:.*)", "(?s).*"),
+        ])
+        .unwrap();
+        assert_eq!(keys.check_unrestricted("a"), Access::Forbidden);
+        assert_eq!(keys.check_unrestricted("p"), Access::Forbidden);
+        assert_eq!(keys.check_unrestricted("g"), Access::Forbidden);
+        assert_eq!(keys.check_unrestricted("s"), Access::Allowed("s".into()));
+        // Control characters in key names are refused too.
+        let errors = Authkeys::new(&[key("a\nb", "n", false, ".*", ".*")])
+            .err()
+            .unwrap();
+        assert_eq!(errors[0].path, "authkeys[0].name");
     }
 
     #[test]

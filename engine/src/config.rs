@@ -192,6 +192,17 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// Checks a name that people and masks handle (service names, usernames, authkey names): no
+/// control characters. A name with a newline could be created but not managed: `.`, and so
+/// the usual mask `.*`, does not match a newline.
+pub fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.chars().any(char::is_control) {
+        Err("must not contain control characters")
+    } else {
+        Ok(())
+    }
+}
+
 /// Longest window: one day.
 pub const MAX_WINDOW_S: u32 = 86_400;
 
@@ -209,6 +220,8 @@ pub fn validate_services(services: &[ServiceConfig]) -> Result<(), Vec<ConfigErr
         let at = |field: &str| format!("services[{i}].{field}");
         if s.name.is_empty() || s.name.len() > SERVICE_NAME_MAX {
             err(at("name"), "must be 1 to 255 bytes");
+        } else if let Err(m) = check_name(&s.name) {
+            err(at("name"), m);
         } else if !names.insert(s.name.as_str()) {
             err(at("name"), "duplicate service name");
         }
@@ -358,5 +371,19 @@ mod tests {
             w.shared_token = Some("a plain value".into());
         }
         assert_eq!(validate_services(&[s]), Ok(()));
+    }
+
+    #[test]
+    fn service_names_with_control_characters_are_refused() {
+        for bad in ["bank\n", "a\rb", "\u{7f}x", "x\u{85}", "tab\there"] {
+            let errors = validate_services(&[ServiceConfig::new(bad, &["a.example:7878"])])
+                .err()
+                .unwrap_or_default();
+            assert_eq!(errors.len(), 1, "{bad:?}");
+            assert_eq!(errors[0].path, "services[0].name");
+        }
+        assert!(
+            validate_services(&[ServiceConfig::new("Bänk / ops", &["a.example:7878"])]).is_ok()
+        );
     }
 }

@@ -203,13 +203,7 @@ impl Admin {
     }
 
     fn require_database(&self, what: &str) -> Result<(), AdminError> {
-        match self.loaded.config.config_source {
-            ConfigSource::Database => Ok(()),
-            ConfigSource::File => Err(AdminError::Refused(format!(
-                "{what}: services and authkeys come from the configuration file \
-                 (`config_source: file`); edit the file, or switch to `config_source: database`"
-            ))),
-        }
+        require_database(&self.loaded, what)
     }
 
     fn engine(&self) -> Result<Engine, AdminError> {
@@ -345,7 +339,8 @@ impl Admin {
     }
 
     /// `authkey create`: 256 random bits, returned once. In database mode only the hash is
-    /// stored; in file mode nothing is stored and the entry to paste is printed.
+    /// stored; in file mode nothing is stored and the entry to paste is printed (see
+    /// [`authkey_create`], which the binary calls without opening the database then).
     pub fn authkey_create(
         &self,
         name: &str,
@@ -354,98 +349,20 @@ impl Admin {
         user_mask: &str,
         format: SecretFormat,
     ) -> Result<Output, AdminError> {
-        let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, bytes.as_mut());
-        let secret = zeroize::Zeroizing::new(match format {
-            SecretFormat::Hex => hex::encode(bytes.as_ref()),
-            SecretFormat::Base64 => {
-                use base64::Engine as _;
-                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes.as_ref())
-            }
-        });
-        let doc = AuthkeyDoc::new(name, &secret, admin, service_mask, user_mask);
-        let existing = match self.loaded.config.config_source {
-            ConfigSource::Database => self.store.authkeys()?,
-            ConfigSource::File => self.loaded.config.authkeys.clone(),
-        };
-        if existing.iter().any(|d| d.name == name) {
-            return Err(AdminError::Invalid(format!("authkey `{name}` exists")));
-        }
-        if let Err(errors) = zoftoken_storage::authkeys_to_config(std::slice::from_ref(&doc)) {
-            let text: Vec<String> = errors
-                .iter()
-                .map(|e| {
-                    format!(
-                        "  {}: {}",
-                        e.path.replacen("authkeys[0]", "authkey", 1),
-                        e.message
-                    )
-                })
-                .collect();
-            return Err(AdminError::Invalid(format!(
-                "invalid authkey:\n{}",
-                text.join("\n")
-            )));
-        }
-        let hash = doc.secret_hash.clone().unwrap_or_default();
-        let (stored, human) = match self.loaded.config.config_source {
-            ConfigSource::Database => {
-                self.store.put_authkey(&doc)?;
-                (
-                    true,
-                    format!(
-                        "authkey `{name}` created. Its secret, shown this once:\n\n  {}\n\n\
-                         Only its hash is stored; keep the secret safe.\n",
-                        secret.as_str()
-                    ),
-                )
-            }
-            ConfigSource::File => (
-                false,
-                format!(
-                    "Secret of the new authkey `{name}`, shown this once:\n\n  {}\n\n\
-                     Nothing was stored (`config_source: file`). Add this entry under \
-                     `authkeys:` in the configuration file:\n\n  - name: {name}\n    \
-                     secret_hash: \"{hash}\"\n    admin: {admin}\n    service_mask: \"{service_mask}\"\n    \
-                     user_mask: \"{user_mask}\"\n",
-                    secret.as_str()
-                ),
-            ),
-        };
-        Ok(Output {
-            human,
-            json: json!({
-                "name": name,
-                "secret": secret.as_str(),
-                "secret_hash": hash,
-                "admin": admin,
-                "service_mask": service_mask,
-                "user_mask": user_mask,
-                "stored": stored,
-            }),
-        })
+        authkey_create(
+            &self.loaded,
+            Some(&self.store),
+            name,
+            admin,
+            service_mask,
+            user_mask,
+            format,
+        )
     }
 
     /// `authkey list` (hashes abbreviated; no secret is known to list).
     pub fn authkey_list(&self) -> Result<Output, AdminError> {
-        let docs = match self.loaded.config.config_source {
-            ConfigSource::Database => self.store.authkeys()?,
-            ConfigSource::File => self.loaded.config.authkeys.clone(),
-        };
-        let mut human = String::new();
-        for d in &docs {
-            human.push_str(&format!(
-                "{}  admin={}  service_mask={}  user_mask={}\n",
-                d.name, d.admin, d.service_mask, d.user_mask
-            ));
-        }
-        if docs.is_empty() {
-            human.push_str("no authkeys\n");
-        }
-        Ok(Output {
-            human,
-            json: Value::Array(docs.iter().map(authkey_json).collect()),
-        })
+        authkey_list(&self.loaded, Some(&self.store))
     }
 
     /// `authkey revoke`.
@@ -774,4 +691,135 @@ impl Admin {
             json: json!({ "imported": m.records }),
         })
     }
+}
+
+/// Refuses `what` (an edit of services or authkeys) unless they live in the database. The
+/// binary checks this before it opens the database, so a refused command touches nothing.
+pub fn require_database(loaded: &Loaded, what: &str) -> Result<(), AdminError> {
+    match loaded.config.config_source {
+        ConfigSource::Database => Ok(()),
+        ConfigSource::File => Err(AdminError::Refused(format!(
+            "{what}: services and authkeys come from the configuration file \
+             (`config_source: file`); edit the file, or switch to `config_source: database`"
+        ))),
+    }
+}
+
+/// The store of a database-mode operation.
+fn stored(store: Option<&Store>) -> Result<&Store, AdminError> {
+    store.ok_or_else(|| {
+        AdminError::Refused("this operation needs the database (`config_source: database`)".into())
+    })
+}
+
+/// `authkey create`: 256 random bits, returned once. With `config_source: database` only
+/// the hash is stored in `store` (which must be given). With `config_source: file` nothing
+/// is stored and the entry to paste into the file is printed: `store` is not needed, and the
+/// binary does not open the database (nor create a data directory or a master key) for it.
+pub fn authkey_create(
+    loaded: &Loaded,
+    store: Option<&Store>,
+    name: &str,
+    admin: bool,
+    service_mask: &str,
+    user_mask: &str,
+    format: SecretFormat,
+) -> Result<Output, AdminError> {
+    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, bytes.as_mut());
+    let secret = zeroize::Zeroizing::new(match format {
+        SecretFormat::Hex => hex::encode(bytes.as_ref()),
+        SecretFormat::Base64 => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes.as_ref())
+        }
+    });
+    let doc = AuthkeyDoc::new(name, &secret, admin, service_mask, user_mask);
+    let existing = match loaded.config.config_source {
+        ConfigSource::Database => stored(store)?.authkeys()?,
+        ConfigSource::File => loaded.config.authkeys.clone(),
+    };
+    if existing.iter().any(|d| d.name == name) {
+        return Err(AdminError::Invalid(format!("authkey `{name}` exists")));
+    }
+    if let Err(errors) = zoftoken_storage::authkeys_to_config(std::slice::from_ref(&doc)) {
+        let text: Vec<String> = errors
+            .iter()
+            .map(|e| {
+                format!(
+                    "  {}: {}",
+                    e.path.replacen("authkeys[0]", "authkey", 1),
+                    e.message
+                )
+            })
+            .collect();
+        return Err(AdminError::Invalid(format!(
+            "invalid authkey:\n{}",
+            text.join("\n")
+        )));
+    }
+    let hash = doc.secret_hash.clone().unwrap_or_default();
+    let (stored, human) = match loaded.config.config_source {
+        ConfigSource::Database => {
+            stored(store)?.put_authkey(&doc)?;
+            (
+                true,
+                format!(
+                    "authkey `{name}` created. Its secret, shown this once:\n\n  {}\n\n\
+                         Only its hash is stored; keep the secret safe.\n",
+                    secret.as_str()
+                ),
+            )
+        }
+        ConfigSource::File => (
+            false,
+            format!(
+                "Secret of the new authkey `{name}`, shown this once:\n\n  {}\n\n\
+                     Nothing was stored (`config_source: file`). Add this entry under \
+                     `authkeys:` in the configuration file:\n\n  - name: {}\n    \
+                     secret_hash: \"{hash}\"\n    admin: {admin}\n    service_mask: {}\n    \
+                     user_mask: {}\n",
+                secret.as_str(),
+                // JSON strings are YAML double-quoted scalars: any mask pastes as is.
+                json!(name),
+                json!(service_mask),
+                json!(user_mask),
+            ),
+        ),
+    };
+    Ok(Output {
+        human,
+        json: json!({
+            "name": name,
+            "secret": secret.as_str(),
+            "secret_hash": hash,
+            "admin": admin,
+            "service_mask": service_mask,
+            "user_mask": user_mask,
+            "stored": stored,
+        }),
+    })
+}
+
+/// `authkey list` (hashes abbreviated; no secret is known to list). `store` is needed with
+/// `config_source: database` only.
+pub fn authkey_list(loaded: &Loaded, store: Option<&Store>) -> Result<Output, AdminError> {
+    let docs = match loaded.config.config_source {
+        ConfigSource::Database => stored(store)?.authkeys()?,
+        ConfigSource::File => loaded.config.authkeys.clone(),
+    };
+    let mut human = String::new();
+    for d in &docs {
+        human.push_str(&format!(
+            "{}  admin={}  service_mask={}  user_mask={}\n",
+            d.name, d.admin, d.service_mask, d.user_mask
+        ));
+    }
+    if docs.is_empty() {
+        human.push_str("no authkeys\n");
+    }
+    Ok(Output {
+        human,
+        json: Value::Array(docs.iter().map(authkey_json).collect()),
+    })
 }

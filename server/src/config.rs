@@ -85,6 +85,22 @@ impl Default for Listen {
     }
 }
 
+/// The HTTP API's settings (`api:`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For` header is believed:
+    /// the failed-authentication limit then counts the client address they forward, and the
+    /// per-address connection cap does not apply to them. Default none: the header is
+    /// ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
+    /// Connections served at once from one source address (an IPv6 /64 counts as one;
+    /// default 1024). Each long poll holds a connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_address: Option<usize>,
+}
+
 /// Where the master key comes from: a file holding 64 hex digits, or an environment variable.
 /// Absent: `<data_dir>/master.key`, created with a warning when the database is new.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +151,9 @@ pub struct Config {
     /// IO threads and must not slow them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_threads: Option<usize>,
+    /// The HTTP API's settings.
+    #[serde(default)]
+    pub api: ApiSettings,
     /// Threads of the webhook pipeline's runtime (default 1). 0 pauses delivery: events
     /// are kept in the outbox and delivered by the next server started with threads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -213,6 +232,8 @@ pub struct Loaded {
     pub services: Vec<zoftoken_engine::ServiceConfig>,
     /// Authkeys converted for the engine (empty with `config_source: database`).
     pub authkeys: Vec<zoftoken_engine::AuthkeyConfig>,
+    /// `api.trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<zoftoken_api::IpRange>,
 }
 
 impl Loaded {
@@ -332,6 +353,16 @@ pub fn parse(
             err("master_key.env", "must name an environment variable");
         }
     }
+    let mut trusted_proxies = Vec::new();
+    for (i, p) in config.api.trusted_proxies.iter().enumerate() {
+        match p.parse::<zoftoken_api::IpRange>() {
+            Ok(r) => trusted_proxies.push(r),
+            Err(e) => err(&format!("api.trusted_proxies[{i}]"), &e.to_string()),
+        }
+    }
+    if config.api.max_connections_per_address == Some(0) {
+        err("api.max_connections_per_address", "must be at least 1");
+    }
     if config.load_threads == Some(0) {
         err("load_threads", "must be at least 1");
     }
@@ -374,6 +405,7 @@ pub fn parse(
         http,
         services,
         authkeys,
+        trusted_proxies,
     })
 }
 
@@ -491,6 +523,39 @@ authkeys:
         assert_eq!(
             paths(parse(Path::new("c.yaml"), "", &bad)),
             vec!["ZOFTOKEN_DURABILITY"]
+        );
+    }
+
+    #[test]
+    fn api_settings_are_parsed_and_checked() {
+        let l = parse(Path::new("c.yaml"), "", &no_env).unwrap();
+        assert!(
+            l.trusted_proxies.is_empty(),
+            "no proxy is trusted by default"
+        );
+        let text = "api:\n  trusted_proxies: [\"10.0.0.0/8\", \"::1\"]\n  max_connections_per_address: 8\n";
+        let l = parse(Path::new("c.yaml"), text, &no_env).unwrap();
+        assert_eq!(l.trusted_proxies.len(), 2);
+        assert!(l.trusted_proxies[0].contains("10.9.8.7".parse().unwrap()));
+        assert_eq!(l.config.api.max_connections_per_address, Some(8));
+        let text = "api:\n  trusted_proxies: [\"10.0.0.0/40\", \"proxy.example\"]\n  max_connections_per_address: 0\n";
+        assert_eq!(
+            paths(parse(Path::new("c.yaml"), text, &no_env)),
+            vec![
+                "api.trusted_proxies[0]",
+                "api.trusted_proxies[1]",
+                "api.max_connections_per_address"
+            ]
+        );
+    }
+
+    #[test]
+    fn padded_masks_and_control_characters_are_refused_in_the_file() {
+        let text = "authkeys:\n  - name: root\n    secret: s\n    admin: true\n    service_mask: \".* \"\n\
+                    services:\n  - name: \"a\\nb\"\n    endpoints: [\"a:1\"]\n";
+        assert_eq!(
+            paths(parse(Path::new("c.yaml"), text, &no_env)),
+            vec!["services[0].name", "authkeys[0].service_mask"]
         );
     }
 

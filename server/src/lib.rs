@@ -1,7 +1,8 @@
 //! The ZofToken server's library half: `config.yaml` ([`config`]), opening the database and
 //! building the engine as a configuration says ([`open`]), the admin operations of the
-//! command line ([`admin`]), and the apps' UDP protocol on the network ([`udp`]: IO threads,
-//! group commit before replies). The `zoftoken` binary parses arguments and prints; the HTTP
+//! command line ([`admin`]), the apps' UDP protocol on the network ([`udp`]: IO threads,
+//! group commit before replies), and process limits at start ([`limits`]: the file-descriptor
+//! limit). The `zoftoken` binary parses arguments and prints; the HTTP
 //! API plugs in here when its issue lands.
 //!
 //! It does not implement the protocol (`zoftoken-proto`, `zoftoken-engine`) or storage
@@ -12,6 +13,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod limits;
 pub mod open;
 pub mod udp;
 

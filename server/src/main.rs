@@ -336,6 +336,13 @@ fn print(out: &Output, json: bool) {
     }
 }
 
+fn secret_format(format: Format) -> SecretFormat {
+    match format {
+        Format::Hex => SecretFormat::Hex,
+        Format::Base64 => SecretFormat::Base64,
+    }
+}
+
 fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
@@ -408,6 +415,44 @@ fn run(cli: Cli, loaded: config::Loaded) -> anyhow::Result<ExitCode> {
     if let Command::Db(DbCmd::Recover) = cli.command {
         return db_recover(&loaded, json);
     }
+    // With `config_source: file`, authkeys live in the file: creating (printing an entry to
+    // paste) and listing them never open the database, so they create no data directory and
+    // no master key.
+    if loaded.config.config_source == config::ConfigSource::File {
+        let refuse = |what: &str| {
+            zoftoken_server::admin::require_database(&loaded, what).map(|()| None::<Output>)
+        };
+        let out = match &cli.command {
+            Command::Authkey(AuthkeyCmd::Create {
+                name,
+                admin: is_admin,
+                service_mask,
+                user_mask,
+                format,
+            }) => Some(zoftoken_server::admin::authkey_create(
+                &loaded,
+                None,
+                name,
+                *is_admin,
+                service_mask,
+                user_mask,
+                secret_format(*format),
+            )?),
+            Command::Authkey(AuthkeyCmd::List) => {
+                Some(zoftoken_server::admin::authkey_list(&loaded, None)?)
+            }
+            // Refused edits: refused before the database is opened.
+            Command::Service(ServiceCmd::Create { .. }) => refuse("service create")?,
+            Command::Service(ServiceCmd::Edit { .. }) => refuse("service edit")?,
+            Command::Service(ServiceCmd::Delete { .. }) => refuse("service delete")?,
+            Command::Authkey(AuthkeyCmd::Revoke { .. }) => refuse("authkey revoke")?,
+            _ => None,
+        };
+        if let Some(out) = out {
+            print(&out, json);
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     // For `loadgen prepare` (file mode; with the database mode --service names it).
     let first_service = loaded.services.first().map(|s| s.name.clone());
     let admin = Admin::open(loaded, &env)?;
@@ -439,10 +484,7 @@ fn run(cli: Cli, loaded: config::Loaded) -> anyhow::Result<ExitCode> {
                 is_admin,
                 &service_mask,
                 &user_mask,
-                match format {
-                    Format::Hex => SecretFormat::Hex,
-                    Format::Base64 => SecretFormat::Base64,
-                },
+                secret_format(format),
             )?,
             AuthkeyCmd::List => admin.authkey_list()?,
             AuthkeyCmd::Revoke { name } => admin.authkey_revoke(&name)?,

@@ -24,6 +24,8 @@ use zoftoken_storage::{Committer, CommitterConfig, Store};
 use zoftoken_webhooks::{Pipeline, PipelineConfig};
 
 pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
+    // Before anything opens files: every connection, database file and socket takes one.
+    let nofile = zoftoken_server::limits::raise_nofile_limit();
     let mut warnings = Vec::new();
     let env = |k: &str| std::env::var(k).ok();
     let store = Arc::new(open_store(&loaded, &env, &mut warnings)?);
@@ -126,11 +128,25 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
             .context("starting the webhook pipeline")?,
         ),
     };
+    let max_connections = zoftoken_api::connection_cap(nofile.now);
+    let per_address = loaded
+        .config
+        .api
+        .max_connections_per_address
+        .unwrap_or(zoftoken_api::DEFAULT_CONNECTIONS_PER_ADDRESS);
+    eprintln!(
+        "zoftoken: file descriptors: limit {} (was {}); the HTTP API serves at most \
+         {max_connections} connections, {per_address} per address",
+        nofile.now, nofile.before
+    );
     let api_config = ApiConfig {
         listen: loaded.http,
         threads: loaded.config.api_threads.unwrap_or(1).max(1),
         config_source_database: loaded.config.config_source == ConfigSource::Database,
         service_details: service_details(&loaded.config),
+        trusted_proxies: loaded.trusted_proxies.clone(),
+        max_connections,
+        max_connections_per_address: per_address,
         ..ApiConfig::default()
     };
     let api = ApiServer::start(

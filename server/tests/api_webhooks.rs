@@ -228,17 +228,27 @@ fn an_api_enrollment_pairs_and_a_long_poll_wakes_on_the_device_open() {
         waited < Duration::from_secs(10),
         "the poll waited {waited:?}"
     );
-    // /metrics is served through the installed recorder.
-    let mut s = TcpStream::connect(server.http).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
+    // /metrics is served through the installed recorder, to an unrestricted admin key only.
+    let metrics = |key: Option<&str>| {
+        let mut s = TcpStream::connect(server.http).unwrap();
+        let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    let text = metrics(Some(ADMIN_KEY));
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("zoftoken_"), "{text}");
+    for key in [None, Some(READ_KEY)] {
+        let text = metrics(key);
+        assert!(!text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(!text.contains("zoftoken_"), "{text}");
+    }
     server.stop();
 }
 

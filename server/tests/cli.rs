@@ -423,6 +423,54 @@ fn file_mode_refuses_database_edits_and_prints_an_authkey_entry() {
         "{out}"
     );
     assert!(e.ok(&["authkey", "list"]).contains("no authkeys"));
+    // Nothing was stored, and nothing was created either: no data directory, no master key.
+    assert!(
+        !e.path("data").exists(),
+        "authkey create/list touched the disk"
+    );
+    // A mask with surrounding whitespace is refused (it would not be the mask it reads as).
+    let (code, err) = code_and_err(&e.run(&[
+        "authkey",
+        "create",
+        "pad",
+        "--admin",
+        "--service-mask",
+        ".* ",
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("whitespace"), "{err}");
+    // The printed entry pastes into the file as a working key.
+    let mut entry = String::from(FILE_CONFIG);
+    entry.push_str("authkeys:\n");
+    entry.push_str(out.split("configuration file:\n\n").nth(1).unwrap());
+    std::fs::write(e.path("config.yaml"), entry).unwrap();
+    assert!(e.ok(&["authkey", "list"]).contains("api  admin=true"));
+    assert!(!e.path("data").exists());
+}
+
+#[test]
+fn names_with_control_characters_are_refused() {
+    let e = Env::new("data_dir: data\nconfig_source: database\n");
+    let (code, err) = code_and_err(&e.run(&["service", "create", "a\nb", "--endpoint", "a:1"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("control characters"), "{err}");
+    e.ok(&["service", "create", "bank", "--endpoint", "127.0.0.1:7878"]);
+    let (code, err) =
+        code_and_err(&e.run(&["token", "enroll", "--service", "bank", "--user", "alice\n"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("control characters"), "{err}");
+    let (code, err) = code_and_err(&e.run(&["authkey", "create", "k\tx"]));
+    assert_eq!(code, 2, "{err}");
+    let (code, err) = code_and_err(&e.run(&[
+        "authkey",
+        "create",
+        "k",
+        "--admin",
+        "--user-mask",
+        " (?s).*",
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("whitespace"), "{err}");
 }
 
 fn signal(pid: u32, sig: &str) {
