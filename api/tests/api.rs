@@ -1995,8 +1995,10 @@ fn nothing_is_confirmed_when_the_commit_fails() {
     // Reads go on.
     let a = h.call("GET", &tok("bank", "alice", ""), Some(WEB), None);
     assert_eq!(a.status, 200);
-    // The disk recovers: the next change finds out by itself, and is written.
+    // The disk recovers: the next change (a second later: the database is tried once a
+    // second at most) finds out by itself, and is written.
     kv.set_failing(false);
+    h.advance(1_000);
     let a = h.call(
         "PUT",
         &tok("bank", "alice", "/state"),

@@ -69,7 +69,11 @@ impl World {
     }
 
     fn new() -> World {
-        let engine = Engine::new(EngineConfig::new(services(), 7, [9; 32])).unwrap();
+        World::with(EngineConfig::new(services(), 7, [9; 32]))
+    }
+
+    fn with(config: EngineConfig) -> World {
+        let engine = Engine::new(config).unwrap();
         let events = engine.events().subscribe();
         World {
             engine,
@@ -1704,15 +1708,7 @@ fn a_failed_commit_is_undone_by_restoring_the_token() {
 fn state_changes_per_token_are_limited_per_second() {
     let mut config = EngineConfig::new(services(), 7, [9; 32]);
     config.max_changes_per_s = 3;
-    let engine = Engine::new(config).unwrap();
-    let events = engine.events().subscribe();
-    let mut w = World {
-        engine,
-        now: T0,
-        commit: MemoryCommit::default(),
-        events,
-        seen: Vec::new(),
-    };
+    let mut w = World::with(config);
     w.now += 1_000;
     let mut p = w.pair("bank", "alice", false);
     w.now += 1_000;

@@ -744,6 +744,9 @@ impl Sock {
     }
 }
 
+/// Draws of a token before a build gives up for now when every one drawn is busy.
+const REDRAWS: usize = 16;
+
 /// A request in flight.
 struct Pending {
     sent: Instant,
@@ -762,6 +765,11 @@ struct Worker<'a> {
     next_endpoint: usize,
     rate: Option<f64>,
     inflight: HashMap<([u8; 16], u64), Pending>,
+    /// Per token: a request of it is in flight. A phone sends its next request only after the
+    /// answer to the last one (or after giving up on it), and so does the generator: the
+    /// server does not answer a token's request while an earlier change of the token is being
+    /// written.
+    busy: Vec<bool>,
     /// Per token, when the acknowledged answers are recorded (else empty).
     acked: Vec<Acked>,
     order: VecDeque<(([u8; 16], u64), Instant)>,
@@ -795,6 +803,7 @@ impl<'a> Worker<'a> {
             next_endpoint: t,
             rate: config.rate.map(|r| r as f64 / threads as f64),
             inflight: HashMap::with_capacity(config.window * 2),
+            busy: vec![false; n_tokens],
             acked: if config.acked_file.is_some() {
                 vec![Acked::default(); n_tokens]
             } else {
@@ -907,7 +916,19 @@ impl<'a> Worker<'a> {
         let endpoints = self.config.endpoints.len().max(1);
         let mut built = 0;
         for _ in 0..n {
-            let j = (self.next() % self.tokens.len().max(1) as u64) as usize;
+            // A token with a request in flight is drawn again (a few times at most: with the
+            // window far below the tokens, almost never). The sequence of requests then depends
+            // on timing only where a draw hit a busy token.
+            let mut j = (self.next() % self.tokens.len().max(1) as u64) as usize;
+            for _ in 0..REDRAWS {
+                if !self.busy.get(j).copied().unwrap_or(false) {
+                    break;
+                }
+                j = (self.next() % self.tokens.len().max(1) as u64) as usize;
+            }
+            if self.busy.get(j).copied().unwrap_or(false) {
+                break;
+            }
             let roll = self.next() % 100;
             let (Some(token), Some(counter)) = (self.tokens.get(j), self.counters.get_mut(j))
             else {
@@ -967,6 +988,9 @@ impl<'a> Worker<'a> {
                 *t += 1;
             }
             let key = (token.id.0, c);
+            if let Some(b) = self.busy.get_mut(j) {
+                *b = true;
+            }
             self.inflight.insert(
                 key,
                 Pending {
@@ -992,6 +1016,9 @@ impl<'a> Worker<'a> {
             self.counts.errors += 1;
             return;
         };
+        if let Some(b) = self.busy.get_mut(p.token) {
+            *b = false;
+        }
         let us = now.duration_since(p.sent).as_micros() as u64;
         self.total.record(us);
         self.interval.record(us);
@@ -1031,7 +1058,11 @@ impl<'a> Worker<'a> {
             if !self.inflight.contains_key(&key) {
                 self.order.pop_front();
             } else if now.duration_since(sent) >= self.config.timeout {
-                self.inflight.remove(&key);
+                if let Some(p) = self.inflight.remove(&key) {
+                    if let Some(b) = self.busy.get_mut(p.token) {
+                        *b = false;
+                    }
+                }
                 self.order.pop_front();
                 self.counts.lost += 1;
             } else {

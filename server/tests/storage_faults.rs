@@ -239,15 +239,7 @@ fn a_full_disk_withholds_what_it_cannot_write_and_the_server_recovers_by_itself(
     let Some(mount) = Mount::tmpfs(&dir.path().join("volume"), 48) else {
         return;
     };
-    let udp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    write_config(dir.path(), udp, "volume/data");
-    let o = common::zoftoken(
-        dir.path(),
-        &["loadgen", "prepare", "--tokens", "2000", "--seed", "7"],
-    )
-    .output()
-    .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let udp = prepare(dir.path(), "volume/data", 2000);
 
     // 1.5 MiB left: the write-ahead log fills it within a second of load.
     let filler = mount.fill(1536);
@@ -306,6 +298,28 @@ fn a_full_disk_withholds_what_it_cannot_write_and_the_server_recovers_by_itself(
     drop(mount);
 }
 
+/// `config.yaml` in `dir` for one service on a free UDP port, the database in `data_dir`
+/// holding `tokens` test tokens (seed 7); returns the UDP address.
+fn prepare(dir: &Path, data_dir: &str, tokens: u32) -> SocketAddr {
+    let udp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    write_config(dir, udp, data_dir);
+    let o = common::zoftoken(
+        dir,
+        &[
+            "loadgen",
+            "prepare",
+            "--tokens",
+            &tokens.to_string(),
+            "--seed",
+            "7",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    udp
+}
+
 /// `config.yaml` in `dir` for one service on `udp`, the database in `data_dir`.
 fn write_config(dir: &Path, udp: SocketAddr, data_dir: &str) {
     std::fs::write(
@@ -324,15 +338,7 @@ fn a_disk_full_at_start_is_a_clear_error_with_exit_code_5() {
     let Some(mount) = Mount::tmpfs(&dir.path().join("volume"), 16) else {
         return;
     };
-    let udp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    write_config(dir.path(), udp, "volume/data");
-    let o = common::zoftoken(
-        dir.path(),
-        &["loadgen", "prepare", "--tokens", "100", "--seed", "7"],
-    )
-    .output()
-    .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    prepare(dir.path(), "volume/data", 100);
     mount.fill(0);
     let o = common::zoftoken(dir.path(), &["serve"])
         .env("ZOFTOKEN_IO", "mmsg")
@@ -346,15 +352,7 @@ fn a_disk_full_at_start_is_a_clear_error_with_exit_code_5() {
 #[test]
 fn a_wal_damaged_in_the_middle_stops_the_start_and_db_recover_reports_the_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let udp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    write_config(dir.path(), udp, "data");
-    let o = common::zoftoken(
-        dir.path(),
-        &["loadgen", "prepare", "--tokens", "2000", "--seed", "7"],
-    )
-    .output()
-    .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let udp = prepare(dir.path(), "data", 2000);
     // Acknowledged changes in the write-ahead log only: a load, then kill -9.
     let mut server = Server::start(dir.path());
     let acked = dir.path().join("acked.txt");

@@ -24,6 +24,8 @@ use crate::schema;
 use crate::store::{Store, StoreError};
 
 const META_PROBE: &[u8] = b"write_probe";
+/// Least time between two tries of a database that cannot write.
+const PROBE_INTERVAL_MS: u64 = 900;
 
 /// Whether the database can write, shared by everything that writes it.
 #[derive(Debug)]
@@ -35,6 +37,8 @@ pub struct Health {
     /// Tokens whose restore could not read the database: still unsettled, retried by
     /// [`Store::probe`].
     unrestored: Mutex<Vec<TokenId>>,
+    /// When [`Store::probe`] last tried the database (Unix ms): at most once a second.
+    last_probe_ms: AtomicU64,
     /// Tokens restored since writes began to fail: restored again if the database is reopened
     /// (a write reported as failed may still be in its log, and the reopened database then
     /// holds it).
@@ -48,6 +52,7 @@ impl Default for Health {
             failed_commits: AtomicU64::new(0),
             last_error: Mutex::new(None),
             unrestored: Mutex::new(Vec::new()),
+            last_probe_ms: AtomicU64::new(0),
             restored_while_failing: Mutex::new(HashSet::new()),
         }
     }
@@ -240,8 +245,9 @@ impl Store {
         Ok(())
     }
 
-    /// While writes fail: tries a small write; if it works, the database is writable again.
-    /// Also retries the restores that could not read the database.
+    /// While writes fail: reopens the database if it needs that, then tries a small write; if
+    /// it works, the database is writable again. At most once per [`PROBE_INTERVAL_MS`] (by
+    /// `now_ms`). Also retries the restores that could not read the database.
     pub fn probe(&self, engine: &Engine, now_ms: u64) {
         let pending = std::mem::take(
             &mut *self
@@ -252,6 +258,17 @@ impl Store {
         );
         self.restore_or_keep(engine, now_ms, pending);
         if self.health.writable() {
+            return;
+        }
+        // Once a second at most, whoever asks (the server's timer, API calls).
+        let last = self.health.last_probe_ms.load(Ordering::Acquire);
+        if now_ms < last.saturating_add(PROBE_INTERVAL_MS)
+            || self
+                .health
+                .last_probe_ms
+                .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
             return;
         }
         let note = |e: String| {
