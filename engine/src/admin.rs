@@ -571,7 +571,7 @@ impl Engine {
         };
         // Numbered under the `pending` lock, which orders enrollments, pairings and deletions
         // of the token.
-        let sequence = crate::event::next_sequence();
+        let sequence = crate::event::next_sequence(id);
         let pending_service = pending.remove(&id.0).map(|p| p.service);
         drop(pending);
         let pending = pending_service;

@@ -54,7 +54,7 @@ pub(crate) fn event(kind: EventKind, e: &TokenEntry, now_ms: u64, actor: Actor) 
         open_until_ms: (e.effective_state(now_ms) == TokenState::Open).then_some(e.open_until_ms),
         duress: false,
         tx_id: None,
-        sequence: crate::event::next_sequence(),
+        sequence: crate::event::next_sequence(&TokenId(e.id)),
     }
 }
 

@@ -3,28 +3,46 @@
 //! overflowed (it stays in the storage outbox all the same).
 //!
 //! Every event carries a sequence number ([`Event::sequence`]) taken when it is made, while
-//! the lock that orders its token's changes is held, from one counter for the whole process:
-//! of two events of a token, the later change has the higher number, whatever order their
-//! commits reach the disk in. Storage persists the numbers with the events and raises the
-//! counter above everything it has handed out when it opens ([`raise_sequence_floor`]), so the
-//! numbers keep increasing across restarts.
+//! the lock that orders its token's changes is held, from one of [`SEQUENCE_STRIPES`]
+//! counters chosen by the token id (one counter for the whole process would be a cache line
+//! that every IO thread writes for every event): of two events of a token, the later change
+//! has the higher number, whatever order their commits reach the disk in. Numbers of
+//! different tokens are not comparable. Storage persists the numbers with the events and
+//! raises every counter above everything it has handed out when it opens
+//! ([`raise_sequence_floor`]), so the numbers keep increasing across restarts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The next event sequence number. 0 is never handed out: it marks events written before
-/// events were numbered.
-static NEXT_SEQUENCE: AtomicU64 = AtomicU64::new(1);
+/// Counters of event sequence numbers, each on a cache line of its own.
+pub const SEQUENCE_STRIPES: usize = 64;
 
-/// A new event sequence number, higher than every number handed out before in this process
-/// (and, once storage raised the floor, in this database).
-pub fn next_sequence() -> u64 {
-    NEXT_SEQUENCE.fetch_add(1, Ordering::Relaxed)
+#[repr(align(128))]
+struct Stripe(AtomicU64);
+
+/// The next event sequence number of each stripe. 0 is never handed out: it marks events
+/// written before events were numbered.
+static NEXT_SEQUENCE: [Stripe; SEQUENCE_STRIPES] =
+    [const { Stripe(AtomicU64::new(1)) }; SEQUENCE_STRIPES];
+
+fn stripe(token: &TokenId) -> &'static AtomicU64 {
+    let i = usize::from(token.0[0]) % SEQUENCE_STRIPES;
+    // `i < SEQUENCE_STRIPES`, the array's length.
+    #[allow(clippy::indexing_slicing)]
+    &NEXT_SEQUENCE[i].0
 }
 
-/// Makes every later [`next_sequence`] at least `floor` (never lowers the counter). Storage
+/// A new event sequence number for `token`, higher than every number handed out before for
+/// it in this process (and, once storage raised the floor, in this database).
+pub fn next_sequence(token: &TokenId) -> u64 {
+    stripe(token).fetch_add(1, Ordering::Relaxed)
+}
+
+/// Makes every later [`next_sequence`] at least `floor` (never lowers a counter). Storage
 /// calls it when it opens, with the floor it keeps durable.
 pub fn raise_sequence_floor(floor: u64) {
-    NEXT_SEQUENCE.fetch_max(floor, Ordering::Relaxed);
+    for s in &NEXT_SEQUENCE {
+        s.0.fetch_max(floor, Ordering::Relaxed);
+    }
 }
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -138,7 +156,7 @@ pub struct Event {
     /// The transaction, for transaction events.
     pub tx_id: Option<[u8; 16]>,
     /// Its sequence number ([`next_sequence`]): higher for every later change of the same
-    /// token, across restarts; not consecutive (one counter numbers every token's events).
+    /// token, across restarts; not consecutive (a counter numbers the events of many tokens).
     pub sequence: u64,
 }
 
@@ -161,7 +179,7 @@ impl Event {
             open_until_ms: None,
             duress: false,
             tx_id: None,
-            sequence: next_sequence(),
+            sequence: next_sequence(&token_id),
         }
     }
 

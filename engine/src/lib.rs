@@ -206,9 +206,9 @@ pub(crate) struct Shard {
     /// The table's view version last published in [`Engine`]'s views.
     pub view_version: u64,
     /// Tokens with a change not yet known to be durable (see the `settle` module).
-    pub unsettled: HashSet<[u8; 16]>,
+    pub unsettled: HashSet<[u8; 16], settle::MixState>,
     /// State-changing requests per token (by slot) in the second `rate_second`.
-    pub rate: HashMap<u32, u16>,
+    pub rate: HashMap<u32, u16, settle::MixState>,
     /// The second (Unix s) that `rate` counts.
     pub rate_second: u64,
 }
@@ -303,8 +303,8 @@ impl Engine {
                     watchers: HashMap::new(),
                     counters: Counters::default(),
                     view_version: 0,
-                    unsettled: HashSet::new(),
-                    rate: HashMap::new(),
+                    unsettled: HashSet::default(),
+                    rate: HashMap::default(),
                     rate_second: 0,
                 })
             })

@@ -38,7 +38,7 @@ impl Shard {
 
 /// [`Shard::mark`] for code that holds the shard's fields apart.
 pub(crate) fn mark_in(
-    unsettled: &mut std::collections::HashSet<[u8; 16]>,
+    unsettled: &mut std::collections::HashSet<[u8; 16], MixState>,
     id: &[u8; 16],
     batch: &mut Batch,
 ) {
@@ -158,3 +158,41 @@ impl Engine {
         self.shards.iter().map(|s| lock(s).unsettled.len()).sum()
     }
 }
+
+/// A cheap hasher for the per-shard sets and maps of the packet path: their keys are token ids
+/// (already uniform: BLAKE3 output) and slot numbers, so a multiply-and-fold is enough, and
+/// SipHash's flooding resistance buys nothing (no key is chosen by a sender before its
+/// request authenticates).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct MixHasher(u64);
+
+impl std::hash::Hasher for MixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            if let Some(w) = word.get_mut(..chunk.len()) {
+                w.copy_from_slice(chunk);
+            }
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+/// [`MixHasher`] for `HashSet`/`HashMap`.
+pub(crate) type MixState = std::hash::BuildHasherDefault<MixHasher>;

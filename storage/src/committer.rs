@@ -289,13 +289,12 @@ fn write_group(
 /// failed batch's tokens are restored from the database (nothing it changed stays visible).
 /// Either way the batch comes back empty.
 fn finish(store: &Store, engine: &Engine, batch: &mut Batch, result: &Result<(), CommitError>) {
-    let now = crate::durable::now_ms();
-    store.after_commit(
-        engine,
-        now,
-        batch,
-        result.as_ref().map(|_| ()).map_err(|_| ()),
-    );
+    if result.is_ok() {
+        engine.publish(batch);
+    } else {
+        // The clock only where a restore may need it (enrollments loaded back expire by it).
+        store.after_commit(engine, crate::durable::now_ms(), batch, false);
+    }
 }
 
 /// Waits a little for the next job without sleeping: under load the next batch comes within

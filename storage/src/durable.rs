@@ -118,25 +118,20 @@ impl Store {
         batch: &mut Batch,
     ) -> Result<u64, StoreError> {
         let r = self.commit_group(&[&batch.mutations], engine, self.durability());
-        self.after_commit(
-            engine,
-            now_ms,
-            batch,
-            r.as_ref().map(|_| ()).map_err(|_| ()),
-        );
+        self.after_commit(engine, now_ms, batch, r.is_ok());
         r
     }
 
     /// What follows a commit of `batch` (by [`Store::commit_batch`] or a group commit):
-    /// publish on success, restore on failure.
+    /// publish if it was written, restore if not.
     pub(crate) fn after_commit(
         &self,
         engine: &Engine,
         now_ms: u64,
         batch: &mut Batch,
-        result: Result<(), ()>,
+        written: bool,
     ) {
-        if result.is_ok() {
+        if written {
             engine.publish(batch);
             return;
         }
@@ -146,6 +141,9 @@ impl Store {
     }
 
     fn remember_restored(&self, ids: &[TokenId]) {
+        if self.health.writable() {
+            return;
+        }
         self.health
             .restored_while_failing
             .lock()
