@@ -245,6 +245,25 @@ impl From<WebhookError> for Failure {
     }
 }
 
+/// Replaces every number of `value` that is a whole float (`7.0`) by the integer.
+fn integral_floats_to_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64() {
+                if f.fract() == 0.0 && f >= 0.0 && f < 18_446_744_073_709_551_616.0 {
+                    *value = Value::from(f as u64);
+                } else if f.fract() == 0.0 && f < 0.0 && f >= -9_223_372_036_854_775_808.0 {
+                    *value = Value::from(f as i64);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
+        Value::Object(map) => map.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
+    }
+}
+
 /// `503 storage_unavailable`: the database cannot write; nothing was changed.
 fn storage_unavailable() -> Failure {
     let mut f = Failure::new(
@@ -1089,7 +1108,19 @@ impl Ctx<'_> {
         } else {
             &bytes
         };
-        serde_json::from_slice(text).map_err(|e| Failure::bad("invalid_json", e.to_string()))
+        match serde_json::from_slice(text) {
+            Ok(v) => Ok(v),
+            // JSON has one number type: `7.0` is the integer 7 to a JSON Schema validator, so
+            // it is taken as one (only then is the body read a second time, as a value).
+            Err(e) if e.to_string().contains("invalid type: floating point") => {
+                let mut value: serde_json::Value = serde_json::from_slice(text)
+                    .map_err(|e| Failure::bad("invalid_json", e.to_string()))?;
+                integral_floats_to_integers(&mut value);
+                serde_json::from_value(value)
+                    .map_err(|e| Failure::bad("invalid_json", e.to_string()))
+            }
+            Err(e) => Err(Failure::bad("invalid_json", e.to_string())),
+        }
     }
 
     async fn token(
@@ -1519,7 +1550,15 @@ impl Ctx<'_> {
     async fn service_replace(&self, name: String, body: Incoming) -> Outcome {
         self.authorize_unrestricted()?;
         self.require_database()?;
-        let mut doc: ServiceDoc = self.json(body).await?;
+        // The name is the path's: a body may leave it out.
+        let mut value: serde_json::Value = self.json(body).await?;
+        integral_floats_to_integers(&mut value);
+        if let serde_json::Value::Object(map) = &mut value {
+            map.entry("name")
+                .or_insert_with(|| serde_json::Value::String(name.clone()));
+        }
+        let mut doc: ServiceDoc = serde_json::from_value(value)
+            .map_err(|e| Failure::bad("invalid_json", e.to_string()))?;
         if doc.name != name {
             return Err(Failure::bad(
                 "invalid_service",

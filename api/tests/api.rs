@@ -1335,6 +1335,24 @@ fn offline_challenge_and_response() {
 fn backup_codes_are_returned_once_and_work_once() {
     let h = Harness::start();
     h.enrolled_phone("alice");
+    // `6.0` is the integer 6 to JSON; `6.5` is no count.
+    let a = h.call(
+        "POST",
+        &tok("bank", "alice", "/backup-codes"),
+        Some(ROOT),
+        Some(r#"{"count": 2.5}"#),
+    );
+    assert_eq!((a.status, a.code()), (400, "invalid_json"));
+    let a = h.call(
+        "POST",
+        &tok("bank", "alice", "/backup-codes"),
+        Some(ROOT),
+        Some(r#"{"count": 3.0}"#),
+    );
+    assert_eq!(
+        (a.status, a.json["codes"].as_array().map(Vec::len)),
+        (201, Some(3))
+    );
     let a = h.call(
         "POST",
         &tok("bank", "alice", "/backup-codes"),
@@ -1597,6 +1615,24 @@ fn services_and_authkeys_are_managed_in_database_mode() {
         Some(&edited.to_string()),
     );
     assert_eq!((a.status, a.json["window"].as_u64()), (200, Some(60)));
+    // The name may be left out (it is the path's), and a whole number written `90.0` is 90.
+    let mut unnamed = edited.clone();
+    unnamed.as_object_mut().unwrap().remove("name");
+    unnamed["window"] = json!(90.0);
+    let a = h.call(
+        "PUT",
+        "/v1/services/shop",
+        Some(ROOT),
+        Some(&unnamed.to_string()),
+    );
+    assert_eq!((a.status, a.json["window"].as_u64()), (200, Some(90)));
+    let a = h.call(
+        "PUT",
+        "/v1/services/shop",
+        Some(ROOT),
+        Some(&edited.to_string()),
+    );
+    assert_eq!(a.status, 200);
     let stored = h.store.services().unwrap();
     let shop = stored.iter().find(|d| d.name == "shop").unwrap();
     assert_eq!(
