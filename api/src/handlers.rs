@@ -251,9 +251,9 @@ fn integral_floats_to_integers(value: &mut serde_json::Value) {
     match value {
         Value::Number(n) if n.is_f64() => {
             if let Some(f) = n.as_f64() {
-                if f.fract() == 0.0 && f >= 0.0 && f < 18_446_744_073_709_551_616.0 {
+                if f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f) {
                     *value = Value::from(f as u64);
-                } else if f.fract() == 0.0 && f < 0.0 && f >= -9_223_372_036_854_775_808.0 {
+                } else if f.fract() == 0.0 && (-9_223_372_036_854_775_808.0..0.0).contains(&f) {
                     *value = Value::from(f as i64);
                 }
             }
