@@ -216,7 +216,7 @@ impl From<EngineError> for Failure {
             EngineError::Unsettled => {
                 let mut f = Failure::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "token_busy",
+                    TOKEN_BUSY,
                     "the token has a change that is still being written; try again",
                 );
                 f.retry_after = Some(1);
@@ -288,6 +288,9 @@ fn writable(engine: &Engine, store: &Store, now: u64) -> Result<(), Failure> {
     }
 }
 
+/// The error code of [`EngineError::Unsettled`], which [`settled_retry`] asks again on.
+const TOKEN_BUSY: &str = "token_busy";
+
 /// How long an API call waits for a token whose change is being written by another request
 /// before it answers `503 token_busy` (a commit takes microseconds to milliseconds).
 const UNSETTLED_WAIT: Duration = Duration::from_secs(1);
@@ -299,7 +302,7 @@ fn settled_retry<R>(mut op: impl FnMut() -> Result<R, Failure>) -> Result<R, Fai
     let started = std::time::Instant::now();
     loop {
         match op() {
-            Err(f) if f.code == "token_busy" && started.elapsed() < UNSETTLED_WAIT => {
+            Err(f) if f.code == TOKEN_BUSY && started.elapsed() < UNSETTLED_WAIT => {
                 std::thread::sleep(UNSETTLED_POLL)
             }
             r => return r,

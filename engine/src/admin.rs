@@ -933,10 +933,7 @@ impl Engine {
                     ..
                 } = &mut *shard;
                 if let Some(e) = table.get_mut(slot) {
-                    if !unsettled.is_empty()
-                        && unsettled.contains(&e.id)
-                        && !batch.marked.contains(&e.id)
-                    {
+                    if crate::settle::unsettled_for(unsettled, &e.id, batch) {
                         // Another batch's change is not yet durable: expire at a later tick.
                         deferred.push((until, slot));
                         continue;

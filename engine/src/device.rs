@@ -375,7 +375,7 @@ impl Engine {
         }
         let req = open_checked_request(&e.d2s, msg_type, datagram)?;
         // Nothing is answered from a change that is not yet durable (the `settle` module).
-        if !unsettled.is_empty() && unsettled.contains(id) && !batch.marked.contains(id) {
+        if crate::settle::unsettled_for(unsettled, id, batch) {
             return Err(DropReason::Unsettled);
         }
         let counter = req.header.counter.get();

@@ -26,7 +26,7 @@ impl Shard {
     /// Whether `id` has a change not yet known to be durable, other than `batch`'s own
     /// (a batch's own changes are written together with it).
     pub(crate) fn is_unsettled(&self, id: &[u8; 16], batch: &Batch) -> bool {
-        !self.unsettled.is_empty() && self.unsettled.contains(id) && !batch.marked.contains(id)
+        unsettled_for(&self.unsettled, id, batch)
     }
 
     /// Marks `id` as changed by `batch` (call with the shard locked, before the change can be
@@ -34,6 +34,16 @@ impl Shard {
     pub(crate) fn mark(&mut self, id: &[u8; 16], batch: &mut Batch) {
         mark_in(&mut self.unsettled, id, batch);
     }
+}
+
+/// [`Shard::is_unsettled`] for code that holds the shard's fields apart (cheap when nothing
+/// is unsettled: the packet path asks for every request).
+pub(crate) fn unsettled_for(
+    unsettled: &std::collections::HashSet<[u8; 16], MixState>,
+    id: &[u8; 16],
+    batch: &Batch,
+) -> bool {
+    !unsettled.is_empty() && unsettled.contains(id) && !batch.marked.contains(id)
 }
 
 /// [`Shard::mark`] for code that holds the shard's fields apart.
@@ -66,8 +76,7 @@ impl Engine {
 
     /// Fails with [`EngineError::Unsettled`] if `id` has a change not yet known durable.
     pub(crate) fn check_settled(&self, id: &[u8; 16]) -> Result<(), EngineError> {
-        let shard = self.shard(id);
-        if !shard.unsettled.is_empty() && shard.unsettled.contains(id) {
+        if self.shard(id).is_unsettled(id, &Batch::new()) {
             return Err(EngineError::Unsettled);
         }
         Ok(())

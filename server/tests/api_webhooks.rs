@@ -77,13 +77,7 @@ impl Env {
             .unwrap();
         let mut err = BufReader::new(child.stderr.take().unwrap());
         let log = wait_for(&mut err, "serving UDP");
-        let http: SocketAddr = log
-            .split("the HTTP API on http://")
-            .nth(1)
-            .and_then(|rest| rest.split(';').next())
-            .unwrap_or_else(|| panic!("no API address in the log:\n{log}"))
-            .parse()
-            .unwrap();
+        let http: SocketAddr = common::http_addr(&log);
         // Keep draining the log so that the server never blocks on a full pipe.
         std::thread::spawn(move || {
             let mut sink = String::new();

@@ -15,11 +15,11 @@
 )]
 
 mod common;
-use common::wait_for;
+use common::{free_port, wait_for};
 
 use std::collections::HashMap;
 use std::io::{BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -80,14 +80,6 @@ impl Drop for Mount {
     }
 }
 
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Server {
     child: Child,
     err: BufReader<ChildStderr>,
@@ -103,12 +95,7 @@ impl Server {
             .unwrap();
         let mut err = BufReader::new(child.stderr.take().unwrap());
         let log = wait_for(&mut err, "serving UDP");
-        let http = log
-            .split("the HTTP API on http://")
-            .nth(1)
-            .and_then(|rest| rest.split(';').next())
-            .and_then(|a| a.parse().ok())
-            .unwrap();
+        let http = common::http_addr(&log);
         Server { child, err, http }
     }
 

@@ -11,7 +11,7 @@
 )]
 
 mod common;
-use common::wait_for;
+use common::{free_port, wait_for};
 
 use std::io::{BufReader, Read};
 use std::net::{SocketAddr, UdpSocket};
@@ -29,15 +29,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
-}
-
-/// A free UDP port on loopback (bound once and released).
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Env {
@@ -103,12 +94,7 @@ impl Env {
             "mmsg" => assert!(log.contains("(recvmmsg driver"), "{log}"),
             _ => assert!(log.contains(" driver, "), "{log}"),
         }
-        let http = log
-            .split("the HTTP API on http://")
-            .nth(1)
-            .and_then(|rest| rest.split(';').next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no API address in the log:\n{log}"));
+        let http = common::http_addr(&log);
         Server { child, err, http }
     }
 }

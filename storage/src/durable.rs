@@ -12,7 +12,7 @@
 //!   while writes fail) finds out when writes work again, logs one line, and retries the
 //!   restores that could not read the database.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -20,7 +20,6 @@ use zoftoken_engine::{Batch, Engine, EventKind, Mutation};
 use zoftoken_proto::TokenId;
 
 use crate::kv::{Cf, Durability, WriteBatch};
-use crate::schema;
 use crate::store::{Store, StoreError};
 
 const META_PROBE: &[u8] = b"write_probe";
@@ -213,19 +212,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let wanted: HashSet<[u8; 16]> = ids.iter().map(|t| t.0).collect();
         // Read everything first: a read error leaves the engine untouched.
-        let mut txs: HashMap<[u8; 16], Vec<zoftoken_engine::Transaction>> = HashMap::new();
-        self.kv().scan(Cf::Transactions, &[], None, &mut |k, v| {
-            if let Some(t) = k
-                .try_into()
-                .ok()
-                .and_then(|k| schema::decode_transaction(self.master_key(), k, v))
-            {
-                if wanted.contains(&t.token_id.0) {
-                    txs.entry(t.token_id.0).or_default().push(t);
-                }
-            }
-            true
-        })?;
+        let mut txs = self.transactions_of(&wanted)?;
         let mut loaded = Vec::with_capacity(ids.len());
         for id in ids {
             loaded.push(self.read_token(engine, id)?);
@@ -234,9 +221,7 @@ impl Store {
         for (id, records) in ids.iter().zip(loaded) {
             let highest = engine.forget_for_restore(id);
             records.apply(engine, now_ms)?;
-            for t in txs.remove(&id.0).unwrap_or_default() {
-                engine.load_transaction(t);
-            }
+            engine.load_transactions(txs.remove(&id.0).unwrap_or_default());
             restored.push((*id, highest));
         }
         engine.finish_restore(&restored);

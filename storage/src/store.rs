@@ -825,23 +825,32 @@ impl Store {
         let stored = self.read_token(engine, id)?;
         let found = stored.token.is_some() || stored.pending.is_some();
         stored.apply(engine, now_ms)?;
-        let mut txs = Vec::new();
+        let txs = self.transactions_of(&std::iter::once(id.0).collect())?;
+        engine.load_transactions(txs.into_values().flatten().collect());
+        Ok(found || self.token_info(id)?.is_some())
+    }
+
+    /// The stored transactions of the tokens in `wanted`, by token (one scan of all
+    /// transactions: there is no index by token).
+    pub(crate) fn transactions_of(
+        &self,
+        wanted: &std::collections::HashSet<[u8; 16]>,
+    ) -> Result<std::collections::HashMap<[u8; 16], Vec<zoftoken_engine::Transaction>>, StoreError>
+    {
+        let mut txs: std::collections::HashMap<[u8; 16], Vec<_>> = Default::default();
         self.kv.scan(Cf::Transactions, &[], None, &mut |k, v| {
             if let Some(t) = k
                 .try_into()
                 .ok()
                 .and_then(|k| schema::decode_transaction(&self.key, k, v))
             {
-                if t.token_id == *id {
-                    txs.push(t);
+                if wanted.contains(&t.token_id.0) {
+                    txs.entry(t.token_id.0).or_default().push(t);
                 }
             }
             true
         })?;
-        for t in txs {
-            engine.load_transaction(t);
-        }
-        Ok(found || self.token_info(id)?.is_some())
+        Ok(txs)
     }
 
     /// Reads one token's records (paired token, pending enrollment, backup codes; not its

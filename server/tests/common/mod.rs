@@ -62,3 +62,21 @@ pub fn device(dir: &Path, state: &Path, args: &[&str], pins: &str) -> (i32, Stri
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
 }
+
+/// A free UDP port on loopback (bound once and released).
+pub fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The HTTP API's address, from `zoftoken serve`'s start-up log.
+pub fn http_addr(log: &str) -> std::net::SocketAddr {
+    log.split("the HTTP API on http://")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no API address in the log:\n{log}"))
+}
