@@ -138,6 +138,10 @@ pub enum Error {
     /// A transaction message is longer than 200 bytes.
     #[error("transaction message longer than 200 bytes")]
     TxMessageTooLong,
+    /// Every PIN key of this pairing has been used (2²⁴ PIN-bearing requests): the token
+    /// must be paired again (SPEC.md §6.3).
+    #[error("every PIN key of this pairing has been used; pair the token again")]
+    PinKeysExhausted,
     /// The output buffer is too small for the datagram.
     #[error("output buffer too small")]
     BufferTooSmall,

@@ -31,6 +31,10 @@ pub mod context {
     pub const OFFLINE: &str = "zoftoken 2026-11-23 v1 offline codes";
     /// Check symbol of a manual enrollment code.
     pub const MANUAL_CHECK: &str = "zoftoken 2026-11-23 v1 manual code check";
+    /// The pad that seals the PIN root in the PAIR_INIT reply, from the X25519 exchange.
+    pub const PIN_ROOT_PAD: &str = "zoftoken 2026-11-23 v1 pin root pad";
+    /// The key that seals new verifiers, from a request's PIN key.
+    pub const PIN_SEAL: &str = "zoftoken 2026-11-23 v1 pin seal";
 }
 
 /// 32 bytes of key material: zeroized on drop, compared in constant time, never printed.
@@ -226,6 +230,8 @@ mod tests {
             context::OTP,
             context::OFFLINE,
             context::MANUAL_CHECK,
+            context::PIN_ROOT_PAD,
+            context::PIN_SEAL,
         ];
         let set: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(set.len(), all.len());

@@ -5,7 +5,8 @@
 //! It parses and writes datagrams in the caller's buffers (the fixed [`wire::Header`] and every
 //! body are parsed in place with `zerocopy`), seals and opens them with ChaCha20-Poly1305
 //! ([`aead::PacketKey`]), derives every key with BLAKE3 ([`keys`]), runs the X25519 pairing
-//! ([`pairing::Ephemeral`]), turns PINs into Argon2id verifiers and proofs ([`pin`]), computes
+//! ([`pairing::Ephemeral`]), turns PINs into Argon2id verifiers and proofs ([`pin`]) under
+//! per-request PIN keys from a forward-secure tree ([`pin_keys`]), computes
 //! one-time, offline and manual enrollment codes ([`codes`]), standard RFC 6238 codes
 //! ([`totp`]), deeplinks ([`deeplink`]), and provides the anti-replay window ([`replay`]) and
 //! freshness check ([`clock`]).
@@ -26,6 +27,7 @@ pub mod keys;
 pub mod packet;
 pub mod pairing;
 pub mod pin;
+pub mod pin_keys;
 pub mod replay;
 pub mod totp;
 pub mod wire;
@@ -33,4 +35,5 @@ pub mod wire;
 pub use error::{DropReason, Error};
 pub use keys::{EnrollmentKeys, EnrollmentSecret, SecretBytes, TokenId, TokenKeys, TokenSecret};
 pub use pin::{PinMatch, PinVerifier};
+pub use pin_keys::{PinKey, PinKeyRing, PinRoot};
 pub use wire::{Header, MsgType, ReplyStatus, TxState, WireState};

@@ -1,11 +1,13 @@
 //! PIN handling (SPEC.md §6): the phone turns a PIN into a verifier with Argon2id; requests
-//! that need the PIN carry a keyed proof over the verifier and the counter. The server keeps
-//! only verifiers and checks the normal and duress proofs in constant time.
+//! that need the PIN carry a keyed proof over the request's PIN key ([`crate::pin_keys`]), its
+//! type, token id and counter. The server keeps only verifiers and checks the normal and
+//! duress proofs in constant time.
 
 use subtle::{Choice, ConstantTimeEq};
 
 use crate::error::Error;
 use crate::keys::{first16, SecretBytes, TokenId};
+use crate::pin_keys::PinKey;
 use crate::wire::MsgType;
 
 /// Argon2id memory cost in KiB (19 MiB, OWASP's minimum for Argon2id).
@@ -58,21 +60,26 @@ impl PinVerifier {
         PinVerifier(SecretBytes::new(bytes))
     }
 
-    /// The verifier bytes (sent in PAIR_COMPLETE and CHANGE_PIN, stored by the server).
+    /// The verifier bytes (sealed into PAIR_COMPLETE and CHANGE_PIN, stored by the server).
     pub fn expose(&self) -> &[u8; 32] {
         self.0.expose()
     }
 
     /// The proof for a request (SPEC.md §6.3): the first 16 bytes of
-    /// `BLAKE3-keyed(verifier, type ‖ token_id ‖ counter)`.
-    pub fn proof(&self, msg_type: MsgType, token_id: &[u8; 16], counter: u64) -> [u8; 16] {
-        let mut msg = [0u8; 25];
-        let (t, rest) = msg.split_at_mut(1);
-        let (id, ctr) = rest.split_at_mut(16);
-        t.copy_from_slice(&[msg_type.request_byte()]);
-        id.copy_from_slice(token_id);
-        ctr.copy_from_slice(&counter.to_be_bytes());
-        first16(blake3::keyed_hash(self.expose(), &msg).as_bytes())
+    /// `BLAKE3-keyed(verifier, M_p ‖ type ‖ token_id ‖ counter)`.
+    pub fn proof(
+        &self,
+        pin_key: &PinKey,
+        msg_type: MsgType,
+        token_id: &[u8; 16],
+        counter: u64,
+    ) -> [u8; 16] {
+        let mut hasher = blake3::Hasher::new_keyed(self.expose());
+        hasher.update(pin_key.expose());
+        hasher.update(&[msg_type.request_byte()]);
+        hasher.update(token_id);
+        hasher.update(&counter.to_be_bytes());
+        first16(hasher.finalize().as_bytes())
     }
 }
 
@@ -126,6 +133,7 @@ fn bytes_equal(a: &[u8], b: &[u8]) -> Choice {
 /// Checks a request's PIN proof against the normal and duress verifiers.
 pub fn check_proof(
     proof: &[u8; 16],
+    pin_key: &PinKey,
     normal: &PinVerifier,
     duress: Option<&PinVerifier>,
     msg_type: MsgType,
@@ -133,7 +141,7 @@ pub fn check_proof(
     counter: u64,
 ) -> PinMatch {
     classify(proof, normal, duress, |v| {
-        v.proof(msg_type, token_id, counter)
+        v.proof(pin_key, msg_type, token_id, counter)
     })
 }
 
@@ -158,33 +166,36 @@ mod tests {
     }
 
     #[test]
-    fn proofs_distinguish_pins_and_bind_the_counter() {
+    fn proofs_distinguish_pins_and_bind_the_counter_and_the_pin_key() {
         let id = TokenId::derive("svc", "user");
         let normal = PinVerifier::from_bytes([1; 32]);
         let duress = PinVerifier::from_bytes([2; 32]);
-        let p = normal.proof(MsgType::Open, &id.0, 5);
+        let root = crate::pin_keys::PinRoot::from_bytes([3; 32]);
+        let (k5, k6) = (root.key(5).unwrap(), root.key(6).unwrap());
+        let p = normal.proof(&k5, MsgType::Open, &id.0, 5);
+        let check = |proof, key, duress, t, counter| {
+            check_proof(proof, key, &normal, duress, t, &id.0, counter)
+        };
         assert_eq!(
-            check_proof(&p, &normal, Some(&duress), MsgType::Open, &id.0, 5),
+            check(&p, &k5, Some(&duress), MsgType::Open, 5),
             PinMatch::Normal
         );
         assert_eq!(
-            check_proof(&p, &normal, Some(&duress), MsgType::Open, &id.0, 6),
+            check(&p, &k5, Some(&duress), MsgType::Open, 6),
             PinMatch::Wrong
         );
         assert_eq!(
-            check_proof(&p, &normal, None, MsgType::TxApprove, &id.0, 5),
+            check(&p, &k6, Some(&duress), MsgType::Open, 5),
             PinMatch::Wrong
         );
-        let d = duress.proof(MsgType::Open, &id.0, 5);
+        assert_eq!(check(&p, &k5, None, MsgType::TxApprove, 5), PinMatch::Wrong);
+        let d = duress.proof(&k5, MsgType::Open, &id.0, 5);
         assert_eq!(
-            check_proof(&d, &normal, Some(&duress), MsgType::Open, &id.0, 5),
+            check(&d, &k5, Some(&duress), MsgType::Open, 5),
             PinMatch::Duress
         );
         // Duress not configured: the duress proof is just wrong.
-        assert_eq!(
-            check_proof(&d, &normal, None, MsgType::Open, &id.0, 5),
-            PinMatch::Wrong
-        );
+        assert_eq!(check(&d, &k5, None, MsgType::Open, 5), PinMatch::Wrong);
     }
 
     #[test]

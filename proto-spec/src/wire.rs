@@ -150,7 +150,8 @@ impl MsgType {
         self == MsgType::PairInit
     }
 
-    /// Whether the request carries a PIN proof (SPEC.md §6.3).
+    /// Whether the request carries a PIN proof (SPEC.md §6.3). PAIR_COMPLETE carries PIN
+    /// material too (sealed verifiers) but no proof.
     pub fn carries_pin_proof(self) -> bool {
         matches!(
             self,
@@ -455,7 +456,7 @@ pub struct PairInitRequest {
     /// The device's ephemeral X25519 public key.
     pub device_public: [u8; 32],
     /// Zero padding (keeps the request as large as the reply).
-    pub zero: [u8; 40],
+    pub zero: [u8; 72],
 }
 
 /// PAIR_INIT reply body (SPEC.md §7.3), sealed under the enrollment keys.
@@ -480,6 +481,8 @@ pub struct PairInitReply {
     pub service_flags: u8,
     /// Reserved, zero.
     pub reserved: [u8; 3],
+    /// The token's PIN root, XOR the pad of the X25519 exchange (SPEC.md §5.4, §6.3).
+    pub pin_root_sealed: [u8; 32],
 }
 
 /// Flag in [`PairInitReply::service_flags`]: the service allows a duress PIN.
@@ -487,12 +490,34 @@ pub const SERVICE_FLAG_DURESS: u8 = 0x01;
 /// Flag in PAIR_COMPLETE and CHANGE_PIN: a duress verifier is present.
 pub const VERIFIER_FLAG_DURESS: u8 = 0x01;
 
-/// PAIR_COMPLETE request body (SPEC.md §7.4), sealed under the new token keys.
+/// The index of a PIN-bearing request's PIN key and its padding (SPEC.md §6.3).
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
 #[repr(C)]
-pub struct PairCompleteRequest {
-    /// Device clock, Unix milliseconds.
-    pub device_time_ms: Be64,
+pub struct PinIndex {
+    /// The index `p` of the PIN key, below [`crate::pin_keys::PIN_INDEX_LIMIT`].
+    pub index: Be32,
+    /// Zero.
+    pub zero: [u8; 4],
+}
+
+impl PinIndex {
+    /// The index field of a request that uses PIN key `index`.
+    pub fn new(index: u32) -> PinIndex {
+        PinIndex {
+            index: Be32::new(index),
+            zero: [0; 4],
+        }
+    }
+
+    fn is_valid(&self) -> bool {
+        all_zero(&self.zero) && self.index.get() < crate::pin_keys::PIN_INDEX_LIMIT
+    }
+}
+
+/// The plaintext of a sealed verifier block (PAIR_COMPLETE, CHANGE_PIN; SPEC.md §6.3).
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct VerifierBlock {
     /// The PIN verifier (SPEC.md §6.1).
     pub pin_verifier: [u8; 32],
     /// The duress PIN verifier, or zero when [`VERIFIER_FLAG_DURESS`] is clear.
@@ -501,6 +526,42 @@ pub struct PairCompleteRequest {
     pub flags: u8,
     /// Zero.
     pub zero: [u8; 7],
+}
+
+impl VerifierBlock {
+    /// Parses an opened block, checking its flags and zero fields.
+    pub fn parse(bytes: &[u8; 72]) -> Result<VerifierBlock, DropReason> {
+        let b: &VerifierBlock = cast(bytes)?;
+        if verifier_flags_ok(b.flags, &b.duress_verifier, &b.zero) {
+            Ok(*b)
+        } else {
+            Err(DropReason::NonZeroPadding)
+        }
+    }
+
+    /// Whether a duress verifier is present.
+    pub fn has_duress(&self) -> bool {
+        self.flags & VERIFIER_FLAG_DURESS != 0
+    }
+
+    /// The 72 bytes to seal.
+    pub fn to_bytes(&self) -> [u8; 72] {
+        let mut out = [0u8; 72];
+        out.copy_from_slice(self.as_bytes());
+        out
+    }
+}
+
+/// PAIR_COMPLETE request body (SPEC.md §7.4), sealed under the new token keys.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct PairCompleteRequest {
+    /// Device clock, Unix milliseconds.
+    pub device_time_ms: Be64,
+    /// The PIN key that seals the verifiers.
+    pub pin: PinIndex,
+    /// The [`VerifierBlock`], sealed under the PIN key (SPEC.md §6.3).
+    pub verifiers: [u8; crate::pin_keys::SEALED_VERIFIERS_LEN],
 }
 
 /// Body of CLOSE, STATUS and TIME_SYNC requests (SPEC.md §7.6–7.8).
@@ -519,6 +580,8 @@ pub struct PlainRequest {
 pub struct OpenRequest {
     /// Device clock, Unix milliseconds.
     pub device_time_ms: Be64,
+    /// The PIN key of the proof.
+    pub pin: PinIndex,
     /// PIN proof (SPEC.md §6.3).
     pub proof: [u8; 16],
 }
@@ -557,6 +620,8 @@ pub struct TxDecideRequest {
     pub device_time_ms: Be64,
     /// The transaction decided.
     pub tx_id: [u8; 16],
+    /// The PIN key of the proof for TX_APPROVE; zero for TX_DENY.
+    pub pin: PinIndex,
     /// PIN proof for TX_APPROVE; zero for TX_DENY.
     pub proof: [u8; 16],
 }
@@ -581,16 +646,12 @@ pub struct TxDecideReply {
 pub struct ChangePinRequest {
     /// Device clock, Unix milliseconds.
     pub device_time_ms: Be64,
+    /// The PIN key of the proof and of the sealed verifiers.
+    pub pin: PinIndex,
     /// PIN proof with the current PIN.
     pub proof: [u8; 16],
-    /// The new PIN verifier.
-    pub pin_verifier: [u8; 32],
-    /// The new duress verifier, or zero when [`VERIFIER_FLAG_DURESS`] is clear.
-    pub duress_verifier: [u8; 32],
-    /// [`VERIFIER_FLAG_DURESS`] or zero.
-    pub flags: u8,
-    /// Zero.
-    pub zero: [u8; 7],
+    /// The new [`VerifierBlock`], sealed under the PIN key (SPEC.md §6.3).
+    pub verifiers: [u8; crate::pin_keys::SEALED_VERIFIERS_LEN],
 }
 
 /// A decrypted request body, borrowed in place from the datagram buffer.
@@ -643,10 +704,12 @@ impl<'a> RequestBody<'a> {
             }
             MsgType::PairComplete => {
                 let r: &PairCompleteRequest = cast(body)?;
-                verifier_flags_ok(r.flags, &r.duress_verifier, &r.zero)
-                    .then_some(RequestBody::PairComplete(r))
+                r.pin.is_valid().then_some(RequestBody::PairComplete(r))
             }
-            MsgType::Open => Some(RequestBody::Open(cast(body)?)),
+            MsgType::Open => {
+                let r: &OpenRequest = cast(body)?;
+                r.pin.is_valid().then_some(RequestBody::Open(r))
+            }
             MsgType::Close | MsgType::Status | MsgType::TimeSync => {
                 let r: &PlainRequest = cast(body)?;
                 all_zero(&r.zero).then_some(match msg_type {
@@ -659,15 +722,17 @@ impl<'a> RequestBody<'a> {
                 let r: &TxFetchRequest = cast(body)?;
                 all_zero(&r.zero).then_some(RequestBody::TxFetch(r))
             }
-            MsgType::TxApprove => Some(RequestBody::TxApprove(cast(body)?)),
+            MsgType::TxApprove => {
+                let r: &TxDecideRequest = cast(body)?;
+                r.pin.is_valid().then_some(RequestBody::TxApprove(r))
+            }
             MsgType::TxDeny => {
                 let r: &TxDecideRequest = cast(body)?;
-                all_zero(&r.proof).then_some(RequestBody::TxDeny(r))
+                (all_zero(&r.proof) && all_zero(r.pin.as_bytes())).then_some(RequestBody::TxDeny(r))
             }
             MsgType::ChangePin => {
                 let r: &ChangePinRequest = cast(body)?;
-                verifier_flags_ok(r.flags, &r.duress_verifier, &r.zero)
-                    .then_some(RequestBody::ChangePin(r))
+                r.pin.is_valid().then_some(RequestBody::ChangePin(r))
             }
         };
         parsed.ok_or(DropReason::NonZeroPadding)
@@ -772,16 +837,17 @@ mod tests {
     fn layout_sizes_match_the_spec() {
         assert_eq!(size_of::<Header>(), HEADER_LEN);
         assert_eq!(size_of::<StatusBlock>(), 20);
-        assert_eq!(size_of::<PairInitRequest>(), 80);
-        assert_eq!(size_of::<PairInitReply>(), 80);
-        assert_eq!(size_of::<PairCompleteRequest>(), 80);
+        assert_eq!(size_of::<PairInitRequest>(), 112);
+        assert_eq!(size_of::<PairInitReply>(), 112);
+        assert_eq!(size_of::<PairCompleteRequest>(), 104);
+        assert_eq!(size_of::<VerifierBlock>(), 72);
         assert_eq!(size_of::<PlainRequest>(), 24);
-        assert_eq!(size_of::<OpenRequest>(), 24);
+        assert_eq!(size_of::<OpenRequest>(), 32);
         assert_eq!(size_of::<TxFetchRequest>(), 246);
         assert_eq!(size_of::<TxFetchReply>(), 246);
-        assert_eq!(size_of::<TxDecideRequest>(), 40);
+        assert_eq!(size_of::<TxDecideRequest>(), 48);
         assert_eq!(size_of::<TxDecideReply>(), 40);
-        assert_eq!(size_of::<ChangePinRequest>(), 96);
+        assert_eq!(size_of::<ChangePinRequest>(), 120);
     }
 
     #[test]
