@@ -31,6 +31,7 @@ pub mod config;
 mod device;
 pub mod event;
 pub mod mutation;
+mod pin_root;
 mod settle;
 mod side;
 pub mod state;
@@ -57,6 +58,7 @@ pub use mutation::{
     Batch, Commit, CommitError, MemoryCommit, Mutation, PendingRecord, TokenRecord,
     TokenStateRecord,
 };
+pub use pin_root::pin_root;
 pub use side::Transaction;
 pub use state::{TokenKind, TokenState};
 
@@ -111,6 +113,10 @@ pub struct EngineConfig {
     pub epoch: u32,
     /// Seed of the engine's random generators (from the OS in production, fixed in tests).
     pub seed: [u8; 32],
+    /// The instance's PIN-tree secret ([`pin_root`]). A server MUST set it from its master
+    /// key, the same on every start and every server of the instance; the default (derived
+    /// from `seed`) is for tests only.
+    pub pin_tree_secret: [u8; 32],
     /// Capacity of the event channel.
     pub event_capacity: usize,
     /// How long an enrollment stays usable.
@@ -132,6 +138,7 @@ impl EngineConfig {
             shards: 64,
             epoch,
             seed,
+            pin_tree_secret: blake3::derive_key("zoftoken engine test pin tree secret", &seed),
             event_capacity: 65_536,
             enrollment_ttl_ms: 7 * 24 * 3600 * 1000,
             challenge_ttl_ms: 10 * 60 * 1000,

@@ -23,7 +23,29 @@ pub enum KeyError {
 
 /// The master key (32 bytes, zeroized when dropped, never printed).
 #[derive(Clone)]
-pub struct MasterKey(RestKey);
+pub struct MasterKey(RestKey, PinTreeSecret);
+
+/// The instance's PIN-tree secret: every token's PIN root is derived from it and the token
+/// secret (see `zoftoken_engine::pin_root`). It comes from the master key, so every server of
+/// an instance has the same one and it never enters the database.
+#[derive(Clone, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+pub struct PinTreeSecret([u8; 32]);
+
+impl PinTreeSecret {
+    /// The secret bytes (given to the engine).
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PinTreeSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PinTreeSecret(<redacted>)")
+    }
+}
+
+/// The derivation context of [`PinTreeSecret`] from the master key.
+const PIN_TREE_CONTEXT: &str = "zoftoken 2026-12-05 instance pin tree secret";
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -35,7 +57,13 @@ impl MasterKey {
     /// Wraps 32 key bytes.
     pub fn from_bytes(bytes: [u8; 32]) -> MasterKey {
         let bytes = Zeroizing::new(bytes);
-        MasterKey(RestKey::new(*bytes))
+        let pin = PinTreeSecret(blake3::derive_key(PIN_TREE_CONTEXT, bytes.as_ref()));
+        MasterKey(RestKey::new(*bytes), pin)
+    }
+
+    /// The instance's PIN-tree secret.
+    pub fn pin_tree_secret(&self) -> &PinTreeSecret {
+        &self.1
     }
 
     /// A new random key, with its hexadecimal form to store.

@@ -32,7 +32,7 @@ mod store;
 pub mod webhooks;
 
 pub use committer::{CommitError, Committer, CommitterConfig, CommitterStats, Done, Submitter};
-pub use crypt::{KeyError, MasterKey};
+pub use crypt::{KeyError, MasterKey, PinTreeSecret};
 pub use docs::{
     authkeys_to_config, services_to_config, AuthkeyDoc, OtpDoc, ServiceDoc, WebhookDoc, REDACTED,
 };
