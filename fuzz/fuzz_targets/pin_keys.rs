@@ -13,6 +13,38 @@ use zoftoken_proto::pin_keys::{PinKeyRing, PIN_INDEX_LIMIT};
 use zoftoken_proto::wire::{Header, MsgType};
 use zoftoken_proto::{PinMatch, PinRoot, PinVerifier};
 
+/// Where the cached rings start: the beginning and just before each kind of group boundary.
+const STARTS: [u32; 7] = [0, 254, 255, 65_534, 65_535, PIN_INDEX_LIMIT - 2, PIN_INDEX_LIMIT - 1];
+
+thread_local! {
+    /// A fixed root and its ring at each of [`STARTS`] (building a ring costs up to 766
+    /// hashes, so they are built once and cloned).
+    static FIXED: (PinRoot, Vec<PinKeyRing>) = {
+        let root = PinRoot::from_bytes([0x5a; 32]);
+        let rings: Vec<PinKeyRing> = STARTS.iter().map(|s| ring_at(&root, *s)).collect();
+        assert_eq!(rings[0], PinKeyRing::new(root.clone()), "the ring of a new pairing");
+        (root, rings)
+    };
+}
+
+/// `root`'s ring with `start` indices used, from its canonical encoding: the depth-1 nodes
+/// after `start`'s first digit, the depth-2 nodes after its second, the leaves from its third.
+fn ring_at(root: &PinRoot, start: u32) -> PinKeyRing {
+    let keys_from = |node: [u8; 32], depth: u8, from: usize| -> Vec<u8> {
+        (from..256)
+            .flat_map(|d| *blake3::keyed_hash(&node, &[depth, d as u8]).as_bytes())
+            .collect()
+    };
+    let d = start.to_be_bytes();
+    let n1 = *blake3::keyed_hash(root.expose(), &[1, d[1]]).as_bytes();
+    let n2 = *blake3::keyed_hash(&n1, &[2, d[2]]).as_bytes();
+    let mut bytes = d.to_vec();
+    bytes.extend(keys_from(*root.expose(), 1, usize::from(d[1]) + 1));
+    bytes.extend(keys_from(n1, 2, usize::from(d[2]) + 1));
+    bytes.extend(keys_from(n2, 3, usize::from(d[3])));
+    PinKeyRing::from_bytes(&bytes).unwrap()
+}
+
 fuzz_target!(|data: &[u8]| {
     // Any bytes as an encoded ring: refused, or a fixed point of decode/encode.
     if let Ok(ring) = PinKeyRing::from_bytes(data) {
@@ -24,14 +56,20 @@ fuzz_target!(|data: &[u8]| {
     let (root_bytes, tail) = head.split_at(32);
     let root = PinRoot::from_bytes(root_bytes.try_into().unwrap());
     let takes = usize::from(tail[0] % 8);
+    let which = usize::from(tail[5]) % STARTS.len();
+    let start = STARTS[which];
     let index = u32::from_be_bytes([0, tail[1], tail[2], tail[3]]);
     let counter = u64::from(u32::from_be_bytes([tail[4], tail[5], tail[6], tail[7]])).max(1);
-    // A fresh ring's first keys are the root's first keys, and the encoding keeps the state.
-    let mut ring = PinKeyRing::new(root.clone());
-    for i in 0..takes {
-        let (n, key) = ring.take().unwrap();
-        assert_eq!(n, i as u32);
-        assert_eq!(key, root.key(n).unwrap());
+    // A ring of a fixed root at a group boundary (or the start) yields that root's keys in
+    // order, up to the last index, and its encoding keeps the state.
+    let mut ring = FIXED.with(|(_, rings)| rings[which].clone());
+    for i in 0..takes as u32 {
+        let Ok((n, key)) = ring.take() else {
+            assert!(start + i >= PIN_INDEX_LIMIT);
+            break;
+        };
+        assert_eq!(n, start + i);
+        assert_eq!(key, FIXED.with(|(root, _)| root.key(n).unwrap()));
         assert_eq!(PinKeyRing::from_bytes(&ring.to_bytes()).unwrap(), ring);
     }
     assert!(root.key(PIN_INDEX_LIMIT).is_err());
