@@ -736,6 +736,15 @@ struct StatusBody {
     attempts_left: u8,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_seen_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_duress: Option<DuressBody>,
+}
+
+/// The last use of the duress PIN (SPEC.md §6.4).
+#[derive(Serialize)]
+struct DuressBody {
+    time_ms: u64,
+    operation: &'static str,
 }
 
 fn status_body(s: &TokenStatus) -> StatusBody {
@@ -748,6 +757,10 @@ fn status_body(s: &TokenStatus) -> StatusBody {
         failures: s.failures,
         attempts_left: s.attempts_left,
         last_seen_ms: s.last_seen_ms,
+        last_duress: s.last_duress.map(|d| DuressBody {
+            time_ms: d.time_ms,
+            operation: d.operation.name(),
+        }),
     }
 }
 

@@ -2100,6 +2100,33 @@ fn duress_is_reported_to_the_client_asset() {
         a.json,
         json!({"accepted": true, "duress": true, "blocked": false})
     );
+    // The status names the last duress use, whatever the operation, even with nothing open.
+    let a = h.call("GET", &tok("bank", "erin", ""), Some(WEB), None);
+    assert_eq!(
+        (a.json["state"].as_str(), a.json["duress"].as_bool()),
+        (Some("closed"), Some(false))
+    );
+    assert_eq!(
+        a.json["last_duress"],
+        json!({"time_ms": h.now(), "operation": "one_time_code"})
+    );
+    // A coerced PIN change changes nothing, and is reported the same way.
+    h.advance(5_000);
+    let new = PinVerifier::derive("97531", &phone.token.token_id()).unwrap();
+    let r = h.send(
+        &mut phone,
+        Request::ChangePin {
+            current: &duress,
+            new: &new,
+            new_duress: None,
+        },
+    );
+    assert_eq!(r.status().status, zoftoken_proto::ReplyStatus::Ok);
+    let a = h.call("GET", &tok("bank", "erin", ""), Some(WEB), None);
+    assert_eq!(
+        a.json["last_duress"],
+        json!({"time_ms": h.now(), "operation": "change_pin"})
+    );
     // Opened with the duress PIN: the status says so.
     h.send(&mut phone, Request::Open(&duress));
     let a = h.call("GET", &tok("bank", "erin", ""), Some(WEB), None);
@@ -2107,10 +2134,16 @@ fn duress_is_reported_to_the_client_asset() {
         (a.json["state"].as_str(), a.json["duress"].as_bool()),
         (Some("open"), Some(true))
     );
+    assert_eq!(a.json["last_duress"]["operation"], "open");
     let pin = phone.pin.clone();
     h.send(&mut phone, Request::Open(&pin));
     let a = h.call("GET", &tok("bank", "erin", ""), Some(WEB), None);
     assert_eq!(a.json["duress"], false);
+    assert_eq!(a.json["last_duress"]["operation"], "open", "kept");
+    // A token that never saw a duress use has none.
+    h.enrolled_phone("frank");
+    let a = h.call("GET", &tok("bank", "frank", ""), Some(WEB), None);
+    assert!(a.json.get("last_duress").is_none(), "{}", a.body);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2585,4 +2618,67 @@ fn webhook_ca_files_and_plain_http_are_refused_through_the_api() {
         }))),
     );
     assert_eq!((a.status, a.code()), (400, "webhook_ca_file_refused"));
+}
+
+#[test]
+fn transaction_messages_are_limited_in_bytes_and_challenge_lengths_to_multiples_of_four() {
+    let h = Harness::start();
+    let _p = h.enrolled_phone("tina");
+    let tx = tok("bank", "tina", "/transactions");
+    // 100 two-byte characters: 200 bytes, accepted; 101: 202 bytes (101 characters), refused.
+    let fits = json!({ "message": "é".repeat(100) }).to_string();
+    let a = h.call("POST", &tx, Some(ROOT), Some(&fits));
+    assert_eq!(a.status, 201, "{}", a.body);
+    let long = json!({ "message": "é".repeat(101) }).to_string();
+    let a = h.call("POST", &tx, Some(ROOT), Some(&long));
+    assert_eq!(
+        (a.status, a.json["error"]["code"].as_str()),
+        (400, Some("invalid_input")),
+        "{}",
+        a.body
+    );
+    assert!(a.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("200 bytes"));
+    // The OpenAPI document says the same: bytes, not characters.
+    let doc: Value = serde_json::from_str(zoftoken_api::OPENAPI_JSON).unwrap();
+    let post = &doc["paths"]["/v1/services/{service}/tokens/{username}/transactions"]["post"];
+    let message =
+        &post["requestBody"]["content"]["application/json"]["schema"]["properties"]["message"];
+    assert_eq!(message["x-max-bytes"], 200, "{message}");
+    assert!(message["description"].as_str().unwrap().contains("bytes"));
+    // Validation codes: 4 to 32 symbols in multiples of 4, in the document and the server.
+    let post = &doc["paths"]["/v1/services/{service}/tokens/{username}/offline/challenge"]["post"];
+    let length =
+        &post["requestBody"]["content"]["application/json"]["schema"]["properties"]["length"];
+    assert_eq!(
+        (
+            &length["minimum"],
+            &length["maximum"],
+            &length["multipleOf"]
+        ),
+        (&json!(4), &json!(32), &json!(4))
+    );
+    let challenge = tok("bank", "tina", "/offline/challenge");
+    for n in 0..=40 {
+        let a = h.call(
+            "POST",
+            &challenge,
+            Some(ROOT),
+            Some(&json!({ "length": n }).to_string()),
+        );
+        if (4..=32).contains(&n) && n % 4 == 0 {
+            assert_eq!(a.status, 200, "{n}: {}", a.body);
+            let code = a.json["code"].as_str().unwrap();
+            assert_eq!(code.replace('-', "").len(), n, "{code}");
+        } else {
+            assert_eq!(
+                (a.status, a.json["error"]["code"].as_str()),
+                (400, Some("invalid_input")),
+                "{n}: {}",
+                a.body
+            );
+        }
+    }
 }

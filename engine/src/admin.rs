@@ -76,6 +76,10 @@ pub struct TokenStatus {
     pub attempts_left: u8,
     /// Last time the device was heard from (Unix ms), if ever.
     pub last_seen_ms: Option<u64>,
+    /// The last use of the duress PIN in any operation (OPEN, offline response, one-time
+    /// code, TX_APPROVE, CHANGE_PIN), if any: kept, across restarts and re-enrollments, until
+    /// the token is deleted.
+    pub last_duress: Option<crate::DuressUse>,
 }
 
 /// An administrator's forced state.
@@ -305,6 +309,8 @@ impl Engine {
             otp_drift: 0,
             version: 0,
             recent: u32::MAX,
+            duress_op: 0,
+            duress_ms: 0,
         };
         batch.mutations.push(Mutation::TokenCreated {
             token_id: id,
@@ -331,9 +337,12 @@ impl Engine {
                         // anything stored for the old token; an expiry timer already in the
                         // heap for this slot stays accounted for.
                         let (version, timer) = (e.version, e.flags & FLAG_TIMER);
+                        let duress = e.last_duress();
                         *e = entry;
                         e.version = version;
                         e.flags |= timer;
+                        // A duress use stays reported until the token is deleted.
+                        e.set_last_duress(duress);
                     }
                     slot
                 }
@@ -412,6 +421,7 @@ impl Engine {
                 failures: e.failures,
                 attempts_left: e.attempts_left(),
                 last_seen_ms: (e.last_seen_s > 0).then_some(u64::from(e.last_seen_s) * 1000),
+                last_duress: e.last_duress(),
             });
         }
         drop(shard);
@@ -429,6 +439,7 @@ impl Engine {
                 failures: 0,
                 attempts_left: crate::state::MAX_FAILURES,
                 last_seen_ms: None,
+                last_duress: None,
             });
         }
         Err(EngineError::UnknownToken)
@@ -608,20 +619,21 @@ impl Engine {
             let svc = services.get(e.service);
             let params = svc.map_or(OtpParams::default(), |s| s.config.otp);
             let duress_ok = svc.is_some_and(|s| s.config.duress_allowed);
-            let base = params.step(now_ms.saturating_add_signed(e.offset_ms));
-            let expected = base.saturating_add_signed(i64::from(e.otp_drift));
             let secret = TokenSecret::from_bytes(e.secret);
             let keys = secret.keys();
             let last = (e.otp_last_step > 0).then_some(u64::from(e.otp_last_step));
+            let (offset, drift) = (e.offset_ms, e.otp_drift);
             let found = std::cell::Cell::new(None);
             let auth = self.authenticate(e, |n, d| {
-                let m = codes::otp_verify(&keys.otp, n, d, params, code, expected, last);
+                let m = codes::otp_verify_drifted(
+                    &keys.otp, n, d, params, code, now_ms, offset, drift, last,
+                );
                 found.set(m);
-                m.map_or(PinMatch::Wrong, |(_, p)| p)
+                m.map_or(PinMatch::Wrong, |a| a.pin)
             });
-            if let (Auth::Ok { .. }, Some((step, _))) = (&auth, found.get()) {
-                e.otp_last_step = u32::try_from(step).unwrap_or(u32::MAX);
-                e.otp_drift = i8::try_from(step as i64 - base as i64).unwrap_or(0);
+            if let (Auth::Ok { .. }, Some(a)) = (&auth, found.get()) {
+                e.otp_last_step = u32::try_from(a.step).unwrap_or(u32::MAX);
+                e.otp_drift = a.drift;
             }
             let out = self.outcome(now_ms, e, auth, duress_ok, false, batch);
             self.persist(e, shard, slot, batch);
@@ -685,8 +697,17 @@ impl Engine {
             open,
             &self.services(),
         );
+        // Opening records its own duress use (offline response); the one other duress
+        // authentication here is an app one-time code (backup and TOTP codes have no duress).
         if duress && duress_ok && !open {
-            batch.event(event(EventKind::Duress, e, now_ms, Actor::Operator).with_duress());
+            crate::device::record_duress(
+                e,
+                now_ms,
+                crate::DuressOp::OneTimeCode,
+                Actor::Operator,
+                None,
+                batch,
+            );
         }
         match out {
             OfflineOutcome::Rejected { .. } if e.state == TokenState::Blocked => {
@@ -708,8 +729,9 @@ impl Engine {
         len: usize,
     ) -> Result<String, EngineError> {
         let random = self.random::<32>();
-        let code = codes::validation_code(len, &random)
-            .map_err(|_| EngineError::Invalid("length must be 4 to 32 in groups of 4"))?;
+        let code = codes::validation_code(len, &random).map_err(|_| {
+            EngineError::Invalid("length must be 4, 8, 12, … or 32 (a multiple of 4)")
+        })?;
         if self.paired_kind(id)? == TokenKind::Totp {
             return Err(EngineError::NotForTotp);
         }
@@ -855,7 +877,9 @@ impl Engine {
         batch: &mut Batch,
     ) -> Result<[u8; 16], EngineError> {
         if message.len() > zoftoken_proto::wire::TX_MESSAGE_MAX {
-            return Err(EngineError::Invalid("message longer than 200 bytes"));
+            return Err(EngineError::Invalid(
+                "message longer than 200 bytes of UTF-8",
+            ));
         }
         if !(1_000..=3_600_000).contains(&timeout_ms) {
             return Err(EngineError::Invalid("timeout must be 1 s to 1 h"));
@@ -1096,6 +1120,8 @@ impl Engine {
             otp_drift: status.otp_drift,
             version: status.version,
             recent: u32::MAX,
+            duress_op: status.last_duress.map_or(0, |d| d.operation.byte()),
+            duress_ms: status.last_duress.map_or(0, |d| d.time_ms),
         };
         let mut shard = self.shard(&status.token_id.0);
         let slot = match shard.table.find(&entry.id) {

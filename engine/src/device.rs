@@ -17,7 +17,7 @@ use zoftoken_proto::wire::{
 };
 use zoftoken_proto::{DropReason, PinVerifier, ReplyStatus, TokenId, TxState, WireState};
 
-use crate::event::{Actor, Event, EventKind};
+use crate::event::{Actor, DuressOp, DuressUse, Event, EventKind};
 use crate::mutation::{Batch, Mutation};
 use crate::side::Candidate;
 use crate::state::{
@@ -55,8 +55,31 @@ pub(crate) fn event(kind: EventKind, e: &TokenEntry, now_ms: u64, actor: Actor) 
         open_until_ms: (e.effective_state(now_ms) == TokenState::Open).then_some(e.open_until_ms),
         duress: false,
         tx_id: None,
+        operation: None,
         sequence: crate::event::next_sequence(&TokenId(e.id)),
     }
+}
+
+/// Records a use of the duress PIN in `op` (SPEC.md §6.4): it becomes the token's last duress
+/// use (persisted with its state, shown in the API's status) and a `duress` event naming the
+/// operation. Only for services that allow duress: elsewhere a duress proof is an ordinary
+/// success.
+pub(crate) fn record_duress(
+    e: &mut TokenEntry,
+    now_ms: u64,
+    op: DuressOp,
+    actor: Actor,
+    tx_id: Option<[u8; 16]>,
+    batch: &mut Batch,
+) {
+    e.set_last_duress(Some(DuressUse {
+        time_ms: now_ms,
+        operation: op,
+    }));
+    let mut ev = event(EventKind::Duress, e, now_ms, actor).with_duress();
+    ev.operation = Some(op);
+    ev.tx_id = tx_id;
+    batch.event(ev);
 }
 
 /// Whether a request type may change the token's state (and so produce events): what the
@@ -283,6 +306,8 @@ impl Engine {
             otp_drift: 0,
             version: 0,
             recent: compact.unwrap_or(u32::MAX),
+            duress_op: 0,
+            duress_ms: 0,
         };
         let window = compact.is_none().then(|| c.window.clone());
         let reply_key = c.keys.s2d.clone();
@@ -297,9 +322,11 @@ impl Engine {
                 if let Some(e) = shard.table.get_mut(slot) {
                     // A re-enrolled token: its versions continue, so that the new state is
                     // newer than anything stored for the old pairing.
-                    let version = e.version;
+                    // A duress use stays reported until the token is deleted.
+                    let (version, duress) = (e.version, e.last_duress());
                     *e = entry;
                     e.version = version;
+                    e.set_last_duress(duress);
                 }
                 slot
             }
@@ -636,8 +663,13 @@ impl Engine {
                         *changed = true;
                         e.failures = 0;
                         if duress_ok {
-                            batch.event(
-                                event(EventKind::Duress, e, now_ms, Actor::Device).with_duress(),
+                            record_duress(
+                                e,
+                                now_ms,
+                                DuressOp::ChangePin,
+                                Actor::Device,
+                                None,
+                                batch,
                             );
                         }
                         ReplyBytes::status(status_block(e, ReplyStatus::Ok, now_ms))
@@ -724,10 +756,13 @@ impl Engine {
                             Auth::Ok { duress } => {
                                 e.failures = 0;
                                 if duress && duress_ok {
-                                    batch.event(
-                                        event(EventKind::Duress, e, now_ms, Actor::Device)
-                                            .with_duress()
-                                            .with_tx(d.tx_id),
+                                    record_duress(
+                                        e,
+                                        now_ms,
+                                        DuressOp::TxApprove,
+                                        Actor::Device,
+                                        Some(d.tx_id),
+                                        batch,
                                     );
                                 }
                                 decide(e, TxState::Approved, duress, batch);
@@ -889,10 +924,15 @@ impl Engine {
         let mut ev = event(EventKind::Opened, e, now_ms, actor);
         ev.open_until_ms = (window_ms > 0).then_some(e.open_until_ms);
         ev.duress = duress;
-        batch.event(ev.clone());
+        batch.event(ev);
         if duress {
-            ev.kind = EventKind::Duress;
-            batch.event(ev);
+            // Only the app (OPEN) and an operator (offline response) open with a PIN.
+            let op = if actor == Actor::Operator {
+                DuressOp::OfflineResponse
+            } else {
+                DuressOp::Open
+            };
+            record_duress(e, now_ms, op, actor, None, batch);
         }
     }
 

@@ -123,6 +123,65 @@ impl EventKind {
     }
 }
 
+/// Which PIN-proved operation a duress use was (SPEC.md §6.4): every one is reported, as a
+/// [`EventKind::Duress`] event naming it and in the token's status (the last use).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DuressOp {
+    /// OPEN from the app (§7.5).
+    Open = 1,
+    /// An offline response read to an operator (§11.3).
+    OfflineResponse = 2,
+    /// An app one-time code validated through the API (§10.3).
+    OneTimeCode = 3,
+    /// TX_APPROVE from the app (§7.10).
+    TxApprove = 4,
+    /// CHANGE_PIN from the app (§7.11): nothing was changed.
+    ChangePin = 5,
+}
+
+impl DuressOp {
+    /// Every operation.
+    pub const ALL: [DuressOp; 5] = [
+        DuressOp::Open,
+        DuressOp::OfflineResponse,
+        DuressOp::OneTimeCode,
+        DuressOp::TxApprove,
+        DuressOp::ChangePin,
+    ];
+
+    /// The stable name used in webhooks and the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            DuressOp::Open => "open",
+            DuressOp::OfflineResponse => "offline_response",
+            DuressOp::OneTimeCode => "one_time_code",
+            DuressOp::TxApprove => "transaction_approve",
+            DuressOp::ChangePin => "change_pin",
+        }
+    }
+
+    /// The operation of a byte as [`DuressOp::byte`] writes it (1–5).
+    pub fn from_byte(b: u8) -> Option<DuressOp> {
+        Self::ALL.into_iter().find(|o| o.byte() == b)
+    }
+
+    /// Its byte (1–5; 0 is never an operation), as stored.
+    pub fn byte(self) -> u8 {
+        self as u8
+    }
+}
+
+/// The last duress use of a token: when and in which operation. Kept with the token's state
+/// (persisted, restored at start) until the token is deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DuressUse {
+    /// When (Unix ms, the server's clock).
+    pub time_ms: u64,
+    /// Which operation.
+    pub operation: DuressOp,
+}
+
 /// Who caused a change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Actor {
@@ -155,6 +214,9 @@ pub struct Event {
     pub duress: bool,
     /// The transaction, for transaction events.
     pub tx_id: Option<[u8; 16]>,
+    /// For a [`EventKind::Duress`] event, the operation the duress PIN was used for; `None`
+    /// for every other event.
+    pub operation: Option<DuressOp>,
     /// Its sequence number ([`next_sequence`]): higher for every later change of the same
     /// token, across restarts; not consecutive (a counter numbers the events of many tokens).
     pub sequence: u64,
@@ -179,6 +241,7 @@ impl Event {
             open_until_ms: None,
             duress: false,
             tx_id: None,
+            operation: None,
             sequence: next_sequence(&token_id),
         }
     }

@@ -53,7 +53,7 @@ pub use admin::{
 pub use authkeys::{Access, AuthkeyConfig, AuthkeyInfo, Authkeys, Right};
 pub use config::{ServiceConfig, WebhookConfig};
 pub use device::PacketOutcome;
-pub use event::{Actor, Event, EventBus, EventKind};
+pub use event::{Actor, DuressOp, DuressUse, Event, EventBus, EventKind};
 pub use mutation::{
     Batch, Commit, CommitError, MemoryCommit, Mutation, PendingRecord, TokenRecord,
     TokenStateRecord,
@@ -261,6 +261,7 @@ pub(crate) fn state_record(e: &mut state::TokenEntry) -> mutation::TokenStateRec
         otp_last_step: u64::from(e.otp_last_step),
         otp_drift: e.otp_drift,
         last_seen_ms: u64::from(e.last_seen_s) * 1000,
+        last_duress: e.last_duress(),
     }
 }
 

@@ -69,6 +69,8 @@ pub struct TokenStateRecord {
     pub otp_drift: i8,
     /// Last time the device was heard from (Unix ms), 0 if never.
     pub last_seen_ms: u64,
+    /// The last use of the duress PIN, in any operation (SPEC.md §6.4), if any.
+    pub last_duress: Option<crate::DuressUse>,
 }
 
 impl TokenStateRecord {
@@ -92,6 +94,7 @@ impl TokenStateRecord {
             otp_last_step: 0,
             otp_drift: 0,
             last_seen_ms: 0,
+            last_duress: None,
         }
     }
 }

@@ -155,12 +155,13 @@ pub(crate) fn schedule_expiry(timers: &mut Timers, e: &mut TokenEntry, slot: u32
     }
 }
 
-/// A paired token in memory: 224 bytes. Keys and verifiers are zeroized when the entry is
+/// A paired token in memory: 232 bytes. Keys and verifiers are zeroized when the entry is
 /// overwritten or dropped (see `Drop`). Cold data (username) lives in storage only.
 ///
 /// Field order is the memory layout (`repr(C)`): what every packet touches (id, counters,
 /// times, flags, the compact replay window, both packet keys: the first 128 bytes) comes
 /// first, so that STATUS and CLOSE read two cache lines of the entry rather than all four.
+/// The last duress use's time (written only by a duress authentication) comes last.
 #[derive(Clone)]
 #[repr(C)]
 pub(crate) struct TokenEntry {
@@ -175,6 +176,9 @@ pub(crate) struct TokenEntry {
     pub failures: u8,
     pub flags: u8,
     pub otp_drift: i8,
+    /// The operation of the last duress use ([`crate::DuressOp::byte`]), 0 if none (in
+    /// what was padding before `version`).
+    pub duress_op: u8,
     /// Bumped at every persisted change: storage keeps the newest version of a token's state
     /// even when two threads' group commits land in the other order.
     pub version: u32,
@@ -187,6 +191,8 @@ pub(crate) struct TokenEntry {
     pub pin: [u8; 32],
     pub duress: [u8; 32],
     pub secret: [u8; 32],
+    /// When the last duress use was (Unix ms); meaningful when `duress_op` is not 0.
+    pub duress_ms: u64,
 }
 
 impl Drop for TokenEntry {
@@ -210,6 +216,20 @@ impl TokenEntry {
 
     pub fn has_duress(&self) -> bool {
         self.flags & FLAG_HAS_DURESS != 0
+    }
+
+    /// The last duress use, if any.
+    pub fn last_duress(&self) -> Option<crate::DuressUse> {
+        crate::DuressOp::from_byte(self.duress_op).map(|operation| crate::DuressUse {
+            time_ms: self.duress_ms,
+            operation,
+        })
+    }
+
+    /// Records a duress use (kept until the token is deleted).
+    pub fn set_last_duress(&mut self, d: Option<crate::DuressUse>) {
+        self.duress_op = d.map_or(0, |d| d.operation.byte());
+        self.duress_ms = d.map_or(0, |d| d.time_ms);
     }
 
     pub fn kind(&self) -> TokenKind {
@@ -236,7 +256,7 @@ impl TokenEntry {
 mod tests {
     #[test]
     fn entry_is_compact() {
-        assert_eq!(size_of::<super::TokenEntry>(), 224);
+        assert_eq!(size_of::<super::TokenEntry>(), 232);
     }
 
     #[test]

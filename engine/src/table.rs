@@ -1,6 +1,6 @@
 //! One shard's token table: entries in a chunked slab (no growth slack beyond one chunk) and
 //! an open-addressing index of 8-byte buckets (`tag ‖ slot + 1`, linear probing, backward-shift
-//! deletion). About 224 + 13–17 bytes per token; see BENCHMARKS.md.
+//! deletion). About 232 + 13–17 bytes per token; see BENCHMARKS.md.
 //!
 //! The index is an array of atomics so that a [`TableView`] can read it without the shard's
 //! lock, to prefetch a whole receive batch's buckets and entries in two tight loops (the
@@ -344,6 +344,8 @@ pub(crate) mod tests {
             otp_drift: 0,
             version: 0,
             recent: u32::MAX,
+            duress_op: 0,
+            duress_ms: 0,
         }
     }
 

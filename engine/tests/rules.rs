@@ -1835,3 +1835,526 @@ fn every_event_of_a_token_has_a_higher_sequence_number_than_the_one_before() {
         "strictly increasing in the order the changes were made: {seen:?}"
     );
 }
+
+impl World {
+    /// A new engine (new epoch) loaded from the committed records, as after a restart.
+    fn restart(&mut self) {
+        let engine = Engine::new(EngineConfig::new(services(), 8, [1; 32])).unwrap();
+        let mut last: std::collections::HashMap<TokenId, TokenRecord> =
+            std::collections::HashMap::new();
+        for m in &self.commit.log {
+            match m {
+                Mutation::Token(r) => {
+                    last.insert(r.token_id(), (**r).clone());
+                }
+                Mutation::TokenState(s) => last.get_mut(&s.token_id).unwrap().apply_state(s),
+                Mutation::DeleteToken(id) => {
+                    last.remove(id);
+                }
+                _ => {}
+            }
+        }
+        for r in last.values() {
+            engine.load_token(r).unwrap();
+        }
+        self.engine = engine;
+        self.events = self.engine.events().subscribe();
+    }
+
+    /// The duress events seen since the last call: (operation, actor, transaction).
+    fn duress_events(&mut self) -> Vec<(Option<DuressOp>, Actor, Option<[u8; 16]>)> {
+        std::mem::take(&mut self.seen)
+            .into_iter()
+            .filter(|e| e.kind == EventKind::Duress)
+            .inspect(|e| assert!(e.duress))
+            .map(|e| (e.operation, e.actor, e.tx_id))
+            .collect()
+    }
+}
+
+#[test]
+fn every_duress_use_is_an_event_naming_it_and_the_tokens_last_duress_use() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", true);
+    let id = p.token.token_id();
+    let duress = p.duress.clone();
+    let last = |w: &World| w.engine.status_by_id(w.now, &id).unwrap().last_duress;
+    // Nothing yet, and a normal use reports none.
+    w.open(&mut p).unwrap();
+    assert_eq!(last(&w), None);
+    assert!(w.duress_events().is_empty());
+    let use_at = |w: &World, op| {
+        Some(DuressUse {
+            time_ms: w.now,
+            operation: op,
+        })
+    };
+
+    // OPEN.
+    w.now += 1_000;
+    w.open_duress(&mut p).unwrap();
+    assert_eq!(
+        w.duress_events(),
+        vec![(Some(DuressOp::Open), Actor::Device, None)]
+    );
+    assert_eq!(last(&w), use_at(&w, DuressOp::Open));
+
+    // An app one-time code.
+    w.now += 30_000;
+    let code = p.token.one_time_code(&duress, w.now).unwrap();
+    let r = w.admin(|e, now, b| e.validate_code(now, &id, &code, b));
+    assert_eq!(r, Ok(OfflineOutcome::Accepted { duress: true }));
+    assert_eq!(
+        w.duress_events(),
+        vec![(Some(DuressOp::OneTimeCode), Actor::Operator, None)]
+    );
+    assert_eq!(last(&w), use_at(&w, DuressOp::OneTimeCode));
+
+    // An offline response.
+    w.now += 1_000;
+    let challenge = w
+        .admin(|e, now, _| e.offline_challenge(now, &id, 8))
+        .unwrap();
+    let response = p.token.offline_response(&duress, &challenge).unwrap();
+    let r = w.admin(|e, now, b| e.offline_response(now, &id, &response, b));
+    assert_eq!(r, Ok(OfflineOutcome::Accepted { duress: true }));
+    assert_eq!(
+        w.duress_events(),
+        vec![(Some(DuressOp::OfflineResponse), Actor::Operator, None)]
+    );
+    assert_eq!(last(&w), use_at(&w, DuressOp::OfflineResponse));
+
+    // TX_APPROVE: the event names the transaction too.
+    w.now += 1_000;
+    let tx = w
+        .admin(|e, now, b| e.create_transaction(now, &id, "Pay?", 60_000, b))
+        .unwrap();
+    let r = w
+        .send(
+            &mut p,
+            Request::TxApprove {
+                tx_id: tx,
+                pin: &duress,
+            },
+        )
+        .unwrap();
+    assert!(matches!(r, Reply::TxDecided(s, _, TxState::Approved) if s.status == ReplyStatus::Ok));
+    assert_eq!(
+        w.duress_events(),
+        vec![(Some(DuressOp::TxApprove), Actor::Device, Some(tx))]
+    );
+    assert_eq!(last(&w), use_at(&w, DuressOp::TxApprove));
+
+    // CHANGE_PIN: nothing changes, but the use is recorded.
+    w.now += 1_000;
+    let new = PinVerifier::derive("97531", &id).unwrap();
+    let r = w
+        .send(
+            &mut p,
+            Request::ChangePin {
+                current: &duress,
+                new: &new,
+                new_duress: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(status(&r).0, ReplyStatus::Ok);
+    assert_eq!(
+        w.duress_events(),
+        vec![(Some(DuressOp::ChangePin), Actor::Device, None)]
+    );
+    let at = use_at(&w, DuressOp::ChangePin);
+    assert_eq!(last(&w), at);
+
+    // Normal uses afterwards do not clear it; a restart restores it; so does re-enrollment.
+    w.now += 1_000;
+    w.open(&mut p).unwrap();
+    assert_eq!(last(&w), at);
+    w.restart();
+    assert_eq!(last(&w), at);
+    let st = w.engine.status_by_id(w.now, &id).unwrap();
+    assert!(!st.duress, "the current open was not made under duress");
+    let _new_phone = w.pair("bank", "alice", true);
+    assert_eq!(last(&w), at);
+    w.restart();
+    assert_eq!(last(&w), at);
+    // Deleting the token is what forgets it.
+    w.admin(|e, now, b| e.delete(now, &id, b)).unwrap();
+    w.admin(|e, now, b| e.enroll_totp(now, "bank", "alice", b))
+        .unwrap();
+    assert_eq!(last(&w), None);
+}
+
+#[test]
+fn a_duress_use_is_not_recorded_where_the_service_does_not_allow_duress() {
+    let mut w = World::new();
+    let p = w.pair("bank", "alice", true);
+    let id = p.token.token_id();
+    // The service stops allowing duress after pairing: a duress code is an ordinary success.
+    let mut svc = services();
+    svc[0].duress_allowed = false;
+    w.engine.reload_services(svc).unwrap();
+    let code = p.token.one_time_code(&p.duress, w.now).unwrap();
+    let r = w.admin(|e, now, b| e.validate_code(now, &id, &code, b));
+    assert_eq!(r, Ok(OfflineOutcome::Accepted { duress: false }));
+    assert!(w.duress_events().is_empty());
+    assert_eq!(w.engine.status_by_id(w.now, &id).unwrap().last_duress, None);
+}
+
+#[test]
+fn resubmitting_an_accepted_app_code_is_a_failed_authentication() {
+    let mut w = World::new();
+    let p = w.pair("bank", "alice", false);
+    let id = p.token.token_id();
+    let code = p.token.one_time_code(&p.pin, w.now).unwrap();
+    let ok = w.admin(|e, now, b| e.validate_code(now, &id, &code, b));
+    assert_eq!(ok, Ok(OfflineOutcome::Accepted { duress: false }));
+    w.kinds();
+    for left in [2, 1] {
+        let again = w.admin(|e, now, b| e.validate_code(now, &id, &code, b));
+        assert_eq!(
+            again,
+            Ok(OfflineOutcome::Rejected {
+                attempts_left: left
+            })
+        );
+        assert_eq!(w.kinds(), vec![EventKind::FailedAttempt]);
+    }
+    let third = w.admin(|e, now, b| e.validate_code(now, &id, &code, b));
+    assert_eq!(third, Ok(OfflineOutcome::Blocked));
+    assert_eq!(
+        w.kinds(),
+        vec![EventKind::FailedAttempt, EventKind::Blocked]
+    );
+}
+
+#[test]
+fn status_on_a_blocked_token_is_ok_while_close_is_blocked() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", false);
+    let id = p.token.token_id();
+    w.admin(|e, now, b| e.force(now, &id, Force::Blocked, b))
+        .unwrap();
+    let r = w.send(&mut p, Request::Status).unwrap();
+    assert_eq!(status(&r), (ReplyStatus::Ok, WireState::Blocked, 0));
+    let r = w.send(&mut p, Request::TimeSync).unwrap();
+    assert_eq!(status(&r), (ReplyStatus::Ok, WireState::Blocked, 0));
+    let r = w.send(&mut p, Request::Close).unwrap();
+    assert_eq!(status(&r), (ReplyStatus::Blocked, WireState::Blocked, 0));
+    // CLOSE does not unblock.
+    assert_eq!(
+        w.engine.status_by_id(w.now, &id).unwrap().state,
+        TokenState::Blocked
+    );
+}
+
+#[test]
+fn an_admin_blocked_token_answers_a_pair_complete_retransmission_with_no_attempts_left() {
+    let mut w = World::new();
+    let p = w.pair("bank", "alice", false);
+    let id = p.token.token_id();
+    let wrong = PinVerifier::derive("0000", &id).unwrap();
+    let mut counter = p.token.next_counter() + 5;
+    // One failure (attempts_left 2), then an administrator blocks the token.
+    let d = forged_pair_complete(&w, &id, counter, &wrong);
+    counter += 1;
+    let reply = w.deliver(&d).unwrap();
+    let r = open_status_reply(&w, &id, reply);
+    assert_eq!(r, (ReplyStatus::WrongPin as u8, WireState::Closed as u8, 2));
+    w.admin(|e, now, b| e.force(now, &id, Force::Blocked, b))
+        .unwrap();
+    for v in [&p.pin, &wrong] {
+        let d = forged_pair_complete(&w, &id, counter, v);
+        counter += 1;
+        let reply = w.deliver(&d).unwrap();
+        let r = open_status_reply(&w, &id, reply);
+        assert_eq!(r, (ReplyStatus::Blocked as u8, WireState::Blocked as u8, 0));
+    }
+    let st = w.engine.status_by_id(w.now, &id).unwrap();
+    assert_eq!(
+        (st.state, st.attempts_left, st.failures),
+        (TokenState::Blocked, 0, 1)
+    );
+}
+
+/// (status, state, attempts_left) of a reply to a forged request of token `id`.
+fn open_status_reply(w: &World, id: &TokenId, mut reply: Vec<u8>) -> (u8, u8, u8) {
+    let secret = w
+        .commit
+        .log
+        .iter()
+        .rev()
+        .find_map(|m| match m {
+            Mutation::Token(r) if r.token_id() == *id => Some(*r.secret.expose()),
+            _ => None,
+        })
+        .unwrap();
+    let keys = zoftoken_proto::TokenSecret::from_bytes(secret).keys();
+    let r = zoftoken_proto::packet::open_reply(&keys.s2d, &mut reply).unwrap();
+    let b = r.body.status();
+    (b.status, b.state, b.attempts_left)
+}
+
+#[test]
+fn a_duress_pair_complete_refused_on_a_pending_token_reads_pending() {
+    let mut w = World::new();
+    let ticket = w
+        .admin(|e, now, b| e.enroll(now, "bank", "alice", b))
+        .unwrap();
+    let mut pairing = Pairing::from_deeplink(&Deeplink::parse(&ticket.deeplink).unwrap());
+    let mut out = [0u8; 1200];
+    let tx = pairing.init_request(w.now, [3; 32], &mut out).unwrap();
+    let mut reply = w.deliver(&out[..tx.len]).unwrap();
+    let offer = pairing.handle_init_reply(&mut reply).unwrap();
+    assert!(offer.service.duress_allowed);
+    // The service stops allowing duress between PAIR_INIT and PAIR_COMPLETE.
+    let mut svc = services();
+    svc[0].duress_allowed = false;
+    w.engine.reload_services(svc).unwrap();
+    let pin = PinVerifier::derive("2468", &offer.token_id).unwrap();
+    let duress = PinVerifier::derive("1357", &offer.token_id).unwrap();
+    w.kinds();
+    let tx = pairing
+        .complete_request(&pin, Some(&duress), w.now, &mut out)
+        .unwrap();
+    let mut reply = w.deliver(&out[..tx.len]).unwrap();
+    let refused = pairing
+        .handle_complete_reply(&mut MemoryStore::default(), &mut reply)
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        (refused.status, refused.state, refused.attempts_left),
+        (ReplyStatus::Refused, WireState::Pending, 3)
+    );
+    assert_eq!(
+        w.engine.status(w.now, "bank", "alice").unwrap().state,
+        TokenState::Pending
+    );
+    assert!(w.kinds().is_empty(), "nothing changed");
+}
+
+#[test]
+fn a_wrong_offline_response_does_not_use_up_the_validation_code() {
+    let mut w = World::new();
+    let p = w.pair("bank", "alice", false);
+    let id = p.token.token_id();
+    let challenge = w
+        .admin(|e, now, _| e.offline_challenge(now, &id, 8))
+        .unwrap();
+    for left in [2, 1] {
+        let r = w.admin(|e, now, b| e.offline_response(now, &id, "AAAA-AAAA", b));
+        assert_eq!(
+            r,
+            Ok(OfflineOutcome::Rejected {
+                attempts_left: left
+            })
+        );
+    }
+    let response = p.token.offline_response(&p.pin, &challenge).unwrap();
+    let r = w.admin(|e, now, b| e.offline_response(now, &id, &response, b));
+    assert_eq!(r, Ok(OfflineOutcome::Accepted { duress: false }));
+    // A correct response uses it up.
+    let again = w.admin(|e, now, b| e.offline_response(now, &id, &response, b));
+    assert_eq!(again, Err(EngineError::NoChallenge));
+}
+
+#[test]
+fn a_decision_naming_another_tokens_transaction_is_no_transaction_and_changes_nothing() {
+    let mut w = World::new();
+    let mut alice = w.pair("bank", "alice", true);
+    let bob = w.pair("bank", "bob", false);
+    let bob_id = bob.token.token_id();
+    let tx = w
+        .admin(|e, now, b| e.create_transaction(now, &bob_id, "Pay?", 60_000, b))
+        .unwrap();
+    w.kinds();
+    let (pin, wrong) = (
+        alice.pin.clone(),
+        PinVerifier::derive("0000", &alice.token.token_id()).unwrap(),
+    );
+    for req in [
+        Request::TxApprove {
+            tx_id: tx,
+            pin: &pin,
+        },
+        Request::TxApprove {
+            tx_id: tx,
+            pin: &wrong,
+        },
+        Request::TxDeny { tx_id: tx },
+    ] {
+        let name = format!("{req:?}");
+        let r = w.send(&mut alice, req).unwrap();
+        match r {
+            Reply::TxDecided(s, id, state) => {
+                assert_eq!(
+                    (s.status, s.attempts_left, id, state),
+                    (ReplyStatus::NoTransaction, 3, tx, TxState::Expired),
+                    "{name}"
+                );
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    // No PIN was checked (no failure), nothing was decided, nothing happened.
+    assert!(w.kinds().is_empty());
+    assert_eq!(
+        w.engine.transaction(w.now, &tx).unwrap().state,
+        TxState::Waiting
+    );
+}
+
+/// Runs PAIR_INIT for `ticket` as the device does, and also derives the candidate token keys
+/// the way the device does, for forging requests under them.
+fn pair_init_with_keys(
+    w: &mut World,
+    ticket: &EnrollmentTicket,
+) -> (Pairing, zoftoken_proto::TokenKeys, TokenId) {
+    let link = Deeplink::parse(&ticket.deeplink).unwrap();
+    let enrollment = link.secret.keys();
+    let mut pairing = Pairing::from_deeplink(&link);
+    let random = [0x42; 32];
+    let mut out = [0u8; 1200];
+    let tx = pairing.init_request(w.now, random, &mut out).unwrap();
+    let reply = w.deliver(&out[..tx.len]).unwrap();
+    let mut copy = reply.clone();
+    let opened = zoftoken_proto::packet::open_reply(&enrollment.s2d, &mut copy).unwrap();
+    let zoftoken_proto::wire::ReplyBody::PairInit(init) = opened.body else {
+        panic!("a PAIR_INIT reply");
+    };
+    let secret = zoftoken_proto::pairing::Ephemeral::from_random(random)
+        .device_token_secret(&init.server_public, &enrollment.pairing_id)
+        .unwrap();
+    let mut reply = reply;
+    let offer = pairing.handle_init_reply(&mut reply).unwrap();
+    (pairing, secret.keys(), offer.token_id)
+}
+
+fn forged_status(
+    w: &World,
+    keys: &zoftoken_proto::TokenKeys,
+    id: &TokenId,
+    counter: u64,
+) -> Vec<u8> {
+    let mut body = [0u8; 24];
+    body[..8].copy_from_slice(&w.now.to_be_bytes());
+    let mut out = [0u8; 1200];
+    let n = zoftoken_proto::packet::seal_request(
+        &keys.d2s,
+        zoftoken_proto::MsgType::Status,
+        id.0,
+        counter,
+        &body,
+        &mut out,
+    )
+    .unwrap();
+    out[..n].to_vec()
+}
+
+#[test]
+fn requests_under_a_candidate_key_before_pair_complete_are_dropped() {
+    let mut w = World::new();
+    // A new token: only PAIR_COMPLETE may use the candidate key.
+    let ticket = w
+        .admin(|e, now, b| e.enroll(now, "bank", "alice", b))
+        .unwrap();
+    let (mut pairing, keys, id) = pair_init_with_keys(&mut w, &ticket);
+    let d = forged_status(&w, &keys, &id, 1);
+    assert_eq!(w.deliver(&d), Err(DropReason::UnknownToken));
+    // A re-enrolled token: the old key is still the token's, the candidate opens nothing
+    // but PAIR_COMPLETE.
+    let mut old = w.pair("bank", "bob", false);
+    let ticket = w
+        .admin(|e, now, b| e.enroll(now, "bank", "bob", b))
+        .unwrap();
+    let (_, bob_keys, bob_id) = pair_init_with_keys(&mut w, &ticket);
+    let d = forged_status(&w, &bob_keys, &bob_id, 50);
+    assert_eq!(w.deliver(&d), Err(DropReason::Unauthentic));
+    let r = w.send(&mut old, Request::Status).unwrap();
+    assert_eq!(status(&r).0, ReplyStatus::NotPaired);
+    // The dropped request consumed nothing: alice's pairing completes with counter 1.
+    let pin = PinVerifier::derive("2468", &id).unwrap();
+    let mut out = [0u8; 1200];
+    let tx = pairing
+        .complete_request(&pin, None, w.now, &mut out)
+        .unwrap();
+    let mut reply = w.deliver(&out[..tx.len]).unwrap();
+    assert!(pairing
+        .handle_complete_reply(&mut MemoryStore::default(), &mut reply)
+        .unwrap()
+        .is_ok());
+}
+
+#[test]
+fn re_enrolling_a_pending_token_invalidates_the_older_deeplink_and_manual_code() {
+    let mut w = World::new();
+    let first = w
+        .admin(|e, now, b| e.enroll(now, "bank", "alice", b))
+        .unwrap();
+    // The first deeplink's PAIR_INIT already has a candidate when the token is re-enrolled.
+    let mut started = Pairing::from_deeplink(&Deeplink::parse(&first.deeplink).unwrap());
+    let mut out = [0u8; 1200];
+    let tx = started.init_request(w.now, [1; 32], &mut out).unwrap();
+    let mut reply = w.deliver(&out[..tx.len]).unwrap();
+    let offer = started.handle_init_reply(&mut reply).unwrap();
+    let second = w
+        .admin(|e, now, b| e.enroll(now, "bank", "alice", b))
+        .unwrap();
+    assert_ne!(first.deeplink, second.deeplink);
+    // The pairing begun with the first link cannot complete…
+    let pin = PinVerifier::derive("2468", &offer.token_id).unwrap();
+    let tx = started
+        .complete_request(&pin, None, w.now, &mut out)
+        .unwrap();
+    assert_eq!(w.deliver(&out[..tx.len]), Err(DropReason::UnknownToken));
+    // …and neither form of the first enrollment starts a new one.
+    let mut by_link = Pairing::from_deeplink(&Deeplink::parse(&first.deeplink).unwrap());
+    let tx = by_link.init_request(w.now, [2; 32], &mut out).unwrap();
+    assert_eq!(w.deliver(&out[..tx.len]), Err(DropReason::UnknownToken));
+    let mut by_code = Pairing::from_manual_code(
+        &first.manual_code,
+        "bank",
+        vec!["127.0.0.1:4500".into()],
+        None,
+    )
+    .unwrap();
+    let tx = by_code.init_request(w.now, [3; 32], &mut out).unwrap();
+    assert_eq!(w.deliver(&out[..tx.len]), Err(DropReason::UnknownToken));
+    // The second enrollment's manual code works.
+    let by_code = Pairing::from_manual_code(
+        &second.manual_code,
+        "bank",
+        vec!["127.0.0.1:4500".into()],
+        None,
+    )
+    .unwrap();
+    let _p = w.pair_with(by_code, false);
+    assert_eq!(
+        w.engine.status(w.now, "bank", "alice").unwrap().state,
+        TokenState::Closed
+    );
+}
+
+#[test]
+fn the_clock_offset_and_code_drift_survive_a_restart() {
+    let mut w = World::new();
+    let mut p = w.pair("bank", "alice", false);
+    let id = p.token.token_id();
+    // The phone's clock is set 10 minutes ahead; TIME_SYNC records the offset.
+    p.clock_skew_ms = 600_000;
+    w.send(&mut p, Request::TimeSync).unwrap();
+    // A code made one step further ahead sets the drift to 1.
+    let code = p.token.one_time_code(&p.pin, w.now + 630_000).unwrap();
+    let r = w.admin(|e, now, b| e.validate_code(now, &id, &code, b));
+    assert_eq!(r, Ok(OfflineOutcome::Accepted { duress: false }));
+    w.restart();
+    // Without the offset, a request 10 minutes ahead would be stale.
+    w.now += 1_000;
+    let r = w.send(&mut p, Request::Status).unwrap();
+    assert_eq!(status(&r).0, ReplyStatus::Ok);
+    // Two steps later and still one step ahead: found only with the remembered drift.
+    w.now += 59_000;
+    let code = p.token.one_time_code(&p.pin, w.now + 630_000).unwrap();
+    let r = w.admin(|e, now, b| e.validate_code(now, &id, &code, b));
+    assert_eq!(r, Ok(OfflineOutcome::Accepted { duress: false }));
+}

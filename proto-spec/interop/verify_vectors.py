@@ -714,7 +714,8 @@ _DNS = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
 
 def valid_endpoint(ep):
     import ipaddress
-    m = re.fullmatch(r"(\[[^\]]+\]|[^:\[\]]+):([0-9]{1,5})", ep)
+    # §12.1: the port is decimal digits without a leading zero, 1-65535
+    m = re.fullmatch(r"(\[[^\]]+\]|[^:\[\]]+):([1-9][0-9]{0,4})", ep)
     if not m or not 1 <= int(m.group(2)) <= 65535:
         return False
     host = m.group(1)
@@ -742,7 +743,15 @@ def parse_deeplink(uri):
         raise ValueError("scheme")
     params = {}
     for part in uri[len(prefix):].split("&"):
-        k, _, v = part.partition("=")
+        k, eq, v = part.partition("=")
+        if not eq:
+            raise ValueError("parameter without '='")
+        # §12.1: names are matched literally, and a name with '%' is rejected
+        if "%" in k:
+            raise ValueError("percent-encoded name")
+        # §12.1: every '%' starts an escape of two hexadecimal digits
+        if re.search(r"%(?![0-9A-Fa-f]{2})", v):
+            raise ValueError("malformed escape")
         params.setdefault(k, []).append(urllib.parse.unquote(v, errors="strict"))
     for k in ("v", "s", "service"):
         if len(params.get(k, [])) != 1:
@@ -761,6 +770,8 @@ def parse_deeplink(uri):
     eps = params.get("ep", [])
     if not 1 <= len(eps) <= 16 or not all(valid_endpoint(e) for e in eps):
         raise ValueError("endpoint")
+    if len(params.get("details", [])) > 1:
+        raise ValueError("repeated details")
     details = params.get("details", [None])[-1]
     if details is not None and not re.match(r"https?://", details):
         raise ValueError("details")
@@ -1250,6 +1261,45 @@ def check_codes():
         if accepted is not None:
             last = accepted
 
+    C.group("codes.json §10.3 validation with clock offset and drift")
+    od = v["otp_drift"]
+    offset, drift, last, accepted_count = 0, 0, None, 0
+    for ev in od["events"]:
+        if "time_sync" in ev:
+            # §8.3: TIME_SYNC sets O = device_time_ms - server_time_ms; §10.3: d is reset to 0.
+            ts = ev["time_sync"]
+            offset, drift = ts["device_time_ms"] - ts["server_time_ms"], 0
+            C.eq("offset after TIME_SYNC", offset, ev["offset_ms_after"])
+            C.eq("drift after TIME_SYNC", drift, ev["drift_after"])
+            continue
+        C.eq("offset before", ev["offset_ms"], offset)
+        C.eq("drift before", ev["drift_before"], drift)
+        C.eq("last accepted step before", ev["last_accepted_step_before"], last)
+        # §10.2: the phone makes the code at its own time.
+        made = otp_step(ev["device_time_ms"], od["period_s"])
+        C.eq("made at step", made, ev["made_at_step"])
+        # §10.3: b = floor((server_time_ms + O) / 1000 / period), s = b + d.
+        b = (ev["server_time_ms"] + offset) // 1000 // od["period_s"]
+        s_ = b + drift
+        C.eq("base step b", b, ev["base_step"])
+        C.eq("expected step s = b + d", s_, ev["expected_step"])
+        accepted, pin = None, None
+        for step in range(s_ - od["search_radius"], s_ + od["search_radius"] + 1):
+            if last is not None and step <= last:
+                continue
+            for name, vv in (("normal", ver), ("duress", dur)):
+                code = sample_symbols(otp_key, vv + u64(step), od["length"], DIGITS)
+                if accepted is None and hmac.compare_digest(code, ev["code"]):
+                    accepted, pin = step, name
+        C.eq(f"code {ev['code']} made at {made} with {ev['made_with']}, server at {b}+{drift}",
+             (accepted, pin), (ev["accepted_step"], ev["pin"]))
+        if accepted is not None:
+            # §10.3: store m as the last accepted step and d = m - b.
+            last, drift = accepted, accepted - b
+            accepted_count += 1
+        C.eq("drift after", drift, ev["drift_after"])
+    C.true("the drift sequence accepts codes", accepted_count > 0)
+
     C.group("codes.json §10.2 one-time codes")
     for c in v["one_time_codes"]:
         C.eq(f"step({c['unix_ms']},{c['period_s']})", otp_step(c["unix_ms"], c["period_s"]),
@@ -1360,6 +1410,20 @@ def check_deeplinks():
                 C.true(f"reject {why}", True)
         p2 = parse_deeplink(base + "&future=x")
         C.eq("unknown parameter ignored", p2["secret"], secret)
+    # §12.1 "Parsing": links every parser MUST reject, and variants it MUST accept
+    for r in v["rejected"]:
+        try:
+            parse_deeplink(r["uri"])
+            C.true(f"reject {r['why']}", False)
+        except ValueError:
+            C.true(f"reject {r['why']}", True)
+    first = v["links"][v["accepted"]["fields_of"]]
+    for a in v["accepted"]["links"]:
+        p = parse_deeplink(a["uri"])
+        C.eq(f"accept {a['why']}", (p["secret"], p["service"], p["endpoints"], p["details"]),
+             (H(first["secret"]), first["service"], first["endpoints"], first["details_url"]))
+    C.eq("'+' is a literal plus", parse_deeplink(v["literal_plus"]["uri"])["service"],
+         v["literal_plus"]["service"])
 
 
 def main():

@@ -172,6 +172,52 @@ pub fn otp_verify(
     found
 }
 
+/// A code accepted by [`otp_verify_drifted`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OtpAccepted {
+    /// The step `m` the code was made for: the token's new last accepted step.
+    pub step: u64,
+    /// Which verifier made it.
+    pub pin: PinMatch,
+    /// The token's new drift `d = m − b`, in steps (0 if it does not fit an `i8`).
+    pub drift: i8,
+}
+
+/// Server side: validates an app one-time code with the token's clock offset and remembered
+/// drift (SPEC.md §10.3). The base step is `b = step(server_time_ms + offset_ms)`, the expected
+/// step `s = b + drift`; [`otp_verify`] tries `s − 1 ..= s + 1` above `last_used_step`. On
+/// acceptance the caller stores the returned step and drift.
+#[allow(clippy::too_many_arguments)]
+pub fn otp_verify_drifted(
+    otp_key: &SecretBytes,
+    normal: &PinVerifier,
+    duress: Option<&PinVerifier>,
+    params: OtpParams,
+    code: &str,
+    server_time_ms: u64,
+    offset_ms: i64,
+    drift: i8,
+    last_used_step: Option<u64>,
+) -> Option<OtpAccepted> {
+    let base = params.step(server_time_ms.saturating_add_signed(offset_ms));
+    let expected = base.saturating_add_signed(i64::from(drift));
+    let (step, pin) = otp_verify(
+        otp_key,
+        normal,
+        duress,
+        params,
+        code,
+        expected,
+        last_used_step,
+    )?;
+    let drift = i64::try_from(step)
+        .ok()
+        .zip(i64::try_from(base).ok())
+        .and_then(|(m, b)| i8::try_from(m - b).ok())
+        .unwrap_or(0);
+    Some(OtpAccepted { step, pin, drift })
+}
+
 fn pad32(code: &str) -> [u8; CODE_MAX_LEN] {
     let mut out = [0u8; CODE_MAX_LEN];
     for (o, b) in out.iter_mut().zip(code.bytes()) {

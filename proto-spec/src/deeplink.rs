@@ -42,11 +42,16 @@ pub fn check_endpoint(endpoint: &str) -> Result<(), Error> {
     let (host, port) = endpoint
         .rsplit_once(':')
         .ok_or(Error::Deeplink("endpoint must be host:port"))?;
+    // Decimal digits without a leading zero (a leading zero reads as octal to some parsers:
+    // `0443` would be 443 to one app and 291 to another), value 1–65535.
     let port_ok = !port.is_empty()
+        && !port.starts_with('0')
         && port.bytes().all(|b| b.is_ascii_digit())
         && port.parse::<u16>().is_ok_and(|p| p != 0);
     if !port_ok {
-        return Err(Error::Deeplink("endpoint port must be 1 to 65535"));
+        return Err(Error::Deeplink(
+            "endpoint port must be 1 to 65535 in decimal without leading zeros",
+        ));
     }
     let host_ok = if let Some(inner) = host.strip_prefix('[') {
         inner
@@ -64,6 +69,18 @@ pub fn check_endpoint(endpoint: &str) -> Result<(), Error> {
     } else {
         Err(Error::Deeplink("endpoint host is not a name or address"))
     }
+}
+
+/// Whether every `%` in `raw` starts an escape of two hexadecimal digits (either case).
+fn well_formed_escapes(raw: &str) -> bool {
+    let b = raw.as_bytes();
+    b.iter().enumerate().all(|(i, c)| {
+        *c != b'%'
+            || matches!(
+                (b.get(i + 1), b.get(i + 2)),
+                (Some(h), Some(l)) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit()
+            )
+    })
 }
 
 impl Deeplink {
@@ -124,6 +141,16 @@ impl Deeplink {
             let (key, raw) = pair
                 .split_once('=')
                 .ok_or(Error::Deeplink("parameter without '='"))?;
+            // Names are matched literally; a percent-encoded name could only be a known name
+            // in disguise (`%76` for `v`), read differently by parsers that decode names.
+            if key.contains('%') {
+                return Err(Error::Deeplink("percent-encoded parameter name"));
+            }
+            if !well_formed_escapes(raw) {
+                return Err(Error::Deeplink(
+                    "'%' not followed by two hexadecimal digits",
+                ));
+            }
             let value = percent_decode_str(raw)
                 .decode_utf8()
                 .map_err(|_| Error::Deeplink("parameter is not UTF-8"))?
@@ -193,11 +220,41 @@ mod tests {
         assert!(Deeplink::parse(&format!("{uri}&s=AAAA")).is_err());
         assert!(Deeplink::parse("https://enroll?v=1").is_err());
         assert!(Deeplink::parse(&uri.replace("%3A4500", "%3A0")).is_err());
+        assert!(Deeplink::parse(&uri.replace("%3A4500", "%3A04500")).is_err());
+        // Malformed escapes, anywhere in a value, and percent-encoded names.
+        for bad in [
+            uri.replace("Banco%20", "Banco%2"),
+            uri.replace("Banco%20", "Banco%zz"),
+            uri.replace("Banco%20", "Banco%"),
+            format!("{uri}&future=%4"),
+            format!("{uri}&%76=1"),
+            format!("{uri}&%73ervice=Other"),
+            uri.replace("?v=1", "?%76=1"),
+        ] {
+            assert!(Deeplink::parse(&bad).is_err(), "{bad}");
+        }
+        // Lower-case escapes and a literal `+` are fine.
+        let lower = uri.replace("%C3%91", "%c3%91");
+        assert_eq!(Deeplink::parse(&lower).unwrap(), sample());
+        let plus = uri.replace("Banco%20", "Banco+");
+        assert_eq!(Deeplink::parse(&plus).unwrap().service, "Banco+Ñandú & Co");
         let mut no_ep = sample();
         no_ep.endpoints.clear();
         assert!(no_ep.to_uri().is_err());
         for bad in [
-            "host", "host:", ":80", "ho st:80", "[::1:80", "[zz]:80", "h:99999",
+            "host",
+            "host:",
+            ":80",
+            "ho st:80",
+            "[::1:80",
+            "[zz]:80",
+            "h:99999",
+            "h:0",
+            "h:00",
+            "h:0443",
+            "[::1]:080",
+            "h:+443",
+            "h:65536",
         ] {
             assert!(check_endpoint(bad).is_err(), "{bad}");
         }

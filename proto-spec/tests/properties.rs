@@ -168,3 +168,22 @@ proptest! {
         }
     }
 }
+
+/// SPEC.md §6.1: the 4–64 limit counts the bytes that are hashed (the UTF-8 of the PIN after
+/// NFC normalisation), not characters.
+#[test]
+fn pin_length_is_counted_in_hashed_bytes() {
+    use zoftoken_proto::{PinVerifier, TokenId};
+    let id = TokenId([1; 16]);
+    // Two characters, four bytes: long enough. Three ASCII digits: too short.
+    assert!(PinVerifier::derive("éé", &id).is_ok());
+    assert!(PinVerifier::derive("123", &id).is_err());
+    // 32 two-byte characters are 64 bytes; 33 are 66 bytes (33 characters) and too long.
+    assert!(PinVerifier::derive(&"é".repeat(32), &id).is_ok());
+    assert!(PinVerifier::derive(&"é".repeat(33), &id).is_err());
+    // NFC and NFD spellings of the same PIN are different bytes, hence different verifiers:
+    // the app normalises before hashing.
+    let nfc = PinVerifier::derive("12\u{e9}", &id).unwrap();
+    let nfd = PinVerifier::derive("12e\u{301}", &id).unwrap();
+    assert_ne!(nfc, nfd);
+}

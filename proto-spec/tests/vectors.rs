@@ -698,14 +698,111 @@ fn gen_codes() -> Value {
                    "pin": got.map(|g| format!("{:?}", g.1).to_lowercase())})
     })
     .collect();
+    let drift = gen_otp_drift(&otp_key_s, &v, &duress, params);
     json!({
         "description": "SPEC.md §10 one-time codes, §11 offline codes, §12.2 manual enrollment codes",
         "duress_verifier": h(&duress_bytes),
         "otp_validation": {"length": 6, "period_s": 30, "alphabet": "digits", "search_radius": codes::OTP_SEARCH_RADIUS, "attempts": validation},
+        "otp_drift": drift,
         "alphabets": {"digits": "0123456789", "base32": std::str::from_utf8(codes::BASE32_SYMBOLS).unwrap()},
         "otp_key": h(&otp_key), "offline_key": h(&offline_key), "verifier": h(&verifier),
         "one_time_codes": otp_cases, "offline": offline, "manual_codes": manual,
     })
+}
+
+/// The drift sequence of codes.json (SPEC.md §10.3): the server's clock `server_time_ms`, the
+/// token's offset `O` and remembered drift `d`, the phone's clock when it made each code, and
+/// what the server decides; a TIME_SYNC sets `O` and resets `d` to 0.
+fn gen_otp_drift(
+    otp_key: &SecretBytes,
+    normal: &PinVerifier,
+    duress: &PinVerifier,
+    params: OtpParams,
+) -> Value {
+    // (server time after T0 in s, phone clock minus server clock in s, made with, or a
+    // TIME_SYNC from a phone that far ahead)
+    enum Step {
+        Code(u64, i64, &'static str),
+        TimeSync(u64, i64),
+    }
+    let script = [
+        // The phone's clock runs 40 s fast: one step ahead, inside s ± 1; d becomes 1.
+        Step::Code(0, 40, "normal"),
+        // It drifts to 70 s fast (two steps): found from s = b + 1; d becomes 2.
+        Step::Code(60, 70, "normal"),
+        // Still two steps ahead: without the remembered drift it would be outside b ± 1.
+        Step::Code(120, 70, "normal"),
+        // The same code again: never twice; d unchanged.
+        Step::Code(120, 70, "normal"),
+        // A wrong verifier: nothing matches; d unchanged.
+        Step::Code(150, 70, "wrong"),
+        // The duress PIN follows the same drift.
+        Step::Code(180, 75, "duress"),
+        // The phone drifts back to 40 s fast: found at s − 1, d becomes 1.
+        Step::Code(240, 40, "normal"),
+        // Set exactly: found at s − 1 again, d becomes 0.
+        Step::Code(300, 0, "normal"),
+        // Jumped 100 s ahead: three steps above s, outside the search; a failure, d unchanged.
+        Step::Code(330, 100, "normal"),
+        // A TIME_SYNC from a phone 200 s ahead: O = 200 000 ms, d = 0.
+        Step::TimeSync(360, 200),
+        // Its codes are found at s = b (b from the server's clock plus O).
+        Step::Code(390, 200, "normal"),
+    ];
+    let mut offset: i64 = 0;
+    let mut drift: i8 = 0;
+    let mut last: Option<u64> = None;
+    let wrong = PinVerifier::from_bytes([0; 32]);
+    let events: Vec<Value> = script
+        .iter()
+        .map(|step| match *step {
+            Step::TimeSync(at, ahead) => {
+                let server = T0 + at * 1000;
+                let device = server.saturating_add_signed(ahead * 1000);
+                offset = clock::offset_ms(device, server);
+                drift = 0;
+                json!({"time_sync": {"server_time_ms": server, "device_time_ms": device},
+                       "offset_ms_after": offset, "drift_after": drift})
+            }
+            Step::Code(at, ahead, which) => {
+                let server = T0 + at * 1000;
+                let device = server.saturating_add_signed(ahead * 1000);
+                let verifier = match which {
+                    "normal" => normal,
+                    "duress" => duress,
+                    _ => &wrong,
+                };
+                let code = codes::otp_code(otp_key, verifier, params.step(device), params);
+                let base = params.step(server.saturating_add_signed(offset));
+                let expected = base.saturating_add_signed(i64::from(drift));
+                let got = codes::otp_verify_drifted(
+                    otp_key,
+                    normal,
+                    Some(duress),
+                    params,
+                    &code,
+                    server,
+                    offset,
+                    drift,
+                    last,
+                );
+                let before = (drift, last);
+                if let Some(a) = got {
+                    drift = a.drift;
+                    last = Some(a.step);
+                }
+                json!({"code": code, "made_with": which, "device_time_ms": device,
+                       "made_at_step": params.step(device), "server_time_ms": server,
+                       "offset_ms": offset, "drift_before": before.0,
+                       "last_accepted_step_before": before.1, "base_step": base,
+                       "expected_step": expected, "accepted_step": got.map(|a| a.step),
+                       "pin": got.map(|a| format!("{:?}", a.pin).to_lowercase()),
+                       "drift_after": drift})
+            }
+        })
+        .collect();
+    json!({"length": params.length, "period_s": params.period_s, "alphabet": "digits",
+           "search_radius": codes::OTP_SEARCH_RADIUS, "events": events})
 }
 
 fn gen_totp() -> Value {
@@ -805,7 +902,87 @@ fn gen_deeplinks() -> Value {
                "details_url": link.details_url, "uri": link.to_uri().unwrap()})
     })
     .collect();
-    json!({"description": "SPEC.md §12.1 deeplinks", "links": links})
+    // Links a parser MUST reject, made from the first one (§12.1 "Parsing").
+    let base = links[0]["uri"].as_str().unwrap().to_owned();
+    let ep = "&ep=tokens.bank.example%3A4500";
+    let rejected: Vec<Value> = [
+        (
+            "escape with one hex digit",
+            base.replace("Banco%20Ejemplo", "Banco%2"),
+        ),
+        (
+            "escape with non-hex digits",
+            base.replace("Banco%20", "Banco%zz"),
+        ),
+        ("'%' at the end of a value", format!("{base}&future=%")),
+        (
+            "escape in an unknown parameter",
+            format!("{base}&future=%4"),
+        ),
+        (
+            "percent-encoded name of a known parameter",
+            format!("{base}&%76=1"),
+        ),
+        (
+            "percent-encoded name of an unknown parameter",
+            format!("{base}&%66uture=1"),
+        ),
+        (
+            "percent-encoded name as the only v",
+            base.replace("?v=1", "?%76=1"),
+        ),
+        (
+            "port with a leading zero",
+            base.replace(ep, "&ep=tokens.bank.example%3A04500"),
+        ),
+        ("port 0", base.replace(ep, "&ep=tokens.bank.example%3A0")),
+        (
+            "port 65536",
+            base.replace(ep, "&ep=tokens.bank.example%3A65536"),
+        ),
+        (
+            "port with a sign",
+            base.replace(ep, "&ep=tokens.bank.example%3A%2B4500"),
+        ),
+        (
+            "repeated details",
+            format!("{base}&details=https%3A%2F%2Fa&details=https%3A%2F%2Fb"),
+        ),
+        ("parameter without '='", format!("{base}&future")),
+    ]
+    .into_iter()
+    .map(|(why, uri)| {
+        assert!(Deeplink::parse(&uri).is_err(), "{why}: {uri}");
+        json!({"why": why, "uri": uri})
+    })
+    .collect();
+    // Links a parser MUST accept with the first link's fields.
+    let accepted: Vec<Value> = [
+        ("lower-case escapes", base.replace("%3A", "%3a")),
+        ("parameters in another order", {
+            let q = base.strip_prefix("zoftoken://enroll?").unwrap();
+            let mut parts: Vec<&str> = q.split('&').collect();
+            parts.reverse();
+            format!("zoftoken://enroll?{}", parts.join("&"))
+        }),
+        (
+            "unknown parameters ignored",
+            format!("{base}&future=%41&x-y_z.~="),
+        ),
+    ]
+    .into_iter()
+    .map(|(why, uri)| {
+        let l = Deeplink::parse(&uri).unwrap();
+        assert_eq!(l.to_uri().unwrap(), base, "{why}");
+        json!({"why": why, "uri": uri})
+    })
+    .collect();
+    let plus = base.replace("Banco%20", "Banco+");
+    assert_eq!(Deeplink::parse(&plus).unwrap().service, "Banco+Ejemplo");
+    json!({"description": "SPEC.md §12.1 deeplinks", "links": links,
+           "rejected": rejected,
+           "accepted": {"fields_of": 0, "links": accepted},
+           "literal_plus": {"uri": plus, "service": "Banco+Ejemplo"}})
 }
 
 // ---------------------------------------------------------------- tests
@@ -1039,6 +1216,19 @@ fn replay_and_deeplink_vectors_decode() {
         );
     }
     let v = load("deeplinks.json");
+    for r in v["rejected"].as_array().unwrap() {
+        assert!(Deeplink::parse(r["uri"].as_str().unwrap()).is_err(), "{r}");
+    }
+    let first = Deeplink::parse(v["links"][0]["uri"].as_str().unwrap()).unwrap();
+    for a in v["accepted"]["links"].as_array().unwrap() {
+        assert_eq!(
+            Deeplink::parse(a["uri"].as_str().unwrap()).as_ref(),
+            Ok(&first),
+            "{a}"
+        );
+    }
+    let plus = Deeplink::parse(v["literal_plus"]["uri"].as_str().unwrap()).unwrap();
+    assert_eq!(plus.service, v["literal_plus"]["service"].as_str().unwrap());
     for l in v["links"].as_array().unwrap() {
         let link = Deeplink::parse(l["uri"].as_str().unwrap()).unwrap();
         assert_eq!(h(link.secret.expose()), l["secret"].as_str().unwrap());
@@ -1083,6 +1273,50 @@ fn replay_and_deeplink_vectors_decode() {
             last = Some(m);
         }
     }
+    // The drift sequence, replayed with the server's rule.
+    let (mut offset, mut drift, mut last) = (0i64, 0i8, None);
+    let mut accepted = 0;
+    for ev in v["otp_drift"]["events"].as_array().unwrap() {
+        if let Some(ts) = ev.get("time_sync") {
+            offset = clock::offset_ms(
+                ts["device_time_ms"].as_u64().unwrap(),
+                ts["server_time_ms"].as_u64().unwrap(),
+            );
+            drift = 0;
+            assert_eq!(ev["offset_ms_after"].as_i64(), Some(offset), "{ev}");
+            continue;
+        }
+        assert_eq!(ev["offset_ms"].as_i64(), Some(offset), "{ev}");
+        assert_eq!(ev["drift_before"].as_i64(), Some(i64::from(drift)), "{ev}");
+        assert_eq!(ev["last_accepted_step_before"].as_u64(), last, "{ev}");
+        let got = codes::otp_verify_drifted(
+            &otp_key,
+            &normal,
+            Some(&duress),
+            params,
+            ev["code"].as_str().unwrap(),
+            ev["server_time_ms"].as_u64().unwrap(),
+            offset,
+            drift,
+            last,
+        );
+        assert_eq!(got.map(|g| g.step), ev["accepted_step"].as_u64(), "{ev}");
+        if let Some(g) = got {
+            (drift, last) = (g.drift, Some(g.step));
+            accepted += 1;
+        }
+        assert_eq!(ev["drift_after"].as_i64(), Some(i64::from(drift)), "{ev}");
+    }
+    // The sequence exercises what it claims: the drift followed up to 2 steps and back to 0,
+    // refusals (replay, wrong PIN, too far), and a reset by TIME_SYNC.
+    assert_eq!(accepted, 7);
+    let drifts: Vec<i64> = v["otp_drift"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["drift_after"].as_i64().unwrap())
+        .collect();
+    assert_eq!(drifts, [1, 2, 2, 2, 2, 2, 1, 0, 0, 0, 0]);
     for m in v["manual_codes"].as_array().unwrap() {
         let e = codes::parse_manual_code(m["code"].as_str().unwrap()).unwrap();
         assert_eq!(h(e.expose()), m["enrollment_secret"].as_str().unwrap());

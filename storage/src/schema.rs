@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `tokens` | token id (16) | service name, username |
 //! | `secrets` | token id | service name, sealed `K ‖ PIN verifier ‖ duress flag ‖ duress verifier` (format 1: app tokens); format 2 appends `‖ kind` inside the seal (TOTP tokens) |
-//! | `state` | token id | version, then the [`TokenStateRecord`] fields (49 bytes) |
+//! | `state` | token id | version, then the [`TokenStateRecord`] fields (49 bytes; format 2, 58 bytes, appends the last duress use: time and operation) |
 //! | `enrollments` | token id | service name, expiry, sealed key material of both forms |
 //! | `backup_codes` | token id | sealed code hashes |
 //! | `transactions` | transaction id (16) | token, times, state, sealed `duress flag ‖ message length ‖ message ‖ zero padding to 200 bytes` (format 2; format 1, still read, kept the duress flag and the message in clear) |
@@ -124,16 +124,26 @@ pub fn decode_info(v: &[u8]) -> Option<(String, String)> {
     Some((service, username))
 }
 
-/// `state`: 49 bytes; bytes 1..5 are the version (see [`crate::kv::Op::PutNewer`]).
+/// The `state` format carrying the token's last duress use (`time_ms (u64) ‖ operation (u8)`
+/// after the format-1 fields, 58 bytes). A token that never saw a duress use is still written
+/// in format 1, byte for byte as before.
+const STATE_FORMAT_DURESS: u8 = 2;
+
+/// `state`: 49 bytes (58 with a duress use); bytes 1..5 are the version (see
+/// [`crate::kv::Op::PutNewer`]).
 pub fn encode_state(s: &TokenStateRecord) -> Vec<u8> {
-    let mut v = Vec::with_capacity(49);
+    let mut v = Vec::with_capacity(58);
     encode_state_into(s, &mut v);
     v
 }
 
 /// [`encode_state`], appended to `v`.
 pub fn encode_state_into(s: &TokenStateRecord, v: &mut Vec<u8>) {
-    v.push(FORMAT);
+    v.push(if s.last_duress.is_some() {
+        STATE_FORMAT_DURESS
+    } else {
+        FORMAT
+    });
     v.extend_from_slice(&s.version.to_be_bytes());
     v.push(state_byte(s.state));
     v.extend_from_slice(&s.open_until_ms.to_be_bytes());
@@ -144,13 +154,21 @@ pub fn encode_state_into(s: &TokenStateRecord, v: &mut Vec<u8>) {
     v.extend_from_slice(&s.otp_last_step.to_be_bytes());
     v.extend_from_slice(&s.otp_drift.to_be_bytes());
     v.extend_from_slice(&s.last_seen_ms.to_be_bytes());
+    if let Some(d) = s.last_duress {
+        v.extend_from_slice(&d.time_ms.to_be_bytes());
+        v.push(d.operation.byte());
+    }
 }
 
 /// Decodes `state` for the token `id`.
 pub fn decode_state(id: TokenId, v: &[u8]) -> Option<TokenStateRecord> {
     let mut r = Reader::new(v);
-    r.format()?;
-    let rec = TokenStateRecord {
+    let with_duress = match r.u8()? {
+        FORMAT => false,
+        STATE_FORMAT_DURESS => true,
+        _ => return None,
+    };
+    let mut rec = TokenStateRecord {
         token_id: id,
         version: u32::from_be_bytes(r.array()?),
         state: state_from(r.u8()?)?,
@@ -162,7 +180,13 @@ pub fn decode_state(id: TokenId, v: &[u8]) -> Option<TokenStateRecord> {
         otp_last_step: r.u64()?,
         otp_drift: i8::from_be_bytes(r.array()?),
         last_seen_ms: r.u64()?,
+        last_duress: None,
     };
+    if with_duress {
+        let time_ms = r.u64()?;
+        let operation = zoftoken_engine::DuressOp::from_byte(r.u8()?)?;
+        rec.last_duress = Some(zoftoken_engine::DuressUse { time_ms, operation });
+    }
     r.end()?;
     Some(rec)
 }
@@ -404,6 +428,8 @@ pub struct OutboxEvent {
     pub duress: bool,
     /// The transaction, for transaction events.
     pub tx_id: Option<[u8; 16]>,
+    /// For a `duress` event, the operation the duress PIN was used for.
+    pub operation: Option<zoftoken_engine::DuressOp>,
     /// The event's sequence number ([`Event::sequence`]): higher for every later change of
     /// the token. 0 for an event written before events were numbered (older than every
     /// numbered one).
@@ -433,6 +459,9 @@ pub(crate) fn push_event(v: &mut Vec<u8>, e: &Event, service: &str, username: Op
     if username.is_some() {
         flags |= 8;
     }
+    if e.operation.is_some() {
+        flags |= 16;
+    }
     v.push(flags);
     if let Some(t) = e.open_until_ms {
         v.extend_from_slice(&t.to_be_bytes());
@@ -447,6 +476,9 @@ pub(crate) fn push_event(v: &mut Vec<u8>, e: &Event, service: &str, username: Op
             .unwrap_or(u.as_bytes());
         v.extend_from_slice(&(b.len() as u16).to_be_bytes());
         v.extend_from_slice(b);
+    }
+    if let Some(op) = e.operation {
+        v.push(op.byte());
     }
 }
 
@@ -480,6 +512,11 @@ pub fn decode_outbox(seq: u64, v: &[u8]) -> Option<Vec<OutboxEvent>> {
         } else {
             None
         };
+        let operation = if flags & 16 != 0 {
+            Some(zoftoken_engine::DuressOp::from_byte(r.u8()?)?)
+        } else {
+            None
+        };
         out.push(OutboxEvent {
             seq,
             index,
@@ -492,6 +529,7 @@ pub fn decode_outbox(seq: u64, v: &[u8]) -> Option<Vec<OutboxEvent>> {
             open_until_ms,
             duress: flags & 2 != 0,
             tx_id,
+            operation,
             sequence,
         });
     }
@@ -539,6 +577,7 @@ mod tests {
             otp_last_step: 99,
             otp_drift: -3,
             last_seen_ms: 1_700_000_000_000,
+            last_duress: None,
         };
         let v = encode_state(&s);
         assert_eq!(v.len(), 49);
@@ -550,6 +589,40 @@ mod tests {
         let mut long = v;
         long.push(0);
         assert_eq!(decode_state(id, &long), None);
+    }
+
+    #[test]
+    fn state_keeps_the_last_duress_use_and_old_records_have_none() {
+        use zoftoken_engine::{DuressOp, DuressUse};
+        let id = TokenId([8; 16]);
+        let mut s = TokenStateRecord::new(id);
+        s.version = 5;
+        // Without a duress use: format 1, as before.
+        let plain = encode_state(&s);
+        assert_eq!((plain[0], plain.len()), (1, 49));
+        assert_eq!(decode_state(id, &plain).unwrap().last_duress, None);
+        for op in DuressOp::ALL {
+            s.last_duress = Some(DuressUse {
+                time_ms: 1_800_000_000_123,
+                operation: op,
+            });
+            let v = encode_state(&s);
+            assert_eq!((v[0], v.len()), (2, 58));
+            assert_eq!(decode_state(id, &v), Some(s));
+            assert_eq!(state_version(&v), Some(5));
+            // Cut, lengthened, or with an unknown operation: refused.
+            assert_eq!(decode_state(id, &v[..57]), None);
+            let mut long = v.clone();
+            long.push(0);
+            assert_eq!(decode_state(id, &long), None);
+            let mut bad = v.clone();
+            bad[57] = 0;
+            assert_eq!(decode_state(id, &bad), None);
+        }
+        // A format-1 record with the duress bytes appended is refused too.
+        let mut bad = encode_state(&s);
+        bad[0] = 1;
+        assert_eq!(decode_state(id, &bad), None);
     }
 
     #[test]

@@ -141,6 +141,7 @@ fn encode_event(v: &mut Vec<u8>, e: &OutboxEvent) {
         open_until_ms: e.open_until_ms,
         duress: e.duress,
         tx_id: e.tx_id,
+        operation: e.operation,
         sequence: e.sequence,
     };
     v.extend_from_slice(&schema::outbox_header(1));
@@ -546,6 +547,7 @@ mod tests {
                 open_until_ms: Some(99),
                 duress: true,
                 tx_id: Some([5; 16]),
+                operation: Some(zoftoken_engine::DuressOp::TxApprove),
                 sequence: 1 << 40,
             },
             attempts: 8,

@@ -115,6 +115,8 @@ struct Body<'a> {
     state: &'static str,
     open_until_ms: Option<u64>,
     duress: bool,
+    /// For `duress` events: the operation the duress PIN was used for.
+    operation: Option<&'static str>,
     transaction_id: Option<String>,
     actor: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -145,6 +147,7 @@ pub fn body(
         state: state_after(e.kind, e.open_until_ms),
         open_until_ms: e.open_until_ms,
         duress: e.duress,
+        operation: e.operation.map(|o| o.name()),
         transaction_id: e.tx_id.map(hex::encode),
         actor: actor_name(e.actor),
         shared_token,

@@ -309,6 +309,7 @@ fn every_event_type_arrives_signed_with_its_fields() {
             EventKind::Duress => {
                 e.open_until_ms = Some(t + 600_000);
                 e = e.with_duress();
+                e.operation = Some(zoftoken_engine::DuressOp::Open);
             }
             EventKind::TxApproved | EventKind::TxDenied | EventKind::TxExpired => {
                 e = e.with_tx([i as u8; 16]);
@@ -384,6 +385,12 @@ fn every_event_type_arrives_signed_with_its_fields() {
             _ => assert!(j["open_until_ms"].is_null()),
         }
         assert_eq!(j["duress"], kind == EventKind::Duress);
+        // A duress event names the operation the duress PIN was used for; no other has one.
+        if kind == EventKind::Duress {
+            assert_eq!(j["operation"], "open");
+        } else {
+            assert!(j["operation"].is_null(), "{kind:?}");
+        }
         match kind {
             EventKind::TxApproved | EventKind::TxDenied | EventKind::TxExpired => {
                 assert_eq!(j["transaction_id"], hex::encode([i as u8; 16]))
