@@ -39,4 +39,14 @@ write("body", plain)
 # The engine target reads records [len_hi, len_lo, seconds, datagram...].
 record = lambda d, step=0: bytes([len(d) >> 8, len(d) & 0xFF, step]) + d
 write("engine", [record(d) for d in plain[::2]] + [b"".join(record(d, 1) for d in plain[::2])])
+# The PIN material target reads [root 32, takes, index 3, counter 4, block...]: one seed per
+# proof case of the PIN vectors.
+pin = json.load(open(vectors / "pin.json"))
+pin_seeds = []
+for n, case in enumerate(pin["cases"]):
+    for p in case["proofs"]:
+        i = p["pin_index"]
+        pin_seeds.append(bytes.fromhex(pin["pin_root"]) + bytes([n, i >> 16 & 255, i >> 8 & 255, i & 255])
+                         + (p["counter"] & 0xFFFFFFFF).to_bytes(4, "big") + bytes.fromhex(case["verifier"]) * 2)
+write("pin_keys", pin_seeds)
 print("seeds written to", root / "seeds")

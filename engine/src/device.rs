@@ -9,10 +9,11 @@ use zoftoken_proto::clock::{is_fresh, offset_ms};
 use zoftoken_proto::packet::{open_checked_request, seal_reply, OpenedRequest};
 use zoftoken_proto::pairing::Ephemeral;
 use zoftoken_proto::pin::{check_proof, PinMatch};
+use zoftoken_proto::pin_keys::SEALED_VERIFIERS_LEN;
 use zoftoken_proto::replay::{compact_accept, compact_check, ReplayWindow};
 use zoftoken_proto::wire::{
-    check_request, Be16, Be32, Be64, MsgType, PairInitReply, RequestBody, StatusBlock,
-    TxDecideReply, TxFetchReply, SERVICE_FLAG_DURESS, TX_MESSAGE_MAX, VERIFIER_FLAG_DURESS,
+    check_request, Be16, Be32, Be64, Header, MsgType, PairInitReply, RequestBody, StatusBlock,
+    TxDecideReply, TxFetchReply, VerifierBlock, SERVICE_FLAG_DURESS, TX_MESSAGE_MAX,
 };
 use zoftoken_proto::{DropReason, PinVerifier, ReplyStatus, TokenId, TxState, WireState};
 
@@ -170,7 +171,10 @@ impl Engine {
         rand_core::RngCore::fill_bytes(&mut *lock(&self.rng), &mut random);
         let server = Ephemeral::from_random(random);
         zeroize::Zeroize::zeroize(&mut random);
-        let secret = server.server_token_secret(&body.device_public, pairing_id)?;
+        let agreement = server.server_agree(&body.device_public, pairing_id)?;
+        let root = crate::pin_root(&self.pin_tree_secret, agreement.secret.expose());
+        let pin_root_sealed = agreement.seal_pin_root(&root);
+        let secret = agreement.secret;
         let service = services.get(p.service).ok_or(DropReason::UnknownToken)?;
         let keys = secret.keys();
         p.candidate = Some(Candidate {
@@ -194,6 +198,7 @@ impl Engine {
                 0
             },
             reserved: [0; 3],
+            pin_root_sealed,
         };
         seal_reply(&s2d, self.epoch, req.header, reply.as_bytes(), out)
             .map_err(|_| DropReason::WrongLength)
@@ -229,12 +234,18 @@ impl Engine {
         if !is_fresh(body.device_time_ms.get(), now_ms, c.offset_ms) {
             return Err(DropReason::Stale);
         }
+        let verifiers = self.open_verifiers(
+            c.secret.expose(),
+            body.pin.index.get(),
+            req.header,
+            &body.verifiers,
+        )?;
         c.window.accept(counter);
         let service_index = p.service;
         let service = services
             .get(service_index)
             .ok_or(DropReason::UnknownToken)?;
-        let with_duress = body.flags & VERIFIER_FLAG_DURESS != 0;
+        let with_duress = verifiers.has_duress();
         if with_duress && !service.config.duress_allowed {
             let block = StatusBlock::new(
                 ReplyStatus::Refused,
@@ -254,8 +265,8 @@ impl Engine {
             secret: *c.secret.expose(),
             d2s: c.keys.d2s.clone(),
             s2d: c.keys.s2d.clone(),
-            pin: body.pin_verifier,
-            duress: body.duress_verifier,
+            pin: verifiers.pin_verifier,
+            duress: verifiers.duress_verifier,
             highest: c.window.highest(),
             open_until_ms: 0,
             offset_ms: c.offset_ms,
@@ -352,6 +363,7 @@ impl Engine {
         } = &mut *guard;
         let e = table.get(slot).ok_or(DropReason::UnknownToken)?;
         let (highest, recent, offset, state) = (e.highest, e.recent, e.offset_ms, e.state);
+        let token_secret = e.secret;
         let has_window = e.flags & FLAG_HAS_WINDOW != 0;
         // A re-enrolled token: the new app's PAIR_COMPLETE is under the candidate key.
         if state == TokenState::Pending && msg_type == MsgType::PairComplete {
@@ -401,6 +413,20 @@ impl Engine {
         if !resync && !is_fresh(device_time, now_ms, offset) {
             return Err(DropReason::Stale);
         }
+        // New verifiers are sealed under the request's PIN key (SPEC.md §6.3): a block that
+        // does not open is dropped like any unauthentic request, before the counter is used.
+        let verifiers = match req.body {
+            RequestBody::PairComplete(p) if state != TokenState::Pending => Some(
+                self.open_verifiers(&token_secret, p.pin.index.get(), req.header, &p.verifiers)?,
+            ),
+            RequestBody::ChangePin(c) => Some(self.open_verifiers(
+                &token_secret,
+                c.pin.index.get(),
+                req.header,
+                &c.verifiers,
+            )?),
+            _ => None,
+        };
         // One token may not flood its service's backend: state-changing requests are limited
         // per token and second (counted only for authentic, fresh, new requests; the
         // counter is not consumed, so the app's next attempt can still be answered).
@@ -454,6 +480,7 @@ impl Engine {
                 service,
                 services,
                 &req,
+                verifiers.as_ref(),
                 batch,
                 &mut changed,
                 resync,
@@ -498,6 +525,7 @@ impl Engine {
         service: &crate::Service,
         services: &Services,
         req: &OpenedRequest<'_>,
+        verifiers: Option<&VerifierBlock>,
         batch: &mut Batch,
         changed: &mut bool,
         resync: bool,
@@ -508,8 +536,9 @@ impl Engine {
         let duress_ok = service.config.duress_allowed;
         Ok(match req.body {
             RequestBody::Open(o) => {
-                let auth =
-                    self.authenticate(e, |n, d| check_proof(&o.proof, n, d, t, &e.id, counter));
+                let auth = self.authenticate(e, |n, d| {
+                    self.check_proof(e, o.pin.index.get(), &o.proof, n, d, t, counter)
+                });
                 *changed = true;
                 self.settle(
                     now_ms,
@@ -558,12 +587,12 @@ impl Engine {
                         now_ms,
                     )));
                 }
+                let _ = p;
+                let v = verifiers.ok_or(DropReason::Unauthentic)?;
                 use subtle::ConstantTimeEq;
-                let same = p.pin_verifier.ct_eq(&e.pin)
-                    & p.duress_verifier.ct_eq(&e.duress)
-                    & subtle::Choice::from(u8::from(
-                        (p.flags & VERIFIER_FLAG_DURESS != 0) == e.has_duress(),
-                    ));
+                let same = v.pin_verifier.ct_eq(&e.pin)
+                    & v.duress_verifier.ct_eq(&e.duress)
+                    & subtle::Choice::from(u8::from(v.has_duress() == e.has_duress()));
                 if bool::from(same) {
                     ReplyBytes::status(status_block(e, ReplyStatus::Ok, now_ms))
                 } else {
@@ -581,16 +610,18 @@ impl Engine {
                 }
             }
             RequestBody::ChangePin(c) => {
-                let auth =
-                    self.authenticate(e, |n, d| check_proof(&c.proof, n, d, t, &e.id, counter));
-                let wants_duress = c.flags & VERIFIER_FLAG_DURESS != 0;
+                let v = verifiers.ok_or(DropReason::Unauthentic)?;
+                let auth = self.authenticate(e, |n, d| {
+                    self.check_proof(e, c.pin.index.get(), &c.proof, n, d, t, counter)
+                });
+                let wants_duress = v.has_duress();
                 match auth {
                     Auth::Ok { duress: false } if wants_duress && !duress_ok => {
                         ReplyBytes::status(status_block(e, ReplyStatus::Refused, now_ms))
                     }
                     Auth::Ok { duress: false } => {
-                        e.pin = c.pin_verifier;
-                        e.duress = c.duress_verifier;
+                        e.pin = v.pin_verifier;
+                        e.duress = v.duress_verifier;
                         e.flags = if wants_duress {
                             e.flags | FLAG_HAS_DURESS
                         } else {
@@ -686,7 +717,7 @@ impl Engine {
                     }
                     Some((TxState::Waiting, true)) => {
                         let auth = self.authenticate(e, |n, du| {
-                            check_proof(&d.proof, n, du, t, &e.id, counter)
+                            self.check_proof(e, d.pin.index.get(), &d.proof, n, du, t, counter)
                         });
                         *changed = true;
                         match auth {
@@ -740,6 +771,41 @@ impl Engine {
 
     /// Checks a user authentication against the token's verifiers; a blocked token is never
     /// checked (SPEC.md §6.5).
+    /// Checks a PIN proof under the request's PIN key (SPEC.md §6.3): the token's PIN root
+    /// from the instance secret and `K`, then the key of `index` (validated when the body was
+    /// parsed; an index out of range could only read as a wrong proof).
+    #[allow(clippy::too_many_arguments)]
+    fn check_proof(
+        &self,
+        e: &TokenEntry,
+        index: u32,
+        proof: &[u8; 16],
+        normal: &PinVerifier,
+        duress: Option<&PinVerifier>,
+        t: MsgType,
+        counter: u64,
+    ) -> PinMatch {
+        match crate::pin_root(&self.pin_tree_secret, &e.secret).key(index) {
+            Ok(key) => check_proof(proof, &key, normal, duress, t, &e.id, counter),
+            Err(_) => PinMatch::Wrong,
+        }
+    }
+
+    /// Opens and parses a sealed verifier block of PAIR_COMPLETE or CHANGE_PIN.
+    fn open_verifiers(
+        &self,
+        token_secret: &[u8; 32],
+        index: u32,
+        header: &Header,
+        sealed: &[u8; SEALED_VERIFIERS_LEN],
+    ) -> Result<VerifierBlock, DropReason> {
+        let key = crate::pin_root(&self.pin_tree_secret, token_secret).key(index)?;
+        let mut plain = key.open_verifiers(header, sealed)?;
+        let block = VerifierBlock::parse(&plain);
+        zeroize::Zeroize::zeroize(&mut plain);
+        block
+    }
+
     pub(crate) fn authenticate(
         &self,
         e: &TokenEntry,

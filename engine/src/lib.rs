@@ -239,6 +239,8 @@ pub struct Engine {
     rng: Mutex<ChaCha20Rng>,
     events: EventBus,
     epoch: u32,
+    /// The instance's PIN-tree secret ([`pin_root`]); zeroized on drop.
+    pin_tree_secret: zeroize::Zeroizing<[u8; 32]>,
     enrollment_ttl_ms: u64,
     challenge_ttl_ms: u64,
     max_changes_per_s: u16,
@@ -332,6 +334,7 @@ impl Engine {
             rng: Mutex::new(ChaCha20Rng::from_seed(rng_seed)),
             events: EventBus::new(config.event_capacity),
             epoch: config.epoch,
+            pin_tree_secret: zeroize::Zeroizing::new(config.pin_tree_secret),
             enrollment_ttl_ms: config.enrollment_ttl_ms,
             challenge_ttl_ms: config.challenge_ttl_ms,
             max_changes_per_s: config.max_changes_per_s,

@@ -1510,10 +1510,30 @@ fn every_persisted_change_of_a_token_has_a_newer_version() {
 }
 
 /// A PAIR_COMPLETE for a paired token, sealed by someone who holds the phone's storage (the
-/// token secret and the next counter) but not the PIN, with `verifier` as the PIN guess.
-fn forged_pair_complete(w: &World, id: &TokenId, counter: u64, verifier: &PinVerifier) -> Vec<u8> {
+/// token secret, the next counter and the phone's unused PIN keys) but not the PIN, with
+/// `verifier` as the PIN guess. The PIN key of `index` is one the copied ring still holds
+/// (computed here from the PIN root the engine uses, as the phone's ring would give it).
+fn forged_pair_complete(
+    w: &World,
+    id: &TokenId,
+    counter: u64,
+    index: u32,
+    verifier: &PinVerifier,
+) -> Vec<u8> {
+    forged_pair_complete_sealed(w, id, counter, index, verifier, |_| {})
+}
+
+/// [`forged_pair_complete`] with `tamper` applied to the sealed verifier block.
+fn forged_pair_complete_sealed(
+    w: &World,
+    id: &TokenId,
+    counter: u64,
+    index: u32,
+    verifier: &PinVerifier,
+    tamper: impl Fn(&mut [u8]),
+) -> Vec<u8> {
     use zerocopy::IntoBytes;
-    use zoftoken_proto::wire::PairCompleteRequest;
+    use zoftoken_proto::wire::{Header, PairCompleteRequest, PinIndex, VerifierBlock};
     let secret = w
         .commit
         .log
@@ -1525,13 +1545,20 @@ fn forged_pair_complete(w: &World, id: &TokenId, counter: u64, verifier: &PinVer
         })
         .unwrap();
     let keys = zoftoken_proto::TokenSecret::from_bytes(secret).keys();
-    let body = PairCompleteRequest {
-        device_time_ms: zoftoken_proto::wire::Be64::new(w.now),
+    let pin_key = pin_root(&test_pin_tree_secret(), &secret).key(index).unwrap();
+    let block = VerifierBlock {
         pin_verifier: *verifier.expose(),
         duress_verifier: [0; 32],
         flags: 0,
         zero: [0; 7],
     };
+    let header = Header::request(zoftoken_proto::MsgType::PairComplete, id.0, counter);
+    let mut body = PairCompleteRequest {
+        device_time_ms: zoftoken_proto::wire::Be64::new(w.now),
+        pin: PinIndex::new(index),
+        verifiers: pin_key.seal_verifiers(&header, &block.to_bytes()).unwrap(),
+    };
+    tamper(&mut body.verifiers);
     let mut out = [0u8; 1200];
     let n = zoftoken_proto::packet::seal_request(
         &keys.d2s,
@@ -1545,6 +1572,11 @@ fn forged_pair_complete(w: &World, id: &TokenId, counter: u64, verifier: &PinVer
     out[..n].to_vec()
 }
 
+/// The PIN-tree secret of `World::new`'s engine (`EngineConfig::new`'s test default).
+fn test_pin_tree_secret() -> [u8; 32] {
+    EngineConfig::new(services(), 7, [9; 32]).pin_tree_secret
+}
+
 #[test]
 fn pair_complete_on_a_paired_token_counts_wrong_verifiers_as_failures() {
     let mut w = World::new();
@@ -1555,7 +1587,7 @@ fn pair_complete_on_a_paired_token_counts_wrong_verifiers_as_failures() {
     // Three guesses: each wrong verifier is a failed authentication; the third blocks.
     for (n, guess) in ["0000", "1111", "2222"].iter().enumerate() {
         let v = PinVerifier::derive(guess, &id).unwrap();
-        let d = forged_pair_complete(&w, &id, counter, &v);
+        let d = forged_pair_complete(&w, &id, counter, 1000 + n as u32, &v);
         counter += 1;
         assert!(w.deliver(&d).is_ok(), "answered");
         assert_eq!(
@@ -1577,11 +1609,39 @@ fn pair_complete_on_a_paired_token_counts_wrong_verifiers_as_failures() {
         TokenState::Blocked
     );
     // Blocked: the right verifier is not compared (no oracle), nothing more is counted.
-    let right = forged_pair_complete(&w, &id, counter, &p.pin);
+    let right = forged_pair_complete(&w, &id, counter, 1010, &p.pin);
     assert!(w.deliver(&right).is_ok());
     assert!(w.kinds().is_empty());
     let r = w.open(&mut p).unwrap();
     assert_eq!(status(&r), (ReplyStatus::Blocked, WireState::Blocked, 0));
+}
+
+#[test]
+fn a_verifier_block_that_does_not_open_is_dropped_before_its_counter_is_used() {
+    let mut w = World::new();
+    let p = w.pair("bank", "alice", false);
+    let id = p.token.token_id();
+    w.kinds();
+    let counter = p.token.next_counter() + 1;
+    let wrong = PinVerifier::derive("0000", &id).unwrap();
+    // A flipped bit in the sealed block, or a block sealed under another index's key: no
+    // reply, nothing counted, and the counter still free.
+    let flipped = forged_pair_complete_sealed(&w, &id, counter, 7, &wrong, |b| b[3] ^= 1);
+    assert_eq!(w.deliver(&flipped).unwrap_err(), DropReason::Unauthentic);
+    let moved = forged_pair_complete_sealed(&w, &id, counter, 7, &wrong, |b| {
+        let other = pin_root(&test_pin_tree_secret(), &[0; 32]).key(7).unwrap();
+        let header = zoftoken_proto::wire::Header::request(
+            zoftoken_proto::MsgType::PairComplete,
+            id.0,
+            counter,
+        );
+        b.copy_from_slice(&other.seal_verifiers(&header, &[0; 72]).unwrap());
+    });
+    assert_eq!(w.deliver(&moved).unwrap_err(), DropReason::Unauthentic);
+    assert_eq!(w.engine.status_by_id(w.now, &id).unwrap().failures, 0);
+    assert!(w.kinds().is_empty());
+    let honest = forged_pair_complete(&w, &id, counter, 7, &p.pin);
+    assert!(w.deliver(&honest).is_ok(), "the counter was not used up");
 }
 
 #[test]
@@ -1590,7 +1650,7 @@ fn a_retransmitted_pair_complete_with_the_stored_verifiers_is_still_ok() {
     let p = w.pair("bank", "alice", false);
     let id = p.token.token_id();
     w.kinds();
-    let again = forged_pair_complete(&w, &id, p.token.next_counter() + 1, &p.pin);
+    let again = forged_pair_complete(&w, &id, p.token.next_counter() + 1, 1011, &p.pin);
     assert!(w.deliver(&again).is_ok());
     let st = w.engine.status_by_id(w.now, &id).unwrap();
     assert_eq!((st.state, st.failures), (TokenState::Closed, 0));

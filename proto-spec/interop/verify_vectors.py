@@ -115,6 +115,8 @@ CTX = {
     "otp": "zoftoken 2026-11-23 v1 one-time codes",
     "offline": "zoftoken 2026-11-23 v1 offline codes",
     "manual_check": "zoftoken 2026-11-23 v1 manual code check",
+    "pin_root_pad": "zoftoken 2026-11-23 v1 pin root pad",
+    "pin_seal": "zoftoken 2026-11-23 v1 pin seal",
 }
 
 
@@ -145,9 +147,15 @@ TYPES = {
 }
 # §7.1 exact lengths: type -> (request body, reply body)
 BODY_LEN = {
-    0x01: (80, 80), 0x02: (80, 20), 0x03: (24, 20), 0x04: (24, 20),
-    0x05: (24, 20), 0x06: (24, 20), 0x07: (246, 246), 0x08: (40, 40),
-    0x09: (40, 40), 0x0A: (96, 20),
+    0x01: (112, 112), 0x02: (104, 20), 0x03: (32, 20), 0x04: (24, 20),
+    0x05: (24, 20), 0x06: (24, 20), 0x07: (246, 246), 0x08: (48, 40),
+    0x09: (48, 40), 0x0A: (120, 20),
+}
+# §7.1 table, datagram columns as printed (checked against 32 + body + 16)
+DATAGRAM_LEN = {
+    0x01: (160, 160), 0x02: (152, 68), 0x03: (80, 68), 0x04: (72, 68),
+    0x05: (72, 68), 0x06: (72, 68), 0x07: (294, 294), 0x08: (96, 88),
+    0x09: (96, 88), 0x0A: (168, 68),
 }
 HEADER_LEN, TAG_LEN, MAX_DATAGRAM = 32, 16, 1200
 
@@ -247,29 +255,51 @@ def x25519_keypair(random32):
     return sk, pk
 
 
-def token_secret(own_sk, peer_pk, pairing_id, device_public, server_public):
-    """§5.4"""
+def pairing_secrets(own_sk, peer_pk, pairing_id, device_public, server_public):
+    """§5.4: (K, pad), both from shared ‖ pairing_id ‖ device_public ‖ server_public."""
     shared = own_sk.exchange(X25519PublicKey.from_public_bytes(peer_pk))
     if shared == bytes(32):
         raise ValueError("all-zero shared secret")
-    return derive("token_secret", shared + pairing_id + device_public + server_public)
+    material = shared + pairing_id + device_public + server_public
+    return derive("token_secret", material), derive("pin_root_pad", material)
+
+
+def xor(a, b):
+    assert len(a) == len(b)
+    return bytes(x ^ y for x, y in zip(a, b))
 
 
 def pair_init_body(device_time_ms, device_public):
-    """§5.2 PAIR_INIT request body (80 bytes)."""
-    return u64(device_time_ms) + device_public + bytes(40)
+    """§5.2 PAIR_INIT request body: time ‖ device_public ‖ zero [72] (112 bytes)."""
+    return u64(device_time_ms) + device_public + bytes(72)
 
 
 def pair_init_reply_body(status, server_public, tid, otp_length, otp_alphabet,
-                         otp_period_s, window_s, service_flags):
-    """§5.3 PAIR_INIT reply body (80 bytes)."""
+                         otp_period_s, window_s, service_flags, pin_root_sealed):
+    """§5.3 PAIR_INIT reply body (112 bytes)."""
     return (status + server_public + tid + u8(otp_length) + u8(otp_alphabet)
-            + u16(otp_period_s) + u32(window_s) + u8(service_flags) + bytes(3))
+            + u16(otp_period_s) + u32(window_s) + u8(service_flags) + bytes(3)
+            + pin_root_sealed)
 
 
-def pair_complete_body(device_time_ms, pin_verifier, duress_verifier, flags):
-    """§5.5 PAIR_COMPLETE request body (80 bytes)."""
-    return u64(device_time_ms) + pin_verifier + duress_verifier + u8(flags) + bytes(7)
+def verifier_block(pin_verifier, duress_verifier, flags):
+    """§5.5 verifier block (72 bytes, before sealing)."""
+    return pin_verifier + duress_verifier + u8(flags) + bytes(7)
+
+
+def verifier_block_ok(block):
+    """§5.5/§6.3: flags has no unknown bits, zero bytes are zero, no duress verifier
+    unless bit 0 is set."""
+    flags = block[64]
+    if len(block) != 72 or flags & 0xFE or block[65:72] != bytes(7):
+        return False
+    return not (flags & 1 == 0 and block[32:64] != bytes(32))
+
+
+def pair_complete_body(device_time_ms, pin_index, sealed_verifiers):
+    """§5.5 PAIR_COMPLETE request body (104 bytes):
+    device_time_ms ‖ pin_index ‖ zero [4] ‖ sealed verifier block [88]."""
+    return u64(device_time_ms) + u32(pin_index) + bytes(4) + sealed_verifiers
 
 
 # ---------------------------------------------------------------------------
@@ -290,9 +320,106 @@ def pin_verifier(pin, tid):
     return _verifier_cache[k]
 
 
-def pin_proof(verifier, typ, tid, counter):
-    """§6.3 first16(BLAKE3-keyed(verifier, type ‖ token_id ‖ counter))"""
-    return keyed(verifier, u8(typ) + tid + u64(counter))[:16]
+PIN_INDICES = 1 << 24  # §6.3: 0 ≤ p < 2^24
+
+
+def pin_child(node, depth, digit):
+    """§6.3 child(N, depth, digit) = BLAKE3-keyed(N, u8(depth) ‖ u8(digit))"""
+    return keyed(node, u8(depth) + u8(digit))
+
+
+def pin_digits(p):
+    """§6.3: the digits of p as three bytes, most significant first."""
+    return p >> 16, (p >> 8) & 255, p & 255
+
+
+def pin_key(root, p):
+    """§6.3 M_p = child(child(child(R, 1, p >> 16), 2, (p >> 8) & 255), 3, p & 255)"""
+    if not 0 <= p < PIN_INDICES:
+        raise ValueError("pin index out of range")
+    d1, d2, d3 = pin_digits(p)
+    return pin_child(pin_child(pin_child(root, 1, d1), 2, d2), 3, d3)
+
+
+class PinKeyRing:
+    """§6.3 PIN key ring, kept as SPEC describes it: for the next unused index q with
+    digits (d1, d2, d3), the depth-1 nodes d1+1 … 255, the depth-2 nodes d2+1 … 255 under
+    d1 and the leaves d3 … 255 under (d1, d2). Taking q removes its leaf; a group that runs
+    out is refilled by expanding (and erasing) the next node one level up."""
+
+    def __init__(self, root):
+        # lists of (digit, key) in increasing digit order
+        self.l1 = [(d, pin_child(root, 1, d)) for d in range(256)]
+        self.l2, self.l3 = [], []
+        self.q = 0
+        self._refill()
+
+    def _refill(self):
+        if self.l3:
+            return
+        if not self.l2:
+            if not self.l1:
+                return                               # every index used
+            d1, n1 = self.l1.pop(0)                  # expand, then erase, the depth-1 node
+            self.l2 = [(d, pin_child(n1, 2, d)) for d in range(256)]
+        d2, n2 = self.l2.pop(0)                      # expand, then erase, the depth-2 node
+        self.l3 = [(d, pin_child(n2, 3, d)) for d in range(256)]
+
+    def take(self):
+        """Use the next index: returns (p, M_p) and removes M_p from the ring."""
+        if self.q >= PIN_INDICES:
+            raise ValueError("every PIN index used; pair again")
+        d3, key = self.l3.pop(0)
+        p = self.q
+        assert d3 == p & 255
+        self.q += 1
+        self._refill()
+        return p, key
+
+    def encode(self):
+        """§6.3 canonical encoding: u32(q) ‖ keys, depth 1 first, each group by digit."""
+        if self.q >= PIN_INDICES:
+            return u32(PIN_INDICES)
+        return u32(self.q) + b"".join(k for _, k in self.l1 + self.l2 + self.l3)
+
+
+def ring_encoding_direct(root, q):
+    """§6.3 canonical encoding for next unused index q, computed straight from the
+    definition (the set of nodes covering the unused indices q … 2^24 − 1)."""
+    if q >= PIN_INDICES:
+        return u32(PIN_INDICES)
+    d1, d2, d3 = pin_digits(q)
+    n1 = pin_child(root, 1, d1)
+    n2 = pin_child(n1, 2, d2)
+    return (u32(q)
+            + b"".join(pin_child(root, 1, d) for d in range(d1 + 1, 256))
+            + b"".join(pin_child(n1, 2, d) for d in range(d2 + 1, 256))
+            + b"".join(pin_child(n2, 3, d) for d in range(d3, 256)))
+
+
+def pin_proof(verifier, m_p, typ, tid, counter):
+    """§6.3 first16(BLAKE3-keyed(verifier, M_p ‖ type ‖ token_id ‖ counter))"""
+    return keyed(verifier, m_p + u8(typ) + tid + u64(counter))[:16]
+
+
+def pin_seal_key(m_p):
+    """§6.3 BLAKE3-derive("… pin seal", M_p)"""
+    return derive("pin_seal", m_p)
+
+
+def seal_verifiers(m_p, hdr, block):
+    """§6.3: ChaCha20-Poly1305 under the pin seal key, nonce 0 ‖ counter, AAD = header."""
+    counter = parse_header(hdr)["counter"]
+    return ChaCha20Poly1305(pin_seal_key(m_p)).encrypt(nonce(0, counter), block, hdr)
+
+
+def open_verifiers(m_p, hdr, sealed):
+    """§6.3: the verifier block, or None if it does not open."""
+    counter = parse_header(hdr)["counter"]
+    try:
+        return ChaCha20Poly1305(pin_seal_key(m_p)).decrypt(nonce(0, counter), sealed, hdr)
+    except InvalidTag:
+        return None
 
 
 # ---------------------------------------------------------------------------
@@ -319,26 +446,31 @@ def status_from_fields(f):
                         f["open_until_ms"], f["server_time_ms"])
 
 
-def request_body(typ, f, proof=None):
-    """§7.5–§7.11 request bodies from their fields."""
+def request_body(typ, f, proof=None, sealed=None):
+    """§5.5, §7.5–§7.11 request bodies from their fields (proof and sealed verifier
+    block computed by the caller, §6.3)."""
     t = u64(f["device_time_ms"])
+    if typ == 0x02:                                   # §5.5 PAIR_COMPLETE
+        return pair_complete_body(f["device_time_ms"], f["pin_index"], sealed)
     if typ == 0x03:                                   # §7.5 OPEN
-        return t + proof
+        return t + u32(f["pin_index"]) + bytes(4) + proof
     if typ in (0x04, 0x05, 0x06):                     # §7.6–§7.8
         return t + bytes(16)
     if typ == 0x07:                                   # §7.9 TX_FETCH
         return t + bytes(238)
     if typ == 0x08:                                   # §7.10 TX_APPROVE
-        return t + H(f["tx_id"]) + proof
-    if typ == 0x09:                                   # §7.10 TX_DENY
-        return t + H(f["tx_id"]) + bytes(16)
+        return t + H(f["tx_id"]) + u32(f["pin_index"]) + bytes(4) + proof
+    if typ == 0x09:                                   # §7.10 TX_DENY: pin_index, proof zero
+        return t + H(f["tx_id"]) + u32(0) + bytes(4) + bytes(16)
     if typ == 0x0A:                                   # §7.11 CHANGE_PIN
-        return (t + proof + H(f["new_pin_verifier"]) + H(f["new_duress_verifier"])
-                + u8(f["flags"]) + bytes(7))
-    if typ == 0x02:                                   # §5.5 PAIR_COMPLETE
-        return pair_complete_body(f["device_time_ms"], H(f["pin_verifier"]),
-                                  H(f["duress_verifier"]), f["flags"])
+        return t + u32(f["pin_index"]) + bytes(4) + proof + sealed
     raise ValueError(typ)
+
+
+# §6.3: offset of pin_index in the request bodies that carry one
+PIN_INDEX_OFFSET = {0x02: 8, 0x03: 8, 0x08: 24, 0x0A: 8}
+# §5.5/§7.11: offset of the sealed verifier block
+SEALED_OFFSET = {0x02: 16, 0x0A: 32}
 
 
 def reply_body(typ, f):
@@ -360,7 +492,7 @@ def body_zero_fields_ok(typ, body, is_reply):
         sb = parse_status_block(body[:20])
         if sb["_zero"] != 0 or sb["status"] > 5 or sb["state"] > 3 or sb["attempts_left"] > 3:
             return False
-        if typ == 0x01:
+        if typ == 0x01:                               # §5.3 (pin_root_sealed: any bytes)
             return body[77:80] == bytes(3) and body[69] in (0, 1) and body[76] & 0xFE == 0
         if typ == 0x07:
             n = struct.unpack(">H", body[44:46])[0]
@@ -375,21 +507,45 @@ def body_zero_fields_ok(typ, body, is_reply):
             return body[37:40] == bytes(3) and body[36] <= 3
         return True
     if typ == 0x01:
-        return body[40:80] == bytes(40)
-    if typ in (0x02, 0x0A):
-        flags_off = 72 if typ == 0x02 else 88
-        dv = body[40:72] if typ == 0x02 else body[56:88]
-        flags = body[flags_off]
-        if flags & 0xFE or body[flags_off + 1:] != bytes(7):
-            return False
-        return not (flags & 1 == 0 and dv != bytes(32))
+        return body[40:112] == bytes(72)
+    if typ in PIN_INDEX_OFFSET:                       # §6.3: pin_index < 2^24, then zero [4]
+        o = PIN_INDEX_OFFSET[typ]
+        return (struct.unpack(">I", body[o:o + 4])[0] < PIN_INDICES
+                and body[o + 4:o + 8] == bytes(4))
     if typ in (0x04, 0x05, 0x06):
         return body[8:24] == bytes(16)
     if typ == 0x07:
         return body[8:] == bytes(238)
-    if typ == 0x09:
-        return body[24:40] == bytes(16)
+    if typ == 0x09:                                   # §7.10: pin_index, zero, proof all zero
+        return body[24:48] == bytes(24)
     return True
+
+
+def server_receive(datagram, d2s_key, pin_root):
+    """The server's path of §9.2 for a request of a known token, up to the point where
+    it may act: cheap checks, tag, zero fields, and for PAIR_COMPLETE and CHANGE_PIN the
+    verifier block opened under M_p of the named index. (Replay and freshness are checked
+    separately.) Returns (None, body, block) or (reason, None, None)."""
+    why = cheap_checks(datagram, False)
+    if why:
+        return why, None, None
+    opened = unseal(d2s_key, datagram)
+    if opened is None:
+        return "tag", None, None
+    h, body = opened
+    typ = h["type"]
+    if not body_zero_fields_ok(typ, body, False):
+        return "body", None, None
+    block = None
+    if typ in SEALED_OFFSET:
+        p = struct.unpack(">I", body[8:12])[0]
+        o = SEALED_OFFSET[typ]
+        block = open_verifiers(pin_key(pin_root, p), datagram[:HEADER_LEN], body[o:o + 88])
+        if block is None:
+            return "verifiers do not open", None, None
+        if not verifier_block_ok(block):
+            return "verifier block", None, None
+    return None, body, block
 
 
 # ---------------------------------------------------------------------------
@@ -659,20 +815,115 @@ def check_keys():
 
 
 def check_pin():
-    """pin.json: §6.1 verifiers, §6.3 proofs."""
+    """pin.json: §6.1 verifiers, §6.3 PIN keys, key rings, proofs, sealed verifiers."""
     v = load("pin.json")
     C.group("pin.json §6.1 Argon2id parameters")
     a = v["argon2id"]
     C.eq("params", (a["iterations"], a["memory_kib"], a["output_len"], a["parallelism"],
                     a["version"]), (2, 19456, 32, 1, "0x13"))
     tid = H(v["token_id"])
+    R = H(v["pin_root"])
+
+    C.group("pin.json §6.3 PIN keys M_p")
+    for k in v["pin_keys"]:
+        C.eq(f"M_{k['index']}", pin_key(R, k["index"]), H(k["key"]))
+    for bad in (PIN_INDICES, -1):
+        try:
+            pin_key(R, bad)
+            C.true(f"index {bad} has no PIN key", False)
+        except ValueError:
+            C.true(f"index {bad} has no PIN key", True)
+
+    C.group("pin.json §6.3 PIN key rings (canonical encoding, BLAKE3 and length)")
+    want = {r["indices_used"]: r for r in v["rings"]}
+    listed = {k["index"]: H(k["key"]) for k in v["pin_keys"]}
+    ring = PinKeyRing(R)
+    used = 0
+    last = max(want)
+    while True:
+        if used in want:
+            enc = ring.encode()
+            r = want[used]
+            C.eq(f"ring after {used} used: q", ring.q, used)
+            C.eq(f"ring after {used} used: length", len(enc), r["encoding_len"])
+            C.eq(f"ring after {used} used: BLAKE3", blake3(enc).hexdigest(), r["encoding_blake3"])
+            C.eq(f"ring after {used} used: kept ring == definition", enc,
+                 ring_encoding_direct(R, used))
+            C.true(f"ring after {used} used: at most 766 keys", (len(enc) - 4) // 32 <= 766)
+            C.true(f"ring after {used} used: no used key in it",
+                   all(listed[i] not in enc[4:] for i in listed if i < used))
+        if used >= last:
+            break
+        p, key = ring.take()
+        if p in listed:
+            C.eq(f"key taken from the ring for index {p} == M_{p}", key, listed[p])
+        used += 1
+    # the end of the tree: the last index, then u32(2^24) alone
+    C.eq("ring before the last index", ring_encoding_direct(R, PIN_INDICES - 1),
+         u32(PIN_INDICES - 1) + pin_key(R, PIN_INDICES - 1))
+    C.eq("ring after the last index", ring_encoding_direct(R, PIN_INDICES), u32(PIN_INDICES))
+    # a ring walked across depth-1 and depth-2 boundaries agrees with the definition
+    for start in (65536 - 2, PIN_INDICES - 257):
+        rr = PinKeyRing(R)
+        d1, d2, d3 = pin_digits(start)      # fast-forward a kept ring to `start`
+        n1 = pin_child(R, 1, d1)
+        n2 = pin_child(n1, 2, d2)
+        rr.l1 = [(d, pin_child(R, 1, d)) for d in range(d1 + 1, 256)]
+        rr.l2 = [(d, pin_child(n1, 2, d)) for d in range(d2 + 1, 256)]
+        rr.l3 = [(d, pin_child(n2, 3, d)) for d in range(d3, 256)]
+        rr.q = start
+        ok = True
+        while rr.q < PIN_INDICES and rr.q < start + 300:
+            p, key = rr.take()
+            ok = ok and key == pin_key(R, p) and rr.encode() == ring_encoding_direct(R, rr.q)
+        C.true(f"ring walked from {start} to {rr.q} == definition", ok)
+    C.eq("last walk reached the end: u32(2^24) alone", rr.encode(), u32(PIN_INDICES))
+    try:
+        rr.take()
+        C.true("no index after the last", False)
+    except ValueError:
+        C.true("no index after the last", True)
+
     C.group("pin.json §6.1 verifiers / §6.3 proofs")
     for case in v["cases"]:
         ver = pin_verifier(case["pin"], tid)
         C.eq(f"verifier({case['pin']!r})", ver, H(case["verifier"]))
         for p in case["proofs"]:
-            C.eq(f"proof({case['pin']!r},{p['type']},{p['counter']})",
-                 pin_proof(ver, TYPES[p["type"]], tid, p["counter"]), H(p["proof"]))
+            m_p = pin_key(R, p["pin_index"])
+            C.eq(f"M_{p['pin_index']} for proof", m_p, H(p["pin_key"]))
+            C.eq(f"proof({case['pin']!r},{p['type']},{p['counter']},p={p['pin_index']})",
+                 pin_proof(ver, m_p, TYPES[p["type"]], tid, p["counter"]), H(p["proof"]))
+
+    C.group("pin.json §6.3 sealed verifier block")
+    sv = v["sealed_verifiers"]
+    hdr, block, sealed = H(sv["header"]), H(sv["block"]), H(sv["sealed"])
+    m_p = pin_key(R, sv["pin_index"])
+    C.eq("M_p", m_p, H(sv["pin_key"]))
+    C.eq("seal key", pin_seal_key(m_p), H(sv["seal_key"]))
+    C.eq("header is a request header (§2.1)", (hdr[0], hdr[2:8], len(hdr)),
+         (VERSION, bytes(6), 32))
+    C.eq("header token_id", hdr[8:24], tid)
+    C.true("block is a valid verifier block (§5.5)", verifier_block_ok(block))
+    C.eq("block length", len(block), 72)
+    C.eq("sealed (seal)", seal_verifiers(m_p, hdr, block), sealed)
+    C.eq("sealed length", len(sealed), 88)
+    C.eq("opened", open_verifiers(m_p, hdr, sealed), block)
+    for i in (0, 71, 72, 87):
+        bad = bytearray(sealed)
+        bad[i] ^= 0x01
+        C.eq(f"bit flipped in sealed byte {i} does not open",
+             open_verifiers(m_p, hdr, bytes(bad)), None)
+    h = parse_header(hdr)
+    others = {
+        "next counter": header(h["type"], 0, h["token_id"], h["counter"] + 1),
+        "other type": header(0x02, 0, h["token_id"], h["counter"]),
+        "other token": header(h["type"], 0, bytes(16), h["counter"]),
+        "reply header": header(h["type"] | 0x80, 1, h["token_id"], h["counter"]),
+    }
+    for why, other in others.items():
+        C.eq(f"{why} does not open", open_verifiers(m_p, other, sealed), None)
+    C.eq("next index's key does not open",
+         open_verifiers(pin_key(R, sv["pin_index"] + 1), hdr, sealed), None)
 
 
 def check_datagram(label, key, datagram, want_hdr, want_body, is_reply):
@@ -708,6 +959,23 @@ def check_session():
     C.eq("deeplink rebuilt", build_deeplink(link["secret"], link["service"],
                                             link["endpoints"], link["details"]), v["deeplink"])
 
+    # §7.1 length table, every type (the session then checks each datagram against it)
+    C.group("§7.1 length table")
+    for typ, (req, rep_) in sorted(BODY_LEN.items()):
+        C.eq(f"type {typ:#04x} datagram = 32 + body + 16", DATAGRAM_LEN[typ],
+             (HEADER_LEN + req + TAG_LEN, HEADER_LEN + rep_ + TAG_LEN))
+        C.true(f"type {typ:#04x} §1.5 reply not larger than request, §1.2 ≤ 1200",
+               rep_ <= req and DATAGRAM_LEN[typ][0] <= MAX_DATAGRAM)
+        for is_reply, n in ((False, DATAGRAM_LEN[typ][0]), (True, DATAGRAM_LEN[typ][1])):
+            t = typ | (0x80 if is_reply else 0)
+            hdr = header(t, 7 if is_reply else 0, bytes(16), 1)
+            for delta in (-1, 1):
+                d = hdr + bytes(n - HEADER_LEN + delta)
+                C.eq(f"type {t:#04x} datagram of {n + delta} bytes dropped",
+                     cheap_checks(d, is_reply), "length")
+            C.eq(f"type {t:#04x} datagram of {n} bytes passes",
+                 cheap_checks(hdr + bytes(n - HEADER_LEN), is_reply), None)
+
     # §2.2, §5.1
     C.group("session.json §2.2 token id, §5.1 pairing id")
     C.eq("token_id", token_id(v["service"], v["username"]), tid)
@@ -721,29 +989,46 @@ def check_session():
     ssk, spk = x25519_keypair(H(pi["server_ephemeral_random"]))
     C.eq("device_public", dpk, H(pi["device_public"]))
     C.eq("server_public", spk, H(pi["server_public"]))
-    K_dev = token_secret(dsk, spk, ek["pairing_id"], dpk, spk)
-    K_srv = token_secret(ssk, dpk, ek["pairing_id"], dpk, spk)
+    K_dev, pad_dev = pairing_secrets(dsk, spk, ek["pairing_id"], dpk, spk)
+    K_srv, pad_srv = pairing_secrets(ssk, dpk, ek["pairing_id"], dpk, spk)
     C.eq("K (device side)", K_dev, H(pi["token_secret"]))
     C.eq("K (server side)", K_srv, H(pi["token_secret"]))
+    C.eq("PIN root pad (device side)", pad_dev, H(pi["pin_root_pad"]))
+    C.eq("PIN root pad (server side)", pad_srv, H(pi["pin_root_pad"]))
+    C.true("pad is not K", pad_dev != K_dev)
 
     req_body = pair_init_body(pi["device_time_ms"], dpk)
     C.eq("PAIR_INIT request body", req_body, H(pi["request"]["body"]))
     req_hdr = header(0x01, 0, ek["pairing_id"], pi["counter"])
     check_datagram("PAIR_INIT request", ek["d2s"], H(pi["request"]["datagram"]),
                    req_hdr, req_body, False)
+    for i in (40, 111):  # §5.2: the 72 bytes after device_public are zero
+        bad = bytearray(req_body)
+        bad[i] = 0x01
+        C.eq(f"PAIR_INIT request with byte {i} non-zero rejected",
+             body_zero_fields_ok(0x01, bytes(bad), False), False)
 
     rf = pi["reply"]["fields"]
     st = rf["status"]
     C.eq("PAIR_INIT reply status block as §5.3 prescribes",
          (st["status"], st["state"], st["attempts_left"], st["open_until_ms"]), (0, 0, 3, 0))
     C.eq("PAIR_INIT reply token_id", H(rf["token_id"]), tid)
+    # §5.3 step 8 / §5.4: the server seals R with the pad; the device recovers R
+    R = H(rf["pin_root"])
+    sealed_root = xor(R, pad_srv)
+    C.eq("pin_root_sealed = R XOR pad (server)", sealed_root, H(rf["pin_root_sealed"]))
     rep_body = pair_init_reply_body(status_from_fields(st), spk, H(rf["token_id"]),
                                     rf["otp_length"], rf["otp_alphabet"], rf["otp_period_s"],
-                                    rf["window_s"], rf["service_flags"])
+                                    rf["window_s"], rf["service_flags"], sealed_root)
     C.eq("PAIR_INIT reply body", rep_body, H(pi["reply"]["body"]))
     rep_hdr = header(0x81, epoch, ek["pairing_id"], pi["counter"])
     check_datagram("PAIR_INIT reply", ek["s2d"], H(pi["reply"]["datagram"]),
                    rep_hdr, rep_body, True)
+    # the device's side: open the reply and recover R from its pin_root_sealed field
+    _, dev_body = unseal(ek["s2d"], H(pi["reply"]["datagram"]))
+    R_dev = xor(dev_body[80:112], pad_dev)
+    C.eq("R recovered by the device = pin_root_sealed XOR pad", R_dev, R)
+    C.true("R is neither K nor pad", R_dev not in (K_dev, pad_dev))
 
     # §5.3 step 7: clock offset O = device_time_ms - server_time_ms
     offset = pi["device_time_ms"] - st["server_time_ms"]
@@ -751,44 +1036,149 @@ def check_session():
     keys = token_keys(H(pi["token_secret"]))
 
     # §5.5–§7.11: every message
-    verifiers = {}
     server_window = ReplayWindow()
+    ring = PinKeyRing(R_dev)      # §5.4: the device builds its ring from R (and erases R)
     C.group("session.json §7 messages: bodies, sealed datagrams, decryption")
     sem = []  # semantic checks, reported in their own group
+    pin_msgs = []  # PIN-bearing requests, for the body-rule checks below
     for m in v["messages"]:
         typ = TYPES[m["type"]]
         ctr = m["counter"]
         label = f"#{ctr} {m['type']}"
         f = m["request"]["fields"]
+        hdr = header(typ, 0, tid, ctr)
 
-        proof = None
+        proof = sealed = m_p = None
+        if typ in PIN_INDEX_OFFSET:  # §6.3: each PIN-bearing request takes the next index
+            p, m_p = ring.take()
+            C.eq(f"{label} pin_index = next unused index", p, f["pin_index"])
+            C.eq(f"{label} M_p from the device's ring", m_p, H(f["pin_key"]))
+            C.eq(f"{label} M_p from R (server side)", pin_key(R, f["pin_index"]), H(f["pin_key"]))
+        else:
+            C.true(f"{label} no PIN key for a request without PIN",
+                   "pin_index" not in f and "pin_key" not in f)
         if "pin" in f:  # §6.3 PIN proof
             ver = pin_verifier(f["pin"], tid)
-            proof = pin_proof(ver, typ, tid, ctr)
+            proof = pin_proof(ver, m_p, typ, tid, ctr)
             C.eq(f"{label} proof", proof, H(f["proof"]))
-        if typ == 0x02:  # §5.5 verifiers from the session PINs
+        if typ == 0x02:  # §5.5 verifiers from the session PINs, sealed under M_p
             C.eq(f"{label} pin_verifier", pin_verifier(v["pins"]["pin"], tid), H(f["pin_verifier"]))
             C.eq(f"{label} duress_verifier", pin_verifier(v["pins"]["duress_pin"], tid),
                  H(f["duress_verifier"]))
-        if typ == 0x0A:  # §7.11 new verifiers
+            block = verifier_block(H(f["pin_verifier"]), H(f["duress_verifier"]), f["flags"])
+            sealed = seal_verifiers(m_p, hdr, block)
+        if typ == 0x0A:  # §7.11 new verifiers, sealed under the same M_p as the proof
             C.eq(f"{label} new_pin_verifier", pin_verifier(f["new_pin"], tid),
                  H(f["new_pin_verifier"]))
             C.eq(f"{label} new_duress_verifier", pin_verifier(f["new_duress_pin"], tid),
                  H(f["new_duress_verifier"]))
+            block = verifier_block(H(f["new_pin_verifier"]), H(f["new_duress_verifier"]),
+                                   f["flags"])
+            sealed = seal_verifiers(m_p, hdr, block)
 
-        body = request_body(typ, f, proof)
+        body = request_body(typ, f, proof, sealed)
         C.eq(f"{label} request body", body, H(m["request"]["body"]))
+        C.eq(f"{label} §7.1 request lengths", (len(body), len(H(m["request"]["datagram"]))),
+             (BODY_LEN[typ][0], DATAGRAM_LEN[typ][0]))
         check_datagram(f"{label} request", keys["d2s"], H(m["request"]["datagram"]),
-                       header(typ, 0, tid, ctr), body, False)
+                       hdr, body, False)
+        # the server's path: tag, body rules, and the verifier block opened under M_p of R
+        why, sbody, sblock = server_receive(H(m["request"]["datagram"]), keys["d2s"], R)
+        C.eq(f"{label} accepted by the server path (§9.2)", why, None)
+        if typ in SEALED_OFFSET:
+            C.eq(f"{label} verifier block opened by the server", sblock, block)
+        if typ in PIN_INDEX_OFFSET or typ == 0x09:
+            pin_msgs.append((label, typ, ctr, sbody))
 
         rf = m["reply"]["fields"]
         rbody = reply_body(typ, rf)
         C.eq(f"{label} reply body", rbody, H(m["reply"]["body"]))
+        C.eq(f"{label} §7.1 reply lengths", (len(rbody), len(H(m["reply"]["datagram"]))),
+             (BODY_LEN[typ][1], DATAGRAM_LEN[typ][1]))
         check_datagram(f"{label} reply", keys["s2d"], H(m["reply"]["datagram"]),
                        header(typ | 0x80, m["reply"]["epoch"], tid, ctr), rbody, True)
         C.true(f"{label} §1.5 reply not larger than request",
                len(H(m["reply"]["datagram"])) <= len(H(m["request"]["datagram"])))
         sem.append((label, typ, m, rf))
+
+    # §6.3 the ring the device keeps after the session
+    C.group("session.json §6.3 PIN key ring after the session")
+    ra = v["ring_after_session"]
+    C.eq("next unused index", ring.q, ra["next_index"])
+    enc = ring.encode()
+    C.eq("ring encoding BLAKE3", blake3(enc).hexdigest(), ra["encoding_blake3"])
+    C.eq("ring == definition for its next index", enc, ring_encoding_direct(R, ring.q))
+    C.eq("ring encoding length (the vector gives none): 4 + 32 × (255 + 255 + 250)",
+         len(enc), 4 + 32 * (255 + 255 + 250))
+    C.true("ring holds no key the session used",
+           all(H(m["request"]["fields"]["pin_key"]) not in enc[4:]
+               for m in v["messages"] if "pin_key" in m["request"]["fields"]))
+
+    # §6.3/§7.1/§7.10 body rules for the new layouts, on the session's own requests:
+    # mutate the body, seal it again under the right key, run the server's path.
+    C.group("session.json §6.3/§7.1 body rules: pin_index, padding, TX_DENY, verifier block")
+    cases = 0
+    for label, typ, ctr, body in pin_msgs:
+        hdr = header(typ, 0, tid, ctr)
+
+        def verdict(b, h=hdr):
+            return server_receive(seal(keys["d2s"], h, bytes(b)), keys["d2s"], R)[0]
+
+        if typ in PIN_INDEX_OFFSET:
+            o = PIN_INDEX_OFFSET[typ]
+            for idx in (PIN_INDICES, PIN_INDICES + 1, 0xFFFFFFFF):
+                b = bytearray(body)
+                b[o:o + 4] = u32(idx)
+                C.eq(f"{label} pin_index {idx:#x} rejected", verdict(b), "body")
+            for i in range(4):
+                b = bytearray(body)
+                b[o + 4 + i] = 0x01
+                C.eq(f"{label} padding byte {i} non-zero rejected", verdict(b), "body")
+            if typ not in SEALED_OFFSET:
+                # the largest index is well formed (the proof is then simply wrong)
+                b = bytearray(body)
+                b[o:o + 4] = u32(PIN_INDICES - 1)
+                C.eq(f"{label} pin_index 2^24-1 well formed", verdict(b), None)
+            else:
+                # the verifier block is bound to M_p of the named index and to the header
+                b = bytearray(body)
+                b[o:o + 4] = u32(struct.unpack(">I", body[o:o + 4])[0] + 1)
+                C.eq(f"{label} another pin_index: verifiers do not open", verdict(b),
+                     "verifiers do not open")
+                so = SEALED_OFFSET[typ]
+                b = bytearray(body)
+                b[so + 10] ^= 0x01
+                C.eq(f"{label} bit flipped in the sealed block", verdict(b),
+                     "verifiers do not open")
+                h2 = header(typ, 0, tid, ctr + 1000)
+                C.eq(f"{label} sealed block moved to another counter", verdict(body, h2),
+                     "verifiers do not open")
+                p = struct.unpack(">I", body[o:o + 4])[0]
+                m_p = pin_key(R, p)
+                good = open_verifiers(m_p, hdr, body[so:so + 88])
+                bad_blocks = {
+                    "flags bit 1": good[:64] + u8(good[64] | 0x02) + good[65:],
+                    "zero byte 71 non-zero": good[:71] + b"\x01",
+                    "duress verifier with bit 0 clear": good[:64] + u8(0) + good[65:],
+                }
+                for why, blk in bad_blocks.items():
+                    b = bytearray(body)
+                    b[so:so + 88] = seal_verifiers(m_p, hdr, blk)
+                    C.eq(f"{label} verifier block {why} rejected", verdict(b), "verifier block")
+                nod = bytes(32) + bytes(32) + u8(0) + bytes(7)  # no duress: bit 0 clear, zero
+                b = bytearray(body)
+                b[so:so + 88] = seal_verifiers(m_p, hdr, good[:32] + nod[32:])
+                C.eq(f"{label} verifier block without duress accepted", verdict(b), None)
+            cases += 1
+        if typ == 0x09:  # §7.10: a deny names no PIN index and carries no proof
+            for why, off, val in (("pin_index 1", 24, u32(1)), ("padding", 28, b"\x01"),
+                                  ("proof byte", 32, b"\x01"), ("last proof byte", 47, b"\x01")):
+                b = bytearray(body)
+                b[off:off + len(val)] = val
+                C.eq(f"{label} with {why} rejected", verdict(b), "body")
+            cases += 1
+    C.true("every PIN-bearing type and TX_DENY exercised",
+           {t for _, t, _, _ in pin_msgs} >= {0x02, 0x03, 0x08, 0x09, 0x0A}, str(cases))
 
     # Semantic consistency of the session with §7/§8 rules
     C.group("session.json §7.5/§8 semantics (replay, freshness, open window)")
@@ -799,11 +1189,8 @@ def check_session():
                                            st["server_time_ms"], offset))
         C.eq(f"{label} reply epoch == server_epoch", m["reply"]["epoch"], epoch)
         if typ == 0x03 and st["status"] == 0:
-            # §7.5: open_until = server time + window. The only server time the
-            # vector gives is the reply's server_time_ms (§7.2, "the server's clock
-            # when it replied"). NOTE: the vectors instead hold device_time_ms +
-            # window (= server_time_ms + O + window); this check is kept as the
-            # SPEC reads and is expected to fail; see the interop report.
+            # §7.5: open_until_ms = server_time_ms + window_s × 1000, "the same
+            # server_time_ms as in the reply".
             C.eq(f"{label} §7.5 vector open_until_ms vs server_time_ms + window",
                  st["server_time_ms"] + window_ms, st["open_until_ms"])
 

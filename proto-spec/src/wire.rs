@@ -915,15 +915,34 @@ mod tests {
             RequestBody::parse(MsgType::Status, &body).unwrap_err(),
             DropReason::NonZeroPadding
         );
-        let mut pc = [0u8; 80];
-        pc[40] = 1; // duress verifier without the flag
+        let mut block = [0u8; 72];
+        block[32] = 1; // duress verifier without the flag
         assert_eq!(
-            RequestBody::parse(MsgType::PairComplete, &pc).unwrap_err(),
+            VerifierBlock::parse(&block).unwrap_err(),
             DropReason::NonZeroPadding
         );
-        pc[72] = VERIFIER_FLAG_DURESS;
-        assert!(RequestBody::parse(MsgType::PairComplete, &pc).is_ok());
-        pc[72] = 0x02;
-        assert!(RequestBody::parse(MsgType::PairComplete, &pc).is_err());
+        block[64] = VERIFIER_FLAG_DURESS;
+        assert!(VerifierBlock::parse(&block).unwrap().has_duress());
+        block[64] = 0x02;
+        assert!(VerifierBlock::parse(&block).is_err());
+        block[64] = VERIFIER_FLAG_DURESS;
+        block[71] = 1;
+        assert!(VerifierBlock::parse(&block).is_err());
+        // The PIN index: below 2^24, then four zero bytes.
+        for t in [MsgType::PairComplete, MsgType::Open, MsgType::ChangePin] {
+            let mut b = vec![0u8; t.request_body_len()];
+            b[9..12].fill(0xff);
+            assert!(RequestBody::parse(t, &b).is_ok(), "{}", t.name());
+            b[8] = 1;
+            assert!(RequestBody::parse(t, &b).is_err(), "{}", t.name());
+            b[8] = 0;
+            b[15] = 1;
+            assert!(RequestBody::parse(t, &b).is_err(), "{}", t.name());
+        }
+        let mut deny = [0u8; 48];
+        assert!(RequestBody::parse(MsgType::TxDeny, &deny).is_ok());
+        deny[27] = 1; // a deny names no PIN key
+        assert!(RequestBody::parse(MsgType::TxDeny, &deny).is_err());
+        assert!(RequestBody::parse(MsgType::TxApprove, &deny).is_ok());
     }
 }

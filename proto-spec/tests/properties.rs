@@ -29,20 +29,19 @@ fn valid_request_body(t: MsgType, seed: &[u8]) -> Vec<u8> {
         .collect();
     let zero = |b: &mut Vec<u8>, from: usize, to: usize| b[from..to].fill(0);
     match t {
-        MsgType::PairInit => zero(&mut body, 40, 80),
-        MsgType::PairComplete | MsgType::ChangePin => {
-            let flags_at = body.len() - 8;
-            body[flags_at] &= VERIFIER_FLAG_DURESS;
-            if body[flags_at] == 0 {
-                zero(&mut body, flags_at - 32, flags_at);
-            }
-            let n = body.len();
-            zero(&mut body, n - 7, n);
+        MsgType::PairInit => zero(&mut body, 40, 112),
+        // A PIN index below 2^24, then four zero bytes; the sealed blocks are opaque here.
+        MsgType::PairComplete | MsgType::ChangePin | MsgType::Open => {
+            body[8] = 0;
+            zero(&mut body, 12, 16);
         }
         MsgType::Close | MsgType::Status | MsgType::TimeSync => zero(&mut body, 8, 24),
         MsgType::TxFetch => zero(&mut body, 8, 246),
-        MsgType::TxDeny => zero(&mut body, 24, 40),
-        MsgType::Open | MsgType::TxApprove => {}
+        MsgType::TxDeny => zero(&mut body, 24, 48),
+        MsgType::TxApprove => {
+            body[24] = 0;
+            zero(&mut body, 28, 32);
+        }
     }
     body
 }

@@ -40,6 +40,10 @@ fn fixed<const N: usize>(label: &str) -> [u8; N] {
     out
 }
 
+fn xor32(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
+    std::array::from_fn(|i| a[i] ^ b[i])
+}
+
 fn h(bytes: &[u8]) -> String {
     hex::encode(bytes)
 }
@@ -110,6 +114,7 @@ fn gen_keys() -> Value {
             "enrollment_d2s": context::ENROLLMENT_D2S, "enrollment_s2d": context::ENROLLMENT_S2D,
             "token_secret": context::TOKEN_SECRET, "d2s": context::D2S, "s2d": context::S2D,
             "otp": context::OTP, "offline": context::OFFLINE, "manual_check": context::MANUAL_CHECK,
+            "pin_root_pad": context::PIN_ROOT_PAD, "pin_seal": context::PIN_SEAL,
         },
         "token_ids": token_ids,
         "enrollments": enrollments,
@@ -131,24 +136,76 @@ fn gen_keys() -> Value {
 
 fn gen_pin() -> Value {
     let id = TokenId::derive("Banco Ejemplo", "alice@example.com");
+    let root = PinRoot::from_bytes(fixed("pin vectors root"));
     let cases: Vec<Value> = ["2468", "1357", "correct horse", "ñandú-9"]
         .iter()
         .map(|pin| {
             let v = PinVerifier::derive(pin, &id).unwrap();
-            let proofs: Vec<Value> = [(MsgType::Open, 2u64), (MsgType::TxApprove, 9), (MsgType::ChangePin, 1 << 40)]
-                .iter()
-                .map(|(t, c)| json!({"type": t.name(), "counter": c, "proof": h(&v.proof(*t, &id.0, *c))}))
-                .collect();
+            let proofs: Vec<Value> = [
+                (MsgType::Open, 2u64, 0u32),
+                (MsgType::TxApprove, 9, 255),
+                (MsgType::ChangePin, 1 << 40, 65_536),
+            ]
+            .iter()
+            .map(|(t, c, p)| {
+                let key = root.key(*p).unwrap();
+                json!({"type": t.name(), "counter": c, "pin_index": p, "pin_key": h(key.expose()),
+                        "proof": h(&v.proof(&key, *t, &id.0, *c))})
+            })
+            .collect();
             json!({"pin": pin, "verifier": h(v.expose()), "proofs": proofs})
         })
         .collect();
+    let keys: Vec<Value> = [
+        0u32,
+        1,
+        255,
+        256,
+        65_535,
+        65_536,
+        1 << 20,
+        pin_keys::PIN_INDEX_LIMIT - 1,
+    ]
+    .iter()
+    .map(|p| json!({"index": p, "key": h(root.key(*p).unwrap().expose())}))
+    .collect();
+    let mut ring = PinKeyRing::new(root.clone());
+    let mut used = 0u32;
+    let rings: Vec<Value> = [0u32, 1, 256, 65_536]
+        .iter()
+        .map(|n| {
+            while used < *n {
+                ring.take().unwrap();
+                used += 1;
+            }
+            let bytes = ring.to_bytes();
+            json!({"indices_used": n, "encoding_len": bytes.len(), "encoding_blake3": h(blake3::hash(&bytes).as_bytes())})
+        })
+        .collect();
+    let v = PinVerifier::derive("2468", &id).unwrap();
+    let d = PinVerifier::derive("1357", &id).unwrap();
+    let block = VerifierBlock {
+        pin_verifier: *v.expose(),
+        duress_verifier: *d.expose(),
+        flags: VERIFIER_FLAG_DURESS,
+        zero: [0; 7],
+    };
+    let header = Header::request(MsgType::ChangePin, id.0, 12);
+    let key = root.key(5).unwrap();
+    let sealed = key.seal_verifiers(&header, &block.to_bytes()).unwrap();
     json!({
-        "description": "SPEC.md §6: Argon2id verifiers and PIN proofs",
+        "description": "SPEC.md §6: Argon2id verifiers, PIN keys and key rings, PIN proofs and sealed verifier blocks",
         "argon2id": {"memory_kib": pin::ARGON2_MEMORY_KIB, "iterations": pin::ARGON2_ITERATIONS,
                      "parallelism": pin::ARGON2_PARALLELISM, "output_len": 32, "version": "0x13",
                      "salt": format!("\"{}\" || token_id", std::str::from_utf8(pin::PIN_SALT_PREFIX).unwrap())},
         "token_id": id.to_hex(),
+        "pin_root": h(root.expose()),
+        "pin_keys": keys,
+        "rings": rings,
         "cases": cases,
+        "sealed_verifiers": {"header": h(header.as_bytes()), "pin_index": 5, "pin_key": h(key.expose()),
+            "seal_key": h(&blake3::derive_key(context::PIN_SEAL, key.expose())),
+            "block": h(&block.to_bytes()), "sealed": h(&sealed)},
     })
 }
 
@@ -220,7 +277,7 @@ fn gen_session() -> Value {
     let init_body = PairInitRequest {
         device_time_ms: Be64::new(T0),
         device_public: dev.public(),
-        zero: [0; 40],
+        zero: [0; 72],
     };
     let mut init = [0u8; MAX_DATAGRAM];
     let n = seal_request(
@@ -232,6 +289,9 @@ fn gen_session() -> Value {
         &mut init,
     )
     .unwrap();
+    let srv_agreed = srv.server_agree(&dev.public(), &ek.pairing_id).unwrap();
+    let secret = srv_agreed.secret.clone();
+    let root = PinRoot::from_bytes(fixed("session pin root"));
     let offer = PairInitReply {
         status: status(ReplyStatus::Ok, WireState::Pending, 3, 0, T0 + 40),
         server_public: srv.public(),
@@ -242,6 +302,7 @@ fn gen_session() -> Value {
         window_s: Be32::new(600),
         service_flags: SERVICE_FLAG_DURESS,
         reserved: [0; 3],
+        pin_root_sealed: srv_agreed.seal_pin_root(&root),
     };
     let mut init_reply = [0u8; MAX_DATAGRAM];
     let m = seal_reply(
@@ -252,14 +313,11 @@ fn gen_session() -> Value {
         &mut init_reply,
     )
     .unwrap();
-    let secret = srv
-        .server_token_secret(&dev.public(), &ek.pairing_id)
-        .unwrap();
-    assert_eq!(
-        secret,
-        dev.device_token_secret(&srv.public(), &ek.pairing_id)
-            .unwrap()
-    );
+    let dev_agreed = dev.device_agree(&srv.public(), &ek.pairing_id).unwrap();
+    assert_eq!(secret, dev_agreed.secret);
+    assert_eq!(dev_agreed.open_pin_root(&offer.pin_root_sealed), root);
+    // The device's ring; every PIN-bearing message below takes the next index.
+    let mut ring = PinKeyRing::new(root.clone());
     let sess = Session {
         id: token_id.0,
         keys: secret.keys(),
@@ -277,25 +335,37 @@ fn gen_session() -> Value {
         zero: [0; 16],
     };
 
-    // PAIR_COMPLETE, counter 1
-    let pc = PairCompleteRequest {
-        device_time_ms: Be64::new(t),
+    // PAIR_COMPLETE, counter 1, PIN key 0
+    let (p, key) = ring.take().unwrap();
+    let block = VerifierBlock {
         pin_verifier: *sess.normal.expose(),
         duress_verifier: *sess.duress.expose(),
         flags: VERIFIER_FLAG_DURESS,
         zero: [0; 7],
     };
+    let pc = PairCompleteRequest {
+        device_time_ms: Be64::new(t),
+        pin: PinIndex::new(p),
+        verifiers: key
+            .seal_verifiers(
+                &Header::request(MsgType::PairComplete, sess.id, 1),
+                &block.to_bytes(),
+            )
+            .unwrap(),
+    };
     let r = st(ReplyStatus::Ok, WireState::Closed, 3, 0, t + 40);
     msgs.push(exchange("PAIR_COMPLETE with PIN 2468 and duress PIN 1357", &sess, MsgType::PairComplete, 1,
-        json!({"device_time_ms": t, "pin_verifier": h(sess.normal.expose()), "duress_verifier": h(sess.duress.expose()), "flags": 1}),
+        json!({"device_time_ms": t, "pin_index": p, "pin_key": h(key.expose()), "pin_verifier": h(sess.normal.expose()), "duress_verifier": h(sess.duress.expose()), "flags": 1}),
         pc.as_bytes(), status_json(&r), r.as_bytes()));
 
-    let open = |c: u64, t: u64, v: &PinVerifier| OpenRequest {
+    let open = |c: u64, t: u64, v: &PinVerifier, p: u32, key: &PinKey| OpenRequest {
         device_time_ms: Be64::new(t),
-        proof: v.proof(MsgType::Open, &sess.id, c),
+        pin: PinIndex::new(p),
+        proof: v.proof(key, MsgType::Open, &sess.id, c),
     };
     t += 10_000;
-    let o = open(2, t, &sess.normal);
+    let (p, key) = ring.take().unwrap();
+    let o = open(2, t, &sess.normal, p, &key);
     let r = st(
         ReplyStatus::Ok,
         WireState::Open,
@@ -308,7 +378,7 @@ fn gen_session() -> Value {
         &sess,
         MsgType::Open,
         2,
-        json!({"device_time_ms": t, "pin": "2468", "proof": h(&o.proof)}),
+        json!({"device_time_ms": t, "pin": "2468", "pin_index": p, "pin_key": h(key.expose()), "proof": h(&o.proof)}),
         o.as_bytes(),
         status_json(&r),
         r.as_bytes(),
@@ -339,7 +409,8 @@ fn gen_session() -> Value {
         r.as_bytes(),
     ));
     t += 5_000;
-    let o = open(5, t, &sess.duress);
+    let (p, key) = ring.take().unwrap();
+    let o = open(5, t, &sess.duress, p, &key);
     let r = st(
         ReplyStatus::Ok,
         WireState::Open,
@@ -352,7 +423,7 @@ fn gen_session() -> Value {
         &sess,
         MsgType::Open,
         5,
-        json!({"device_time_ms": t, "pin": "1357", "proof": h(&o.proof)}),
+        json!({"device_time_ms": t, "pin": "1357", "pin_index": p, "pin_key": h(key.expose()), "proof": h(&o.proof)}),
         o.as_bytes(),
         status_json(&r),
         r.as_bytes(),
@@ -389,10 +460,12 @@ fn gen_session() -> Value {
     msgs.push(exchange("TX_FETCH with a transaction waiting", &sess, MsgType::TxFetch, 7, json!({"device_time_ms": t}), fetch.as_bytes(),
         json!({"status": status_json(&tx_reply.status), "tx_id": h(&tx_id), "tx_expires_ms": t + 120_000, "message": message}), tx_reply.as_bytes()));
     t += 5_000;
+    let (p, key) = ring.take().unwrap();
     let approve = TxDecideRequest {
         device_time_ms: Be64::new(t),
         tx_id,
-        proof: sess.normal.proof(MsgType::TxApprove, &sess.id, 8),
+        pin: PinIndex::new(p),
+        proof: sess.normal.proof(&key, MsgType::TxApprove, &sess.id, 8),
     };
     let dr = TxDecideReply {
         status: st(ReplyStatus::Ok, WireState::Open, 3, until, t + 40),
@@ -405,7 +478,7 @@ fn gen_session() -> Value {
         &sess,
         MsgType::TxApprove,
         8,
-        json!({"device_time_ms": t, "tx_id": h(&tx_id), "pin": "2468", "proof": h(&approve.proof)}),
+        json!({"device_time_ms": t, "tx_id": h(&tx_id), "pin": "2468", "pin_index": p, "pin_key": h(key.expose()), "proof": h(&approve.proof)}),
         approve.as_bytes(),
         json!({"status": status_json(&dr.status), "tx_id": h(&tx_id), "tx_state": dr.tx_state}),
         dr.as_bytes(),
@@ -443,6 +516,7 @@ fn gen_session() -> Value {
     let deny = TxDecideRequest {
         device_time_ms: Be64::new(t),
         tx_id: tx2,
+        pin: PinIndex::new(0),
         proof: [0; 16],
     };
     let dr = TxDecideReply {
@@ -463,30 +537,41 @@ fn gen_session() -> Value {
     ));
     t += 5_000;
     let wrong = PinVerifier::derive("0000", &token_id).unwrap();
-    let o = open(11, t, &wrong);
+    let (p, key) = ring.take().unwrap();
+    let o = open(11, t, &wrong, p, &key);
     let r = st(ReplyStatus::WrongPin, WireState::Open, 2, until, t + 40);
     msgs.push(exchange(
         "OPEN with a wrong PIN",
         &sess,
         MsgType::Open,
         11,
-        json!({"device_time_ms": t, "pin": "0000", "proof": h(&o.proof)}),
+        json!({"device_time_ms": t, "pin": "0000", "pin_index": p, "pin_key": h(key.expose()), "proof": h(&o.proof)}),
         o.as_bytes(),
         status_json(&r),
         r.as_bytes(),
     ));
     t += 5_000;
-    let cp = ChangePinRequest {
-        device_time_ms: Be64::new(t),
-        proof: sess.normal.proof(MsgType::ChangePin, &sess.id, 12),
+    let (p, key) = ring.take().unwrap();
+    let new_block = VerifierBlock {
         pin_verifier: *new_pin.expose(),
         duress_verifier: *new_duress.expose(),
         flags: VERIFIER_FLAG_DURESS,
         zero: [0; 7],
     };
+    let cp = ChangePinRequest {
+        device_time_ms: Be64::new(t),
+        pin: PinIndex::new(p),
+        proof: sess.normal.proof(&key, MsgType::ChangePin, &sess.id, 12),
+        verifiers: key
+            .seal_verifiers(
+                &Header::request(MsgType::ChangePin, sess.id, 12),
+                &new_block.to_bytes(),
+            )
+            .unwrap(),
+    };
     let r = st(ReplyStatus::Ok, WireState::Open, 3, until, t + 40);
     msgs.push(exchange("CHANGE_PIN from 2468 to 97531, duress PIN 8642", &sess, MsgType::ChangePin, 12,
-        json!({"device_time_ms": t, "pin": "2468", "proof": h(&cp.proof), "new_pin": "97531", "new_pin_verifier": h(new_pin.expose()), "new_duress_pin": "8642", "new_duress_verifier": h(new_duress.expose()), "flags": 1}),
+        json!({"device_time_ms": t, "pin": "2468", "pin_index": p, "pin_key": h(key.expose()), "proof": h(&cp.proof), "new_pin": "97531", "new_pin_verifier": h(new_pin.expose()), "new_duress_pin": "8642", "new_duress_verifier": h(new_duress.expose()), "flags": 1}),
         cp.as_bytes(), status_json(&r), r.as_bytes()));
 
     let params = OtpParams {
@@ -515,10 +600,12 @@ fn gen_session() -> Value {
             "device_ephemeral_random": h(&dev_random), "device_public": h(&dev.public()),
             "server_ephemeral_random": h(&srv_random), "server_public": h(&srv.public()),
             "request": {"body": h(init_body.as_bytes()), "datagram": h(&init[..n])},
-            "reply": {"epoch": EPOCH, "fields": {"status": status_json(&offer.status), "token_id": token_id.to_hex(), "otp_length": 8, "otp_alphabet": 0, "otp_period_s": 30, "window_s": 600, "service_flags": 1},
+            "reply": {"epoch": EPOCH, "fields": {"status": status_json(&offer.status), "token_id": token_id.to_hex(), "otp_length": 8, "otp_alphabet": 0, "otp_period_s": 30, "window_s": 600, "service_flags": 1, "pin_root": h(root.expose()), "pin_root_sealed": h(&offer.pin_root_sealed)},
                       "body": h(offer.as_bytes()), "datagram": h(&init_reply[..m])},
             "token_secret": h(secret.expose()),
+            "pin_root_pad": h(&xor32(&offer.pin_root_sealed, root.expose())),
         },
+        "ring_after_session": {"next_index": ring.next_index(), "encoding_len": ring.to_bytes().len(), "encoding_blake3": h(blake3::hash(&ring.to_bytes()).as_bytes())},
         "messages": msgs,
         "one_time_codes": {"length": 8, "period_s": 30, "alphabet": "digits", "pins_used": "pins (2468 and 1357), independent of the CHANGE_PIN message", "codes": otp},
         "offline": {"pins_used": "pins (2468 and 1357)", "validation_code": codes::group4(&vc),
@@ -762,10 +849,16 @@ fn session_vectors_decode() {
     };
     assert_eq!(h(&offer.token_id), v["token_id"].as_str().unwrap());
     let dev = Ephemeral::from_random(unhex(&pi["device_ephemeral_random"]).try_into().unwrap());
-    let k = dev
-        .device_token_secret(&offer.server_public, &ek.pairing_id)
+    let agreed = dev
+        .device_agree(&offer.server_public, &ek.pairing_id)
         .unwrap();
+    let k = agreed.secret.clone();
     assert_eq!(h(k.expose()), pi["token_secret"].as_str().unwrap());
+    let root = agreed.open_pin_root(&offer.pin_root_sealed);
+    assert_eq!(
+        h(root.expose()),
+        pi["reply"]["fields"]["pin_root"].as_str().unwrap()
+    );
     let keys = k.keys();
     let id = TokenId(offer.token_id);
     let normal = PinVerifier::derive("2468", &id).unwrap();
@@ -784,8 +877,19 @@ fn session_vectors_decode() {
         );
         assert!(window.accept(req.header.counter.get()), "{name}");
         let counter = req.header.counter.get();
-        let pin_of =
-            |p: &[u8; 16], t| pin::check_proof(p, &normal, Some(&duress), t, &id.0, counter);
+        let header = *req.header;
+        let pin_of = |p: &[u8; 16], index: u32, t| {
+            let key = root.key(index).unwrap();
+            pin::check_proof(p, &key, &normal, Some(&duress), t, &id.0, counter)
+        };
+        let open_block = |index: u32, sealed| {
+            let plain = root
+                .key(index)
+                .unwrap()
+                .open_verifiers(&header, sealed)
+                .unwrap();
+            VerifierBlock::parse(&plain).unwrap()
+        };
         match req.body {
             RequestBody::Open(o) => {
                 let expect = match m["request"]["fields"]["pin"].as_str().unwrap() {
@@ -793,13 +897,33 @@ fn session_vectors_decode() {
                     "1357" => PinMatch::Duress,
                     _ => PinMatch::Wrong,
                 };
-                assert_eq!(pin_of(&o.proof, MsgType::Open), expect, "{name}");
+                assert_eq!(
+                    pin_of(&o.proof, o.pin.index.get(), MsgType::Open),
+                    expect,
+                    "{name}"
+                );
             }
             RequestBody::TxApprove(a) => {
-                assert_eq!(pin_of(&a.proof, MsgType::TxApprove), PinMatch::Normal)
+                assert_eq!(
+                    pin_of(&a.proof, a.pin.index.get(), MsgType::TxApprove),
+                    PinMatch::Normal
+                )
             }
             RequestBody::ChangePin(c) => {
-                assert_eq!(pin_of(&c.proof, MsgType::ChangePin), PinMatch::Normal)
+                assert_eq!(
+                    pin_of(&c.proof, c.pin.index.get(), MsgType::ChangePin),
+                    PinMatch::Normal
+                );
+                let b = open_block(c.pin.index.get(), &c.verifiers);
+                assert_eq!(
+                    h(&b.pin_verifier),
+                    m["request"]["fields"]["new_pin_verifier"].as_str().unwrap()
+                );
+            }
+            RequestBody::PairComplete(c) => {
+                let b = open_block(c.pin.index.get(), &c.verifiers);
+                assert_eq!(&b.pin_verifier, normal.expose());
+                assert_eq!(&b.duress_verifier, duress.expose());
             }
             _ => {}
         }

@@ -331,6 +331,8 @@ pub fn build_engine(loaded: &Loaded, store: &Store, epoch: u32) -> Result<Engine
     let mut seed = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
     let mut config = EngineConfig::new(services, epoch, seed);
+    // The same on every start and every server of the instance: phones keep their PIN keys.
+    config.pin_tree_secret = *store.pin_tree_secret().expose();
     config.authkeys = authkeys;
     config.max_changes_per_s = loaded
         .config

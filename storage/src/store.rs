@@ -904,6 +904,12 @@ impl Store {
         Ok(self.kv.flush()?)
     }
 
+    /// The instance's PIN-tree secret, from the master key (the engine derives every
+    /// token's PIN root from it).
+    pub fn pin_tree_secret(&self) -> &crate::PinTreeSecret {
+        self.master_key().pin_tree_secret()
+    }
+
     pub(crate) fn master_key(&self) -> &MasterKey {
         &self.key
     }
