@@ -133,7 +133,14 @@ pub fn streams(
     counters: &mut [u64],
     seed: u64,
 ) -> Vec<Stream> {
-    streams_with(tokens, streams, per_stream, counters, seed, StreamMix::REALISTIC)
+    streams_with(
+        tokens,
+        streams,
+        per_stream,
+        counters,
+        seed,
+        StreamMix::REALISTIC,
+    )
 }
 
 /// As [`streams`], with the request mix `mix`.

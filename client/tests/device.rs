@@ -612,7 +612,8 @@ fn every_attempt_takes_a_new_pin_key_saved_before_it_is_sent() {
     let ticket = server.enroll("bank", "pina");
     let mut dev = Device::new();
     dev.pair(&ticket);
-    let saved = || zoftoken_device::Token::from_bytes(&std::fs::read(dev.path()).unwrap()).unwrap();
+    let path = dev.path();
+    let saved = || zoftoken_device::Token::from_bytes(&std::fs::read(&path).unwrap()).unwrap();
     let paired = saved();
     // One PAIR_COMPLETE took PIN key 0.
     assert_eq!(paired.pin_keys_left(), (1 << 24) - 1);

@@ -8,8 +8,7 @@ use zoftoken_proto::wire::{
     SERVICE_FLAG_DURESS,
 };
 use zoftoken_proto::{
-    DropReason, EnrollmentKeys, MsgType, PinKeyRing, PinVerifier, ReplyStatus, TokenId,
-    TokenSecret,
+    DropReason, EnrollmentKeys, MsgType, PinKeyRing, PinVerifier, ReplyStatus, TokenId, TokenSecret,
 };
 
 use crate::token::{take_pin_key, verifier_block, ServiceInfo, TokenStatus, Transmit};

@@ -201,9 +201,9 @@ pub struct Token {
 /// Takes the next PIN key of `ring`; a used-up ring means pairing again.
 pub(crate) fn take_pin_key(ring: &mut PinKeyRing) -> Result<(u32, PinKey), DeviceError> {
     ring.take().map_err(|e| match e {
-        zoftoken_proto::Error::PinKeysExhausted => DeviceError::PairAgain(
-            "every per-request PIN key of this pairing has been used",
-        ),
+        zoftoken_proto::Error::PinKeysExhausted => {
+            DeviceError::PairAgain("every per-request PIN key of this pairing has been used")
+        }
         other => DeviceError::Protocol(other),
     })
 }
@@ -287,8 +287,7 @@ impl Token {
     /// per-request PIN keys (version 1) is [`DeviceError::PairAgain`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Token, DeviceError> {
         let bad = |m: &str| DeviceError::CorruptState(m.to_owned());
-        let v: PersistedVersion =
-            serde_json::from_slice(bytes).map_err(|e| bad(&e.to_string()))?;
+        let v: PersistedVersion = serde_json::from_slice(bytes).map_err(|e| bad(&e.to_string()))?;
         match v.version {
             1 => {
                 return Err(DeviceError::PairAgain(

@@ -75,8 +75,7 @@ fn a_failed_save_sends_nothing_and_the_key_is_not_used_again() {
 #[test]
 fn a_used_up_ring_says_to_pair_again_and_sends_nothing() {
     let (w, token, pin, _) = common::pair([3; 32], "2468", None, 0);
-    let mut state: serde_json::Value =
-        serde_json::from_slice(&token.to_bytes().unwrap()).unwrap();
+    let mut state: serde_json::Value = serde_json::from_slice(&token.to_bytes().unwrap()).unwrap();
     state["pin_keys"] = base64::engine::general_purpose::STANDARD
         .encode(PIN_INDEX_LIMIT.to_be_bytes())
         .into();
@@ -114,8 +113,7 @@ fn a_used_up_ring_says_to_pair_again_and_sends_nothing() {
 #[test]
 fn a_state_from_before_pin_keys_says_to_pair_again() {
     let (_, token, _, _) = common::pair([4; 32], "2468", None, 0);
-    let mut state: serde_json::Value =
-        serde_json::from_slice(&token.to_bytes().unwrap()).unwrap();
+    let mut state: serde_json::Value = serde_json::from_slice(&token.to_bytes().unwrap()).unwrap();
     assert_eq!(state["version"], 2);
     state["version"] = 1.into();
     state.as_object_mut().unwrap().remove("pin_keys");
@@ -125,8 +123,7 @@ fn a_state_from_before_pin_keys_says_to_pair_again() {
     let e = Token::from_bytes(&serde_json::to_vec(&state).unwrap()).unwrap_err();
     assert!(matches!(e, DeviceError::CorruptState(_)), "{e}");
     // A version-2 state whose ring does not decode is corrupt, not silently repaired.
-    let mut state: serde_json::Value =
-        serde_json::from_slice(&token.to_bytes().unwrap()).unwrap();
+    let mut state: serde_json::Value = serde_json::from_slice(&token.to_bytes().unwrap()).unwrap();
     state["pin_keys"] = "AAAA".into();
     let e = Token::from_bytes(&serde_json::to_vec(&state).unwrap()).unwrap_err();
     assert!(matches!(e, DeviceError::CorruptState(_)), "{e}");

@@ -105,10 +105,6 @@ pub struct LoadgenArgs {
     /// `data/master.key` if it exists (the server's default). Read only when the mix has OPENs.
     #[arg(long, value_name = "FILE")]
     pub master_key_file: Option<PathBuf>,
-    /// The master key file of the server's configuration, tried after the environment (set
-    /// by the embedding server binary).
-    #[arg(skip)]
-    pub default_master_key_file: Option<PathBuf>,
     /// Print only the JSON line on stdout, no human summary (set by the binary's `--json`).
     #[arg(skip)]
     pub json: bool,
@@ -147,6 +143,16 @@ fn read_master_key_file(path: &Path) -> Result<SecretBytes, String> {
 impl LoadgenArgs {
     /// The run's configuration; `default_service` as in [`PrepareArgs::token_set`].
     pub fn config(&self, default_service: Option<&str>) -> Result<LoadConfig, String> {
+        self.config_with(default_service, None)
+    }
+
+    /// As [`Self::config`], with the master key file of the server's configuration
+    /// (`default_key_file`, tried after the environment: what the embedding server passes).
+    pub fn config_with(
+        &self,
+        default_service: Option<&str>,
+        default_key_file: Option<&Path>,
+    ) -> Result<LoadConfig, String> {
         let tokens = self
             .set
             .token_set(default_service)
@@ -168,7 +174,8 @@ impl LoadgenArgs {
         c.first_token = self.first_token;
         c.sequence_seed = self.sequence_seed;
         if self.mix.open > 0 || self.mix.wrong_pin > 0 {
-            c.pin_tree_secret = Some(self.pin_tree_secret(&|name| std::env::var(name).ok())?);
+            let env = |name: &str| std::env::var(name).ok();
+            c.pin_tree_secret = Some(self.pin_tree_secret(&env, default_key_file)?);
         }
         Ok(c)
     }
@@ -178,6 +185,7 @@ impl LoadgenArgs {
     pub fn pin_tree_secret(
         &self,
         env: &dyn Fn(&str) -> Option<String>,
+        default_key_file: Option<&Path>,
     ) -> Result<SecretBytes, String> {
         if let Some(path) = &self.master_key_file {
             return read_master_key_file(path);
@@ -188,7 +196,7 @@ impl LoadgenArgs {
         if let Some(path) = env("ZOFTOKEN_MASTER_KEY_FILE") {
             return read_master_key_file(Path::new(&path));
         }
-        if let Some(path) = &self.default_master_key_file {
+        if let Some(path) = default_key_file {
             return read_master_key_file(path);
         }
         let default = Path::new(DEFAULT_MASTER_KEY_FILE);
@@ -207,7 +215,17 @@ impl LoadgenArgs {
     /// second otherwise), then prints the summary and its JSON line on stdout. Returns the
     /// exit code: 0 when it ran (whatever the losses), 2 for invalid options, 1 on failure.
     pub fn run_cli(&self, default_service: Option<&str>) -> i32 {
-        let config = match self.config(default_service) {
+        self.run_cli_with(default_service, None)
+    }
+
+    /// As [`Self::run_cli`], with the master key file of the server's configuration (see
+    /// [`Self::config_with`]).
+    pub fn run_cli_with(
+        &self,
+        default_service: Option<&str>,
+        default_key_file: Option<&Path>,
+    ) -> i32 {
+        let config = match self.config_with(default_service, default_key_file) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("loadgen: {e}");

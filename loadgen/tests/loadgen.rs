@@ -268,9 +268,9 @@ fn a_wrong_pin_verifier_is_answered_but_refused() {
     let set = TokenSet::new("demo", 23, 20);
     let mut service = ServiceConfig::new("demo", &["127.0.0.1:4500"]);
     service.window_s = 600;
-    let mut config = EngineConfig::new(vec![service], 1, [7; 32]);
-    config.pin_tree_secret = PIN_TREE;
-    let engine = Arc::new(Engine::new(config).unwrap());
+    let mut engine_config = EngineConfig::new(vec![service], 1, [7; 32]);
+    engine_config.pin_tree_secret = PIN_TREE;
+    let engine = Arc::new(Engine::new(engine_config).unwrap());
     for i in 0..set.count() {
         let mut r = set.record(i, 0);
         r.pin_verifier = zoftoken_proto::SecretBytes::new([0x99; 32]);
@@ -414,30 +414,43 @@ fn the_master_key_is_found_as_the_server_finds_it() {
     };
     let no_env = |_: &str| None;
     let args = parse(&["--master-key-file", file.to_str().unwrap()]);
-    assert_eq!(args.pin_tree_secret(&no_env).unwrap().expose(), &expected);
+    assert_eq!(
+        args.pin_tree_secret(&no_env, None).unwrap().expose(),
+        &expected
+    );
     // The generator's configuration carries it when the mix has OPENs.
     let c = args.config(None).unwrap();
     assert_eq!(c.pin_tree_secret.unwrap().expose(), &expected);
     // The environment, as the server reads it: the key itself, or its file.
     let bare = parse(&[]);
     let key_env = |n: &str| (n == "ZOFTOKEN_MASTER_KEY").then(|| hex.clone());
-    assert_eq!(bare.pin_tree_secret(&key_env).unwrap().expose(), &expected);
+    assert_eq!(
+        bare.pin_tree_secret(&key_env, None).unwrap().expose(),
+        &expected
+    );
     let path = file.to_str().unwrap().to_owned();
     let file_env = |n: &str| (n == "ZOFTOKEN_MASTER_KEY_FILE").then(|| path.clone());
-    assert_eq!(bare.pin_tree_secret(&file_env).unwrap().expose(), &expected);
+    assert_eq!(
+        bare.pin_tree_secret(&file_env, None).unwrap().expose(),
+        &expected
+    );
     // The embedding server's configured key file.
-    let mut embedded = parse(&[]);
-    embedded.default_master_key_file = Some(file.clone());
-    assert_eq!(embedded.pin_tree_secret(&no_env).unwrap().expose(), &expected);
+    assert_eq!(
+        bare.pin_tree_secret(&no_env, Some(&file)).unwrap().expose(),
+        &expected
+    );
     // A key file others may read is refused, as the server refuses it.
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let e = args.pin_tree_secret(&no_env).unwrap_err();
+    let e = args.pin_tree_secret(&no_env, None).unwrap_err();
     assert!(e.contains("too open"), "{e}");
     // A malformed key, and no key at all, are clear errors.
     let bad_env = |n: &str| (n == "ZOFTOKEN_MASTER_KEY").then(|| "xyz".to_owned());
-    assert!(bare.pin_tree_secret(&bad_env).unwrap_err().contains("ZOFTOKEN_MASTER_KEY"));
+    assert!(bare
+        .pin_tree_secret(&bad_env, None)
+        .unwrap_err()
+        .contains("ZOFTOKEN_MASTER_KEY"));
     if !std::path::Path::new("data/master.key").exists() {
-        let e = bare.pin_tree_secret(&no_env).unwrap_err();
+        let e = bare.pin_tree_secret(&no_env, None).unwrap_err();
         assert!(e.contains("--master-key-file"), "{e}");
     }
     std::fs::remove_dir_all(&dir).unwrap();

@@ -85,14 +85,7 @@ impl MiniServer {
                 reserved: [0; 3],
                 pin_root_sealed: agreement.seal_pin_root(&self.root),
             };
-            return seal_reply(
-                &self.enrollment.s2d,
-                1,
-                req.header,
-                reply.as_bytes(),
-                out,
-            )
-            .ok();
+            return seal_reply(&self.enrollment.s2d, 1, req.header, reply.as_bytes(), out).ok();
         }
         let keys = self.secret.as_ref()?.keys();
         let req = open_request(&keys.d2s, &mut buf).ok()?;
@@ -126,10 +119,12 @@ impl MiniServer {
                 seen.index = Some(index);
                 ReplyStatus::Ok
             }
-            RequestBody::Open(o) => match check(&o.proof, o.pin.index.get(), MsgType::Open, &mut seen)?.0 {
-                PinMatch::Wrong => ReplyStatus::WrongPin,
-                _ => ReplyStatus::Ok,
-            },
+            RequestBody::Open(o) => {
+                match check(&o.proof, o.pin.index.get(), MsgType::Open, &mut seen)?.0 {
+                    PinMatch::Wrong => ReplyStatus::WrongPin,
+                    _ => ReplyStatus::Ok,
+                }
+            }
             RequestBody::TxApprove(t) => {
                 let (m, _) = check(&t.proof, t.pin.index.get(), MsgType::TxApprove, &mut seen)?;
                 self.seen.push(seen);
@@ -164,8 +159,7 @@ impl MiniServer {
                     let duress = block
                         .has_duress()
                         .then(|| PinVerifier::from_bytes(block.duress_verifier));
-                    self.verifiers =
-                        Some((PinVerifier::from_bytes(block.pin_verifier), duress));
+                    self.verifiers = Some((PinVerifier::from_bytes(block.pin_verifier), duress));
                     ReplyStatus::Ok
                 } else {
                     ReplyStatus::WrongPin
@@ -246,7 +240,9 @@ impl World {
         lose: bool,
     ) -> Option<zoftoken_device::Reply> {
         let (mut out, mut reply) = ([0u8; 1200], [0u8; 1200]);
-        let tx = token.request(&mut self.store, request, NOW, &mut out).unwrap();
+        let tx = token
+            .request(&mut self.store, request, NOW, &mut out)
+            .unwrap();
         self.sent.push(out[..tx.len].to_vec());
         if lose {
             return None;
