@@ -97,7 +97,7 @@ PY
 run_load() {
   "$loadgen" --endpoint "127.0.0.1:$port_udp" --service bench --tokens "$tokens" \
     --threads "$lg_threads" --window "$window" --duration "$duration" \
-    --counters "$work/counters" --json 2>/dev/null | tail -1
+    --counters "$work/counters" --master-key-file "$work/data/master.key" --json 2>/dev/null | tail -1
 }
 run_wrk() {
   wrk -t "$wrk_threads" -c "$connections" -d "${duration}s" -s "$work/status.lua" \

@@ -9,8 +9,9 @@
 #      224-byte entry in a table of a million, one log write per batch before the echo). Not
 #      part of the target: it tells how much of the gap to the echo server the mandatory work
 #      explains (`floor_ratio`) and how much is zoftoken's own.
-# The generator does the same work per packet in both runs (seals real requests, tries to
-# open every reply; an echoed request fails to open and is counted as an echo).
+# The generator does the same work per packet in both runs (seals real requests, with the
+# PIN proofs of OPENs under keys from the server's master key, tries to open every reply; an
+# echoed request fails to open and is counted as an echo).
 # Ends with one JSON line: {"echo_pps":…,"zoftoken_pps":…,"ratio":…,"p99_us":…,"floor_pps":…,
 # "floor_ratio":…,"echo_p99_us":…,"floor_p99_us":…} (the last two: the echo server's and the
 # floor's p99 at zoftoken's half rate, the machine's own latency there; not targets).
@@ -63,7 +64,8 @@ trap cleanup EXIT
 
 run_load() { # endpoint, extra args… → the JSON line
   "$loadgen" --endpoint "$1" --service bench --tokens "$tokens" --threads "$lg_threads" \
-    --window "$window" --duration "$duration" --json "${@:2}" 2>/dev/null | tail -1
+    --window "$window" --duration "$duration" --master-key-file "$work/data/master.key" \
+    --json "${@:2}" 2>/dev/null | tail -1
 }
 field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 

@@ -120,7 +120,7 @@ PY
 events_load() { # extra args → JSON line
   "$loadgen" --endpoint "127.0.0.1:$port_udp" --service bench --tokens "$tokens" \
     --first-token $((tokens - 1000)) --counters "$work/counters-events" \
-    --duration "$duration" --json "$@" 2>/dev/null | tail -1
+    --master-key-file "$work/data/master.key" --duration "$duration" --json "$@" 2>/dev/null | tail -1
 }
 status_load() {
   "$loadgen" --endpoint "127.0.0.1:$port_udp" --service bench --tokens $((tokens - 1000)) \

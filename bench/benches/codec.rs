@@ -1,5 +1,6 @@
 //! Codec benchmarks: header parse, the server's open + seal of every request type, the
-//! device's seal, key derivation, and the AEAD crate comparison that chose `ring`.
+//! device's seal, key derivation, the per-request PIN keys (server derivation, PIN root,
+//! device ring, verifier sealing), and the AEAD crate comparison that chose `ring`.
 //!
 //! `cargo bench -p zoftoken-bench --bench codec`
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -10,8 +11,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use zoftoken_bench::Fixture;
 use zoftoken_proto::packet::seal_request;
 use zoftoken_proto::pairing::Ephemeral;
-use zoftoken_proto::wire::{check_request, MsgType, MAX_DATAGRAM};
-use zoftoken_proto::{EnrollmentSecret, PinVerifier, TokenId, TokenSecret};
+use zoftoken_proto::wire::{check_request, Header, MsgType, VerifierBlock, MAX_DATAGRAM};
+use zoftoken_proto::{EnrollmentSecret, PinKeyRing, PinRoot, PinVerifier, TokenId, TokenSecret};
 
 fn header(c: &mut Criterion) {
     let f = Fixture::new();
@@ -70,18 +71,64 @@ fn keys(c: &mut Criterion) {
     });
     let device = Ephemeral::from_random([9; 32]).public();
     g.bench_function("pairing server X25519 + token secret", |b| {
-        b.iter(|| Ephemeral::from_random(black_box([4; 32])).server_token_secret(&device, &[1; 16]))
+        b.iter(|| Ephemeral::from_random(black_box([4; 32])).server_agree(&device, &[1; 16]))
     });
     let v = PinVerifier::from_bytes([6; 32]);
+    let pin_key = PinRoot::from_bytes([8; 32]).key(5).unwrap();
     g.bench_function("pin_proof", |b| {
-        b.iter(|| black_box(&v).proof(MsgType::Open, &[1; 16], black_box(5)))
+        b.iter(|| black_box(&v).proof(&pin_key, MsgType::Open, &[1; 16], black_box(5)))
     });
     g.finish();
+    pin_keys(c);
     let mut g = c.benchmark_group("argon2id");
     g.sample_size(10);
     let id = TokenId::derive("s", "u");
     g.bench_function("pin_verifier (19 MiB, t=2)", |b| {
         b.iter(|| PinVerifier::derive(black_box("2468"), &id))
+    });
+    g.finish();
+}
+
+/// Per-request PIN keys: what the server adds to a PIN request (its PIN root from the
+/// instance secret and the token secret, then the request's key in three keyed hashes), what
+/// the device does per PIN request (take a key from its ring), and sealing new verifiers.
+fn pin_keys(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pin_keys");
+    let root = PinRoot::from_bytes([8; 32]);
+    g.bench_function("server key (3 keyed hashes)", |b| {
+        b.iter(|| black_box(&root).key(black_box(0x12_3456)))
+    });
+    g.bench_function("pin_root", |b| {
+        b.iter(|| zoftoken_engine::pin_root(black_box(&[1; 32]), black_box(&[2; 32])))
+    });
+    let fresh = PinKeyRing::new(root.clone());
+    g.bench_function("device take", |b| {
+        b.iter_custom(|iters| {
+            let mut ring = fresh.clone();
+            let mut elapsed = std::time::Duration::ZERO;
+            for _ in 0..iters {
+                if ring.is_exhausted() {
+                    ring = fresh.clone();
+                }
+                let t = std::time::Instant::now();
+                let key = black_box(ring.take().unwrap());
+                elapsed += t.elapsed();
+                drop(key);
+            }
+            elapsed
+        })
+    });
+    let key = root.key(7).unwrap();
+    let header = Header::request(MsgType::ChangePin, [4; 16], 12);
+    let block = VerifierBlock {
+        pin_verifier: [1; 32],
+        duress_verifier: [0; 32],
+        flags: 0,
+        zero: [0; 7],
+    }
+    .to_bytes();
+    g.bench_function("seal_verifiers", |b| {
+        b.iter(|| black_box(&key).seal_verifiers(&header, black_box(&block)))
     });
     g.finish();
 }

@@ -1,7 +1,11 @@
 //! Fixtures for the engine benchmarks: an engine loaded with N paired tokens (the load
 //! generator's [`TokenSet`] of service `bench`, seed 0: synthetic records, one shared PIN
-//! verifier so that loading needs no Argon2id), and streams of sealed requests with the realistic mix (STATUS 60 %, OPEN 20 %, CLOSE 20 %), each token's packets
-//! in counter order and all on one stream (as a phone sends them).
+//! verifier so that loading needs no Argon2id), and streams of sealed requests with the
+//! realistic mix (STATUS 60 %, OPEN 20 %, CLOSE 20 %) or another [`StreamMix`], each token's
+//! packets in counter order and all on one stream (as a phone sends them). Every OPEN names a
+//! fresh PIN index (the counter's low 24 bits) and carries the proof under that index's PIN
+//! key, derived from the token's PIN root exactly as the server derives it
+//! (`zoftoken_engine::pin_root` of the engine's [`PIN_TREE_SECRET`] and the token secret).
 //!
 //! A benchmark whose setup fails or whose packets are dropped measures the wrong thing, so
 //! this module panics rather than report a figure.
@@ -13,11 +17,65 @@ use zerocopy::IntoBytes;
 use zoftoken_engine::{Batch, Engine, EngineConfig, PacketOutcome, Prefetcher, ServiceConfig};
 use zoftoken_loadgen::TokenSet;
 use zoftoken_proto::packet::seal_request;
-use zoftoken_proto::wire::{Be64, MsgType, OpenRequest, PlainRequest};
+use zoftoken_proto::pin_keys::PIN_INDEX_LIMIT;
+use zoftoken_proto::wire::{Be64, MsgType, OpenRequest, PinIndex, PlainRequest};
 use zoftoken_proto::{PinVerifier, TokenId, TokenSecret};
 
 /// The virtual time of every benchmark packet.
 pub const NOW_MS: u64 = 1_800_000_000_000;
+
+/// The benchmark engine's instance PIN-tree secret (`EngineConfig::pin_tree_secret`).
+pub const PIN_TREE_SECRET: [u8; 32] = [0x5b; 32];
+
+/// The request mix of a stream, in percent (they add up to 100).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamMix {
+    /// STATUS, percent.
+    pub status: u8,
+    /// OPEN with the right PIN, percent.
+    pub open: u8,
+    /// CLOSE, percent.
+    pub close: u8,
+}
+
+impl StreamMix {
+    /// STATUS 60 %, OPEN 20 %, CLOSE 20 %.
+    pub const REALISTIC: StreamMix = StreamMix {
+        status: 60,
+        open: 20,
+        close: 20,
+    };
+    /// Every packet an OPEN (each with a PIN index and proof).
+    pub const OPEN: StreamMix = StreamMix {
+        status: 0,
+        open: 100,
+        close: 0,
+    };
+
+    /// `realistic`, `open`, or `status/open/close` in percent.
+    pub fn parse(s: &str) -> Result<StreamMix, String> {
+        match s {
+            "realistic" => return Ok(StreamMix::REALISTIC),
+            "open" => return Ok(StreamMix::OPEN),
+            _ => {}
+        }
+        let parts: Vec<u8> = s
+            .split('/')
+            .map(|p| p.trim().parse::<u8>().map_err(|e| format!("{p:?}: {e}")))
+            .collect::<Result<_, _>>()?;
+        let [status, open, close] = parts[..] else {
+            return Err("expected realistic, open, or status/open/close percentages".into());
+        };
+        if u32::from(status) + u32::from(open) + u32::from(close) != 100 {
+            return Err(format!("{s}: the percentages must add up to 100"));
+        }
+        Ok(StreamMix {
+            status,
+            open,
+            close,
+        })
+    }
+}
 
 /// The synthetic tokens: the load generator's token set of service `bench`, seed 0 (users
 /// `user{i}`); `count` does not change any token.
@@ -45,6 +103,7 @@ pub fn loaded_engine(tokens: u64, shards: usize) -> Engine {
     service.window_s = 600;
     let mut config = EngineConfig::new(vec![service], 1, [7; 32]);
     config.shards = shards;
+    config.pin_tree_secret = PIN_TREE_SECRET;
     let engine = Engine::new(config).unwrap_or_else(|e| panic!("engine: {e}"));
     let set = token_set(tokens);
     for i in 0..tokens {
@@ -64,9 +123,9 @@ pub struct Stream {
     pub packets: Vec<(usize, usize)>,
 }
 
-/// Builds `streams` streams of `per_stream` packets over tokens `0..tokens`; stream `s` only
-/// uses tokens with `i % streams == s`. `counters` holds each token's next counter and is
-/// advanced, so successive calls continue where the last left off.
+/// Builds `streams` streams of `per_stream` packets over tokens `0..tokens` with the
+/// realistic mix; stream `s` only uses tokens with `i % streams == s`. `counters` holds each
+/// token's next counter and is advanced, so successive calls continue where the last left off.
 pub fn streams(
     tokens: u64,
     streams: usize,
@@ -74,6 +133,27 @@ pub fn streams(
     counters: &mut [u64],
     seed: u64,
 ) -> Vec<Stream> {
+    streams_with(
+        tokens,
+        streams,
+        per_stream,
+        counters,
+        seed,
+        StreamMix::REALISTIC,
+    )
+}
+
+/// As [`streams`], with the request mix `mix`.
+pub fn streams_with(
+    tokens: u64,
+    streams: usize,
+    per_stream: usize,
+    counters: &mut [u64],
+    seed: u64,
+    mix: StreamMix,
+) -> Vec<Stream> {
+    let status_pct = u64::from(mix.status);
+    let open_pct = status_pct + u64::from(mix.open);
     let v = verifier();
     let mut rng = seed | 1;
     let mut next = || {
@@ -86,7 +166,7 @@ pub fn streams(
     let per_stream_tokens = (tokens / streams as u64).max(1);
     (0..streams)
         .map(|s| {
-            let mut bytes = Vec::with_capacity(per_stream * 72);
+            let mut bytes = Vec::with_capacity(per_stream * 80);
             let mut packets = Vec::with_capacity(per_stream);
             let mut out = [0u8; 128];
             for _ in 0..per_stream {
@@ -97,10 +177,11 @@ pub fn streams(
                 if let Some(c) = counters.get_mut(i as usize) {
                     *c += 1;
                 }
-                let keys = TokenSecret::from_bytes(secret(i)).keys();
-                let roll = next() % 10;
+                let k = secret(i);
+                let keys = TokenSecret::from_bytes(k).keys();
+                let roll = next() % 100;
                 let time = Be64::new(NOW_MS);
-                let (t, body): (MsgType, Vec<u8>) = if roll < 6 {
+                let (t, body): (MsgType, Vec<u8>) = if roll < status_pct {
                     (
                         MsgType::Status,
                         PlainRequest {
@@ -110,12 +191,17 @@ pub fn streams(
                         .as_bytes()
                         .to_vec(),
                     )
-                } else if roll < 8 {
-                    let proof = v.proof(MsgType::Open, &id.0, counter);
+                } else if roll < open_pct {
+                    let index = (counter % u64::from(PIN_INDEX_LIMIT)) as u32;
+                    let key = zoftoken_engine::pin_root(&PIN_TREE_SECRET, &k)
+                        .key(index)
+                        .unwrap_or_else(|e| panic!("PIN key: {e}"));
+                    let proof = v.proof(&key, MsgType::Open, &id.0, counter);
                     (
                         MsgType::Open,
                         OpenRequest {
                             device_time_ms: time,
+                            pin: PinIndex::new(index),
                             proof,
                         }
                         .as_bytes()

@@ -312,11 +312,18 @@ fn load(opts: &DeviceOptions) -> Result<Loaded, ClientError> {
     let bytes = store
         .read()?
         .ok_or_else(|| ClientError::NotPaired(opts.state.clone()))?;
-    let token = Token::from_bytes(&bytes).map_err(|e| ClientError::StateFile {
-        path: opts.state.clone(),
-        message: match e {
-            DeviceError::CorruptState(m) => format!("corrupt token state: {m}"),
-            other => format!("corrupt token state: {other}"),
+    let token = Token::from_bytes(&bytes).map_err(|e| match e {
+        DeviceError::PairAgain(why) => ClientError::PairAgain(format!(
+            "the token in state file {} cannot be used: {why}",
+            opts.state.display()
+        )),
+        DeviceError::CorruptState(m) => ClientError::StateFile {
+            path: opts.state.clone(),
+            message: format!("corrupt token state: {m}"),
+        },
+        other => ClientError::StateFile {
+            path: opts.state.clone(),
+            message: format!("corrupt token state: {other}"),
         },
     })?;
     Ok(Loaded {

@@ -15,7 +15,7 @@ use zoftoken_device::DeviceError;
 /// | 0 | success |
 /// | 1 | failure: network (no endpoint answered), refused or wrong PIN, blocked token, state file unusable |
 /// | 2 | invalid input: malformed deeplink, manual code, transaction id, PIN, or missing option |
-/// | 4 | not found: no token paired in the state file, the server says it is not paired, no such transaction |
+/// | 4 | not found: no token paired in the state file, the server says it is not paired, the token must be paired again (PIN keys used up, state file from an older version), no such transaction |
 #[derive(Debug, Error)]
 pub enum ClientError {
     /// An argument or typed input is invalid (deeplink, manual code, transaction id, PIN
@@ -73,6 +73,10 @@ pub enum ClientError {
     /// The token is blocked; only an administrator can unblock it.
     #[error("the token is blocked; ask an administrator to unblock it")]
     Blocked,
+    /// The token must be paired again before it can make PIN requests: its per-request PIN
+    /// keys are used up, or its state file is from a version without them.
+    #[error("{0}: pair again (a new enrollment from the service, then `pair --force`)")]
+    PairAgain(String),
     /// The server says the token is not paired (re-enrolled or pairing not completed).
     #[error("the server says this token is not paired (it was re-enrolled?): pair again")]
     ServerNotPaired,
@@ -101,6 +105,7 @@ impl ClientError {
                 2
             }
             ClientError::NotPaired(_)
+            | ClientError::PairAgain(_)
             | ClientError::ServerNotPaired
             | ClientError::NoTransaction => 4,
             ClientError::Permissions { .. }
@@ -131,6 +136,9 @@ impl From<DeviceError> for ClientError {
         match e {
             // Local input the SDK checks: PIN length, code and deeplink formats.
             DeviceError::Protocol(p) => ClientError::BadInput(p.to_string()),
+            DeviceError::PairAgain(why) => {
+                ClientError::PairAgain(format!("this token must be paired again: {why}"))
+            }
             other => ClientError::Device(other),
         }
     }

@@ -1,7 +1,10 @@
 //! The token state in a file, and a lock so that two client processes never use one token at
 //! once.
 //!
-//! The file holds the token secret (the SDK's serialized state). It is created with mode 0600
+//! The file holds the token secret and its unused per-request PIN keys (the SDK's serialized
+//! state, versioned JSON: a file from before PIN keys is refused, the token must be paired
+//! again). It is written before every request leaves, with the new counter and, for a PIN
+//! request, without the PIN key the request uses. It is created with mode 0600
 //! and replaced atomically on every save: a temporary file in the same directory, written,
 //! fsynced, renamed over the state file, then the directory fsynced. A state file that is
 //! group- or world-accessible is refused, as ssh refuses such private keys. (The owner is not
@@ -18,7 +21,8 @@ use zoftoken_device::{DeviceError, StateStore};
 
 use crate::ClientError;
 
-/// Largest state file read (the state is a few hundred bytes).
+/// Largest state file read (a state is at most about 34 KB: the token's details and its
+/// unused PIN keys, 24.5 KB at most, in base64).
 const MAX_STATE_BYTES: u64 = 64 * 1024;
 
 /// A [`StateStore`] backed by one file (mode 0600, atomic replacement).

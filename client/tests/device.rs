@@ -604,6 +604,87 @@ fn state_file_permissions_and_corruption_are_refused() {
     assert!(matches!(e, ClientError::StateFile { .. }), "{e}");
 }
 
+/// Every attempt of a PIN request is written to the state file, with its new counter and
+/// without the PIN key it uses, before it leaves: a retransmission never reuses either.
+#[test]
+fn every_attempt_takes_a_new_pin_key_saved_before_it_is_sent() {
+    let server = Server::start();
+    let ticket = server.enroll("bank", "pina");
+    let mut dev = Device::new();
+    dev.pair(&ticket);
+    let path = dev.path();
+    let saved = || zoftoken_device::Token::from_bytes(&std::fs::read(&path).unwrap()).unwrap();
+    let paired = saved();
+    // One PAIR_COMPLETE took PIN key 0.
+    assert_eq!(paired.pin_keys_left(), (1 << 24) - 1);
+    dev.run(open(), &["2468"]).unwrap();
+    let opened = saved();
+    assert_eq!(opened.pin_keys_left(), paired.pin_keys_left() - 1);
+    assert_eq!(opened.next_counter(), paired.next_counter() + 1);
+    // STATUS takes no PIN key.
+    dev.run(DeviceCmd::Status, &[]).unwrap();
+    assert_eq!(saved().pin_keys_left(), opened.pin_keys_left());
+
+    // Now the only endpoint never answers: three attempts, each a new request.
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dev.path()).unwrap()).unwrap();
+    let hole = server.blackhole.local_addr().unwrap().to_string();
+    state["service"]["endpoints"] = serde_json::json!([hole]);
+    std::fs::write(dev.path(), serde_json::to_vec(&state).unwrap()).unwrap();
+    dev.opts.transport.timeout = Duration::from_millis(50);
+    dev.opts.transport.max_timeout = Duration::from_millis(50);
+    dev.opts.transport.attempts = 3;
+    let before = saved();
+    let e = dev.run(open(), &["2468"]).unwrap_err();
+    assert!(matches!(e, ClientError::NoAnswer { .. }), "{e}");
+    let after = saved();
+    assert_eq!(after.pin_keys_left(), before.pin_keys_left() - 3);
+    assert_eq!(after.next_counter(), before.next_counter() + 3);
+    // The datagrams on the wire: three OPENs with three counters.
+    server
+        .blackhole
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut counters = Vec::new();
+    let mut buf = [0u8; 1500];
+    while let Ok(n) = server.blackhole.recv(&mut buf) {
+        assert_eq!(n, 80, "an OPEN datagram");
+        counters.push(u64::from_be_bytes(buf[24..32].try_into().unwrap()));
+    }
+    let expected: Vec<u64> = (before.next_counter()..after.next_counter()).collect();
+    assert_eq!(counters, expected);
+}
+
+#[test]
+fn a_state_file_from_before_pin_keys_says_to_pair_again() {
+    let dev = Device::new();
+    let old = serde_json::json!({
+        "version": 1,
+        "token_id": "00112233445566778899aabbccddeeff",
+        "secret": "11".repeat(32),
+        "next_counter": 5,
+        "service": {
+            "name": "bank", "endpoints": ["127.0.0.1:9"], "details_url": null,
+            "otp_length": 6, "otp_period_s": 30, "otp_alphabet": 0, "window_s": 600,
+            "duress_allowed": true
+        }
+    });
+    std::fs::write(dev.path(), serde_json::to_vec(&old).unwrap()).unwrap();
+    std::fs::set_permissions(dev.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    for cmd in [open(), DeviceCmd::Status] {
+        let e = dev.run(cmd, &["2468"]).unwrap_err();
+        assert!(matches!(e, ClientError::PairAgain(_)), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("pair again"), "{msg}");
+        assert!(msg.contains("device.json"), "{msg}");
+        assert_eq!(e.exit_code(), 4);
+    }
+    // The file is left as it was.
+    let kept: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dev.path()).unwrap()).unwrap();
+    assert_eq!(kept, old);
+}
+
 #[test]
 fn a_held_lock_refuses_a_second_process() {
     let dev = Device::new();

@@ -2,7 +2,8 @@
 //! minimal *demo* responder (built from `zoftoken-proto` primitives, keeping one token in
 //! memory, not the engine) enrolls a user, and the real device state machine pairs with the
 //! deeplink, opens with the PIN, reads the status, shows a one-time code, answers an offline
-//! challenge and closes. Every datagram goes through the real codec.
+//! challenge and closes. Every datagram goes through the real codec, and every PIN request
+//! uses a PIN key of its own from the ring the pairing gave the device (SPEC.md §6.3).
 //!
 //! Run: `cargo run -p zoftoken-device --example demo`
 #![allow(
@@ -23,7 +24,8 @@ use zoftoken_proto::packet::{open_request, seal_reply};
 use zoftoken_proto::pairing::Ephemeral;
 use zoftoken_proto::pin::check_proof;
 use zoftoken_proto::wire::{
-    Alphabet, Be16, Be32, PairInitReply, RequestBody, StatusBlock, SERVICE_FLAG_DURESS,
+    Alphabet, Be16, Be32, PairInitReply, RequestBody, StatusBlock, VerifierBlock,
+    SERVICE_FLAG_DURESS,
 };
 use zoftoken_proto::*;
 
@@ -48,6 +50,9 @@ struct DemoServer {
     token_id: TokenId,
     enrollment: EnrollmentKeys,
     secret: Option<TokenSecret>,
+    /// The token's PIN root (random here; the real server derives it from its master key
+    /// and the token secret). It derives the PIN key of every PIN request.
+    pin_root: PinRoot,
     verifiers: Option<(PinVerifier, Option<PinVerifier>)>,
     open_until: u64,
 }
@@ -61,11 +66,10 @@ impl DemoServer {
                 return None;
             };
             let server = Ephemeral::from_random(random());
-            self.secret = Some(
-                server
-                    .server_token_secret(&body.device_public, &self.enrollment.pairing_id)
-                    .ok()?,
-            );
+            let agreement = server
+                .server_agree(&body.device_public, &self.enrollment.pairing_id)
+                .ok()?;
+            self.secret = Some(agreement.secret.clone());
             let reply = PairInitReply {
                 status: StatusBlock::new(ReplyStatus::Ok, WireState::Pending, 3, 0, now),
                 server_public: server.public(),
@@ -76,6 +80,7 @@ impl DemoServer {
                 window_s: Be32::new((WINDOW_MS / 1000) as u32),
                 service_flags: SERVICE_FLAG_DURESS,
                 reserved: [0; 3],
+                pin_root_sealed: agreement.seal_pin_root(&self.pin_root),
             };
             return seal_reply(
                 &self.enrollment.s2d,
@@ -88,6 +93,7 @@ impl DemoServer {
         }
         let keys = self.secret.as_ref()?.keys();
         let req = open_request(&keys.d2s, datagram).ok()?;
+        let header = *req.header;
         let counter = req.header.counter.get();
         let state = |until: u64| {
             if until > now {
@@ -98,14 +104,22 @@ impl DemoServer {
         };
         let status = match req.body {
             RequestBody::PairComplete(p) => {
-                let duress = (p.flags & 1 != 0).then(|| PinVerifier::from_bytes(p.duress_verifier));
-                self.verifiers = Some((PinVerifier::from_bytes(p.pin_verifier), duress));
+                // The verifiers are sealed under the PIN key the request names.
+                let key = self.pin_root.key(p.pin.index.get()).ok()?;
+                let block = key.open_verifiers(&header, &p.verifiers).ok()?;
+                let block = VerifierBlock::parse(&block).ok()?;
+                let duress = block
+                    .has_duress()
+                    .then(|| PinVerifier::from_bytes(block.duress_verifier));
+                self.verifiers = Some((PinVerifier::from_bytes(block.pin_verifier), duress));
                 ReplyStatus::Ok
             }
             RequestBody::Open(o) => {
                 let (normal, duress) = self.verifiers.as_ref()?;
+                let key = self.pin_root.key(o.pin.index.get()).ok()?;
                 match check_proof(
                     &o.proof,
+                    &key,
                     normal,
                     duress.as_ref(),
                     MsgType::Open,
@@ -135,7 +149,7 @@ impl DemoServer {
         };
         let (st, until) = state(self.open_until);
         let block = StatusBlock::new(status, st, 3, until, now);
-        seal_reply(&keys.s2d, EPOCH, req.header, block.as_bytes(), out).ok()
+        seal_reply(&keys.s2d, EPOCH, &header, block.as_bytes(), out).ok()
     }
 }
 
@@ -161,6 +175,7 @@ fn main() {
         token_id: TokenId::derive(service, username),
         enrollment: secret.keys(),
         secret: None,
+        pin_root: PinRoot::from_bytes(random()),
         verifiers: None,
         open_until: 0,
     };

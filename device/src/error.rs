@@ -20,4 +20,9 @@ pub enum DeviceError {
     /// The persisted state cannot be read.
     #[error("corrupt device state: {0}")]
     CorruptState(String),
+    /// The token cannot make PIN requests any more and must be paired again: every
+    /// per-request PIN key of its pairing has been used, or its saved state is from a version
+    /// without per-request PIN keys. Nothing was sent.
+    #[error("the token must be paired again: {0}")]
+    PairAgain(&'static str),
 }

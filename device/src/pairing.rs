@@ -4,14 +4,14 @@ use zoftoken_proto::deeplink::{check_endpoint, Deeplink};
 use zoftoken_proto::packet::{open_reply, seal_request};
 use zoftoken_proto::pairing::Ephemeral;
 use zoftoken_proto::wire::{
-    check_reply, Be64, PairCompleteRequest, PairInitRequest, ReplyBody, SERVICE_FLAG_DURESS,
-    VERIFIER_FLAG_DURESS,
+    check_reply, Be64, Header, PairCompleteRequest, PairInitRequest, PinIndex, ReplyBody,
+    SERVICE_FLAG_DURESS,
 };
 use zoftoken_proto::{
-    DropReason, EnrollmentKeys, MsgType, PinVerifier, ReplyStatus, TokenId, TokenSecret,
+    DropReason, EnrollmentKeys, MsgType, PinKeyRing, PinVerifier, ReplyStatus, TokenId, TokenSecret,
 };
 
-use crate::token::{ServiceInfo, TokenStatus, Transmit};
+use crate::token::{take_pin_key, verifier_block, ServiceInfo, TokenStatus, Transmit};
 use crate::{DeviceError, StateStore, Token};
 
 /// What the server offered in its PAIR_INIT reply: the app now asks the user for a PIN (and a
@@ -27,10 +27,14 @@ pub struct PairOffer {
 struct Offer {
     token_id: TokenId,
     secret: TokenSecret,
+    /// The PIN keys of the pairing (the PIN root itself is forgotten once expanded).
+    pin_keys: PinKeyRing,
     service: ServiceInfo,
     next_counter: u64,
     outstanding: Vec<u64>,
     verifiers: Option<(PinVerifier, Option<PinVerifier>)>,
+    /// PAIR_COMPLETE was answered and the token saved: the pairing is over.
+    paired: bool,
 }
 
 /// An enrollment being completed (SPEC.md §5): PAIR_INIT, then PAIR_COMPLETE.
@@ -114,7 +118,7 @@ impl Pairing {
         let body = PairInitRequest {
             device_time_ms: Be64::new(now_ms),
             device_public: ephemeral.public(),
-            zero: [0; 40],
+            zero: [0; 72],
         };
         let len = seal_request(
             &self.keys.d2s,
@@ -136,8 +140,9 @@ impl Pairing {
         })
     }
 
-    /// Handles the PAIR_INIT reply: verifies it, completes the X25519 exchange and returns the
-    /// offer. Later replies to other attempts are dropped.
+    /// Handles the PAIR_INIT reply: verifies it, completes the X25519 exchange, opens the
+    /// token's PIN root and expands it into the PIN key ring (the root is not kept), and
+    /// returns the offer. Later replies to other attempts are dropped.
     pub fn handle_init_reply(&mut self, datagram: &mut [u8]) -> Result<PairOffer, DeviceError> {
         if self.offer.is_some() {
             return Err(DropReason::UnexpectedReply.into());
@@ -172,22 +177,30 @@ impl Pairing {
         };
         service.otp_params().map_err(|_| DropReason::InvalidField)?;
         let (_, ephemeral) = self.attempts.swap_remove(slot);
-        let secret = ephemeral.device_token_secret(&reply.server_public, &self.keys.pairing_id)?;
+        let agreement = ephemeral.device_agree(&reply.server_public, &self.keys.pairing_id)?;
+        let pin_keys = PinKeyRing::new(agreement.open_pin_root(&reply.pin_root_sealed));
+        let secret = agreement.secret.clone();
+        drop(agreement);
         let token_id = TokenId(reply.token_id);
         self.attempts.clear();
         self.offer = Some(Offer {
             token_id,
             secret,
+            pin_keys,
             service: service.clone(),
             next_counter: 1,
             outstanding: Vec::new(),
             verifiers: None,
+            paired: false,
         });
         Ok(PairOffer { token_id, service })
     }
 
     /// Builds a PAIR_COMPLETE carrying the PIN verifier (and the duress verifier where the
-    /// service allows duress). Retries must call this again (a new counter, same verifiers).
+    /// service allows duress), sealed under the pairing's next PIN key. Retries must call this
+    /// again: a new counter and a new PIN key, the same verifiers. (Until the reply, the
+    /// pairing lives in memory only; the token saved on success holds the ring without the
+    /// keys taken here.)
     pub fn complete_request(
         &mut self,
         pin: &PinVerifier,
@@ -199,6 +212,9 @@ impl Pairing {
             .offer
             .as_mut()
             .ok_or(DeviceError::OutOfOrder("PAIR_INIT not answered yet"))?;
+        if offer.paired {
+            return Err(DeviceError::OutOfOrder("already paired: use the token"));
+        }
         if duress.is_some() && !offer.service.duress_allowed {
             return Err(DeviceError::OutOfOrder(
                 "the service does not allow a duress PIN",
@@ -210,28 +226,22 @@ impl Pairing {
             }
         }
         let counter = offer.next_counter;
-        let body = zeroize::Zeroizing::new(
-            PairCompleteRequest {
-                device_time_ms: Be64::new(now_ms),
-                pin_verifier: *pin.expose(),
-                duress_verifier: duress.map(|d| *d.expose()).unwrap_or([0; 32]),
-                flags: if duress.is_some() {
-                    VERIFIER_FLAG_DURESS
-                } else {
-                    0
-                },
-                zero: [0; 7],
-            }
-            .as_bytes()
-            .to_vec(),
-        );
+        let (index, key) = take_pin_key(&mut offer.pin_keys)?;
+        let header = Header::request(MsgType::PairComplete, offer.token_id.0, counter);
+        let block = verifier_block(pin, duress);
+        let body = PairCompleteRequest {
+            device_time_ms: Be64::new(now_ms),
+            pin: PinIndex::new(index),
+            verifiers: key.seal_verifiers(&header, &block)?,
+        };
+        drop((key, block));
         let keys = offer.secret.keys();
         let len = seal_request(
             &keys.d2s,
             MsgType::PairComplete,
             offer.token_id.0,
             counter,
-            &body,
+            body.as_bytes(),
             out,
         )?;
         offer.next_counter = offer.next_counter.saturating_add(1);
@@ -251,7 +261,7 @@ impl Pairing {
         store: &mut dyn StateStore,
         datagram: &mut [u8],
     ) -> Result<Result<Token, TokenStatus>, DeviceError> {
-        let offer = self.offer.as_ref().ok_or(DropReason::UnexpectedReply)?;
+        let offer = self.offer.as_mut().ok_or(DropReason::UnexpectedReply)?;
         let (msg_type, header) = check_reply(datagram)?;
         if msg_type != MsgType::PairComplete
             || header.token_id != offer.token_id.0
@@ -269,8 +279,13 @@ impl Pairing {
             offer.secret.clone(),
             offer.next_counter,
             offer.service.clone(),
+            offer.pin_keys.clone(),
         );
         store.save(&token.to_bytes()?)?;
+        // Paired: a late reply to another attempt must not save this state again over the
+        // token's newer one (its counter and PIN keys would be used twice).
+        offer.outstanding.clear();
+        offer.paired = true;
         Ok(Ok(token))
     }
 }

@@ -1,15 +1,18 @@
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use zerocopy::{Immutable, IntoBytes};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
 use zeroize::Zeroizing;
 use zoftoken_proto::codes::{self, OtpParams};
 use zoftoken_proto::packet::{open_reply, seal_request};
+use zoftoken_proto::pin_keys::PIN_INDEX_LIMIT;
 use zoftoken_proto::wire::{
-    check_reply, Alphabet, Be64, ChangePinRequest, OpenRequest, PlainRequest, ReplyBody,
-    StatusBlock, TxDecideRequest, TxFetchRequest, TX_MESSAGE_MAX, VERIFIER_FLAG_DURESS,
+    check_reply, Alphabet, Be64, ChangePinRequest, Header, OpenRequest, PinIndex, PlainRequest,
+    ReplyBody, StatusBlock, TxDecideRequest, TxFetchRequest, VerifierBlock, TX_MESSAGE_MAX,
+    VERIFIER_FLAG_DURESS,
 };
 use zoftoken_proto::{
-    DropReason, MsgType, PinVerifier, ReplyStatus, TokenId, TokenKeys, TokenSecret, TxState,
-    WireState,
+    DropReason, MsgType, PinKey, PinKeyRing, PinVerifier, ReplyStatus, TokenId, TokenKeys,
+    TokenSecret, TxState, WireState,
 };
 
 use crate::{DeviceError, StateStore};
@@ -157,6 +160,12 @@ impl Reply {
     }
 }
 
+/// The version of the saved state [`Token::to_bytes`] writes. Version 1 (before per-request
+/// PIN keys) is refused with [`DeviceError::PairAgain`]: its token has no PIN keys.
+pub const STATE_VERSION: u32 = 2;
+
+/// The saved state, version [`STATE_VERSION`]: JSON with the token id and secret in hex, the
+/// next counter, the service, and the PIN key ring ([`PinKeyRing::to_bytes`], base64).
 #[derive(Serialize, Deserialize)]
 struct Persisted {
     version: u32,
@@ -164,7 +173,18 @@ struct Persisted {
     secret: Zeroizing<String>,
     next_counter: u64,
     service: ServiceInfo,
+    pin_keys: Zeroizing<String>,
 }
+
+/// Only the version of a saved state, read first so that an old state gets a clear error.
+#[derive(Deserialize)]
+struct PersistedVersion {
+    version: u32,
+}
+
+/// Room for a saved state without reallocation (a reallocation would leave a copy of the
+/// secrets behind in freed memory): the largest ring is 4 + 765 × 32 bytes, 32 680 in base64.
+const STATE_CAPACITY: usize = 40 * 1024;
 
 /// A paired token on the device.
 #[derive(Debug)]
@@ -174,7 +194,35 @@ pub struct Token {
     keys: TokenKeys,
     next_counter: u64,
     service: ServiceInfo,
+    pin_keys: PinKeyRing,
     outstanding: Vec<(u64, MsgType)>,
+}
+
+/// Takes the next PIN key of `ring`; a used-up ring means pairing again.
+pub(crate) fn take_pin_key(ring: &mut PinKeyRing) -> Result<(u32, PinKey), DeviceError> {
+    ring.take().map_err(|e| match e {
+        zoftoken_proto::Error::PinKeysExhausted => {
+            DeviceError::PairAgain("every per-request PIN key of this pairing has been used")
+        }
+        other => DeviceError::Protocol(other),
+    })
+}
+
+/// The 72-byte verifier block of PAIR_COMPLETE and CHANGE_PIN, built in place in a buffer that
+/// is zeroized when dropped.
+pub(crate) fn verifier_block(
+    pin: &PinVerifier,
+    duress: Option<&PinVerifier>,
+) -> Zeroizing<[u8; 72]> {
+    let mut bytes = Zeroizing::new([0u8; 72]);
+    if let Ok(block) = VerifierBlock::mut_from_bytes(bytes.as_mut_slice()) {
+        block.pin_verifier.copy_from_slice(pin.expose());
+        if let Some(d) = duress {
+            block.duress_verifier.copy_from_slice(d.expose());
+            block.flags = VERIFIER_FLAG_DURESS;
+        }
+    }
+    bytes
 }
 
 impl Token {
@@ -183,6 +231,7 @@ impl Token {
         secret: TokenSecret,
         next_counter: u64,
         service: ServiceInfo,
+        pin_keys: PinKeyRing,
     ) -> Token {
         let keys = secret.keys();
         Token {
@@ -191,6 +240,7 @@ impl Token {
             keys,
             next_counter,
             service,
+            pin_keys,
             outstanding: Vec::new(),
         }
     }
@@ -210,25 +260,44 @@ impl Token {
         self.next_counter
     }
 
-    /// Serializes the state (contains the token secret: store it protected).
-    pub fn to_bytes(&self) -> Result<Vec<u8>, DeviceError> {
+    /// How many PIN requests (OPEN, TX_APPROVE, CHANGE_PIN) the token can still make before
+    /// it must be paired again (2²⁴ per pairing).
+    pub fn pin_keys_left(&self) -> u32 {
+        PIN_INDEX_LIMIT.saturating_sub(self.pin_keys.next_index())
+    }
+
+    /// Serializes the state (contains the token secret and the unused PIN keys: store it
+    /// protected). The buffer is zeroized when dropped.
+    pub fn to_bytes(&self) -> Result<Zeroizing<Vec<u8>>, DeviceError> {
+        let ring = Zeroizing::new(self.pin_keys.to_bytes());
         let p = Persisted {
-            version: 1,
+            version: STATE_VERSION,
             token_id: self.token_id.to_hex(),
             secret: Zeroizing::new(hex::encode(self.secret.expose())),
             next_counter: self.next_counter,
             service: self.service.clone(),
+            pin_keys: Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*ring)),
         };
-        serde_json::to_vec(&p).map_err(|e| DeviceError::Store(e.to_string()))
+        let mut out = Zeroizing::new(Vec::with_capacity(STATE_CAPACITY));
+        serde_json::to_writer(&mut *out, &p).map_err(|e| DeviceError::Store(e.to_string()))?;
+        Ok(out)
     }
 
-    /// Restores a token from [`to_bytes`](Self::to_bytes) output.
+    /// Restores a token from [`to_bytes`](Self::to_bytes) output. A state saved before
+    /// per-request PIN keys (version 1) is [`DeviceError::PairAgain`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Token, DeviceError> {
         let bad = |m: &str| DeviceError::CorruptState(m.to_owned());
-        let p: Persisted = serde_json::from_slice(bytes).map_err(|e| bad(&e.to_string()))?;
-        if p.version != 1 {
-            return Err(bad("unknown state version"));
+        let v: PersistedVersion = serde_json::from_slice(bytes).map_err(|e| bad(&e.to_string()))?;
+        match v.version {
+            1 => {
+                return Err(DeviceError::PairAgain(
+                    "its saved state is from a version without per-request PIN keys",
+                ))
+            }
+            STATE_VERSION => {}
+            _ => return Err(bad("unknown state version")),
         }
+        let p: Persisted = serde_json::from_slice(bytes).map_err(|e| bad(&e.to_string()))?;
         let id: [u8; 16] = hex::decode(&p.token_id)
             .ok()
             .and_then(|v| v.try_into().ok())
@@ -242,11 +311,18 @@ impl Token {
             return Err(bad("counter"));
         }
         p.service.otp_params()?;
+        let ring = Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(p.pin_keys.as_bytes())
+                .map_err(|_| bad("PIN keys"))?,
+        );
+        let pin_keys = PinKeyRing::from_bytes(&ring).map_err(|_| bad("PIN keys"))?;
         Ok(Token::new(
             TokenId(id),
             TokenSecret::from_bytes(secret),
             p.next_counter,
             p.service,
+            pin_keys,
         ))
     }
 
@@ -255,8 +331,13 @@ impl Token {
         store.load()?.map(|b| Token::from_bytes(&b)).transpose()
     }
 
-    /// Builds `request` into `out` (at least 1200 bytes is always enough). The new counter is
-    /// saved to `store` before the datagram is returned; if saving fails nothing is sent.
+    /// Builds `request` into `out` (at least 1200 bytes is always enough). The new counter,
+    /// and for a PIN request (OPEN, TX_APPROVE, CHANGE_PIN) the PIN key ring without the key
+    /// it takes, are saved to `store` before the datagram is returned; if saving fails nothing
+    /// is sent (and neither the counter nor the PIN key is used again). A retry is a new
+    /// request: call this again, for a new counter and a new PIN key.
+    ///
+    /// A PIN request of a token whose PIN keys are used up is [`DeviceError::PairAgain`].
     pub fn request(
         &mut self,
         store: &mut dyn StateStore,
@@ -264,20 +345,36 @@ impl Token {
         now_ms: u64,
         out: &mut [u8],
     ) -> Result<Transmit, DeviceError> {
+        if let Request::ChangePin {
+            new_duress: Some(_),
+            ..
+        } = request
+        {
+            if !self.service.duress_allowed {
+                return Err(DeviceError::OutOfOrder(
+                    "the service does not allow a duress PIN",
+                ));
+            }
+        }
         let counter = self.next_counter;
+        let next_counter = counter
+            .checked_add(1)
+            .ok_or(DeviceError::OutOfOrder("counter exhausted: pair again"))?;
         let time = Be64::new(now_ms);
         let id = self.token_id.0;
         let mut buf = Zeroizing::new([0u8; 256]);
         let buf = &mut *buf;
         let (msg_type, len) = match request {
             Request::Open(pin) => {
-                let proof = pin.proof(MsgType::Open, &id, counter);
+                let (index, key) = take_pin_key(&mut self.pin_keys)?;
+                let proof = pin.proof(&key, MsgType::Open, &id, counter);
                 (
                     MsgType::Open,
                     put(
                         buf,
                         &OpenRequest {
                             device_time_ms: time,
+                            pin: PinIndex::new(index),
                             proof,
                         },
                     ),
@@ -297,7 +394,8 @@ impl Token {
                 ),
             ),
             Request::TxApprove { tx_id, pin } => {
-                let proof = pin.proof(MsgType::TxApprove, &id, counter);
+                let (index, key) = take_pin_key(&mut self.pin_keys)?;
+                let proof = pin.proof(&key, MsgType::TxApprove, &id, counter);
                 (
                     MsgType::TxApprove,
                     put(
@@ -305,6 +403,7 @@ impl Token {
                         &TxDecideRequest {
                             device_time_ms: time,
                             tx_id,
+                            pin: PinIndex::new(index),
                             proof,
                         },
                     ),
@@ -317,6 +416,8 @@ impl Token {
                     &TxDecideRequest {
                         device_time_ms: time,
                         tx_id,
+                        // TX_DENY carries no PIN: index and padding all zero.
+                        pin: PinIndex::new(0),
                         proof: [0; 16],
                     },
                 ),
@@ -326,22 +427,14 @@ impl Token {
                 new,
                 new_duress,
             } => {
-                if new_duress.is_some() && !self.service.duress_allowed {
-                    return Err(DeviceError::OutOfOrder(
-                        "the service does not allow a duress PIN",
-                    ));
-                }
+                let (index, key) = take_pin_key(&mut self.pin_keys)?;
+                let header = Header::request(MsgType::ChangePin, id, counter);
+                let block = verifier_block(new, new_duress);
                 let body = ChangePinRequest {
                     device_time_ms: time,
-                    proof: current.proof(MsgType::ChangePin, &id, counter),
-                    pin_verifier: *new.expose(),
-                    duress_verifier: new_duress.map(|d| *d.expose()).unwrap_or([0; 32]),
-                    flags: if new_duress.is_some() {
-                        VERIFIER_FLAG_DURESS
-                    } else {
-                        0
-                    },
-                    zero: [0; 7],
+                    pin: PinIndex::new(index),
+                    proof: current.proof(&key, MsgType::ChangePin, &id, counter),
+                    verifiers: key.seal_verifiers(&header, &block)?,
                 };
                 (MsgType::ChangePin, put(buf, &body))
             }
@@ -349,9 +442,7 @@ impl Token {
         let body = buf
             .get(..len)
             .ok_or(DeviceError::OutOfOrder("body too long"))?;
-        self.next_counter = counter
-            .checked_add(1)
-            .ok_or(DeviceError::OutOfOrder("counter exhausted: pair again"))?;
+        self.next_counter = next_counter;
         store.save(&self.to_bytes()?)?;
         let len = seal_request(&self.keys.d2s, msg_type, id, counter, body, out)?;
         if self.outstanding.len() == MAX_OUTSTANDING {

@@ -3,12 +3,21 @@
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use zeroize::Zeroizing;
+use zoftoken_proto::SecretBytes;
+use zoftoken_storage::MasterKey;
+
 use crate::gen::{run, IoChoice, LoadConfig, Mix, Progress};
 use crate::tokens::TokenSet;
+
+/// Where the server keeps its master key when nothing else is configured: `<data_dir>/
+/// master.key` with the default data directory `data` (relative to the working directory).
+const DEFAULT_MASTER_KEY_FILE: &str = "data/master.key";
 
 /// Which token set: shared by `loadgen prepare` (server side) and `loadgen` (device side),
 /// which must be given the same values.
@@ -89,14 +98,61 @@ pub struct LoadgenArgs {
     /// run's choices).
     #[arg(long, value_name = "N")]
     pub sequence_seed: Option<u64>,
+    /// The server's master key file (64 hex digits): OPEN proofs need the instance's
+    /// PIN-tree secret, which derives from it. Without this option: the key in
+    /// `ZOFTOKEN_MASTER_KEY`, else the file named by `ZOFTOKEN_MASTER_KEY_FILE`, else the
+    /// server configuration's key file (when run as `zoftoken loadgen run`), else
+    /// `data/master.key` if it exists (the server's default). Read only when the mix has OPENs.
+    #[arg(long, value_name = "FILE")]
+    pub master_key_file: Option<PathBuf>,
     /// Print only the JSON line on stdout, no human summary (set by the binary's `--json`).
     #[arg(skip)]
     pub json: bool,
 }
 
+/// The instance's PIN-tree secret from a master key in hex.
+fn pin_tree_secret_from_hex(text: &str, from: &str) -> Result<SecretBytes, String> {
+    let key = MasterKey::from_hex(text).map_err(|e| format!("master key from {from}: {e}"))?;
+    Ok(SecretBytes::new(*key.pin_tree_secret().expose()))
+}
+
+/// Reads a master key file, refusing one that group or others may access (as the server
+/// does).
+fn read_master_key_file(path: &Path) -> Result<SecretBytes, String> {
+    let shown = path.display();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| format!("master key file {shown}: {e}"))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "master key file {shown}: permissions {:04o} are too open (chmod 600)",
+                mode & 0o7777
+            ));
+        }
+    }
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| format!("master key file {shown}: {e}"))?,
+    );
+    pin_tree_secret_from_hex(&text, &shown.to_string())
+}
+
 impl LoadgenArgs {
     /// The run's configuration; `default_service` as in [`PrepareArgs::token_set`].
     pub fn config(&self, default_service: Option<&str>) -> Result<LoadConfig, String> {
+        self.config_with(default_service, None)
+    }
+
+    /// As [`Self::config`], with the master key file of the server's configuration
+    /// (`default_key_file`, tried after the environment: what the embedding server passes).
+    pub fn config_with(
+        &self,
+        default_service: Option<&str>,
+        default_key_file: Option<&Path>,
+    ) -> Result<LoadConfig, String> {
         let tokens = self
             .set
             .token_set(default_service)
@@ -117,14 +173,59 @@ impl LoadgenArgs {
         c.acked_file = self.acked.clone();
         c.first_token = self.first_token;
         c.sequence_seed = self.sequence_seed;
+        if self.mix.open > 0 || self.mix.wrong_pin > 0 {
+            let env = |name: &str| std::env::var(name).ok();
+            c.pin_tree_secret = Some(self.pin_tree_secret(&env, default_key_file)?);
+        }
         Ok(c)
+    }
+
+    /// The instance's PIN-tree secret, from the first master key source that is there (see
+    /// `--master-key-file`); `env` looks up environment variables.
+    pub fn pin_tree_secret(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+        default_key_file: Option<&Path>,
+    ) -> Result<SecretBytes, String> {
+        if let Some(path) = &self.master_key_file {
+            return read_master_key_file(path);
+        }
+        if let Some(text) = env("ZOFTOKEN_MASTER_KEY").map(Zeroizing::new) {
+            return pin_tree_secret_from_hex(&text, "ZOFTOKEN_MASTER_KEY");
+        }
+        if let Some(path) = env("ZOFTOKEN_MASTER_KEY_FILE") {
+            return read_master_key_file(Path::new(&path));
+        }
+        if let Some(path) = default_key_file {
+            return read_master_key_file(path);
+        }
+        let default = Path::new(DEFAULT_MASTER_KEY_FILE);
+        if default.exists() {
+            return read_master_key_file(default);
+        }
+        Err(format!(
+            "OPEN requests need the server's master key (their PIN proofs use keys derived \
+             from it): give --master-key-file FILE, or set ZOFTOKEN_MASTER_KEY or \
+             ZOFTOKEN_MASTER_KEY_FILE (no {DEFAULT_MASTER_KEY_FILE} here either); or use a \
+             mix without OPENs"
+        ))
     }
 
     /// Runs with live progress on stderr (one `\r`-refreshed line on a terminal, a line per
     /// second otherwise), then prints the summary and its JSON line on stdout. Returns the
     /// exit code: 0 when it ran (whatever the losses), 2 for invalid options, 1 on failure.
     pub fn run_cli(&self, default_service: Option<&str>) -> i32 {
-        let config = match self.config(default_service) {
+        self.run_cli_with(default_service, None)
+    }
+
+    /// As [`Self::run_cli`], with the master key file of the server's configuration (see
+    /// [`Self::config_with`]).
+    pub fn run_cli_with(
+        &self,
+        default_service: Option<&str>,
+        default_key_file: Option<&Path>,
+    ) -> i32 {
+        let config = match self.config_with(default_service, default_key_file) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("loadgen: {e}");

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use zerocopy::{FromBytes, IntoBytes};
 use zoftoken_net::{open_driver, probe_uring, Driver, DriverKind, PacketBatch};
 use zoftoken_proto::packet::{open, open_reply, seal_request};
-use zoftoken_proto::wire::{Be64, Header, OpenRequest, PlainRequest, ReplyBody};
-use zoftoken_proto::{MsgType, PinVerifier, ReplyStatus, WireState};
+use zoftoken_proto::pin_keys::PIN_INDEX_LIMIT;
+use zoftoken_proto::wire::{Be64, Header, OpenRequest, PinIndex, PlainRequest, ReplyBody};
+use zoftoken_proto::{MsgType, PinVerifier, ReplyStatus, SecretBytes, WireState};
 
 use crate::histogram::Histogram;
 use crate::tokens::{DeviceToken, TokenSet};
@@ -150,6 +151,11 @@ pub struct LoadConfig {
     /// STATUS only would send nothing but STATUS in every run, so its counter would run far
     /// ahead of the last one the server persisted, SPEC.md §8.2, unlike a phone's.)
     pub sequence_seed: Option<u64>,
+    /// The instance's PIN-tree secret (the server's `MasterKey::pin_tree_secret`), from which
+    /// each token's PIN root is derived as the server does: required when the mix has OPENs.
+    /// Each OPEN uses the PIN key of index `counter mod 2²⁴` (counters are strictly
+    /// increasing per token, so no index repeats within 2²⁴ requests of a token).
+    pub pin_tree_secret: Option<SecretBytes>,
 }
 
 impl LoadConfig {
@@ -173,6 +179,7 @@ impl LoadConfig {
             stop: None,
             first_token: 0,
             sequence_seed: None,
+            pin_tree_secret: None,
         }
     }
 }
@@ -383,7 +390,7 @@ pub fn write_acked(
             None => "unknown",
         };
         let index = first + i as u64;
-        let id = tokens.device_token(index).id;
+        let id = tokens.token_id(index);
         let hex: String = id.0.iter().map(|b| format!("{b:02x}")).collect();
         let _ = writeln!(
             out,
@@ -456,6 +463,12 @@ pub fn run(config: &LoadConfig, mut progress: impl FnMut(&Progress)) -> Result<S
     if config.rate == Some(0) {
         return Err(LoadError::Config("rate must be at least 1".into()));
     }
+    if (config.mix.open > 0 || config.mix.wrong_pin > 0) && config.pin_tree_secret.is_none() {
+        return Err(LoadError::Config(
+            "OPEN requests need the instance's PIN-tree secret (from the server's master key)"
+                .into(),
+        ));
+    }
     let kind = match config.io {
         IoChoice::Std => None,
         IoChoice::Mmsg => Some(DriverKind::Mmsg),
@@ -506,7 +519,11 @@ pub fn run(config: &LoadConfig, mut progress: impl FnMut(&Progress)) -> Result<S
                 Some(scope.spawn(move || {
                     let tokens: Vec<DeviceToken> = (t as u64..n_tokens)
                         .step_by(threads)
-                        .map(|i| config.tokens.device_token(first + i))
+                        .map(|i| {
+                            config
+                                .tokens
+                                .device_token(first + i, config.pin_tree_secret.as_ref())
+                        })
                         .collect();
                     let counters = initial(t, tokens.len());
                     barrier.wait();
@@ -956,13 +973,21 @@ impl<'a> Worker<'a> {
             };
             let opened;
             let body: &[u8] = if kind == MsgType::Open {
-                let mut proof = self.verifier.proof(kind, &token.id.0, c);
+                // A fresh PIN index per request (the counter's low bits) and its key, derived
+                // from the token's PIN root as the server does (three keyed hashes).
+                let index = (c % u64::from(PIN_INDEX_LIMIT)) as u32;
+                let Some(Ok(key)) = token.pin_root.as_ref().map(|r| r.key(index)) else {
+                    self.counts.errors += 1;
+                    continue;
+                };
+                let mut proof = self.verifier.proof(&key, kind, &token.id.0, c);
                 if k == 3 {
                     // A wrong PIN: any other proof.
                     proof[0] ^= 0x5a;
                 }
                 opened = OpenRequest {
                     device_time_ms: time,
+                    pin: PinIndex::new(index),
                     proof,
                 };
                 opened.as_bytes()

@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use zoftoken_engine::{Mutation, TokenRecord, TokenStateRecord};
-use zoftoken_proto::{PinVerifier, SecretBytes, TokenId, TokenKeys, TokenSecret};
+use zoftoken_proto::{PinRoot, PinVerifier, SecretBytes, TokenId, TokenKeys, TokenSecret};
 
 /// BLAKE3 context of the token secrets (shared with the engine benchmarks' fixture).
 const SECRET_CONTEXT: &str = "zoftoken bench token secret";
@@ -38,6 +38,10 @@ pub struct DeviceToken {
     pub id: TokenId,
     /// Its packet keys.
     pub keys: TokenKeys,
+    /// Its PIN root, as the server derives it (with the instance's PIN-tree secret): the
+    /// generator is no phone and derives each request's PIN key from it directly. `None`
+    /// when the run sends no PIN request.
+    pub pin_root: Option<PinRoot>,
 }
 
 impl TokenSet {
@@ -100,12 +104,22 @@ impl TokenSet {
         }
     }
 
-    /// The device side of token `i`: id and packet keys.
-    pub fn device_token(&self, i: u64) -> DeviceToken {
+    /// The device side of token `i`: id and packet keys, and with the instance's PIN-tree
+    /// secret (the server's `MasterKey::pin_tree_secret`) its PIN root.
+    pub fn device_token(&self, i: u64, pin_tree_secret: Option<&SecretBytes>) -> DeviceToken {
+        let secret = TokenSecret::from_bytes(self.secret(i));
         DeviceToken {
             id: self.token_id(i),
-            keys: TokenSecret::from_bytes(self.secret(i)).keys(),
+            keys: secret.keys(),
+            pin_root: pin_tree_secret
+                .map(|s| zoftoken_engine::pin_root(s.expose(), secret.expose())),
         }
+    }
+
+    /// The PIN root of token `i` as the server derives it from the instance's PIN-tree secret
+    /// and the token secret (`zoftoken_engine::pin_root`).
+    pub fn pin_root(&self, i: u64, pin_tree_secret: &SecretBytes) -> PinRoot {
+        zoftoken_engine::pin_root(pin_tree_secret.expose(), &self.secret(i))
     }
 
     /// The engine's record of token `i`: paired, closed, nothing seen yet, in the service of
@@ -156,6 +170,14 @@ mod tests {
             blake3::derive_key("zoftoken bench token secret", &3u64.to_le_bytes())
         );
         assert_eq!(set.verifier().expose(), &[0x24; 32]);
+        let instance = SecretBytes::new([8; 32]);
+        let device = set.device_token(3, Some(&instance));
+        assert_eq!(
+            device.pin_root.as_ref(),
+            Some(&zoftoken_engine::pin_root(&[8; 32], &set.secret(3)))
+        );
+        assert_eq!(set.pin_root(3, &instance), device.pin_root.unwrap());
+        assert!(set.device_token(3, None).pin_root.is_none());
         let other = TokenSet::new("bench", 7, 10);
         assert_ne!(other.secret(3), set.secret(3));
         assert_eq!(other.token_id(3), set.token_id(3));

@@ -9,7 +9,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use zoftoken_engine::{Batch, Engine, EngineConfig, PacketOutcome, ServiceConfig};
 use zoftoken_loadgen::{run, IoChoice, LoadConfig, Mix, Summary, TokenSet};
-use zoftoken_proto::DropReason;
+use zoftoken_proto::{DropReason, SecretBytes};
+
+/// The instance PIN-tree secret of the test engines, given to the generator too.
+const PIN_TREE: [u8; 32] = [0x71; 32];
 
 /// A responder thread on its own socket; `answer` decides, per datagram (numbered from 0),
 /// what to send back: `None` drops it.
@@ -93,6 +96,7 @@ fn engine_with(set: &TokenSet) -> Arc<Engine> {
     service.window_s = 600;
     let mut config = EngineConfig::new(vec![service], 1, [7; 32]);
     config.shards = 4;
+    config.pin_tree_secret = PIN_TREE;
     let engine = Engine::new(config).unwrap();
     for i in 0..set.count() {
         engine.load_token(&set.record(i, 0)).unwrap();
@@ -106,6 +110,7 @@ fn config(endpoints: Vec<SocketAddr>, set: &TokenSet, io: IoChoice) -> LoadConfi
     c.window = 16;
     c.timeout = Duration::from_millis(150);
     c.io = io;
+    c.pin_tree_secret = Some(SecretBytes::new(PIN_TREE));
     c
 }
 
@@ -263,7 +268,9 @@ fn a_wrong_pin_verifier_is_answered_but_refused() {
     let set = TokenSet::new("demo", 23, 20);
     let mut service = ServiceConfig::new("demo", &["127.0.0.1:4500"]);
     service.window_s = 600;
-    let engine = Arc::new(Engine::new(EngineConfig::new(vec![service], 1, [7; 32])).unwrap());
+    let mut engine_config = EngineConfig::new(vec![service], 1, [7; 32]);
+    engine_config.pin_tree_secret = PIN_TREE;
+    let engine = Arc::new(Engine::new(engine_config).unwrap());
     for i in 0..set.count() {
         let mut r = set.record(i, 0);
         r.pin_verifier = zoftoken_proto::SecretBytes::new([0x99; 32]);
@@ -345,6 +352,108 @@ fn each_run_draws_its_own_sequence_unless_a_seed_is_given() {
     assert_eq!(first_requests(Some(7)), first_requests(Some(7)));
     assert_ne!(first_requests(Some(7)), first_requests(Some(8)));
     assert_ne!(first_requests(None), first_requests(None));
+}
+
+#[test]
+fn opens_need_the_instance_pin_tree_secret() {
+    // Another instance's secret: the PIN keys differ, every OPEN is a wrong PIN, while the
+    // packets themselves are authentic (STATUS and CLOSE are answered OK).
+    let set = TokenSet::new("demo", 24, 20);
+    let engine = engine_with(&set);
+    let r = Responder::engine(engine.clone(), |_| true);
+    let mut c = config(vec![r.addr], &set, IoChoice::Mmsg);
+    c.duration = Duration::from_millis(200);
+    c.mix = "0/100/0".parse().unwrap();
+    c.pin_tree_secret = Some(SecretBytes::new([0x72; 32]));
+    let s = run(&c, |_| {}).unwrap();
+    assert_eq!(s.answered, s.sent, "{s:?}");
+    assert_eq!(s.refused, s.sent, "{s:?}");
+    // With the instance's secret every OPEN of fresh tokens is accepted.
+    let set = TokenSet::new("demo", 25, 20);
+    let engine = engine_with(&set);
+    let r = Responder::engine(engine.clone(), |_| true);
+    let mut c = config(vec![r.addr], &set, IoChoice::Mmsg);
+    c.duration = Duration::from_millis(200);
+    c.mix = "0/100/0".parse().unwrap();
+    let s = run(&c, |_| {}).unwrap();
+    assert!(s.sent > 0);
+    assert_eq!((s.answered, s.refused), (s.sent, 0), "{s:?}");
+    // Without one, a mix with OPENs is refused before anything is sent; one without runs.
+    c.pin_tree_secret = None;
+    let e = run(&c, |_| {}).unwrap_err();
+    assert!(e.to_string().contains("PIN-tree secret"), "{e}");
+    c.mix = "50/0/50".parse().unwrap();
+    let s = run(&c, |_| {}).unwrap();
+    assert_eq!(s.answered, s.sent);
+}
+
+#[derive(clap::Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: zoftoken_loadgen::LoadgenArgs,
+}
+
+#[test]
+fn the_master_key_is_found_as_the_server_finds_it() {
+    use clap::Parser;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("zoftoken-loadgen-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hex = "3f".repeat(32);
+    let expected = *zoftoken_storage::MasterKey::from_hex(&hex)
+        .unwrap()
+        .pin_tree_secret()
+        .expose();
+    let file = dir.join("master.key");
+    std::fs::write(&file, format!("{hex}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let parse = |extra: &[&str]| {
+        let mut argv = vec!["loadgen", "--endpoint", "127.0.0.1:9", "--service", "demo"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().args
+    };
+    let no_env = |_: &str| None;
+    let args = parse(&["--master-key-file", file.to_str().unwrap()]);
+    assert_eq!(
+        args.pin_tree_secret(&no_env, None).unwrap().expose(),
+        &expected
+    );
+    // The generator's configuration carries it when the mix has OPENs.
+    let c = args.config(None).unwrap();
+    assert_eq!(c.pin_tree_secret.unwrap().expose(), &expected);
+    // The environment, as the server reads it: the key itself, or its file.
+    let bare = parse(&[]);
+    let key_env = |n: &str| (n == "ZOFTOKEN_MASTER_KEY").then(|| hex.clone());
+    assert_eq!(
+        bare.pin_tree_secret(&key_env, None).unwrap().expose(),
+        &expected
+    );
+    let path = file.to_str().unwrap().to_owned();
+    let file_env = |n: &str| (n == "ZOFTOKEN_MASTER_KEY_FILE").then(|| path.clone());
+    assert_eq!(
+        bare.pin_tree_secret(&file_env, None).unwrap().expose(),
+        &expected
+    );
+    // The embedding server's configured key file.
+    assert_eq!(
+        bare.pin_tree_secret(&no_env, Some(&file)).unwrap().expose(),
+        &expected
+    );
+    // A key file others may read is refused, as the server refuses it.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = args.pin_tree_secret(&no_env, None).unwrap_err();
+    assert!(e.contains("too open"), "{e}");
+    // A malformed key, and no key at all, are clear errors.
+    let bad_env = |n: &str| (n == "ZOFTOKEN_MASTER_KEY").then(|| "xyz".to_owned());
+    assert!(bare
+        .pin_tree_secret(&bad_env, None)
+        .unwrap_err()
+        .contains("ZOFTOKEN_MASTER_KEY"));
+    if !std::path::Path::new("data/master.key").exists() {
+        let e = bare.pin_tree_secret(&no_env, None).unwrap_err();
+        assert!(e.contains("--master-key-file"), "{e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -31,12 +31,10 @@ struct Server {
 
 impl Server {
     fn start(kv: MemoryKv, epoch: u32, now: u64) -> Server {
-        let store = Store::open(
-            Arc::new(kv.clone()),
-            MasterKey::from_bytes([4; 32]),
-            Durability::Wal,
-        )
-        .unwrap();
+        let key = MasterKey::from_bytes([4; 32]);
+        // As a server does: the PIN-tree secret from the master key, the same at every start.
+        let pin_tree_secret = *key.pin_tree_secret().expose();
+        let store = Store::open(Arc::new(kv.clone()), key, Durability::Wal).unwrap();
         let mut bank = ServiceConfig::new("bank", &["127.0.0.1:4500"]);
         bank.window_s = 600;
         // A webhook for every event: the outbox keeps only events a webhook receives.
@@ -49,7 +47,9 @@ impl Server {
             shared_token: None,
             allow_insecure_http: false,
         });
-        let engine = Engine::new(EngineConfig::new(vec![bank], epoch, [epoch as u8; 32])).unwrap();
+        let mut config = EngineConfig::new(vec![bank], epoch, [epoch as u8; 32]);
+        config.pin_tree_secret = pin_tree_secret;
+        let engine = Engine::new(config).unwrap();
         store.load(&engine, now, 2, &|_| {}).unwrap();
         Server {
             kv,
