@@ -1545,7 +1545,9 @@ fn forged_pair_complete_sealed(
         })
         .unwrap();
     let keys = zoftoken_proto::TokenSecret::from_bytes(secret).keys();
-    let pin_key = pin_root(&test_pin_tree_secret(), &secret).key(index).unwrap();
+    let pin_key = pin_root(&test_pin_tree_secret(), &secret)
+        .key(index)
+        .unwrap();
     let block = VerifierBlock {
         pin_verifier: *verifier.expose(),
         duress_verifier: [0; 32],
@@ -2056,15 +2058,15 @@ fn an_admin_blocked_token_answers_a_pair_complete_retransmission_with_no_attempt
     let wrong = PinVerifier::derive("0000", &id).unwrap();
     let mut counter = p.token.next_counter() + 5;
     // One failure (attempts_left 2), then an administrator blocks the token.
-    let d = forged_pair_complete(&w, &id, counter, &wrong);
+    let d = forged_pair_complete(&w, &id, counter, 2000, &wrong);
     counter += 1;
     let reply = w.deliver(&d).unwrap();
     let r = open_status_reply(&w, &id, reply);
     assert_eq!(r, (ReplyStatus::WrongPin as u8, WireState::Closed as u8, 2));
     w.admin(|e, now, b| e.force(now, &id, Force::Blocked, b))
         .unwrap();
-    for v in [&p.pin, &wrong] {
-        let d = forged_pair_complete(&w, &id, counter, v);
+    for (index, v) in [(2001, &p.pin), (2002, &wrong)] {
+        let d = forged_pair_complete(&w, &id, counter, index, v);
         counter += 1;
         let reply = w.deliver(&d).unwrap();
         let r = open_status_reply(&w, &id, reply);
@@ -2223,8 +2225,9 @@ fn pair_init_with_keys(
         panic!("a PAIR_INIT reply");
     };
     let secret = zoftoken_proto::pairing::Ephemeral::from_random(random)
-        .device_token_secret(&init.server_public, &enrollment.pairing_id)
-        .unwrap();
+        .device_agree(&init.server_public, &enrollment.pairing_id)
+        .unwrap()
+        .secret;
     let mut reply = reply;
     let offer = pairing.handle_init_reply(&mut reply).unwrap();
     (pairing, secret.keys(), offer.token_id)

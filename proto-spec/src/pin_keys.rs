@@ -216,20 +216,21 @@ impl PinKeyRing {
             self.levels.iter_mut().for_each(Vec::clear);
             return;
         }
-        if !self.levels[PIN_TREE_DEPTH - 1].is_empty() {
+        // The deepest level that still has a node (the leaves, unless they ran out).
+        let Some(from) = self.levels.iter().rposition(|level| !level.is_empty()) else {
             return;
-        }
-        let mut from = PIN_TREE_DEPTH - 1;
-        while from > 0 && self.levels[from - 1].is_empty() {
-            from -= 1;
-        }
-        if from == 0 {
-            return;
-        }
-        for i in from..PIN_TREE_DEPTH {
-            let parent = self.levels[i - 1].remove(0);
-            self.levels[i] = (0..=255u8)
-                .map(|d| child(parent.expose(), i as u8 + 1, d))
+        };
+        for i in from..PIN_TREE_DEPTH - 1 {
+            let (upper, lower) = self.levels.split_at_mut(i + 1);
+            let (Some(parents), Some(children)) = (upper.last_mut(), lower.first_mut()) else {
+                return;
+            };
+            if parents.is_empty() {
+                return;
+            }
+            let parent = parents.remove(0);
+            *children = (0..=255u8)
+                .map(|d| child(parent.expose(), i as u8 + 2, d))
                 .collect();
         }
     }

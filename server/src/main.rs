@@ -363,11 +363,14 @@ fn main() -> ExitCode {
         Command::Loadgen(LoadgenCmd::Run(args)) => {
             let mut args = args.clone();
             args.json = cli.json;
-            // Without --service: the first service of the configuration, if there is one.
-            let first = config::load(&cli.config, &env)
-                .ok()
+            // Without --service: the first service of the configuration, if there is one; the
+            // configuration's master key gives the PIN keys of the generated OPENs.
+            let loaded = config::load(&cli.config, &env).ok();
+            let first = loaded
+                .as_ref()
                 .and_then(|l| l.services.first().map(|s| s.name.clone()));
-            return exit_code(args.run_cli(first.as_deref()));
+            let key_file = loaded.as_ref().map(|l| l.master_key_file());
+            return exit_code(args.run_cli_with(first.as_deref(), key_file.as_deref()));
         }
         _ => {}
     }

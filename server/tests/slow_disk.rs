@@ -32,6 +32,8 @@ struct Rig {
     committer: Option<Committer>,
     stop: Arc<AtomicBool>,
     addr: SocketAddr,
+    /// The engine's PIN-tree secret: the generator derives the PIN keys of its OPENs from it.
+    pin_tree_secret: [u8; 32],
 }
 
 impl Rig {
@@ -39,7 +41,9 @@ impl Rig {
         let set = TokenSet::new("bank", 3, 500);
         let mut service = ServiceConfig::new(set.service(), &["127.0.0.1:4500"]);
         service.window_s = 600;
-        let engine = Engine::new(EngineConfig::new(vec![service], 1, [7; 32])).unwrap();
+        let config = EngineConfig::new(vec![service], 1, [7; 32]);
+        let pin_tree_secret = config.pin_tree_secret;
+        let engine = Engine::new(config).unwrap();
         for i in 0..set.count() {
             engine.load_token(&set.record(i, 0)).unwrap();
         }
@@ -73,12 +77,14 @@ impl Rig {
             committer: Some(committer),
             stop,
             addr,
+            pin_tree_secret,
         }
     }
 
     /// Opens (every request changes the token's state) at `rate` for `secs`.
     fn load(&self, rate: u64, secs: f64, timeout: Duration) -> Summary {
         let mut c = LoadConfig::new(vec![self.addr], self.set.clone());
+        c.pin_tree_secret = Some(zoftoken_proto::SecretBytes::new(self.pin_tree_secret));
         c.rate = Some(rate);
         c.duration = Duration::from_secs_f64(secs);
         c.window = 512;
