@@ -130,6 +130,33 @@ fn pin_keys(c: &mut Criterion) {
     g.bench_function("seal_verifiers", |b| {
         b.iter(|| black_box(&key).seal_verifiers(&header, black_box(&block)))
     });
+    // What the server does for one OPEN's PIN: the root, the index's key, the proof checked
+    // against the normal and the duress verifier.
+    let normal = PinVerifier::from_bytes([6; 32]);
+    let duress = PinVerifier::from_bytes([7; 32]);
+    let proof = normal.proof(&root.key(9).unwrap(), MsgType::Open, &[1; 16], 5);
+    g.bench_function("server PIN check (root, key, 2 proofs)", |b| {
+        b.iter(|| {
+            let root = zoftoken_engine::pin_root(black_box(&[1; 32]), black_box(&[2; 32]));
+            let key = root.key(black_box(9)).unwrap();
+            zoftoken_proto::pin::check_proof(
+                black_box(&proof),
+                &key,
+                &normal,
+                Some(&duress),
+                MsgType::Open,
+                &[1; 16],
+                5,
+            )
+        })
+    });
+    // The alternative weighed in SECURITY.md: one X25519 agreement with a server key per
+    // PIN-bearing request (the server's share of the work, no key generation).
+    let server = Ephemeral::from_random([4; 32]);
+    let device = Ephemeral::from_random([9; 32]).public();
+    g.bench_function("alternative: X25519 agreement per request", |b| {
+        b.iter(|| black_box(&server).server_agree(black_box(&device), &[1; 16]))
+    });
     g.finish();
 }
 
