@@ -283,6 +283,15 @@ fn token_id_hint(datagram: &[u8]) -> Option<[u8; 16]> {
     datagram.get(8..24)?.first_chunk::<16>().copied()
 }
 
+/// Whether a datagram's type byte names a request that reads the entry's PIN material and
+/// token secret (its PIN key comes from the secret): its whole entry is worth prefetching.
+fn reads_pin_material(datagram: &[u8]) -> bool {
+    datagram
+        .get(1)
+        .and_then(|t| zoftoken_proto::MsgType::from_request_byte(*t))
+        .is_some_and(|t| t.carries_pin_proof() || t == zoftoken_proto::MsgType::PairComplete)
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a lock cannot leave a token half-updated in a way that matters
     // more than stopping service would; keep serving with the inner value.
@@ -444,16 +453,19 @@ impl Engine {
         prefetcher: &mut Prefetcher,
         datagrams: impl Iterator<Item = &'a [u8]>,
     ) {
-        self.prefetch_batch_with(prefetcher, datagrams, table::TableView::prefetch_entry);
+        self.prefetch_batch_with(prefetcher, datagrams, |v, hash, whole| {
+            v.prefetch_entry(hash, whole)
+        });
     }
 
-    /// [`Engine::prefetch_batch`], with step 2 (given a view and the id's hash) left to
-    /// `entry`, so that a test can see which entries step 2 is asked for.
+    /// [`Engine::prefetch_batch`], with step 2 (given a view, the id's hash and whether the
+    /// request reads PIN material) left to `entry`, so that a test can see which entries step
+    /// 2 is asked for.
     fn prefetch_batch_with<'a>(
         &self,
         prefetcher: &mut Prefetcher,
         datagrams: impl Iterator<Item = &'a [u8]>,
-        mut entry: impl FnMut(&table::TableView, u64),
+        mut entry: impl FnMut(&table::TableView, u64, bool),
     ) {
         let generation = self.views_generation.load(Ordering::Acquire);
         if prefetcher.generation != generation {
@@ -464,21 +476,23 @@ impl Engine {
         // Step 1 keeps what step 2 needs (the shard and the hash), so that step 2 is a short
         // loop: the more of its iterations fit in the processor's window, the more of the
         // batch's misses are in flight at once.
-        let mut hints = [(0usize, 0u64); PREFETCH_BATCH];
-        let mut datagrams = datagrams.filter_map(token_id_hint).peekable();
+        let mut hints = [(0usize, 0u64, false); PREFETCH_BATCH];
+        let mut datagrams = datagrams
+            .filter_map(|d| Some((token_id_hint(d)?, reads_pin_material(d))))
+            .peekable();
         while datagrams.peek().is_some() {
             let mut n = 0;
             while n < PREFETCH_BATCH {
-                let Some(id) = datagrams.next() else { break };
+                let Some((id, pin)) = datagrams.next() else { break };
                 let shard = self.shard_of(&id);
                 if let (Some(v), Some(hint)) = (views.get(shard), hints.get_mut(n)) {
-                    *hint = (shard, v.prefetch_bucket(&id));
+                    *hint = (shard, v.prefetch_bucket(&id), pin);
                     n += 1;
                 }
             }
-            for &(shard, hash) in hints.get(..n).unwrap_or_default() {
+            for &(shard, hash, pin) in hints.get(..n).unwrap_or_default() {
                 if let Some(v) = views.get(shard) {
-                    entry(v, hash);
+                    entry(v, hash, pin);
                 }
             }
         }
@@ -699,7 +713,7 @@ mod tests {
         engine.prefetch_batch_with(
             &mut prefetcher,
             datagrams.iter().map(Vec::as_slice),
-            |view, hash| asked.push(view.entry_address_of(hash)),
+            |view, hash, _| asked.push(view.entry_address_of(hash)),
         );
         let expected: Vec<Option<usize>> = datagrams
             .iter()

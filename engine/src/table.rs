@@ -72,11 +72,19 @@ impl TableView {
 
     /// Step 2 (after step 1 for a whole batch): brings the first three cache lines (192 bytes)
     /// of the entry of the id whose hash is `hash` into the cache (id, counters, both packet
-    /// keys, the PIN and duress verifiers). A wrong guess costs nothing but a miss.
-    pub fn prefetch_entry(&self, hash: u64) {
+    /// keys, the PIN and duress verifiers), and with `whole` the rest of the entry too (the
+    /// token secret, from which a PIN-bearing request's PIN key is derived). A wrong guess
+    /// costs nothing but a miss.
+    pub fn prefetch_entry(&self, hash: u64, whole: bool) {
         if let Some(addr) = self.entry_address_of(hash) {
             for line in [0, 64, 128] {
                 prefetch_address(addr.wrapping_add(line));
+            }
+            if whole {
+                // The entry is not line-aligned: its last byte may be in a line of its own.
+                for offset in [192, size_of::<TokenEntry>() - 1] {
+                    prefetch_address(addr.wrapping_add(offset));
+                }
             }
         }
     }
@@ -393,7 +401,7 @@ pub(crate) mod tests {
             // Present and absent ids, through a stale and a current view.
             for v in [&old, &new] {
                 let h = v.prefetch_bucket(&id(n));
-                v.prefetch_entry(h);
+                v.prefetch_entry(h, n % 2 == 0);
             }
         }
         for addr in [0, 1, usize::MAX, usize::MAX / 2, ANCHOR_PROBE] {

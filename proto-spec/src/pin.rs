@@ -74,12 +74,17 @@ impl PinVerifier {
         token_id: &[u8; 16],
         counter: u64,
     ) -> [u8; 16] {
-        let mut hasher = blake3::Hasher::new_keyed(self.expose());
-        hasher.update(pin_key.expose());
-        hasher.update(&[msg_type.request_byte()]);
-        hasher.update(token_id);
-        hasher.update(&counter.to_be_bytes());
-        first16(hasher.finalize().as_bytes())
+        let mut msg = [0u8; 57];
+        let (key, rest) = msg.split_at_mut(32);
+        let (t, rest) = rest.split_at_mut(1);
+        let (id, ctr) = rest.split_at_mut(16);
+        key.copy_from_slice(pin_key.expose());
+        t.copy_from_slice(&[msg_type.request_byte()]);
+        id.copy_from_slice(token_id);
+        ctr.copy_from_slice(&counter.to_be_bytes());
+        let proof = first16(blake3::keyed_hash(self.expose(), &msg).as_bytes());
+        zeroize::Zeroize::zeroize(&mut msg);
+        proof
     }
 }
 
