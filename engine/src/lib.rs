@@ -483,7 +483,9 @@ impl Engine {
         while datagrams.peek().is_some() {
             let mut n = 0;
             while n < PREFETCH_BATCH {
-                let Some((id, pin)) = datagrams.next() else { break };
+                let Some((id, pin)) = datagrams.next() else {
+                    break;
+                };
                 let shard = self.shard_of(&id);
                 if let (Some(v), Some(hint)) = (views.get(shard), hints.get_mut(n)) {
                     *hint = (shard, v.prefetch_bucket(&id), pin);
