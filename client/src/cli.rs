@@ -480,7 +480,21 @@ fn verifier(
     duress: bool,
 ) -> Result<PinVerifier, ClientError> {
     let pin = pins.read_pin(if duress { "Duress PIN: " } else { "PIN: " })?;
+    ascii_pin(&pin)?;
     Ok(PinVerifier::derive(&pin, &token.token_id())?)
+}
+
+/// The protocol hashes a PIN byte for byte, so a PIN with characters outside ASCII would have
+/// to be brought to Unicode NFC first (SPEC.md §6.1) or the same PIN typed on another keyboard
+/// would not match. This client accepts ASCII PINs only (digits recommended) and says so.
+fn ascii_pin(pin: &str) -> Result<(), ClientError> {
+    if pin.is_ascii() {
+        Ok(())
+    } else {
+        Err(ClientError::BadInput(
+            "a PIN must be ASCII characters (digits recommended)".into(),
+        ))
+    }
 }
 
 fn open(
@@ -708,6 +722,7 @@ fn new_pin(pins: &mut dyn PinSource, what: &str) -> Result<Zeroizing<String>, Cl
     if first != second {
         return Err(ClientError::BadInput(format!("the two {what}s differ")));
     }
+    ascii_pin(&first)?;
     Ok(first)
 }
 

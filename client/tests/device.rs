@@ -308,6 +308,34 @@ fn mismatched_new_pins_are_refused_and_nothing_is_saved() {
 }
 
 #[test]
+fn a_pin_outside_ascii_is_refused_before_anything_is_sent() {
+    let server = Server::start();
+    let ticket = server.enroll("bank", "erin");
+    let dev = Device::new();
+    // "é" precomposed and decomposed: the same PIN to a user, other bytes to the protocol.
+    for pin in ["12\u{e9}4", "12e\u{301}4"] {
+        let e = dev
+            .run(pair_cmd(&ticket.deeplink, false), &[pin, pin])
+            .unwrap_err();
+        assert!(
+            matches!(&e, ClientError::BadInput(m) if m.contains("ASCII")),
+            "{e}"
+        );
+        assert!(!dev.path().exists());
+    }
+    assert_eq!(server.state(&ticket.token_id).state, TokenState::Pending);
+    dev.run(pair_cmd(&ticket.deeplink, false), &["2468", "2468"])
+        .unwrap();
+    let e = dev.run(open(), &["24\u{e9}8"]).unwrap_err();
+    assert!(matches!(&e, ClientError::BadInput(_)), "{e}");
+    assert_eq!(
+        server.state(&ticket.token_id).failures,
+        0,
+        "nothing was sent"
+    );
+}
+
+#[test]
 fn three_wrong_pins_block_the_token() {
     let server = Server::start();
     let ticket = server.enroll("bank", "dave");
