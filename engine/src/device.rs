@@ -390,7 +390,6 @@ impl Engine {
         } = &mut *guard;
         let e = table.get(slot).ok_or(DropReason::UnknownToken)?;
         let (highest, recent, offset, state) = (e.highest, e.recent, e.offset_ms, e.state);
-        let token_secret = e.secret;
         let has_window = e.flags & FLAG_HAS_WINDOW != 0;
         // A re-enrolled token: the new app's PAIR_COMPLETE is under the candidate key.
         if state == TokenState::Pending && msg_type == MsgType::PairComplete {
@@ -443,15 +442,12 @@ impl Engine {
         // New verifiers are sealed under the request's PIN key (SPEC.md §6.3): a block that
         // does not open is dropped like any unauthentic request, before the counter is used.
         let verifiers = match req.body {
-            RequestBody::PairComplete(p) if state != TokenState::Pending => Some(
-                self.open_verifiers(&token_secret, p.pin.index.get(), req.header, &p.verifiers)?,
-            ),
-            RequestBody::ChangePin(c) => Some(self.open_verifiers(
-                &token_secret,
-                c.pin.index.get(),
-                req.header,
-                &c.verifiers,
-            )?),
+            RequestBody::PairComplete(p) if state != TokenState::Pending => {
+                Some(self.open_verifiers(&e.secret, p.pin.index.get(), req.header, &p.verifiers)?)
+            }
+            RequestBody::ChangePin(c) => {
+                Some(self.open_verifiers(&e.secret, c.pin.index.get(), req.header, &c.verifiers)?)
+            }
             _ => None,
         };
         // One token may not flood its service's backend: state-changing requests are limited
