@@ -598,7 +598,7 @@ impl Engine {
                 }
                 ReplyBytes::status(status_block(e, ReplyStatus::Ok, now_ms))
             }
-            RequestBody::PairComplete(p) => {
+            RequestBody::PairComplete(_) => {
                 // A paired token's PAIR_COMPLETE is a retransmission only if it carries the
                 // stored verifiers. Anything else tests PIN material, so it counts as a failed
                 // authentication like a wrong PIN (three block the token), and a blocked
@@ -610,7 +610,6 @@ impl Engine {
                         now_ms,
                     )));
                 }
-                let _ = p;
                 let v = verifiers.ok_or(DropReason::Unauthentic)?;
                 use subtle::ConstantTimeEq;
                 let same = v.pin_verifier.ct_eq(&e.pin)
