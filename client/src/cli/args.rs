@@ -91,25 +91,26 @@ pub enum DeviceCmd {
 }
 
 /// The options around a [`DeviceCmd`], for embedding with clap (`#[command(flatten)]` or as
-/// a subcommand's arguments).
+/// a subcommand's arguments). They are options of every command: global, so they may come
+/// before or after the command (`device --pin-stdin open`, `device open --pin-stdin`).
 #[derive(Args, Debug, Clone)]
 pub struct DeviceArgs {
     /// The token state file (default `$XDG_CONFIG_HOME/zoftoken/device.json` or
     /// `~/.config/zoftoken/device.json`).
-    #[arg(long, env = STATE_ENV, value_name = "FILE")]
+    #[arg(long, env = STATE_ENV, value_name = "FILE", global = true)]
     pub state: Option<PathBuf>,
     /// Print one JSON object per result instead of a human line (set by the embedding
     /// binary's global `--json`).
     #[arg(skip)]
     pub json: bool,
     /// Read PINs from standard input, one per line, instead of the terminal.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub pin_stdin: bool,
     /// Timeout of the first attempt in milliseconds (doubles per attempt).
-    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    #[arg(long, default_value_t = 1000, value_name = "MS", global = true)]
     pub timeout_ms: u64,
     /// Attempts per request (at least one per endpoint).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, global = true)]
     pub attempts: usize,
     /// The command.
     #[command(subcommand)]
