@@ -7,8 +7,9 @@
 //! replacement, group/world-readable files refused, a lock file against concurrent use), and
 //! the device commands ([`DeviceCmd`]: pair, open, close, status, code, offline, approve,
 //! deny, watch) as library functions with human or JSON output, for the server binary to
-//! embed as `zoftoken device …` through [`DeviceArgs`]. PINs come from a [`PinSource`]
-//! (terminal without echo, standard input, or a list).
+//! embed as `zoftoken device …` through [`DeviceArgs`] (whose options, for every command, may
+//! come before or after the command). PINs come from a [`PinSource`] (terminal without echo,
+//! standard input, or a list).
 //!
 //! It does not run a server, hold more than one token per state file, change the PIN (the
 //! SDK supports it; no command yet), or print PINs, secrets or verifiers. Errors are

@@ -777,3 +777,77 @@ fn the_command_line_parses() {
     );
     assert!(Cli::try_parse_from(["zoftoken", "watch", "--once", "--count", "2"]).is_err());
 }
+
+/// `zoftoken device` as the server binary embeds it: a subcommand of a parser whose own
+/// global option is `--json`.
+#[derive(Parser)]
+struct Embedded {
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: EmbeddedCmd,
+}
+
+#[derive(clap::Subcommand)]
+enum EmbeddedCmd {
+    Device(DeviceArgs),
+}
+
+#[test]
+fn options_for_every_command_may_follow_the_command() {
+    for args in [
+        // Before the command, as always.
+        &[
+            "zoftoken",
+            "device",
+            "--pin-stdin",
+            "--state",
+            "/tmp/x.json",
+            "--timeout-ms",
+            "250",
+            "--attempts",
+            "2",
+            "--json",
+            "open",
+        ][..],
+        // After it.
+        &[
+            "zoftoken",
+            "device",
+            "open",
+            "--pin-stdin",
+            "--state",
+            "/tmp/x.json",
+            "--timeout-ms",
+            "250",
+            "--attempts",
+            "2",
+            "--json",
+        ],
+        // Mixed, with the command's own option.
+        &[
+            "zoftoken",
+            "--json",
+            "device",
+            "--state",
+            "/tmp/x.json",
+            "open",
+            "--duress",
+            "--pin-stdin",
+            "--attempts=2",
+            "--timeout-ms=250",
+        ],
+    ] {
+        let cli = Embedded::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        let EmbeddedCmd::Device(device) = cli.command;
+        assert!(cli.json, "{args:?}");
+        assert!(device.pin_stdin, "{args:?}");
+        assert!(matches!(device.cmd, DeviceCmd::Open { .. }), "{args:?}");
+        let opts = device.options().unwrap();
+        assert_eq!(opts.state, PathBuf::from("/tmp/x.json"), "{args:?}");
+        assert_eq!(opts.transport.timeout, Duration::from_millis(250));
+        assert_eq!(opts.transport.attempts, 2);
+    }
+    // A command's own option stays its own.
+    assert!(Embedded::try_parse_from(["zoftoken", "device", "--duress", "open"]).is_err());
+}

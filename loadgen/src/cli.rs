@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use zoftoken_proto::SecretBytes;
 use zoftoken_storage::MasterKey;
 
-use crate::gen::{run, IoChoice, LoadConfig, Mix, Progress};
+use crate::generator::{run, IoChoice, LoadConfig, Mix, Progress};
 use crate::tokens::TokenSet;
 
 /// Where the server keeps its master key when nothing else is configured: `<data_dir>/
@@ -244,7 +244,7 @@ impl LoadgenArgs {
         // Drawn here rather than in `run`, so that it is printed and a run can be repeated.
         let sequence = *config
             .sequence_seed
-            .get_or_insert_with(crate::gen::clock_sequence_seed);
+            .get_or_insert_with(crate::generator::clock_sequence_seed);
         let tty = std::io::stderr().is_terminal();
         eprintln!(
             "loadgen: {} tokens of {:?} (seed {}, sequence {sequence}), {} thread(s), window {}, \

@@ -23,12 +23,12 @@
 #![forbid(unsafe_code)]
 
 mod cli;
-mod gen;
+mod generator;
 mod histogram;
 mod tokens;
 
 pub use cli::{LoadgenArgs, PrepareArgs};
-pub use gen::{
+pub use generator::{
     run, write_acked, Acked, IoChoice, LoadConfig, LoadError, Mix, Progress, Summary, KINDS,
 };
 pub use histogram::Histogram;

@@ -173,7 +173,18 @@ pub struct Config {
     /// Authkeys (`config_source: file` only).
     #[serde(default)]
     pub authkeys: Vec<AuthkeyDoc>,
+    /// Demos only (default false; never in production): `serve`, at its first start on a new
+    /// database, creates an admin authkey named [`DEMO_ADMIN_AUTHKEY`] with unrestricted
+    /// masks and writes its secret to [`Loaded::demo_admin_authkey_file`] (mode 0600), so
+    /// that a first API call needs no hand-edited file. The server reads that file at every
+    /// start and SIGHUP while this is on (deleting the file revokes the key); nothing is
+    /// created for a database that exists already. `config_source: file` only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub demo_admin_authkey: bool,
 }
+
+/// The name of the authkey `demo_admin_authkey: true` creates.
+pub const DEMO_ADMIN_AUTHKEY: &str = "demo-admin";
 
 /// The configuration as `check-config` prints it: every webhook secret (`secret`,
 /// `previous_secret`, `shared_token`) and every authkey `secret` redacted.
@@ -244,6 +255,12 @@ impl Loaded {
             .file
             .clone()
             .unwrap_or_else(|| self.config.data_dir.join("master.key"))
+    }
+
+    /// Where `demo_admin_authkey: true` keeps the demo admin authkey's secret:
+    /// `<data_dir>/demo-admin.authkey`.
+    pub fn demo_admin_authkey_file(&self) -> PathBuf {
+        self.config.data_dir.join("demo-admin.authkey")
     }
 }
 
@@ -369,6 +386,13 @@ pub fn parse(
     let (mut services, mut authkeys) = (Vec::new(), Vec::new());
     match config.config_source {
         ConfigSource::Database => {
+            if config.demo_admin_authkey {
+                err(
+                    "demo_admin_authkey",
+                    "only with `config_source: file` (with the database, create an admin key \
+                     with `zoftoken authkey create NAME --admin` before the first start)",
+                );
+            }
             if !config.services.is_empty() {
                 err(
                     "services",
@@ -436,6 +460,35 @@ mod tests {
         let l = load(&path, &no_env).unwrap();
         assert_eq!(l.services.len(), 1);
         assert_eq!(l.config.config_source, ConfigSource::File);
+        assert!(
+            l.config.demo_admin_authkey,
+            "the demo creates its admin authkey at its first start"
+        );
+    }
+
+    #[test]
+    fn the_demo_admin_authkey_is_off_unless_asked_for_and_file_mode_only() {
+        let l = parse(Path::new("c.yaml"), "", &no_env).unwrap();
+        assert!(!l.config.demo_admin_authkey);
+        assert!(
+            !serde_yaml::to_string(&shown(&l.config))
+                .unwrap()
+                .contains("demo_admin_authkey"),
+            "not shown while off"
+        );
+        let l = parse(Path::new("c.yaml"), "demo_admin_authkey: true\n", &no_env).unwrap();
+        assert_eq!(
+            l.demo_admin_authkey_file(),
+            PathBuf::from("data/demo-admin.authkey")
+        );
+        assert_eq!(
+            paths(parse(
+                Path::new("c.yaml"),
+                "config_source: database\ndemo_admin_authkey: true\n",
+                &no_env
+            )),
+            vec!["demo_admin_authkey"]
+        );
     }
 
     #[test]

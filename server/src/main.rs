@@ -1,6 +1,7 @@
 //! `zoftoken`: the ZofToken server (`serve`) and its admin command line.
 #![forbid(unsafe_code)]
 
+mod manuals;
 mod serve;
 
 use std::io::{BufRead, Write};
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use zoftoken_server::admin::{Admin, AdminError, Output, SecretFormat, ServiceChanges};
 use zoftoken_server::config;
 use zoftoken_server::open::OpenError;
@@ -74,6 +75,19 @@ enum Command {
     /// The load generator.
     #[command(subcommand)]
     Loadgen(LoadgenCmd),
+    /// Print the shell completion script to standard output (see README.md for where to
+    /// put it).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages, `zoftoken.1` and one per command (`zoftoken-device-open.1`,
+    /// …), into a directory.
+    Man {
+        /// The directory (created if missing), e.g. `man` or `/usr/local/share/man/man1`.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -353,8 +367,16 @@ fn main() -> ExitCode {
     #[cfg(unix)]
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
-    // The phone's side and the load generator need no server configuration.
+    // The phone's side, the load generator, completions and manual pages need no server
+    // configuration.
     match &cli.command {
+        Command::Completions { shell } => return manuals::completions(*shell, Cli::command()),
+        Command::Man { dir } => {
+            return manuals::man_pages(Cli::command(), dir).unwrap_or_else(|e| {
+                eprintln!("zoftoken: {e:#}");
+                ExitCode::from(1)
+            })
+        }
         Command::Device(args) => {
             let mut args = args.clone();
             args.json = cli.json;
@@ -468,7 +490,9 @@ fn run(cli: Cli, loaded: config::Loaded) -> anyhow::Result<ExitCode> {
         Command::Serve
         | Command::CheckConfig
         | Command::Device(_)
-        | Command::Loadgen(LoadgenCmd::Run(_)) => return Ok(ExitCode::SUCCESS),
+        | Command::Loadgen(LoadgenCmd::Run(_))
+        | Command::Completions { .. }
+        | Command::Man { .. } => return Ok(ExitCode::SUCCESS),
         Command::Service(c) => match c {
             ServiceCmd::Create { name, fields } => admin.service_create(&name, fields.changes())?,
             ServiceCmd::Edit { name, fields } => admin.service_edit(&name, fields.changes())?,

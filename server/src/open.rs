@@ -2,6 +2,10 @@
 //! key file, or generated for a new embedded database), RocksDB in the data directory, the
 //! store's schema and key checks, and the engine built from the configured services.
 //!
+//! With `demo_admin_authkey: true` (demos only), the demo admin authkey's secret file in the
+//! data directory is written at the first start ([`write_demo_admin_authkey`]) and read with
+//! the configuration's authkeys ([`demo_admin_authkey`]).
+//!
 //! Nothing secret is left readable by others: a key file that group or others may read or
 //! write is refused, the data directory is created (or tightened to) 0700, and the binary
 //! sets its umask to 077 so that every file RocksDB or an export creates is 0600.
@@ -11,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use zoftoken_engine::{Engine, EngineConfig};
-use zoftoken_storage::{KvError, MasterKey, Store, StoreError};
+use zoftoken_storage::{AuthkeyDoc, KvError, MasterKey, Store, StoreError};
 use zoftoken_storage_rocksdb::RocksKv;
 
-use crate::config::{ConfigSource, Loaded};
+use crate::config::{ConfigSource, Loaded, DEMO_ADMIN_AUTHKEY};
 
 /// Why the database could not be opened. Each says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +49,7 @@ pub enum OpenError {
         source: std::io::Error,
     },
     /// The database is used by a running server.
-    #[error("{0}\nThe server is running: stop it first (or use the HTTP API once it lands).")]
+    #[error("{0}\nThe server is running: stop it first, or use the HTTP API.")]
     Locked(String),
     /// The store refused to open.
     #[error(transparent)]
@@ -56,6 +60,15 @@ pub enum OpenError {
     /// The engine refused the configuration.
     #[error("engine: {0}")]
     Engine(#[from] zoftoken_engine::EngineError),
+    /// The demo admin authkey's secret file (`demo_admin_authkey: true`) cannot be used: open
+    /// to group or others, empty, or its key clashes with the file's authkeys.
+    #[error("demo admin authkey file {path}: {message}")]
+    DemoAuthkey {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
 }
 
 impl OpenError {
@@ -63,9 +76,10 @@ impl OpenError {
     /// malformed or open to others, 3 for a database in use by a running server, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            OpenError::KeyMissing(_) | OpenError::KeyInvalid(_) | OpenError::KeyFileMode { .. } => {
-                2
-            }
+            OpenError::KeyMissing(_)
+            | OpenError::KeyInvalid(_)
+            | OpenError::KeyFileMode { .. }
+            | OpenError::DemoAuthkey { .. } => 2,
             OpenError::Locked(_) => 3,
             _ => 1,
         }
@@ -147,6 +161,17 @@ pub fn master_key(
 /// Refuses a key file that group or others may read, write or execute (as ssh refuses a
 /// private key): the key is the database's root of trust.
 fn check_key_file_mode(file: &Path) -> Result<(), OpenError> {
+    match mode_open_to_others(file)? {
+        Some(mode) => Err(OpenError::KeyFileMode {
+            path: file.to_owned(),
+            mode,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The permission bits of `file` if group or others have any access to it.
+fn mode_open_to_others(file: &Path) -> Result<Option<u32>, OpenError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -156,13 +181,65 @@ fn check_key_file_mode(file: &Path) -> Result<(), OpenError> {
             .mode()
             & 0o7777;
         if mode & 0o077 != 0 {
-            return Err(OpenError::KeyFileMode {
-                path: file.to_owned(),
-                mode,
-            });
+            return Ok(Some(mode));
         }
     }
-    Ok(())
+    #[cfg(not(unix))]
+    let _ = file;
+    Ok(None)
+}
+
+/// The demo admin authkey of `demo_admin_authkey: true`: an admin key with unrestricted masks
+/// whose secret is the content of [`Loaded::demo_admin_authkey_file`]. `None` when the
+/// setting is off (the file is then never read) or the file does not exist (never created,
+/// or deleted to revoke the key). A file that group or others may access is refused, as a
+/// master key file is.
+pub fn demo_admin_authkey(loaded: &Loaded) -> Result<Option<AuthkeyDoc>, OpenError> {
+    if !loaded.config.demo_admin_authkey {
+        return Ok(None);
+    }
+    let file = loaded.demo_admin_authkey_file();
+    let text = match std::fs::read_to_string(&file) {
+        Ok(text) => zeroize::Zeroizing::new(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(&file)(e)),
+    };
+    if let Some(mode) = mode_open_to_others(&file)? {
+        return Err(OpenError::DemoAuthkey {
+            message: format!(
+                "mode {mode:04o}: group and others must have no access to it (run `chmod 600 \
+                 {}`); refusing to use it",
+                file.display()
+            ),
+            path: file,
+        });
+    }
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(OpenError::DemoAuthkey {
+            path: file,
+            message: "empty; delete it to revoke the key".into(),
+        });
+    }
+    Ok(Some(AuthkeyDoc::new(
+        DEMO_ADMIN_AUTHKEY,
+        secret,
+        true,
+        ".*",
+        ".*",
+    )))
+}
+
+/// Writes the demo admin authkey's secret to a new file (mode 0600; an existing file is never
+/// replaced) and returns the file.
+pub fn write_demo_admin_authkey(loaded: &Loaded, secret: &str) -> Result<PathBuf, OpenError> {
+    let file = loaded.demo_admin_authkey_file();
+    let mut f = open_private(&file).map_err(io(&file))?;
+    f.write_all(secret.as_bytes())
+        .and_then(|()| f.write_all(b"\n"))
+        .and_then(|()| f.sync_all())
+        .map_err(io(&file))?;
+    Ok(file)
 }
 
 /// Sets the data directory to 0700 if group or others have any access to it; returns a line
@@ -307,15 +384,32 @@ pub fn effective_config(
     ),
     OpenError,
 > {
+    let list = |e: Vec<zoftoken_engine::config::ConfigError>| {
+        e.iter()
+            .map(|e| format!("  {e}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     match loaded.config.config_source {
-        ConfigSource::File => Ok((loaded.services.clone(), loaded.authkeys.clone())),
+        ConfigSource::File => match demo_admin_authkey(loaded)? {
+            None => Ok((loaded.services.clone(), loaded.authkeys.clone())),
+            Some(demo) => {
+                let mut docs = loaded.config.authkeys.clone();
+                docs.push(demo);
+                let authkeys = zoftoken_storage::authkeys_to_config(&docs).map_err(|e| {
+                    OpenError::DemoAuthkey {
+                        path: loaded.demo_admin_authkey_file(),
+                        message: format!(
+                            "its key `{DEMO_ADMIN_AUTHKEY}` does not fit the configuration's \
+                             authkeys:\n{}",
+                            list(e)
+                        ),
+                    }
+                })?;
+                Ok((loaded.services.clone(), authkeys))
+            }
+        },
         ConfigSource::Database => {
-            let list = |e: Vec<zoftoken_engine::config::ConfigError>| {
-                e.iter()
-                    .map(|e| format!("  {e}"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            };
             let services = zoftoken_storage::services_to_config(&store.services()?)
                 .map_err(|e| OpenError::Config(list(e)))?;
             let authkeys = zoftoken_storage::authkeys_to_config(&store.authkeys()?)

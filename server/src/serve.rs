@@ -3,7 +3,8 @@
 //! group commit, the webhook pipeline and the HTTP API (each on threads of its own), run the
 //! timers, reload services and authkeys on SIGHUP, and on SIGINT or SIGTERM stop the API,
 //! stop receiving, answer the batches in flight, stop the webhooks (undelivered events stay in
-//! the outbox), flush and exit 0.
+//! the outbox), flush and exit 0. With `demo_admin_authkey: true` (demos only), the first
+//! start on a new database creates the demo admin authkey.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,12 +14,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use zeroize::Zeroizing;
 use zoftoken_api::{ApiConfig, ApiServer};
 use zoftoken_engine::{Batch, Engine};
+use zoftoken_server::admin::{authkey_create, SecretFormat};
 use zoftoken_server::config::ConfigSource;
 use zoftoken_server::config::{self, Loaded};
 use zoftoken_server::now_ms;
-use zoftoken_server::open::{build_engine, effective_config, open_store};
+use zoftoken_server::open::{
+    build_engine, database_exists, effective_config, open_store, write_demo_admin_authkey,
+    OpenError,
+};
 use zoftoken_server::udp::{choose_driver, UdpServer};
 use zoftoken_storage::{Committer, CommitterConfig, Store};
 use zoftoken_webhooks::{Pipeline, PipelineConfig};
@@ -28,9 +34,16 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
     let nofile = zoftoken_server::limits::raise_nofile_limit();
     let mut warnings = Vec::new();
     let env = |k: &str| std::env::var(k).ok();
+    let new_database = !database_exists(&loaded.config.data_dir);
+    if loaded.config.demo_admin_authkey && new_database {
+        refuse_an_earlier_demo_admin_authkey(&loaded)?;
+    }
     let store = Arc::new(open_store(&loaded, &env, &mut warnings)?);
     for w in &warnings {
         eprintln!("zoftoken: warning: {w}");
+    }
+    if loaded.config.demo_admin_authkey {
+        demo_admin_authkey_at_first_start(&loaded, new_database)?;
     }
     let epoch = store.next_epoch()?;
     let engine = Arc::new(build_engine(&loaded, &store, epoch)?);
@@ -241,6 +254,70 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
     store.flush().context("flushing the database")?;
     eprintln!("zoftoken: stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `demo_admin_authkey: true` (demos only, `config_source: file`): on a new database, creates
+/// the demo admin authkey as `zoftoken authkey create demo-admin --admin` does, writes its
+/// secret to the data directory (0600) and says once where it is; the engine then reads it
+/// from there with the configuration's authkeys, at this start and every later one. Nothing
+/// is created for a database that exists already (a later start, or one made by an admin
+/// command before the first start).
+fn demo_admin_authkey_at_first_start(loaded: &Loaded, new_database: bool) -> anyhow::Result<()> {
+    let file = loaded.demo_admin_authkey_file();
+    if !new_database {
+        if !file.exists() {
+            eprintln!(
+                "zoftoken: note: demo_admin_authkey: {} does not exist and the database is \
+                 not new, so there is no demo admin authkey (it is made at the first start of \
+                 a new database only; `zoftoken authkey create NAME --admin` makes a key)",
+                file.display()
+            );
+        }
+        return Ok(());
+    }
+    let created = authkey_create(
+        loaded,
+        None,
+        config::DEMO_ADMIN_AUTHKEY,
+        true,
+        ".*",
+        ".*",
+        SecretFormat::Hex,
+    )?;
+    let secret = Zeroizing::new(
+        created
+            .json
+            .get("secret")
+            .and_then(serde_json::Value::as_str)
+            .context("the new authkey has no secret")?
+            .to_owned(),
+    );
+    let file = write_demo_admin_authkey(loaded, &secret)?;
+    eprintln!(
+        "zoftoken: created the admin authkey `{}` for this demo (demo_admin_authkey: true; \
+         never in production). Its secret is in {} (mode 0600) and shown nowhere else: send \
+         it as `Authorization: Bearer $(cat {})`. Delete the file to revoke the key.",
+        config::DEMO_ADMIN_AUTHKEY,
+        file.display(),
+        file.display()
+    );
+    Ok(())
+}
+
+/// Before a new database is created: a demo admin authkey file left from an earlier database
+/// is refused, not taken over (it would be the new demo's key without having been made and
+/// shown for it).
+fn refuse_an_earlier_demo_admin_authkey(loaded: &Loaded) -> Result<(), OpenError> {
+    let file = loaded.demo_admin_authkey_file();
+    if file.exists() {
+        return Err(OpenError::DemoAuthkey {
+            path: file,
+            message: "exists, but the database is new: it holds the key of an earlier \
+                      database; delete it and start again"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 /// The database's health and what it cost: whether it can write, failed commits, replies
