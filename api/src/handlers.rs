@@ -230,6 +230,8 @@ impl From<EngineError> for Failure {
                     .collect::<Vec<_>>()
                     .join("; "),
             ),
+            // `EngineError` is non-exhaustive: a kind this version does not know.
+            _ => Failure::internal(),
         }
     }
 }

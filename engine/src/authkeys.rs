@@ -1,4 +1,4 @@
-//! Authkeys (seed 001, PRODUCT.md "Authkeys"): who may ask what through the API.
+//! Authkeys (`docs/product.md`, "Authkeys"): who may ask what through the API.
 //!
 //! A key is kept only as the BLAKE3 hash of its secret and found by that hash, so a lookup
 //! costs one hash, no stored value is compared with a secret, and the stored value is useless
@@ -9,23 +9,8 @@
 
 use std::collections::HashMap;
 
+pub use crate::config::AuthkeyConfig;
 use crate::config::ConfigError;
-
-/// One authkey as configured.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuthkeyConfig {
-    /// A name for listings and logs (never the secret).
-    pub name: String,
-    /// BLAKE3 hash of the secret (see [`hash_secret`]); the secret itself is not kept.
-    pub secret_hash: [u8; 32],
-    /// Admin keys may do every operation; others only status, code validation and reading
-    /// transactions.
-    pub admin: bool,
-    /// Regular expression the service name must match (anchored).
-    pub service_mask: String,
-    /// Regular expression the username must match (anchored).
-    pub user_mask: String,
-}
 
 /// The hash under which a secret is stored and looked up.
 pub fn hash_secret(secret: &str) -> [u8; 32] {
@@ -239,6 +224,24 @@ impl Authkeys {
 }
 
 impl crate::Engine {
+    /// Replaces the authkeys (reload); on error the old ones stay.
+    pub fn reload_authkeys(&self, keys: &[AuthkeyConfig]) -> Result<(), crate::EngineError> {
+        let compiled = Authkeys::new(keys).map_err(crate::EngineError::Config)?;
+        *self.authkeys.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(compiled);
+        Ok(())
+    }
+
+    /// Whether the API caller holding `secret` may do an operation needing `right` on
+    /// `username` in `service` (both masks must match).
+    pub fn authorize(&self, secret: &str, right: Right, service: &str, username: &str) -> Access {
+        let keys = self
+            .authkeys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        keys.check(secret, right, service, username)
+    }
+
     /// [`Authkeys::check_unrestricted`] on the current keys.
     pub fn authorize_unrestricted(&self, secret: &str) -> Access {
         let keys = self

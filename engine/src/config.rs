@@ -1,9 +1,59 @@
-//! Services as the engine sees them, loaded from a configuration structure (the storage issue
-//! adds files and the database). Every value is validated with the path of what is wrong.
+//! The engine's configuration: how an engine is built ([`EngineConfig`]), its services as the
+//! engine sees them ([`ServiceConfig`], [`WebhookConfig`]) and its authkeys
+//! ([`AuthkeyConfig`]), handed over as structures (the server reads them from its
+//! configuration file and the database). Every value is validated with the path of what is
+//! wrong (authkeys when `crate::authkeys` compiles them).
 
 use zoftoken_proto::codes::OtpParams;
 use zoftoken_proto::deeplink::{check_endpoint, MAX_ENDPOINTS, SERVICE_NAME_MAX};
 use zoftoken_proto::wire::Alphabet;
+
+/// How the engine is built.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// The services.
+    pub services: Vec<ServiceConfig>,
+    /// The authkeys.
+    pub authkeys: Vec<AuthkeyConfig>,
+    /// Number of shards (rounded up to a power of two).
+    pub shards: usize,
+    /// This server process's epoch (SPEC.md §4.3): non-zero, unique per start.
+    pub epoch: u32,
+    /// Seed of the engine's random generators (from the OS in production, fixed in tests).
+    pub seed: [u8; 32],
+    /// The instance's PIN-tree secret ([`crate::pin_root`]). A server MUST set it from its
+    /// master key, the same on every start and every server of the instance; the default
+    /// (derived from `seed`) is for tests only.
+    pub pin_tree_secret: [u8; 32],
+    /// Capacity of the event channel.
+    pub event_capacity: usize,
+    /// How long an enrollment stays usable.
+    pub enrollment_ttl_ms: u64,
+    /// How long an offline challenge stays usable.
+    pub challenge_ttl_ms: u64,
+    /// Most state-changing device requests (OPEN, CLOSE, CHANGE_PIN, transaction decisions)
+    /// one token may make per second; further ones are dropped and counted
+    /// ([`DropReason::RateLimited`](zoftoken_proto::DropReason::RateLimited)). 0: no limit.
+    pub max_changes_per_s: u16,
+}
+
+impl EngineConfig {
+    /// Defaults: 64 shards, 7-day enrollments, 10-minute challenges, 65 536 queued events.
+    pub fn new(services: Vec<ServiceConfig>, epoch: u32, seed: [u8; 32]) -> EngineConfig {
+        EngineConfig {
+            services,
+            authkeys: Vec::new(),
+            shards: 64,
+            epoch,
+            seed,
+            pin_tree_secret: blake3::derive_key("zoftoken engine test pin tree secret", &seed),
+            event_capacity: 65_536,
+            enrollment_ttl_ms: 7 * 24 * 3600 * 1000,
+            challenge_ttl_ms: 10 * 60 * 1000,
+            max_changes_per_s: 0,
+        }
+    }
+}
 
 /// Which events a service's webhook receives.
 #[derive(Clone, PartialEq, Eq)]
@@ -144,7 +194,24 @@ fn base64_ok(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
 }
 
-/// One service (PRODUCT.md "Services").
+/// One authkey as configured (compiled into [`crate::Authkeys`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthkeyConfig {
+    /// A name for listings and logs (never the secret).
+    pub name: String,
+    /// BLAKE3 hash of the secret (see [`crate::authkeys::hash_secret`]); the secret itself is
+    /// not kept.
+    pub secret_hash: [u8; 32],
+    /// Admin keys may do every operation; others only status, code validation and reading
+    /// transactions.
+    pub admin: bool,
+    /// Regular expression the service name must match (anchored).
+    pub service_mask: String,
+    /// Regular expression the username must match (anchored).
+    pub user_mask: String,
+}
+
+/// One service (`docs/product.md`, "Services").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceConfig {
     /// Name, 1–255 bytes of UTF-8; part of the token id.

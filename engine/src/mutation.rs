@@ -8,7 +8,8 @@ use std::sync::Arc;
 use zoftoken_proto::{SecretBytes, TokenId};
 
 use crate::event::Event;
-use crate::state::TokenState;
+use crate::state::{TokenEntry, TokenState};
+use crate::transaction::Transaction;
 
 /// The persistent record of a paired (or re-enrolled) token: its secrets and its state.
 /// Secrets are redacted in `Debug`.
@@ -136,7 +137,7 @@ pub enum Mutation {
     /// Remove a pending enrollment (paired, expired, or replaced).
     DeletePending(TokenId),
     /// Put a transaction.
-    Transaction(Box<crate::side::Transaction>),
+    Transaction(Box<Transaction>),
     /// Forget a finished transaction (after its retention time).
     DeleteTransaction([u8; 16]),
     /// Put the token's backup-code hashes (replacing the previous set).
@@ -204,6 +205,37 @@ impl Commit for MemoryCommit {
         self.log.extend_from_slice(mutations);
         self.commits += 1;
         Ok(())
+    }
+}
+
+/// The state-only record of an entry, with a new version (every change bumps it).
+pub(crate) fn state_record(e: &mut TokenEntry) -> TokenStateRecord {
+    e.version = e.version.wrapping_add(1);
+    TokenStateRecord {
+        version: e.version,
+        token_id: TokenId(e.id),
+        state: e.state,
+        open_until_ms: e.open_until_ms,
+        open_duress: e.flags & crate::state::FLAG_OPEN_DURESS != 0,
+        failures: e.failures,
+        highest_counter: e.highest,
+        clock_offset_ms: e.offset_ms,
+        otp_last_step: u64::from(e.otp_last_step),
+        otp_drift: e.otp_drift,
+        last_seen_ms: u64::from(e.last_seen_s) * 1000,
+        last_duress: e.last_duress(),
+    }
+}
+
+/// The whole persistent record of an entry (its secrets too), with a new version.
+pub(crate) fn token_record(e: &mut TokenEntry) -> TokenRecord {
+    TokenRecord {
+        kind: e.kind(),
+        service: e.service,
+        secret: SecretBytes::new(e.secret),
+        pin_verifier: SecretBytes::new(e.pin),
+        duress_verifier: e.has_duress().then(|| SecretBytes::new(e.duress)),
+        status: state_record(e),
     }
 }
 

@@ -1,8 +1,11 @@
-//! Token states and the compact in-memory entry of a paired token.
+//! Token states, the compact in-memory entry of a paired token, and the events made from it.
 
 use zoftoken_proto::wire::WireState;
+use zoftoken_proto::TokenId;
 
-/// A token's state (PRODUCT.md "Tokens").
+use crate::event::{Actor, Event, EventKind};
+
+/// A token's state (`docs/product.md`, "Tokens").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum TokenState {
@@ -109,7 +112,7 @@ pub(crate) struct TotpSecret;
 
 impl TotpSecret {
     /// Lays out a key and its parameters.
-    pub fn pack(key: &[u8; TOTP_KEY_LEN], digits: u8, period_s: u16) -> [u8; 32] {
+    pub(crate) fn pack(key: &[u8; TOTP_KEY_LEN], digits: u8, period_s: u16) -> [u8; 32] {
         let mut s = [0u8; 32];
         let (k, rest) = s.split_at_mut(TOTP_KEY_LEN);
         k.copy_from_slice(key);
@@ -121,14 +124,14 @@ impl TotpSecret {
     }
 
     /// The key of a packed secret.
-    pub fn key(s: &[u8; 32]) -> &[u8] {
+    pub(crate) fn key(s: &[u8; 32]) -> &[u8] {
         s.split_at(TOTP_KEY_LEN).0
     }
 
     /// `(digits, period_s)` of a packed secret; 6 digits / 30 s if they are not ones an
     /// authenticator app can follow (never the case for what [`TotpSecret::pack`] was given
     /// by the engine).
-    pub fn params(s: &[u8; 32]) -> (u8, u16) {
+    pub(crate) fn params(s: &[u8; 32]) -> (u8, u16) {
         match s.split_at(TOTP_KEY_LEN).1 {
             [d @ (6 | 8), p0, p1, ..] => {
                 let period = u16::from_be_bytes([*p0, *p1]);
@@ -206,7 +209,7 @@ impl Drop for TokenEntry {
 
 impl TokenEntry {
     /// The state as seen at `now`: an open token whose window ended reads closed.
-    pub fn effective_state(&self, now_ms: u64) -> TokenState {
+    pub(crate) fn effective_state(&self, now_ms: u64) -> TokenState {
         if self.state == TokenState::Open && self.open_until_ms <= now_ms {
             TokenState::Closed
         } else {
@@ -214,12 +217,12 @@ impl TokenEntry {
         }
     }
 
-    pub fn has_duress(&self) -> bool {
+    pub(crate) fn has_duress(&self) -> bool {
         self.flags & FLAG_HAS_DURESS != 0
     }
 
     /// The last duress use, if any.
-    pub fn last_duress(&self) -> Option<crate::DuressUse> {
+    pub(crate) fn last_duress(&self) -> Option<crate::DuressUse> {
         crate::DuressOp::from_byte(self.duress_op).map(|operation| crate::DuressUse {
             time_ms: self.duress_ms,
             operation,
@@ -227,12 +230,12 @@ impl TokenEntry {
     }
 
     /// Records a duress use (kept until the token is deleted).
-    pub fn set_last_duress(&mut self, d: Option<crate::DuressUse>) {
+    pub(crate) fn set_last_duress(&mut self, d: Option<crate::DuressUse>) {
         self.duress_op = d.map_or(0, |d| d.operation.byte());
         self.duress_ms = d.map_or(0, |d| d.time_ms);
     }
 
-    pub fn kind(&self) -> TokenKind {
+    pub(crate) fn kind(&self) -> TokenKind {
         if self.flags & FLAG_TOTP != 0 {
             TokenKind::Totp
         } else {
@@ -243,12 +246,29 @@ impl TokenEntry {
     /// Failed authentications left before the token blocks: `3 − failures`, and 0 while it
     /// is blocked, whether by failures or by an administrator (whose block leaves the
     /// failure count as it was).
-    pub fn attempts_left(&self) -> u8 {
+    pub(crate) fn attempts_left(&self) -> u8 {
         if self.state == TokenState::Blocked {
             0
         } else {
             MAX_FAILURES.saturating_sub(self.failures)
         }
+    }
+}
+
+/// An event of `kind` about the token in `e` at `now_ms`, numbered for its token (the caller
+/// holds the lock that orders the token's changes).
+pub(crate) fn event(kind: EventKind, e: &TokenEntry, now_ms: u64, actor: Actor) -> Event {
+    Event {
+        kind,
+        token_id: TokenId(e.id),
+        service: e.service,
+        time_ms: now_ms,
+        actor,
+        open_until_ms: (e.effective_state(now_ms) == TokenState::Open).then_some(e.open_until_ms),
+        duress: false,
+        tx_id: None,
+        operation: None,
+        sequence: crate::event::next_sequence(&TokenId(e.id)),
     }
 }
 

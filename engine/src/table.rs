@@ -59,12 +59,12 @@ fn prefetch_address(addr: usize) {
 impl TableView {
     /// Whether this view is `table`'s current one (same index, same chunks).
     #[cfg(test)]
-    pub fn is_current(&self, table: &Table) -> bool {
+    pub(crate) fn is_current(&self, table: &Table) -> bool {
         Arc::ptr_eq(&self.index, &table.index) && *self.bases == *table.bases
     }
 
     /// Step 1: brings the id's home bucket into the cache; returns the id's hash for step 2.
-    pub fn prefetch_bucket(&self, id: &[u8; 16]) -> u64 {
+    pub(crate) fn prefetch_bucket(&self, id: &[u8; 16]) -> u64 {
         let h = mix(id, self.hash_key);
         prefetch_index::prefetch_index(&self.index[..], h as usize & self.mask);
         h
@@ -75,7 +75,7 @@ impl TableView {
     /// keys, the PIN and duress verifiers), and with `whole` the rest of the entry too (the
     /// token secret, from which a PIN-bearing request's PIN key is derived). A wrong guess
     /// costs nothing but a miss.
-    pub fn prefetch_entry(&self, hash: u64, whole: bool) {
+    pub(crate) fn prefetch_entry(&self, hash: u64, whole: bool) {
         if let Some(addr) = self.entry_address_of(hash) {
             for line in [0, 64, 128] {
                 prefetch_address(addr.wrapping_add(line));
@@ -129,7 +129,7 @@ fn mix(id: &[u8; 16], key: u64) -> u64 {
 }
 
 impl Table {
-    pub fn new(hash_key: u64) -> Table {
+    pub(crate) fn new(hash_key: u64) -> Table {
         Table {
             chunks: Vec::new(),
             free: Vec::new(),
@@ -143,7 +143,7 @@ impl Table {
     }
 
     /// A view for prefetching without the lock.
-    pub fn view(&self) -> TableView {
+    pub(crate) fn view(&self) -> TableView {
         TableView {
             index: self.index.clone(),
             mask: self.mask,
@@ -153,16 +153,16 @@ impl Table {
     }
 
     /// Changes whenever views taken before are out of date.
-    pub fn view_version(&self) -> u64 {
+    pub(crate) fn view_version(&self) -> u64 {
         self.view_version
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// Bytes held by the slab and the index (for the memory figures).
-    pub fn heap_bytes(&self) -> usize {
+    pub(crate) fn heap_bytes(&self) -> usize {
         self.chunks
             .iter()
             .map(|c| c.capacity() * size_of::<TokenEntry>())
@@ -175,18 +175,18 @@ impl Table {
         (h >> 32) | 1 // never zero, so an occupied bucket is never 0
     }
 
-    pub fn get(&self, slot: u32) -> Option<&TokenEntry> {
+    pub(crate) fn get(&self, slot: u32) -> Option<&TokenEntry> {
         let s = slot as usize;
         self.chunks.get(s / CHUNK)?.get(s % CHUNK)
     }
 
-    pub fn get_mut(&mut self, slot: u32) -> Option<&mut TokenEntry> {
+    pub(crate) fn get_mut(&mut self, slot: u32) -> Option<&mut TokenEntry> {
         let s = slot as usize;
         self.chunks.get_mut(s / CHUNK)?.get_mut(s % CHUNK)
     }
 
     /// The slot of a token id.
-    pub fn find(&self, id: &[u8; 16]) -> Option<u32> {
+    pub(crate) fn find(&self, id: &[u8; 16]) -> Option<u32> {
         let h = mix(id, self.hash_key);
         let tag = Self::tag_of(h);
         let mut i = h as usize & self.mask;
@@ -206,7 +206,7 @@ impl Table {
     }
 
     /// Inserts a new token (the id must not be present) and returns its slot.
-    pub fn insert(&mut self, entry: TokenEntry) -> u32 {
+    pub(crate) fn insert(&mut self, entry: TokenEntry) -> u32 {
         if (self.len + 1) * 5 > self.index.len() * 4 {
             self.grow_index();
         }
@@ -261,7 +261,7 @@ impl Table {
     }
 
     /// Removes a token; its slot is zeroized and reused later.
-    pub fn remove(&mut self, id: &[u8; 16]) -> Option<u32> {
+    pub(crate) fn remove(&mut self, id: &[u8; 16]) -> Option<u32> {
         let slot = self.find(id)?;
         // Find the bucket, then shift later buckets of the cluster back (linear probing).
         let h = mix(id, self.hash_key);
@@ -317,7 +317,7 @@ impl Table {
     }
 
     /// Every live entry with its slot.
-    pub fn iter(&self) -> impl Iterator<Item = (u32, &TokenEntry)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &TokenEntry)> {
         self.chunks
             .iter()
             .flatten()

@@ -6,9 +6,8 @@ use crate::error::Error;
 use crate::keys::{context, EnrollmentSecret, SecretBytes};
 use crate::pin::{classify, PinMatch, PinVerifier};
 use crate::wire::Alphabet;
-
-/// The 32 symbols of the unambiguous alphabet: `0-9A-Z` without `I L O U`.
-pub const BASE32_SYMBOLS: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+/// The 32 symbols of the unambiguous alphabet (defined with [`Alphabet`], in the wire layouts).
+pub use crate::wire::BASE32_SYMBOLS;
 
 /// Shortest one-time code, validation code and offline response.
 pub const CODE_MIN_LEN: usize = 4;

@@ -1,6 +1,9 @@
 //! Error types. [`DropReason`] says why a datagram gets no reply (it is counted, never
-//! answered); [`Error`] reports misuse of the library by a caller (bad PIN length, malformed
+//! answered); [`Error`](enum@Error) reports misuse of the library by a caller (bad PIN length, malformed
 //! deeplink, ...), which is always a local condition, never something from the network.
+//!
+//! Both are `#[non_exhaustive]`: a later version may add a reason, so a caller's `match` keeps
+//! a catch-all arm. Callers match on variants, never on the display text.
 
 use thiserror::Error;
 
@@ -9,6 +12,7 @@ use thiserror::Error;
 /// The variants are ordered by the check that produces them: cheap checks first, the AEAD tag
 /// next, and the checks of the decrypted content last.
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DropReason {
     /// Larger than the protocol's maximum datagram.
     #[error("datagram larger than the maximum")]
@@ -115,14 +119,21 @@ impl DropReason {
 }
 
 /// A caller's input that the library cannot use.
+///
+/// The cryptographic library's own errors are not kept as sources: `ring` reports every AEAD
+/// failure as one opaque `Unspecified` by design, so [`Error::InvalidMessage`] says which step
+/// failed instead. The one informative one, Argon2's, is kept in [`Error::PinHash`].
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Error {
     /// A PIN must be 4 to 64 bytes of UTF-8 (SPEC.md §6.1).
     #[error("a PIN must be 4 to 64 bytes long")]
     PinLength,
-    /// The PIN hashing failed (only on resource exhaustion).
-    #[error("PIN hashing failed")]
-    PinHash,
+    /// The PIN hashing failed (only on resource exhaustion): Argon2's reason. (It is shown in
+    /// the message rather than as [`std::error::Error::source`]: without its `std` feature,
+    /// which this crate does not enable, Argon2's error type does not implement that trait.)
+    #[error("PIN hashing failed: {0}")]
+    PinHash(argon2::Error),
     /// A code (one-time, validation, offline response, manual enrollment) is malformed.
     #[error("malformed code: {0}")]
     CodeFormat(&'static str),

@@ -16,7 +16,13 @@
 //! keeps no token state; the engine (server) and `zoftoken-device` (phone) do.
 //!
 //! Nothing here panics on input from the network: every check returns a [`DropReason`].
+//!
+//! Module dependencies run one way: [`wire`] (layouts and cheap checks) and [`error`] at the
+//! bottom; [`aead`], [`keys`], [`pin_keys`], [`pin`], [`codes`], [`packet`], [`pairing`] build
+//! on them; [`clock`], [`replay`], [`totp`] and [`deeplink`] stand alone.
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(unreachable_pub)]
 
 pub mod aead;
 pub mod clock;

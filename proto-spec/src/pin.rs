@@ -39,7 +39,7 @@ impl PinVerifier {
             ARGON2_PARALLELISM,
             Some(32),
         )
-        .map_err(|_| Error::PinHash)?;
+        .map_err(Error::PinHash)?;
         let argon =
             argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut salt = [0u8; 31];
@@ -49,7 +49,7 @@ impl PinVerifier {
         let mut out = [0u8; 32];
         argon
             .hash_password_into(pin.as_bytes(), &salt, &mut out)
-            .map_err(|_| Error::PinHash)?;
+            .map_err(Error::PinHash)?;
         let verifier = PinVerifier(SecretBytes::new(out));
         zeroize::Zeroize::zeroize(&mut out);
         Ok(verifier)

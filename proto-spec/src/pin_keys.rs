@@ -22,14 +22,19 @@ use zeroize::Zeroize;
 use crate::aead::PacketKey;
 use crate::error::{DropReason, Error};
 use crate::keys::{context, SecretBytes};
-use crate::wire::{Header, TAG_LEN};
+use crate::wire::Header;
+
+/// Number of PIN keys of one pairing (indices `0 .. PIN_INDEX_LIMIT`), and the length of a
+/// sealed verifier block: wire constants (a request's PIN index field is checked against the
+/// first when its body is parsed), re-exported where the key tree is.
+pub use crate::wire::{PIN_INDEX_LIMIT, SEALED_VERIFIERS_LEN};
 
 /// Levels below the root.
 pub const PIN_TREE_DEPTH: usize = 3;
 /// Children per node.
 pub const PIN_TREE_ARITY: usize = 256;
-/// Number of PIN keys of one pairing: indices are `0 .. PIN_INDEX_LIMIT`.
-pub const PIN_INDEX_LIMIT: u32 = 1 << 24;
+// The tree's leaves are exactly the indices a request may name.
+const _: () = assert!(PIN_INDEX_LIMIT as usize == PIN_TREE_ARITY.pow(PIN_TREE_DEPTH as u32));
 
 /// The child of `node` at `depth` (1–3) with digit `digit`: `BLAKE3-keyed(node, u8(depth) ‖
 /// u8(digit))`.
@@ -87,9 +92,6 @@ impl fmt::Debug for PinKey {
         f.write_str("PinKey(<redacted>)")
     }
 }
-
-/// Length of a sealed verifier block: the 72-byte [`crate::wire::VerifierBlock`] and its tag.
-pub const SEALED_VERIFIERS_LEN: usize = 72 + TAG_LEN;
 
 impl PinKey {
     /// Wraps 32 bytes (tests and the vectors).
