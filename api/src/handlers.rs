@@ -240,9 +240,7 @@ impl From<WebhookError> for Failure {
     fn from(e: WebhookError) -> Self {
         match e {
             WebhookError::Store(e) => e.into(),
-            WebhookError::Start(_) | WebhookError::Tls(_) | WebhookError::Config(_) => {
-                Failure::internal()
-            }
+            _ => Failure::internal(),
         }
     }
 }

@@ -1985,7 +1985,9 @@ fn shutdown_answers_long_polls_and_stops_listening() {
 #[test]
 fn nothing_is_confirmed_when_the_commit_fails() {
     // A store whose writes fail on demand (a full disk).
-    let kv = Arc::new(zoftoken_storage::FaultyKv::new(Arc::new(MemoryKv::new())));
+    let kv = Arc::new(zoftoken_storage_conformance::FaultyKv::new(Arc::new(
+        MemoryKv::new(),
+    )));
     let h = Harness::with_kv(ApiConfig::default(), None, kv.clone());
     h.enrolled_phone("alice");
     kv.set_failing(true);

@@ -313,7 +313,7 @@ pub fn open_store(
         warnings.push(note);
     }
     let kv = RocksKv::open(dir).map_err(|e| match e {
-        KvError::Locked(m) => OpenError::Locked(m),
+        KvError::Locked(source) => OpenError::Locked(source.to_string()),
         other => OpenError::Store(other.into()),
     })?;
     Ok(Store::open(
@@ -340,7 +340,7 @@ pub fn recover_store(
     }
     let key = master_key(loaded, env, warnings)?;
     let (kv, recovery) = RocksKv::recover(dir).map_err(|e| match e {
-        KvError::Locked(m) => OpenError::Locked(m),
+        KvError::Locked(source) => OpenError::Locked(source.to_string()),
         other => OpenError::Store(other.into()),
     })?;
     let store = Store::open(Arc::new(kv), key, loaded.config.durability.into())?;
@@ -363,9 +363,10 @@ pub fn storage_exit_code(e: &anyhow::Error) -> Option<u8> {
                 _ => None,
             });
         match kv {
-            Some(KvError::Io(_)) => Some(5),
-            Some(KvError::Corrupt(_)) => Some(6),
-            _ => match cause.downcast_ref::<StoreError>() {
+            Some(KvError::Corruption(_)) => Some(6),
+            Some(KvError::Locked(_)) => None,
+            Some(_) => Some(5),
+            None => match cause.downcast_ref::<StoreError>() {
                 Some(StoreError::Corrupt { .. }) => Some(6),
                 _ => None,
             },

@@ -21,9 +21,8 @@ use zoftoken_engine::{Engine, EngineConfig, ServiceConfig};
 use zoftoken_loadgen::{run, LoadConfig, Mix, Summary, TokenSet};
 use zoftoken_net::DriverKind;
 use zoftoken_server::udp::UdpServer;
-use zoftoken_storage::{
-    Committer, CommitterConfig, Durability, FaultyKv, MasterKey, MemoryKv, Store,
-};
+use zoftoken_storage::{Committer, CommitterConfig, Durability, MasterKey, MemoryKv, Store};
+use zoftoken_storage_conformance::FaultyKv;
 
 struct Rig {
     kv: Arc<FaultyKv>,

@@ -6,106 +6,24 @@
 //!   published; on failure nothing is published, and every token the batch changed is
 //!   restored from the database ([`Store::restore_tokens`]), so that the engine's memory is
 //!   again what the database holds (see the engine's `settle` module).
-//! - [`Health`] records whether the database can write: the first failed write logs one line
-//!   and turns the server not ready (`/readyz`), the API refuses changes with `503` while it
-//!   lasts, and [`Health::failed_commits`] counts them for the metrics; [`Store::probe`] (called every second by the server
-//!   while writes fail) finds out when writes work again, logs one line, and retries the
-//!   restores that could not read the database.
+//! - [`crate::Health`] records whether the database can write; [`Store::probe`] (called
+//!   every second by the server while writes fail) finds out when writes work again, logs one
+//!   line, and retries the restores that could not read the database.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
 
 use zoftoken_engine::{Batch, Engine, EventKind, Mutation};
 use zoftoken_proto::TokenId;
 
+use crate::error::StoreError;
 use crate::kv::{Cf, Durability, WriteBatch};
-use crate::store::{Store, StoreError};
+use crate::schema::meta;
+use crate::Store;
 
-const META_PROBE: &[u8] = b"write_probe";
 /// Least time between two tries of a database that cannot write.
 const PROBE_INTERVAL_MS: u64 = 900;
 
-/// Whether the database can write, shared by everything that writes it.
-#[derive(Debug)]
-pub struct Health {
-    writable: AtomicBool,
-    failed_commits: AtomicU64,
-    /// The last write error, for the one log line and `/readyz`.
-    last_error: Mutex<Option<String>>,
-    /// Tokens whose restore could not read the database: still unsettled, retried by
-    /// [`Store::probe`].
-    unrestored: Mutex<Vec<TokenId>>,
-    /// When [`Store::probe`] last tried the database (Unix ms): at most once a second.
-    last_probe_ms: AtomicU64,
-    /// Tokens restored since writes began to fail: restored again if the database is reopened
-    /// (a write reported as failed may still be in its log, and the reopened database then
-    /// holds it).
-    restored_while_failing: Mutex<HashSet<TokenId>>,
-}
-
-impl Default for Health {
-    fn default() -> Health {
-        Health {
-            writable: AtomicBool::new(true),
-            failed_commits: AtomicU64::new(0),
-            last_error: Mutex::new(None),
-            unrestored: Mutex::new(Vec::new()),
-            last_probe_ms: AtomicU64::new(0),
-            restored_while_failing: Mutex::new(HashSet::new()),
-        }
-    }
-}
-
-impl Health {
-    /// Whether the last write succeeded.
-    pub fn writable(&self) -> bool {
-        self.writable.load(Ordering::Acquire)
-    }
-
-    /// Commits that failed since start.
-    pub fn failed_commits(&self) -> u64 {
-        self.failed_commits.load(Ordering::Relaxed)
-    }
-
-    /// Why writes fail, while they do.
-    pub fn last_error(&self) -> Option<String> {
-        if self.writable() {
-            return None;
-        }
-        self.last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// A write failed: logged once, until writes work again.
-    pub(crate) fn write_failed(&self, e: &StoreError) {
-        self.failed_commits.fetch_add(1, Ordering::Relaxed);
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-        if self.writable.swap(false, Ordering::AcqRel) {
-            eprintln!(
-                "zoftoken: error: cannot write to the database: {e}. Nothing that was not \
-                 written is answered: state changes get no reply, the API answers 503 \
-                 storage_unavailable, /readyz is not ready; retrying every second"
-            );
-        }
-    }
-
-    /// A write succeeded.
-    pub(crate) fn write_ok(&self) {
-        if !self.writable.load(Ordering::Acquire) && !self.writable.swap(true, Ordering::AcqRel) {
-            eprintln!("zoftoken: the database can write again; serving normally");
-        }
-    }
-}
-
 impl Store {
-    /// The database's health.
-    pub fn health(&self) -> &Health {
-        &self.health
-    }
-
     /// Commits an engine batch: on success settles its tokens and publishes its events (the
     /// batch comes back empty); on failure publishes nothing, restores the batch's tokens from
     /// the database and empties the batch. Nothing the batch changed is visible unless this
@@ -137,17 +55,6 @@ impl Store {
         let ids = engine.unsettled_tokens(batch);
         batch.mutations.clear();
         self.restore_or_keep(engine, now_ms, ids);
-    }
-
-    fn remember_restored(&self, ids: &[TokenId]) {
-        if self.health.writable() {
-            return;
-        }
-        self.health
-            .restored_while_failing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(ids.iter().copied());
     }
 
     /// Commits the timers' batch ([`zoftoken_engine::Engine::tick`]). On failure the tokens
@@ -186,18 +93,14 @@ impl Store {
         if ids.is_empty() {
             return;
         }
-        self.remember_restored(&ids);
+        self.health().remember_restored(&ids);
         if let Err(e) = self.restore_tokens(engine, now_ms, &ids) {
             eprintln!(
                 "zoftoken: error: cannot read {} token(s) back from the database after a failed \
                  write: {e}; they stay unusable until it can",
                 ids.len()
             );
-            self.health
-                .unrestored
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(ids);
+            self.health().keep_unrestored(ids);
         }
     }
 
@@ -232,46 +135,15 @@ impl Store {
     /// it works, the database is writable again. At most once per [`PROBE_INTERVAL_MS`] (by
     /// `now_ms`). Also retries the restores that could not read the database.
     pub fn probe(&self, engine: &Engine, now_ms: u64) {
-        let pending = std::mem::take(
-            &mut *self
-                .health
-                .unrestored
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        self.restore_or_keep(engine, now_ms, pending);
-        if self.health.writable() {
+        let health = self.health();
+        self.restore_or_keep(engine, now_ms, health.take_unrestored());
+        if health.writable() || !health.claim_probe(now_ms, PROBE_INTERVAL_MS) {
             return;
         }
-        // Once a second at most, whoever asks (the server's timer, API calls).
-        let last = self.health.last_probe_ms.load(Ordering::Acquire);
-        if now_ms < last.saturating_add(PROBE_INTERVAL_MS)
-            || self
-                .health
-                .last_probe_ms
-                .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-        {
-            return;
-        }
-        let note = |e: String| {
-            *self
-                .health
-                .last_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(e);
-        };
         match self.kv().reopen() {
             Ok(true) => {
                 eprintln!("zoftoken: the database was opened again after failed writes");
-                let again: Vec<TokenId> = self
-                    .health
-                    .restored_while_failing
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .copied()
-                    .collect();
+                let again = health.restored_while_failing();
                 // A token in use by a batch under way is left to that batch's outcome (a
                 // failed commit restores it anyway).
                 let again = again
@@ -281,20 +153,16 @@ impl Store {
                 self.restore_or_keep(engine, now_ms, again);
             }
             Ok(false) => {}
-            Err(e) => return note(e.to_string()),
+            Err(e) => return health.note_error(e.to_string()),
         }
         let mut b = WriteBatch::new();
-        b.put(Cf::Meta, META_PROBE, now_ms.to_be_bytes());
+        b.put(Cf::Meta, meta::WRITE_PROBE, now_ms.to_be_bytes());
         match self.kv().write(&b, Durability::Wal) {
             Ok(()) => {
-                self.health.write_ok();
-                self.health
-                    .restored_while_failing
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clear();
+                health.write_ok();
+                health.forget_restored();
             }
-            Err(e) => note(e.to_string()),
+            Err(e) => health.note_error(e.to_string()),
         }
     }
 }

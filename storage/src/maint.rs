@@ -14,9 +14,11 @@ use std::io::{BufRead, Write};
 use serde::{Deserialize, Serialize};
 use zoftoken_proto::TokenId;
 
+use crate::error::StoreError;
 use crate::kv::{Cf, Durability, WriteBatch};
+use crate::schema::meta;
 use crate::schema::{self, SCHEMA_VERSION};
-use crate::store::{Store, StoreError, META_EPOCH, META_OUTBOX_ACKED};
+use crate::Store;
 
 /// How many server starts of the source, after its export, an import leaves room for: the
 /// imported database's next epoch is this much past the highest the export shows.
@@ -149,7 +151,7 @@ impl Store {
         }
         let check = records
             .iter()
-            .find(|(cf, k, _)| *cf == Cf::Meta && k == b"master_key_check")
+            .find(|(cf, k, _)| *cf == Cf::Meta && k == meta::KEY_CHECK)
             .ok_or_else(|| StoreError::Invalid("the export has no master-key check".into()))?;
         if self
             .master_key()
@@ -167,13 +169,13 @@ impl Store {
             .max(self.next_outbox_seq().saturating_sub(1));
         for (cf, k, v) in &records {
             match cf {
-                Cf::Meta if k == META_EPOCH => {
+                Cf::Meta if k == meta::EPOCH => {
                     let e = meta_u32(v).ok_or_else(|| {
                         StoreError::Invalid("the export's epoch is malformed".into())
                     })?;
                     epoch = epoch.max(e);
                 }
-                Cf::Meta if k == META_OUTBOX_ACKED => {
+                Cf::Meta if k == meta::OUTBOX_ACKED => {
                     let s = meta_u64(v).ok_or_else(|| {
                         StoreError::Invalid("the export's outbox cursor is malformed".into())
                     })?;
@@ -195,8 +197,9 @@ impl Store {
             StoreError::Invalid("the export's outbox sequence numbers are exhausted".into())
         })?;
         let exported = records.len();
-        records
-            .retain(|(cf, k, _)| !(*cf == Cf::Meta && (k == META_EPOCH || k == META_OUTBOX_ACKED)));
+        records.retain(|(cf, k, _)| {
+            !(*cf == Cf::Meta && (k == meta::EPOCH || k == meta::OUTBOX_ACKED))
+        });
         // The source's marks count as imported: the raised ones replace them.
         let mut moved = Moved {
             records: (exported - records.len()) as u64,
@@ -204,8 +207,8 @@ impl Store {
         // The raised marks are written first, durably: an import cut short never leaves the
         // source's epoch or sequence behind.
         let mut b = WriteBatch::new();
-        b.put(Cf::Meta, META_EPOCH, epoch.to_be_bytes());
-        b.put(Cf::Meta, META_OUTBOX_ACKED, seq.to_be_bytes());
+        b.put(Cf::Meta, meta::EPOCH, epoch.to_be_bytes());
+        b.put(Cf::Meta, meta::OUTBOX_ACKED, seq.to_be_bytes());
         self.kv().write(&b, Durability::Fsync)?;
         for chunk in records.chunks(10_000) {
             let mut b = WriteBatch::new();
@@ -257,8 +260,10 @@ impl Store {
                     Cf::Outbox => <[u8; 8]>::try_from(k)
                         .is_ok_and(|s| schema::decode_outbox(u64::from_be_bytes(s), v).is_some()),
                     Cf::Services => key.open(cf, k, v).is_some(),
-                    Cf::Authkeys => serde_json::from_slice::<crate::AuthkeyDoc>(v).is_ok(),
-                    Cf::Webhooks => crate::webhooks::check_record(k, v),
+                    Cf::Authkeys => {
+                        serde_json::from_slice::<crate::config_documents::AuthkeyDoc>(v).is_ok()
+                    }
+                    Cf::Webhooks => crate::schema::webhooks::check_record(k, v),
                 };
                 if !ok {
                     r.problems.push(format!(
@@ -303,7 +308,7 @@ mod tests {
 
     fn put_epoch(kv: &dyn KvStore, v: &[u8]) {
         let mut b = WriteBatch::new();
-        b.put(Cf::Meta, META_EPOCH, v);
+        b.put(Cf::Meta, meta::EPOCH, v);
         kv.write(&b, Durability::Wal).unwrap();
     }
 

@@ -8,8 +8,8 @@
 )]
 use std::sync::Arc;
 
-use zoftoken_storage::conformance::Harness;
 use zoftoken_storage::{KvError, KvStore, MemoryKv};
+use zoftoken_storage_conformance::Harness;
 
 struct Memory(MemoryKv);
 
@@ -25,4 +25,4 @@ impl Harness for Memory {
     }
 }
 
-zoftoken_storage::conformance_tests!(Memory(MemoryKv::new()));
+zoftoken_storage_conformance::conformance_tests!(Memory(MemoryKv::new()));

@@ -16,7 +16,7 @@ use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
-use crate::WebhookError;
+use crate::{TlsError, WebhookError};
 
 /// A pooled client for one trust configuration.
 pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -34,28 +34,37 @@ pub(crate) const MAX_CA_FILE: u64 = 1 << 20;
 /// Reads a CA file: a regular file (not a device, FIFO or directory) of at most
 /// [`MAX_CA_FILE`] bytes, checked before it is opened and again on the open handle, and read
 /// no further than the cap.
-fn read_ca_file(path: &str) -> Result<Vec<u8>, WebhookError> {
+fn read_ca_file(path: &str) -> Result<Vec<u8>, TlsError> {
     use std::io::Read as _;
-    let fail = |why: String| WebhookError::Tls(format!("CA file {path}: {why}"));
-    let regular = |m: &std::fs::Metadata| -> Result<(), WebhookError> {
+    let unreadable = |source: std::io::Error| TlsError::CaFileUnreadable {
+        path: path.to_owned(),
+        source,
+    };
+    let too_large = || TlsError::CaFileTooLarge {
+        path: path.to_owned(),
+        max: MAX_CA_FILE,
+    };
+    let regular = |m: &std::fs::Metadata| -> Result<(), TlsError> {
         if !m.is_file() {
-            return Err(fail("not a regular file".into()));
+            return Err(TlsError::CaFileNotRegular {
+                path: path.to_owned(),
+            });
         }
         if m.len() > MAX_CA_FILE {
-            return Err(fail(format!("larger than {MAX_CA_FILE} bytes")));
+            return Err(too_large());
         }
         Ok(())
     };
     // Checked before opening, so that opening a FIFO cannot block.
-    regular(&std::fs::metadata(path).map_err(|e| fail(e.to_string()))?)?;
-    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
-    regular(&file.metadata().map_err(|e| fail(e.to_string()))?)?;
+    regular(&std::fs::metadata(path).map_err(unreadable)?)?;
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    regular(&file.metadata().map_err(unreadable)?)?;
     let mut pem = Vec::new();
     file.take(MAX_CA_FILE + 1)
         .read_to_end(&mut pem)
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(unreadable)?;
     if pem.len() as u64 > MAX_CA_FILE {
-        return Err(fail(format!("larger than {MAX_CA_FILE} bytes")));
+        return Err(too_large());
     }
     Ok(pem)
 }
@@ -72,22 +81,27 @@ pub(crate) fn client(
         let pem = read_ca_file(path)?;
         let certs = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| WebhookError::Tls(format!("CA file {path}: {e}")))?;
+            .map_err(|source| TlsError::CaFilePem {
+                path: path.to_owned(),
+                source,
+            })?;
         if certs.is_empty() {
-            return Err(WebhookError::Tls(format!(
-                "CA file {path}: no certificate found"
-            )));
+            return Err(TlsError::CaFileEmpty {
+                path: path.to_owned(),
+            }
+            .into());
         }
         for c in certs {
-            roots
-                .add(c)
-                .map_err(|e| WebhookError::Tls(format!("CA file {path}: {e}")))?;
+            roots.add(c).map_err(|source| TlsError::Certificate {
+                path: path.to_owned(),
+                source,
+            })?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| WebhookError::Tls(e.to_string()))?
+        .map_err(TlsError::Config)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     let mut http = HttpConnector::new();
@@ -245,22 +259,38 @@ mod tests {
     #[test]
     fn ca_files_must_be_small_regular_files() {
         let err = |p: &str| match client(Some(p), 1) {
-            Err(WebhookError::Tls(m)) => m,
+            Err(WebhookError::Tls(e)) => e,
             Err(e) => panic!("{e}"),
             Ok(_) => panic!("{p} accepted"),
         };
         // Without the limits, /dev/zero is read until memory runs out.
-        assert!(err("/dev/zero").contains("not a regular file"));
-        assert!(err("/tmp").contains("not a regular file"));
-        assert!(err("/nonexistent/ca.pem").contains("/nonexistent/ca.pem"));
+        assert!(matches!(
+            err("/dev/zero"),
+            TlsError::CaFileNotRegular { .. }
+        ));
+        assert!(matches!(err("/tmp"), TlsError::CaFileNotRegular { .. }));
+        assert!(matches!(
+            err("/nonexistent/ca.pem"),
+            TlsError::CaFileUnreadable { path, source }
+                if path == "/nonexistent/ca.pem" && source.kind() == std::io::ErrorKind::NotFound
+        ));
         let dir = std::env::temp_dir().join(format!("zoftoken-ca-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let big = dir.join("big.pem");
         std::fs::write(&big, vec![b'A'; MAX_CA_FILE as usize + 1]).unwrap();
-        assert!(err(big.to_str().unwrap()).contains("larger than"));
+        assert!(matches!(
+            err(big.to_str().unwrap()),
+            TlsError::CaFileTooLarge {
+                max: MAX_CA_FILE,
+                ..
+            }
+        ));
         let empty = dir.join("empty.pem");
         std::fs::write(&empty, b"no certificate here\n").unwrap();
-        assert!(err(empty.to_str().unwrap()).contains("no certificate"));
+        assert!(matches!(
+            err(empty.to_str().unwrap()),
+            TlsError::CaFileEmpty { .. }
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

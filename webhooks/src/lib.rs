@@ -20,36 +20,26 @@
 //! [`disabled_endpoints`]) and does not read configuration files: webhook settings come from
 //! the engine's current services ([`zoftoken_engine::Engine::service_configs`]).
 //!
-//! Key types: [`Pipeline`], [`PipelineConfig`], [`DeadLetter`], [`WebhookError`]; [`sign`]
-//! holds the body and signature format.
+//! Modules: `pipeline` (the reader, the dispatcher and the writer, a module each), `http`
+//! (the client and one attempt), [`sign`] (the body and signature format), `error`.
+//!
+//! Key types: [`Pipeline`], [`PipelineConfig`], [`DeadLetter`], [`WebhookError`] (with
+//! [`TlsError`] and [`PipelineConfigError`]); [`sign`] holds the body and signature format.
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
+mod error;
 mod http;
 mod pipeline;
 pub mod sign;
 
 use std::time::Duration;
 
+pub(crate) use error::error_text;
+pub use error::{PipelineConfigError, TlsError, WebhookError};
 pub use pipeline::Pipeline;
 use zoftoken_storage::webhooks::{event_id, parse_event_id};
-use zoftoken_storage::{DisabledEndpoint, Store, StoreError};
-
-/// Errors of the webhook pipeline and its dead-letter functions.
-#[derive(Debug, thiserror::Error)]
-pub enum WebhookError {
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The pipeline's threads or runtime could not start.
-    #[error("cannot start the webhook pipeline: {0}")]
-    Start(String),
-    /// A TLS setting (CA file) is unusable.
-    #[error("TLS: {0}")]
-    Tls(String),
-    /// The configuration is invalid.
-    #[error("invalid webhook pipeline configuration: {0}")]
-    Config(String),
-}
+use zoftoken_storage::{DisabledEndpoint, Store};
 
 /// The default of [`PipelineConfig::retry_for`]: a day.
 pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(86_400);

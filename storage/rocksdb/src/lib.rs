@@ -9,9 +9,16 @@
 //! A damaged write-ahead log never silently drops acknowledged changes: see
 //! [`RocksKv::open`] and [`RocksKv::recover`] (module [`wal`] finds and measures the damage).
 //!
-//! Key types: [`RocksKv`], [`Recovery`].
+//! Errors are reported by kind ([`KvError`]): RocksDB's own kind (`rocksdb::ErrorKind`)
+//! decides between corruption, IO and other failures, and a database held by another process
+//! is found by a lock of this crate's own ([`LOCK_FILE`]) before RocksDB is asked (RocksDB
+//! reports its lock conflict as a plain IO error).
+//!
+//! Key types: [`RocksKv`], [`Recovery`], [`WalDamaged`], [`InUse`].
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
@@ -37,6 +44,82 @@ pub struct RocksKv {
     path: PathBuf,
     /// A write failed since the last open.
     write_failed: AtomicBool,
+    /// The held lock of [`LOCK_FILE`] (after `db`: released once the database is closed).
+    _lock: File,
+}
+
+/// The file in the data directory whose exclusive lock (`flock`) an open [`RocksKv`] holds for
+/// its lifetime: a second open, by another process or in this one, is refused with
+/// [`KvError::Locked`] before RocksDB is asked. RocksDB's own `LOCK` stays and still guards
+/// the files.
+pub const LOCK_FILE: &str = "ZOFTOKEN_LOCK";
+
+/// The data directory is held by another open database: a running server, an admin command,
+/// or another handle in this process. The source of a [`KvError::Locked`].
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the database {} is open elsewhere (its lock file {} is held)",
+    .path.display(),
+    .path.join(LOCK_FILE).display()
+)]
+pub struct InUse {
+    /// The data directory.
+    pub path: PathBuf,
+}
+
+/// The write-ahead log is damaged in the middle: opening would drop the intact write batches
+/// after the damage. The source of the [`KvError::Corruption`] of [`RocksKv::open`].
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the write-ahead log {} is damaged at byte {}, and {} write batches ({} records) after the \
+     damage would be lost. Nothing was changed. Restore a backup, or run `zoftoken db recover` \
+     to start without them (RocksDB: {rocksdb})",
+    .loss.path.display(),
+    .loss.offset,
+    .loss.batches,
+    .loss.records
+)]
+pub struct WalDamaged {
+    /// Where the damage is and what it would drop.
+    pub loss: wal::Loss,
+    /// What RocksDB said when it refused to open (quoted in the message).
+    rocksdb: rocksdb::Error,
+}
+
+/// The data directory cannot take writes yet (the disk is still full): a reopen is not tried.
+#[derive(Debug, thiserror::Error)]
+#[error("the data directory cannot take writes yet: {cause}")]
+struct NotWritableYet {
+    /// Why the test write failed (quoted in the message).
+    cause: std::io::Error,
+}
+
+/// Takes the exclusive lock of [`LOCK_FILE`] in `dir`, creating the directory (one level, as
+/// RocksDB does) and the file if missing.
+fn lock_dir(dir: &Path) -> Result<File, KvError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let io = |e: std::io::Error| KvError::Io(Box::new(e));
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(dir)
+            .map_err(io)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(dir.join(LOCK_FILE))
+        .map_err(io)?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(KvError::Locked(Box::new(InUse {
+            path: dir.to_owned(),
+        }))),
+        Err(e) => Err(io(e.into())),
+    }
 }
 
 impl std::fmt::Debug for RocksKv {
@@ -60,22 +143,24 @@ fn space_check(dir: &Path) -> Result<(), KvError> {
         f.sync_all()
     });
     let _ = std::fs::remove_file(&file);
-    result.map_err(|e| KvError::Io(format!("the data directory cannot take writes yet: {e}")))
+    result.map_err(|cause| KvError::Io(Box::new(NotWritableYet { cause })))
 }
 
 /// The column family handle of `cf`.
 fn handle(db: &DB, cf: Cf) -> Result<&rocksdb::ColumnFamily, KvError> {
     let name = if cf == Cf::Meta { "default" } else { cf.name() };
     db.cf_handle(name)
-        .ok_or_else(|| KvError::Corrupt(format!("column family `{name}` missing")))
+        .ok_or_else(|| KvError::Corruption(format!("column family `{name}` missing").into()))
 }
 
+/// A RocksDB error by its kind: damaged files are [`KvError::Corruption`], an operation or
+/// argument RocksDB does not support is [`KvError::Other`], anything else (the disk, the
+/// file system, a busy or shut-down database) is [`KvError::Io`].
 fn error(e: rocksdb::Error) -> KvError {
-    let text = e.to_string();
     match e.kind() {
-        ErrorKind::Corruption => KvError::Corrupt(text),
-        _ if text.contains("lock") || text.contains("LOCK") => KvError::Locked(text),
-        _ => KvError::Io(text),
+        ErrorKind::Corruption => KvError::Corruption(Box::new(e)),
+        ErrorKind::NotSupported | ErrorKind::InvalidArgument => KvError::Other(Box::new(e)),
+        _ => KvError::Io(Box::new(e)),
     }
 }
 
@@ -123,45 +208,48 @@ impl RocksKv {
     ///
     /// Every change in the write-ahead log is replayed, or the open fails: damage in the
     /// middle of a log (an intact record after a damaged one) stops it with
-    /// [`KvError::Corrupt`], saying where and how much would be lost, and that
+    /// [`KvError::Corruption`] (a [`WalDamaged`]), saying where and how much would be lost, and that
     /// [`RocksKv::recover`] (`zoftoken db recover`) opens it with that loss. Only a damaged
     /// *tail* (the last record of the newest log cut short or unreadable, what a crash in the
     /// middle of a write leaves) is accepted, and logged loudly: that last write never
     /// returned under `durability: fsync`; under `durability: wal` it may have been
     /// acknowledged before the machine lost power (SECURITY.md).
+    ///
+    /// A database open elsewhere (a running server) is refused with [`KvError::Locked`] (an
+    /// [`InUse`]).
     pub fn open(path: &Path) -> Result<RocksKv, KvError> {
-        match Self::open_with(path, DBRecoveryMode::AbsoluteConsistency) {
-            Err(KvError::Corrupt(text)) => {
-                let report = wal::inspect(path).map_err(|e| KvError::Io(e.to_string()))?;
-                match report.loss() {
-                    Some(loss) if loss.batches == 0 => {
-                        let kv =
-                            Self::open_with(path, DBRecoveryMode::TolerateCorruptedTailRecords)?;
-                        eprintln!(
-                            "zoftoken: WARNING: the write-ahead log {} ended in a damaged record at \
-                             byte {} (a write cut short by a crash or a full disk); it was \
-                             dropped. Under \
-                             `durability: fsync` that write was never acknowledged; under \
-                             `durability: wal` it may have been, if the machine lost power.",
-                            loss.path.display(),
-                            loss.offset
-                        );
-                        Ok(kv)
-                    }
-                    Some(loss) => Err(KvError::Corrupt(format!(
-                        "the write-ahead log {} is damaged at byte {}, and {} write batches \
-                         ({} records) after the damage would be lost. Nothing was changed. \
-                         Restore a backup, or run `zoftoken db recover` to start without them \
-                         (RocksDB: {text})",
-                        loss.path.display(),
-                        loss.offset,
-                        loss.batches,
-                        loss.records
-                    ))),
-                    None => Err(KvError::Corrupt(text)),
-                }
+        let lock = lock_dir(path)?;
+        let db = Self::open_db(path)?;
+        Ok(RocksKv::new(db, path, lock))
+    }
+
+    /// Opens the database of `path` as [`RocksKv::open`] says (the lock already held).
+    fn open_db(path: &Path) -> Result<DB, KvError> {
+        let e = match Self::open_with(path, DBRecoveryMode::AbsoluteConsistency) {
+            Err(e) if e.kind() == ErrorKind::Corruption => e,
+            other => return other.map_err(error),
+        };
+        let report = wal::inspect(path).map_err(|e| KvError::Io(Box::new(e)))?;
+        match report.loss() {
+            Some(loss) if loss.batches == 0 => {
+                let db = Self::open_with(path, DBRecoveryMode::TolerateCorruptedTailRecords)
+                    .map_err(error)?;
+                eprintln!(
+                    "zoftoken: WARNING: the write-ahead log {} ended in a damaged record at \
+                     byte {} (a write cut short by a crash or a full disk); it was \
+                     dropped. Under \
+                     `durability: fsync` that write was never acknowledged; under \
+                     `durability: wal` it may have been, if the machine lost power.",
+                    loss.path.display(),
+                    loss.offset
+                );
+                Ok(db)
             }
-            other => other,
+            Some(loss) => Err(KvError::Corruption(Box::new(WalDamaged {
+                loss,
+                rocksdb: e,
+            }))),
+            None => Err(error(e)),
         }
     }
 
@@ -169,8 +257,10 @@ impl RocksKv {
     /// damage on (RocksDB's point-in-time recovery), flushes what was recovered so that the
     /// damaged log is no longer needed, and reports what was dropped.
     pub fn recover(path: &Path) -> Result<(RocksKv, Recovery), KvError> {
-        let report = wal::inspect(path).map_err(|e| KvError::Io(e.to_string()))?;
-        let kv = Self::open_with(path, DBRecoveryMode::PointInTime)?;
+        let report = wal::inspect(path).map_err(|e| KvError::Io(Box::new(e)))?;
+        let lock = lock_dir(path)?;
+        let db = Self::open_with(path, DBRecoveryMode::PointInTime).map_err(error)?;
+        let kv = RocksKv::new(db, path, lock);
         kv.flush()?;
         Ok((
             kv,
@@ -180,7 +270,17 @@ impl RocksKv {
         ))
     }
 
-    fn open_with(path: &Path, recovery: DBRecoveryMode) -> Result<RocksKv, KvError> {
+    fn new(db: DB, path: &Path, lock: File) -> RocksKv {
+        RocksKv {
+            db: RwLock::new(Some(db)),
+            path: path.to_owned(),
+            write_failed: AtomicBool::new(false),
+            _lock: lock,
+        }
+    }
+
+    /// Opens RocksDB with every column family and this crate's options.
+    fn open_with(path: &Path, recovery: DBRecoveryMode) -> Result<DB, rocksdb::Error> {
         let mut opts = Options::default();
         opts.set_wal_recovery_mode(recovery);
         opts.create_if_missing(true);
@@ -194,7 +294,7 @@ impl RocksKv {
         opts.set_paranoid_checks(true);
         // Flushes and compactions run at a lower CPU priority (nice) than the packet path:
         // on a machine whose cores all run IO threads, a memtable flush must not delay replies.
-        let mut env = Env::new().map_err(error)?;
+        let mut env = Env::new()?;
         env.lower_thread_pool_cpu_priority();
         env.lower_high_priority_thread_pool_cpu_priority();
         opts.set_env(&env);
@@ -203,12 +303,7 @@ impl RocksKv {
             .filter(|c| *c != Cf::Meta)
             .map(|c| ColumnFamilyDescriptor::new(c.name(), cf_options(c)));
         // `meta` is RocksDB's default column family.
-        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(error)?;
-        Ok(RocksKv {
-            db: RwLock::new(Some(db)),
-            path: path.to_owned(),
-            write_failed: AtomicBool::new(false),
-        })
+        DB::open_cf_descriptors(&opts, path, cfs)
     }
 
     /// Runs `f` on the open database.
@@ -241,9 +336,10 @@ impl KvStore for RocksKv {
                     Op::Delete(cf, k) => b.delete_cf(handle(db, cf)?, k),
                     Op::PutNewer(Cf::State, k, v) => b.merge_cf(handle(db, Cf::State)?, k, v),
                     Op::PutNewer(cf, _, _) => {
-                        return Err(KvError::Io(format!(
-                            "versioned puts are only supported in `state`, not `{cf}`"
-                        )))
+                        return Err(KvError::Other(
+                            format!("versioned puts are only supported in `state`, not `{cf}`")
+                                .into(),
+                        ))
                     }
                 }
             }
@@ -328,11 +424,7 @@ impl KvStore for RocksKv {
         space_check(&self.path)?;
         let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
         drop(guard.take());
-        let db = Self::open(&self.path)?
-            .db
-            .into_inner()
-            .unwrap_or_else(|p| p.into_inner());
-        *guard = db;
+        *guard = Some(Self::open_db(&self.path)?);
         self.write_failed.store(false, Ordering::Release);
         Ok(true)
     }

@@ -8,9 +8,9 @@
 )]
 use std::sync::Arc;
 
-use zoftoken_storage::conformance::Harness;
 use zoftoken_storage::{KvError, KvStore};
-use zoftoken_storage_rocksdb::RocksKv;
+use zoftoken_storage_conformance::Harness;
+use zoftoken_storage_rocksdb::{InUse, RocksKv};
 
 struct Rocks {
     dir: tempfile::TempDir,
@@ -47,12 +47,23 @@ impl Harness for Rocks {
     }
 }
 
-zoftoken_storage::conformance_tests!(Rocks::new());
+zoftoken_storage_conformance::conformance_tests!(Rocks::new());
 
 #[test]
 fn a_second_open_of_a_running_database_is_a_clear_lock_error() {
     let dir = tempfile::tempdir().unwrap();
-    let _first = RocksKv::open(dir.path()).unwrap();
+    let first = RocksKv::open(dir.path()).unwrap();
     let second = RocksKv::open(dir.path());
-    assert!(matches!(second, Err(KvError::Locked(_))), "{second:?}");
+    let Err(KvError::Locked(source)) = &second else {
+        panic!("{second:?}")
+    };
+    let in_use = source.downcast_ref::<InUse>().unwrap();
+    assert_eq!(in_use.path, dir.path());
+    assert!(matches!(
+        RocksKv::recover(dir.path()),
+        Err(KvError::Locked(_))
+    ));
+    // Closed, the database opens again.
+    drop(first);
+    assert!(RocksKv::open(dir.path()).is_ok());
 }

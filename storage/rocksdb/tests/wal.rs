@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use zoftoken_storage::{Cf, Durability, KvError, KvStore, WriteBatch};
-use zoftoken_storage_rocksdb::{wal, RocksKv};
+use zoftoken_storage_rocksdb::{wal, RocksKv, WalDamaged};
 
 const BATCHES: u32 = 2000;
 
@@ -58,9 +58,12 @@ fn damage_in_the_middle_stops_the_open_and_recover_reports_the_loss() {
 
     // The start refuses, says where and what would be lost, and what to do.
     let err = RocksKv::open(dir.path()).expect_err("refused");
-    let KvError::Corrupt(text) = &err else {
+    let KvError::Corruption(source) = &err else {
         panic!("{err:?}")
     };
+    let damage = source.downcast_ref::<WalDamaged>().expect("a damaged log");
+    assert!(damage.loss.batches > 500, "{damage:?}");
+    let text = err.to_string();
     assert!(text.contains("zoftoken db recover"), "{text}");
     assert!(text.contains("would be lost"), "{text}");
     // Refusing changed nothing: the same damage is found again.

@@ -117,7 +117,7 @@ impl std::fmt::Debug for WebhookDoc {
     }
 }
 
-/// A service (PRODUCT.md "Services").
+/// A service (`docs/product.md`, "Services").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceDoc {
@@ -249,7 +249,7 @@ pub fn services_to_config(docs: &[ServiceDoc]) -> Result<Vec<ServiceConfig>, Vec
     }
 }
 
-/// An authkey (PRODUCT.md "Authkeys"). In `config.yaml` either `secret` (hashed at load) or
+/// An authkey (`docs/product.md`, "Authkeys"). In `config.yaml` either `secret` (hashed at load) or
 /// `secret_hash` is given; the database and every listing keep the hash only.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::kv::{KeyValue, Visitor};
-use crate::{Cf, Durability, KvError, KvStore, WriteBatch};
+use zoftoken_storage::kv::{KeyValue, Visitor};
+use zoftoken_storage::{Cf, Durability, KvError, KvStore, WriteBatch};
 
 /// Wraps a store; every write first sleeps for the configured delay, then fails while
 /// failing is switched on, else goes to the inner store.

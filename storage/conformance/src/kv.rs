@@ -1,0 +1,177 @@
+//! The key-value contract: atomic ordered batches, ordered bounded scans, separate column
+//! families, versioned state puts, durability across a clean reopen and a crash.
+
+use zoftoken_storage::{Cf, Durability, KvStore, WriteBatch};
+
+use crate::Harness;
+
+fn put(b: &mut WriteBatch, cf: Cf, k: &str, v: &str) {
+    b.put(cf, k.as_bytes(), v.as_bytes());
+}
+
+fn get(kv: &dyn KvStore, cf: Cf, k: &str) -> Option<String> {
+    kv.get(cf, k.as_bytes())
+        .unwrap()
+        .map(|v| String::from_utf8(v).unwrap())
+}
+
+fn keys(kv: &dyn KvStore, cf: Cf, start: &str, end: Option<&str>) -> Vec<String> {
+    let mut out = Vec::new();
+    kv.scan(cf, start.as_bytes(), end.map(str::as_bytes), &mut |k, _| {
+        out.push(String::from_utf8(k.to_vec()).unwrap());
+        true
+    })
+    .unwrap();
+    out
+}
+
+/// Later writes of a batch win over earlier ones; the whole batch lands.
+pub fn kv_batches_are_atomic_and_ordered(h: &mut dyn Harness) {
+    let kv = h.open().unwrap();
+    let mut b = WriteBatch::new();
+    put(&mut b, Cf::Tokens, "a", "1");
+    put(&mut b, Cf::Tokens, "a", "2");
+    put(&mut b, Cf::Tokens, "b", "1");
+    b.delete(Cf::Tokens, "b");
+    b.delete(Cf::Tokens, "c");
+    put(&mut b, Cf::Tokens, "c", "3");
+    kv.write(&b, Durability::Wal).unwrap();
+    assert_eq!(get(&*kv, Cf::Tokens, "a").as_deref(), Some("2"));
+    assert_eq!(get(&*kv, Cf::Tokens, "b"), None);
+    assert_eq!(get(&*kv, Cf::Tokens, "c").as_deref(), Some("3"));
+    let mut b = WriteBatch::new();
+    b.delete(Cf::Tokens, "a");
+    put(&mut b, Cf::State, "x", "y");
+    kv.write(&b, Durability::Fsync).unwrap();
+    assert_eq!(get(&*kv, Cf::Tokens, "a"), None);
+    assert_eq!(get(&*kv, Cf::State, "x").as_deref(), Some("y"));
+}
+
+/// Scans visit `start <= key < end` in byte order and stop when told.
+pub fn kv_scans_are_ordered_and_bounded(h: &mut dyn Harness) {
+    let kv = h.open().unwrap();
+    let mut b = WriteBatch::new();
+    for k in ["d", "a", "c", "b", "e", "ab"] {
+        put(&mut b, Cf::Outbox, k, "v");
+    }
+    kv.write(&b, Durability::Wal).unwrap();
+    assert_eq!(
+        keys(&*kv, Cf::Outbox, "", None),
+        ["a", "ab", "b", "c", "d", "e"]
+    );
+    assert_eq!(keys(&*kv, Cf::Outbox, "ab", Some("d")), ["ab", "b", "c"]);
+    assert_eq!(keys(&*kv, Cf::Outbox, "f", None), Vec::<String>::new());
+    let mut seen = 0;
+    kv.scan(Cf::Outbox, b"", None, &mut |_, _| {
+        seen += 1;
+        seen < 2
+    })
+    .unwrap();
+    assert_eq!(seen, 2);
+    let (k, _) = kv.last(Cf::Outbox).unwrap().unwrap();
+    assert_eq!(k, b"e");
+    assert_eq!(kv.last(Cf::Transactions).unwrap(), None);
+}
+
+/// The same key in two column families is two records.
+pub fn kv_column_families_are_separate(h: &mut dyn Harness) {
+    let kv = h.open().unwrap();
+    let mut b = WriteBatch::new();
+    for (i, cf) in Cf::ALL.into_iter().enumerate() {
+        put(&mut b, cf, "k", &i.to_string());
+    }
+    kv.write(&b, Durability::Wal).unwrap();
+    for (i, cf) in Cf::ALL.into_iter().enumerate() {
+        assert_eq!(get(&*kv, cf, "k"), Some(i.to_string()), "{cf}");
+    }
+}
+
+fn state_value(version: u32, tag: u8) -> Vec<u8> {
+    let mut v = vec![1];
+    v.extend_from_slice(&version.to_be_bytes());
+    v.push(tag);
+    v
+}
+
+/// Versioned state puts keep the newest version whatever the write order, in one batch or
+/// across batches and reopenings, across version wrap-around, and after a delete.
+pub fn kv_put_newer_keeps_the_newest_version(h: &mut dyn Harness) {
+    let kv = h.open().unwrap();
+    let write = |kv: &dyn KvStore, key: &str, version: u32, tag: u8| {
+        let mut b = WriteBatch::new();
+        b.put_newer(Cf::State, key.as_bytes(), state_value(version, tag));
+        kv.write(&b, Durability::Wal).unwrap();
+    };
+    write(&*kv, "in-order", 1, 1);
+    write(&*kv, "in-order", 2, 2);
+    write(&*kv, "reordered", 5, 5);
+    write(&*kv, "reordered", 4, 4);
+    write(&*kv, "wrapped", u32::MAX, 1);
+    write(&*kv, "wrapped", 0, 2);
+    write(&*kv, "wrapped", u32::MAX - 1, 3);
+    let mut b = WriteBatch::new();
+    b.put_newer(Cf::State, "same-batch", state_value(9, 9));
+    b.put_newer(Cf::State, "same-batch", state_value(8, 8));
+    kv.write(&b, Durability::Wal).unwrap();
+    let value = |kv: &dyn KvStore, k: &str| kv.get(Cf::State, k.as_bytes()).unwrap();
+    assert_eq!(value(&*kv, "in-order"), Some(state_value(2, 2)));
+    assert_eq!(value(&*kv, "reordered"), Some(state_value(5, 5)));
+    assert_eq!(value(&*kv, "wrapped"), Some(state_value(0, 2)));
+    assert_eq!(value(&*kv, "same-batch"), Some(state_value(9, 9)));
+    kv.flush().unwrap();
+    write(&*kv, "reordered", 3, 3);
+    assert_eq!(value(&*kv, "reordered"), Some(state_value(5, 5)));
+    drop(kv);
+    let kv = h.open().unwrap();
+    assert_eq!(value(&*kv, "reordered"), Some(state_value(5, 5)));
+    write(&*kv, "reordered", 6, 6);
+    assert_eq!(value(&*kv, "reordered"), Some(state_value(6, 6)));
+    let mut b = WriteBatch::new();
+    b.delete(Cf::State, "reordered");
+    kv.write(&b, Durability::Wal).unwrap();
+    write(&*kv, "reordered", 1, 7);
+    assert_eq!(value(&*kv, "reordered"), Some(state_value(1, 7)));
+    let mut seen = Vec::new();
+    kv.scan(Cf::State, b"", None, &mut |k, v| {
+        seen.push((k.to_vec(), v.to_vec()));
+        true
+    })
+    .unwrap();
+    assert_eq!(seen.len(), 4);
+    assert!(seen.contains(&(b"wrapped".to_vec(), state_value(0, 2))));
+}
+
+/// Everything written is there after a flush and a clean reopen.
+pub fn kv_survives_clean_reopen(h: &mut dyn Harness) {
+    let kv = h.open().unwrap();
+    let mut b = WriteBatch::new();
+    for i in 0..1000 {
+        put(&mut b, Cf::Secrets, &format!("{i:05}"), &i.to_string());
+    }
+    kv.write(&b, Durability::Wal).unwrap();
+    kv.flush().unwrap();
+    drop(kv);
+    let kv = h.open().unwrap();
+    assert_eq!(keys(&*kv, Cf::Secrets, "", None).len(), 1000);
+    assert_eq!(get(&*kv, Cf::Secrets, "00999").as_deref(), Some("999"));
+}
+
+/// Every completed write survives a crash (no flush, no clean close), with either durability.
+pub fn kv_survives_crash(h: &mut dyn Harness) {
+    let kv = h.open().unwrap();
+    for i in 0..200 {
+        let mut b = WriteBatch::new();
+        put(&mut b, Cf::State, &format!("{i:05}"), "a");
+        put(&mut b, Cf::Outbox, &format!("{i:05}"), "b");
+        let d = if i % 2 == 0 {
+            Durability::Wal
+        } else {
+            Durability::Fsync
+        };
+        kv.write(&b, d).unwrap();
+    }
+    h.crash(kv);
+    let kv = h.open().unwrap();
+    assert_eq!(keys(&*kv, Cf::State, "", None).len(), 200);
+    assert_eq!(keys(&*kv, Cf::Outbox, "", None).len(), 200);
+}

@@ -1,0 +1,64 @@
+//! The key-value layer every storage implementation provides: named column families
+//! ([`Cf`]), atomic write batches ([`WriteBatch`]), point reads and ordered scans
+//! ([`KvStore`]), and their errors by kind ([`KvError`]). Nothing here knows what a token is.
+
+mod batch;
+mod cf;
+mod error;
+
+pub use batch::{Op, WriteBatch};
+pub use cf::Cf;
+pub use error::{BoxError, KvError};
+
+/// How durable a write must be before it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// In the write-ahead log, not forced to disk: survives a crash of the process, not a
+    /// power loss (the default).
+    #[default]
+    Wal,
+    /// In the write-ahead log and forced to disk (`fsync`): survives a power loss.
+    Fsync,
+}
+
+/// An owned `(key, value)` pair.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// Visits `(key, value)` pairs in key order; return `false` to stop.
+pub type Visitor<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> bool;
+
+/// A durable, ordered key-value store with column families and atomic batches.
+///
+/// Implementations: [`crate::MemoryKv`] (tests) and the RocksDB store of
+/// `zoftoken-storage-rocksdb`. The crate `zoftoken-storage-conformance` holds the tests every
+/// implementation must pass.
+pub trait KvStore: Send + Sync {
+    /// Applies the batch atomically: after a crash either every write is there or none is.
+    /// Returns once the batch is as durable as `durability` says.
+    fn write(&self, batch: &WriteBatch, durability: Durability) -> Result<(), KvError>;
+
+    /// The value of one key.
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
+
+    /// Visits the keys `start <= key < end` (`end = None`: to the last key) in order.
+    fn scan(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: Visitor<'_>,
+    ) -> Result<(), KvError>;
+
+    /// The last key of a column family and its value.
+    fn last(&self, cf: Cf) -> Result<Option<KeyValue>, KvError>;
+
+    /// Makes everything written so far durable on disk (memtables flushed, WAL synced).
+    fn flush(&self) -> Result<(), KvError>;
+
+    /// After a failed write, makes the store able to write again if it cannot recover by
+    /// itself (RocksDB: close and open again). Returns whether it did anything; stores that
+    /// need nothing of the kind keep the default, which does nothing.
+    fn reopen(&self) -> Result<bool, KvError> {
+        Ok(false)
+    }
+}

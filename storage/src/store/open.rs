@@ -1,0 +1,144 @@
+//! Opening a store: a database without any record is initialised (schema version, master-key
+//! check); otherwise its schema is migrated if older and the master key is checked. The
+//! event-sequence floor is read, and the outbox sequence continues past everything used.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use crate::crypt::MasterKey;
+use crate::error::{corrupt, StoreError};
+use crate::health::Health;
+use crate::kv::{Cf, Durability, KvStore, WriteBatch};
+use crate::scan::try_scan;
+use crate::schema::{meta, SCHEMA_VERSION};
+use crate::Store;
+
+/// One upgrade step of the schema: from version `n` (its index + 1) to `n + 1`.
+type Migration = fn(&dyn KvStore) -> Result<(), StoreError>;
+
+/// The migration hook: `MIGRATIONS[n - 1]` upgrades a version-`n` database to `n + 1`. Empty
+/// while version 1 is the only one.
+const MIGRATIONS: &[Migration] = &[];
+
+impl Store {
+    /// Opens a store over `kv`. A database without any record is initialised (schema version,
+    /// master-key check); otherwise the schema is migrated if older and the master key is
+    /// checked. Never silently starts empty over existing data.
+    pub fn open(
+        kv: Arc<dyn KvStore>,
+        key: MasterKey,
+        durability: Durability,
+    ) -> Result<Store, StoreError> {
+        match kv.get(Cf::Meta, meta::SCHEMA)? {
+            None => {
+                if !Self::is_empty(&*kv)? {
+                    return Err(corrupt(
+                        Cf::Meta,
+                        meta::SCHEMA,
+                        "the database holds records but no schema version",
+                    ));
+                }
+                let mut b = WriteBatch::new();
+                b.put(Cf::Meta, meta::SCHEMA, SCHEMA_VERSION.to_be_bytes());
+                b.put(
+                    Cf::Meta,
+                    meta::KEY_CHECK,
+                    key.seal(Cf::Meta, meta::KEY_CHECK, meta::KEY_CHECK_PLAINTEXT),
+                );
+                kv.write(&b, Durability::Fsync)?;
+            }
+            Some(v) => {
+                let found = v
+                    .as_slice()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| corrupt(Cf::Meta, meta::SCHEMA, "not a version number"))?;
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::NewerSchema {
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                Self::check_key(&*kv, &key)?;
+                for version in found..SCHEMA_VERSION {
+                    let step = MIGRATIONS
+                        .get(version as usize - 1)
+                        .ok_or(StoreError::Invalid(format!(
+                            "no migration from schema version {version}"
+                        )))?;
+                    step(&*kv)?;
+                    let mut b = WriteBatch::new();
+                    b.put(Cf::Meta, meta::SCHEMA, (version + 1).to_be_bytes());
+                    kv.write(&b, Durability::Fsync)?;
+                }
+            }
+        }
+        Self::check_key(&*kv, &key)?;
+        let event_floor = Self::event_sequence_floor(&*kv)?;
+        zoftoken_engine::event::raise_sequence_floor(event_floor);
+        let last = kv
+            .last(Cf::Outbox)?
+            .and_then(|(k, _)| k.as_slice().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
+        let acked = kv
+            .get(Cf::Meta, meta::OUTBOX_ACKED)?
+            .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
+        Ok(Store {
+            kv,
+            key,
+            durability,
+            next_seq: AtomicU64::new(last.max(acked) + 1),
+            health: Health::default(),
+            event_floor: AtomicU64::new(event_floor),
+        })
+    }
+
+    /// The durable event-sequence floor (1 in a database that never numbered an event): every
+    /// number handed out before is below it. Leaves a single floor record behind.
+    fn event_sequence_floor(kv: &dyn KvStore) -> Result<u64, StoreError> {
+        let mut keys = Vec::new();
+        let mut floor = 1u64;
+        let end = meta::event_floor_end();
+        try_scan(kv, Cf::Meta, meta::EVENT_FLOOR, Some(&end), &mut |k, _| {
+            let n = k
+                .strip_prefix(meta::EVENT_FLOOR)
+                .and_then(|n| <[u8; 8]>::try_from(n).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| corrupt(Cf::Meta, k, "not an event sequence floor"))?;
+            floor = floor.max(n);
+            keys.push(k.to_vec());
+            Ok(true)
+        })?;
+        if keys.len() > 1 {
+            let mut b = WriteBatch::new();
+            for k in &keys {
+                b.delete(Cf::Meta, k);
+            }
+            b.put(Cf::Meta, meta::event_floor_key(floor), []);
+            kv.write(&b, Durability::Fsync)?;
+        }
+        Ok(floor)
+    }
+
+    fn is_empty(kv: &dyn KvStore) -> Result<bool, StoreError> {
+        for cf in Cf::ALL {
+            if kv.last(cf)?.is_some() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn check_key(kv: &dyn KvStore, key: &MasterKey) -> Result<(), StoreError> {
+        let sealed = kv.get(Cf::Meta, meta::KEY_CHECK)?.ok_or(corrupt(
+            Cf::Meta,
+            meta::KEY_CHECK,
+            "master-key check value missing",
+        ))?;
+        match key.open(Cf::Meta, meta::KEY_CHECK, &sealed) {
+            Some(p) if p.as_slice() == meta::KEY_CHECK_PLAINTEXT => Ok(()),
+            _ => Err(StoreError::WrongMasterKey),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Reading one token's records: its cold record, state and enrollment for the admin commands,
+//! and everything needed to load it (or restore it after a failed write) into the engine.
+
+use std::collections::{HashMap, HashSet};
+
+use zoftoken_engine::{Engine, PendingRecord, TokenRecord, TokenStateRecord, Transaction};
+use zoftoken_proto::TokenId;
+
+use crate::error::{corrupt, StoreError};
+use crate::kv::Cf;
+use crate::scan::{id_key, try_scan};
+use crate::schema;
+use crate::Store;
+
+impl Store {
+    /// The cold record of a token: `(service, username)`.
+    pub fn token_info(&self, id: &TokenId) -> Result<Option<(String, String)>, StoreError> {
+        match self.kv.get(Cf::Tokens, &id.0)? {
+            None => Ok(None),
+            Some(v) => schema::decode_info(&v)
+                .map(Some)
+                .ok_or_else(|| corrupt(Cf::Tokens, &id.0, "undecodable")),
+        }
+    }
+
+    /// The stored state of a token, if paired.
+    pub fn token_state(&self, id: &TokenId) -> Result<Option<TokenStateRecord>, StoreError> {
+        match self.kv.get(Cf::State, &id.0)? {
+            None => Ok(None),
+            Some(v) => schema::decode_state(*id, &v)
+                .map(Some)
+                .ok_or_else(|| corrupt(Cf::State, &id.0, "undecodable")),
+        }
+    }
+
+    /// Whether a token has a pending enrollment stored, and when it expires.
+    pub fn enrollment_expiry(&self, id: &TokenId) -> Result<Option<u64>, StoreError> {
+        match self.kv.get(Cf::Enrollments, &id.0)? {
+            None => Ok(None),
+            Some(v) => schema::decode_pending(&self.key, *id, &v)
+                .map(|p| Some(p.expires_ms))
+                .ok_or_else(|| corrupt(Cf::Enrollments, &id.0, "undecodable or not authentic")),
+        }
+    }
+
+    /// Visits every token's cold record in id order: `(id, service, username)`.
+    pub fn for_each_token(
+        &self,
+        visit: &mut dyn FnMut(TokenId, &str, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        try_scan(&*self.kv, Cf::Tokens, &[], None, &mut |k, v| {
+            let id = id_key(Cf::Tokens, k)?;
+            let (s, u) =
+                schema::decode_info(v).ok_or_else(|| corrupt(Cf::Tokens, k, "undecodable"))?;
+            Ok(visit(TokenId(id), &s, &u))
+        })
+    }
+
+    /// Loads one token (paired or pending) with its backup codes and transactions, for an
+    /// admin command that works on the database while the server is stopped. Returns whether
+    /// anything was found.
+    pub fn load_one(&self, engine: &Engine, now_ms: u64, id: &TokenId) -> Result<bool, StoreError> {
+        let stored = self.read_token(engine, id)?;
+        let found = stored.token.is_some() || stored.pending.is_some();
+        stored.apply(engine, now_ms)?;
+        let txs = self.transactions_of(&std::iter::once(id.0).collect())?;
+        engine.load_transactions(txs.into_values().flatten().collect());
+        Ok(found || self.token_info(id)?.is_some())
+    }
+
+    /// The stored transactions of the tokens in `wanted`, by token (one scan of all
+    /// transactions: there is no index by token).
+    pub(crate) fn transactions_of(
+        &self,
+        wanted: &HashSet<[u8; 16]>,
+    ) -> Result<HashMap<[u8; 16], Vec<Transaction>>, StoreError> {
+        let mut txs: HashMap<[u8; 16], Vec<_>> = Default::default();
+        self.kv.scan(Cf::Transactions, &[], None, &mut |k, v| {
+            if let Some(t) = k
+                .try_into()
+                .ok()
+                .and_then(|k| schema::decode_transaction(&self.key, k, v))
+            {
+                if wanted.contains(&t.token_id.0) {
+                    txs.entry(t.token_id.0).or_default().push(t);
+                }
+            }
+            true
+        })?;
+        Ok(txs)
+    }
+
+    /// Reads one token's records (paired token, pending enrollment, backup codes; not its
+    /// transactions) without changing the engine.
+    pub(crate) fn read_token(
+        &self,
+        engine: &Engine,
+        id: &TokenId,
+    ) -> Result<StoredToken, StoreError> {
+        let mut stored = StoredToken {
+            id: *id,
+            token: None,
+            pending: None,
+            backup: None,
+        };
+        if let Some(v) = self.kv.get(Cf::Secrets, &id.0)? {
+            let s = schema::decode_secrets(&self.key, id, &v)
+                .ok_or_else(|| corrupt(Cf::Secrets, &id.0, "undecodable or not authentic"))?;
+            let status = self
+                .token_state(id)?
+                .ok_or_else(|| corrupt(Cf::Secrets, &id.0, "token has no state record"))?;
+            let service = engine.service_index_of(&s.service).ok_or_else(|| {
+                StoreError::Invalid(format!("service `{}` is not configured", s.service))
+            })?;
+            stored.token = Some(TokenRecord {
+                kind: s.kind,
+                service,
+                secret: s.secret,
+                pin_verifier: s.pin_verifier,
+                duress_verifier: s.duress_verifier,
+                status,
+            });
+        }
+        if let Some(v) = self.kv.get(Cf::Enrollments, &id.0)? {
+            stored.pending =
+                Some(schema::decode_pending(&self.key, *id, &v).ok_or_else(|| {
+                    corrupt(Cf::Enrollments, &id.0, "undecodable or not authentic")
+                })?);
+        }
+        if let Some(v) = self.kv.get(Cf::BackupCodes, &id.0)? {
+            stored.backup =
+                Some(schema::decode_backup(&self.key, id, &v).ok_or_else(|| {
+                    corrupt(Cf::BackupCodes, &id.0, "undecodable or not authentic")
+                })?);
+        }
+        Ok(stored)
+    }
+}
+
+/// One token's records as read by [`Store::read_token`].
+pub(crate) struct StoredToken {
+    id: TokenId,
+    token: Option<TokenRecord>,
+    pending: Option<PendingRecord>,
+    backup: Option<Vec<[u8; 16]>>,
+}
+
+impl StoredToken {
+    /// Loads the records into the engine.
+    pub(crate) fn apply(self, engine: &Engine, now_ms: u64) -> Result<(), StoreError> {
+        if let Some(t) = &self.token {
+            engine
+                .load_token(t)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        }
+        if let Some(p) = &self.pending {
+            engine
+                .load_pending(now_ms, p)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        }
+        if let Some(hashes) = self.backup {
+            engine.load_backup_codes(&self.id, hashes);
+        }
+        Ok(())
+    }
+}
