@@ -3,7 +3,8 @@
 //! the engine's in-memory state directly (a status poll takes one shard lock and no storage
 //! read).
 //!
-//! Every operation of PRODUCT.md's API table is a route under `/v1` ([`routes::ROUTES`]),
+//! Every operation of the product's API table (`docs/product.md`) is a route under `/v1`,
+//! declared once with its method, path, authorisation and handler ([`routes::ROUTES`]),
 //! authorised by authkeys sent as `Authorization: Bearer <key>` (401 for a missing or unknown
 //! key, 403 when the key lacks the admin right or its anchored masks refuse the service or the
 //! username, never revealing whether the token exists; failed authentications are rate limited
@@ -28,10 +29,16 @@
 //! [`ApiError`], [`Clock`], [`MetricsRender`].
 #![forbid(unsafe_code)]
 
-mod handlers;
+mod body;
+mod context;
+mod dispatch;
+mod error;
 mod http;
 mod limiter;
+mod meters;
 mod qr;
+mod resources;
+mod response;
 pub mod routes;
 
 pub use http::{connection_cap, FD_RESERVE, MAX_CONNECTIONS, MAX_HEAD_BYTES};
@@ -142,7 +149,7 @@ impl Default for ApiConfig {
 /// The running API server.
 pub struct ApiServer {
     local_addr: SocketAddr,
-    state: Arc<handlers::State>,
+    state: Arc<context::State>,
     shutdown: tokio::sync::watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
