@@ -11,6 +11,7 @@ use hyper::http::request::Parts;
 use hyper::StatusCode;
 use serde_json::Value;
 use tokio::sync::watch;
+use zoftoken_admin::Registry;
 use zoftoken_engine::{Access, Engine, Right};
 use zoftoken_storage::{ServiceDoc, Store};
 
@@ -26,6 +27,9 @@ pub(crate) struct State {
     pub engine: Arc<Engine>,
     pub store: Arc<Store>,
     pub metrics: Option<MetricsRender>,
+    /// Services and authkeys, under the admin layer's rules (changes from remote callers,
+    /// applied to the running engine).
+    pub registry: Registry,
     clock: Clock,
     pub shutdown: watch::Receiver<bool>,
     limiter: Limiter,
@@ -44,11 +48,19 @@ impl State {
         clock: Clock,
         shutdown: watch::Receiver<bool>,
     ) -> State {
+        let registry = if config.config_source_database {
+            Registry::database(store.clone())
+        } else {
+            Registry::running_file(engine.clone())
+        }
+        .with_running_engine(engine.clone())
+        .for_remote_callers();
         let state = State {
             config,
             engine,
             store,
             metrics,
+            registry,
             clock,
             shutdown,
             limiter: Limiter::new(),
@@ -56,22 +68,19 @@ impl State {
             details: RwLock::new(Arc::new(HashMap::new())),
         };
         if state.config.config_source_database {
-            if let Ok(docs) = state.store.services() {
-                state.set_details(&docs);
-            }
+            state.refresh_details();
         } else {
             state.replace_details(state.config.service_details.clone());
         }
         state
     }
 
-    /// Takes the details JSON of `docs` (database mode).
-    pub fn set_details(&self, docs: &[ServiceDoc]) {
-        self.replace_details(
-            docs.iter()
-                .filter_map(|d| Some((d.name.clone(), d.details.clone()?)))
-                .collect(),
-        );
+    /// Takes the details JSON of the stored services (database mode; after every change of
+    /// services). A failed read keeps the current ones.
+    pub fn refresh_details(&self) {
+        if let Ok(docs) = self.registry.services() {
+            self.replace_details(details_of(&docs));
+        }
     }
 
     pub fn replace_details(&self, map: HashMap<String, Value>) {
@@ -97,6 +106,13 @@ impl State {
             let _ = rx.wait_for(|v| *v).await;
         }
     }
+}
+
+/// The details JSON of each service that has one.
+fn details_of(docs: &[ServiceDoc]) -> HashMap<String, Value> {
+    docs.iter()
+        .filter_map(|d| Some((d.name.clone(), d.details.clone()?)))
+        .collect()
 }
 
 /// One request's context.

@@ -1,12 +1,14 @@
 //! The API's JSON errors: [`Failure`], answered as `{"error":{"code":…,"message":…}}` with a
 //! stable code and HTTP status, and its conversions from the errors of the crates below (the
-//! codes and statuses are part of the API: README.md lists them).
+//! admin layer, the engine, the store, the webhooks): the codes and statuses are part of the
+//! API (README.md lists them).
 
 use std::borrow::Cow;
 
 use hyper::header::{HeaderValue, ALLOW, WWW_AUTHENTICATE};
 use hyper::StatusCode;
 use serde_json::json;
+use zoftoken_admin::AdminError;
 use zoftoken_engine::EngineError;
 use zoftoken_storage::StoreError;
 use zoftoken_webhooks::WebhookError;
@@ -214,6 +216,70 @@ impl From<WebhookError> for Failure {
             WebhookError::Start(_) | WebhookError::Tls(_) | WebhookError::Config(_) => {
                 Failure::internal()
             }
+        }
+    }
+}
+
+impl From<AdminError> for Failure {
+    fn from(e: AdminError) -> Self {
+        let joined = |problems: &zoftoken_admin::ConfigProblems, paths: bool| {
+            problems
+                .iter()
+                .map(|p| match paths {
+                    true => format!("{}: {}", p.path, p.message),
+                    false => p.message.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        match e {
+            AdminError::ConfigSourceFile => Failure::conflict(
+                "config_source_file",
+                "services and authkeys come from the configuration file (`config_source: file`): \
+                 edit the file, or switch to `config_source: database`",
+            ),
+            AdminError::UnknownService(_) => EngineError::UnknownService.into(),
+            AdminError::UnknownToken { .. } => EngineError::UnknownToken.into(),
+            AdminError::ServiceExists(_) => Failure::conflict(
+                "service_exists",
+                "a service of this name exists (PUT replaces it)",
+            ),
+            AdminError::InvalidService(problems) => {
+                Failure::bad("invalid_service", joined(&problems, true))
+            }
+            AdminError::ServiceNameMismatch { .. } => Failure::bad(
+                "invalid_service",
+                "the body's name must be the service name of the path",
+            ),
+            e @ (AdminError::NothingRedacted
+            | AdminError::WebhookNeedsSecret
+            | AdminError::NoWebhook) => Failure::bad("invalid_service", e.to_string()),
+            e @ AdminError::CaFileRefused => Failure::bad("webhook_ca_file_refused", e.to_string()),
+            AdminError::ServiceHasTokens { tokens, .. } => Failure::conflict(
+                "service_has_tokens",
+                format!(
+                    "the service has {tokens} tokens: delete them first or pass ?force=true \
+                     (they stay stored, unusable until the service exists again)"
+                ),
+            ),
+            e @ AdminError::InvalidAuthkeyName => Failure::bad("invalid_name", e.to_string()),
+            AdminError::AuthkeyExists(_) => {
+                Failure::conflict("authkey_exists", "an authkey of this name exists")
+            }
+            AdminError::InvalidAuthkey(problems) => {
+                Failure::bad("invalid_authkey", joined(&problems, false))
+            }
+            AdminError::UnknownAuthkey(_) => {
+                Failure::not_found("unknown_authkey_name", "no authkey of this name")
+            }
+            AdminError::UnknownDeadLetter(_) => {
+                Failure::not_found("unknown_dead_letter", "no dead letter of this id")
+            }
+            AdminError::StorageUnavailable => storage_unavailable(),
+            AdminError::Store(e) => e.into(),
+            AdminError::Engine(e) => e.into(),
+            AdminError::Webhook(e) => e.into(),
+            _ => Failure::internal(),
         }
     }
 }

@@ -9,21 +9,25 @@
 //! key, 403 when the key lacks the admin right or its anchored masks refuse the service or the
 //! username, never revealing whether the token exists; failed authentications are rate limited
 //! per source address in bounded memory and counted; a key that exists is never refused by
-//! that limiter; `X-Forwarded-For` is believed only from [`ApiConfig::trusted_proxies`]). Mutating operations are committed to the
-//! [`Store`] on the runtime's blocking pool before they are answered. Status and transaction
-//! reads long-poll (`?wait=N`) on the engine's watch futures: no thread per waiter. Errors are
-//! always `{"error":{"code":"snake_case","message":"…"}}`. `/healthz`, `/readyz` and
+//! that limiter; `X-Forwarded-For` is believed only from [`ApiConfig::trusted_proxies`]).
+//! Mutating operations go through the admin layer (`zoftoken-admin`, the same rules as the
+//! command line's) and are committed to the [`Store`] on the runtime's blocking pool before
+//! they are answered; changes of services and authkeys are applied to the running engine at
+//! once. Status and transaction reads long-poll (`?wait=N`) on the engine's watch futures: no
+//! thread per waiter. Errors are always `{"error":{"code":"snake_case","message":"…"}}`. `/healthz`, `/readyz` and
 //! `/openapi.json` (OpenAPI 3.1, kept by hand in `api/openapi.json` and tested against the
-//! router) are public and say nothing about tokens; `/metrics` (Prometheus text,
+//! route table) are public and say nothing about tokens; `/metrics` (Prometheus text,
 //! [`install_prometheus`]; it counts duress events) needs an unrestricted admin key.
 //! Connections are bounded in total and per source address.
 //!
 //! Unrestricted admin keys also list, replay and delete the webhook pipeline's dead letters
-//! and list the endpoints it disabled after a 410 (`/v1/webhooks/…`, through the store
-//! functions of `zoftoken-webhooks`; a running pipeline delivers a replay at its next poll).
+//! and list the endpoints it disabled after a 410 (`/v1/webhooks/…`, through the admin
+//! layer; a running pipeline delivers a replay at its next poll).
 //!
 //! It does not start the engine, load the store, run timers (`Engine::tick`), deliver webhooks
-//! or terminate TLS (put a reverse proxy in front for that): the binary does those.
+//! or terminate TLS (put a reverse proxy in front for that): the binary does those. It keeps
+//! no rule of services, authkeys or token changes of its own: it parses requests, calls the
+//! admin layer, and renders its results and errors (stable codes).
 //!
 //! Key types: [`ApiServer`] (start, local address, graceful shutdown), [`ApiConfig`],
 //! [`ApiError`], [`Clock`], [`MetricsRender`].

@@ -1,15 +1,15 @@
 //! Authkeys: listed without secrets, created (the secret shown once, only its hash stored)
-//! and revoked in database mode; unrestricted admin keys only.
+//! and revoked in database mode, through the admin layer's [`Registry`]; unrestricted admin
+//! keys only.
+//!
+//! [`Registry`]: zoftoken_admin::Registry
 
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use zeroize::Zeroizing;
-use zoftoken_storage::AuthkeyDoc;
+use zoftoken_admin::{NewAuthkey, SecretFormat};
 
-use super::services::require_database;
 use crate::context::{blocking, Ctx};
-use crate::error::Failure;
 use crate::response::{created, ok, Outcome};
 use crate::routes::Params;
 
@@ -31,20 +31,11 @@ fn any_mask() -> String {
     ".*".into()
 }
 
-#[derive(Deserialize, Default, Clone, Copy)]
-#[serde(rename_all = "lowercase")]
-enum SecretFormat {
-    #[default]
-    Hex,
-    Base64,
-}
-
 /// `GET /v1/authkeys`: names, rights and masks; never a secret.
 pub(crate) async fn authkey_list(ctx: &Ctx<'_>, _: Params<'_>, _: Incoming) -> Outcome {
-    let keys: Vec<Value> = ctx
-        .state
-        .engine
-        .authkey_list()
+    let state = ctx.state.clone();
+    let keys = blocking(move || Ok(state.registry.authkeys()?)).await?;
+    let keys: Vec<Value> = keys
         .into_iter()
         .map(|k| {
             json!({
@@ -60,75 +51,31 @@ pub(crate) async fn authkey_list(ctx: &Ctx<'_>, _: Params<'_>, _: Incoming) -> O
 
 /// `POST /v1/authkeys`: 256 random bits, answered once (database mode).
 pub(crate) async fn authkey_create(ctx: &Ctx<'_>, _: Params<'_>, body: Incoming) -> Outcome {
-    require_database(ctx)?;
+    ctx.state.registry.ensure_editable()?;
     let b: AuthkeyBody = ctx.json(body).await?;
-    if b.name.is_empty() || b.name.len() > crate::routes::AUTHKEY_NAME_MAX {
-        return Err(Failure::bad(
-            "invalid_name",
-            "the authkey name must be 1 to 255 bytes",
-        ));
-    }
-    let mut bytes = Zeroizing::new([0u8; 32]);
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, bytes.as_mut());
-    let secret = Zeroizing::new(match b.format {
-        SecretFormat::Hex => hex::encode(bytes.as_ref()),
-        SecretFormat::Base64 => {
-            use base64::Engine as _;
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes.as_ref())
-        }
-    });
-    let doc = AuthkeyDoc::new(&b.name, &secret, b.admin, &b.service_mask, &b.user_mask);
+    let new = NewAuthkey {
+        name: b.name,
+        admin: b.admin,
+        service_mask: b.service_mask,
+        user_mask: b.user_mask,
+        format: b.format,
+    };
     let state = ctx.state.clone();
-    blocking(move || {
-        let mut all = state.store.authkeys()?;
-        if all.iter().any(|d| d.name == doc.name) {
-            return Err(Failure::conflict(
-                "authkey_exists",
-                "an authkey of this name exists",
-            ));
-        }
-        all.push(doc.clone());
-        let configs = zoftoken_storage::authkeys_to_config(&all).map_err(|errors| {
-            Failure::bad(
-                "invalid_authkey",
-                errors
-                    .iter()
-                    .map(|e| e.message.clone())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
-        })?;
-        state.store.put_authkey(&doc)?;
-        state.engine.reload_authkeys(&configs)?;
-        Ok(())
-    })
-    .await?;
+    let key = blocking(move || Ok(state.registry.authkey_create(new)?)).await?;
     created(&json!({
-        "name": b.name,
-        "secret": secret.as_str(),
-        "admin": b.admin,
-        "service_mask": b.service_mask,
-        "user_mask": b.user_mask,
+        "name": key.name,
+        "secret": key.secret.as_str(),
+        "admin": key.admin,
+        "service_mask": key.service_mask,
+        "user_mask": key.user_mask,
     }))
 }
 
 /// `DELETE /v1/authkeys/{name}` (database mode).
 pub(crate) async fn authkey_revoke(ctx: &Ctx<'_>, p: Params<'_>, _: Incoming) -> Outcome {
     let name = p.authkey_name()?.to_owned();
-    require_database(ctx)?;
+    ctx.state.registry.ensure_editable()?;
     let state = ctx.state.clone();
-    blocking(move || {
-        if !state.store.delete_authkey(&name)? {
-            return Err(Failure::not_found(
-                "unknown_authkey_name",
-                "no authkey of this name",
-            ));
-        }
-        let configs = zoftoken_storage::authkeys_to_config(&state.store.authkeys()?)
-            .map_err(|_| Failure::internal())?;
-        state.engine.reload_authkeys(&configs)?;
-        Ok(())
-    })
-    .await?;
+    blocking(move || Ok(state.registry.authkey_revoke(&name)?)).await?;
     ok(&json!({ "revoked": true }))
 }

@@ -1,7 +1,7 @@
 //! The API's resources, one module each; every handler is named after its operation id and
-//! declared once in [`crate::routes`]. Also what token operations share: changes committed
-//! on the blocking pool before the answer, and reads that wait out another request's
-//! change still being written.
+//! declared once in [`crate::routes`]. Also what token operations share: changes made by
+//! the admin layer's [`Tokens`] on the blocking pool (committed before the answer), and
+//! reads that wait out another request's change still being written.
 
 pub(crate) mod authkeys;
 pub(crate) mod codes;
@@ -13,45 +13,18 @@ pub(crate) mod webhooks;
 
 use std::time::Duration;
 
+use zoftoken_admin::{AdminError, Tokens};
 use zoftoken_engine::{Batch, Engine, EngineError};
 use zoftoken_proto::TokenId;
-use zoftoken_storage::Store;
 
 use crate::context::{blocking, Ctx};
-use crate::error::{storage_unavailable, Failure, TOKEN_BUSY};
+use crate::error::Failure;
 use crate::routes::matcher::Tok;
 
-/// Refuses a change up front while the database cannot write (after trying whether it can
-/// again: a small write).
-pub(crate) fn writable(engine: &Engine, store: &Store, now: u64) -> Result<(), Failure> {
-    if !store.health().writable() {
-        store.probe(engine, now);
-    }
-    if store.health().writable() {
-        Ok(())
-    } else {
-        Err(storage_unavailable())
-    }
-}
-
-/// How long an API call waits for a token whose change is being written by another request
+/// How long a read waits for a token whose change is being written by another request
 /// before it answers `503 token_busy` (a commit takes microseconds to milliseconds).
 const UNSETTLED_WAIT: Duration = Duration::from_secs(1);
 const UNSETTLED_POLL: Duration = Duration::from_millis(2);
-
-/// Runs `op` (on the blocking pool), again while the token has a change of another request
-/// not yet written ([`EngineError::Unsettled`]), up to [`UNSETTLED_WAIT`].
-pub(crate) fn settled_retry<R>(mut op: impl FnMut() -> Result<R, Failure>) -> Result<R, Failure> {
-    let started = std::time::Instant::now();
-    loop {
-        match op() {
-            Err(f) if f.code == TOKEN_BUSY && started.elapsed() < UNSETTLED_WAIT => {
-                std::thread::sleep(UNSETTLED_POLL)
-            }
-            r => return r,
-        }
-    }
-}
 
 /// A token's status, waiting (asynchronously) while another request's change to it is
 /// being written, up to [`UNSETTLED_WAIT`].
@@ -80,60 +53,34 @@ pub(crate) async fn settled<R>(
     }
 }
 
-/// Persists a batch exactly as the command line does, then publishes its events. Nothing is
-/// answered as done before this returns.
-/// A failed write restores the batch's tokens from the database, so nothing it changed stays
-/// visible (`zoftoken_storage::Store::commit_batch`).
-pub(crate) fn commit(
-    engine: &Engine,
-    store: &Store,
-    now: u64,
-    batch: &mut Batch,
-) -> Result<(), Failure> {
-    if !batch.is_empty() {
-        store.commit_batch(engine, now, batch)?;
-    }
-    Ok(())
-}
-
-/// Loads a token that is stored but not in memory (its service was missing at start), as the
-/// command line does. A loaded token costs no storage read.
-pub(crate) fn ensure_loaded(
-    engine: &Engine,
-    store: &Store,
-    now: u64,
-    id: &TokenId,
-) -> Result<(), Failure> {
-    if matches!(engine.status_by_id(now, id), Err(EngineError::UnknownToken))
-        && store.token_info(id)?.is_some()
-    {
-        store.load_one(engine, now, id)?;
-    }
-    Ok(())
-}
-
-/// Runs an engine operation on a token (loaded if needed) and commits its batch.
-pub(crate) async fn token_op<R: Send + 'static>(
+/// Runs a change of the token of the path through the admin layer ([`Tokens`]), on the
+/// blocking pool.
+pub(crate) async fn token_change<R: Send + 'static>(
     ctx: &Ctx<'_>,
     tok: Tok<'_>,
-    op: impl Fn(&Engine, u64, &TokenId, &mut Batch) -> Result<R, EngineError> + Send + 'static,
+    change: impl FnOnce(Tokens<'_>, u64, &str, &str) -> Result<R, AdminError> + Send + 'static,
 ) -> Result<R, Failure> {
     let (engine, store, now) = ctx.handles();
     let (service, username) = (tok.service.to_owned(), tok.username.to_owned());
     blocking(move || {
-        if engine.service_index_of(&service).is_none() {
-            return Err(EngineError::UnknownService.into());
-        }
-        writable(&engine, &store, now)?;
-        let id = TokenId::derive(&service, &username);
-        ensure_loaded(&engine, &store, now, &id)?;
-        settled_retry(|| {
-            let mut batch = Batch::new();
-            let r = op(&engine, now, &id, &mut batch);
-            // A failed operation may still have counted a failure: commit what it changed.
-            commit(&engine, &store, now, &mut batch)?;
-            Ok(r?)
-        })
+        Ok(change(
+            Tokens::new(&store, &engine),
+            now,
+            &service,
+            &username,
+        )?)
+    })
+    .await
+}
+
+/// Runs an engine operation on the token of the path ([`Tokens::change`]).
+pub(crate) async fn token_op<R: Send + 'static>(
+    ctx: &Ctx<'_>,
+    tok: Tok<'_>,
+    op: impl FnMut(&Engine, u64, &TokenId, &mut Batch) -> Result<R, EngineError> + Send + 'static,
+) -> Result<R, Failure> {
+    token_change(ctx, tok, move |tokens, now, service, username| {
+        tokens.change(now, service, username, op)
     })
     .await
 }

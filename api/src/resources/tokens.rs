@@ -7,11 +7,11 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use zoftoken_engine::{Batch, EngineError, Force, Mutation, TokenStatus};
+use zoftoken_engine::{Force, TokenStatus};
 use zoftoken_proto::TokenId;
 
-use super::{commit, ensure_loaded, settled_retry, settled_status, token_op, writable};
-use crate::context::{blocking, Ctx};
+use super::{settled_status, token_change, token_op};
+use crate::context::Ctx;
 use crate::error::Failure;
 use crate::response::{created, ok, Outcome};
 use crate::routes::Params;
@@ -70,19 +70,9 @@ enum Kind {
 pub(crate) async fn token_enroll(ctx: &Ctx<'_>, p: Params<'_>, body: Incoming) -> Outcome {
     let tok = p.token()?;
     let b: EnrollBody = ctx.json(body).await?;
-    let (engine, store, now) = ctx.handles();
-    let (service, username) = (tok.service.to_owned(), tok.username.to_owned());
     if b.kind == Kind::Totp {
-        let t = blocking(move || {
-            writable(&engine, &store, now)?;
-            let id = TokenId::derive(&service, &username);
-            ensure_loaded(&engine, &store, now, &id)?;
-            settled_retry(|| {
-                let mut batch = Batch::new();
-                let t = engine.enroll_totp(now, &service, &username, &mut batch)?;
-                commit(&engine, &store, now, &mut batch)?;
-                Ok(t)
-            })
+        let t = token_change(ctx, tok, |tokens, now, service, username| {
+            tokens.enroll_totp(now, service, username)
         })
         .await?;
         let qr = crate::qr::render(&t.otpauth_uri).ok_or_else(Failure::internal)?;
@@ -95,16 +85,8 @@ pub(crate) async fn token_enroll(ctx: &Ctx<'_>, p: Params<'_>, body: Incoming) -
             "qr_svg": qr.svg,
         }));
     }
-    let t = blocking(move || {
-        writable(&engine, &store, now)?;
-        let id = TokenId::derive(&service, &username);
-        ensure_loaded(&engine, &store, now, &id)?;
-        settled_retry(|| {
-            let mut batch = Batch::new();
-            let t = engine.enroll(now, &service, &username, &mut batch)?;
-            commit(&engine, &store, now, &mut batch)?;
-            Ok(t)
-        })
+    let t = token_change(ctx, tok, |tokens, now, service, username| {
+        tokens.enroll(now, service, username)
     })
     .await?;
     let qr = crate::qr::render(&t.deeplink).ok_or_else(Failure::internal)?;
@@ -123,28 +105,8 @@ pub(crate) async fn token_enroll(ctx: &Ctx<'_>, p: Params<'_>, body: Incoming) -
 pub(crate) async fn token_delete(ctx: &Ctx<'_>, p: Params<'_>, _: Incoming) -> Outcome {
     let tok = p.token()?;
     ctx.query(&[])?;
-    let (engine, store, now) = ctx.handles();
-    let (service, username) = (tok.service.to_owned(), tok.username.to_owned());
-    blocking(move || {
-        if engine.service_index_of(&service).is_none() {
-            return Err(EngineError::UnknownService.into());
-        }
-        writable(&engine, &store, now)?;
-        let id = TokenId::derive(&service, &username);
-        ensure_loaded(&engine, &store, now, &id)?;
-        settled_retry(|| {
-            let mut batch = Batch::new();
-            match engine.delete(now, &id, &mut batch) {
-                Ok(()) => {}
-                // Stored but neither paired nor pending (an expired enrollment): remove
-                // the rest.
-                Err(EngineError::UnknownToken) if store.token_info(&id)?.is_some() => {
-                    batch.mutations.push(Mutation::DeleteToken(id))
-                }
-                Err(e) => return Err(e.into()),
-            }
-            commit(&engine, &store, now, &mut batch)
-        })
+    token_change(ctx, tok, |tokens, now, service, username| {
+        tokens.delete(now, service, username)
     })
     .await?;
     ok(&json!({ "deleted": true }))
