@@ -15,7 +15,8 @@ use tokio::sync::{watch, Semaphore};
 use zoftoken_engine::Engine;
 use zoftoken_storage::Store;
 
-use crate::handlers::{self, State};
+use crate::context::State;
+use crate::dispatch;
 use crate::{ApiConfig, ApiError, ApiServer, Clock, MetricsRender, SHUTDOWN_GRACE};
 
 /// Connections served at once at most (the default of [`ApiConfig::max_connections`]);
@@ -232,7 +233,7 @@ async fn connection(
     let svc_state = state.clone();
     let service = service_fn(move |req| {
         let state = svc_state.clone();
-        async move { Ok::<_, Infallible>(handlers::handle(&state, peer, req).await) }
+        async move { Ok::<_, Infallible>(dispatch::handle(&state, peer, req).await) }
     });
     let mut builder = http1::Builder::new();
     builder

@@ -3,35 +3,46 @@
 //! the engine's in-memory state directly (a status poll takes one shard lock and no storage
 //! read).
 //!
-//! Every operation of PRODUCT.md's API table is a route under `/v1` ([`routes::ROUTES`]),
+//! Every operation of the product's API table (`docs/product.md`) is a route under `/v1`,
+//! declared once with its method, path, authorisation and handler ([`routes::ROUTES`]),
 //! authorised by authkeys sent as `Authorization: Bearer <key>` (401 for a missing or unknown
 //! key, 403 when the key lacks the admin right or its anchored masks refuse the service or the
 //! username, never revealing whether the token exists; failed authentications are rate limited
 //! per source address in bounded memory and counted; a key that exists is never refused by
-//! that limiter; `X-Forwarded-For` is believed only from [`ApiConfig::trusted_proxies`]). Mutating operations are committed to the
-//! [`Store`] on the runtime's blocking pool before they are answered. Status and transaction
-//! reads long-poll (`?wait=N`) on the engine's watch futures: no thread per waiter. Errors are
-//! always `{"error":{"code":"snake_case","message":"…"}}`. `/healthz`, `/readyz` and
+//! that limiter; `X-Forwarded-For` is believed only from [`ApiConfig::trusted_proxies`]).
+//! Mutating operations go through the admin layer (`zoftoken-admin`, the same rules as the
+//! command line's) and are committed to the [`Store`] on the runtime's blocking pool before
+//! they are answered; changes of services and authkeys are applied to the running engine at
+//! once. Status and transaction reads long-poll (`?wait=N`) on the engine's watch futures: no
+//! thread per waiter. Errors are always `{"error":{"code":"snake_case","message":"…"}}`. `/healthz`, `/readyz` and
 //! `/openapi.json` (OpenAPI 3.1, kept by hand in `api/openapi.json` and tested against the
-//! router) are public and say nothing about tokens; `/metrics` (Prometheus text,
+//! route table) are public and say nothing about tokens; `/metrics` (Prometheus text,
 //! [`install_prometheus`]; it counts duress events) needs an unrestricted admin key.
 //! Connections are bounded in total and per source address.
 //!
 //! Unrestricted admin keys also list, replay and delete the webhook pipeline's dead letters
-//! and list the endpoints it disabled after a 410 (`/v1/webhooks/…`, through the store
-//! functions of `zoftoken-webhooks`; a running pipeline delivers a replay at its next poll).
+//! and list the endpoints it disabled after a 410 (`/v1/webhooks/…`, through the admin
+//! layer; a running pipeline delivers a replay at its next poll).
 //!
 //! It does not start the engine, load the store, run timers (`Engine::tick`), deliver webhooks
-//! or terminate TLS (put a reverse proxy in front for that): the binary does those.
+//! or terminate TLS (put a reverse proxy in front for that): the binary does those. It keeps
+//! no rule of services, authkeys or token changes of its own: it parses requests, calls the
+//! admin layer, and renders its results and errors (stable codes).
 //!
 //! Key types: [`ApiServer`] (start, local address, graceful shutdown), [`ApiConfig`],
 //! [`ApiError`], [`Clock`], [`MetricsRender`].
 #![forbid(unsafe_code)]
 
-mod handlers;
+mod body;
+mod context;
+mod dispatch;
+mod error;
 mod http;
 mod limiter;
+mod meters;
 mod qr;
+mod resources;
+mod response;
 pub mod routes;
 
 pub use http::{connection_cap, FD_RESERVE, MAX_CONNECTIONS, MAX_HEAD_BYTES};
@@ -142,7 +153,7 @@ impl Default for ApiConfig {
 /// The running API server.
 pub struct ApiServer {
     local_addr: SocketAddr,
-    state: Arc<handlers::State>,
+    state: Arc<context::State>,
     shutdown: tokio::sync::watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }

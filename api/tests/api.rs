@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{json, Value};
+use zoftoken_api::routes::{Authorization, Route, ROUTES};
 use zoftoken_api::{ApiConfig, ApiServer, Clock};
 use zoftoken_device::{MemoryStore, Pairing, Reply, Request, Token};
 use zoftoken_engine::authkeys::hash_secret;
@@ -338,9 +339,9 @@ fn openapi_describes_every_route_and_nothing_else() {
             );
         }
     }
-    let routed: std::collections::BTreeSet<(String, String)> = zoftoken_api::routes::ROUTES
+    let routed: std::collections::BTreeSet<(String, String)> = ROUTES
         .iter()
-        .map(|(m, p, _)| ((*m).to_owned(), (*p).to_owned()))
+        .map(|r| (r.method.to_owned(), r.path.to_owned()))
         .collect();
     let missing: Vec<_> = routed.difference(&documented).collect();
     let extra: Vec<_> = documented.difference(&routed).collect();
@@ -352,17 +353,23 @@ fn openapi_describes_every_route_and_nothing_else() {
         extra.is_empty(),
         "openapi.json documents no such route: {extra:?}"
     );
-    // operationIds are the router's operation names.
-    for (m, p, op) in zoftoken_api::routes::ROUTES {
+    for r in ROUTES {
+        let op = &doc["paths"][r.path][r.method.to_lowercase()];
+        // operationIds are the router's operation names.
+        assert_eq!(op["operationId"], r.operation.id(), "{r:?}");
+        // Public routes, and only they, need no key.
         assert_eq!(
-            doc["paths"][p][m.to_lowercase()]["operationId"],
-            *op,
-            "{m} {p}"
+            op["security"] == json!([]),
+            r.authorization == Authorization::Public,
+            "{r:?}"
         );
     }
     // And every routed path answers something other than the router's 404.
     let h = Harness::start();
-    for (m, p, _) in zoftoken_api::routes::ROUTES {
+    for Route {
+        method: m, path: p, ..
+    } in ROUTES
+    {
         let path = p
             .replace("{service}", "bank")
             .replace("{username}", "alice")

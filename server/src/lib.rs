@@ -1,14 +1,17 @@
 //! The ZofToken server's library half: `config.yaml` ([`config`]), opening the database and
-//! building the engine as a configuration says ([`open`]), the admin operations of the
-//! command line ([`admin`]), the apps' UDP protocol on the network ([`udp`]: IO threads,
+//! building the engine as a configuration says ([`open`]), the admin command line's
+//! operations ([`admin`]: a front end of the admin layer, `zoftoken-admin`, rendering its
+//! results as text and JSON), the apps' UDP protocol on the network ([`udp`]: IO threads,
 //! group commit before replies), and process limits at start ([`limits`]: the file-descriptor
-//! limit). The `zoftoken` binary parses arguments and prints; the HTTP
-//! API plugs in here when its issue lands.
+//! limit). The `zoftoken` binary parses arguments, prints, and runs `serve` with the HTTP API
+//! (`zoftoken-api`) and the webhook pipeline (`zoftoken-webhooks`).
 //!
-//! It does not implement the protocol (`zoftoken-proto`, `zoftoken-engine`) or storage
-//! (`zoftoken-storage`, `zoftoken-storage-rocksdb`).
+//! It does not implement the protocol (`zoftoken-proto`, `zoftoken-engine`), storage
+//! (`zoftoken-storage`, `zoftoken-storage-rocksdb`), or the rules of services, authkeys and
+//! tokens (`zoftoken-admin`).
 //!
-//! Key types: [`config::Loaded`], [`open::OpenError`], [`admin::Admin`], [`udp::UdpServer`].
+//! Key types: [`config::Loaded`], [`open::OpenError`], [`admin::Admin`],
+//! [`admin::CommandError`], [`udp::UdpServer`].
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -10,7 +10,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
-use zoftoken_server::admin::{Admin, AdminError, Output, SecretFormat, ServiceChanges};
+use zoftoken_admin::{Registry, SecretFormat, ServiceChanges, DEAD_LETTERS_DEFAULT};
+use zoftoken_server::admin::{self, Admin, CommandError, Output};
 use zoftoken_server::config;
 use zoftoken_server::open::OpenError;
 
@@ -259,8 +260,8 @@ enum TokenCmd {
 enum WebhookCmd {
     /// Events whose delivery was given up after the retry schedule (oldest first).
     DeadLetters {
-        /// At most this many.
-        #[arg(long, default_value_t = 100)]
+        /// At most this many (1000 at most).
+        #[arg(long, default_value_t = DEAD_LETTERS_DEFAULT)]
         limit: usize,
     },
     /// Deliver dead letters again (same `webhook-id`): one by its id, or `--all`.
@@ -350,6 +351,55 @@ fn print(out: &Output, json: bool) {
     }
 }
 
+/// Opens the database of the configuration and shows the warnings of opening it.
+fn open_admin(loaded: config::Loaded) -> Result<Admin, CommandError> {
+    let admin = Admin::open(loaded, &env)?;
+    for w in &admin.warnings {
+        eprintln!("zoftoken: warning: {w}");
+    }
+    Ok(admin)
+}
+
+/// The services and authkeys in effect: the file's (nothing opened), or the database's.
+fn registry_of(loaded: config::Loaded) -> Result<Registry, CommandError> {
+    Ok(match loaded.config.config_source {
+        config::ConfigSource::File => admin::file_registry(&loaded),
+        config::ConfigSource::Database => open_admin(loaded)?.registry(),
+    })
+}
+
+fn service_command(registry: &Registry, command: ServiceCmd) -> Result<Output, CommandError> {
+    match command {
+        ServiceCmd::Create { name, fields } => {
+            admin::service_create(registry, &name, fields.changes())
+        }
+        ServiceCmd::Edit { name, fields } => admin::service_edit(registry, &name, fields.changes()),
+        ServiceCmd::Delete { name, force } => admin::service_delete(registry, &name, force),
+        ServiceCmd::List => admin::service_list(registry),
+    }
+}
+
+fn authkey_command(registry: &Registry, command: AuthkeyCmd) -> Result<Output, CommandError> {
+    match command {
+        AuthkeyCmd::Create {
+            name,
+            admin: is_admin,
+            service_mask,
+            user_mask,
+            format,
+        } => admin::authkey_create(
+            registry,
+            &name,
+            is_admin,
+            &service_mask,
+            &user_mask,
+            secret_format(format),
+        ),
+        AuthkeyCmd::List => admin::authkey_list(registry),
+        AuthkeyCmd::Revoke { name } => admin::authkey_revoke(registry, &name),
+    }
+}
+
 fn secret_format(format: Format) -> SecretFormat {
     match format {
         Format::Hex => SecretFormat::Hex,
@@ -407,8 +457,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             let code = e
-                .downcast_ref::<AdminError>()
-                .map(AdminError::exit_code)
+                .downcast_ref::<CommandError>()
+                .map(CommandError::exit_code)
                 .or_else(|| {
                     e.downcast_ref::<OpenError>()
                         .map(OpenError::exit_code)
@@ -440,82 +490,35 @@ fn run(cli: Cli, loaded: config::Loaded) -> anyhow::Result<ExitCode> {
     if let Command::Db(DbCmd::Recover) = cli.command {
         return db_recover(&loaded, json);
     }
-    // With `config_source: file`, authkeys live in the file: creating (printing an entry to
-    // paste) and listing them never open the database, so they create no data directory and
-    // no master key.
-    if loaded.config.config_source == config::ConfigSource::File {
-        let refuse = |what: &str| {
-            zoftoken_server::admin::require_database(&loaded, what).map(|()| None::<Output>)
-        };
-        let out = match &cli.command {
-            Command::Authkey(AuthkeyCmd::Create {
-                name,
-                admin: is_admin,
-                service_mask,
-                user_mask,
-                format,
-            }) => Some(zoftoken_server::admin::authkey_create(
-                &loaded,
-                None,
-                name,
-                *is_admin,
-                service_mask,
-                user_mask,
-                secret_format(*format),
-            )?),
-            Command::Authkey(AuthkeyCmd::List) => {
-                Some(zoftoken_server::admin::authkey_list(&loaded, None)?)
-            }
-            // Refused edits: refused before the database is opened.
-            Command::Service(ServiceCmd::Create { .. }) => refuse("service create")?,
-            Command::Service(ServiceCmd::Edit { .. }) => refuse("service edit")?,
-            Command::Service(ServiceCmd::Delete { .. }) => refuse("service delete")?,
-            Command::Authkey(AuthkeyCmd::Revoke { .. }) => refuse("authkey revoke")?,
-            _ => None,
-        };
-        if let Some(out) = out {
-            print(&out, json);
+    // Services and authkeys: with `config_source: file` they live in the file, which is all
+    // these commands read (listing, or creating an authkey entry to paste; changes are
+    // refused): they open no database, so they create no data directory and no master key.
+    let command = match cli.command {
+        Command::Service(c) => {
+            print(&service_command(&registry_of(loaded)?, c)?, json);
             return Ok(ExitCode::SUCCESS);
         }
-    }
+        Command::Authkey(c) => {
+            print(&authkey_command(&registry_of(loaded)?, c)?, json);
+            return Ok(ExitCode::SUCCESS);
+        }
+        other => other,
+    };
     // For `loadgen prepare` (file mode; with the database mode --service names it).
     let first_service = loaded.services.first().map(|s| s.name.clone());
-    let admin = Admin::open(loaded, &env)?;
-    for w in &admin.warnings {
-        eprintln!("zoftoken: warning: {w}");
-    }
+    let admin = open_admin(loaded)?;
     let now = zoftoken_server::now_ms();
-    let out = match cli.command {
-        // Handled before: `serve`, `check-config`, and those needing no configuration.
+    let out = match command {
+        // Handled before: `serve`, `check-config`, services and authkeys, and those needing no
+        // configuration.
         Command::Serve
         | Command::CheckConfig
         | Command::Device(_)
         | Command::Loadgen(LoadgenCmd::Run(_))
         | Command::Completions { .. }
-        | Command::Man { .. } => return Ok(ExitCode::SUCCESS),
-        Command::Service(c) => match c {
-            ServiceCmd::Create { name, fields } => admin.service_create(&name, fields.changes())?,
-            ServiceCmd::Edit { name, fields } => admin.service_edit(&name, fields.changes())?,
-            ServiceCmd::Delete { name, force } => admin.service_delete(&name, force)?,
-            ServiceCmd::List => admin.service_list()?,
-        },
-        Command::Authkey(c) => match c {
-            AuthkeyCmd::Create {
-                name,
-                admin: is_admin,
-                service_mask,
-                user_mask,
-                format,
-            } => admin.authkey_create(
-                &name,
-                is_admin,
-                &service_mask,
-                &user_mask,
-                secret_format(format),
-            )?,
-            AuthkeyCmd::List => admin.authkey_list()?,
-            AuthkeyCmd::Revoke { name } => admin.authkey_revoke(&name)?,
-        },
+        | Command::Man { .. }
+        | Command::Service(_)
+        | Command::Authkey(_) => return Ok(ExitCode::SUCCESS),
         Command::Token(c) => match c {
             TokenCmd::Enroll { service, user } => admin.token_enroll(now, &service, &user)?,
             TokenCmd::List { service } => admin.token_list(service.as_deref())?,

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use zeroize::Zeroizing;
+use zoftoken_admin::NewAuthkey;
 use zoftoken_api::{ApiConfig, ApiServer};
 use zoftoken_engine::{Batch, Engine};
-use zoftoken_server::admin::{authkey_create, SecretFormat};
+use zoftoken_server::admin::file_registry;
 use zoftoken_server::config::ConfigSource;
 use zoftoken_server::config::{self, Loaded};
 use zoftoken_server::now_ms;
@@ -275,23 +275,12 @@ fn demo_admin_authkey_at_first_start(loaded: &Loaded, new_database: bool) -> any
         }
         return Ok(());
     }
-    let created = authkey_create(
-        loaded,
-        None,
-        config::DEMO_ADMIN_AUTHKEY,
-        true,
-        ".*",
-        ".*",
-        SecretFormat::Hex,
-    )?;
-    let secret = Zeroizing::new(
-        created
-            .json
-            .get("secret")
-            .and_then(serde_json::Value::as_str)
-            .context("the new authkey has no secret")?
-            .to_owned(),
-    );
+    let mut key = NewAuthkey::new(config::DEMO_ADMIN_AUTHKEY);
+    key.admin = true;
+    let created = file_registry(loaded)
+        .authkey_create(key)
+        .context("creating the demo admin authkey")?;
+    let secret = created.secret;
     let file = write_demo_admin_authkey(loaded, &secret)?;
     eprintln!(
         "zoftoken: created the admin authkey `{}` for this demo (demo_admin_authkey: true; \

@@ -412,6 +412,54 @@ fn database_mode_services_and_authkeys() {
 }
 
 #[test]
+fn the_command_line_follows_the_rules_of_the_api() {
+    let e = Env::new("config_source: database\ndata_dir: data\n");
+    // `<redacted>` stands for a stored secret (as every listing shows one): with none stored
+    // it is refused, never stored as the secret itself.
+    let hooked = |name| {
+        [
+            "service",
+            "create",
+            name,
+            "--endpoint",
+            "shop.example:7878",
+            "--webhook-url",
+            "https://h.example/x",
+            "--webhook-secret",
+        ]
+    };
+    let mut args = hooked("shop").to_vec();
+    args.push("<redacted>");
+    let (code, err) = code_and_err(&e.run(&args));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("<redacted>"), "{err}");
+    let mut args = hooked("shop").to_vec();
+    args.push("s3cret-value");
+    e.ok(&args);
+    e.ok(&[
+        "service",
+        "edit",
+        "shop",
+        "--webhook-secret",
+        "<redacted>",
+        "--window",
+        "60",
+    ]);
+    // Authkey names are 1 to 255 bytes here too.
+    let long = "k".repeat(256);
+    let (code, err) = code_and_err(&e.run(&["authkey", "create", &long]));
+    assert_eq!(code, 2, "{err}");
+    // An unknown service is not found, whether or not tokens of that name are stored.
+    e.ok(&["token", "enroll", "--service", "shop", "--user", "u1"]);
+    e.ok(&["service", "delete", "shop", "--force"]);
+    assert_eq!(e.run(&["service", "delete", "shop"]).status.code(), Some(4));
+    // With `config_source: file`, listing services opens no database.
+    let e = Env::new(FILE_CONFIG);
+    assert!(e.ok(&["service", "list"]).contains("bank"));
+    assert!(!e.path("data").exists());
+}
+
+#[test]
 fn file_mode_refuses_database_edits_and_prints_an_authkey_entry() {
     let e = Env::new(FILE_CONFIG);
     let (code, err) = code_and_err(&e.run(&["service", "create", "x", "--endpoint", "a:1"]));

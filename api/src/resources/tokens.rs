@@ -1,0 +1,183 @@
+//! Tokens: enrollment (app or standard authenticator), the status and its long poll (the
+//! API's hot path: one shard lock, no storage read, no allocation beyond the answer), a
+//! forced state, and deletion.
+
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use zoftoken_engine::{Force, TokenStatus};
+use zoftoken_proto::TokenId;
+
+use super::{settled_status, token_change, token_op};
+use crate::context::Ctx;
+use crate::error::Failure;
+use crate::response::{created, ok, Outcome};
+use crate::routes::Params;
+
+/// `GET …/tokens/{username}[?wait=N[&state=S]]`: the status, at once or at the token's
+/// next change (or at once when `state` is given and differs from the current state).
+pub(crate) async fn token_status(ctx: &Ctx<'_>, p: Params<'_>, _: Incoming) -> Outcome {
+    let tok = p.token()?;
+    let q = ctx.query(&["wait", "state"])?;
+    let state = ctx.state;
+    let engine = &state.engine;
+    let clock = || state.now();
+    if q.wait_s == 0 {
+        let st = settled_status(engine, clock, tok.service, tok.username).await?;
+        return ok(&status_body(&st));
+    }
+    let id = TokenId::derive(tok.service, tok.username);
+    // Watch first, then read: a change between the two is not missed.
+    let changed = engine.watch(&id);
+    let st = settled_status(engine, clock, tok.service, tok.username).await?;
+    let now = state.now();
+    if q.state.is_some_and(|s| s != st.state) {
+        return ok(&status_body(&st));
+    }
+    let mut limit = Duration::from_secs(q.wait_s).min(state.config.max_wait);
+    if let Some(until) = st.open_until_ms {
+        // The window's end is a change too (the timer's expiry wakes us as well).
+        limit = limit.min(Duration::from_millis(until.saturating_sub(now)));
+    }
+    tokio::select! {
+        _ = changed => {}
+        _ = tokio::time::sleep(limit) => {}
+        _ = state.stopping() => {}
+    }
+    let st = settled_status(engine, clock, tok.service, tok.username).await?;
+    ok(&status_body(&st))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct EnrollBody {
+    #[serde(default)]
+    kind: Kind,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    #[default]
+    App,
+    Totp,
+}
+
+/// `POST …/tokens/{username}`: enrolls an app token (deeplink and manual code) or a
+/// standard authenticator token (`otpauth://` URI), with a QR code of either.
+pub(crate) async fn token_enroll(ctx: &Ctx<'_>, p: Params<'_>, body: Incoming) -> Outcome {
+    let tok = p.token()?;
+    let b: EnrollBody = ctx.json(body).await?;
+    if b.kind == Kind::Totp {
+        let t = token_change(ctx, tok, |tokens, now, service, username| {
+            tokens.enroll_totp(now, service, username)
+        })
+        .await?;
+        let qr = crate::qr::render(&t.otpauth_uri).ok_or_else(Failure::internal)?;
+        return created(&json!({
+            "kind": "totp",
+            "token_id": hex::encode(t.token_id.0),
+            "otpauth_uri": t.otpauth_uri.as_str(),
+            "secret_base32": t.secret_base32.as_str(),
+            "qr_png_base64": qr.png_base64,
+            "qr_svg": qr.svg,
+        }));
+    }
+    let t = token_change(ctx, tok, |tokens, now, service, username| {
+        tokens.enroll(now, service, username)
+    })
+    .await?;
+    let qr = crate::qr::render(&t.deeplink).ok_or_else(Failure::internal)?;
+    created(&json!({
+        "kind": "app",
+        "token_id": hex::encode(t.token_id.0),
+        "deeplink": t.deeplink,
+        "manual_code": t.manual_code,
+        "expires_ms": t.expires_ms,
+        "qr_png_base64": qr.png_base64,
+        "qr_svg": qr.svg,
+    }))
+}
+
+/// `DELETE …/tokens/{username}`: the token and everything of it (its app stops working).
+pub(crate) async fn token_delete(ctx: &Ctx<'_>, p: Params<'_>, _: Incoming) -> Outcome {
+    let tok = p.token()?;
+    ctx.query(&[])?;
+    token_change(ctx, tok, |tokens, now, service, username| {
+        tokens.delete(now, service, username)
+    })
+    .await?;
+    ok(&json!({ "deleted": true }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForceBody {
+    state: ForceState,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum ForceState {
+    Open,
+    Closed,
+    Blocked,
+}
+
+/// `PUT …/tokens/{username}/state`: opens, closes or blocks the token.
+pub(crate) async fn token_force(ctx: &Ctx<'_>, p: Params<'_>, body: Incoming) -> Outcome {
+    let tok = p.token()?;
+    let b: ForceBody = ctx.json(body).await?;
+    let to = match b.state {
+        ForceState::Open => Force::Open,
+        ForceState::Closed => Force::Closed,
+        ForceState::Blocked => Force::Blocked,
+    };
+    let st = token_op(ctx, tok, move |e, now, id, batch| {
+        e.force(now, id, to, batch)
+    })
+    .await?;
+    ok(&status_body(&st))
+}
+
+#[derive(Serialize)]
+struct StatusBody {
+    token_id: String,
+    kind: &'static str,
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    open_until_ms: Option<u64>,
+    duress: bool,
+    failures: u8,
+    attempts_left: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_seen_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_duress: Option<DuressBody>,
+}
+
+/// The last use of the duress PIN (SPEC.md §6.4).
+#[derive(Serialize)]
+struct DuressBody {
+    time_ms: u64,
+    operation: &'static str,
+}
+
+fn status_body(s: &TokenStatus) -> StatusBody {
+    StatusBody {
+        token_id: hex::encode(s.token_id.0),
+        kind: s.kind.name(),
+        state: s.state.name(),
+        open_until_ms: s.open_until_ms,
+        duress: s.duress,
+        failures: s.failures,
+        attempts_left: s.attempts_left,
+        last_seen_ms: s.last_seen_ms,
+        last_duress: s.last_duress.map(|d| DuressBody {
+            time_ms: d.time_ms,
+            operation: d.operation.name(),
+        }),
+    }
+}
