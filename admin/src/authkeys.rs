@@ -192,6 +192,14 @@ impl Registry {
             if let Some(engine) = &self.running {
                 engine.reload_authkeys(&configs)?;
             }
+            // Never the secret: only who may now do what.
+            tracing::info!(
+                authkey = %new.name,
+                admin = new.admin,
+                service_mask = %new.service_mask,
+                user_mask = %new.user_mask,
+                "admin: authkey created"
+            );
         }
         Ok(CreatedAuthkey {
             name: new.name,
@@ -229,6 +237,7 @@ impl Registry {
         if let (Some(engine), Some(configs)) = (&self.running, configs) {
             engine.reload_authkeys(&configs)?;
         }
+        tracing::info!(authkey = %name, "admin: authkey revoked");
         Ok(())
     }
 }

@@ -131,6 +131,7 @@ impl Registry {
         if let Some(engine) = &self.running {
             engine.reload_services(configs)?;
         }
+        tracing::info!(service = %doc.name, "admin: service saved");
         Ok(doc.redacted())
     }
 
@@ -168,6 +169,7 @@ impl Registry {
         if let (Some(engine), Some(configs)) = (&self.running, configs) {
             engine.reload_services(configs)?;
         }
+        tracing::info!(service = %name, tokens, "admin: service deleted");
         Ok(tokens)
     }
 

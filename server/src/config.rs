@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use zoftoken_engine::config::ConfigError;
 use zoftoken_storage::{AuthkeyDoc, Durability, ServiceDoc};
 
+use crate::logging::{self, LogFormat};
+
 /// Where services and authkeys come from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -181,6 +183,13 @@ pub struct Config {
     /// created for a database that exists already. `config_source: file` only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub demo_admin_authkey: bool,
+    /// Log lines on standard error: `text` (default) or `json` (one object per line).
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Which log events are written, as `RUST_LOG` directives (default `info`; for example
+    /// `warn,zoftoken_webhooks=debug`). The `RUST_LOG` environment variable wins when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_filter: Option<String>,
 }
 
 /// The name of the authkey `demo_admin_authkey: true` creates.
@@ -281,9 +290,9 @@ pub fn parse(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Loaded, ConfigFileError> {
     let mut config: Config = if text.trim().is_empty() {
-        serde_yaml::from_str("{}")
+        serde_norway::from_str("{}")
     } else {
-        serde_yaml::from_str(text)
+        serde_norway::from_str(text)
     }
     .map_err(|e| ConfigFileError::Syntax {
         path: path.to_owned(),
@@ -296,6 +305,18 @@ pub fn parse(
             message: m.to_owned(),
         })
     };
+    if let Some(v) = env("ZOFTOKEN_LOG_FORMAT") {
+        match v.as_str() {
+            "text" => config.log_format = LogFormat::Text,
+            "json" => config.log_format = LogFormat::Json,
+            _ => err("ZOFTOKEN_LOG_FORMAT", "must be `text` or `json`"),
+        }
+    }
+    if let Some(f) = &config.log_filter {
+        if let Err(e) = logging::check_filter(f) {
+            err("log_filter", &e.to_string());
+        }
+    }
     if let Some(v) = env("ZOFTOKEN_UDP_LISTEN") {
         config.listen.udp = v.split(',').map(|s| s.trim().to_owned()).collect();
     }
@@ -471,7 +492,7 @@ mod tests {
         let l = parse(Path::new("c.yaml"), "", &no_env).unwrap();
         assert!(!l.config.demo_admin_authkey);
         assert!(
-            !serde_yaml::to_string(&shown(&l.config))
+            !serde_norway::to_string(&shown(&l.config))
                 .unwrap()
                 .contains("demo_admin_authkey"),
             "not shown while off"

@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod config;
 pub mod limits;
+pub mod logging;
 pub mod open;
 pub mod udp;
 

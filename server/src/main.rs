@@ -13,6 +13,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use zoftoken_admin::{Registry, SecretFormat, ServiceChanges, DEAD_LETTERS_DEFAULT};
 use zoftoken_server::admin::{self, Admin, CommandError, Output};
 use zoftoken_server::config;
+use zoftoken_server::logging;
 use zoftoken_server::open::OpenError;
 
 const AFTER_HELP: &str = "\
@@ -453,6 +454,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Logs (the server's, and what the libraries report during a command) on standard
+    // error; a command's own output stays on standard output.
+    let filter = logging::directives(loaded.config.log_filter.as_deref(), &env);
+    if let Err(e) = logging::init(loaded.config.log_format, &filter) {
+        eprintln!("zoftoken: {e}");
+        return ExitCode::from(2);
+    }
     match run(cli, loaded) {
         Ok(code) => code,
         Err(e) => {
@@ -479,7 +487,7 @@ fn run(cli: Cli, loaded: config::Loaded) -> anyhow::Result<ExitCode> {
         if json {
             println!("{}", serde_json::to_string(&shown)?);
         } else {
-            print!("{}", serde_yaml::to_string(&shown)?);
+            print!("{}", serde_norway::to_string(&shown)?);
             eprintln!("configuration OK");
         }
         return Ok(ExitCode::SUCCESS);

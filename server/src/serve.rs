@@ -40,7 +40,7 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
     }
     let store = Arc::new(open_store(&loaded, &env, &mut warnings)?);
     for w in &warnings {
-        eprintln!("zoftoken: warning: {w}");
+        tracing::warn!("{w}");
     }
     if loaded.config.demo_admin_authkey {
         demo_admin_authkey_at_first_start(&loaded, new_database)?;
@@ -51,41 +51,45 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
         .config
         .load_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    eprintln!(
-        "zoftoken: loading tokens from {} with {threads} threads",
+    tracing::info!(
+        "loading tokens from {} with {threads} threads",
         loaded.config.data_dir.display()
     );
     let started = Instant::now();
     let report = store
         .load(&engine, now_ms(), threads, &|n| {
-            eprintln!(
-                "zoftoken: … {n} tokens loaded ({:.1} s)",
+            tracing::info!(
+                "… {n} tokens loaded ({:.1} s)",
                 started.elapsed().as_secs_f64()
             )
         })
         .context("loading the database")?;
-    eprintln!(
-        "zoftoken: loaded {} tokens, {} pending enrollments, {} transactions in {:.2} s (epoch {epoch})",
+    tracing::info!(
+        tokens = report.tokens,
+        enrollments = report.enrollments,
+        transactions = report.transactions,
+        epoch,
+        "loaded {} tokens, {} pending enrollments, {} transactions in {:.2} s (epoch {epoch})",
         report.tokens,
         report.enrollments,
         report.transactions,
         report.elapsed.as_secs_f64()
     );
     for (service, n) in &report.unknown_service {
-        eprintln!(
-            "zoftoken: warning: {n} tokens of service `{service}` are not loaded: the service \
+        tracing::warn!(
+            "{n} tokens of service `{service}` are not loaded: the service \
              is not configured (they stay in the database)"
         );
     }
     if report.orphan_states > 0 {
-        eprintln!(
-            "zoftoken: note: {} leftover state records of deleted tokens ignored",
+        tracing::info!(
+            "{} leftover state records of deleted tokens ignored",
             report.orphan_states
         );
     }
     let (kind, why_not_uring) = choose_driver(loaded.config.io).map_err(anyhow::Error::msg)?;
     if let Some(why) = why_not_uring {
-        eprintln!("zoftoken: io_uring unavailable ({why}); using recvmmsg/sendmmsg");
+        tracing::warn!("io_uring unavailable ({why}); using recvmmsg/sendmmsg");
     }
     let io_threads = loaded
         .config
@@ -117,7 +121,7 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
     let metrics = match zoftoken_api::install_prometheus() {
         Ok(m) => Some(m),
         Err(e) => {
-            eprintln!("zoftoken: warning: metrics unavailable: {e}");
+            tracing::warn!("metrics unavailable: {e}");
             None
         }
     };
@@ -147,10 +151,11 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
         .api
         .max_connections_per_address
         .unwrap_or(zoftoken_api::DEFAULT_CONNECTIONS_PER_ADDRESS);
-    eprintln!(
-        "zoftoken: file descriptors: limit {} (was {}); the HTTP API serves at most \
+    tracing::info!(
+        "file descriptors: limit {} (was {}); the HTTP API serves at most \
          {max_connections} connections, {per_address} per address",
-        nofile.now, nofile.before
+        nofile.now,
+        nofile.before
     );
     let api_config = ApiConfig {
         listen: loaded.http,
@@ -170,8 +175,8 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
         Arc::new(now_ms),
     )
     .with_context(|| format!("starting the HTTP API on {}", loaded.http))?;
-    eprintln!(
-        "zoftoken: serving UDP on {} ({} driver, {io_threads} threads per address, group commit {}); \
+    tracing::info!(
+        "serving UDP on {} ({} driver, {io_threads} threads per address, group commit {}); \
          the HTTP API on http://{}; webhooks {}. Stop with Ctrl-C.",
         udp.addrs
             .iter()
@@ -216,14 +221,15 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
             match store.commit_timers(&engine, now, &mut batch) {
                 Ok(_) => {
                     if std::mem::take(&mut timer_writes_failing) {
-                        eprintln!("zoftoken: timer changes written again after failures");
+                        tracing::info!("timer changes written again after failures");
                     }
                 }
                 Err(e) => {
                     metrics::counter!("zoftoken_timer_commit_failures_total").increment(1);
                     if !std::mem::replace(&mut timer_writes_failing, true) {
-                        eprintln!(
-                            "zoftoken: error: cannot write timer changes ({} pending): {e}; \
+                        tracing::error!(
+                            error = %e,
+                            "cannot write timer changes ({} pending): {e}; \
                              retrying every second",
                             batch.mutations.len()
                         );
@@ -234,7 +240,7 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
         engine.export_metrics();
         export_storage_metrics(&store, &engine, &udp.stats);
     }
-    eprintln!("zoftoken: stopping: answering the batches in flight");
+    tracing::info!("stopping: answering the batches in flight");
     let stats = udp.stats.clone();
     api.shutdown();
     udp.join();
@@ -243,16 +249,19 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
     if let Some(hooks) = hooks {
         hooks.shutdown();
     }
-    eprintln!(
-        "zoftoken: handled {} datagrams, sent {} replies, withheld {} (failed commits: {})",
+    tracing::info!(
+        datagrams = stats.handled.load(Ordering::Relaxed),
+        replies = stats.replied.load(Ordering::Relaxed),
+        withheld = stats.withheld.load(Ordering::Relaxed),
+        "handled {} datagrams, sent {} replies, withheld {} (failed commits: {})",
         stats.handled.load(Ordering::Relaxed),
         stats.replied.load(Ordering::Relaxed),
         stats.withheld.load(Ordering::Relaxed),
         stats.failed_commits.load(Ordering::Relaxed)
     );
-    eprintln!("zoftoken: flushing the database");
+    tracing::info!("flushing the database");
     store.flush().context("flushing the database")?;
-    eprintln!("zoftoken: stopped");
+    tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -266,8 +275,8 @@ fn demo_admin_authkey_at_first_start(loaded: &Loaded, new_database: bool) -> any
     let file = loaded.demo_admin_authkey_file();
     if !new_database {
         if !file.exists() {
-            eprintln!(
-                "zoftoken: note: demo_admin_authkey: {} does not exist and the database is \
+            tracing::info!(
+                "demo_admin_authkey: {} does not exist and the database is \
                  not new, so there is no demo admin authkey (it is made at the first start of \
                  a new database only; `zoftoken authkey create NAME --admin` makes a key)",
                 file.display()
@@ -282,8 +291,8 @@ fn demo_admin_authkey_at_first_start(loaded: &Loaded, new_database: bool) -> any
         .context("creating the demo admin authkey")?;
     let secret = created.secret;
     let file = write_demo_admin_authkey(loaded, &secret)?;
-    eprintln!(
-        "zoftoken: created the admin authkey `{}` for this demo (demo_admin_authkey: true; \
+    tracing::warn!(
+        "created the admin authkey `{}` for this demo (demo_admin_authkey: true; \
          never in production). Its secret is in {} (mode 0600) and shown nowhere else: send \
          it as `Authorization: Bearer $(cat {})`. Delete the file to revoke the key.",
         config::DEMO_ADMIN_AUTHKEY,
@@ -339,12 +348,12 @@ fn reload(config_path: &Path, store: &Store, engine: &Engine, api: &ApiServer) {
             Ok((n, authkeys.len()))
         });
     match result {
-        Ok((services, authkeys)) => eprintln!(
-            "zoftoken: SIGHUP: reloaded {services} services and {authkeys} authkeys from {}",
+        Ok((services, authkeys)) => tracing::info!(
+            "SIGHUP: reloaded {services} services and {authkeys} authkeys from {}",
             config_path.display()
         ),
         Err(e) => {
-            eprintln!("zoftoken: SIGHUP: reload failed, keeping the running configuration: {e}")
+            tracing::error!("SIGHUP: reload failed, keeping the running configuration: {e}")
         }
     }
 }

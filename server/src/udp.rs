@@ -269,7 +269,7 @@ impl IoThread {
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
         {
             self.last_error_log = Some(now);
-            eprintln!("zoftoken: error: {message}");
+            tracing::error!("{message}");
         }
     }
 }

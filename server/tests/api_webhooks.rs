@@ -64,26 +64,37 @@ impl Env {
              services:\n  - name: bank\n    window: 600\n    duress_allowed: true\n    \
              endpoints: [\"{udp}\"]\n{hook}\
              authkeys:\n{}",
-            serde_yaml::to_string(&keys).unwrap()
+            serde_norway::to_string(&keys).unwrap()
         );
         std::fs::write(dir.path().join("config.yaml"), config).unwrap();
         Env { dir }
     }
 
     fn serve(&self) -> Server {
-        let mut child = common::zoftoken(self.dir.path(), &["serve"])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        self.serve_with(&[])
+    }
+
+    /// `serve` with extra environment variables; its whole log is kept in `Server::log`.
+    fn serve_with(&self, vars: &[(&str, &str)]) -> Server {
+        let mut command = common::zoftoken(self.dir.path(), &["serve"]);
+        for (k, v) in vars {
+            command.env(k, v);
+        }
+        let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
         let mut err = BufReader::new(child.stderr.take().unwrap());
-        let log = wait_for(&mut err, "serving UDP");
-        let http: SocketAddr = common::http_addr(&log);
+        let first = wait_for(&mut err, "serving UDP");
+        let http: SocketAddr = common::http_addr(&first);
+        let log = Arc::new(Mutex::new(first));
         // Keep draining the log so that the server never blocks on a full pipe.
+        let kept = log.clone();
         std::thread::spawn(move || {
-            let mut sink = String::new();
-            let _ = err.read_to_string(&mut sink);
+            let mut line = String::new();
+            while err.read_line(&mut line).is_ok_and(|n| n > 0) {
+                kept.lock().unwrap().push_str(&line);
+                line.clear();
+            }
         });
-        Server { child, http }
+        Server { child, http, log }
     }
 
     fn device(&self, state: &Path, args: &[&str], pins: &str) -> (i32, String) {
@@ -95,6 +106,8 @@ impl Env {
 struct Server {
     child: Child,
     http: SocketAddr,
+    /// Everything the server wrote on standard error so far.
+    log: Arc<Mutex<String>>,
 }
 
 impl Server {
@@ -105,6 +118,24 @@ impl Server {
             .unwrap();
         assert!(s.success());
         assert!(self.child.wait().unwrap().success());
+    }
+
+    /// Stops the server and returns its whole log (the reader thread has seen the end once
+    /// the last line, written at exit, is there).
+    fn stop_with_log(self) -> String {
+        let log = self.log.clone();
+        self.stop();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = log.lock().unwrap().clone();
+            if text.contains("\"stopped\"")
+                || text.contains(" stopped")
+                || Instant::now() > deadline
+            {
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn kill9(mut self) {
@@ -591,4 +622,156 @@ fn gone_makes_dead_letters_that_the_command_line_lists_and_replays() {
         .as_array()
         .unwrap()
         .is_empty());
+}
+
+/// Whether `secret` occurs in `log`. A short all-digit secret (a PIN, a code) counts only
+/// where no digit touches it, so that it is not found inside a timestamp or a counter.
+fn leaks(log: &str, secret: &str) -> bool {
+    if secret.len() < 12 && secret.bytes().all(|b| b.is_ascii_digit()) {
+        return log.match_indices(secret).any(|(at, _)| {
+            let before = log[..at].bytes().next_back();
+            let after = log[at + secret.len()..].bytes().next();
+            !before.is_some_and(|b| b.is_ascii_digit())
+                && !after.is_some_and(|b| b.is_ascii_digit())
+        });
+    }
+    log.contains(secret) || log.contains(&secret.to_uppercase())
+}
+
+/// Every flow (enrollment of both token kinds, pairing with a duress PIN, open, close, codes,
+/// offline responses, backup codes, transactions, webhooks) with the server logging at the
+/// most verbose level as JSON lines: no key, PIN, verifier, code or secret appears in its log.
+#[test]
+fn the_most_verbose_log_holds_no_secret() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook = listener.local_addr().unwrap();
+    let receiver = Receiver::on(listener);
+    let e = Env::new(Some(hook));
+    let server = e.serve_with(&[("RUST_LOG", "trace"), ("ZOFTOKEN_LOG_FORMAT", "json")]);
+    let token = "/v1/services/bank/tokens/dora";
+    let api = |method: &str, path: &str, body: &str| {
+        let (code, v) = http(
+            server.http,
+            method,
+            &format!("{token}{path}"),
+            ADMIN_KEY,
+            body,
+        );
+        assert!((200..300).contains(&code), "{method} {path}: {code} {v}");
+        v
+    };
+    let (pin, duress_pin) = ("582913", "604417");
+    let mut secrets: Vec<String> = vec![
+        ADMIN_KEY.into(),
+        READ_KEY.into(),
+        "e2e-hook-secret".into(),
+        pin.into(),
+        duress_pin.into(),
+    ];
+    let master = std::fs::read_to_string(e.dir.path().join("data/master.key")).unwrap();
+    secrets.push(master.trim().to_owned());
+
+    let enrolled = api("POST", "", "{}");
+    let link = enrolled["deeplink"].as_str().unwrap().to_owned();
+    secrets.push(link.clone());
+    let query = link.split_once('?').map_or("", |(_, q)| q);
+    secrets.extend(
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .filter(|(k, _)| !["service", "user", "host", "port", "v"].contains(k))
+            .map(|(_, v)| v.to_owned()),
+    );
+    secrets.push(enrolled["manual_code"].as_str().unwrap().to_owned());
+    let phone = e.dir.path().join("dora.json");
+    let pins = format!("{pin}\n{pin}\n{duress_pin}\n{duress_pin}\n");
+    device_json(&e, &phone, &["pair", "--duress", &link], &pins).unwrap();
+    // The phone's stored keys (the token secret and its PIN key ring), as hex.
+    let state = std::fs::read_to_string(&phone).unwrap();
+    let mut run = String::new();
+    for c in state.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+        } else {
+            if run.len() >= 32 {
+                secrets.push(run.clone());
+            }
+            run.clear();
+        }
+    }
+
+    device_json(&e, &phone, &["open"], &format!("{pin}\n")).unwrap();
+    device_json(
+        &e,
+        &phone,
+        &["open", "--duress"],
+        &format!("{duress_pin}\n"),
+    )
+    .unwrap();
+    device_json(&e, &phone, &["close"], "").unwrap();
+    let code = device_json(&e, &phone, &["code"], &format!("{pin}\n")).unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    api("POST", "/code", &json!({ "code": code }).to_string());
+    secrets.push(code);
+    let challenge = api("POST", "/offline/challenge", "{}")["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let response = device_json(&e, &phone, &["offline", &challenge], &format!("{pin}\n")).unwrap()
+        ["response"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    api(
+        "POST",
+        "/offline/response",
+        &json!({ "response": response }).to_string(),
+    );
+    secrets.push(challenge);
+    secrets.push(response);
+    let codes: Vec<String> =
+        serde_json::from_value(api("POST", "/backup-codes", "{}")["codes"].clone()).unwrap();
+    api(
+        "POST",
+        "/backup-codes/verify",
+        &json!({ "code": codes[0] }).to_string(),
+    );
+    secrets.extend(codes);
+    let message = "Pay 9731 EUR to account 44-1209-553?";
+    let tx = api(
+        "POST",
+        "/transactions",
+        &json!({ "message": message }).to_string(),
+    )["tx_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    device_json(&e, &phone, &["approve", &tx], &format!("{pin}\n")).unwrap();
+    secrets.push(message.into());
+    // A TOTP token: its otpauth secret.
+    let (status, totp) = http(
+        server.http,
+        "POST",
+        "/v1/services/bank/tokens/erik",
+        ADMIN_KEY,
+        r#"{"kind":"totp"}"#,
+    );
+    assert_eq!(status, 201, "{totp}");
+    secrets.push(totp["secret_base32"].as_str().unwrap().to_owned());
+    secrets.push(totp["otpauth_uri"].as_str().unwrap().to_owned());
+    // Webhooks were delivered (so their signing ran while logging).
+    wait_until("the webhooks of the flow", || {
+        receiver.types_of("dora").len() >= 5
+    });
+
+    let log = server.stop_with_log();
+    // The log is the verbose one: JSON lines, debug events of the webhook deliveries.
+    assert!(log.lines().all(|l| l.starts_with('{')), "{log}");
+    assert!(log.contains("\"level\":\"DEBUG\""), "{log}");
+    assert!(log.contains("delivery attempt"), "{log}");
+    for s in secrets.iter().filter(|s| s.len() >= 6) {
+        assert!(!leaks(&log, s), "the log shows a secret ({s}):\n{log}");
+    }
 }

@@ -95,8 +95,9 @@ impl Store {
         }
         self.health().remember_restored(&ids);
         if let Err(e) = self.restore_tokens(engine, now_ms, &ids) {
-            eprintln!(
-                "zoftoken: error: cannot read {} token(s) back from the database after a failed \
+            tracing::error!(
+                tokens = ids.len(),
+                "cannot read {} token(s) back from the database after a failed \
                  write: {e}; they stay unusable until it can",
                 ids.len()
             );
@@ -142,7 +143,7 @@ impl Store {
         }
         match self.kv().reopen() {
             Ok(true) => {
-                eprintln!("zoftoken: the database was opened again after failed writes");
+                tracing::info!("the database was opened again after failed writes");
                 let again = health.restored_while_failing();
                 // A token in use by a batch under way is left to that batch's outcome (a
                 // failed commit restores it anyway).

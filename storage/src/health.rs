@@ -67,8 +67,9 @@ impl Health {
         self.failed_commits.fetch_add(1, Ordering::Relaxed);
         *lock(&self.last_error) = Some(e.to_string());
         if self.writable.swap(false, Ordering::AcqRel) {
-            eprintln!(
-                "zoftoken: error: cannot write to the database: {e}. Nothing that was not \
+            tracing::error!(
+                error = %e,
+                "cannot write to the database. Nothing that was not \
                  written is answered: state changes get no reply, the API answers 503 \
                  storage_unavailable, /readyz is not ready; retrying every second"
             );
@@ -78,7 +79,7 @@ impl Health {
     /// A write succeeded.
     pub(crate) fn write_ok(&self) {
         if !self.writable.load(Ordering::Acquire) && !self.writable.swap(true, Ordering::AcqRel) {
-            eprintln!("zoftoken: the database can write again; serving normally");
+            tracing::info!("the database can write again; serving normally");
         }
     }
 

@@ -234,8 +234,8 @@ impl RocksKv {
             Some(loss) if loss.batches == 0 => {
                 let db = Self::open_with(path, DBRecoveryMode::TolerateCorruptedTailRecords)
                     .map_err(error)?;
-                eprintln!(
-                    "zoftoken: WARNING: the write-ahead log {} ended in a damaged record at \
+                tracing::warn!(
+                    "the write-ahead log {} ended in a damaged record at \
                      byte {} (a write cut short by a crash or a full disk); it was \
                      dropped. Under \
                      `durability: fsync` that write was never acknowledged; under \

@@ -192,7 +192,7 @@ impl Dispatcher {
             match &client {
                 Err(e) if self.client_errors.get(&name) != Some(e) => {
                     metrics::counter!("zoftoken_webhook_config_errors_total").increment(1);
-                    eprintln!("webhooks: service `{name}`: {e}");
+                    tracing::warn!(service = %name, error = %e, "webhooks: a service's webhook cannot be used");
                     self.client_errors.insert(name.clone(), e.clone());
                 }
                 Err(_) => {}
@@ -411,6 +411,15 @@ impl Dispatcher {
             return;
         };
         head.attempts += 1;
+        tracing::debug!(
+            service = %service,
+            event = %head.ev.kind.name(),
+            sequence = head.ev.seq,
+            attempt = head.attempts,
+            status = attempt.status,
+            error = attempt.error.as_deref(),
+            "webhooks: delivery attempt"
+        );
         let ok = attempt.status.is_some_and(|s| (200..300).contains(&s));
         let gone = attempt.status == Some(410);
         let deadline = head.first_attempt.unwrap_or(now) + self.cfg.retry_for;

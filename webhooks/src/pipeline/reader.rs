@@ -86,7 +86,7 @@ impl Reader {
             last_read = Some(Instant::now());
             if let Err(e) = self.read_once() {
                 metrics::counter!("zoftoken_webhook_store_errors_total").increment(1);
-                eprintln!("webhooks: reading the outbox failed: {e}");
+                tracing::error!(error = %e, "webhooks: reading the outbox failed");
             }
             crossbeam_channel::select! {
                 recv(bus) -> _ => {

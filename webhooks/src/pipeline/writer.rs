@@ -53,7 +53,7 @@ pub(super) fn writer_loop(
                 // The events stay in the outbox (and in `live`): delivered again after a
                 // restart. Counted; the error names no secret.
                 metrics::counter!("zoftoken_webhook_store_errors_total").increment(1);
-                eprintln!("webhooks: acknowledgement write failed: {e}");
+                tracing::error!(error = %e, "webhooks: acknowledgement write failed");
             }
         }
     }
