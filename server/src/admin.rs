@@ -18,6 +18,21 @@ use zoftoken_storage::{ServiceDoc, Store, StoreError};
 use crate::config::{ConfigSource, Loaded};
 use crate::open::{build_engine, open_store, OpenError};
 
+/// The process's exit code for a command's error: the command's own (invalid input 2,
+/// database in use 3, not found 4), else the storage's (cannot write or read 5, damaged 6),
+/// else 1.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    e.downcast_ref::<CommandError>()
+        .map(CommandError::exit_code)
+        .or_else(|| {
+            e.downcast_ref::<OpenError>()
+                .map(OpenError::exit_code)
+                .filter(|c| *c != 1)
+        })
+        .or_else(|| crate::open::storage_exit_code(e))
+        .unwrap_or(1)
+}
+
 /// What an operation reports: a text for people and the same facts as JSON.
 #[derive(Debug)]
 pub struct Output {
@@ -47,9 +62,13 @@ pub enum CommandError {
 
 impl CommandError {
     /// 2: invalid input or configuration, or a command that does not apply; 3: the database
-    /// is locked by a running server; 4: not found; 1: anything else.
+    /// is locked by a running server; 4: not found; 5: the database cannot write or read;
+    /// 6: the database is damaged; 1: anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
+            CommandError::Admin(AdminError::Store(e)) | CommandError::Store(e) => {
+                crate::open::store_exit_code(e).unwrap_or(1)
+            }
             CommandError::Admin(e) => match e.kind() {
                 ErrorKind::Invalid | ErrorKind::Refused => 2,
                 ErrorKind::NotFound => 4,
@@ -57,7 +76,6 @@ impl CommandError {
             },
             CommandError::Open(e) => e.exit_code(),
             CommandError::Invalid(_) => 2,
-            _ => 1,
         }
     }
 }
@@ -544,4 +562,32 @@ pub fn authkey_revoke(registry: &Registry, name: &str) -> Result<Output, Command
         human: format!("authkey `{name}` revoked\n"),
         json: json!({ "revoked": name }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zoftoken_storage::KvError;
+
+    fn io(text: &str) -> std::io::Error {
+        std::io::Error::other(text.to_owned())
+    }
+
+    #[test]
+    fn a_storage_failure_under_an_admin_command_is_exit_code_5_or_6() {
+        let cannot_write = CommandError::Admin(AdminError::Store(StoreError::Kv(KvError::Io(
+            Box::new(io("No space left on device")),
+        ))));
+        assert_eq!(exit_code(&anyhow::Error::new(cannot_write)), 5);
+        let damaged = CommandError::Admin(AdminError::Store(StoreError::Kv(KvError::Corruption(
+            Box::new(io("bad block")),
+        ))));
+        assert_eq!(exit_code(&anyhow::Error::new(damaged)), 6);
+        let maintenance = CommandError::Store(StoreError::Kv(KvError::Io(Box::new(io("eio")))));
+        assert_eq!(exit_code(&anyhow::Error::new(maintenance)), 5);
+        // The command's own codes stay.
+        let unknown = CommandError::Admin(AdminError::UnknownAuthkey("k".into()));
+        assert_eq!(exit_code(&anyhow::Error::new(unknown)), 4);
+        assert_eq!(exit_code(&anyhow::anyhow!("anything else")), 1);
+    }
 }

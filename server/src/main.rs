@@ -14,7 +14,6 @@ use zoftoken_admin::{Registry, SecretFormat, ServiceChanges, DEAD_LETTERS_DEFAUL
 use zoftoken_server::admin::{self, Admin, CommandError, Output};
 use zoftoken_server::config;
 use zoftoken_server::logging;
-use zoftoken_server::open::OpenError;
 
 const AFTER_HELP: &str = "\
 Admin commands work on the database while the server is stopped (the database is locked \
@@ -464,18 +463,8 @@ fn main() -> ExitCode {
     match run(cli, loaded) {
         Ok(code) => code,
         Err(e) => {
-            let code = e
-                .downcast_ref::<CommandError>()
-                .map(CommandError::exit_code)
-                .or_else(|| {
-                    e.downcast_ref::<OpenError>()
-                        .map(OpenError::exit_code)
-                        .filter(|c| *c != 1)
-                })
-                .or_else(|| zoftoken_server::open::storage_exit_code(&e))
-                .unwrap_or(1);
             eprintln!("zoftoken: {e:#}");
-            ExitCode::from(code)
+            ExitCode::from(admin::exit_code(&e))
         }
     }
 }

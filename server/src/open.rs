@@ -363,15 +363,28 @@ pub fn storage_exit_code(e: &anyhow::Error) -> Option<u8> {
                 _ => None,
             });
         match kv {
-            Some(KvError::Corruption(_)) => Some(6),
-            Some(KvError::Locked(_)) => None,
-            Some(_) => Some(5),
-            None => match cause.downcast_ref::<StoreError>() {
-                Some(StoreError::Corrupt { .. }) => Some(6),
-                _ => None,
-            },
+            Some(k) => kv_exit_code(k),
+            None => cause.downcast_ref::<StoreError>().and_then(store_exit_code),
         }
     })
+}
+
+/// The exit code for a store's error: 6 for damage, 5 for a database that cannot write or
+/// read, `None` for anything else (a locked database is [`OpenError::Locked`]'s 3).
+pub fn store_exit_code(e: &StoreError) -> Option<u8> {
+    match e {
+        StoreError::Kv(k) => kv_exit_code(k),
+        StoreError::Corrupt { .. } => Some(6),
+        _ => None,
+    }
+}
+
+fn kv_exit_code(e: &KvError) -> Option<u8> {
+    match e {
+        KvError::Corruption(_) => Some(6),
+        KvError::Locked(_) => None,
+        _ => Some(5),
+    }
 }
 
 /// The services and authkeys in effect: the file's, or the database's.
