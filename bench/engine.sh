@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The engine measurement of issue #3, in one run on this machine:
+# The engine measurement, in one run on this machine:
 #   - packets/s on one and on two threads, 1 million resident tokens, realistic mix
 #     (STATUS 60 %, OPEN 20 %, CLOSE 20 %; another with MIX=open or MIX=S/O/C), each packet
 #     fully processed (parse, open, state change, seal of the reply), in receive batches of

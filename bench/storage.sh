@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The storage measurement of issue #4, in one run on this machine:
+# The storage measurement, in one run on this machine:
 #   - engine packets/s with persistence on (each receive batch of 32 packets group-committed
 #     to RocksDB, WAL without fsync, before its replies could leave) as a ratio of the same
 #     engine without persistence, interleaved in the same run, 1 M tokens, realistic mix; the

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The UDP measurement of issue #5, in one invocation on this machine: the load generator
+# The UDP measurement, in one invocation on this machine: the load generator
 # (flat out, then at half the server's maximum for the latency) against
 #   1. `udp-echo`, the baseline: the same sockets, batching and driver, no crypto, no state;
 #   2. `zoftoken serve` with 1 million tokens (written by `zoftoken loadgen prepare`), WAL

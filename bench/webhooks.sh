@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The webhook benchmark of issue #7, in one invocation on this machine, against one
+# The webhook benchmark, in one invocation on this machine, against one
 # `zoftoken serve` whose service `bench` delivers every event to `webhook-sink` (a local
 # keep-alive receiver that verifies every signature and measures the latency from the event's
 # time to its arrival):

@@ -1,3 +1,5 @@
+//! [`DeviceError`]: why the device refused a reply, a request or its saved state.
+
 use thiserror::Error;
 use zoftoken_proto::DropReason;
 

@@ -23,7 +23,7 @@
 //! It does no IO, reads no clock and draws no randomness of its own: the caller passes the
 //! device time and random bytes, sends the datagrams to an endpoint of its choice and feeds
 //! the replies back. Choosing endpoints, timeouts and retries belong to the caller (the UDP
-//! client arrives with the server issue). Argon2id PIN hashing is the caller's to run
+//! client is `zoftoken-client`). Argon2id PIN hashing is the caller's to run
 //! ([`zoftoken_proto::PinVerifier::derive`]), because it is deliberately slow.
 #![forbid(unsafe_code)]
 

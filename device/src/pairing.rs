@@ -1,3 +1,6 @@
+//! [`Pairing`]: an enrollment completed from a deeplink or a manual code (PAIR_INIT, then
+//! PAIR_COMPLETE with the sealed PIN verifiers), yielding a [`Token`](crate::Token).
+
 use zerocopy::IntoBytes;
 use zoftoken_proto::codes;
 use zoftoken_proto::deeplink::{check_endpoint, Deeplink};

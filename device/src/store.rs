@@ -1,3 +1,5 @@
+//! [`StateStore`]: where the device saves its token state before every request.
+
 use crate::DeviceError;
 
 /// Where the device keeps its token state (a file with mode 0600, the phone's keystore, ...).

@@ -1,3 +1,6 @@
+//! [`Token`]: a paired token; builds every request into the caller's buffer, checks the
+//! replies, computes one-time codes and offline responses, and saves its state first.
+
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use zerocopy::{FromBytes, Immutable, IntoBytes};

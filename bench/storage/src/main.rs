@@ -1,4 +1,4 @@
-//! The storage benchmark of issue #4 (run by `bench/storage.sh`):
+//! The storage benchmark (run by `bench/storage.sh`):
 //!
 //! - engine packets/s with persistence on as a ratio of the same engine without persistence,
 //!   measured interleaved in the same run. Modes: `memory` (the baseline), `wal` (the
