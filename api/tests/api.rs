@@ -164,8 +164,9 @@ impl Harness {
         let outcome = self
             .engine
             .handle_packet(self.now(), src, &mut d, &mut out, &mut batch);
-        self.store.commit(&batch.mutations, &*self.engine).unwrap();
-        self.engine.publish(&mut batch);
+        self.store
+            .commit_batch(&self.engine, self.now(), &mut batch)
+            .unwrap();
         match outcome {
             PacketOutcome::Reply(n) => out[..n].to_vec(),
             PacketOutcome::Drop(r) => panic!("dropped: {r:?}"),

@@ -22,8 +22,8 @@ use zoftoken_client::{
     TransportConfig,
 };
 use zoftoken_engine::{
-    Batch, Engine, EngineConfig, EnrollmentTicket, OfflineOutcome, PacketOutcome, ServiceConfig,
-    TokenState,
+    Batch, Engine, EngineConfig, EnrollmentTicket, MemoryCommit, OfflineOutcome, PacketOutcome,
+    ServiceConfig, TokenState,
 };
 use zoftoken_proto::{TokenId, TxState};
 
@@ -32,6 +32,11 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
+}
+
+/// Commits `batch` to memory (this server has no storage): the engine publishes it.
+fn commit(engine: &Engine, batch: &mut Batch) {
+    engine.commit(&mut MemoryCommit::default(), batch).unwrap();
 }
 
 /// A port with nothing behind it (ICMP port unreachable).
@@ -93,7 +98,7 @@ impl Server {
                     let mut batch = Batch::new();
                     let outcome =
                         engine.handle_packet(now_ms(), src, &mut datagram, &mut out, &mut batch);
-                    engine.publish(&mut batch);
+                    commit(&engine, &mut batch);
                     if let PacketOutcome::Reply(len) = outcome {
                         let _ = socket.send_to(&out[..len], src);
                     }
@@ -117,7 +122,7 @@ impl Server {
             .engine
             .enroll(now_ms(), service, user, &mut batch)
             .unwrap();
-        self.engine.publish(&mut batch);
+        commit(&self.engine, &mut batch);
         t
     }
 
@@ -450,7 +455,7 @@ fn offline_response_opens_the_token() {
         .engine
         .offline_response(now_ms(), &ticket.token_id, &response, &mut batch)
         .unwrap();
-    server.engine.publish(&mut batch);
+    commit(&server.engine, &mut batch);
     assert_eq!(outcome, OfflineOutcome::Accepted { duress: false });
     assert_eq!(server.state(&ticket.token_id).state, TokenState::Open);
 }
@@ -467,7 +472,7 @@ fn transactions_are_shown_approved_and_denied() {
             .engine
             .create_transaction(now_ms(), &ticket.token_id, msg, 60_000, &mut batch)
             .unwrap();
-        server.engine.publish(&mut batch);
+        commit(&server.engine, &mut batch);
         tx
     };
     let tx_state = |tx: &[u8; 16]| server.engine.transaction(now_ms(), tx).unwrap().state;

@@ -10,7 +10,6 @@
 
 use std::net::SocketAddr;
 
-use crossbeam_channel::Receiver;
 use zoftoken_device::{MemoryStore, Pairing, Reply, Request, Token};
 use zoftoken_engine::*;
 use zoftoken_proto::codes::{self, OtpParams};
@@ -25,8 +24,23 @@ struct World {
     engine: Engine,
     now: u64,
     commit: MemoryCommit,
-    events: Receiver<Event>,
+    /// Events written (the outbox) and not yet looked at.
     seen: Vec<Event>,
+}
+
+/// A durable write that always fails (a full disk).
+struct FullDisk;
+
+impl DurableWrite for FullDisk {
+    type Error = std::io::Error;
+    fn write(&mut self, _: &[&[Mutation]]) -> Result<u64, std::io::Error> {
+        Err(std::io::Error::other("no space left on device"))
+    }
+}
+
+/// Commits `batch` to a log that is thrown away (tests of the engine alone).
+fn committed(engine: &Engine, batch: &mut Batch) {
+    engine.commit(&mut MemoryCommit::default(), batch).unwrap();
 }
 
 struct Phone {
@@ -74,20 +88,22 @@ impl World {
 
     fn with(config: EngineConfig) -> World {
         let engine = Engine::new(config).unwrap();
-        let events = engine.events().subscribe();
         World {
             engine,
             now: T0,
             commit: MemoryCommit::default(),
-            events,
             seen: Vec::new(),
         }
     }
 
     fn commit(&mut self, mut batch: Batch) {
-        self.commit.commit(&batch.mutations).unwrap();
-        self.engine.publish(&mut batch);
-        self.seen.extend(self.events.try_iter());
+        let before = self.commit.log.len();
+        self.engine.commit(&mut self.commit, &mut batch).unwrap();
+        self.seen
+            .extend(self.commit.log[before..].iter().filter_map(|m| match m {
+                Mutation::Event(e) => Some(e.clone()),
+                _ => None,
+            }));
     }
 
     /// Sends a datagram to the engine; returns the reply bytes or the drop reason.
@@ -1112,7 +1128,6 @@ fn a_restart_restores_tokens_and_still_refuses_replays() {
         engine.load_token(r).unwrap();
     }
     w.engine = engine;
-    w.events = w.engine.events().subscribe();
     assert_eq!(
         w.engine.status(w.now, "bank", "alice").unwrap().state,
         TokenState::Open
@@ -1123,19 +1138,56 @@ fn a_restart_restores_tokens_and_still_refuses_replays() {
 }
 
 #[test]
-fn a_slow_consumer_never_blocks_and_overflow_is_counted() {
-    let mut config = EngineConfig::new(services(), 7, [9; 32]);
-    config.event_capacity = 2;
-    let engine = Engine::new(config).unwrap();
+fn a_batch_is_published_only_by_a_successful_write() {
+    let engine = Engine::new(EngineConfig::new(services(), 7, [9; 32])).unwrap();
     let mut batch = Batch::new();
+    let mut ids = Vec::new();
     for i in 0..5 {
-        engine
-            .enroll(T0, "bank", &format!("user{i}"), &mut batch)
-            .unwrap();
+        let user = format!("user{i}");
+        engine.enroll(T0, "bank", &user, &mut batch).unwrap();
+        ids.push(TokenId::derive("bank", &user));
     }
-    engine.publish(&mut batch);
-    assert_eq!(engine.events().queued(), 2);
-    assert_eq!(engine.events().overflowed(), 3);
+    ids.sort_unstable();
+    // Nothing is published before the write: the tokens are unsettled, no event is counted.
+    assert_eq!(engine.unsettled_count(), 5);
+    assert_eq!(engine.committed_events(EventKind::Enrolled), 0);
+    // A failed write publishes nothing and hands the tokens over for a restore.
+    let failed = engine.commit(&mut FullDisk, &mut batch).unwrap_err();
+    assert_eq!(failed.unsettled, ids);
+    assert_eq!(failed.source.kind(), std::io::ErrorKind::Other);
+    assert_eq!(engine.committed_events(EventKind::Enrolled), 0);
+    assert_eq!(engine.unsettled_count(), 5, "unusable until restored");
+    assert_eq!(
+        batch.events().count(),
+        5,
+        "the records stay with the caller"
+    );
+    assert_eq!(
+        engine.status(T0, "bank", "user0").err(),
+        Some(EngineError::Unsettled)
+    );
+    // Written again: published once, every event counted once.
+    let mut log = MemoryCommit::default();
+    engine.commit(&mut log, &mut batch).unwrap();
+    assert!(batch.is_empty(), "a committed batch comes back empty");
+    assert_eq!(log.events().count(), 5);
+    assert_eq!(engine.committed_events(EventKind::Enrolled), 5);
+    // The failed write's tokens are still waiting for their restore.
+    assert_eq!(engine.unsettled_count(), 5);
+    let restored: Vec<(TokenId, u64)> = failed.unsettled.iter().map(|t| (*t, 0)).collect();
+    engine.finish_restore(&restored);
+    assert_eq!(engine.unsettled_count(), 0);
+    // A group: one write, every batch published.
+    let (mut a, mut b) = (Batch::new(), Batch::new());
+    engine.enroll(T0, "bank", "ann", &mut a).unwrap();
+    engine.enroll(T0, "bank", "bob", &mut b).unwrap();
+    engine
+        .commit_group(&mut log, &mut [&mut a, &mut b])
+        .unwrap();
+    assert_eq!(log.commits, 2);
+    assert!(a.is_empty() && b.is_empty());
+    assert_eq!(engine.committed_events(EventKind::Enrolled), 7);
+    assert_eq!(engine.unsettled_count(), 0);
 }
 
 #[test]
@@ -1354,7 +1406,7 @@ fn pairing_and_admin_operations_run_concurrently() {
                 let mut batch = Batch::new();
                 let ticket = engine.enroll(T0, "bank", u, &mut batch).unwrap();
                 // Committed (this test has no storage): the token is settled again.
-                engine.publish(&mut batch);
+                committed(engine, &mut batch);
                 let mut pairing =
                     Pairing::from_deeplink(&Deeplink::parse(&ticket.deeplink).unwrap());
                 let mut out = [0u8; 1200];
@@ -1373,7 +1425,7 @@ fn pairing_and_admin_operations_run_concurrently() {
                     engine.handle_packet(T0, src, &mut out[..tx.len], &mut reply, &mut batch),
                     PacketOutcome::Reply(_)
                 ));
-                engine.publish(&mut batch);
+                committed(engine, &mut batch);
                 assert_eq!(
                     engine.status_by_id(T0, &offer.token_id).unwrap().state,
                     TokenState::Closed
@@ -1386,7 +1438,7 @@ fn pairing_and_admin_operations_run_concurrently() {
                     let id = TokenId::derive("bank", u);
                     let mut batch = Batch::new();
                     let r = engine.force(T0, &id, Force::Closed, &mut batch);
-                    engine.publish(&mut batch);
+                    committed(engine, &mut batch);
                     // Unsettled: the pairing thread's change was not committed yet.
                     assert!(
                         r.is_ok()
@@ -1744,8 +1796,13 @@ fn a_failed_commit_is_undone_by_restoring_the_token() {
     let src: SocketAddr = SRC.parse().unwrap();
     w.engine
         .handle_packet(w.now, src, &mut close, &mut reply, &mut failed);
-    // The driver restores what storage holds: the token is open again in memory.
-    let ids = w.engine.unsettled_tokens(&mut failed);
+    // The write fails: nothing is published, and the driver restores what storage holds:
+    // the token is open again in memory.
+    let ids = w
+        .engine
+        .commit(&mut FullDisk, &mut failed)
+        .unwrap_err()
+        .unsettled;
     assert_eq!(ids, vec![id]);
     let mut restored = Vec::new();
     for t in &ids {
@@ -1860,7 +1917,6 @@ impl World {
             engine.load_token(r).unwrap();
         }
         self.engine = engine;
-        self.events = self.engine.events().subscribe();
     }
 
     /// The duress events seen since the last call: (operation, actor, transaction).

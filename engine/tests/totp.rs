@@ -11,7 +11,6 @@
 
 use std::net::SocketAddr;
 
-use crossbeam_channel::Receiver;
 use zoftoken_engine::*;
 use zoftoken_proto::codes::OtpParams;
 use zoftoken_proto::packet::seal_request;
@@ -109,19 +108,17 @@ struct World {
     engine: Engine,
     now: u64,
     commit: MemoryCommit,
-    events: Receiver<Event>,
+    /// Events written (the outbox) and not yet looked at.
     seen: Vec<Event>,
 }
 
 impl World {
     fn new() -> World {
         let engine = Engine::new(EngineConfig::new(services(), 7, [9; 32])).unwrap();
-        let events = engine.events().subscribe();
         World {
             engine,
             now: T0,
             commit: MemoryCommit::default(),
-            events,
             seen: Vec::new(),
         }
     }
@@ -129,9 +126,13 @@ impl World {
     fn admin<R>(&mut self, f: impl FnOnce(&Engine, u64, &mut Batch) -> R) -> R {
         let mut batch = Batch::new();
         let r = f(&self.engine, self.now, &mut batch);
-        self.commit.commit(&batch.mutations).unwrap();
-        self.engine.publish(&mut batch);
-        self.seen.extend(self.events.try_iter());
+        let before = self.commit.log.len();
+        self.engine.commit(&mut self.commit, &mut batch).unwrap();
+        self.seen
+            .extend(self.commit.log[before..].iter().filter_map(|m| match m {
+                Mutation::Event(e) => Some(e.clone()),
+                _ => None,
+            }));
         r
     }
 
@@ -652,7 +653,6 @@ fn a_reload_from_the_committed_records_keeps_the_kind_and_the_last_step() {
     let engine = Engine::new(EngineConfig::new(services(), 8, [1; 32])).unwrap();
     engine.load_token(&record).unwrap();
     w.engine = engine;
-    w.events = w.engine.events().subscribe();
     assert_eq!(
         w.engine.status_by_id(w.now, &t.token_id).unwrap().kind,
         TokenKind::Totp
@@ -690,8 +690,7 @@ fn a_totp_token_re_enrolled_for_the_app_pairs_and_becomes_an_app_token() {
         let outcome = w
             .engine
             .handle_packet(w.now, src, &mut d, &mut out, &mut batch);
-        w.commit.commit(&batch.mutations).unwrap();
-        w.engine.publish(&mut batch);
+        w.engine.commit(&mut w.commit, &mut batch).unwrap();
         match outcome {
             PacketOutcome::Reply(n) => out[..n].to_vec(),
             PacketOutcome::Drop(r) => panic!("dropped: {r:?}"),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use zoftoken_engine::{Batch, Engine, EngineConfig, PacketOutcome, ServiceConfig};
+use zoftoken_engine::{Batch, Engine, EngineConfig, MemoryCommit, PacketOutcome, ServiceConfig};
 use zoftoken_loadgen::{run, IoChoice, LoadConfig, Mix, Summary, TokenSet};
 use zoftoken_proto::{DropReason, SecretBytes};
 
@@ -63,17 +63,19 @@ impl Responder {
         })
     }
 
-    /// The engine's packet path: handle, publish (commit stand-in), reply. Answers only the
-    /// datagrams for which `keep(i)` holds.
+    /// The engine's packet path: handle, commit (to a log in memory, emptied each time),
+    /// reply. Answers only the datagrams for which `keep(i)` holds.
     fn engine(engine: Arc<Engine>, keep: fn(u64) -> bool) -> Responder {
         let mut batch = Batch::new();
+        let mut log = MemoryCommit::default();
         Responder::start(move |i, src, d, out| {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap()
                 .as_millis() as u64;
             let outcome = engine.handle_packet(now, src, d, out, &mut batch);
-            engine.publish(&mut batch);
+            engine.commit(&mut log, &mut batch).unwrap();
+            log.log.clear();
             match outcome {
                 PacketOutcome::Reply(n) if keep(i) => Some(n),
                 _ => None,

@@ -69,8 +69,9 @@ impl Server {
     fn admin<R>(&mut self, f: impl FnOnce(&Engine, u64, &mut Batch) -> R) -> R {
         let mut batch = Batch::new();
         let r = f(&self.engine, self.now, &mut batch);
-        self.store.commit(&batch.mutations, &self.engine).unwrap();
-        self.engine.publish(&mut batch);
+        self.store
+            .commit_batch(&self.engine, self.now, &mut batch)
+            .unwrap();
         r
     }
 
@@ -82,8 +83,9 @@ impl Server {
         let outcome = self
             .engine
             .handle_packet(self.now, src, &mut d, &mut out, &mut batch);
-        self.store.commit(&batch.mutations, &self.engine).unwrap();
-        self.engine.publish(&mut batch);
+        self.store
+            .commit_batch(&self.engine, self.now, &mut batch)
+            .unwrap();
         match outcome {
             PacketOutcome::Reply(n) => Ok(out[..n].to_vec()),
             PacketOutcome::Drop(r) => Err(r),

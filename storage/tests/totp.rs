@@ -47,8 +47,9 @@ impl Server {
     fn admin<R>(&mut self, f: impl FnOnce(&Engine, u64, &mut Batch) -> R) -> R {
         let mut batch = Batch::new();
         let r = f(&self.engine, self.now, &mut batch);
-        self.store.commit(&batch.mutations, &self.engine).unwrap();
-        self.engine.publish(&mut batch);
+        self.store
+            .commit_batch(&self.engine, self.now, &mut batch)
+            .unwrap();
         r
     }
 

@@ -92,8 +92,9 @@ fn crash_child_writer() {
                 .force(BASE_MS + k, &id(n), Force::Open, &mut batch)
                 .unwrap();
         }
-        store.commit(&batch.mutations, &engine).unwrap();
-        engine.publish(&mut batch);
+        store
+            .commit_batch(&engine, BASE_MS + k, &mut batch)
+            .unwrap();
         writeln!(out, "committed {k}").unwrap();
         out.flush().unwrap();
         // The parent kills long before this; never run away if it does not.
