@@ -46,15 +46,10 @@ fn start(queue: usize, writer_thread: bool) -> (Rig, Arc<Engine>, Arc<FaultyKv>)
     let store = Store::open(kv.clone(), MasterKey::from_bytes([7; 32]), Durability::Wal).unwrap();
     let mut demo = ServiceConfig::new("demo", &["127.0.0.1:4500"]);
     // A webhook for every event: the outbox keeps only events a webhook receives.
-    demo.webhook = Some(zoftoken_engine::WebhookConfig {
-        url: "https://hooks.example/zt".into(),
-        secret: "test-secret".into(),
-        events: Vec::new(),
-        previous_secret: None,
-        ca_file: None,
-        shared_token: None,
-        allow_insecure_http: false,
-    });
+    demo.webhook = Some(zoftoken_engine::WebhookConfig::new(
+        "https://hooks.example/zt",
+        "test-secret",
+    ));
     let engine = Arc::new(Engine::new(EngineConfig::new(vec![demo], 1, [1; 32])).unwrap());
     let config = CommitterConfig {
         queue,

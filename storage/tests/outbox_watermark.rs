@@ -20,15 +20,9 @@ use zoftoken_storage::{Durability, MasterKey, MemoryKv, Store};
 
 fn setup() -> (Arc<Store>, Engine) {
     let mut bank = ServiceConfig::new("bank", &["127.0.0.1:4500"]);
-    bank.webhook = Some(WebhookConfig {
-        url: "https://hooks.example/zt".into(),
-        secret: "test-secret".into(),
-        events: vec!["opened".into()],
-        previous_secret: None,
-        ca_file: None,
-        shared_token: None,
-        allow_insecure_http: false,
-    });
+    let mut hook = WebhookConfig::new("https://hooks.example/zt", "test-secret");
+    hook.events = vec!["opened".into()];
+    bank.webhook = Some(hook);
     let engine = Engine::new(EngineConfig::new(vec![bank], 1, [1; 32])).unwrap();
     let store = Store::open(
         Arc::new(MemoryKv::new()),

@@ -21,15 +21,7 @@ fn main() {
     let events: u64 = args.get(3).map_or(100_000, |s| s.parse().unwrap());
     let tokens: u64 = args.get(4).map_or(10_000, |s| s.parse().unwrap());
     let mut svc = ServiceConfig::new("bank", &["127.0.0.1:7878"]);
-    svc.webhook = Some(WebhookConfig {
-        url,
-        secret,
-        events: Vec::new(),
-        previous_secret: None,
-        ca_file: None,
-        shared_token: None,
-        allow_insecure_http: false,
-    });
+    svc.webhook = Some(WebhookConfig::new(&url, &secret));
     let store = Arc::new(
         Store::open(
             Arc::new(MemoryKv::new()),

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -29,6 +29,7 @@ use zoftoken_engine::{
 use zoftoken_proto::TokenId;
 use zoftoken_storage::webhooks::event_id;
 use zoftoken_storage::{Durability, MasterKey, MemoryKv, Store};
+use zoftoken_testkit::now_ms;
 use zoftoken_webhooks::{Pipeline, PipelineConfig};
 
 // ---------------------------------------------------------------------------------------
@@ -45,10 +46,7 @@ fn key_of(secret: &str) -> Vec<u8> {
 /// Whether one of the space-separated `v1,` signatures is HMAC-SHA256(key, id.ts.body), and
 /// the timestamp is within five minutes of now.
 fn verify(secret: &str, d: &Delivery) -> bool {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = (now_ms() / 1000) as i64;
     let ts: i64 = d.timestamp.parse().unwrap();
     if (now - ts).abs() > 300 {
         return false;
@@ -204,15 +202,7 @@ fn ok_receiver(rt: &tokio::runtime::Runtime) -> Receiver {
 
 fn service(name: &str, url: &str, secret: &str) -> ServiceConfig {
     let mut s = ServiceConfig::new(name, &["127.0.0.1:7878"]);
-    s.webhook = Some(WebhookConfig {
-        url: url.to_owned(),
-        secret: secret.to_owned(),
-        events: Vec::new(),
-        previous_secret: None,
-        ca_file: None,
-        shared_token: None,
-        allow_insecure_http: false,
-    });
+    s.webhook = Some(WebhookConfig::new(url, secret));
     s
 }
 
@@ -221,13 +211,6 @@ fn setup(services: Vec<ServiceConfig>) -> (Arc<Store>, Arc<Engine>) {
     let store = Store::open(kv, MasterKey::from_bytes([9; 32]), Durability::Wal).unwrap();
     let engine = Engine::new(EngineConfig::new(services, 7, [1; 32])).unwrap();
     (Arc::new(store), Arc::new(engine))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 /// Commits events (creating their tokens first if needed) in one write; the write raises the
