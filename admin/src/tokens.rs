@@ -170,8 +170,8 @@ impl<'a> Tokens<'a> {
         Ok(())
     }
 
-    /// Writes the batch, then publishes its events; a failed write publishes nothing and
-    /// restores the batch's tokens from the database ([`Store::commit_batch`]).
+    /// Commits the batch: the engine publishes it only once written; a failed write publishes
+    /// nothing and restores the batch's tokens from the database ([`Store::commit_batch`]).
     fn commit(&self, now_ms: u64, batch: &mut Batch) -> Result<(), AdminError> {
         if !batch.is_empty() {
             self.store.commit_batch(self.engine, now_ms, batch)?;

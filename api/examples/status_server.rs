@@ -41,8 +41,7 @@ fn deliver(engine: &Engine, store: &Store, datagram: &[u8]) -> Vec<u8> {
         &mut out,
         &mut batch,
     );
-    store.commit(&batch.mutations, engine).unwrap();
-    engine.publish(&mut batch);
+    store.commit_batch(engine, now_ms(), &mut batch).unwrap();
     match outcome {
         PacketOutcome::Reply(n) => out[..n].to_vec(),
         PacketOutcome::Drop(r) => panic!("dropped: {r:?}"),
@@ -78,8 +77,7 @@ fn main() {
     let ticket = engine
         .enroll(now_ms(), "bench", "alice", &mut batch)
         .unwrap();
-    store.commit(&batch.mutations, &*engine).unwrap();
-    engine.publish(&mut batch);
+    store.commit_batch(&engine, now_ms(), &mut batch).unwrap();
     let mut pairing = Pairing::from_deeplink(&Deeplink::parse(&ticket.deeplink).unwrap());
     let mut out = [0u8; 1200];
     let tx = pairing.init_request(now_ms(), [3; 32], &mut out).unwrap();

@@ -19,16 +19,16 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use zoftoken_api::routes::{Authorization, Route, ROUTES};
 use zoftoken_api::{ApiConfig, ApiServer, Clock};
-use zoftoken_device::{MemoryStore, Pairing, Reply, Request, Token};
+use zoftoken_device::{Pairing, Reply, Request};
 use zoftoken_engine::authkeys::hash_secret;
 use zoftoken_engine::{
     AuthkeyConfig, Batch, Engine, EngineConfig, PacketOutcome, ServiceConfig, WebhookConfig,
 };
 use zoftoken_proto::deeplink::Deeplink;
-use zoftoken_proto::{PinVerifier, TokenId};
+use zoftoken_proto::{DropReason, PinVerifier, TokenId};
 use zoftoken_storage::{AuthkeyDoc, Durability, KvStore, MasterKey, MemoryKv, ServiceDoc, Store};
+use zoftoken_testkit::{Link, Phone, T0};
 
-const T0: u64 = 1_800_000_000_000;
 const ROOT: &str = "root-secret-0123456789";
 const WEB: &str = "web-secret-0123456789";
 const BANKADMIN: &str = "bank-admin-secret-0123";
@@ -78,15 +78,7 @@ impl Harness {
     /// Service `bank` delivers its webhooks to `url`.
     fn with_webhook(url: &str) -> Harness {
         let mut s = services();
-        s[0].webhook = Some(WebhookConfig {
-            url: url.to_owned(),
-            secret: "s3cret".into(),
-            events: Vec::new(),
-            previous_secret: None,
-            ca_file: None,
-            shared_token: None,
-            allow_insecure_http: false,
-        });
+        s[0].webhook = Some(WebhookConfig::new(url, "s3cret"));
         Harness::with_services(ApiConfig::default(), None, Arc::new(MemoryKv::new()), s)
     }
 
@@ -155,20 +147,22 @@ impl Harness {
         call(self.addr(), method, path, key, body)
     }
 
-    /// Delivers a device datagram to the engine and commits like the UDP server does.
-    fn deliver(&self, datagram: &[u8]) -> Vec<u8> {
+    /// Delivers a device datagram to the engine and commits like the UDP server does; the
+    /// reply, or why there is none.
+    fn deliver(&self, datagram: &[u8]) -> Result<Vec<u8>, DropReason> {
         let mut d = datagram.to_vec();
         let mut out = [0u8; 1200];
         let mut batch = Batch::new();
-        let src: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        let src: SocketAddr = zoftoken_testkit::harness::SRC.parse().unwrap();
         let outcome = self
             .engine
             .handle_packet(self.now(), src, &mut d, &mut out, &mut batch);
-        self.store.commit(&batch.mutations, &*self.engine).unwrap();
-        self.engine.publish(&mut batch);
+        self.store
+            .commit_batch(&self.engine, self.now(), &mut batch)
+            .unwrap();
         match outcome {
-            PacketOutcome::Reply(n) => out[..n].to_vec(),
-            PacketOutcome::Drop(r) => panic!("dropped: {r:?}"),
+            PacketOutcome::Reply(n) => Ok(out[..n].to_vec()),
+            PacketOutcome::Drop(r) => Err(r),
         }
     }
 
@@ -177,35 +171,14 @@ impl Harness {
     }
 
     /// Pairs; with `duress`, also sets the duress PIN 1357 (returned beside the phone).
-    fn pair_with_duress(&self, mut pairing: Pairing, duress: bool) -> (Phone, PinVerifier) {
-        let mut out = [0u8; 1200];
-        let tx = pairing
-            .init_request(self.now(), [0x5a; 32], &mut out)
-            .unwrap();
-        let mut reply = self.deliver(&out[..tx.len]);
-        let offer = pairing.handle_init_reply(&mut reply).unwrap();
-        let pin = PinVerifier::derive("2468", &offer.token_id).unwrap();
-        let duress_pin = PinVerifier::derive("1357", &offer.token_id).unwrap();
-        let tx = pairing
-            .complete_request(&pin, duress.then_some(&duress_pin), self.now(), &mut out)
-            .unwrap();
-        let mut reply = self.deliver(&out[..tx.len]);
-        let mut store = MemoryStore::default();
-        let token = pairing
-            .handle_complete_reply(&mut store, &mut reply)
-            .unwrap()
-            .unwrap();
-        (Phone { token, store, pin }, duress_pin)
+    fn pair_with_duress(&self, pairing: Pairing, duress: bool) -> (Phone, PinVerifier) {
+        let phone = Phone::pair(&mut { self }, pairing, duress);
+        let duress_pin = phone.duress.clone();
+        (phone, duress_pin)
     }
 
     fn send(&self, phone: &mut Phone, req: Request<'_>) -> Reply {
-        let mut out = [0u8; 1200];
-        let tx = phone
-            .token
-            .request(&mut phone.store, req, self.now(), &mut out)
-            .unwrap();
-        let mut reply = self.deliver(&out[..tx.len]);
-        phone.token.handle_reply(&mut reply).unwrap()
+        phone.send(&mut { self }, req).unwrap()
     }
 
     /// Enrolls through the API and pairs with the deeplink.
@@ -217,10 +190,17 @@ impl Harness {
     }
 }
 
-struct Phone {
-    token: Token,
-    store: MemoryStore,
-    pin: PinVerifier,
+/// The API harness as a phone's link: datagrams handed to its engine, on its clock.
+impl Link for &Harness {
+    type Error = DropReason;
+
+    fn now_ms(&self) -> u64 {
+        self.now()
+    }
+
+    fn exchange(&mut self, datagram: &[u8]) -> Result<Vec<u8>, DropReason> {
+        self.deliver(datagram)
+    }
 }
 
 fn enc(s: &str) -> String {

@@ -14,7 +14,9 @@
 use std::net::SocketAddr;
 
 use zerocopy::IntoBytes;
-use zoftoken_engine::{Batch, Engine, EngineConfig, PacketOutcome, Prefetcher, ServiceConfig};
+use zoftoken_engine::{
+    Batch, Engine, EngineConfig, MemoryCommit, PacketOutcome, Prefetcher, ServiceConfig,
+};
 use zoftoken_loadgen::TokenSet;
 use zoftoken_proto::packet::seal_request;
 use zoftoken_proto::pin_keys::PIN_INDEX_LIMIT;
@@ -228,8 +230,9 @@ pub fn streams_with(
 }
 
 /// Processes the packets `range` of a stream as a server would: receive batches of 32
-/// packets, each packet fully (parse, open, state change, seal of the reply), then the batch's
-/// mutations committed (here: discarded) and its events published. With `prefetch`, the
+/// packets, each packet fully (parse, open, state change, seal of the reply), then the batch
+/// committed through the engine ([`commit_in_memory`]: written to a log in memory, then
+/// discarded) and so published. With `prefetch`, the
 /// table lines are prefetched as the server does ([`Engine::prefetch_batch`] on each batch
 /// before its packets). Returns the number of replies; panics if any packet was dropped (a
 /// benchmark bug).
@@ -239,14 +242,25 @@ pub fn run_range(
     range: std::ops::Range<usize>,
     prefetch: bool,
 ) -> usize {
+    let mut log = MemoryCommit::default();
     run_committing(engine, stream, range, prefetch, 32, &mut |b| {
-        engine.publish(b)
+        commit_in_memory(engine, &mut log, b)
     })
 }
 
+/// Commits `batch` through the engine ([`Engine::commit`]: the write, then the publish) into
+/// `log`, then empties the log: the engine's whole commit path, without storage's write.
+pub fn commit_in_memory(engine: &Engine, log: &mut MemoryCommit, batch: &mut Batch) {
+    if let Err(failed) = engine.commit(log, batch) {
+        // A write into memory cannot fail.
+        match failed.source {}
+    }
+    log.log.clear();
+}
+
 /// As [`run_range`], handing the batch of mutations of every `commit_every` packets (a
-/// multiple of the receive batch of 32) to `commit`, which must leave it empty: commit and
-/// publish its events (inline group commit), or take it and hand it to a writer thread
+/// multiple of the receive batch of 32) to `commit`, which must leave it empty: commit it
+/// through the engine (inline group commit), or take it and hand it to a writer thread
 /// (pipelined group commit). Then, as the server does, their replies could be sent.
 pub fn run_committing(
     engine: &Engine,

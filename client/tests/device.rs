@@ -11,10 +11,8 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::Parser;
 use zoftoken_client::{
@@ -22,17 +20,10 @@ use zoftoken_client::{
     TransportConfig,
 };
 use zoftoken_engine::{
-    Batch, Engine, EngineConfig, EnrollmentTicket, OfflineOutcome, PacketOutcome, ServiceConfig,
-    TokenState,
+    Batch, Engine, EngineConfig, EnrollmentTicket, OfflineOutcome, ServiceConfig, TokenState,
 };
 use zoftoken_proto::{TokenId, TxState};
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
+use zoftoken_testkit::{commit_in_memory as commit, now_ms, Responder};
 
 /// A port with nothing behind it (ICMP port unreachable).
 fn dead_endpoint() -> String {
@@ -40,13 +31,11 @@ fn dead_endpoint() -> String {
     s.local_addr().unwrap().to_string()
 }
 
-/// The in-process server: the engine behind a UDP socket on 127.0.0.1.
+/// The in-process server: the engine behind a UDP socket on 127.0.0.1 (no storage).
 struct Server {
     engine: Arc<Engine>,
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    received: Arc<AtomicU64>,
-    thread: Option<JoinHandle<()>>,
+    responder: Responder,
     /// A socket that receives and never answers (kept open for the test's duration).
     blackhole: UdpSocket,
     dead: String,
@@ -55,9 +44,6 @@ struct Server {
 impl Server {
     fn start() -> Server {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
         let addr = socket.local_addr().unwrap();
         let live = addr.to_string();
         let blackhole = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -77,35 +63,11 @@ impl Server {
             ))
             .unwrap(),
         );
-        let stop = Arc::new(AtomicBool::new(false));
-        let received = Arc::new(AtomicU64::new(0));
-        let thread = {
-            let (engine, stop, received) = (engine.clone(), stop.clone(), received.clone());
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 2048];
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok((n, src)) = socket.recv_from(&mut buf) else {
-                        continue;
-                    };
-                    received.fetch_add(1, Ordering::Relaxed);
-                    let mut datagram = buf[..n].to_vec();
-                    let mut out = [0u8; 1200];
-                    let mut batch = Batch::new();
-                    let outcome =
-                        engine.handle_packet(now_ms(), src, &mut datagram, &mut out, &mut batch);
-                    engine.publish(&mut batch);
-                    if let PacketOutcome::Reply(len) = outcome {
-                        let _ = socket.send_to(&out[..len], src);
-                    }
-                }
-            })
-        };
+        let responder = Responder::engine_on(socket, engine.clone(), |_| true);
         Server {
             engine,
             addr,
-            stop,
-            received,
-            thread: Some(thread),
+            responder,
             blackhole,
             dead,
         }
@@ -117,21 +79,12 @@ impl Server {
             .engine
             .enroll(now_ms(), service, user, &mut batch)
             .unwrap();
-        self.engine.publish(&mut batch);
+        commit(&self.engine, &mut batch);
         t
     }
 
     fn state(&self, id: &TokenId) -> zoftoken_engine::TokenStatus {
         self.engine.status_by_id(now_ms(), id).unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -450,7 +403,7 @@ fn offline_response_opens_the_token() {
         .engine
         .offline_response(now_ms(), &ticket.token_id, &response, &mut batch)
         .unwrap();
-    server.engine.publish(&mut batch);
+    commit(&server.engine, &mut batch);
     assert_eq!(outcome, OfflineOutcome::Accepted { duress: false });
     assert_eq!(server.state(&ticket.token_id).state, TokenState::Open);
 }
@@ -467,7 +420,7 @@ fn transactions_are_shown_approved_and_denied() {
             .engine
             .create_transaction(now_ms(), &ticket.token_id, msg, 60_000, &mut batch)
             .unwrap();
-        server.engine.publish(&mut batch);
+        commit(&server.engine, &mut batch);
         tx
     };
     let tx_state = |tx: &[u8; 16]| server.engine.transaction(now_ms(), tx).unwrap().state;
@@ -574,7 +527,7 @@ fn failover_past_a_closed_port_and_a_silent_endpoint() {
     );
     dev.run(DeviceCmd::Close, &[]).unwrap();
     assert_eq!(server.state(&ticket.token_id).state, TokenState::Closed);
-    assert!(server.received.load(Ordering::Relaxed) >= 3);
+    assert!(server.responder.received() >= 3);
 }
 
 #[test]

@@ -25,8 +25,6 @@ pub struct EngineConfig {
     /// master key, the same on every start and every server of the instance; the default
     /// (derived from `seed`) is for tests only.
     pub pin_tree_secret: [u8; 32],
-    /// Capacity of the event channel.
-    pub event_capacity: usize,
     /// How long an enrollment stays usable.
     pub enrollment_ttl_ms: u64,
     /// How long an offline challenge stays usable.
@@ -47,7 +45,6 @@ impl EngineConfig {
             epoch,
             seed,
             pin_tree_secret: blake3::derive_key("zoftoken engine test pin tree secret", &seed),
-            event_capacity: 65_536,
             enrollment_ttl_ms: 7 * 24 * 3600 * 1000,
             challenge_ttl_ms: 10 * 60 * 1000,
             max_changes_per_s: 0,

@@ -53,11 +53,10 @@ impl Engine {
         }
         for kind in EventKind::ALL {
             metrics::counter!("zoftoken_events_total", "event" => kind.name())
-                .absolute(self.events.count(kind));
+                .absolute(self.committed_events(kind));
         }
         metrics::gauge!("zoftoken_tokens").set(self.token_count() as f64);
         metrics::gauge!("zoftoken_long_polls").set(self.waiters() as f64);
-        metrics::counter!("zoftoken_events_overflowed_total").absolute(self.events.overflowed());
     }
 
     /// Packets dropped for `reason` so far.

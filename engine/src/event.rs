@@ -1,6 +1,8 @@
-//! Events: every state change produces one, on a bounded channel that the webhook pipeline and
-//! the API consume. A full channel never blocks the packet path: the event is counted as
-//! overflowed (it stays in the storage outbox all the same).
+//! Events: every state change produces one, as a [`crate::Mutation::Event`] record of its
+//! batch. Events are data only where they are written (storage keeps them in its outbox, with
+//! the batch's other records, in one atomic write); the engine keeps no queue of them. What
+//! the engine keeps is a count per kind of the events of committed batches
+//! ([`crate::Engine::committed_events`], exported as metrics).
 //!
 //! Every event carries a sequence number ([`Event::sequence`]) taken when it is made, while
 //! the lock that orders its token's changes is held, from one of [`SEQUENCE_STRIPES`]
@@ -45,7 +47,6 @@ pub fn raise_sequence_floor(floor: u64) {
     }
 }
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
 use zoftoken_proto::TokenId;
 
 /// What happened.
@@ -259,54 +260,24 @@ impl Event {
     }
 }
 
-/// The bounded event channel and its overflow counter.
+/// The events of committed batches, counted per kind (kept apart from the packet path's
+/// shard counters: one add per committed batch).
 #[derive(Debug)]
-pub struct EventBus {
-    tx: Sender<Event>,
-    rx: Receiver<Event>,
-    overflowed: AtomicU64,
+pub(crate) struct EventCounts {
     by_kind: [AtomicU64; EventKind::ALL.len()],
 }
 
-impl EventBus {
-    /// A channel holding at most `capacity` undelivered events.
-    pub fn new(capacity: usize) -> EventBus {
-        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
-        EventBus {
-            tx,
-            rx,
-            overflowed: AtomicU64::new(0),
+impl Default for EventCounts {
+    fn default() -> EventCounts {
+        EventCounts {
             by_kind: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
+}
 
-    /// A receiver for consumers (clone it for several).
-    pub fn subscribe(&self) -> Receiver<Event> {
-        self.rx.clone()
-    }
-
-    /// Publishes without ever blocking; a full channel counts the event as overflowed.
-    pub fn publish(&self, event: Event) {
-        if !self.try_publish(event) {
-            self.count_overflow(1);
-        }
-    }
-
-    /// Puts an event on the channel if there is room; the caller counts a `false`.
-    pub(crate) fn try_publish(&self, event: Event) -> bool {
-        match self.tx.try_send(event) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
-        }
-    }
-
-    pub(crate) fn count_overflow(&self, n: u64) {
-        if n > 0 {
-            self.overflowed.fetch_add(n, Ordering::Relaxed);
-        }
-    }
-
-    pub(crate) fn count_kinds(&self, counts: &[u64; EventKind::ALL.len()]) {
+impl EventCounts {
+    /// Adds a committed batch's counts (indexed as [`EventKind::ALL`]).
+    pub(crate) fn add(&self, counts: &[u64; EventKind::ALL.len()]) {
         for (c, n) in self.by_kind.iter().zip(counts) {
             if *n > 0 {
                 c.fetch_add(*n, Ordering::Relaxed);
@@ -314,20 +285,10 @@ impl EventBus {
         }
     }
 
-    /// Committed events of a kind so far (opens, blocks, duress, …).
-    pub fn count(&self, kind: EventKind) -> u64 {
+    /// Committed events of `kind` so far.
+    pub(crate) fn get(&self, kind: EventKind) -> u64 {
         self.by_kind
             .get(kind as usize)
             .map_or(0, |c| c.load(Ordering::Relaxed))
-    }
-
-    /// Events dropped because the channel was full.
-    pub fn overflowed(&self) -> u64 {
-        self.overflowed.load(Ordering::Relaxed)
-    }
-
-    /// Events waiting on the channel.
-    pub fn queued(&self) -> usize {
-        self.tx.len()
     }
 }

@@ -5,12 +5,18 @@
 //! buffer (or says why it is dropped, silently); the API operations ([`Engine::enroll`],
 //! [`Engine::status`], [`Engine::force`], [`Engine::validate_code`], offline challenges,
 //! backup codes, transactions, …) are methods too. Every state change appends a
-//! [`Mutation`] and an [`Event`] to the caller's [`Batch`]; the driver commits the batch to
-//! storage, then sends the replies and calls [`Engine::publish`] to release the events onto the
-//! bounded [`EventBus`]. [`Engine::tick`] runs timers (window expiry, transaction expiry,
-//! housekeeping). A token changed by a batch not yet committed is read or changed by no other
-//! batch, and a failed commit is undone by restoring the batch's tokens from storage (modules
-//! `settle` and `restore`): nothing that was not written is ever shown.
+//! [`Mutation`] and an [`Event`] to the caller's [`Batch`]. [`Engine::tick`] runs timers
+//! (window expiry, transaction expiry, housekeeping).
+//!
+//! **Commit, then publish** (module `commit`), a rule of the types: a batch becomes visible
+//! only through [`Engine::commit`] or [`Engine::commit_group`], which write it through a
+//! [`DurableWrite`] (storage implements it; [`MemoryCommit`] keeps it in memory for tests)
+//! and publish it (settle its tokens, count its events) only if the write succeeded; the
+//! driver sends the batch's replies only after that. A token changed by a batch not yet
+//! committed is read or changed by no other batch, and a failed write ([`CommitFailed`]) hands
+//! back the batch's tokens to restore from storage (modules `settle` and `restore`): nothing
+//! that was not written is ever shown. Events are data of the write (storage's outbox) and
+//! nothing else: the engine queues none; it counts them per kind once committed.
 //!
 //! Two kinds of token ([`TokenKind`]): app tokens, which our phone app pairs and drives over
 //! UDP, and standard authenticator tokens (RFC 6238 TOTP, [`Engine::enroll_totp`]), usable at
@@ -25,14 +31,14 @@
 //! ids only, and storage keeps the names.
 //!
 //! Key types: [`Engine`] (built from an [`EngineConfig`]), [`Batch`] and [`Mutation`] (what
-//! storage writes), [`Event`] and [`EventBus`], [`PacketOutcome`], [`TokenStatus`],
-//! [`Transaction`], [`EngineError`].
+//! storage writes), [`DurableWrite`] and [`CommitFailed`] (the write a commit runs, and its
+//! failure), [`Event`], [`PacketOutcome`], [`TokenStatus`], [`Transaction`], [`EngineError`].
 //!
 //! Where things are (every module is one concern; `ARCHITECTURE.md` lists them all): the
 //! device packet path in `packet/` (one module per request family), the API operations in
 //! `ops/` (one module per operation family), user authentication and its consequences in
-//! `auth`, timers in `timers`, the start-up loads in `load`, durability in `settle` and
-//! `restore`, the shards and their tables in `shard` and `table`, what sits beside the tables
+//! `auth`, timers in `timers`, the start-up loads in `load`, durability in `commit`, `settle`
+//! and `restore`, the shards and their tables in `shard` and `table`, what sits beside the tables
 //! (pending enrollments, transactions, challenges, backup codes) in `pending`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -40,6 +46,7 @@
 
 mod auth;
 pub mod authkeys;
+mod commit;
 pub mod config;
 mod counters;
 mod error;
@@ -69,13 +76,11 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
 pub use authkeys::{Access, AuthkeyConfig, AuthkeyInfo, Authkeys, Right};
+pub use commit::{CommitFailed, DurableWrite, MemoryCommit};
 pub use config::{EngineConfig, ServiceConfig, WebhookConfig};
 pub use error::EngineError;
-pub use event::{Actor, DuressOp, DuressUse, Event, EventBus, EventKind};
-pub use mutation::{
-    Batch, Commit, CommitError, MemoryCommit, Mutation, PendingRecord, TokenRecord,
-    TokenStateRecord,
-};
+pub use event::{Actor, DuressOp, DuressUse, Event, EventKind};
+pub use mutation::{Batch, Mutation, PendingRecord, TokenRecord, TokenStateRecord};
 pub use ops::{
     EnrollmentTicket, Force, OfflineOutcome, TokenStatus, TotpEnrollment, BACKUP_CODES,
     BACKUP_DIGITS, MAX_KEPT_TRANSACTIONS, MAX_WAITING_TRANSACTIONS, TX_RETENTION_MS,
@@ -109,7 +114,8 @@ pub struct Engine {
     /// Transactions, offline challenges and backup codes.
     pending_items: Mutex<pending::PendingItems>,
     rng: Mutex<ChaCha20Rng>,
-    events: EventBus,
+    /// Events of committed batches, per kind.
+    event_counts: event::EventCounts,
     epoch: u32,
     /// The instance's PIN-tree secret ([`pin_root`]); zeroized on drop.
     pin_tree_secret: zeroize::Zeroizing<[u8; 32]>,
@@ -169,7 +175,7 @@ impl Engine {
             enrollments: Mutex::new(pending::Enrollments::default()),
             pending_items: Mutex::new(pending::PendingItems::default()),
             rng: Mutex::new(ChaCha20Rng::from_seed(rng_seed)),
-            events: EventBus::new(config.event_capacity),
+            event_counts: event::EventCounts::default(),
             epoch: config.epoch,
             pin_tree_secret: zeroize::Zeroizing::new(config.pin_tree_secret),
             enrollment_ttl_ms: config.enrollment_ttl_ms,
@@ -185,29 +191,10 @@ impl Engine {
         b
     }
 
-    /// The event channel (subscribe to consume events).
-    pub fn events(&self) -> &EventBus {
-        &self.events
-    }
-
-    /// After `batch` was written: settles its tokens ([`Engine::settle_committed`]),
-    /// publishes its events and clears it.
-    pub fn publish(&self, batch: &mut Batch) {
-        self.settle_committed(batch);
-        let mut overflowed = 0;
-        let mut kinds = [0u64; EventKind::ALL.len()];
-        for m in batch.mutations.drain(..) {
-            if let Mutation::Event(e) = m {
-                if let Some(k) = kinds.get_mut(e.kind as usize) {
-                    *k += 1;
-                }
-                if !self.events.try_publish(e) {
-                    overflowed += 1;
-                }
-            }
-        }
-        self.events.count_overflow(overflowed);
-        self.events.count_kinds(&kinds);
+    /// Events of `kind` in the batches committed so far ([`Engine::commit`]): each counted
+    /// once, when its batch was written.
+    pub fn committed_events(&self, kind: EventKind) -> u64 {
+        self.event_counts.get(kind)
     }
 
     /// This process's epoch.

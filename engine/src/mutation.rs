@@ -1,7 +1,7 @@
 //! Mutations: every state change is also a record that storage persists before the reply of
 //! its packet leaves (group commit per batch of packets). The engine appends to a [`Batch`];
-//! the driver commits the batch through a [`Commit`] implementation, then sends the batch's
-//! replies and publishes its events with [`crate::Engine::publish`].
+//! the driver commits the batch with [`crate::Engine::commit`] (the write, then the publish),
+//! then sends the batch's replies.
 
 use std::sync::Arc;
 
@@ -147,7 +147,8 @@ pub enum Mutation {
 }
 
 /// The mutations of one batch of packets or API commands; its events are the
-/// [`Mutation::Event`] records (the webhook outbox), published once the batch is committed.
+/// [`Mutation::Event`] records (the webhook outbox). Committed, and then published, by
+/// [`crate::Engine::commit`].
 #[derive(Debug, Default)]
 pub struct Batch {
     /// Records to persist, in order.
@@ -177,34 +178,6 @@ impl Batch {
 
     pub(crate) fn event(&mut self, event: Event) {
         self.mutations.push(Mutation::Event(event));
-    }
-}
-
-/// Why a commit failed.
-#[derive(Debug, thiserror::Error)]
-#[error("commit failed: {0}")]
-pub struct CommitError(pub String);
-
-/// Persists a batch atomically; returns only when it is durable.
-pub trait Commit {
-    /// Writes every mutation of the batch in one atomic write.
-    fn commit(&mut self, mutations: &[Mutation]) -> Result<(), CommitError>;
-}
-
-/// Keeps every committed mutation in memory, for tests.
-#[derive(Debug, Default)]
-pub struct MemoryCommit {
-    /// Everything committed, in order.
-    pub log: Vec<Mutation>,
-    /// Number of commits.
-    pub commits: usize,
-}
-
-impl Commit for MemoryCommit {
-    fn commit(&mut self, mutations: &[Mutation]) -> Result<(), CommitError> {
-        self.log.extend_from_slice(mutations);
-        self.commits += 1;
-        Ok(())
     }
 }
 

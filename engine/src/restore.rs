@@ -1,5 +1,5 @@
 //! Restoring tokens after a failed commit: the driver takes the failed batch's tokens
-//! ([`Engine::unsettled_tokens`]), forgets what the engine holds of each
+//! ([`crate::CommitFailed::unsettled`]), forgets what the engine holds of each
 //! ([`Engine::forget_for_restore`]), loads what storage holds (the `load` module), then
 //! releases them ([`Engine::finish_restore`]). A token whose restore could not read the store
 //! stays unsettled (unusable, never wrong) until a later restore succeeds.
@@ -10,12 +10,12 @@ use crate::mutation::Batch;
 use crate::{lock, Engine};
 
 impl Engine {
-    /// After `batch` could not be written: the tokens it changed, to restore from storage.
-    /// The batch's marks are handed over: the tokens stay unsettled (unusable) until
-    /// [`Engine::finish_restore`]. (Changes that follow from the clock alone, a transaction's
-    /// or an enrollment's expiry, are not marked: whether written or not, every read derives
-    /// them from the time again.)
-    pub fn unsettled_tokens(&self, batch: &mut Batch) -> Vec<TokenId> {
+    /// After `batch` could not be written: the tokens it changed, to restore from storage
+    /// ([`Engine::commit`] hands them over in its error). The batch's marks are handed over:
+    /// the tokens stay unsettled (unusable) until [`Engine::finish_restore`]. (Changes that
+    /// follow from the clock alone, a transaction's or an enrollment's expiry, are not marked:
+    /// whether written or not, every read derives them from the time again.)
+    pub(crate) fn unsettled_tokens(&self, batch: &mut Batch) -> Vec<TokenId> {
         let mut ids = std::mem::take(&mut batch.marked);
         ids.sort_unstable();
         ids.dedup();

@@ -9,7 +9,7 @@
 //! and asks again). So a reply, an answer or an event only ever shows state that is durable,
 //! or the batch's own change, which is written before that batch's replies leave.
 //!
-//! When the batch's commit succeeds the driver calls [`Engine::publish`] (which calls
+//! When the batch's write succeeds, [`Engine::commit`] publishes it (which calls
 //! [`Engine::settle_committed`]): its tokens are usable again. When it fails, the driver
 //! restores each of the batch's tokens from storage (the `restore` module): the engine's
 //! memory is again what the store holds, and only then are the tokens released.
@@ -81,8 +81,8 @@ impl Engine {
     }
 
     /// After `batch` was written: its tokens' changes are durable, so they may be read and
-    /// changed again. Call before sending its replies or publishing its events.
-    pub fn settle_committed(&self, batch: &mut Batch) {
+    /// changed again. Only [`Engine::commit`] calls it (after a successful write).
+    pub(crate) fn settle_committed(&self, batch: &mut Batch) {
         for id in batch.marked.drain(..) {
             self.shard(&id).unsettled.remove(&id);
         }

@@ -10,33 +10,17 @@
 
 use std::net::SocketAddr;
 
-use crossbeam_channel::Receiver;
-use zoftoken_device::{MemoryStore, Pairing, Reply, Request, Token};
+use zoftoken_device::{MemoryStore, Pairing, Reply, Request};
 use zoftoken_engine::*;
 use zoftoken_proto::codes::{self, OtpParams};
 use zoftoken_proto::deeplink::Deeplink;
 use zoftoken_proto::wire::Alphabet;
 use zoftoken_proto::{DropReason, PinVerifier, ReplyStatus, TokenId, TxState, WireState};
+use zoftoken_testkit::harness::SRC;
+use zoftoken_testkit::{commit_in_memory, FullDisk, Harness, Phone, T0};
 
-const T0: u64 = 1_800_000_000_000;
-const SRC: &str = "192.0.2.7:40000";
-
-struct World {
-    engine: Engine,
-    now: u64,
-    commit: MemoryCommit,
-    events: Receiver<Event>,
-    seen: Vec<Event>,
-}
-
-struct Phone {
-    token: Token,
-    store: MemoryStore,
-    pin: PinVerifier,
-    duress: PinVerifier,
-    clock_skew_ms: i64,
-    last_request: Vec<u8>,
-}
+/// The engine and its log in memory, on a virtual clock (the test kit's harness).
+type World = Harness;
 
 fn services() -> Vec<ServiceConfig> {
     let mut bank = ServiceConfig::new("bank", &["127.0.0.1:4500"]);
@@ -53,139 +37,9 @@ fn services() -> Vec<ServiceConfig> {
     vec![bank, instant, strict]
 }
 
-impl World {
-    /// `n` STATUS requests the phone built (counters in order), none delivered yet.
-    fn status_requests(&self, p: &mut Phone, n: usize) -> Vec<Vec<u8>> {
-        (0..n)
-            .map(|_| {
-                let mut out = [0u8; 1200];
-                let tx = p
-                    .token
-                    .request(&mut p.store, Request::Status, self.now, &mut out)
-                    .unwrap();
-                out[..tx.len].to_vec()
-            })
-            .collect()
-    }
-
-    fn new() -> World {
-        World::with(EngineConfig::new(services(), 7, [9; 32]))
-    }
-
-    fn with(config: EngineConfig) -> World {
-        let engine = Engine::new(config).unwrap();
-        let events = engine.events().subscribe();
-        World {
-            engine,
-            now: T0,
-            commit: MemoryCommit::default(),
-            events,
-            seen: Vec::new(),
-        }
-    }
-
-    fn commit(&mut self, mut batch: Batch) {
-        self.commit.commit(&batch.mutations).unwrap();
-        self.engine.publish(&mut batch);
-        self.seen.extend(self.events.try_iter());
-    }
-
-    /// Sends a datagram to the engine; returns the reply bytes or the drop reason.
-    fn deliver(&mut self, datagram: &[u8]) -> Result<Vec<u8>, DropReason> {
-        let mut d = datagram.to_vec();
-        let mut out = [0u8; 1200];
-        let mut batch = Batch::new();
-        let src: SocketAddr = SRC.parse().unwrap();
-        let outcome = self
-            .engine
-            .handle_packet(self.now, src, &mut d, &mut out, &mut batch);
-        self.commit(batch);
-        match outcome {
-            PacketOutcome::Reply(n) => {
-                assert!(n <= datagram.len(), "reply larger than request");
-                Ok(out[..n].to_vec())
-            }
-            PacketOutcome::Drop(r) => Err(r),
-        }
-    }
-
-    fn admin<R>(&mut self, f: impl FnOnce(&Engine, u64, &mut Batch) -> R) -> R {
-        let mut batch = Batch::new();
-        let r = f(&self.engine, self.now, &mut batch);
-        self.commit(batch);
-        r
-    }
-
-    fn kinds(&mut self) -> Vec<EventKind> {
-        std::mem::take(&mut self.seen)
-            .into_iter()
-            .map(|e| e.kind)
-            .collect()
-    }
-
-    fn pair(&mut self, service: &str, user: &str, duress: bool) -> Phone {
-        let ticket = self
-            .admin(|e, now, b| e.enroll(now, service, user, b))
-            .unwrap();
-        let link = Deeplink::parse(&ticket.deeplink).unwrap();
-        self.pair_with(Pairing::from_deeplink(&link), duress)
-    }
-
-    fn pair_with(&mut self, mut pairing: Pairing, duress: bool) -> Phone {
-        let mut out = [0u8; 1200];
-        let tx = pairing
-            .init_request(self.now, [self.now as u8 ^ 0x5a; 32], &mut out)
-            .unwrap();
-        let mut reply = self.deliver(&out[..tx.len]).expect("PAIR_INIT answered");
-        let offer = pairing.handle_init_reply(&mut reply).unwrap();
-        let pin = PinVerifier::derive("2468", &offer.token_id).unwrap();
-        let duress_pin = PinVerifier::derive("1357", &offer.token_id).unwrap();
-        let tx = pairing
-            .complete_request(&pin, duress.then_some(&duress_pin), self.now, &mut out)
-            .unwrap();
-        let mut reply = self
-            .deliver(&out[..tx.len])
-            .expect("PAIR_COMPLETE answered");
-        let mut store = MemoryStore::default();
-        let token = pairing
-            .handle_complete_reply(&mut store, &mut reply)
-            .unwrap()
-            .unwrap();
-        Phone {
-            token,
-            store,
-            pin,
-            duress: duress_pin,
-            clock_skew_ms: 0,
-            last_request: Vec::new(),
-        }
-    }
-
-    fn open(&mut self, phone: &mut Phone) -> Result<Reply, DropReason> {
-        let pin = phone.pin.clone();
-        self.send(phone, Request::Open(&pin))
-    }
-
-    fn open_duress(&mut self, phone: &mut Phone) -> Result<Reply, DropReason> {
-        let pin = phone.duress.clone();
-        self.send(phone, Request::Open(&pin))
-    }
-
-    /// The phone builds and sends a request; returns its checked reply, or the drop reason.
-    fn send(&mut self, phone: &mut Phone, req: Request<'_>) -> Result<Reply, DropReason> {
-        let mut out = [0u8; 1200];
-        let device_now = self.now.saturating_add_signed(phone.clock_skew_ms);
-        let tx = phone
-            .token
-            .request(&mut phone.store, req, device_now, &mut out)
-            .unwrap();
-        phone.last_request = out[..tx.len].to_vec();
-        let mut reply = self.deliver(&out[..tx.len])?;
-        Ok(phone
-            .token
-            .handle_reply(&mut reply)
-            .expect("authentic reply"))
-    }
+/// The engine of most tests: the three services above, epoch 7.
+fn world() -> World {
+    World::new(EngineConfig::new(services(), 7, [9; 32]))
 }
 
 fn status(r: &Reply) -> (ReplyStatus, WireState, u8) {
@@ -195,7 +49,7 @@ fn status(r: &Reply) -> (ReplyStatus, WireState, u8) {
 
 #[test]
 fn pairing_opening_and_closing() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", true);
     assert_eq!(w.kinds(), vec![EventKind::Enrolled, EventKind::Paired]);
     let r = w.open(&mut p).unwrap();
@@ -220,7 +74,7 @@ fn pairing_opening_and_closing() {
 
 #[test]
 fn a_replayed_open_after_close_is_ignored() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", false);
     w.open(&mut p).unwrap();
     let recorded_open = p.last_request.clone();
@@ -241,7 +95,7 @@ fn a_replayed_open_after_close_is_ignored() {
 
 #[test]
 fn a_pin_brute_force_stops_at_exactly_three() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", true);
     w.kinds();
     let guesses: Vec<PinVerifier> = ["0000", "1111", "2222", "3333"]
@@ -286,7 +140,7 @@ fn a_pin_brute_force_stops_at_exactly_three() {
 
 #[test]
 fn a_success_resets_the_failure_count() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", false);
     let wrong = PinVerifier::derive("0000", &p.token.token_id()).unwrap();
     w.send(&mut p, Request::Open(&wrong)).unwrap();
@@ -300,7 +154,7 @@ fn a_success_resets_the_failure_count() {
 
 #[test]
 fn a_duress_open_looks_normal_to_the_device_but_emits_duress() {
-    let mut w = World::new();
+    let mut w = world();
     let mut normal_phone = w.pair("bank", "alice", true);
     let mut duress_phone = w.pair("bank", "bob", true);
     w.kinds();
@@ -321,7 +175,7 @@ fn a_duress_open_looks_normal_to_the_device_but_emits_duress() {
 
 #[test]
 fn duress_is_reported_only_where_the_service_allows_it() {
-    let mut w = World::new();
+    let mut w = world();
     // The strict service refuses a duress verifier at pairing…
     let ticket = w
         .admin(|e, now, b| e.enroll(now, "strict", "carol", b))
@@ -362,7 +216,7 @@ fn duress_is_reported_only_where_the_service_allows_it() {
 
 #[test]
 fn an_expired_window_reads_as_closed_and_emits_expired() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", false);
     w.open(&mut p).unwrap();
     w.kinds();
@@ -390,7 +244,7 @@ fn an_expired_window_reads_as_closed_and_emits_expired() {
 
 #[test]
 fn reopening_extends_the_window_and_only_the_last_window_expires() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", false);
     w.open(&mut p).unwrap();
     w.now += 300_000;
@@ -406,7 +260,7 @@ fn reopening_extends_the_window_and_only_the_last_window_expires() {
 
 #[test]
 fn window_zero_makes_an_open_an_instant_event() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("door", "dave", false);
     w.kinds();
     let r = w.open(&mut p).unwrap();
@@ -421,7 +275,7 @@ fn window_zero_makes_an_open_an_instant_event() {
 
 #[test]
 fn a_one_time_code_is_refused_the_second_time() {
-    let mut w = World::new();
+    let mut w = world();
     let p = w.pair("bank", "alice", true);
     let id = p.token.token_id();
     let code = p.token.one_time_code(&p.pin, w.now).unwrap();
@@ -445,7 +299,7 @@ fn a_one_time_code_is_refused_the_second_time() {
 
 #[test]
 fn one_time_code_drift_is_tracked() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", false);
     let id = p.token.token_id();
     // The phone's clock runs 40 s fast: one step ahead, inside the ±1 search.
@@ -477,7 +331,7 @@ fn one_time_code_drift_is_tracked() {
 
 #[test]
 fn wrong_codes_count_towards_blocking_with_pins() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", false);
     let id = p.token.token_id();
     let wrong = PinVerifier::derive("0000", &id).unwrap();
@@ -500,7 +354,7 @@ fn wrong_codes_count_towards_blocking_with_pins() {
 
 #[test]
 fn an_offline_response_with_the_duress_pin_opens_with_duress() {
-    let mut w = World::new();
+    let mut w = world();
     let p = w.pair("bank", "alice", true);
     let id = p.token.token_id();
     let challenge = w
@@ -523,7 +377,7 @@ fn an_offline_response_with_the_duress_pin_opens_with_duress() {
 
 #[test]
 fn a_deleted_tokens_packets_are_silently_dropped() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", false);
     let id = p.token.token_id();
     w.admin(|e, now, b| e.delete(now, &id, b)).unwrap();
@@ -537,12 +391,12 @@ fn a_deleted_tokens_packets_are_silently_dropped() {
         w.engine.status(w.now, "bank", "alice"),
         Err(EngineError::UnknownToken)
     );
-    assert!(w.commit.log.iter().any(|m| *m == Mutation::DeleteToken(id)));
+    assert!(w.sink.log.iter().any(|m| *m == Mutation::DeleteToken(id)));
 }
 
 #[test]
 fn a_service_removed_by_a_reload_is_gone_until_it_returns() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", false);
     w.open(&mut p).unwrap();
     w.kinds();
@@ -588,7 +442,7 @@ fn a_service_removed_by_a_reload_is_gone_until_it_returns() {
 
 #[test]
 fn stale_and_forged_packets_are_dropped_and_time_sync_recovers_a_changed_clock() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", false);
     p.clock_skew_ms = 91_000;
     assert_eq!(w.send(&mut p, Request::Status), Err(DropReason::Stale));
@@ -611,7 +465,7 @@ fn stale_and_forged_packets_are_dropped_and_time_sync_recovers_a_changed_clock()
 
 #[test]
 fn an_old_time_sync_cannot_move_the_clock_offset() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", false);
     w.send(&mut p, Request::TimeSync).unwrap();
     let held = p.last_request.clone();
@@ -623,7 +477,7 @@ fn an_old_time_sync_cannot_move_the_clock_offset() {
 
 #[test]
 fn transactions_are_approved_denied_and_expire() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", true);
     let id = p.token.token_id();
     let tx1 = w
@@ -696,7 +550,7 @@ fn transactions_are_approved_denied_and_expire() {
 
 #[test]
 fn a_duress_approval_looks_normal_and_is_reported() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", true);
     let id = p.token.token_id();
     let tx = w
@@ -720,7 +574,7 @@ fn a_duress_approval_looks_normal_and_is_reported() {
 
 #[test]
 fn an_admin_blocked_token_has_no_attempts_left_in_any_reply() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", true);
     let id = p.token.token_id();
     // One failure first: the block must not report what the failures would leave.
@@ -772,7 +626,7 @@ fn an_admin_blocked_token_has_no_attempts_left_in_any_reply() {
 
 #[test]
 fn waiting_and_kept_transactions_per_token_are_capped() {
-    let mut w = World::new();
+    let mut w = world();
     let p = w.pair("bank", "alice", false);
     let q = w.pair("bank", "bob", false);
     let (id, other) = (p.token.token_id(), q.token.token_id());
@@ -782,12 +636,12 @@ fn waiting_and_kept_transactions_per_token_are_capped() {
     for _ in 0..MAX_WAITING_TRANSACTIONS {
         create(&mut w, id, 60_000).unwrap();
     }
-    let before = w.commit.log.len();
+    let before = w.sink.log.len();
     assert_eq!(
         create(&mut w, id, 60_000),
         Err(EngineError::TooManyTransactions)
     );
-    assert_eq!(w.commit.log.len(), before, "a refusal writes nothing");
+    assert_eq!(w.sink.log.len(), before, "a refusal writes nothing");
     // Another token is not affected.
     create(&mut w, other, 60_000).unwrap();
     // Once they expire they no longer wait (even before a tick marks them expired): room
@@ -818,7 +672,7 @@ fn waiting_and_kept_transactions_per_token_are_capped() {
 fn many_transactions_of_one_token_load_in_creation_order() {
     // A database written before the cap may hold thousands of transactions on one token;
     // they load in any order and come back in creation order.
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", false);
     let id = p.token.token_id();
     let n: u32 = 5_000;
@@ -897,7 +751,7 @@ fn many_transactions_of_one_token_load_in_creation_order() {
 
 #[test]
 fn backup_codes_work_once_each() {
-    let mut w = World::new();
+    let mut w = world();
     let p = w.pair("bank", "alice", false);
     let id = p.token.token_id();
     let codes = w
@@ -908,7 +762,7 @@ fn backup_codes_work_once_each() {
         .iter()
         .all(|c| c.len() == 8 && c.bytes().all(|b| b.is_ascii_digit())));
     // Stored hashed only.
-    let stored = w.commit.log.iter().find_map(|m| match m {
+    let stored = w.sink.log.iter().find_map(|m| match m {
         Mutation::BackupCodes(_, h) => Some(h.clone()),
         _ => None,
     });
@@ -929,7 +783,7 @@ fn backup_codes_work_once_each() {
 
 #[test]
 fn change_pin_with_the_pin_works_and_with_the_duress_pin_only_pretends() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", true);
     let id = p.token.token_id();
     let new = PinVerifier::derive("97531", &id).unwrap();
@@ -968,7 +822,7 @@ fn change_pin_with_the_pin_works_and_with_the_duress_pin_only_pretends() {
 
 #[test]
 fn manual_code_pairing_and_single_use_enrollments() {
-    let mut w = World::new();
+    let mut w = world();
     let ticket = w
         .admin(|e, now, b| e.enroll(now, "bank", "erin", b))
         .unwrap();
@@ -997,7 +851,7 @@ fn manual_code_pairing_and_single_use_enrollments() {
 
 #[test]
 fn enrollments_expire() {
-    let mut w = World::new();
+    let mut w = world();
     let ticket = w
         .admin(|e, now, b| e.enroll(now, "bank", "frank", b))
         .unwrap();
@@ -1015,7 +869,7 @@ fn enrollments_expire() {
 
 #[test]
 fn re_enrolling_tells_the_old_app_it_is_not_paired() {
-    let mut w = World::new();
+    let mut w = world();
     let mut old = w.pair("bank", "alice", false);
     let mut new = w.pair("bank", "alice", false);
     let _ = &mut new;
@@ -1034,7 +888,7 @@ fn re_enrolling_tells_the_old_app_it_is_not_paired() {
 
 #[test]
 fn force_open_and_block() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", false);
     let id = p.token.token_id();
     w.kinds();
@@ -1060,17 +914,17 @@ fn force_open_and_block() {
 
 #[test]
 fn every_state_change_is_a_mutation_and_reads_are_not() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", false);
-    let before = w.commit.log.len();
+    let before = w.sink.log.len();
     w.send(&mut p, Request::Status).unwrap();
-    assert_eq!(w.commit.log.len(), before, "STATUS changes nothing");
+    assert_eq!(w.sink.log.len(), before, "STATUS changes nothing");
     w.open(&mut p).unwrap();
     // A state change writes the state only: no secret is re-written.
-    assert!(!w.commit.log[before..]
+    assert!(!w.sink.log[before..]
         .iter()
         .any(|m| matches!(m, Mutation::Token(_))));
-    let token_puts: Vec<&TokenStateRecord> = w.commit.log[before..]
+    let token_puts: Vec<&TokenStateRecord> = w.sink.log[before..]
         .iter()
         .filter_map(|m| match m {
             Mutation::TokenState(r) => Some(r),
@@ -1084,35 +938,19 @@ fn every_state_change_is_a_mutation_and_reads_are_not() {
         p.token.next_counter() - 1,
         "the counter is persisted with the change"
     );
-    assert!(w.commit.log[before..]
+    assert!(w.sink.log[before..]
         .iter()
         .any(|m| matches!(m, Mutation::Event(e) if e.kind == EventKind::Opened)));
 }
 
 #[test]
 fn a_restart_restores_tokens_and_still_refuses_replays() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", true);
     w.open(&mut p).unwrap();
     let recorded = p.last_request.clone();
     // A new engine (new epoch) loaded from the committed records.
-    let engine = Engine::new(EngineConfig::new(services(), 8, [1; 32])).unwrap();
-    let mut last: std::collections::HashMap<TokenId, TokenRecord> =
-        std::collections::HashMap::new();
-    for m in &w.commit.log {
-        match m {
-            Mutation::Token(r) => {
-                last.insert(r.token_id(), (**r).clone());
-            }
-            Mutation::TokenState(s) => last.get_mut(&s.token_id).unwrap().apply_state(s),
-            _ => {}
-        }
-    }
-    for r in last.values() {
-        engine.load_token(r).unwrap();
-    }
-    w.engine = engine;
-    w.events = w.engine.events().subscribe();
+    w.restart_from_log(EngineConfig::new(services(), 8, [1; 32]));
     assert_eq!(
         w.engine.status(w.now, "bank", "alice").unwrap().state,
         TokenState::Open
@@ -1123,24 +961,61 @@ fn a_restart_restores_tokens_and_still_refuses_replays() {
 }
 
 #[test]
-fn a_slow_consumer_never_blocks_and_overflow_is_counted() {
-    let mut config = EngineConfig::new(services(), 7, [9; 32]);
-    config.event_capacity = 2;
-    let engine = Engine::new(config).unwrap();
+fn a_batch_is_published_only_by_a_successful_write() {
+    let engine = Engine::new(EngineConfig::new(services(), 7, [9; 32])).unwrap();
     let mut batch = Batch::new();
+    let mut ids = Vec::new();
     for i in 0..5 {
-        engine
-            .enroll(T0, "bank", &format!("user{i}"), &mut batch)
-            .unwrap();
+        let user = format!("user{i}");
+        engine.enroll(T0, "bank", &user, &mut batch).unwrap();
+        ids.push(TokenId::derive("bank", &user));
     }
-    engine.publish(&mut batch);
-    assert_eq!(engine.events().queued(), 2);
-    assert_eq!(engine.events().overflowed(), 3);
+    ids.sort_unstable();
+    // Nothing is published before the write: the tokens are unsettled, no event is counted.
+    assert_eq!(engine.unsettled_count(), 5);
+    assert_eq!(engine.committed_events(EventKind::Enrolled), 0);
+    // A failed write publishes nothing and hands the tokens over for a restore.
+    let failed = engine.commit(&mut FullDisk, &mut batch).unwrap_err();
+    assert_eq!(failed.unsettled, ids);
+    assert_eq!(failed.source.kind(), std::io::ErrorKind::Other);
+    assert_eq!(engine.committed_events(EventKind::Enrolled), 0);
+    assert_eq!(engine.unsettled_count(), 5, "unusable until restored");
+    assert_eq!(
+        batch.events().count(),
+        5,
+        "the records stay with the caller"
+    );
+    assert_eq!(
+        engine.status(T0, "bank", "user0").err(),
+        Some(EngineError::Unsettled)
+    );
+    // Written again: published once, every event counted once.
+    let mut log = MemoryCommit::default();
+    engine.commit(&mut log, &mut batch).unwrap();
+    assert!(batch.is_empty(), "a committed batch comes back empty");
+    assert_eq!(log.events().count(), 5);
+    assert_eq!(engine.committed_events(EventKind::Enrolled), 5);
+    // The failed write's tokens are still waiting for their restore.
+    assert_eq!(engine.unsettled_count(), 5);
+    let restored: Vec<(TokenId, u64)> = failed.unsettled.iter().map(|t| (*t, 0)).collect();
+    engine.finish_restore(&restored);
+    assert_eq!(engine.unsettled_count(), 0);
+    // A group: one write, every batch published.
+    let (mut a, mut b) = (Batch::new(), Batch::new());
+    engine.enroll(T0, "bank", "ann", &mut a).unwrap();
+    engine.enroll(T0, "bank", "bob", &mut b).unwrap();
+    engine
+        .commit_group(&mut log, &mut [&mut a, &mut b])
+        .unwrap();
+    assert_eq!(log.commits, 2);
+    assert!(a.is_empty() && b.is_empty());
+    assert_eq!(engine.committed_events(EventKind::Enrolled), 7);
+    assert_eq!(engine.unsettled_count(), 0);
 }
 
 #[test]
 fn long_poll_wakes_on_change() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", false);
     let id = p.token.token_id();
     let mut rx = w.engine.watch(&id);
@@ -1153,7 +1028,7 @@ fn long_poll_wakes_on_change() {
 
 #[test]
 fn api_inputs_are_checked() {
-    let mut w = World::new();
+    let mut w = world();
     assert_eq!(
         w.admin(|e, now, b| e.enroll(now, "nope", "x", b)),
         Err(EngineError::UnknownService)
@@ -1197,7 +1072,7 @@ fn api_inputs_are_checked() {
 
 #[test]
 fn out_of_order_counters_are_accepted_once_and_never_lower_the_highest() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", false);
     // Three requests leave the phone; the network delivers them 3, 1, 2.
     let sent = w.status_requests(&mut p, 3);
@@ -1222,7 +1097,7 @@ fn late_counters_far_and_near_below_the_highest_are_accepted_once() {
     // 20 late requests fit the window kept in the token's entry; 45 need the whole window
     // (an unseen counter more than 32 below the highest). Both accept each exactly once.
     for n in [20usize, 45] {
-        let mut w = World::new();
+        let mut w = world();
         let mut p = w.pair("bank", "alice", false);
         let mut sent = w.status_requests(&mut p, n);
         let last = sent.pop().unwrap();
@@ -1251,7 +1126,7 @@ fn metrics_count_packets_drops_and_events() {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", true);
     w.open(&mut p).unwrap();
     w.open_duress(&mut p).unwrap();
@@ -1345,7 +1220,7 @@ fn authkeys_come_from_the_configuration_and_reload() {
 fn pairing_and_admin_operations_run_concurrently() {
     // Admin lookups of pending tokens (pending table) race with pairing (pending, then
     // shard); a lock-order inversion would deadlock here.
-    let w = World::new();
+    let w = world();
     let engine = &w.engine;
     let users: Vec<String> = (0..150).map(|i| format!("u{i}")).collect();
     std::thread::scope(|s| {
@@ -1354,7 +1229,7 @@ fn pairing_and_admin_operations_run_concurrently() {
                 let mut batch = Batch::new();
                 let ticket = engine.enroll(T0, "bank", u, &mut batch).unwrap();
                 // Committed (this test has no storage): the token is settled again.
-                engine.publish(&mut batch);
+                commit_in_memory(engine, &mut batch);
                 let mut pairing =
                     Pairing::from_deeplink(&Deeplink::parse(&ticket.deeplink).unwrap());
                 let mut out = [0u8; 1200];
@@ -1373,7 +1248,7 @@ fn pairing_and_admin_operations_run_concurrently() {
                     engine.handle_packet(T0, src, &mut out[..tx.len], &mut reply, &mut batch),
                     PacketOutcome::Reply(_)
                 ));
-                engine.publish(&mut batch);
+                commit_in_memory(engine, &mut batch);
                 assert_eq!(
                     engine.status_by_id(T0, &offer.token_id).unwrap().state,
                     TokenState::Closed
@@ -1386,7 +1261,7 @@ fn pairing_and_admin_operations_run_concurrently() {
                     let id = TokenId::derive("bank", u);
                     let mut batch = Batch::new();
                     let r = engine.force(T0, &id, Force::Closed, &mut batch);
-                    engine.publish(&mut batch);
+                    commit_in_memory(engine, &mut batch);
                     // Unsettled: the pairing thread's change was not committed yet.
                     assert!(
                         r.is_ok()
@@ -1406,7 +1281,7 @@ fn pairing_and_admin_operations_run_concurrently() {
 
 #[test]
 fn presence_remembers_the_last_source_and_time() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", false);
     let id = p.token.token_id();
     assert_eq!(w.engine.presence(&id), None);
@@ -1426,7 +1301,7 @@ fn presence_remembers_the_last_source_and_time() {
 
 #[test]
 fn finished_transactions_and_abandoned_long_polls_are_cleaned_up() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", false);
     let id = p.token.token_id();
     let tx = w
@@ -1447,7 +1322,7 @@ fn finished_transactions_and_abandoned_long_polls_are_cleaned_up() {
         Err(EngineError::UnknownTransaction)
     );
     assert!(w
-        .commit
+        .sink
         .log
         .iter()
         .any(|m| *m == Mutation::DeleteTransaction(tx)));
@@ -1471,7 +1346,7 @@ fn finished_transactions_and_abandoned_long_polls_are_cleaned_up() {
 
 #[test]
 fn every_persisted_change_of_a_token_has_a_newer_version() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", false);
     w.open(&mut p).unwrap();
     w.send(&mut p, Request::Status).unwrap();
@@ -1483,7 +1358,7 @@ fn every_persisted_change_of_a_token_has_a_newer_version() {
     w.admin(|e, now, b| e.enroll(now, "bank", "alice", b))
         .unwrap();
     let versions: Vec<u32> = w
-        .commit
+        .sink
         .log
         .iter()
         .filter_map(|m| match m {
@@ -1535,7 +1410,7 @@ fn forged_pair_complete_sealed(
     use zerocopy::IntoBytes;
     use zoftoken_proto::wire::{Header, PairCompleteRequest, PinIndex, VerifierBlock};
     let secret = w
-        .commit
+        .sink
         .log
         .iter()
         .rev()
@@ -1581,7 +1456,7 @@ fn test_pin_tree_secret() -> [u8; 32] {
 
 #[test]
 fn pair_complete_on_a_paired_token_counts_wrong_verifiers_as_failures() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", false);
     let id = p.token.token_id();
     w.kinds();
@@ -1620,7 +1495,7 @@ fn pair_complete_on_a_paired_token_counts_wrong_verifiers_as_failures() {
 
 #[test]
 fn a_verifier_block_that_does_not_open_is_dropped_before_its_counter_is_used() {
-    let mut w = World::new();
+    let mut w = world();
     let p = w.pair("bank", "alice", false);
     let id = p.token.token_id();
     w.kinds();
@@ -1648,7 +1523,7 @@ fn a_verifier_block_that_does_not_open_is_dropped_before_its_counter_is_used() {
 
 #[test]
 fn a_retransmitted_pair_complete_with_the_stored_verifiers_is_still_ok() {
-    let mut w = World::new();
+    let mut w = world();
     let p = w.pair("bank", "alice", false);
     let id = p.token.token_id();
     w.kinds();
@@ -1661,7 +1536,7 @@ fn a_retransmitted_pair_complete_with_the_stored_verifiers_is_still_ok() {
 
 #[test]
 fn a_token_with_a_change_not_yet_written_is_not_answered_by_another_batch() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", false);
     let id = p.token.token_id();
     w.open(&mut p).unwrap();
@@ -1705,32 +1580,12 @@ fn a_token_with_a_change_not_yet_written_is_not_answered_by_another_batch() {
 
 #[test]
 fn a_failed_commit_is_undone_by_restoring_the_token() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", false);
     let id = p.token.token_id();
     w.open(&mut p).unwrap();
-    let durable = w
-        .commit
-        .log
-        .iter()
-        .rev()
-        .find_map(|m| match m {
-            Mutation::Token(r) if r.token_id() == id => Some((**r).clone()),
-            _ => None,
-        })
-        .unwrap();
-    let mut durable = durable;
-    durable.apply_state(
-        &w.commit
-            .log
-            .iter()
-            .rev()
-            .find_map(|m| match m {
-                Mutation::TokenState(s) if s.token_id == id => Some(*s),
-                _ => None,
-            })
-            .unwrap(),
-    );
+    // What storage holds of the token: its last record and state written.
+    let durable = w.stored_token(&id).unwrap();
     // A CLOSE whose batch cannot be written.
     let mut out = [0u8; 1200];
     let tx = p
@@ -1744,8 +1599,13 @@ fn a_failed_commit_is_undone_by_restoring_the_token() {
     let src: SocketAddr = SRC.parse().unwrap();
     w.engine
         .handle_packet(w.now, src, &mut close, &mut reply, &mut failed);
-    // The driver restores what storage holds: the token is open again in memory.
-    let ids = w.engine.unsettled_tokens(&mut failed);
+    // The write fails: nothing is published, and the driver restores what storage holds:
+    // the token is open again in memory.
+    let ids = w
+        .engine
+        .commit(&mut FullDisk, &mut failed)
+        .unwrap_err()
+        .unsettled;
     assert_eq!(ids, vec![id]);
     let mut restored = Vec::new();
     for t in &ids {
@@ -1770,7 +1630,7 @@ fn a_failed_commit_is_undone_by_restoring_the_token() {
 fn state_changes_per_token_are_limited_per_second() {
     let mut config = EngineConfig::new(services(), 7, [9; 32]);
     config.max_changes_per_s = 3;
-    let mut w = World::with(config);
+    let mut w = World::new(config);
     w.now += 1_000;
     let mut p = w.pair("bank", "alice", false);
     w.now += 1_000;
@@ -1798,7 +1658,7 @@ fn state_changes_per_token_are_limited_per_second() {
 
 #[test]
 fn every_event_of_a_token_has_a_higher_sequence_number_than_the_one_before() {
-    let mut w = World::new();
+    let mut w = world();
     let id = TokenId::derive("bank", "alice");
     let mut p = w.pair("bank", "alice", true);
     w.open(&mut p).unwrap();
@@ -1838,32 +1698,19 @@ fn every_event_of_a_token_has_a_higher_sequence_number_than_the_one_before() {
     );
 }
 
-impl World {
+/// What the duress tests add to the harness.
+trait DuressWorld {
     /// A new engine (new epoch) loaded from the committed records, as after a restart.
+    fn restart(&mut self);
+    /// The duress events seen since the last call: (operation, actor, transaction).
+    fn duress_events(&mut self) -> Vec<(Option<DuressOp>, Actor, Option<[u8; 16]>)>;
+}
+
+impl DuressWorld for World {
     fn restart(&mut self) {
-        let engine = Engine::new(EngineConfig::new(services(), 8, [1; 32])).unwrap();
-        let mut last: std::collections::HashMap<TokenId, TokenRecord> =
-            std::collections::HashMap::new();
-        for m in &self.commit.log {
-            match m {
-                Mutation::Token(r) => {
-                    last.insert(r.token_id(), (**r).clone());
-                }
-                Mutation::TokenState(s) => last.get_mut(&s.token_id).unwrap().apply_state(s),
-                Mutation::DeleteToken(id) => {
-                    last.remove(id);
-                }
-                _ => {}
-            }
-        }
-        for r in last.values() {
-            engine.load_token(r).unwrap();
-        }
-        self.engine = engine;
-        self.events = self.engine.events().subscribe();
+        self.restart_from_log(EngineConfig::new(services(), 8, [1; 32]));
     }
 
-    /// The duress events seen since the last call: (operation, actor, transaction).
     fn duress_events(&mut self) -> Vec<(Option<DuressOp>, Actor, Option<[u8; 16]>)> {
         std::mem::take(&mut self.seen)
             .into_iter()
@@ -1876,7 +1723,7 @@ impl World {
 
 #[test]
 fn every_duress_use_is_an_event_naming_it_and_the_tokens_last_duress_use() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", true);
     let id = p.token.token_id();
     let duress = p.duress.clone();
@@ -1989,7 +1836,7 @@ fn every_duress_use_is_an_event_naming_it_and_the_tokens_last_duress_use() {
 
 #[test]
 fn a_duress_use_is_not_recorded_where_the_service_does_not_allow_duress() {
-    let mut w = World::new();
+    let mut w = world();
     let p = w.pair("bank", "alice", true);
     let id = p.token.token_id();
     // The service stops allowing duress after pairing: a duress code is an ordinary success.
@@ -2005,7 +1852,7 @@ fn a_duress_use_is_not_recorded_where_the_service_does_not_allow_duress() {
 
 #[test]
 fn resubmitting_an_accepted_app_code_is_a_failed_authentication() {
-    let mut w = World::new();
+    let mut w = world();
     let p = w.pair("bank", "alice", false);
     let id = p.token.token_id();
     let code = p.token.one_time_code(&p.pin, w.now).unwrap();
@@ -2032,7 +1879,7 @@ fn resubmitting_an_accepted_app_code_is_a_failed_authentication() {
 
 #[test]
 fn status_on_a_blocked_token_is_ok_while_close_is_blocked() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", false);
     let id = p.token.token_id();
     w.admin(|e, now, b| e.force(now, &id, Force::Blocked, b))
@@ -2052,7 +1899,7 @@ fn status_on_a_blocked_token_is_ok_while_close_is_blocked() {
 
 #[test]
 fn an_admin_blocked_token_answers_a_pair_complete_retransmission_with_no_attempts_left() {
-    let mut w = World::new();
+    let mut w = world();
     let p = w.pair("bank", "alice", false);
     let id = p.token.token_id();
     let wrong = PinVerifier::derive("0000", &id).unwrap();
@@ -2082,7 +1929,7 @@ fn an_admin_blocked_token_answers_a_pair_complete_retransmission_with_no_attempt
 /// (status, state, attempts_left) of a reply to a forged request of token `id`.
 fn open_status_reply(w: &World, id: &TokenId, mut reply: Vec<u8>) -> (u8, u8, u8) {
     let secret = w
-        .commit
+        .sink
         .log
         .iter()
         .rev()
@@ -2099,7 +1946,7 @@ fn open_status_reply(w: &World, id: &TokenId, mut reply: Vec<u8>) -> (u8, u8, u8
 
 #[test]
 fn a_duress_pair_complete_refused_on_a_pending_token_reads_pending() {
-    let mut w = World::new();
+    let mut w = world();
     let ticket = w
         .admin(|e, now, b| e.enroll(now, "bank", "alice", b))
         .unwrap();
@@ -2137,7 +1984,7 @@ fn a_duress_pair_complete_refused_on_a_pending_token_reads_pending() {
 
 #[test]
 fn a_wrong_offline_response_does_not_use_up_the_validation_code() {
-    let mut w = World::new();
+    let mut w = world();
     let p = w.pair("bank", "alice", false);
     let id = p.token.token_id();
     let challenge = w
@@ -2162,7 +2009,7 @@ fn a_wrong_offline_response_does_not_use_up_the_validation_code() {
 
 #[test]
 fn a_decision_naming_another_tokens_transaction_is_no_transaction_and_changes_nothing() {
-    let mut w = World::new();
+    let mut w = world();
     let mut alice = w.pair("bank", "alice", true);
     let bob = w.pair("bank", "bob", false);
     let bob_id = bob.token.token_id();
@@ -2256,7 +2103,7 @@ fn forged_status(
 
 #[test]
 fn requests_under_a_candidate_key_before_pair_complete_are_dropped() {
-    let mut w = World::new();
+    let mut w = world();
     // A new token: only PAIR_COMPLETE may use the candidate key.
     let ticket = w
         .admin(|e, now, b| e.enroll(now, "bank", "alice", b))
@@ -2290,7 +2137,7 @@ fn requests_under_a_candidate_key_before_pair_complete_are_dropped() {
 
 #[test]
 fn re_enrolling_a_pending_token_invalidates_the_older_deeplink_and_manual_code() {
-    let mut w = World::new();
+    let mut w = world();
     let first = w
         .admin(|e, now, b| e.enroll(now, "bank", "alice", b))
         .unwrap();
@@ -2340,7 +2187,7 @@ fn re_enrolling_a_pending_token_invalidates_the_older_deeplink_and_manual_code()
 
 #[test]
 fn the_clock_offset_and_code_drift_survive_a_restart() {
-    let mut w = World::new();
+    let mut w = world();
     let mut p = w.pair("bank", "alice", false);
     let id = p.token.token_id();
     // The phone's clock is set 10 minutes ahead; TIME_SYNC records the offset.

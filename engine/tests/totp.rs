@@ -11,14 +11,12 @@
 
 use std::net::SocketAddr;
 
-use crossbeam_channel::Receiver;
 use zoftoken_engine::*;
 use zoftoken_proto::codes::OtpParams;
 use zoftoken_proto::packet::seal_request;
 use zoftoken_proto::wire::{Alphabet, MsgType};
 use zoftoken_proto::{DropReason, TokenId, TokenSecret};
-
-const T0: u64 = 1_800_000_000_000;
+use zoftoken_testkit::Harness;
 
 /// RFC 6238 with HMAC-SHA-1 and T0 = 0, written from the RFC (dynamic truncation of RFC 4226
 /// §5.3).
@@ -105,51 +103,31 @@ fn services() -> Vec<ServiceConfig> {
     vec![bank, eight, letters]
 }
 
-struct World {
-    engine: Engine,
-    now: u64,
-    commit: MemoryCommit,
-    events: Receiver<Event>,
-    seen: Vec<Event>,
+/// The engine and its log in memory, on a virtual clock (the test kit's harness).
+type World = Harness;
+
+fn world() -> World {
+    World::new(EngineConfig::new(services(), 7, [9; 32]))
 }
 
-impl World {
-    fn new() -> World {
-        let engine = Engine::new(EngineConfig::new(services(), 7, [9; 32])).unwrap();
-        let events = engine.events().subscribe();
-        World {
-            engine,
-            now: T0,
-            commit: MemoryCommit::default(),
-            events,
-            seen: Vec::new(),
-        }
-    }
+/// What the TOTP tests add to the harness.
+trait TotpWorld {
+    fn validate(&mut self, id: &TokenId, code: &str) -> Result<OfflineOutcome, EngineError>;
+    /// The last full record committed for the token.
+    fn record(&self, id: &TokenId) -> TokenRecord;
+    /// The last state committed for the token.
+    fn state(&self, id: &TokenId) -> TokenStateRecord;
+    fn now_s(&self) -> u64;
+}
 
-    fn admin<R>(&mut self, f: impl FnOnce(&Engine, u64, &mut Batch) -> R) -> R {
-        let mut batch = Batch::new();
-        let r = f(&self.engine, self.now, &mut batch);
-        self.commit.commit(&batch.mutations).unwrap();
-        self.engine.publish(&mut batch);
-        self.seen.extend(self.events.try_iter());
-        r
-    }
-
-    fn kinds(&mut self) -> Vec<EventKind> {
-        std::mem::take(&mut self.seen)
-            .into_iter()
-            .map(|e| e.kind)
-            .collect()
-    }
-
+impl TotpWorld for World {
     fn validate(&mut self, id: &TokenId, code: &str) -> Result<OfflineOutcome, EngineError> {
         let code = code.to_owned();
         self.admin(|e, now, b| e.validate_code(now, id, &code, b))
     }
 
-    /// The last full record committed for the token.
     fn record(&self, id: &TokenId) -> TokenRecord {
-        self.commit
+        self.sink
             .log
             .iter()
             .rev()
@@ -160,9 +138,8 @@ impl World {
             .expect("a token record")
     }
 
-    /// The last state committed for the token.
     fn state(&self, id: &TokenId) -> TokenStateRecord {
-        self.commit
+        self.sink
             .log
             .iter()
             .rev()
@@ -196,7 +173,7 @@ fn the_reference_implementation_matches_rfc6238() {
 
 #[test]
 fn enrollment_hands_out_a_well_formed_uri_and_a_usable_closed_token() {
-    let mut w = World::new();
+    let mut w = world();
     let t = w
         .admin(|e, now, b| e.enroll_totp(now, "bank", "alice@example.com", b))
         .unwrap();
@@ -217,7 +194,7 @@ fn enrollment_hands_out_a_well_formed_uri_and_a_usable_closed_token() {
     assert_eq!(&record.secret.expose()[..20], key.as_slice());
     assert_eq!(record.pin_verifier.expose(), &[0u8; 32]);
     assert_eq!(record.duress_verifier, None);
-    assert!(w.commit.log.iter().any(|m| matches!(
+    assert!(w.sink.log.iter().any(|m| matches!(
         m,
         Mutation::TokenCreated { token_id, username, .. }
             if *token_id == t.token_id && username == "alice@example.com"
@@ -249,7 +226,7 @@ fn enrollment_hands_out_a_well_formed_uri_and_a_usable_closed_token() {
 
 #[test]
 fn a_code_is_never_accepted_twice_and_a_replay_is_a_failure() {
-    let mut w = World::new();
+    let mut w = world();
     let t = w
         .admin(|e, now, b| e.enroll_totp(now, "bank", "alice", b))
         .unwrap();
@@ -297,7 +274,7 @@ fn a_code_is_never_accepted_twice_and_a_replay_is_a_failure() {
 
 #[test]
 fn one_step_of_drift_either_way_is_accepted_and_tracked() {
-    let mut w = World::new();
+    let mut w = world();
     let t = w
         .admin(|e, now, b| e.enroll_totp(now, "bank", "alice", b))
         .unwrap();
@@ -346,7 +323,7 @@ fn one_step_of_drift_either_way_is_accepted_and_tracked() {
 
 #[test]
 fn three_wrong_codes_block_and_force_closed_unblocks() {
-    let mut w = World::new();
+    let mut w = world();
     let t = w
         .admin(|e, now, b| e.enroll_totp(now, "bank", "alice", b))
         .unwrap();
@@ -398,7 +375,7 @@ fn three_wrong_codes_block_and_force_closed_unblocks() {
 
 #[test]
 fn a_success_resets_the_failure_count() {
-    let mut w = World::new();
+    let mut w = world();
     let t = w
         .admin(|e, now, b| e.enroll_totp(now, "bank", "alice", b))
         .unwrap();
@@ -428,7 +405,7 @@ fn a_success_resets_the_failure_count() {
 
 #[test]
 fn app_only_operations_are_refused_and_backup_codes_work() {
-    let mut w = World::new();
+    let mut w = world();
     let t = w
         .admin(|e, now, b| e.enroll_totp(now, "bank", "alice", b))
         .unwrap();
@@ -468,7 +445,7 @@ fn app_only_operations_are_refused_and_backup_codes_work() {
 
 #[test]
 fn delete_removes_a_totp_token() {
-    let mut w = World::new();
+    let mut w = world();
     let t = w
         .admin(|e, now, b| e.enroll_totp(now, "bank", "alice", b))
         .unwrap();
@@ -476,7 +453,7 @@ fn delete_removes_a_totp_token() {
     w.admin(|e, now, b| e.delete(now, &t.token_id, b)).unwrap();
     assert!(w.kinds().contains(&EventKind::Deleted));
     assert!(w
-        .commit
+        .sink
         .log
         .iter()
         .any(|m| *m == Mutation::DeleteToken(t.token_id)));
@@ -497,7 +474,7 @@ fn delete_removes_a_totp_token() {
 
 #[test]
 fn device_packets_for_a_totp_token_are_dropped_unanswered() {
-    let mut w = World::new();
+    let mut w = world();
     let t = w
         .admin(|e, now, b| e.enroll_totp(now, "bank", "alice", b))
         .unwrap();
@@ -527,7 +504,7 @@ fn device_packets_for_a_totp_token_are_dropped_unanswered() {
 
 #[test]
 fn digits_and_period_follow_the_service_where_an_app_can() {
-    let mut w = World::new();
+    let mut w = world();
     let t = w
         .admin(|e, now, b| e.enroll_totp(now, "eight", "alice", b))
         .unwrap();
@@ -576,7 +553,7 @@ fn digits_and_period_follow_the_service_where_an_app_can() {
 
 #[test]
 fn re_enrolling_replaces_the_token_either_way() {
-    let mut w = World::new();
+    let mut w = world();
     // App enrollment pending, then TOTP: the pending enrollment is withdrawn.
     let app = w
         .admin(|e, now, b| e.enroll(now, "bank", "alice", b))
@@ -590,7 +567,7 @@ fn re_enrolling_replaces_the_token_either_way() {
         .unwrap();
     assert_eq!(first.token_id, app.token_id);
     assert!(w
-        .commit
+        .sink
         .log
         .iter()
         .any(|m| *m == Mutation::DeletePending(app.token_id)));
@@ -610,7 +587,7 @@ fn re_enrolling_replaces_the_token_either_way() {
     assert!(w.state(&id).version > v1, "versions continue");
     assert_eq!(w.engine.status_by_id(w.now, &id).unwrap().failures, 0);
     assert!(w
-        .commit
+        .sink
         .log
         .iter()
         .any(|m| *m == Mutation::BackupCodes(id, Vec::new())));
@@ -637,7 +614,7 @@ fn re_enrolling_replaces_the_token_either_way() {
 
 #[test]
 fn a_reload_from_the_committed_records_keeps_the_kind_and_the_last_step() {
-    let mut w = World::new();
+    let mut w = world();
     let t = w
         .admin(|e, now, b| e.enroll_totp(now, "bank", "alice", b))
         .unwrap();
@@ -647,12 +624,7 @@ fn a_reload_from_the_committed_records_keeps_the_kind_and_the_last_step() {
         w.validate(&t.token_id, &code),
         Ok(OfflineOutcome::Accepted { duress: false })
     );
-    let mut record = w.record(&t.token_id);
-    record.apply_state(&w.state(&t.token_id));
-    let engine = Engine::new(EngineConfig::new(services(), 8, [1; 32])).unwrap();
-    engine.load_token(&record).unwrap();
-    w.engine = engine;
-    w.events = w.engine.events().subscribe();
+    w.restart_from_log(EngineConfig::new(services(), 8, [1; 32]));
     assert_eq!(
         w.engine.status_by_id(w.now, &t.token_id).unwrap().kind,
         TokenKind::Totp
@@ -671,56 +643,23 @@ fn a_reload_from_the_committed_records_keeps_the_kind_and_the_last_step() {
 
 #[test]
 fn a_totp_token_re_enrolled_for_the_app_pairs_and_becomes_an_app_token() {
-    use zoftoken_device::{MemoryStore, Pairing, Request};
+    use zoftoken_device::Pairing;
     use zoftoken_proto::deeplink::Deeplink;
-    use zoftoken_proto::PinVerifier;
-    let mut w = World::new();
+    let mut w = world();
     let t = w
         .admin(|e, now, b| e.enroll_totp(now, "bank", "alice", b))
         .unwrap();
     let ticket = w
         .admin(|e, now, b| e.enroll(now, "bank", "alice", b))
         .unwrap();
-    let mut pairing = Pairing::from_deeplink(&Deeplink::parse(&ticket.deeplink).unwrap());
-    let src: SocketAddr = "192.0.2.7:40000".parse().unwrap();
-    let deliver = |w: &mut World, datagram: &[u8]| -> Vec<u8> {
-        let mut d = datagram.to_vec();
-        let mut out = [0u8; 1200];
-        let mut batch = Batch::new();
-        let outcome = w
-            .engine
-            .handle_packet(w.now, src, &mut d, &mut out, &mut batch);
-        w.commit.commit(&batch.mutations).unwrap();
-        w.engine.publish(&mut batch);
-        match outcome {
-            PacketOutcome::Reply(n) => out[..n].to_vec(),
-            PacketOutcome::Drop(r) => panic!("dropped: {r:?}"),
-        }
-    };
-    let mut out = [0u8; 1200];
-    let tx = pairing.init_request(w.now, [0x42; 32], &mut out).unwrap();
-    let mut reply = deliver(&mut w, &out[..tx.len]);
-    let offer = pairing.handle_init_reply(&mut reply).unwrap();
-    assert_eq!(offer.token_id, t.token_id);
-    let pin = PinVerifier::derive("2468", &offer.token_id).unwrap();
-    let tx = pairing
-        .complete_request(&pin, None, w.now, &mut out)
-        .unwrap();
-    let mut reply = deliver(&mut w, &out[..tx.len]);
-    let mut store = MemoryStore::default();
-    let mut token = pairing
-        .handle_complete_reply(&mut store, &mut reply)
-        .unwrap()
-        .unwrap();
+    let pairing = Pairing::from_deeplink(&Deeplink::parse(&ticket.deeplink).unwrap());
+    let mut phone = w.pair_with(pairing, false);
+    assert_eq!(phone.token.token_id(), t.token_id);
     let st = w.engine.status_by_id(w.now, &t.token_id).unwrap();
     assert_eq!((st.kind, st.state), (TokenKind::App, TokenState::Closed));
     assert_eq!(w.record(&t.token_id).kind, TokenKind::App);
     // The app's packets are answered now, and the old TOTP codes are no longer valid.
-    let tx = token
-        .request(&mut store, Request::Open(&pin), w.now, &mut out)
-        .unwrap();
-    let mut reply = deliver(&mut w, &out[..tx.len]);
-    token.handle_reply(&mut reply).unwrap();
+    w.open(&mut phone).unwrap();
     assert_eq!(
         w.engine.status_by_id(w.now, &t.token_id).unwrap().state,
         TokenState::Open

@@ -7,8 +7,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use zoftoken_engine::{
-    Batch, Engine, EngineConfig, PacketOutcome, ServiceConfig, TokenRecord, TokenState,
-    TokenStateRecord,
+    Batch, Engine, EngineConfig, MemoryCommit, PacketOutcome, ServiceConfig, TokenRecord,
+    TokenState, TokenStateRecord,
 };
 use zoftoken_proto::{SecretBytes, TokenId};
 
@@ -26,7 +26,6 @@ fn engine() -> (Engine, Vec<TokenId>) {
     ];
     let mut config = EngineConfig::new(services, 3, [1; 32]);
     config.shards = 4;
-    config.event_capacity = 64;
     let engine = Engine::new(config).unwrap();
     let mut ids = Vec::new();
     for (i, service) in [0u16, 0, 1, 2].into_iter().enumerate() {
@@ -50,6 +49,8 @@ fuzz_target!(|data: &[u8]| {
     let (engine, ids) = engine();
     let mut now = T0;
     let mut batch = Batch::new();
+    // The durable write: an explicit log in memory.
+    let mut log = MemoryCommit::default();
     let mut out = [0u8; 1200];
     let src = std::net::SocketAddr::from(([192, 0, 2, 1], 1000));
     let mut rest = data;
@@ -73,7 +74,8 @@ fuzz_target!(|data: &[u8]| {
         {
             assert!(n <= datagram.len(), "reply larger than request");
         }
-        engine.publish(&mut batch);
+        engine.commit(&mut log, &mut batch).unwrap();
+        log.log.clear();
         for id in &ids {
             let s = engine.status_by_id(now, id).unwrap();
             assert!(s.failures <= 3);

@@ -1,95 +1,17 @@
 //! The generator against an in-process UDP echo and an in-process engine responder.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 
-use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use zoftoken_engine::{Batch, Engine, EngineConfig, PacketOutcome, ServiceConfig};
+use zoftoken_engine::{Engine, EngineConfig, ServiceConfig};
 use zoftoken_loadgen::{run, IoChoice, LoadConfig, Mix, Summary, TokenSet};
 use zoftoken_proto::{DropReason, SecretBytes};
+use zoftoken_testkit::Responder;
 
 /// The instance PIN-tree secret of the test engines, given to the generator too.
 const PIN_TREE: [u8; 32] = [0x71; 32];
-
-/// A responder thread on its own socket; `answer` decides, per datagram (numbered from 0),
-/// what to send back: `None` drops it.
-struct Responder {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    received: Arc<AtomicU64>,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl Responder {
-    fn start(
-        mut answer: impl FnMut(u64, SocketAddr, &mut [u8], &mut [u8]) -> Option<usize> + Send + 'static,
-    ) -> Responder {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        let addr = socket.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let received = Arc::new(AtomicU64::new(0));
-        let (s, r) = (stop.clone(), received.clone());
-        let handle = std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            let mut out = [0u8; 2048];
-            while !s.load(Ordering::Relaxed) {
-                let Ok((n, peer)) = socket.recv_from(&mut buf) else {
-                    continue;
-                };
-                let i = r.fetch_add(1, Ordering::Relaxed);
-                if let Some(len) = answer(i, peer, &mut buf[..n], &mut out) {
-                    let _ = socket.send_to(&out[..len], peer);
-                }
-            }
-        });
-        Responder {
-            addr,
-            stop,
-            received,
-            handle: Some(handle),
-        }
-    }
-
-    fn echo() -> Responder {
-        Responder::start(|_, _, d, out| {
-            out[..d.len()].copy_from_slice(d);
-            Some(d.len())
-        })
-    }
-
-    /// The engine's packet path: handle, publish (commit stand-in), reply. Answers only the
-    /// datagrams for which `keep(i)` holds.
-    fn engine(engine: Arc<Engine>, keep: fn(u64) -> bool) -> Responder {
-        let mut batch = Batch::new();
-        Responder::start(move |i, src, d, out| {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_millis() as u64;
-            let outcome = engine.handle_packet(now, src, d, out, &mut batch);
-            engine.publish(&mut batch);
-            match outcome {
-                PacketOutcome::Reply(n) if keep(i) => Some(n),
-                _ => None,
-            }
-        })
-    }
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
 
 fn engine_with(set: &TokenSet) -> Arc<Engine> {
     let mut service = ServiceConfig::new(set.service(), &["127.0.0.1:4500"]);
@@ -137,7 +59,7 @@ fn echo_replies_are_counted_as_echoes() {
         assert_eq!(s.lost, 0);
         assert_eq!(s.errors, 0);
         assert_eq!(s.echoed, s.sent);
-        assert_eq!(echo.received.load(Ordering::Relaxed), s.sent);
+        assert_eq!(echo.received(), s.sent);
         assert!(s.sent_pps > 1_000.0 && s.answered_pps > 1_000.0);
     }
 }
@@ -160,10 +82,7 @@ fn engine_answers_every_request_across_runs_and_endpoints() {
         assert_eq!(s.answered, s.sent, "{s:?}");
         assert_eq!((s.echoed, s.lost, s.errors, s.refused), (0, 0, 0, 0));
         // Both endpoints served, roughly evenly.
-        let (ra, rb) = (
-            a.received.load(Ordering::Relaxed),
-            b.received.load(Ordering::Relaxed),
-        );
+        let (ra, rb) = (a.received(), b.received());
         let (pa, pb) = last.unwrap_or((0, 0));
         let (da, db) = (ra - pa, rb - pb);
         assert_eq!(da + db, s.sent);
@@ -317,7 +236,7 @@ fn a_rate_is_kept_when_sending_in_groups() {
         // last group may not have come due); none early.
         assert!((1_100..=1_200).contains(&s.sent), "{s:?}");
         assert_eq!(s.echoed, s.sent, "{s:?}");
-        assert_eq!(echo.received.load(Ordering::Relaxed), s.sent);
+        assert_eq!(echo.received(), s.sent);
     }
 }
 

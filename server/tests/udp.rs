@@ -17,19 +17,13 @@ use std::io::{BufReader, Read};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rand_core::RngCore;
-use zoftoken_device::{MemoryStore, Pairing, Reply, Request, Token};
+use zoftoken_device::{Pairing, Reply, Request};
 use zoftoken_proto::deeplink::Deeplink;
 use zoftoken_proto::{PinVerifier, WireState};
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
+use zoftoken_testkit::{now_ms, Link, UdpLink};
 
 struct Env {
     dir: tempfile::TempDir,
@@ -157,68 +151,36 @@ impl Drop for Server {
     }
 }
 
-/// A phone: the device SDK over a UDP socket.
+/// A phone: the test kit's paired device over its UDP socket.
 struct Phone {
-    socket: UdpSocket,
-    server: SocketAddr,
-    token: Token,
-    store: MemoryStore,
-    pin: PinVerifier,
+    link: UdpLink,
+    device: zoftoken_testkit::Phone,
 }
 
-fn exchange(socket: &UdpSocket, server: SocketAddr, datagram: &[u8]) -> Option<Vec<u8>> {
-    socket.send_to(datagram, server).unwrap();
-    let mut buf = [0u8; 2048];
-    match socket.recv_from(&mut buf) {
-        Ok((n, from)) => {
-            assert_eq!(from, server);
-            Some(buf[..n].to_vec())
-        }
-        Err(_) => None,
+impl std::ops::Deref for Phone {
+    type Target = zoftoken_testkit::Phone;
+    fn deref(&self) -> &zoftoken_testkit::Phone {
+        &self.device
+    }
+}
+
+impl std::ops::DerefMut for Phone {
+    fn deref_mut(&mut self) -> &mut zoftoken_testkit::Phone {
+        &mut self.device
     }
 }
 
 impl Phone {
     fn pair(server: SocketAddr, deeplink: &str, pin: &str) -> Phone {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
-        let mut pairing = Pairing::from_deeplink(&Deeplink::parse(deeplink).unwrap());
-        let mut out = [0u8; 1200];
-        let mut random = [0u8; 32];
-        rand_core::OsRng.fill_bytes(&mut random);
-        let tx = pairing.init_request(now_ms(), random, &mut out).unwrap();
-        let mut reply = exchange(&socket, server, &out[..tx.len]).expect("PAIR_INIT answered");
-        let offer = pairing.handle_init_reply(&mut reply).unwrap();
-        let pin = PinVerifier::derive(pin, &offer.token_id).unwrap();
-        let tx = pairing
-            .complete_request(&pin, None, now_ms(), &mut out)
-            .unwrap();
-        let mut reply = exchange(&socket, server, &out[..tx.len]).expect("PAIR_COMPLETE answered");
-        let mut store = MemoryStore::default();
-        let token = pairing
-            .handle_complete_reply(&mut store, &mut reply)
-            .unwrap()
-            .unwrap();
-        Phone {
-            socket,
-            server,
-            token,
-            store,
-            pin,
-        }
+        let mut link = UdpLink::new(server, Duration::from_secs(2));
+        let pairing = Pairing::from_deeplink(&Deeplink::parse(deeplink).unwrap());
+        let device = zoftoken_testkit::Phone::pair_with_pin(&mut link, pairing, pin, false);
+        Phone { link, device }
     }
 
     /// Sends a request; the reply, or `None` when none came within 2 s.
     fn send(&mut self, req: Request<'_>) -> Option<Reply> {
-        let mut out = [0u8; 1200];
-        let tx = self
-            .token
-            .request(&mut self.store, req, now_ms(), &mut out)
-            .unwrap();
-        let mut reply = exchange(&self.socket, self.server, &out[..tx.len])?;
-        Some(self.token.handle_reply(&mut reply).unwrap())
+        self.device.send(&mut self.link, req).ok()
     }
 
     fn state(&mut self) -> WireState {
@@ -278,13 +240,8 @@ fn hostile_datagrams_get_no_reply_and_service_goes_on() {
         let server = e.serve();
         let mut phone = Phone::pair(e.udp, &link, "1357");
         // A valid request recorded for replays, forgeries and truncations.
-        let mut out = [0u8; 1200];
-        let tx = phone
-            .token
-            .request(&mut phone.store, Request::Status, now_ms(), &mut out)
-            .unwrap();
-        let valid = out[..tx.len].to_vec();
-        assert!(exchange(&phone.socket, e.udp, &valid).is_some());
+        let valid = phone.device.request(now_ms(), Request::Status);
+        assert!(phone.link.exchange(&valid).is_ok());
 
         let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
         let (seen_tx, seen_rx) = mpsc::channel();

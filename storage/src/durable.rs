@@ -1,18 +1,21 @@
 //! Failing closed: what happens around a commit so that nothing that was not written is ever
 //! visible, and what the server knows about its database's health.
 //!
-//! - [`Store::commit_batch`] is the one way a driver (the group commit, the API, the timers)
-//!   commits an engine [`Batch`]: on success the batch's tokens are settled and its events
-//!   published; on failure nothing is published, and every token the batch changed is
-//!   restored from the database ([`Store::restore_tokens`]), so that the engine's memory is
-//!   again what the database holds (see the engine's `settle` module).
+//! - [`Store::commit_batch`] (the API, the command line) and [`Store::commit_timers`] (the
+//!   timer loop) commit an engine [`Batch`] through
+//!   [`Engine::commit`](zoftoken_engine::Engine::commit) with this store as its durable write
+//!   ([`Store::durable_write`]), as the group commit does for its groups: the engine publishes
+//!   the batch (settles its tokens, counts its events) only once the write succeeded. On
+//!   failure nothing is published, and every token the batch changed is restored from the
+//!   database ([`Store::restore_tokens`]), so that the engine's memory is again what the
+//!   database holds (see the engine's `settle` module).
 //! - [`crate::Health`] records whether the database can write; [`Store::probe`] (called
 //!   every second by the server while writes fail) finds out when writes work again, logs one
 //!   line, and retries the restores that could not read the database.
 
 use std::collections::HashSet;
 
-use zoftoken_engine::{Batch, Engine, EventKind, Mutation};
+use zoftoken_engine::{Batch, CommitFailed, Engine, EventKind, Mutation};
 use zoftoken_proto::TokenId;
 
 use crate::error::StoreError;
@@ -24,37 +27,37 @@ use crate::Store;
 const PROBE_INTERVAL_MS: u64 = 900;
 
 impl Store {
-    /// Commits an engine batch: on success settles its tokens and publishes its events (the
-    /// batch comes back empty); on failure publishes nothing, restores the batch's tokens from
-    /// the database and empties the batch. Nothing the batch changed is visible unless this
-    /// returns `Ok`.
+    /// Commits an engine batch: on success its tokens are settled and its events counted
+    /// (the batch comes back empty); on failure nothing is published, the batch's tokens are
+    /// restored from the database and the batch is emptied. Nothing the batch changed is
+    /// visible unless this returns `Ok` (the outbox sequence number of its events, or 0).
     pub fn commit_batch(
         &self,
         engine: &Engine,
         now_ms: u64,
         batch: &mut Batch,
     ) -> Result<u64, StoreError> {
-        let r = self.commit_group(&[&batch.mutations], engine, self.durability());
-        self.after_commit(engine, now_ms, batch, r.is_ok());
-        r
+        let written = engine.commit(&mut self.durable_write(engine, self.durability()), batch);
+        written.map_err(|failed| {
+            batch.mutations.clear();
+            self.restore_failed(engine, now_ms, failed)
+        })
     }
 
-    /// What follows a commit of `batch` (by [`Store::commit_batch`] or a group commit):
-    /// publish if it was written, restore if not.
-    pub(crate) fn after_commit(
+    /// After a failed write of engine batches ([`Engine::commit`] or `commit_group`): restores
+    /// their tokens from the database (or keeps them for a later try, see [`crate::Health`]);
+    /// returns the write's error.
+    pub(crate) fn restore_failed(
         &self,
         engine: &Engine,
         now_ms: u64,
-        batch: &mut Batch,
-        written: bool,
-    ) {
-        if written {
-            engine.publish(batch);
-            return;
-        }
-        let ids = engine.unsettled_tokens(batch);
-        batch.mutations.clear();
-        self.restore_or_keep(engine, now_ms, ids);
+        failed: CommitFailed<StoreError>,
+    ) -> StoreError {
+        let CommitFailed {
+            source, unsettled, ..
+        } = failed;
+        self.restore_or_keep(engine, now_ms, unsettled);
+        source
     }
 
     /// Commits the timers' batch ([`zoftoken_engine::Engine::tick`]). On failure the tokens
@@ -68,25 +71,18 @@ impl Store {
         now_ms: u64,
         batch: &mut Batch,
     ) -> Result<u64, StoreError> {
-        match self.commit_group(&[&batch.mutations], engine, self.durability()) {
-            Ok(seq) => {
-                engine.publish(batch);
-                Ok(seq)
-            }
-            Err(e) => {
-                let ids = engine.unsettled_tokens(batch);
-                let restored: HashSet<[u8; 16]> = ids.iter().map(|t| t.0).collect();
-                batch.mutations.retain(|m| match m {
-                    Mutation::TokenState(s) => !restored.contains(&s.token_id.0),
-                    Mutation::Event(ev) if ev.kind == EventKind::Expired => {
-                        !restored.contains(&ev.token_id.0)
-                    }
-                    _ => true,
-                });
-                self.restore_or_keep(engine, now_ms, ids);
-                Err(e)
-            }
-        }
+        let written = engine.commit(&mut self.durable_write(engine, self.durability()), batch);
+        written.map_err(|failed| {
+            let restored: HashSet<[u8; 16]> = failed.unsettled.iter().map(|t| t.0).collect();
+            batch.mutations.retain(|m| match m {
+                Mutation::TokenState(s) => !restored.contains(&s.token_id.0),
+                Mutation::Event(ev) if ev.kind == EventKind::Expired => {
+                    !restored.contains(&ev.token_id.0)
+                }
+                _ => true,
+            });
+            self.restore_failed(engine, now_ms, failed)
+        })
     }
 
     fn restore_or_keep(&self, engine: &Engine, now_ms: u64, ids: Vec<TokenId>) {

@@ -11,19 +11,31 @@
 //! runs, and a store that fails on demand, are in the crate `zoftoken-storage-conformance`
 //! (tests only). It reads no configuration files and opens no sockets.
 //!
-//! It fails closed: a batch whose write fails publishes nothing and its tokens are restored
-//! from the database ([`Store::commit_batch`]); [`Health`] says whether the database can write
-//! and [`Store::probe`] finds out when it can again.
+//! Commit, then publish: the store is the engine's durable write ([`Store::durable_write`],
+//! a [`zoftoken_engine::DurableWrite`]), and every engine batch is committed through
+//! [`Engine::commit`](zoftoken_engine::Engine::commit) or `commit_group`, which publish a
+//! batch (settle its tokens, count its events) only once the store wrote it: the group commit
+//! ([`Committer`]), [`Store::commit_batch`] (the API and the command line) and
+//! [`Store::commit_timers`] (the timer loop). It fails closed: a batch whose write fails
+//! publishes nothing and its tokens are restored from the database; [`Health`] says whether
+//! the database can write and [`Store::probe`] finds out when it can again.
+//!
+//! One event path: events are data only in the outbox, written in the same atomic write as
+//! the changes they report. After a successful write with events the store raises its
+//! [`OutboxWatermark`] to the write's outbox sequence number and wakes its waiters; the
+//! webhook pipeline waits on it, reads the outbox (the truth, polled as well) and acknowledges
+//! what it delivered.
 //!
 //! The modules read top-down, each using only those above it: [`kv`] (the trait, knows no
 //! record) ← [`schema`] (record layouts) ← `store` (the [`Store`]) ← `durable`, `committer`,
 //! `maint` and [`webhooks`] (what drivers, admin commands and the webhook pipeline do with
-//! it). `codec` (bounds-checked bytes), `error`, `scan` and `health` are the helpers they
-//! share.
+//! it). `codec` (bounds-checked bytes), `error`, `scan`, `health` and `watermark` are the
+//! helpers they share.
 //!
 //! Key types: [`KvStore`], [`KvError`], [`WriteBatch`], [`Store`], [`StoreError`],
-//! [`Committer`] (group commit on a writer thread, pipelined with packet processing),
-//! [`Health`], [`MasterKey`], [`ServiceDoc`], [`AuthkeyDoc`].
+//! [`StoreWrite`], [`Committer`] (group commit on a writer thread, pipelined with packet
+//! processing), [`OutboxWatermark`], [`Health`], [`MasterKey`], [`ServiceDoc`],
+//! [`AuthkeyDoc`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -40,6 +52,7 @@ mod memory;
 mod scan;
 pub mod schema;
 mod store;
+mod watermark;
 pub mod webhooks;
 
 pub use committer::{CommitError, Committer, CommitterConfig, CommitterStats, Done, Submitter};
@@ -53,5 +66,6 @@ pub use kv::{BoxError, Cf, Durability, KvError, KvStore, Op, WriteBatch};
 pub use maint::{CheckReport, Moved, IMPORT_EPOCH_MARGIN, IMPORT_SEQ_MARGIN};
 pub use memory::MemoryKv;
 pub use schema::OutboxEvent;
-pub use store::{LoadReport, ServiceNames, Store};
+pub use store::{LoadReport, ServiceNames, Store, StoreWrite};
+pub use watermark::{OutboxMark, OutboxWatermark};
 pub use webhooks::{DeadLetterRecord, DeliveryWrite, DisabledEndpoint, PendingCommit};

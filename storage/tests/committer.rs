@@ -1,6 +1,7 @@
 //! The group commit ([`Committer`]) over a store whose writes fail on demand: answers in
-//! submission order, everything written, a failed write reported and publishing nothing, the
-//! engine's memory left as the store holds it, and a clean shutdown.
+//! submission order, everything written (events in the outbox, the outbox watermark raised,
+//! events counted once), a failed write reported and publishing nothing, the engine's memory
+//! left as the store holds it, and a clean shutdown.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,7 +13,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use zoftoken_engine::{Batch, Engine, EngineConfig, Mutation, ServiceConfig};
+use zoftoken_engine::{Batch, Engine, EngineConfig, EventKind, Mutation, ServiceConfig};
 use zoftoken_storage::{
     Cf, CommitError, Committer, CommitterConfig, Durability, KvError, KvStore, MasterKey, MemoryKv,
     Store, StoreError,
@@ -43,7 +44,12 @@ impl Rig {
 fn start(queue: usize, writer_thread: bool) -> (Rig, Arc<Engine>, Arc<FaultyKv>) {
     let kv = Arc::new(FaultyKv::new(Arc::new(MemoryKv::new())));
     let store = Store::open(kv.clone(), MasterKey::from_bytes([7; 32]), Durability::Wal).unwrap();
-    let demo = ServiceConfig::new("demo", &["127.0.0.1:4500"]);
+    let mut demo = ServiceConfig::new("demo", &["127.0.0.1:4500"]);
+    // A webhook for every event: the outbox keeps only events a webhook receives.
+    demo.webhook = Some(zoftoken_engine::WebhookConfig::new(
+        "https://hooks.example/zt",
+        "test-secret",
+    ));
     let engine = Arc::new(Engine::new(EngineConfig::new(vec![demo], 1, [1; 32])).unwrap());
     let config = CommitterConfig {
         queue,
@@ -65,6 +71,11 @@ fn count(kv: &FaultyKv, cf: Cf) -> usize {
     n
 }
 
+/// Events in the outbox.
+fn outbox_events(store: &Store) -> usize {
+    store.outbox(0, usize::MAX).unwrap().len()
+}
+
 fn enroll(engine: &Engine, user: &str) -> Batch {
     let mut batch = Batch::new();
     let r = engine.enroll(1_000, "demo", user, &mut batch);
@@ -76,7 +87,7 @@ fn enroll(engine: &Engine, user: &str) -> Batch {
 fn answers_in_order_and_writes_everything() {
     for writer_thread in [true, false] {
         let (committer, engine, kv) = start(4, writer_thread);
-        let events = engine.events().subscribe();
+        let watermark = committer.store.outbox_watermark().mark();
         let mut a = committer.submitter();
         let mut b = committer.submitter();
         for i in 0..40 {
@@ -95,9 +106,15 @@ fn answers_in_order_and_writes_everything() {
             assert_eq!(answers, 20);
             assert!(s.try_done().is_none());
         }
-        // Every enrollment is durable, and its event was published (after the write).
+        // Every enrollment is durable, its event in the outbox (the same write) and counted
+        // once; the outbox watermark rose to the last commit.
         assert_eq!(count(&kv, Cf::Enrollments), 40);
-        assert_eq!(events.try_iter().count(), 40);
+        assert_eq!(outbox_events(&committer.store), 40);
+        assert_eq!(engine.committed_events(EventKind::Enrolled), 40);
+        let last = committer.store.last_outbox_seq().unwrap().unwrap();
+        let now = committer.store.outbox_watermark().mark();
+        assert_eq!(now.high, last);
+        assert!(now.high > watermark.high);
         let stats = committer.stats();
         assert_eq!(stats.batches.load(Ordering::Relaxed), 40);
         let writes = stats.writes.load(Ordering::Relaxed);
@@ -112,7 +129,7 @@ fn answers_in_order_and_writes_everything() {
 fn a_failed_write_is_reported_and_publishes_nothing() {
     for writer_thread in [true, false] {
         let (committer, engine, kv) = start(4, writer_thread);
-        let events = engine.events().subscribe();
+        let watermark = committer.store.outbox_watermark().mark();
         let mut s = committer.submitter();
         kv.set_failing(true);
         assert!(s.submit(enroll(&engine, "lost")).is_ok());
@@ -124,9 +141,15 @@ fn a_failed_write_is_reported_and_publishes_nothing() {
         );
         assert!(done.batch.is_empty());
         assert_eq!(
-            events.try_iter().count(),
+            outbox_events(&committer.store),
             0,
             "no event for an unwritten batch"
+        );
+        assert_eq!(engine.committed_events(EventKind::Enrolled), 0);
+        assert_eq!(
+            committer.store.outbox_watermark().mark(),
+            watermark,
+            "no signal for an unwritten batch"
         );
         assert_eq!(committer.stats().failed_writes.load(Ordering::Relaxed), 1);
         // The disk recovers: the next batch is written.
@@ -134,7 +157,9 @@ fn a_failed_write_is_reported_and_publishes_nothing() {
         assert!(s.submit(enroll(&engine, "kept")).is_ok());
         assert!(s.wait_done().unwrap().result.is_ok());
         assert_eq!(count(&kv, Cf::Enrollments), 1);
-        assert_eq!(events.try_iter().count(), 1);
+        assert_eq!(outbox_events(&committer.store), 1);
+        assert_eq!(engine.committed_events(EventKind::Enrolled), 1);
+        assert!(committer.store.outbox_watermark().mark().high > watermark.high);
     }
 }
 
@@ -143,7 +168,6 @@ fn a_failed_write_leaves_memory_as_the_store_holds_it() {
     use zoftoken_engine::{Force, TokenState};
     for writer_thread in [true, false] {
         let (committer, engine, kv) = start(4, writer_thread);
-        let events = engine.events().subscribe();
         let mut s = committer.submitter();
         // A paired token, durable (closed).
         let id = zoftoken_proto::TokenId::derive("demo", "alice");
@@ -179,7 +203,10 @@ fn a_failed_write_leaves_memory_as_the_store_holds_it() {
             engine.status(1_000, "demo", "bob").err(),
             Some(zoftoken_engine::EngineError::UnknownToken)
         );
-        assert_eq!(events.try_iter().count(), 0);
+        assert_eq!(outbox_events(&committer.store), 0);
+        for kind in [EventKind::Enrolled, EventKind::Blocked] {
+            assert_eq!(engine.committed_events(kind), 0);
+        }
         assert_eq!(engine.unsettled_count(), 0);
         assert!(!committer.store.health().writable());
         // The disk recovers: the same change is written and seen.

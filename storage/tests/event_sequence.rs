@@ -40,7 +40,7 @@ fn every_change_of_a_token_gets_a_higher_number() {
     let kv = MemoryKv::new();
     let store = open(&kv);
     let engine = engine();
-    let now = 1_800_000_000_000;
+    let now = zoftoken_testkit::T0;
     let mut seen = Vec::new();
     for step in 0..4 {
         let mut batch = Batch::new();

@@ -10,23 +10,32 @@
     missing_docs
 )]
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use zoftoken_device::{MemoryStore, Pairing, Reply, Request, Token};
+use zoftoken_device::{Reply, Request};
 use zoftoken_engine::*;
-use zoftoken_proto::deeplink::Deeplink;
-use zoftoken_proto::{DropReason, PinVerifier, ReplyStatus, TxState, WireState};
+use zoftoken_proto::{DropReason, ReplyStatus, TxState, WireState};
 use zoftoken_storage::{Durability, MasterKey, MemoryKv, Store};
+use zoftoken_testkit::{Harness, Phone, T0};
 
-const T0: u64 = 1_800_000_000_000;
-
+/// A server process on a database that outlives it: the test kit's harness on a store.
 struct Server {
     kv: MemoryKv,
-    store: Store,
-    engine: Engine,
     epoch: u32,
-    now: u64,
+    harness: Harness<Store>,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Harness<Store>;
+    fn deref(&self) -> &Harness<Store> {
+        &self.harness
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Harness<Store> {
+        &mut self.harness
+    }
 }
 
 impl Server {
@@ -38,25 +47,18 @@ impl Server {
         let mut bank = ServiceConfig::new("bank", &["127.0.0.1:4500"]);
         bank.window_s = 600;
         // A webhook for every event: the outbox keeps only events a webhook receives.
-        bank.webhook = Some(zoftoken_engine::WebhookConfig {
-            url: "https://hooks.example/zt".into(),
-            secret: "test-secret".into(),
-            events: Vec::new(),
-            previous_secret: None,
-            ca_file: None,
-            shared_token: None,
-            allow_insecure_http: false,
-        });
+        bank.webhook = Some(WebhookConfig::new(
+            "https://hooks.example/zt",
+            "test-secret",
+        ));
         let mut config = EngineConfig::new(vec![bank], epoch, [epoch as u8; 32]);
         config.pin_tree_secret = pin_tree_secret;
         let engine = Engine::new(config).unwrap();
         store.load(&engine, now, 2, &|_| {}).unwrap();
         Server {
             kv,
-            store,
-            engine,
             epoch,
-            now,
+            harness: Harness::with_sink(Arc::new(engine), store, now),
         }
     }
 
@@ -65,65 +67,11 @@ impl Server {
         drop(self);
         Server::start(kv, epoch, now)
     }
-
-    fn admin<R>(&mut self, f: impl FnOnce(&Engine, u64, &mut Batch) -> R) -> R {
-        let mut batch = Batch::new();
-        let r = f(&self.engine, self.now, &mut batch);
-        self.store.commit(&batch.mutations, &self.engine).unwrap();
-        self.engine.publish(&mut batch);
-        r
-    }
-
-    fn deliver(&mut self, datagram: &[u8]) -> Result<Vec<u8>, DropReason> {
-        let mut d = datagram.to_vec();
-        let mut out = [0u8; 1200];
-        let mut batch = Batch::new();
-        let src: SocketAddr = "192.0.2.7:40000".parse().unwrap();
-        let outcome = self
-            .engine
-            .handle_packet(self.now, src, &mut d, &mut out, &mut batch);
-        self.store.commit(&batch.mutations, &self.engine).unwrap();
-        self.engine.publish(&mut batch);
-        match outcome {
-            PacketOutcome::Reply(n) => Ok(out[..n].to_vec()),
-            PacketOutcome::Drop(r) => Err(r),
-        }
-    }
-
-    fn send(
-        &mut self,
-        token: &mut Token,
-        store: &mut MemoryStore,
-        req: Request<'_>,
-    ) -> Result<(Reply, Vec<u8>), DropReason> {
-        let mut out = [0u8; 1200];
-        let tx = token.request(store, req, self.now, &mut out).unwrap();
-        let sent = out[..tx.len].to_vec();
-        let mut reply = self.deliver(&sent)?;
-        Ok((
-            token.handle_reply(&mut reply).expect("authentic reply"),
-            sent,
-        ))
-    }
 }
 
-fn pair(s: &mut Server, deeplink: &str) -> (Token, MemoryStore, PinVerifier) {
-    let mut pairing = Pairing::from_deeplink(&Deeplink::parse(deeplink).unwrap());
-    let mut out = [0u8; 1200];
-    let tx = pairing.init_request(s.now, [0x33; 32], &mut out).unwrap();
-    let mut reply = s.deliver(&out[..tx.len]).unwrap();
-    let offer = pairing.handle_init_reply(&mut reply).unwrap();
-    let pin = PinVerifier::derive("2468", &offer.token_id).unwrap();
-    let tx = pairing
-        .complete_request(&pin, None, s.now, &mut out)
-        .unwrap();
-    let mut reply = s.deliver(&out[..tx.len]).unwrap();
-    let mut store = MemoryStore::default();
-    let token = pairing
-        .handle_complete_reply(&mut store, &mut reply)
-        .unwrap()
-        .unwrap();
-    (token, store, pin)
+/// A phone paired with the deeplink of an enrollment.
+fn pair(s: &mut Server, deeplink: &str) -> Phone {
+    Phone::pair_deeplink(&mut s.harness, deeplink, false)
 }
 
 #[test]
@@ -132,10 +80,12 @@ fn a_paired_device_keeps_working_across_restarts() {
     let ticket = s
         .admin(|e, now, b| e.enroll(now, "bank", "alice", b))
         .unwrap();
-    let (mut token, mut store, pin) = pair(&mut s, &ticket.deeplink);
-    let (r, recorded_open) = s.send(&mut token, &mut store, Request::Open(&pin)).unwrap();
+    let mut p = pair(&mut s, &ticket.deeplink);
+    let pin = p.pin.clone();
+    let r = s.send(&mut p, Request::Open(&pin)).unwrap();
+    let recorded_open = p.last_request.clone();
     assert_eq!(r.status().state, WireState::Open);
-    let id = token.token_id();
+    let id = p.token.token_id();
     let codes = s
         .admin(|e, _, b| e.generate_backup_codes(&id, 3, 8, b))
         .unwrap();
@@ -150,19 +100,18 @@ fn a_paired_device_keeps_working_across_restarts() {
         s.engine.status_by_id(s.now, &id).unwrap().state,
         TokenState::Open
     );
-    let (r, _) = s.send(&mut token, &mut store, Request::Status).unwrap();
+    let r = s.send(&mut p, Request::Status).unwrap();
     assert_eq!(r.status().state, WireState::Open);
     assert_eq!(s.deliver(&recorded_open), Err(DropReason::Replayed));
     // The transaction is still waiting and can be approved.
-    let (r, _) = s.send(&mut token, &mut store, Request::TxFetch).unwrap();
+    let r = s.send(&mut p, Request::TxFetch).unwrap();
     assert!(
         matches!(r, Reply::Transaction(_, Some(ref p)) if p.tx_id == tx),
         "{r:?}"
     );
-    let (r, _) = s
+    let r = s
         .send(
-            &mut token,
-            &mut store,
+            &mut p,
             Request::TxApprove {
                 tx_id: tx,
                 pin: &pin,
@@ -194,7 +143,7 @@ fn a_paired_device_keeps_working_across_restarts() {
         .admin(|e, now, b| e.verify_backup_code(now, &id, &codes[1], b))
         .unwrap();
     assert!(matches!(other, OfflineOutcome::Accepted { .. }));
-    let (r, _) = s.send(&mut token, &mut store, Request::Close).unwrap();
+    let r = s.send(&mut p, Request::Close).unwrap();
     assert_eq!(r.status().state, WireState::Closed);
 
     // Deleted tokens stay deleted.
@@ -202,10 +151,10 @@ fn a_paired_device_keeps_working_across_restarts() {
     let mut s = s.restart();
     assert!(s.engine.status_by_id(s.now, &id).is_err());
     assert_eq!(
-        s.send(&mut token, &mut store, Request::Status).map(|_| ()),
+        s.send(&mut p, Request::Status).map(|_| ()),
         Err(DropReason::UnknownToken)
     );
-    let events = s.store.outbox(0, usize::MAX).unwrap();
+    let events = s.sink.outbox(0, usize::MAX).unwrap();
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.name()).collect();
     assert_eq!(
         kinds,
@@ -229,8 +178,8 @@ fn thousands_of_stored_transactions_of_one_token_load_in_order() {
     let ticket = s
         .admin(|e, now, b| e.enroll(now, "bank", "dora", b))
         .unwrap();
-    let (mut token, mut store, _) = pair(&mut s, &ticket.deeplink);
-    let id = token.token_id();
+    let mut p = pair(&mut s, &ticket.deeplink);
+    let id = p.token.token_id();
     // As a database written before transactions were capped may hold them: thousands on
     // one token, ids in another order than creation, half of them in the earlier record
     // format (duress flag and message in clear), written by hand.
@@ -272,7 +221,7 @@ fn thousands_of_stored_transactions_of_one_token_load_in_order() {
             old.put(Cf::Transactions, t.tx_id, v);
         }
     }
-    s.store.commit(&batch.mutations, &s.engine).unwrap();
+    s.sink.commit(&batch.mutations, &*s.engine).unwrap();
     s.kv.write(&old, D::Wal).unwrap();
     // New records keep neither the message nor the duress flag in clear.
     let sealed = s.kv.get(Cf::Transactions, &all[0].tx_id).unwrap().unwrap();
@@ -285,7 +234,7 @@ fn thousands_of_stored_transactions_of_one_token_load_in_order() {
     for t in &all {
         assert_eq!(&s.engine.transaction(s.now, &t.tx_id).unwrap(), t);
     }
-    let report = s.store.load(
+    let report = s.sink.load(
         &Engine::new(EngineConfig::new(
             vec![ServiceConfig::new("bank", &["127.0.0.1:4500"])],
             9,
@@ -298,7 +247,7 @@ fn thousands_of_stored_transactions_of_one_token_load_in_order() {
     );
     assert_eq!(report.unwrap().transactions, u64::from(n));
     // The only waiting one is the newest: the app is shown it.
-    let (r, _) = s.send(&mut token, &mut store, Request::TxFetch).unwrap();
+    let r = s.send(&mut p, Request::TxFetch).unwrap();
     assert!(
         matches!(r, Reply::Transaction(_, Some(ref p)) if p.tx_id == all[n as usize - 1].tx_id),
         "{r:?}"
@@ -316,8 +265,9 @@ fn an_enrollment_survives_a_restart_and_pairs_after_it() {
         s.engine.status(s.now, "bank", "bob").unwrap().state,
         TokenState::Pending
     );
-    let (mut token, mut store, pin) = pair(&mut s, &ticket.deeplink);
-    let (r, _) = s.send(&mut token, &mut store, Request::Open(&pin)).unwrap();
+    let mut p = pair(&mut s, &ticket.deeplink);
+    let pin = p.pin.clone();
+    let r = s.send(&mut p, Request::Open(&pin)).unwrap();
     assert_eq!(r.status().state, WireState::Open);
     // Re-enrolling a paired token: after a restart, it is pending and the old app is refused.
     let ticket2 = s
@@ -328,13 +278,12 @@ fn an_enrollment_survives_a_restart_and_pairs_after_it() {
         s.engine.status(s.now, "bank", "bob").unwrap().state,
         TokenState::Pending
     );
-    let (r, _) = s.send(&mut token, &mut store, Request::Status).unwrap();
+    let r = s.send(&mut p, Request::Status).unwrap();
     assert_eq!(r.status().status, ReplyStatus::NotPaired);
-    let (mut token2, mut store2, pin2) = pair(&mut s, &ticket2.deeplink);
+    let mut p2 = pair(&mut s, &ticket2.deeplink);
+    let pin2 = p2.pin.clone();
     let mut s = s.restart();
-    let (r, _) = s
-        .send(&mut token2, &mut store2, Request::Open(&pin2))
-        .unwrap();
+    let r = s.send(&mut p2, Request::Open(&pin2)).unwrap();
     assert_eq!(r.status().state, WireState::Open);
 }
 

@@ -15,15 +15,12 @@ use zoftoken_engine::*;
 use zoftoken_proto::totp::totp_code;
 use zoftoken_proto::TokenId;
 use zoftoken_storage::{Durability, LoadReport, MasterKey, MemoryKv, Store};
+use zoftoken_testkit::{Harness, T0};
 
-const T0: u64 = 1_800_000_000_000;
 const KEY: [u8; 32] = [4; 32];
 
-struct Server {
-    store: Store,
-    engine: Engine,
-    now: u64,
-}
+/// A server on the database: the test kit's harness on a store.
+type Server = Harness<Store>;
 
 fn services() -> Vec<ServiceConfig> {
     let mut bank = ServiceConfig::new("bank", &["127.0.0.1:4500"]);
@@ -31,27 +28,25 @@ fn services() -> Vec<ServiceConfig> {
     vec![bank]
 }
 
-impl Server {
-    fn start(kv: &MemoryKv, epoch: u32, now: u64) -> (Server, LoadReport) {
-        let store = Store::open(
-            Arc::new(kv.clone()),
-            MasterKey::from_bytes(KEY),
-            Durability::Wal,
-        )
-        .unwrap();
-        let engine = Engine::new(EngineConfig::new(services(), epoch, [epoch as u8; 32])).unwrap();
-        let report = store.load(&engine, now, 2, &|_| {}).unwrap();
-        (Server { store, engine, now }, report)
-    }
+/// A server of `epoch` started on `kv` at `now`, and what it loaded.
+fn start(kv: &MemoryKv, epoch: u32, now: u64) -> (Server, LoadReport) {
+    let store = Store::open(
+        Arc::new(kv.clone()),
+        MasterKey::from_bytes(KEY),
+        Durability::Wal,
+    )
+    .unwrap();
+    let engine = Engine::new(EngineConfig::new(services(), epoch, [epoch as u8; 32])).unwrap();
+    let report = store.load(&engine, now, 2, &|_| {}).unwrap();
+    (Harness::with_sink(Arc::new(engine), store, now), report)
+}
 
-    fn admin<R>(&mut self, f: impl FnOnce(&Engine, u64, &mut Batch) -> R) -> R {
-        let mut batch = Batch::new();
-        let r = f(&self.engine, self.now, &mut batch);
-        self.store.commit(&batch.mutations, &self.engine).unwrap();
-        self.engine.publish(&mut batch);
-        r
-    }
+/// One-time code validation, committed.
+trait Validate {
+    fn validate(&mut self, id: &TokenId, code: &str) -> OfflineOutcome;
+}
 
+impl Validate for Server {
     fn validate(&mut self, id: &TokenId, code: &str) -> OfflineOutcome {
         self.admin(|e, now, b| e.validate_code(now, id, code, b))
             .unwrap()
@@ -84,7 +79,7 @@ const ACCEPTED: OfflineOutcome = OfflineOutcome::Accepted { duress: false };
 #[test]
 fn a_totp_token_survives_a_restart_with_its_kind_and_last_step() {
     let kv = MemoryKv::new();
-    let (mut s, _) = Server::start(&kv, 1, T0);
+    let (mut s, _) = start(&kv, 1, T0);
     let t = s
         .admin(|e, now, b| e.enroll_totp(now, "bank", "alice", b))
         .unwrap();
@@ -92,12 +87,12 @@ fn a_totp_token_survives_a_restart_with_its_kind_and_last_step() {
     let code = totp_code(&key, s.now / 1000, 30, 6);
     assert_eq!(s.validate(&t.token_id, &code), ACCEPTED);
     assert_eq!(
-        s.store.token_info(&t.token_id).unwrap(),
+        s.sink.token_info(&t.token_id).unwrap(),
         Some(("bank".to_owned(), "alice".to_owned()))
     );
     drop(s);
 
-    let (mut s, report) = Server::start(&kv, 2, T0 + 5_000);
+    let (mut s, report) = start(&kv, 2, T0 + 5_000);
     assert_eq!(report.tokens, 1);
     let st = s.engine.status(s.now, "bank", "alice").unwrap();
     assert_eq!(
@@ -112,14 +107,14 @@ fn a_totp_token_survives_a_restart_with_its_kind_and_last_step() {
     s.now += 30_000;
     let next = totp_code(&key, s.now / 1000, 30, 6);
     assert_eq!(s.validate(&t.token_id, &next), ACCEPTED);
-    let state = s.store.token_state(&t.token_id).unwrap().unwrap();
+    let state = s.sink.token_state(&t.token_id).unwrap().unwrap();
     assert_eq!(state.otp_last_step, s.now / 1000 / 30);
     assert_eq!(state.failures, 0);
-    let check = s.store.check().unwrap();
+    let check = s.sink.check().unwrap();
     assert!(check.problems.is_empty(), "{:?}", check.problems);
     // The admin commands' single-token load brings the kind and the last step too.
     let one = Engine::new(EngineConfig::new(services(), 9, [9; 32])).unwrap();
-    assert!(s.store.load_one(&one, s.now, &t.token_id).unwrap());
+    assert!(s.sink.load_one(&one, s.now, &t.token_id).unwrap());
     assert_eq!(
         one.status_by_id(s.now, &t.token_id).unwrap().kind,
         TokenKind::Totp
@@ -132,7 +127,7 @@ fn a_totp_token_survives_a_restart_with_its_kind_and_last_step() {
 
     // Export, import into a new database, load: still TOTP, still the same last step.
     let mut export = Vec::new();
-    s.store.export(&mut export).unwrap();
+    s.sink.export(&mut export).unwrap();
     let now = s.now;
     drop(s);
     let kv2 = MemoryKv::new();
@@ -145,7 +140,7 @@ fn a_totp_token_survives_a_restart_with_its_kind_and_last_step() {
         .unwrap();
         store.import(&mut export.as_slice()).unwrap();
     }
-    let (mut s, report) = Server::start(&kv2, 3, now);
+    let (mut s, report) = start(&kv2, 3, now);
     assert_eq!(report.tokens, 1);
     assert_eq!(
         s.engine.status_by_id(s.now, &t.token_id).unwrap().kind,
@@ -163,7 +158,7 @@ fn a_totp_token_survives_a_restart_with_its_kind_and_last_step() {
 #[test]
 fn app_and_totp_tokens_load_side_by_side_and_a_delete_is_durable() {
     let kv = MemoryKv::new();
-    let (mut s, _) = Server::start(&kv, 1, T0);
+    let (mut s, _) = start(&kv, 1, T0);
     let t = s
         .admin(|e, now, b| e.enroll_totp(now, "bank", "alice", b))
         .unwrap();
@@ -179,7 +174,7 @@ fn app_and_totp_tokens_load_side_by_side_and_a_delete_is_durable() {
         duress_verifier: None,
         status,
     };
-    s.store
+    s.sink
         .commit(
             &[
                 Mutation::TokenCreated {
@@ -189,11 +184,11 @@ fn app_and_totp_tokens_load_side_by_side_and_a_delete_is_durable() {
                 },
                 Mutation::Token(Box::new(record)),
             ],
-            &s.engine,
+            &*s.engine,
         )
         .unwrap();
     drop(s);
-    let (mut s, report) = Server::start(&kv, 2, T0);
+    let (mut s, report) = start(&kv, 2, T0);
     assert_eq!(report.tokens, 2);
     assert_eq!(
         s.engine.status_by_id(s.now, &app_id).unwrap().kind,
@@ -209,7 +204,7 @@ fn app_and_totp_tokens_load_side_by_side_and_a_delete_is_durable() {
         .unwrap();
     s.admin(|e, now, b| e.delete(now, &t.token_id, b)).unwrap();
     drop(s);
-    let (mut s, report) = Server::start(&kv, 3, T0);
+    let (mut s, report) = start(&kv, 3, T0);
     assert_eq!(report.tokens, 1);
     assert_eq!(
         s.engine.status(s.now, "bank", "alice"),

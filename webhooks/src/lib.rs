@@ -3,8 +3,8 @@
 //! packet path ever waiting for it.
 //!
 //! The [`Pipeline`] runs on its own threads (a reader, a writer and a small tokio runtime):
-//! it reads the durable outbox (woken by the engine's event bus, polling as the source of
-//! truth), delivers each event over HTTP or HTTPS (hyper with rustls on the ring provider,
+//! it reads the durable outbox, the only place events are read from (woken by the store's
+//! outbox watermark after every write with events, polling as the fallback), delivers each event over HTTP or HTTPS (hyper with rustls on the ring provider,
 //! system roots plus an optional CA file per service, kept-alive connections), retries with
 //! backoff and jitter for a bounded time (a day by default, as Standard Webhooks recommends;
 //! `Retry-After` honoured on 429 and 503 without shortening it), keeps each token's events in
@@ -65,7 +65,7 @@ pub struct PipelineConfig {
     /// Longest `Retry-After` honoured (a longer one is cut to this; one below 1 s is raised
     /// to 1 s). Default 1 h.
     pub max_retry_after: Duration,
-    /// How often the outbox is read when the event bus is quiet. Default 1 s.
+    /// How often the outbox is read when the outbox watermark is quiet. Default 1 s.
     pub poll_interval: Duration,
     /// How often the whole outbox is re-listed for commits that became visible late below
     /// the read position. Default 30 s.

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -29,6 +29,7 @@ use zoftoken_engine::{
 use zoftoken_proto::TokenId;
 use zoftoken_storage::webhooks::event_id;
 use zoftoken_storage::{Durability, MasterKey, MemoryKv, Store};
+use zoftoken_testkit::now_ms;
 use zoftoken_webhooks::{Pipeline, PipelineConfig};
 
 // ---------------------------------------------------------------------------------------
@@ -45,10 +46,7 @@ fn key_of(secret: &str) -> Vec<u8> {
 /// Whether one of the space-separated `v1,` signatures is HMAC-SHA256(key, id.ts.body), and
 /// the timestamp is within five minutes of now.
 fn verify(secret: &str, d: &Delivery) -> bool {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = (now_ms() / 1000) as i64;
     let ts: i64 = d.timestamp.parse().unwrap();
     if (now - ts).abs() > 300 {
         return false;
@@ -204,15 +202,7 @@ fn ok_receiver(rt: &tokio::runtime::Runtime) -> Receiver {
 
 fn service(name: &str, url: &str, secret: &str) -> ServiceConfig {
     let mut s = ServiceConfig::new(name, &["127.0.0.1:7878"]);
-    s.webhook = Some(WebhookConfig {
-        url: url.to_owned(),
-        secret: secret.to_owned(),
-        events: Vec::new(),
-        previous_secret: None,
-        ca_file: None,
-        shared_token: None,
-        allow_insecure_http: false,
-    });
+    s.webhook = Some(WebhookConfig::new(url, secret));
     s
 }
 
@@ -223,14 +213,8 @@ fn setup(services: Vec<ServiceConfig>) -> (Arc<Store>, Arc<Engine>) {
     (Arc::new(store), Arc::new(engine))
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// Commits events (creating their tokens first if needed) in one batch and publishes them.
+/// Commits events (creating their tokens first if needed) in one write; the write raises the
+/// store's outbox watermark, which wakes the pipeline.
 fn commit(store: &Store, engine: &Engine, events: &[(&str, &str, Event)]) -> u64 {
     let mut m = Vec::new();
     for (svc, user, e) in events {
@@ -247,11 +231,7 @@ fn commit(store: &Store, engine: &Engine, events: &[(&str, &str, Event)]) -> u64
         }
         m.push(Mutation::Event(e.clone()));
     }
-    let seq = store.commit(&m, engine).unwrap();
-    for (_, _, e) in events {
-        engine.events().publish(e.clone());
-    }
-    seq
+    store.commit(&m, engine).unwrap()
 }
 
 fn ev(engine: &Engine, svc: &str, user: &str, kind: EventKind, t: u64) -> Event {
@@ -793,12 +773,113 @@ fn unhide(store: &Store, seq: u64, v: &[u8]) {
     store.kv().write(&b, Durability::Wal).unwrap();
 }
 
+/// A key-value store whose next write, once armed, waits until released: a commit that
+/// becomes visible after a later one (two concurrent commits reaching the disk in the other
+/// order than their sequence numbers).
+struct HeldKv {
+    inner: MemoryKv,
+    state: Mutex<Hold>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    Off,
+    Armed,
+    Holding,
+    Released,
+}
+
+impl HeldKv {
+    fn new() -> HeldKv {
+        HeldKv {
+            inner: MemoryKv::new(),
+            state: Mutex::new(Hold::Off),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn set(&self, to: Hold) {
+        *self.state.lock().unwrap() = to;
+        self.changed.notify_all();
+    }
+
+    fn wait_for(&self, want: Hold) {
+        let mut g = self.state.lock().unwrap();
+        while *g != want {
+            g = self.changed.wait(g).unwrap();
+        }
+    }
+}
+
+impl zoftoken_storage::KvStore for HeldKv {
+    fn write(
+        &self,
+        batch: &zoftoken_storage::WriteBatch,
+        durability: Durability,
+    ) -> Result<(), zoftoken_storage::KvError> {
+        let held = {
+            let mut g = self.state.lock().unwrap();
+            if *g == Hold::Armed {
+                *g = Hold::Holding;
+                self.changed.notify_all();
+                true
+            } else {
+                false
+            }
+        };
+        if held {
+            self.wait_for(Hold::Released);
+        }
+        self.inner.write(batch, durability)
+    }
+
+    fn get(
+        &self,
+        cf: zoftoken_storage::Cf,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, zoftoken_storage::KvError> {
+        self.inner.get(cf, key)
+    }
+
+    fn scan(
+        &self,
+        cf: zoftoken_storage::Cf,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: zoftoken_storage::kv::Visitor<'_>,
+    ) -> Result<(), zoftoken_storage::KvError> {
+        self.inner.scan(cf, start, end, visit)
+    }
+
+    fn last(
+        &self,
+        cf: zoftoken_storage::Cf,
+    ) -> Result<Option<zoftoken_storage::kv::KeyValue>, zoftoken_storage::KvError> {
+        self.inner.last(cf)
+    }
+
+    fn flush(&self) -> Result<(), zoftoken_storage::KvError> {
+        self.inner.flush()
+    }
+}
+
 #[test]
 fn a_commit_that_becomes_visible_late_below_later_ones_is_delivered() {
     let rt = runtime();
     let recv = ok_receiver(&rt);
-    let (store, engine) = setup(vec![service("bank", &recv.url(), "s3cret")]);
-    // Slow polling: the reader reads when the event bus wakes it.
+    let kv = Arc::new(HeldKv::new());
+    let store =
+        Arc::new(Store::open(kv.clone(), MasterKey::from_bytes([9; 32]), Durability::Wal).unwrap());
+    let engine = Arc::new(
+        Engine::new(EngineConfig::new(
+            vec![service("bank", &recv.url(), "s3cret")],
+            7,
+            [1; 32],
+        ))
+        .unwrap(),
+    );
+    // Slow polling: the reader reads when a write raises the outbox watermark.
     let config = PipelineConfig {
         poll_interval: Duration::from_secs(30),
         ..fast()
@@ -806,35 +887,31 @@ fn a_commit_that_becomes_visible_late_below_later_ones_is_delivered() {
     let pipeline = Pipeline::start(config, store.clone(), engine.clone()).unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let t = now_ms();
-    let mut seqs = Vec::new();
-    for (i, u) in ["a", "b", "c"].into_iter().enumerate() {
-        let e = ev(&engine, "bank", u, EventKind::Opened, t + i as u64);
-        // Not published: nothing wakes the reader yet.
-        let m = vec![
-            Mutation::TokenCreated {
-                token_id: e.token_id,
-                service: Arc::from("bank"),
-                username: u.into(),
-            },
-            Mutation::Event(e),
-        ];
-        seqs.push(store.commit(&m, &*engine).unwrap());
-    }
-    let hidden = hide(&store, seqs[1]);
-    let wake = || {
-        engine
-            .events()
-            .publish(ev(&engine, "bank", "x", EventKind::Closed, t))
-    };
-    wake();
+    let event = |u: &str, i: u64| ev(&engine, "bank", u, EventKind::Opened, t + i);
+    let a = commit(&store, &engine, &[("bank", "a", event("a", 0))]);
+    // Delivered and acknowledged first: the only write from here on is b's.
+    wait_until("a", Duration::from_secs(10), || {
+        recv.distinct().len() == 1 && outbox_empty(&store)
+    });
+    // b's write is held after its sequence number was taken; c's, later, lands first.
+    kv.set(Hold::Armed);
+    let b = std::thread::spawn({
+        let (store, engine, e) = (store.clone(), engine.clone(), event("b", 1));
+        move || commit(&store, &engine, &[("bank", "b", e)])
+    });
+    kv.wait_for(Hold::Holding);
+    let c = commit(&store, &engine, &[("bank", "c", event("c", 2))]);
     wait_until("a and c", Duration::from_secs(10), || {
         recv.distinct().len() == 2
     });
-    assert!(!recv.distinct().contains(&event_id(seqs[1], 0)));
-    unhide(&store, seqs[1], &hidden);
-    wake();
+    let got = recv.distinct();
+    assert!(got.contains(&event_id(a, 0)) && got.contains(&event_id(c, 0)));
+    // b becomes visible below c: found, delivered.
+    kv.set(Hold::Released);
+    let b = b.join().unwrap();
+    assert!(a < b && b < c, "{a} < {b} < {c}");
     wait_until("b", Duration::from_secs(10), || recv.distinct().len() == 3);
-    assert!(recv.distinct().contains(&event_id(seqs[1], 0)));
+    assert!(recv.distinct().contains(&event_id(b, 0)));
     wait_until("the outbox to empty", Duration::from_secs(10), || {
         outbox_empty(&store)
     });

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -54,15 +54,7 @@ fn deliveries_retries_and_failures_are_counted() {
         }
     });
     let mut svc = ServiceConfig::new("bank", &["127.0.0.1:7878"]);
-    svc.webhook = Some(WebhookConfig {
-        url: format!("http://{addr}/"),
-        secret: "s".into(),
-        events: Vec::new(),
-        previous_secret: None,
-        ca_file: None,
-        shared_token: None,
-        allow_insecure_http: false,
-    });
+    svc.webhook = Some(WebhookConfig::new(&format!("http://{addr}/"), "s"));
     let store = Arc::new(
         Store::open(
             Arc::new(MemoryKv::new()),
@@ -82,10 +74,7 @@ fn deliveries_retries_and_failures_are_counted() {
         ..PipelineConfig::default()
     };
     let pipeline = Pipeline::start(config, store.clone(), engine.clone()).unwrap();
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let t = zoftoken_testkit::now_ms();
     let m: Vec<Mutation> = (0..6u8)
         .map(|i| {
             Mutation::Event(Event::new(

@@ -4,7 +4,7 @@
 //!   measured interleaved in the same run. Modes: `memory` (the baseline), `wal` (the
 //!   server's way: each receive batch of 32 packets handed to the [`Committer`]'s writer
 //!   thread, which writes whatever is queued in one atomic write, WAL without fsync, and
-//!   publishes the events; the processing thread goes on and holds at most 8 batches in
+//!   publishes the batches; the processing thread goes on and holds at most 8 batches in
 //!   flight), `wal-inline` (the processing thread commits each batch itself before it goes
 //!   on) and `fsync` (as `wal`, with fsync per write);
 //! - start-up time: a database of N tokens (written first) reopened and loaded into a new
@@ -25,9 +25,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use zoftoken_bench::engine_fixture::{
-    loaded_engine, run_committing, streams, token_id, Stream, NOW_MS,
+    commit_in_memory, loaded_engine, run_committing, streams, token_id, Stream, NOW_MS,
 };
-use zoftoken_engine::{Batch, Engine, EngineConfig, Mutation, ServiceConfig, TokenStateRecord};
+use zoftoken_engine::{
+    Batch, Engine, EngineConfig, MemoryCommit, Mutation, ServiceConfig, TokenStateRecord,
+};
 use zoftoken_loadgen::TokenSet;
 use zoftoken_storage::{Committer, CommitterConfig, Durability, MasterKey, Store};
 use zoftoken_storage_rocksdb::RocksKv;
@@ -120,15 +122,17 @@ fn run_stream(
 ) -> usize {
     let len = stream.packets.len();
     match (mode, committer) {
-        (Mode::Memory, _) => run_committing(engine, stream, 0..len, true, commit_every, &mut |b| {
-            engine.publish(b)
-        }),
+        (Mode::Memory, _) => {
+            let mut log = MemoryCommit::default();
+            run_committing(engine, stream, 0..len, true, commit_every, &mut |b| {
+                commit_in_memory(engine, &mut log, b)
+            })
+        }
         (Mode::WalInline, _) => {
             run_committing(engine, stream, 0..len, true, commit_every, &mut |b| {
-                store
-                    .commit_with(&b.mutations, engine, Durability::Wal)
+                engine
+                    .commit(&mut store.durable_write(engine, Durability::Wal), b)
                     .unwrap();
-                engine.publish(b);
             })
         }
         (_, Some(committer)) => {

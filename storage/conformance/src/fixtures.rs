@@ -17,15 +17,10 @@ pub(crate) fn key(n: u8) -> MasterKey {
 /// A service with a webhook for every event: the outbox keeps only events a webhook receives.
 pub(crate) fn service() -> ServiceConfig {
     let mut s = ServiceConfig::new("bank", &["127.0.0.1:7878"]);
-    s.webhook = Some(zoftoken_engine::WebhookConfig {
-        url: "https://hooks.example/zt".into(),
-        secret: "conformance-secret".into(),
-        events: Vec::new(),
-        previous_secret: None,
-        ca_file: None,
-        shared_token: None,
-        allow_insecure_http: false,
-    });
+    s.webhook = Some(zoftoken_engine::WebhookConfig::new(
+        "https://hooks.example/zt",
+        "conformance-secret",
+    ));
     s
 }
 

@@ -28,15 +28,10 @@ const WINDOW_MS: u64 = 600_000;
 fn engine() -> Engine {
     let mut bank = ServiceConfig::new("bank", &["127.0.0.1:7878"]);
     // A webhook for every event: the outbox keeps only events a webhook receives.
-    bank.webhook = Some(zoftoken_engine::WebhookConfig {
-        url: "https://hooks.example/zt".into(),
-        secret: "test-secret".into(),
-        events: Vec::new(),
-        previous_secret: None,
-        ca_file: None,
-        shared_token: None,
-        allow_insecure_http: false,
-    });
+    bank.webhook = Some(zoftoken_engine::WebhookConfig::new(
+        "https://hooks.example/zt",
+        "test-secret",
+    ));
     Engine::new(EngineConfig::new(vec![bank], 7, [1; 32])).unwrap()
 }
 
@@ -92,8 +87,9 @@ fn crash_child_writer() {
                 .force(BASE_MS + k, &id(n), Force::Open, &mut batch)
                 .unwrap();
         }
-        store.commit(&batch.mutations, &engine).unwrap();
-        engine.publish(&mut batch);
+        store
+            .commit_batch(&engine, BASE_MS + k, &mut batch)
+            .unwrap();
         writeln!(out, "committed {k}").unwrap();
         out.flush().unwrap();
         // The parent kills long before this; never run away if it does not.

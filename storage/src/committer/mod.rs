@@ -4,14 +4,14 @@
 //! [`Submitter`] and sends that batch's replies only when the batch's [`Done`] arrives with
 //! success. With a writer thread ([`CommitterConfig::writer_thread`]), the IO thread goes on
 //! receiving and processing the next batch meanwhile; the writer takes every batch queued at
-//! that moment (from all IO threads) into one atomic write ([`Store::commit_group`]), so the
-//! fixed cost of a write is shared, and publishes the events of a batch only after its write
-//! succeeded. That pays when a core is left for the writer; when every core runs an IO
+//! that moment (from all IO threads) into one atomic write, so the fixed cost of a write is
+//! shared: [`Engine::commit_group`] with the store as its durable write, which publishes the
+//! batches (settles their tokens, counts their events) only after the write succeeded. That pays when a core is left for the writer; when every core runs an IO
 //! thread, committing inline (the IO thread writes its batch itself, RocksDB groups
 //! concurrent writers) is faster: see BENCHMARKS.md.
 //!
 //! Guarantees, in both modes: each submitter receives the [`Done`] of its batches in the
-//! order it submitted them; a batch's events are published only after its write; the writer's
+//! order it submitted them; a batch is published only after its write; the writer's
 //! queue is bounded (a full queue makes [`Submitter::submit`] wait: back-pressure instead of
 //! memory growth when the disk is slow).
 //!
@@ -40,7 +40,7 @@ pub use submitter::Submitter;
 #[non_exhaustive]
 pub enum CommitError {
     /// The write of the group holding this batch failed; nothing of the batch was written
-    /// and its events were not published.
+    /// or published, and its tokens were restored from the database.
     #[error("group commit failed: {0}")]
     Write(Arc<StoreError>),
     /// The committer was shut down (or its writer thread is gone); the batch was not taken.
@@ -140,7 +140,7 @@ impl CommitterConfig {
 
 impl Committer {
     /// Starts the group commit for `store` (the writer thread, if configured); committed
-    /// events are published on `engine`.
+    /// batches are published on `engine`.
     pub fn start(
         store: Arc<Store>,
         engine: Arc<Engine>,

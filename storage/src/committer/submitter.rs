@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use zoftoken_engine::{Batch, Engine};
 
-use crate::committer::writer::{finish, write_group, LIVENESS_CHECK};
+use crate::committer::writer::{commit_group, LIVENESS_CHECK};
 #[cfg(doc)]
 use crate::committer::Committer;
 use crate::committer::{CommitError, CommitterStats, Done, Job};
@@ -101,8 +101,7 @@ impl Submitter {
                 if stopped.load(Ordering::Acquire) {
                     return Err((batch, CommitError::Stopped));
                 }
-                let result = write_group(store, engine, &[&batch.mutations], *durability, stats);
-                finish(store, engine, &mut batch, &result);
+                let result = commit_group(store, engine, &mut [&mut batch], *durability, stats);
                 ready.push_back(Done { batch, result });
             }
         }

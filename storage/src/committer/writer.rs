@@ -1,15 +1,17 @@
-//! The writer: the loop of the writer thread (take every queued batch, one group write,
-//! answer each batch), and the group write and its aftermath that inline commits share.
+//! The writer: the loop of the writer thread (take every queued batch, one group commit,
+//! answer each batch), and the group commit and its aftermath that inline commits share.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use zoftoken_engine::{Batch, Engine, Mutation};
+use zoftoken_engine::{Batch, DurableWrite, Engine, Mutation};
 
 use crate::committer::{CommitError, CommitterConfig, CommitterStats, Done, Job};
+use crate::error::StoreError;
 use crate::kv::Durability;
+use crate::store::StoreWrite;
 use crate::Store;
 
 /// Most batches one group write takes.
@@ -46,12 +48,10 @@ pub(super) fn write_loop(
         }
         group.extend(rx.try_iter().take(MAX_GROUP - group.len()));
         let result = {
-            let batches: Vec<&[Mutation]> =
-                group.iter().map(|j| j.batch.mutations.as_slice()).collect();
-            write_group(store, engine, &batches, config.durability, stats)
+            let mut batches: Vec<&mut Batch> = group.iter_mut().map(|j| &mut j.batch).collect();
+            commit_group(store, engine, &mut batches, config.durability, stats)
         };
-        for mut job in group.drain(..) {
-            finish(store, engine, &mut job.batch, &result);
+        for job in group.drain(..) {
             // A submitter that is gone no longer needs its answer.
             let _ = job.done.send(Done {
                 batch: job.batch,
@@ -61,43 +61,58 @@ pub(super) fn write_loop(
     }
 }
 
-/// One group write, counted.
-pub(super) fn write_group(
+/// One group commit: a single write of every batch through the engine, which publishes them
+/// (settles their tokens, counts their events) once it succeeded. After a failed write the
+/// batches' tokens are restored from the database (nothing they changed stays visible).
+/// Either way the batches come back empty.
+pub(super) fn commit_group(
     store: &Store,
     engine: &Engine,
-    batches: &[&[Mutation]],
+    batches: &mut [&mut Batch],
     durability: Durability,
     stats: &CommitterStats,
 ) -> Result<(), CommitError> {
-    let started = Instant::now();
-    let result = store.commit_group(batches, engine, durability);
-    stats
-        .write_ns
-        .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    stats.writes.fetch_add(1, Ordering::Relaxed);
-    stats
-        .batches
-        .fetch_add(batches.len() as u64, Ordering::Relaxed);
-    result.map(|_| ()).map_err(|e| {
-        stats.failed_writes.fetch_add(1, Ordering::Relaxed);
-        CommitError::Write(Arc::new(e))
-    })
+    let mut write = Counted {
+        inner: store.durable_write(engine, durability),
+        stats,
+    };
+    match engine.commit_group(&mut write, batches) {
+        Ok(_) => Ok(()),
+        Err(failed) => {
+            for batch in batches.iter_mut() {
+                batch.mutations.clear();
+            }
+            // The clock only where a restore may need it (enrollments loaded back expire by it).
+            let e = store.restore_failed(engine, crate::durable::now_ms(), failed);
+            Err(CommitError::Write(Arc::new(e)))
+        }
+    }
 }
 
-/// After the write: a committed batch's tokens are settled and its events published; a
-/// failed batch's tokens are restored from the database (nothing it changed stays visible).
-/// Either way the batch comes back empty.
-pub(super) fn finish(
-    store: &Store,
-    engine: &Engine,
-    batch: &mut Batch,
-    result: &Result<(), CommitError>,
-) {
-    if result.is_ok() {
-        engine.publish(batch);
-    } else {
-        // The clock only where a restore may need it (enrollments loaded back expire by it).
-        store.after_commit(engine, crate::durable::now_ms(), batch, false);
+/// The store's write, counted in the committer's statistics.
+struct Counted<'a> {
+    inner: StoreWrite<'a>,
+    stats: &'a CommitterStats,
+}
+
+impl DurableWrite for Counted<'_> {
+    type Error = StoreError;
+
+    fn write(&mut self, batches: &[&[Mutation]]) -> Result<u64, StoreError> {
+        let started = Instant::now();
+        let result = self.inner.write(batches);
+        let stats = self.stats;
+        stats
+            .write_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        stats.writes.fetch_add(1, Ordering::Relaxed);
+        stats
+            .batches
+            .fetch_add(batches.len() as u64, Ordering::Relaxed);
+        if result.is_err() {
+            stats.failed_writes.fetch_add(1, Ordering::Relaxed);
+        }
+        result
     }
 }
 

@@ -1,11 +1,15 @@
 //! Committing: engine mutations become one atomic write, with one outbox record for the
 //! events a webhook receives ([`ServiceNames::outbox_wants`]) and, when the events' numbers
-//! reach the durable floor, a higher floor record.
+//! reach the durable floor, a higher floor record. After a successful write with events the
+//! outbox watermark rises ([`crate::OutboxWatermark`]).
+//!
+//! [`StoreWrite`] is the store as the engine's [`DurableWrite`]: what
+//! [`Engine::commit`](zoftoken_engine::Engine::commit) runs before it publishes a batch.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use zoftoken_engine::{Engine, EventKind, Mutation};
+use zoftoken_engine::{DurableWrite, Engine, EventKind, Mutation};
 use zoftoken_proto::TokenId;
 
 use crate::error::StoreError;
@@ -49,12 +53,49 @@ impl ServiceNames for Engine {
     }
 }
 
+/// The store as the engine's durable write ([`Store::durable_write`]): each
+/// [`DurableWrite::write`] is one [`Store::commit_group`].
+pub struct StoreWrite<'a> {
+    store: &'a Store,
+    names: &'a dyn ServiceNames,
+    durability: Durability,
+}
+
+impl DurableWrite for StoreWrite<'_> {
+    type Error = StoreError;
+
+    fn write(&mut self, batches: &[&[Mutation]]) -> Result<u64, StoreError> {
+        self.store
+            .commit_group(batches, self.names, self.durability)
+    }
+}
+
 impl Store {
+    /// This store as the engine's [`DurableWrite`], writing with `durability`: hand it to
+    /// [`Engine::commit`](zoftoken_engine::Engine::commit) (or `commit_group`), which
+    /// publishes a batch only once this wrote it. ([`Store::commit_batch`] does that and
+    /// restores the tokens of a batch that could not be written.)
+    pub fn durable_write<'a>(
+        &'a self,
+        names: &'a dyn ServiceNames,
+        durability: Durability,
+    ) -> StoreWrite<'a> {
+        StoreWrite {
+            store: self,
+            names,
+            durability,
+        }
+    }
+
     /// Writes a batch of engine mutations in one atomic write, with the batch's events that a
-    /// webhook receives ([`ServiceNames::outbox_wants`]; one outbox record per 65 535 events). Returns the (last) outbox sequence number used,
-    /// or 0 when the batch had no event. Sequence numbers are unique and increase in the order commits start; two
-    /// concurrent commits may become visible in either order, and a failed commit leaves a
-    /// gap.
+    /// webhook receives ([`ServiceNames::outbox_wants`]; one outbox record per 65 535 events).
+    /// Returns the (last) outbox sequence number used, or 0 when the batch had no event.
+    /// Sequence numbers are unique and increase in the order commits start; two concurrent
+    /// commits may become visible in either order, and a failed commit leaves a gap.
+    ///
+    /// A raw write: it publishes nothing on the engine (its tokens stay unsettled, its events
+    /// uncounted); [`Store::commit_batch`] and [`Store::durable_write`] are the ways to commit
+    /// an engine batch.
     pub fn commit(
         &self,
         mutations: &[Mutation],
@@ -76,7 +117,8 @@ impl Store {
 
     /// Writes several batches of engine mutations, in order, in one atomic write with one
     /// outbox record for all their events: the group commit of [`crate::Committer`]. Returns
-    /// as [`Store::commit`].
+    /// as [`Store::commit`]; once written with events, raises the outbox watermark
+    /// ([`Store::outbox_watermark`]) to the returned number and wakes its waiters.
     pub fn commit_group(
         &self,
         batches: &[&[Mutation]],
@@ -208,6 +250,9 @@ impl Store {
                 self.health.write_ok();
                 if let Some(f) = raised {
                     self.event_floor.fetch_max(f, Ordering::AcqRel);
+                }
+                if seq > 0 {
+                    self.outbox_watermark.advance(seq);
                 }
                 Ok(seq)
             }

@@ -15,6 +15,7 @@ use crate::crypt::{MasterKey, PinTreeSecret};
 use crate::error::StoreError;
 use crate::health::Health;
 use crate::kv::{Durability, KvStore};
+use crate::watermark::OutboxWatermark;
 
 mod commit;
 mod configuration;
@@ -24,7 +25,7 @@ mod open;
 mod outbox;
 mod read;
 
-pub use commit::ServiceNames;
+pub use commit::{ServiceNames, StoreWrite};
 pub use load::LoadReport;
 
 /// The durable store of one server.
@@ -33,6 +34,8 @@ pub struct Store {
     key: MasterKey,
     durability: Durability,
     next_seq: AtomicU64,
+    /// Raised after every write that put events in the outbox; readers wait on it.
+    outbox_watermark: OutboxWatermark,
     health: Health,
     /// Every event sequence number below this is below a durable floor record.
     event_floor: AtomicU64,
@@ -55,6 +58,12 @@ impl Store {
     /// The key-value store underneath.
     pub fn kv(&self) -> &Arc<dyn KvStore> {
         &self.kv
+    }
+
+    /// The outbox watermark: raised after every successful write that put events in the
+    /// outbox, the wake-up of the outbox's readers (the webhook pipeline).
+    pub fn outbox_watermark(&self) -> &OutboxWatermark {
+        &self.outbox_watermark
     }
 
     /// The database's health.

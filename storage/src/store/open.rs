@@ -11,6 +11,7 @@ use crate::health::Health;
 use crate::kv::{Cf, Durability, KvStore, WriteBatch};
 use crate::scan::try_scan;
 use crate::schema::{meta, SCHEMA_VERSION};
+use crate::watermark::OutboxWatermark;
 use crate::Store;
 
 /// One upgrade step of the schema: from version `n` (its index + 1) to `n + 1`.
@@ -89,6 +90,7 @@ impl Store {
             key,
             durability,
             next_seq: AtomicU64::new(last.max(acked) + 1),
+            outbox_watermark: OutboxWatermark::new(last.max(acked)),
             health: Health::default(),
             event_floor: AtomicU64::new(event_floor),
         })

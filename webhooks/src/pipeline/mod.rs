@@ -2,8 +2,9 @@
 //! per-token order, retries, endpoint state) on a small tokio runtime with the HTTP attempts,
 //! and a writer thread (acknowledgements, dead letters; one store write per round).
 //!
-//! Reading: the reader scans the outbox forward from its position, woken by the engine's
-//! event bus or every poll interval. Commits may become visible out of sequence order (two
+//! Reading: the reader scans the outbox forward from its position, woken by the store's
+//! outbox watermark (raised after every write that put events in the outbox) or every poll
+//! interval. The outbox is the only place events are read from; the watermark carries none. Commits may become visible out of sequence order (two
 //! concurrent commits) or never (a failed commit leaves a gap), so a sequence number missing
 //! below a visible one is looked up on its own for `gap_timeout`, and the whole outbox is
 //! re-listed every `rescan_interval` for anything still missed. The set of commits in memory
@@ -42,7 +43,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::Sender;
 use tokio::sync::{mpsc, Notify};
 use zoftoken_engine::Engine;
 use zoftoken_storage::{DeadLetterRecord, OutboxEvent, Store};
@@ -120,7 +120,8 @@ pub struct Pipeline {
     dispatcher: Option<tokio::task::JoinHandle<()>>,
     reader: Option<JoinHandle<()>>,
     writer: Option<JoinHandle<()>>,
-    kick: Sender<()>,
+    /// The store read: its outbox watermark is nudged to stop the reader at once.
+    store: Arc<Store>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -166,7 +167,6 @@ impl Pipeline {
             .map_err(WebhookError::Start)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (wtx, wrx) = crossbeam_channel::unbounded::<WriterMsg>();
-        let (ktx, krx) = crossbeam_channel::bounded::<()>(1);
         let seed = {
             let mut b = [0u8; 8];
             rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
@@ -185,24 +185,23 @@ impl Pipeline {
         let writer = {
             let shared = shared.clone();
             let store = store.clone();
-            let kick = ktx.clone();
             std::thread::Builder::new()
                 .name("webhooks-writer".into())
                 .spawn(move || {
                     lower_priority();
-                    writer_loop(&shared, &store, &wrx, &kick)
+                    writer_loop(&shared, &store, &wrx)
                 })
                 .map_err(WebhookError::Start)?
         };
         let reader = {
             let shared = shared.clone();
-            let bus = engine.events().subscribe();
+            let store = store.clone();
             std::thread::Builder::new()
                 .name("webhooks-reader".into())
                 .spawn(move || {
                     lower_priority();
                     let mut r = Reader::new(config, shared, store, tx);
-                    r.run(&bus, &krx);
+                    r.run();
                 })
                 .map_err(WebhookError::Start)?
         };
@@ -212,7 +211,7 @@ impl Pipeline {
             dispatcher: Some(dispatcher),
             reader: Some(reader),
             writer: Some(writer),
-            kick: ktx,
+            store,
         })
     }
 
@@ -237,7 +236,7 @@ impl Pipeline {
 
     fn stop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        let _ = self.kick.try_send(());
+        self.store.outbox_watermark().nudge();
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }

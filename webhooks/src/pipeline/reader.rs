@@ -1,14 +1,14 @@
-//! The outbox reader: scans the outbox forward from its position (woken by the event bus,
-//! polling as the truth), looks up commits that became visible late below it, re-lists the
-//! whole outbox now and then, picks up replayed dead letters, fills in usernames, and hands
-//! everything to the dispatcher while there is room in memory.
+//! The outbox reader: scans the outbox forward from its position (woken by the store's outbox
+//! watermark, polling as the fallback; the outbox is the truth), looks up commits that became
+//! visible late below it, re-lists the whole outbox now and then, picks up replayed dead
+//! letters, fills in usernames, and hands everything to the dispatcher while there is room in
+//! memory.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
 use tokio::sync::mpsc;
 use zoftoken_engine::EventKind;
 use zoftoken_storage::{DeadLetterRecord, PendingCommit, Store};
@@ -71,8 +71,12 @@ impl Reader {
         }
     }
 
-    /// Reads until the pipeline stops.
-    pub(super) fn run(&mut self, bus: &Receiver<zoftoken_engine::Event>, kick: &Receiver<()>) {
+    /// Reads until the pipeline stops: after each read, waits for the outbox watermark to
+    /// move (a write with events, or a nudge: room again, or the stop), at most the poll
+    /// interval.
+    pub(super) fn run(&mut self) {
+        let store = self.store.clone();
+        let watermark = store.outbox_watermark();
         let mut last_read: Option<Instant> = None;
         while !self.shared.stop.load(Ordering::SeqCst) {
             // Under a stream of events, read at most every MIN_READ_EVERY: each read then
@@ -84,18 +88,16 @@ impl Reader {
                 }
             }
             last_read = Some(Instant::now());
+            // Taken before the read: a write that lands during it ends the wait at once.
+            let seen = watermark.mark();
             if let Err(e) = self.read_once() {
                 metrics::counter!("zoftoken_webhook_store_errors_total").increment(1);
                 tracing::error!(error = %e, "webhooks: reading the outbox failed");
             }
-            crossbeam_channel::select! {
-                recv(bus) -> _ => {
-                    // A wake-up only: drain what is queued (the outbox is the truth).
-                    for _ in bus.try_iter().take(1 << 16) {}
-                }
-                recv(kick) -> _ => {}
-                default(self.wait()) => {}
+            if self.shared.stop.load(Ordering::SeqCst) {
+                break;
             }
+            watermark.wait_after(seen, self.wait());
         }
     }
 

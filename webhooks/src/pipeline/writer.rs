@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use zoftoken_storage::{DeliveryWrite, Store};
 
 use crate::pipeline::{lock, Shared};
@@ -21,12 +21,7 @@ pub(super) struct WriterMsg {
 }
 
 /// The writer thread's loop, until the dispatcher is gone.
-pub(super) fn writer_loop(
-    shared: &Shared,
-    store: &Store,
-    rx: &Receiver<WriterMsg>,
-    kick: &Sender<()>,
-) {
+pub(super) fn writer_loop(shared: &Shared, store: &Store, rx: &Receiver<WriterMsg>) {
     while let Ok(m) = rx.recv() {
         if shared.crashed.load(Ordering::SeqCst) {
             continue;
@@ -46,7 +41,8 @@ pub(super) fn writer_loop(
                     }
                 }
                 if shared.starved.load(Ordering::Relaxed) {
-                    let _ = kick.try_send(());
+                    // The reader waits for room: let it read again now.
+                    store.outbox_watermark().nudge();
                 }
             }
             Err(e) => {
