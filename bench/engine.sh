@@ -15,11 +15,13 @@
 #    "floor_ns":…}
 # where bytes_per_token is the 10 M figure (the target's size).
 # Usage: bench/engine.sh [packets per round, default 2000000]
+# ENGINE_BENCH: an `engine-bench` binary to measure instead of this tree's build (an older
+# build, for a same-run comparison).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 packets="${1:-2000000}"
 cargo build --release --locked -p zoftoken-bench --bin engine-bench >&2
-bin="${CARGO_TARGET_DIR:-target}/release/engine-bench"
+bin="${ENGINE_BENCH:-${CARGO_TARGET_DIR:-target}/release/engine-bench}"
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
 run_1m=$("$bin" --tokens 1000000 --packets "$packets" --rounds 3 --mix "${MIX:-realistic}")

@@ -17,7 +17,8 @@
 # floor's p99 at zoftoken's half rate, the machine's own latency there; not targets).
 # Knobs (environment): TOKENS (1000000), DURATION (s, 10), IO (mmsg|uring|auto, mmsg),
 # THREADS (server and echo IO threads, 2), LOADGEN_THREADS (1), WINDOW (64), ROUNDS (3:
-# alternations of echo and zoftoken, medians compared).
+# alternations of echo and zoftoken, medians compared), ZOFTOKEN (a `zoftoken` binary to
+# measure instead of this tree's build, for a same-run comparison with an older build).
 # The token set's counters continue from run to run (`--counters`), as a phone's do.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +38,7 @@ cargo build --release --locked -p zoftoken-bench --bin udp-echo -p zoftoken-load
 cargo build --workspace --locked --all-targets >&2
 echo_bin=$(realpath "$target/release/udp-echo")
 loadgen=$(realpath "$target/release/zoftoken-loadgen")
-zoftoken=$(realpath "$target/debug/zoftoken")
+zoftoken=$(realpath "${ZOFTOKEN:-$target/debug/zoftoken}")
 work="${BENCH_DIR:-$target/udp-bench}"
 mkdir -p "$work"
 port_echo=47901
