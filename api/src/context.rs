@@ -12,9 +12,11 @@ use hyper::StatusCode;
 use serde_json::Value;
 use tokio::sync::watch;
 use zoftoken_admin::Registry;
-use zoftoken_engine::{Access, Engine, Right};
+use zoftoken_engine::authkeys::FoundKey;
+use zoftoken_engine::{Engine, Right};
 use zoftoken_storage::{ServiceDoc, Store};
 
+use crate::connection_key::ConnectionKey;
 use crate::error::Failure;
 use crate::limiter::Limiter;
 use crate::meters::Meters;
@@ -120,6 +122,8 @@ pub(crate) struct Ctx<'a> {
     pub state: &'a Arc<State>,
     pub peer: SocketAddr,
     pub parts: &'a Parts,
+    /// The authkey verified last on the request's connection.
+    pub key: &'a ConnectionKey,
 }
 
 impl Ctx<'_> {
@@ -152,31 +156,34 @@ impl Ctx<'_> {
         authorization: Authorization,
         params: &Params<'_>,
     ) -> Result<(), Failure> {
-        let engine = &self.state.engine;
         let token = |right| -> Result<(), Failure> {
             let tok = params.token()?;
-            self.authorize(|k| engine.authorize(k, right, tok.service, tok.username))
+            self.authorize(|k| k.allows(right, tok.service, tok.username))
         };
         match authorization {
             Authorization::Public => Ok(()),
             Authorization::Token => token(Right::Any),
             Authorization::TokenAdmin => token(Right::Admin),
-            Authorization::Unrestricted => self.authorize(|k| engine.authorize_unrestricted(k)),
+            Authorization::Unrestricted => self.authorize(FoundKey::is_unrestricted),
         }
     }
 
-    /// Checks the caller's key: `check` answers for a present key. The key is looked up
-    /// before the failed-authentication limiter is consulted: a key that exists is never
-    /// refused by the limiter, and a limited source's refusal costs the same lookup as an
-    /// unlimited one's.
-    fn authorize(&self, check: impl FnOnce(&str) -> Access) -> Result<(), Failure> {
-        let (access, reason) = match self.bearer() {
-            Some(key) => (check(key), "unknown_key"),
-            None => (Access::Unknown, "missing_key"),
+    /// Checks the caller's key: `allows` answers for a key that exists (found through the
+    /// connection's [`ConnectionKey`]). The key is looked up before the failed-authentication
+    /// limiter is consulted: a key that exists is never refused by the limiter, and a limited
+    /// source's refusal costs the same lookup as an unlimited one's.
+    fn authorize(&self, allows: impl FnOnce(&FoundKey) -> bool) -> Result<(), Failure> {
+        // `None`: no such key (or none sent); `Some(allowed)`: the key exists.
+        let (verdict, reason) = match self.bearer() {
+            Some(secret) => (
+                self.key.check(&self.state.engine, secret, allows),
+                "unknown_key",
+            ),
+            None => (None, "missing_key"),
         };
-        match access {
-            Access::Allowed(_) => Ok(()),
-            Access::Forbidden => {
+        match verdict {
+            Some(true) => Ok(()),
+            Some(false) => {
                 metrics::counter!("zoftoken_api_auth_failures_total", "reason" => "forbidden")
                     .increment(1);
                 Err(Failure::new(
@@ -185,7 +192,7 @@ impl Ctx<'_> {
                     "this authkey may not do this operation on this service and user",
                 ))
             }
-            Access::Unknown => {
+            None => {
                 let now = self.state.now();
                 if let Some(retry) = self.state.limiter.fail(self.client_ip(), now) {
                     metrics::counter!("zoftoken_api_auth_failures_total", "reason" => "rate_limited")

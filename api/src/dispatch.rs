@@ -9,16 +9,24 @@ use hyper::body::Incoming;
 use hyper::http::request::Parts;
 use hyper::Request;
 
+use crate::connection_key::ConnectionKey;
 use crate::context::{Ctx, State};
 use crate::error::Failure;
+use crate::resources::tokens;
 use crate::response::{Outcome, Resp};
 use crate::routes::{self, Operation};
 
-/// Handles one request; never fails (every error is a JSON answer).
-pub(crate) async fn handle(state: &Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> Resp {
+/// Handles one request of the connection from `peer` (whose last verified authkey is `key`);
+/// never fails (every error is a JSON answer).
+pub(crate) async fn handle(
+    state: &Arc<State>,
+    peer: SocketAddr,
+    key: &ConnectionKey,
+    req: Request<Incoming>,
+) -> Resp {
     let start = Instant::now();
     let (parts, body) = req.into_parts();
-    let (op, outcome) = dispatch(state, peer, &parts, body).await;
+    let (op, outcome) = dispatch(state, peer, key, &parts, body).await;
     let resp = outcome.unwrap_or_else(Failure::into_response);
     state.meters.record(op, resp.status(), start.elapsed());
     resp
@@ -28,6 +36,7 @@ pub(crate) async fn handle(state: &Arc<State>, peer: SocketAddr, req: Request<In
 async fn dispatch(
     state: &Arc<State>,
     peer: SocketAddr,
+    key: &ConnectionKey,
     parts: &Parts,
     body: Incoming,
 ) -> (Option<Operation>, Outcome) {
@@ -35,9 +44,20 @@ async fn dispatch(
         Ok(matched) => matched,
         Err(e) => return (None, Err(e.into())),
     };
-    let ctx = Ctx { state, peer, parts };
+    let ctx = Ctx {
+        state,
+        peer,
+        parts,
+        key,
+    };
     let outcome = match ctx.authorize_route(route.authorization, &params) {
-        Ok(()) => routes::call(route.operation, &ctx, params, body).await,
+        // Status polls, the hot path, run inline; every other handler's future is boxed, so
+        // that the request's future (moved into place at every request) is only as large as
+        // the status poll's, not as the largest handler's.
+        Ok(()) if route.operation == Operation::TokenStatus => {
+            tokens::token_status(&ctx, params, body).await
+        }
+        Ok(()) => Box::pin(routes::call(route.operation, &ctx, params, body)).await,
         Err(f) => Err(f),
     };
     (Some(route.operation), outcome)

@@ -1,6 +1,6 @@
 //! The listener: its own tokio runtime on its own thread, one task per connection (HTTP/1.1
-//! with keep-alive, header read timeout, a head limit), bounds on connections in total and
-//! per source address, graceful shutdown.
+//! with keep-alive, header read timeout, a head limit, the authkey verified last on it),
+//! bounds on connections in total and per source address, graceful shutdown.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -15,6 +15,7 @@ use tokio::sync::{watch, Semaphore};
 use zoftoken_engine::Engine;
 use zoftoken_storage::Store;
 
+use crate::connection_key::ConnectionKey;
 use crate::context::State;
 use crate::dispatch;
 use crate::{ApiConfig, ApiError, ApiServer, Clock, MetricsRender, SHUTDOWN_GRACE};
@@ -230,10 +231,14 @@ async fn connection(
     mut shutdown: watch::Receiver<bool>,
     _permits: (tokio::sync::OwnedSemaphorePermit, Option<AddressSlot>),
 ) {
-    let svc_state = state.clone();
+    // What every request of the connection shares: one reference counted per request.
+    let shared = Arc::new((state.clone(), ConnectionKey::default()));
     let service = service_fn(move |req| {
-        let state = svc_state.clone();
-        async move { Ok::<_, Infallible>(dispatch::handle(&state, peer, req).await) }
+        let shared = shared.clone();
+        async move {
+            let (state, key) = &*shared;
+            Ok::<_, Infallible>(dispatch::handle(state, peer, key, req).await)
+        }
     });
     let mut builder = http1::Builder::new();
     builder
@@ -243,13 +248,18 @@ async fn connection(
         .max_buf_size(MAX_HEAD_BYTES)
         // The head limit itself: `max_buf_size` alone bounds the buffer's reads, and one
         // read may fill more than it.
-        .max_header_size(MAX_HEAD_BYTES);
+        .max_header_size(MAX_HEAD_BYTES)
+        // Head and body copied into one buffer and sent with one `send`: for the small
+        // answers of the hot path, fewer instructions than two `writev` slices (measured).
+        .writev(false);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     if *shutdown.borrow() {
         conn.as_mut().graceful_shutdown();
     }
     tokio::select! {
+        // The connection first (no random order to draw at every wake-up).
+        biased;
         _ = conn.as_mut() => return,
         _ = shutdown.changed() => conn.as_mut().graceful_shutdown(),
     }

@@ -1,7 +1,8 @@
 //! The ZofToken HTTP API for client assets: a small hyper 1 (HTTP/1.1) server that runs beside
 //! the UDP engine in the same process, on a tokio runtime and thread(s) of its own, and reads
 //! the engine's in-memory state directly (a status poll takes one shard lock and no storage
-//! read).
+//! read; its JSON is written by hand into one buffer, and a keep-alive connection hashes its
+//! authkey's secret once, not at every request).
 //!
 //! Every operation of the product's API table (`docs/product.md`) is a route under `/v1`,
 //! declared once with its method, path, authorisation and handler ([`routes::ROUTES`]),
@@ -34,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 mod body;
+mod connection_key;
 mod context;
 mod dispatch;
 mod error;

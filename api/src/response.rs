@@ -41,6 +41,11 @@ pub(crate) fn ok(body: &impl Serialize) -> Outcome {
     Ok(json_response(StatusCode::OK, body))
 }
 
+/// `200 OK` with `body`, JSON already written.
+pub(crate) fn ok_json(body: Vec<u8>) -> Outcome {
+    Ok(bytes_response(StatusCode::OK, body, "application/json"))
+}
+
 /// `201 Created` with `body` as JSON.
 pub(crate) fn created(body: &impl Serialize) -> Outcome {
     Ok(json_response(StatusCode::CREATED, body))

@@ -1765,6 +1765,24 @@ fn metrics_are_rendered_for_prometheus() {
         .body
         .contains("zoftoken_api_auth_failures_total{reason=\"unknown_key\"}"));
     assert!(a.body.contains("zoftoken_tokens"));
+    // Latency histograms, one per operation that had requests, with the configured buckets.
+    assert!(a
+        .body
+        .contains("# TYPE zoftoken_api_request_seconds histogram\n"));
+    assert!(
+        a.body.contains(
+            "zoftoken_api_request_seconds_bucket{op=\"healthz\",le=\"+Inf\"} 1\n\
+             zoftoken_api_request_seconds_sum{op=\"healthz\"} "
+        ),
+        "{}",
+        a.body
+    );
+    assert!(a
+        .body
+        .contains("zoftoken_api_request_seconds_count{op=\"healthz\"} 1\n"));
+    assert!(a
+        .body
+        .contains("zoftoken_api_request_seconds_bucket{op=\"healthz\",le=\"60\"} 1\n"));
     // A second recorder cannot be installed.
     assert!(zoftoken_api::install_prometheus().is_err());
 }
@@ -1840,6 +1858,111 @@ fn keep_alive_serves_many_requests_on_one_connection() {
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["state"], "closed");
     }
+}
+
+/// Sends one request with `key` on a keep-alive connection and reads its answer: the head
+/// (as sent) and the body.
+fn keep_alive_call(s: &mut TcpStream, path: &str, key: &str) -> (String, Vec<u8>) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    (head, body)
+}
+
+#[test]
+fn a_status_answer_is_exactly_these_bytes() {
+    let h = Harness::start();
+    h.enrolled_phone("alice");
+    let mut s = TcpStream::connect(h.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let id = TokenId::derive("bank", "alice").to_hex();
+    let body = format!(
+        "{{\"token_id\":\"{id}\",\"kind\":\"app\",\"state\":\"closed\",\"duress\":false,\
+         \"failures\":0,\"attempts_left\":3,\"last_seen_ms\":{T0}}}"
+    );
+    for _ in 0..3 {
+        let (head, got) = keep_alive_call(&mut s, &tok("bank", "alice", ""), WEB);
+        // Everything but the date's value, byte for byte.
+        let date = head.find("date: ").unwrap() + "date: ".len();
+        let expected = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncache-control: no-store\r\n\
+             content-length: {}\r\ndate: ",
+            body.len()
+        );
+        assert_eq!(&head[..date], expected);
+        assert_eq!(
+            head.len(),
+            date + "Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n".len()
+        );
+        assert_eq!(String::from_utf8(got).unwrap(), body);
+    }
+}
+
+#[test]
+fn a_key_changed_or_revoked_stops_working_on_an_open_connection() {
+    let h = Harness::start();
+    h.enrolled_phone("alice");
+    let mut s = TcpStream::connect(h.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let path = tok("bank", "alice", "");
+    let status = |s: &mut TcpStream, key: &str| {
+        let (head, body) = keep_alive_call(s, &path, key);
+        let code = serde_json::from_slice::<Value>(&body).unwrap()["error"]["code"]
+            .as_str()
+            .map(str::to_owned);
+        (head[9..12].to_owned(), code)
+    };
+    let config = |name: &str, secret: &str, service_mask: &str| AuthkeyConfig {
+        name: name.into(),
+        secret_hash: hash_secret(secret),
+        admin: false,
+        service_mask: service_mask.into(),
+        user_mask: ".*".into(),
+    };
+    assert_eq!(status(&mut s, WEB), ("200".into(), None));
+    assert_eq!(status(&mut s, WEB), ("200".into(), None));
+    // A narrower mask applies at the connection's next request.
+    h.engine
+        .reload_authkeys(&[config("web", WEB, "shop"), config("root", ROOT, ".*")])
+        .unwrap();
+    assert_eq!(
+        status(&mut s, WEB),
+        ("403".into(), Some("forbidden".into()))
+    );
+    // Another key on the same connection is its own.
+    assert_eq!(status(&mut s, ROOT), ("200".into(), None));
+    assert_eq!(
+        status(&mut s, "web-secret-012345678"),
+        ("401".into(), Some("unknown_authkey".into()))
+    );
+    // A revoked key stops working at once, on a connection where it worked.
+    h.engine
+        .reload_authkeys(&[config("web", WEB, "bank"), config("root", ROOT, ".*")])
+        .unwrap();
+    assert_eq!(status(&mut s, WEB), ("200".into(), None));
+    h.engine
+        .reload_authkeys(&[config("root", ROOT, ".*")])
+        .unwrap();
+    assert_eq!(
+        status(&mut s, WEB),
+        ("401".into(), Some("unknown_authkey".into()))
+    );
+    assert_eq!(status(&mut s, ROOT), ("200".into(), None));
 }
 
 #[test]

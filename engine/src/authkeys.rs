@@ -6,8 +6,15 @@
 //! expressions anchored at both ends and compiled once; both must match for any access.
 //! Unknown keys and keys without the right are told apart (401 and 403 in the API), but a
 //! refusal never says whether the token exists.
+//!
+//! The table is replaced as a whole at every change ([`Engine::reload_authkeys`]), so a
+//! [`FoundKey`] (a key found by its secret's hash in one table) answers further checks without
+//! hashing the secret again for exactly as long as its table is the one in force
+//! ([`FoundKey::is_in_force`]): the API keeps one per connection, and a revoked or changed key
+//! stops working at the next request.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 pub use crate::config::AuthkeyConfig;
 use crate::config::ConfigError;
@@ -62,7 +69,73 @@ pub struct AuthkeyInfo {
 /// The compiled authkey table.
 #[derive(Default)]
 pub struct Authkeys {
-    by_hash: HashMap<[u8; 32], Authkey>,
+    keys: Vec<Authkey>,
+    /// Index into `keys` by the hash of the key's secret.
+    by_hash: HashMap<[u8; 32], usize>,
+}
+
+/// A key found in one [`Authkeys`] table by its secret's hash: checks it answers need no
+/// further hash. It keeps its table alive, so the table's identity is its generation: while
+/// [`FoundKey::is_in_force`] says so, the key is exactly what a new lookup would find.
+#[derive(Clone)]
+pub struct FoundKey {
+    table: Arc<Authkeys>,
+    index: usize,
+}
+
+impl std::fmt::Debug for FoundKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The hash stays out of logs as the secret does.
+        f.debug_struct("FoundKey")
+            .field("name", &self.key().map(|k| &k.name))
+            .finish_non_exhaustive()
+    }
+}
+
+impl FoundKey {
+    /// The key in its table (always there: the table is immutable and kept alive).
+    fn key(&self) -> Option<&Authkey> {
+        self.table.keys.get(self.index)
+    }
+
+    /// Whether the key may do an operation needing `right` on `username` in `service` (both
+    /// masks must match).
+    pub fn allows(&self, right: Right, service: &str, username: &str) -> bool {
+        self.key().is_some_and(|key| {
+            (key.admin || right == Right::Any)
+                && key.service_mask.is_match(service)
+                && key.user_mask.is_match(username)
+        })
+    }
+
+    /// Whether the key is an admin key whose masks both match every name (`.*`, `(?s).*`,
+    /// as compiled): the keys that may manage services and authkeys, which belong to no
+    /// single service or user.
+    pub fn is_unrestricted(&self) -> bool {
+        self.key().is_some_and(|key| {
+            key.admin && key.service_mask.is_unrestricted() && key.user_mask.is_unrestricted()
+        })
+    }
+
+    /// The key's name.
+    pub fn name(&self) -> &str {
+        self.key().map_or("", |k| k.name.as_str())
+    }
+
+    /// Whether the key's table is still the engine's table in force (no reload or change of
+    /// authkeys since it was found).
+    pub fn is_in_force(&self, engine: &crate::Engine) -> bool {
+        engine.authkeys_in_force(&self.table)
+    }
+
+    /// The answer for a found key: allowed (with its name) or forbidden.
+    fn access(&self, allowed: bool) -> Access {
+        if allowed {
+            Access::Allowed(self.name().to_owned())
+        } else {
+            Access::Forbidden
+        }
+    }
 }
 
 fn anchored(pattern: &str) -> Result<regex::Regex, regex::Error> {
@@ -124,6 +197,7 @@ impl Authkeys {
     pub fn new(keys: &[AuthkeyConfig]) -> Result<Authkeys, Vec<ConfigError>> {
         let mut errors = Vec::new();
         let mut by_hash = HashMap::new();
+        let mut compiled = Vec::new();
         for (i, k) in keys.iter().enumerate() {
             let err = |field: &str, message: String| ConfigError {
                 path: format!("authkeys[{i}].{field}"),
@@ -150,57 +224,62 @@ impl Authkeys {
                         user_mask,
                         masks: (k.service_mask.clone(), k.user_mask.clone()),
                     };
-                    if by_hash.insert(k.secret_hash, key).is_some() {
+                    if by_hash.insert(k.secret_hash, compiled.len()).is_some() {
                         errors.push(err("secret", "the same secret is configured twice".into()));
                     }
+                    compiled.push(key);
                 }
                 (a, b) => errors.extend(a.err().into_iter().chain(b.err())),
             }
         }
         if errors.is_empty() {
-            Ok(Authkeys { by_hash })
+            Ok(Authkeys {
+                keys: compiled,
+                by_hash,
+            })
         } else {
             Err(errors)
         }
     }
 
+    /// The key whose secret is `secret`, if any: one hash and one lookup. Looking up by
+    /// hash compares hashes, not secrets: its timing can tell an attacker about BLAKE3
+    /// outputs of their own guesses, nothing about a stored secret.
+    pub fn find(self: &Arc<Self>, secret: &str) -> Option<FoundKey> {
+        let index = *self.by_hash.get(&hash_secret(secret))?;
+        Some(FoundKey {
+            table: self.clone(),
+            index,
+        })
+    }
+
     /// Whether `secret` may do an operation needing `right` on `username` in `service`.
-    pub fn check(&self, secret: &str, right: Right, service: &str, username: &str) -> Access {
-        let hash = hash_secret(secret);
-        // Looking up by hash compares hashes, not secrets: its timing can tell an attacker
-        // about BLAKE3 outputs of their own guesses, nothing about a stored secret.
-        let Some(key) = self.by_hash.get(&hash) else {
-            return Access::Unknown;
-        };
-        let allowed = (key.admin || right == Right::Any)
-            && key.service_mask.is_match(service)
-            && key.user_mask.is_match(username);
-        if allowed {
-            Access::Allowed(key.name.clone())
-        } else {
-            Access::Forbidden
+    pub fn check(
+        self: &Arc<Self>,
+        secret: &str,
+        right: Right,
+        service: &str,
+        username: &str,
+    ) -> Access {
+        match self.find(secret) {
+            Some(key) => key.access(key.allows(right, service, username)),
+            None => Access::Unknown,
         }
     }
 
-    /// Whether `secret` is an admin key whose masks both match every name (`.*`, `(?s).*`,
-    /// as compiled): the keys that may manage services and authkeys, which belong to no
-    /// single service or user.
-    pub fn check_unrestricted(&self, secret: &str) -> Access {
-        let Some(key) = self.by_hash.get(&hash_secret(secret)) else {
-            return Access::Unknown;
-        };
-        if key.admin && key.service_mask.is_unrestricted() && key.user_mask.is_unrestricted() {
-            Access::Allowed(key.name.clone())
-        } else {
-            Access::Forbidden
+    /// Whether `secret` is an unrestricted admin key ([`FoundKey::is_unrestricted`]).
+    pub fn check_unrestricted(self: &Arc<Self>, secret: &str) -> Access {
+        match self.find(secret) {
+            Some(key) => key.access(key.is_unrestricted()),
+            None => Access::Unknown,
         }
     }
 
     /// The keys, sorted by name (no secrets: none is kept).
     pub fn list(&self) -> Vec<AuthkeyInfo> {
         let mut out: Vec<AuthkeyInfo> = self
-            .by_hash
-            .values()
+            .keys
+            .iter()
             .map(|k| AuthkeyInfo {
                 name: k.name.clone(),
                 admin: k.admin,
@@ -227,39 +306,40 @@ impl crate::Engine {
     /// Replaces the authkeys (reload); on error the old ones stay.
     pub fn reload_authkeys(&self, keys: &[AuthkeyConfig]) -> Result<(), crate::EngineError> {
         let compiled = Authkeys::new(keys).map_err(crate::EngineError::Config)?;
-        *self.authkeys.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(compiled);
+        *self.authkeys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(compiled);
         Ok(())
+    }
+
+    /// The authkey table in force (replaced as a whole at every reload or change).
+    pub fn authkeys(&self) -> Arc<Authkeys> {
+        self.authkeys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether `table` is the authkey table in force.
+    fn authkeys_in_force(&self, table: &Arc<Authkeys>) -> bool {
+        Arc::ptr_eq(
+            &self.authkeys.read().unwrap_or_else(|p| p.into_inner()),
+            table,
+        )
     }
 
     /// Whether the API caller holding `secret` may do an operation needing `right` on
     /// `username` in `service` (both masks must match).
     pub fn authorize(&self, secret: &str, right: Right, service: &str, username: &str) -> Access {
-        let keys = self
-            .authkeys
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        keys.check(secret, right, service, username)
+        self.authkeys().check(secret, right, service, username)
     }
 
     /// [`Authkeys::check_unrestricted`] on the current keys.
     pub fn authorize_unrestricted(&self, secret: &str) -> Access {
-        let keys = self
-            .authkeys
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        keys.check_unrestricted(secret)
+        self.authkeys().check_unrestricted(secret)
     }
 
     /// The current keys as listed ([`Authkeys::list`]).
     pub fn authkey_list(&self) -> Vec<AuthkeyInfo> {
-        let keys = self
-            .authkeys
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        keys.list()
+        self.authkeys().list()
     }
 }
 
@@ -298,11 +378,13 @@ mod tests {
 
     #[test]
     fn rights_and_anchored_masks() {
-        let keys = Authkeys::new(&[
-            key("root", "s3cret", true, ".*", ".*"),
-            key("web", "web-key", false, "bank", "[a-z]+"),
-        ])
-        .unwrap();
+        let keys = Arc::new(
+            Authkeys::new(&[
+                key("root", "s3cret", true, ".*", ".*"),
+                key("web", "web-key", false, "bank", "[a-z]+"),
+            ])
+            .unwrap(),
+        );
         assert_eq!(
             keys.check("nope", Right::Any, "bank", "alice"),
             Access::Unknown
@@ -333,7 +415,7 @@ mod tests {
             Access::Forbidden
         );
         // An alternation cannot escape the anchors.
-        let k = Authkeys::new(&[key("alt", "k", false, "a|b", ".*")]).unwrap();
+        let k = Arc::new(Authkeys::new(&[key("alt", "k", false, "a|b", ".*")]).unwrap());
         assert_eq!(k.check("k", Right::Any, "ab", "u"), Access::Forbidden);
         assert_eq!(
             k.check("k", Right::Any, "b", "u"),
@@ -343,12 +425,14 @@ mod tests {
 
     #[test]
     fn unrestricted_keys_and_listing() {
-        let keys = Authkeys::new(&[
-            key("root", "r", true, ".*", "(?s).*"),
-            key("narrow", "n", true, "bank", ".*"),
-            key("reader", "x", false, ".*", ".*"),
-        ])
-        .unwrap();
+        let keys = Arc::new(
+            Authkeys::new(&[
+                key("root", "r", true, ".*", "(?s).*"),
+                key("narrow", "n", true, "bank", ".*"),
+                key("reader", "x", false, ".*", ".*"),
+            ])
+            .unwrap(),
+        );
         assert_eq!(keys.check_unrestricted("r"), Access::Allowed("root".into()));
         assert_eq!(keys.check_unrestricted("n"), Access::Forbidden);
         assert_eq!(keys.check_unrestricted("x"), Access::Forbidden);
@@ -373,13 +457,15 @@ mod tests {
             assert!(errors[0].message.contains("whitespace"), "{errors:?}");
         }
         // Masks that merely look unrestricted do not make a key unrestricted.
-        let keys = Authkeys::new(&[
-            key("alt", "a", true, ".*|x", ".*"),
-            key("plus", "p", true, ".+", ".*"),
-            key("group", "g", true, "(?:.*)", ".*"),
-            key("s", "s", true, "(?s:.*)", "(?s).*"),
-        ])
-        .unwrap();
+        let keys = Arc::new(
+            Authkeys::new(&[
+                key("alt", "a", true, ".*|x", ".*"),
+                key("plus", "p", true, ".+", ".*"),
+                key("group", "g", true, "(?:.*)", ".*"),
+                key("s", "s", true, "(?s:.*)", "(?s).*"),
+            ])
+            .unwrap(),
+        );
         assert_eq!(keys.check_unrestricted("a"), Access::Forbidden);
         assert_eq!(keys.check_unrestricted("p"), Access::Forbidden);
         assert_eq!(keys.check_unrestricted("g"), Access::Forbidden);
@@ -389,6 +475,42 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(errors[0].path, "authkeys[0].name");
+    }
+
+    #[test]
+    fn a_found_key_is_in_force_until_the_table_is_replaced() {
+        let mut config = crate::EngineConfig::new(
+            vec![crate::ServiceConfig::new("bank", &["127.0.0.1:1"])],
+            1,
+            [0; 32],
+        );
+        config.authkeys = vec![key("web", "web-key", false, "bank", ".*")];
+        let engine = crate::Engine::new(config.clone()).unwrap();
+        let found = engine.authkeys().find("web-key").unwrap();
+        assert!(engine.authkeys().find("other").is_none());
+        assert_eq!(found.name(), "web");
+        assert!(found.is_in_force(&engine));
+        assert!(found.allows(Right::Any, "bank", "alice"));
+        assert!(!found.allows(Right::Admin, "bank", "alice"));
+        assert!(!found.allows(Right::Any, "bank2", "alice"));
+        assert!(!found.is_unrestricted());
+        // A refused reload keeps the table, and the key with it.
+        let mut bad = config.authkeys.clone();
+        bad[0].user_mask = "(".into();
+        assert!(engine.reload_authkeys(&bad).is_err());
+        assert!(found.is_in_force(&engine));
+        // Any accepted reload replaces it, even with the same keys: found again, by its hash.
+        engine.reload_authkeys(&config.authkeys).unwrap();
+        assert!(!found.is_in_force(&engine));
+        let again = engine.authkeys().find("web-key").unwrap();
+        assert!(again.is_in_force(&engine));
+        // A revoked key is not found in the new table.
+        engine.reload_authkeys(&[]).unwrap();
+        assert!(!again.is_in_force(&engine));
+        assert!(engine.authkeys().find("web-key").is_none());
+        // The debug form names the key and shows nothing of its secret or hash.
+        let shown = format!("{again:?}");
+        assert!(shown.contains("web") && !shown.contains("hash"), "{shown}");
     }
 
     #[test]

@@ -45,9 +45,11 @@ pub(crate) async fn metrics(ctx: &Ctx<'_>, _: Params<'_>, _: Incoming) -> Outcom
         ));
     };
     state.engine.export_metrics();
+    let mut text = render();
+    state.meters.render_latency(&mut text);
     Ok(bytes_response(
         StatusCode::OK,
-        render(),
+        text,
         "text/plain; version=0.0.4; charset=utf-8",
     ))
 }

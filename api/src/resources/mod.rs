@@ -7,6 +7,7 @@ pub(crate) mod authkeys;
 pub(crate) mod codes;
 pub(crate) mod health;
 pub(crate) mod services;
+mod status_json;
 pub(crate) mod tokens;
 pub(crate) mod transactions;
 pub(crate) mod webhooks;
@@ -42,12 +43,22 @@ pub(crate) async fn settled_status(
 pub(crate) async fn settled<R>(
     read: impl Fn() -> Result<R, EngineError>,
 ) -> Result<R, EngineError> {
+    match read() {
+        // Boxed: the wait's timer stays out of the future of a read that needs none.
+        Err(EngineError::Unsettled) => Box::pin(settled_after_waits(read)).await,
+        r => r,
+    }
+}
+
+/// The rest of [`settled`], after a first read found the token unsettled.
+async fn settled_after_waits<R>(
+    read: impl Fn() -> Result<R, EngineError>,
+) -> Result<R, EngineError> {
     let started = std::time::Instant::now();
     loop {
+        tokio::time::sleep(UNSETTLED_POLL).await;
         match read() {
-            Err(EngineError::Unsettled) if started.elapsed() < UNSETTLED_WAIT => {
-                tokio::time::sleep(UNSETTLED_POLL).await
-            }
+            Err(EngineError::Unsettled) if started.elapsed() < UNSETTLED_WAIT => {}
             r => return r,
         }
     }

@@ -5,15 +5,18 @@
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
-use zoftoken_engine::{Force, TokenStatus};
+use zoftoken_engine::Force;
 use zoftoken_proto::TokenId;
 
+use super::status_json::status_json;
 use super::{settled_status, token_change, token_op};
+use crate::body::Query;
 use crate::context::Ctx;
 use crate::error::Failure;
-use crate::response::{created, ok, Outcome};
+use crate::response::{created, ok, ok_json, Outcome};
+use crate::routes::matcher::Tok;
 use crate::routes::Params;
 
 /// `GET …/tokens/{username}[?wait=N[&state=S]]`: the status, at once or at the token's
@@ -21,20 +24,27 @@ use crate::routes::Params;
 pub(crate) async fn token_status(ctx: &Ctx<'_>, p: Params<'_>, _: Incoming) -> Outcome {
     let tok = p.token()?;
     let q = ctx.query(&["wait", "state"])?;
+    if q.wait_s == 0 {
+        let state = ctx.state;
+        let st = settled_status(&state.engine, || state.now(), tok.service, tok.username).await?;
+        return ok_json(status_json(&st));
+    }
+    // Boxed: the long poll's timers and watch stay out of the plain status poll's future.
+    Box::pin(long_poll(ctx, tok, q)).await
+}
+
+/// The long poll of [`token_status`] (`wait` > 0).
+async fn long_poll(ctx: &Ctx<'_>, tok: Tok<'_>, q: Query) -> Outcome {
     let state = ctx.state;
     let engine = &state.engine;
     let clock = || state.now();
-    if q.wait_s == 0 {
-        let st = settled_status(engine, clock, tok.service, tok.username).await?;
-        return ok(&status_body(&st));
-    }
     let id = TokenId::derive(tok.service, tok.username);
     // Watch first, then read: a change between the two is not missed.
     let changed = engine.watch(&id);
     let st = settled_status(engine, clock, tok.service, tok.username).await?;
     let now = state.now();
     if q.state.is_some_and(|s| s != st.state) {
-        return ok(&status_body(&st));
+        return ok_json(status_json(&st));
     }
     let mut limit = Duration::from_secs(q.wait_s).min(state.config.max_wait);
     if let Some(until) = st.open_until_ms {
@@ -47,7 +57,7 @@ pub(crate) async fn token_status(ctx: &Ctx<'_>, p: Params<'_>, _: Incoming) -> O
         _ = state.stopping() => {}
     }
     let st = settled_status(engine, clock, tok.service, tok.username).await?;
-    ok(&status_body(&st))
+    ok_json(status_json(&st))
 }
 
 #[derive(Deserialize, Default)]
@@ -139,45 +149,5 @@ pub(crate) async fn token_force(ctx: &Ctx<'_>, p: Params<'_>, body: Incoming) ->
         e.force(now, id, to, batch)
     })
     .await?;
-    ok(&status_body(&st))
-}
-
-#[derive(Serialize)]
-struct StatusBody {
-    token_id: String,
-    kind: &'static str,
-    state: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    open_until_ms: Option<u64>,
-    duress: bool,
-    failures: u8,
-    attempts_left: u8,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    last_seen_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    last_duress: Option<DuressBody>,
-}
-
-/// The last use of the duress PIN (SPEC.md §6.4).
-#[derive(Serialize)]
-struct DuressBody {
-    time_ms: u64,
-    operation: &'static str,
-}
-
-fn status_body(s: &TokenStatus) -> StatusBody {
-    StatusBody {
-        token_id: hex::encode(s.token_id.0),
-        kind: s.kind.name(),
-        state: s.state.name(),
-        open_until_ms: s.open_until_ms,
-        duress: s.duress,
-        failures: s.failures,
-        attempts_left: s.attempts_left,
-        last_seen_ms: s.last_seen_ms,
-        last_duress: s.last_duress.map(|d| DuressBody {
-            time_ms: d.time_ms,
-            operation: d.operation.name(),
-        }),
-    }
+    ok_json(status_json(&st))
 }

@@ -201,9 +201,14 @@ impl<'a> Params<'a> {
 }
 
 fn decode<'a>(seg: &'a str, max: usize, what: &'static str) -> Result<Cow<'a, str>, PathError> {
-    let s = percent_encoding::percent_decode_str(seg)
-        .decode_utf8()
-        .map_err(|_| PathError::BadEncoding)?;
+    let s = if seg.contains('%') {
+        percent_encoding::percent_decode_str(seg)
+            .decode_utf8()
+            .map_err(|_| PathError::BadEncoding)?
+    } else {
+        // Nothing to decode: the segment is already UTF-8 and is its own value.
+        Cow::Borrowed(seg)
+    };
     if s.is_empty() || s.len() > max {
         return Err(PathError::BadLength(what));
     }
