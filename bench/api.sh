@@ -40,10 +40,10 @@ connections="${CONNECTIONS:-32}"
 lg_threads="${LOADGEN_THREADS:-1}"
 window="${WINDOW:-64}"
 target="${CARGO_TARGET_DIR:-target}"
-cargo build --release --locked -p zoftoken-loadgen --bin zoftoken-loadgen >&2
-cargo build --workspace --locked --all-targets >&2
+. scripts/release-build.sh
+release_build zoftoken-loadgen zoftoken
 loadgen=$(realpath "$target/release/zoftoken-loadgen")
-zoftoken=$(realpath "${ZOFTOKEN:-$target/debug/zoftoken}")
+zoftoken=$(realpath "${ZOFTOKEN:-$target/release/zoftoken}")
 work="${BENCH_DIR:-$target/api-bench}"
 mkdir -p "$work"
 port_udp=47912

@@ -20,7 +20,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 packets="${1:-2000000}"
-cargo build --release --locked -p zoftoken-bench --bin engine-bench >&2
+. scripts/release-build.sh
+release_build engine-bench
 bin="${ENGINE_BENCH:-${CARGO_TARGET_DIR:-target}/release/engine-bench}"
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2

@@ -8,8 +8,8 @@
 #     each processing thread commits inline (`wal-inline` is always inline, for comparison);
 #   - start-up: a database of 1 M (and, with STARTUP=1000000,10000000, 10 M) tokens reopened
 #     and loaded into a new engine with 2 threads.
-# Built in the dev profile with the workspace's optimisation overrides, so RocksDB is the one
-# the tests use (compiled once). Ends with one JSON line:
+# Built in the release profile, whose RocksDB is the one the tests use (compiled once). Ends
+# with one JSON line:
 #   {"persist_ratio":…,"fsync_ratio":…,"startup_1m_s":…}
 # Usage: bench/storage.sh [packets per round, default 1000000]
 set -euo pipefail
@@ -17,11 +17,9 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh >&2
 packets="${1:-1000000}"
 startup="${STARTUP:-1000000}"
-# The whole workspace with all targets: the same feature set as the test command, so
-# RocksDB is the build the tests made (building one package alone can unify features
-# differently and rebuild it).
-cargo build --workspace --locked --all-targets >&2
-bin="${CARGO_TARGET_DIR:-target}/debug/storage-bench"
+. scripts/release-build.sh
+release_build storage-bench
+bin="${CARGO_TARGET_DIR:-target}/release/storage-bench"
 dir="${BENCH_DIR:-${CARGO_TARGET_DIR:-target}/storage-bench-data}"
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2

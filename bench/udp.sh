@@ -32,13 +32,11 @@ lg_threads="${LOADGEN_THREADS:-1}"
 window="${WINDOW:-64}"
 rounds="${ROUNDS:-3}"
 target="${CARGO_TARGET_DIR:-target}"
-# Release builds of the two programs that need no RocksDB; the server in the tests' profile
-# (RocksDB compiled once, the server's crates optimised there too).
-cargo build --release --locked -p zoftoken-bench --bin udp-echo -p zoftoken-loadgen --bin zoftoken-loadgen >&2
-cargo build --workspace --locked --all-targets >&2
+. scripts/release-build.sh
+release_build udp-echo zoftoken-loadgen zoftoken
 echo_bin=$(realpath "$target/release/udp-echo")
 loadgen=$(realpath "$target/release/zoftoken-loadgen")
-zoftoken=$(realpath "${ZOFTOKEN:-$target/debug/zoftoken}")
+zoftoken=$(realpath "${ZOFTOKEN:-$target/release/zoftoken}")
 work="${BENCH_DIR:-$target/udp-bench}"
 mkdir -p "$work"
 port_echo=47901

@@ -43,12 +43,11 @@ hook_threads="${WEBHOOK_THREADS:-1}"
 rounds="${ROUNDS:-5}"
 window="${WINDOW:-256}"
 target="${CARGO_TARGET_DIR:-target}"
-cargo build --release --locked -p zoftoken-loadgen --bin zoftoken-loadgen >&2
-cargo build --release --locked -p zoftoken-webhooks --bin webhook-sink >&2
-cargo build --workspace --locked --all-targets >&2
+. scripts/release-build.sh
+release_build zoftoken-loadgen webhook-sink zoftoken
 loadgen=$(realpath "$target/release/zoftoken-loadgen")
 sink=$(realpath "$target/release/webhook-sink")
-zoftoken=$(realpath "$target/debug/zoftoken")
+zoftoken=$(realpath "${ZOFTOKEN:-$target/release/zoftoken}")
 work="${BENCH_DIR:-$target/webhooks-bench}"
 mkdir -p "$work"
 port_udp=47922

@@ -17,9 +17,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
-# The same build as the tests (one feature set: RocksDB is built once).
-cargo build --workspace --tests --locked >&2
-zoftoken=$(realpath "$target/debug/zoftoken")
+. scripts/release-build.sh
+release_build zoftoken
+zoftoken=$(realpath "$target/release/zoftoken")
 venv="${SCHEMATHESIS_VENV:-$target/schemathesis-venv}"
 if [ ! -x "$venv/bin/schemathesis" ]; then
   python3 -m venv "$venv"

@@ -2,7 +2,8 @@
 //! device's seal, key derivation, the per-request PIN keys (server derivation, PIN root,
 //! device ring, verifier sealing), and the AEAD crate comparison that chose `ring`.
 //!
-//! `cargo bench -p zoftoken-bench --bench codec`
+//! `cargo bench --profile release --workspace --bench codec` (the `bench` profile is the
+//! test suite's, with debug assertions: see the workspace's Cargo.toml)
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::hint::black_box;

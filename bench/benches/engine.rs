@@ -1,7 +1,8 @@
 //! Engine benchmark (criterion): 1 million resident tokens, realistic mix (STATUS 60 %,
 //! OPEN 20 %, CLOSE 20 %), each packet fully processed in receive batches of 32 with table
 //! prefetch. One iteration is 10 000 packets (throughput is per packet).
-//! `cargo bench -p zoftoken-bench --bench engine`
+//! `cargo bench --profile release --workspace --bench engine` (the `bench` profile is the
+//! test suite's, with debug assertions: see the workspace's Cargo.toml)
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
