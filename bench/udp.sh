@@ -20,6 +20,14 @@
 # alternations of echo and zoftoken, medians compared), ZOFTOKEN (a `zoftoken` binary to
 # measure instead of this tree's build, for a same-run comparison with an older build).
 # The token set's counters continue from run to run (`--counters`), as a phone's do.
+#
+# BACKEND=postgres: zoftoken on PostgreSQL against zoftoken on RocksDB instead (the echo
+# server and the floor are not run): both servers hold the same TOKENS, the generator
+# alternates between them ROUNDS times with the same MIX (status/open/close, default 95/3/2;
+# 100/0/0 is STATUS only), and the last line is {"backend":"postgres","mix":…,
+# "rocksdb_pps":…,"postgres_pps":…,"ratio":…,"rocksdb_p99_us":…,"postgres_p99_us":…}. The
+# PostgreSQL server is a throwaway cluster of Debian's package (initdb + pg_ctl, fsync on,
+# synchronous commit, a loopback port) in the work directory, removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/median.sh
@@ -67,6 +75,11 @@ run_load() { # endpoint, extra args… → the JSON line
     --json "${@:2}" 2>/dev/null | tail -1
 }
 field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+
+if [ "${BACKEND:-rocksdb}" = postgres ]; then
+  . bench/udp-postgres.sh
+  exit 0
+fi
 
 # The servers run side by side (an idle one only waits in its receive call) and the
 # generator alternates between them ROUNDS times, so that the machine's background falls on

@@ -10,8 +10,11 @@ fi
 
 # Debian packages the build needs: C and C++ compilers (ring; RocksDB, which the storage crate
 # builds from source), libclang-dev (RocksDB's bindings are generated with bindgen), pkg-config;
-# Python 3 with venv for the independent SPEC implementation in proto-spec/interop/.
-needed=(gcc g++ libc6-dev pkg-config libclang-dev)
+# Python 3 with venv for the independent SPEC implementation in proto-spec/interop/;
+# PostgreSQL's server programs (`initdb`, `pg_ctl`, `psql`) for the tests of the PostgreSQL
+# backend, which start throwaway clusters of their own (the package's system service is not
+# used).
+needed=(gcc g++ libc6-dev pkg-config libclang-dev postgresql)
 missing=()
 for pkg in "${needed[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -334,6 +334,32 @@ impl Admin {
         })
     }
 
+    /// `db migrate`: opening the database applied every migration; says which versions it
+    /// has now.
+    pub fn db_migrate(&self) -> Output {
+        let records = zoftoken_storage::schema::SCHEMA_VERSION;
+        match &self.loaded.postgres {
+            Some(pg) => {
+                let sql = zoftoken_storage_postgres::migrate::VERSION;
+                Output {
+                    human: format!(
+                        "PostgreSQL {}: SQL schema version {sql}, record schema version \
+                         {records}: up to date\n",
+                        pg.describe()
+                    ),
+                    json: json!({ "backend": "postgres", "sql_schema": sql, "record_schema": records }),
+                }
+            }
+            None => Output {
+                human: format!(
+                    "RocksDB {}: record schema version {records}: up to date\n",
+                    self.loaded.config.data_dir.display()
+                ),
+                json: json!({ "backend": "rocksdb", "record_schema": records }),
+            },
+        }
+    }
+
     /// `db check`.
     pub fn db_check(&self) -> Result<(Output, bool), CommandError> {
         let r = self.store.check()?;

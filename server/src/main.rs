@@ -301,6 +301,9 @@ enum DbCmd {
     /// Open a database whose write-ahead log is damaged, dropping every change from the
     /// damage on, and report what was dropped (the server refuses to start on such a log).
     Recover,
+    /// Bring the database's schema to this build's version and say which it is (every server
+    /// start does the same; a database of a newer version is refused untouched).
+    Migrate,
 }
 
 /// `zoftoken db recover`: opens a damaged database with loss and says what was lost.
@@ -550,6 +553,7 @@ fn run(cli: Cli, loaded: config::Loaded) -> anyhow::Result<ExitCode> {
         },
         Command::Db(c) => match c {
             DbCmd::Recover => return Ok(ExitCode::SUCCESS),
+            DbCmd::Migrate => admin.db_migrate(),
             DbCmd::Check => {
                 let (out, ok) = admin.db_check()?;
                 print(&out, json);

@@ -1,6 +1,8 @@
 //! Opening the database as a configuration says: the master key (from the environment, a
-//! key file, or generated for a new embedded database), RocksDB in the data directory, the
-//! store's schema and key checks, and the engine built from the configured services.
+//! key file, or generated for a new database), RocksDB in the data directory or PostgreSQL
+//! (whose replication must not lose acknowledged writes on a failover, unless the operator
+//! accepts it), the store's schema and key checks, and the engine built from the configured
+//! services.
 //!
 //! With `demo_admin_authkey: true` (demos only), the demo admin authkey's secret file in the
 //! data directory is written at the first start ([`write_demo_admin_authkey`]) and read with
@@ -15,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use zoftoken_engine::{Engine, EngineConfig};
-use zoftoken_storage::{AuthkeyDoc, KvError, MasterKey, Store, StoreError};
+use zoftoken_storage::{AuthkeyDoc, KvError, KvStore, MasterKey, Store, StoreError};
+use zoftoken_storage_postgres::{PgConfig, PgKv, PgOpenError};
 use zoftoken_storage_rocksdb::RocksKv;
 
 use crate::config::{ConfigSource, Loaded, DEMO_ADMIN_AUTHKEY};
@@ -54,6 +57,25 @@ pub enum OpenError {
     /// The store refused to open.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// PostgreSQL could not be used: unreachable, refused the connection, or a schema this
+    /// build does not know.
+    #[error("PostgreSQL {database}: {source}")]
+    Postgres {
+        /// Where (without credentials).
+        database: String,
+        /// Why.
+        #[source]
+        source: PgOpenError,
+    },
+    /// PostgreSQL replicates so that a failover could lose acknowledged writes, and the
+    /// configuration does not accept that.
+    #[error("PostgreSQL {database}: {message}")]
+    Replication {
+        /// Where (without credentials).
+        database: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// Services or authkeys in the database are invalid.
     #[error("configuration in the database is invalid:\n{0}")]
     Config(String),
@@ -81,6 +103,10 @@ impl OpenError {
             | OpenError::KeyFileMode { .. }
             | OpenError::DemoAuthkey { .. } => 2,
             OpenError::Locked(_) => 3,
+            OpenError::Postgres {
+                source: PgOpenError::Connect(_),
+                ..
+            } => 5,
             _ => 1,
         }
     }
@@ -94,8 +120,31 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
 }
 
 /// Whether `dir` holds a RocksDB database.
-pub fn database_exists(dir: &Path) -> bool {
+pub fn rocksdb_exists(dir: &Path) -> bool {
     dir.join("CURRENT").exists()
+}
+
+/// The configured database, for logs: the data directory, or PostgreSQL's host and database
+/// (never its password).
+pub fn describe_database(loaded: &Loaded) -> String {
+    match &loaded.postgres {
+        Some(pg) => format!("PostgreSQL {}", pg.describe()),
+        None => loaded.config.data_dir.display().to_string(),
+    }
+}
+
+/// Whether the configured database holds an instance already: RocksDB's files in the data
+/// directory, or PostgreSQL's schema.
+pub fn database_exists(loaded: &Loaded) -> Result<bool, OpenError> {
+    match &loaded.postgres {
+        None => Ok(rocksdb_exists(&loaded.config.data_dir)),
+        Some(pg) => PgKv::schema_version(pg)
+            .map(|v| v > 0)
+            .map_err(|source| OpenError::Postgres {
+                database: pg.describe(),
+                source,
+            }),
+    }
 }
 
 /// Finds the master key. `warnings` receives what the operator must know (a generated key).
@@ -124,13 +173,12 @@ pub fn master_key(
         let text = zeroize::Zeroizing::new(std::fs::read_to_string(&file).map_err(io(&file))?);
         return parse(&text, &file.display().to_string());
     }
-    let data_dir = &loaded.config.data_dir;
-    if database_exists(data_dir) {
+    if database_exists(loaded)? {
+        let database = describe_database(loaded);
         return Err(OpenError::KeyMissing(format!(
-            "{} does not exist, but the database in {} does: it needs the key it was created \
-             with (restore the key file, or set ZOFTOKEN_MASTER_KEY)",
+            "{} does not exist, but the database in {database} does: it needs the key it was \
+             created with (restore the key file, or set ZOFTOKEN_MASTER_KEY)",
             file.display(),
-            data_dir.display()
         )));
     }
     if loaded.config.master_key.file.is_some() {
@@ -306,21 +354,72 @@ pub fn open_store(
     env: &dyn Fn(&str) -> Option<String>,
     warnings: &mut Vec<String>,
 ) -> Result<Store, OpenError> {
-    let dir = &loaded.config.data_dir;
     let key = master_key(loaded, env, warnings)?;
-    create_private_dir(dir).map_err(io(dir))?;
-    if let Some(note) = tighten_data_dir(dir).map_err(io(dir))? {
-        warnings.push(note);
-    }
-    let kv = RocksKv::open(dir).map_err(|e| match e {
-        KvError::Locked(source) => OpenError::Locked(source.to_string()),
-        other => OpenError::Store(other.into()),
+    let kv: Arc<dyn KvStore> = match &loaded.postgres {
+        Some(pg) => Arc::new(open_postgres(loaded, pg, warnings)?),
+        None => {
+            let dir = &loaded.config.data_dir;
+            create_private_dir(dir).map_err(io(dir))?;
+            if let Some(note) = tighten_data_dir(dir).map_err(io(dir))? {
+                warnings.push(note);
+            }
+            Arc::new(RocksKv::open(dir).map_err(|e| match e {
+                KvError::Locked(source) => OpenError::Locked(source.to_string()),
+                other => OpenError::Store(other.into()),
+            })?)
+        }
+    };
+    Ok(Store::open(kv, key, loaded.config.durability.into())?)
+}
+
+/// Connects to PostgreSQL (schema migrated to this build's version) and checks that a
+/// failover cannot lose a write the server acknowledges: no standby that replicates
+/// asynchronously, commits that wait for the synchronous ones, not a standby itself. Unless
+/// `storage.postgres.accept_async_replication` accepts the risk (then a warning).
+fn open_postgres(
+    loaded: &Loaded,
+    pg: &PgConfig,
+    warnings: &mut Vec<String>,
+) -> Result<PgKv, OpenError> {
+    let database = pg.describe();
+    let kv = PgKv::open(pg).map_err(|source| OpenError::Postgres {
+        database: database.clone(),
+        source,
     })?;
-    Ok(Store::open(
-        Arc::new(kv),
-        key,
-        loaded.config.durability.into(),
-    )?)
+    let replication = kv.replication().map_err(|e| OpenError::Store(e.into()))?;
+    if replication.in_recovery {
+        return Err(OpenError::Replication {
+            database,
+            message: "is a standby (read-only, in recovery): point the server at the primary"
+                .into(),
+        });
+    }
+    if let Some(why) = replication.loss_on_failover() {
+        let accepted = loaded
+            .config
+            .storage
+            .postgres
+            .as_ref()
+            .is_some_and(|p| p.accept_async_replication);
+        let risk = format!(
+            "{why}. A failover could lose writes this server acknowledged, and a lost write \
+             can let a replayed request through"
+        );
+        if !accepted {
+            return Err(OpenError::Replication {
+                database,
+                message: format!(
+                    "{risk}. Make the standbys synchronous (synchronous_standby_names, \
+                     synchronous_commit = on), or set \
+                     storage.postgres.accept_async_replication: true to accept the risk"
+                ),
+            });
+        }
+        warnings.push(format!(
+            "PostgreSQL {database}: {risk} (accepted by storage.postgres.accept_async_replication)"
+        ));
+    }
+    Ok(kv)
 }
 
 /// Opens the database of a damaged write-ahead log, dropping everything from the first damage
@@ -331,8 +430,17 @@ pub fn recover_store(
     env: &dyn Fn(&str) -> Option<String>,
     warnings: &mut Vec<String>,
 ) -> Result<(Store, zoftoken_storage_rocksdb::Recovery), OpenError> {
+    if loaded.postgres.is_some() {
+        return Err(OpenError::Io {
+            path: loaded.config.data_dir.clone(),
+            source: std::io::Error::other(
+                "`db recover` repairs an embedded RocksDB database; PostgreSQL recovers by \
+                 itself (its own tools restore a damaged cluster)",
+            ),
+        });
+    }
     let dir = &loaded.config.data_dir;
-    if !database_exists(dir) {
+    if !rocksdb_exists(dir) {
         return Err(OpenError::Io {
             path: dir.clone(),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no database here"),

@@ -22,8 +22,8 @@ use zoftoken_server::config::ConfigSource;
 use zoftoken_server::config::{self, Loaded};
 use zoftoken_server::now_ms;
 use zoftoken_server::open::{
-    build_engine, database_exists, effective_config, open_store, write_demo_admin_authkey,
-    OpenError,
+    build_engine, database_exists, describe_database, effective_config, open_store,
+    write_demo_admin_authkey, OpenError,
 };
 use zoftoken_server::udp::{choose_driver, UdpServer};
 use zoftoken_storage::{Committer, CommitterConfig, Store};
@@ -34,7 +34,7 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
     let nofile = zoftoken_server::limits::raise_nofile_limit();
     let mut warnings = Vec::new();
     let env = |k: &str| std::env::var(k).ok();
-    let new_database = !database_exists(&loaded.config.data_dir);
+    let new_database = !database_exists(&loaded)?;
     if loaded.config.demo_admin_authkey && new_database {
         refuse_an_earlier_demo_admin_authkey(&loaded)?;
     }
@@ -53,7 +53,7 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     tracing::info!(
         "loading tokens from {} with {threads} threads",
-        loaded.config.data_dir.display()
+        describe_database(&loaded)
     );
     let started = Instant::now();
     let report = store

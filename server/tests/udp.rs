@@ -23,7 +23,7 @@ use rand_core::RngCore;
 use zoftoken_device::{Pairing, Reply, Request};
 use zoftoken_proto::deeplink::Deeplink;
 use zoftoken_proto::{PinVerifier, WireState};
-use zoftoken_testkit::{now_ms, Link, UdpLink};
+use zoftoken_testkit::{now_ms, Link, PgCluster, UdpLink};
 
 struct Env {
     dir: tempfile::TempDir,
@@ -36,8 +36,20 @@ impl Env {
         Env::with_endpoints(io, &[])
     }
 
+    /// A server on PostgreSQL: a database of its own in the test process's cluster.
+    fn postgres(io: &'static str) -> (Env, String) {
+        let url = PgCluster::shared().database();
+        let storage = format!("storage:\n  backend: postgres\n  postgres:\n    url: \"{url}\"\n");
+        (Env::with(io, &[], &storage), url)
+    }
+
     /// A server whose service hands apps `extra` endpoints before its own.
     fn with_endpoints(io: &'static str, extra: &[String]) -> Env {
+        Env::with(io, extra, "")
+    }
+
+    /// As [`Env::with_endpoints`], with `storage` (YAML) added to the configuration.
+    fn with(io: &'static str, extra: &[String], storage: &str) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let udp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let endpoints: Vec<String> = extra
@@ -48,11 +60,15 @@ impl Env {
             .collect();
         let config = format!(
             "listen: {{ udp: [\"{udp}\"], http: \"127.0.0.1:0\" }}\ndata_dir: data\nio_threads: 2\n\
-             services:\n  - name: bank\n    window: 600\n    endpoints: [{}]\n",
+             {storage}services:\n  - name: bank\n    window: 600\n    endpoints: [{}]\n",
             endpoints.join(", ")
         );
         std::fs::write(dir.path().join("config.yaml"), config).unwrap();
         Env { dir, udp, io }
+    }
+
+    fn cluster_execute(&self, url: &str, sql: &str) {
+        PgCluster::shared().execute(url, sql);
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
@@ -233,6 +249,62 @@ fn a_device_pairs_opens_and_closes_over_udp_with_both_drivers() {
 }
 
 #[test]
+fn a_device_pairs_opens_and_closes_on_postgres() {
+    let (e, _) = Env::postgres("mmsg");
+    let link = e.enroll("alice");
+    let server = e.serve();
+    let mut phone = Phone::pair(e.udp, &link, "2468");
+    assert_eq!(phone.state(), WireState::Closed);
+    assert_eq!(phone.open(), WireState::Open);
+    let closed = phone.send(Request::Close).expect("CLOSE answered");
+    assert_eq!(closed.status().state, WireState::Closed);
+    let wrong = PinVerifier::derive("0000", &phone.token.token_id()).unwrap();
+    for _ in 0..3 {
+        let r = phone.send(Request::Open(&wrong)).expect("answered");
+        assert_ne!(r.status().state, WireState::Open);
+    }
+    assert_eq!(phone.open(), WireState::Blocked);
+    let log = server.stop();
+    assert!(log.contains("stopped"), "{log}");
+}
+
+/// Another writer of the shared database (another server) changes a token behind this
+/// server's back: the server's next change of that token is refused by the compare-and-set,
+/// so its reply is withheld (nothing stale is acknowledged); the server reloads the token, and
+/// the phone's retry is answered from what the database holds.
+#[test]
+fn a_change_made_behind_the_servers_back_is_never_overwritten() {
+    let (e, url) = Env::postgres("mmsg");
+    let link = e.enroll("alice");
+    let server = e.serve();
+    let mut phone = Phone::pair(e.udp, &link, "2468");
+    assert_eq!(phone.open(), WireState::Open);
+    // Another server blocks the token (its state record rewritten, its version bumped).
+    let id = hex::encode(phone.token.token_id().0);
+    let blocked = zoftoken_engine::TokenState::Blocked as u8;
+    e.cluster_execute(
+        &url,
+        &format!(
+            "UPDATE zoftoken_state SET version = version + 1, \
+             v = overlay(overlay(v placing int4send((version + 1)::int4) from 2 for 4) \
+             placing set_byte('\\x00'::bytea, 0, {blocked}) from 6 for 1) \
+             WHERE k = '\\x{id}'"
+        ),
+    );
+    // This server's CLOSE is refused by the database: no reply.
+    assert!(
+        phone.send(Request::Close).is_none(),
+        "a stale change answered"
+    );
+    // The token was reloaded: the retry sees the other server's change.
+    assert_eq!(phone.state(), WireState::Blocked);
+    assert_eq!(phone.open(), WireState::Blocked);
+    let (code, metrics) = server.get("/readyz");
+    assert_eq!(code, 200, "a conflict is not an outage: {metrics}");
+    server.stop();
+}
+
+#[test]
 fn hostile_datagrams_get_no_reply_and_service_goes_on() {
     for io in drivers() {
         let e = Env::new(io);
@@ -300,7 +372,15 @@ fn hostile_datagrams_get_no_reply_and_service_goes_on() {
 
 #[test]
 fn acknowledged_changes_survive_kill_9() {
-    let e = Env::new("auto");
+    acknowledged_changes_survive_kill_9_of(Env::new("auto"));
+}
+
+#[test]
+fn acknowledged_changes_survive_kill_9_on_postgres() {
+    acknowledged_changes_survive_kill_9_of(Env::postgres("mmsg").0);
+}
+
+fn acknowledged_changes_survive_kill_9_of(e: Env) {
     let links: Vec<String> = (0..3).map(|i| e.enroll(&format!("user{i}"))).collect();
     let server = e.serve();
     let mut phones: Vec<Phone> = links
@@ -330,7 +410,15 @@ fn acknowledged_changes_survive_kill_9() {
 /// sent after that answer (the others may or may not have taken a later, unanswered change).
 #[test]
 fn every_acknowledged_change_survives_kill_9_during_a_load() {
-    let e = Env::new("mmsg");
+    every_acknowledged_change_survives_kill_9_during_a_load_of(Env::new("mmsg"));
+}
+
+#[test]
+fn every_acknowledged_change_survives_kill_9_during_a_load_on_postgres() {
+    every_acknowledged_change_survives_kill_9_during_a_load_of(Env::postgres("mmsg").0);
+}
+
+fn every_acknowledged_change_survives_kill_9_during_a_load_of(e: Env) {
     let o = e
         .cmd(&["loadgen", "prepare", "--tokens", "3000", "--seed", "7"])
         .output()

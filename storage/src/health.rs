@@ -17,6 +17,9 @@ use crate::error::StoreError;
 pub struct Health {
     writable: AtomicBool,
     failed_commits: AtomicU64,
+    /// Commits refused because another writer of a shared database had changed a token
+    /// first (the database itself is fine).
+    conflicts: AtomicU64,
     /// The last write error, for the one log line and `/readyz`.
     last_error: Mutex<Option<String>>,
     /// Tokens whose restore could not read the database: still unsettled, retried by
@@ -35,6 +38,7 @@ impl Default for Health {
         Health {
             writable: AtomicBool::new(true),
             failed_commits: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
             last_error: Mutex::new(None),
             unrestored: Mutex::new(Vec::new()),
             last_probe_ms: AtomicU64::new(0),
@@ -52,6 +56,20 @@ impl Health {
     /// Commits that failed since start.
     pub fn failed_commits(&self) -> u64 {
         self.failed_commits.load(Ordering::Relaxed)
+    }
+
+    /// Commits refused since start because another writer of a shared database had changed
+    /// one of their tokens first (counted in [`Health::failed_commits`] too).
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts.load(Ordering::Relaxed)
+    }
+
+    /// A commit refused because another writer changed one of its tokens first: nothing of it
+    /// was written, and its tokens are restored from the database as after any failed write,
+    /// but the database can write, so the server stays ready.
+    pub(crate) fn write_conflicted(&self) {
+        self.failed_commits.fetch_add(1, Ordering::Relaxed);
+        self.conflicts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Why writes fail, while they do.

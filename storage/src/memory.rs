@@ -52,6 +52,22 @@ impl KvStore for MemoryKv {
         Ok(())
     }
 
+    fn compare_and_put(
+        &self,
+        cf: Cf,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<bool, KvError> {
+        let mut tables = self.lock();
+        let t = tables.entry(cf).or_default();
+        if t.get(key).map(Vec::as_slice) != expected {
+            return Ok(false);
+        }
+        t.insert(key.to_vec(), value.to_vec());
+        Ok(true)
+    }
+
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
         Ok(self.lock().get(&cf).and_then(|t| t.get(key).cloned()))
     }

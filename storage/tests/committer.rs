@@ -226,6 +226,65 @@ fn a_failed_write_leaves_memory_as_the_store_holds_it() {
 }
 
 #[test]
+fn a_conflicting_write_restores_the_token_and_keeps_the_server_ready() {
+    use zoftoken_engine::{Force, TokenState};
+    for writer_thread in [true, false] {
+        let (committer, engine, kv) = start(4, writer_thread);
+        let mut s = committer.submitter();
+        let id = zoftoken_proto::TokenId::derive("demo", "alice");
+        let record = zoftoken_engine::TokenRecord {
+            kind: zoftoken_engine::TokenKind::App,
+            service: 0,
+            secret: zoftoken_proto::SecretBytes::new([3; 32]),
+            pin_verifier: zoftoken_proto::SecretBytes::new([4; 32]),
+            duress_verifier: None,
+            status: zoftoken_engine::TokenStateRecord::new(id),
+        };
+        engine.load_token(&record).unwrap();
+        let mut batch = Batch::new();
+        batch.mutations.push(Mutation::Token(Box::new(record)));
+        assert!(s.submit(batch).is_ok());
+        assert!(s.wait_done().unwrap().result.is_ok());
+        // Another server of a shared database changed alice first: this block is refused.
+        kv.set_conflicting(true);
+        let mut block = Batch::new();
+        engine
+            .force(1_000, &id, Force::Blocked, &mut block)
+            .unwrap();
+        assert!(s.submit(block).is_ok());
+        let done = s.wait_done().unwrap();
+        assert!(
+            matches!(&done.result, Err(CommitError::Write(e)) if matches!(**e, StoreError::Kv(KvError::Conflict(_)))),
+            "{:?}",
+            done.result
+        );
+        // Nothing of it is visible, alice is what the database holds, and the database is
+        // not reported as failing: a conflict is not an outage.
+        assert_eq!(
+            engine.status(1_000, "demo", "alice").unwrap().state,
+            TokenState::Closed
+        );
+        assert_eq!(engine.committed_events(EventKind::Blocked), 0);
+        assert_eq!(outbox_events(&committer.store), 0);
+        assert_eq!(engine.unsettled_count(), 0);
+        let health = committer.store.health();
+        assert!(health.writable());
+        assert_eq!((health.conflicts(), health.failed_commits()), (1, 1));
+        kv.set_conflicting(false);
+        let mut block = Batch::new();
+        engine
+            .force(2_000, &id, Force::Blocked, &mut block)
+            .unwrap();
+        assert!(s.submit(block).is_ok());
+        assert!(s.wait_done().unwrap().result.is_ok());
+        assert_eq!(
+            engine.status(2_000, "demo", "alice").unwrap().state,
+            TokenState::Blocked
+        );
+    }
+}
+
+#[test]
 fn shutdown_writes_the_queue_then_refuses() {
     for writer_thread in [true, false] {
         let (committer, engine, kv) = start(64, writer_thread);

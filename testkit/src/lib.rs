@@ -11,6 +11,8 @@
 //!   virtual clock whose batches go to a [`Sink`] (a [`zoftoken_engine::MemoryCommit`] log, or
 //!   a [`zoftoken_storage::Store`]), the events of the committed batches, pairing and requests
 //!   through [`zoftoken_engine::Engine::handle_packet`].
+//! - [`postgres`]: throwaway PostgreSQL clusters ([`PgCluster`]): one per test process with a
+//!   database per test, or a test's own to crash and restart.
 //! - [`udp`]: a [`Responder`] thread answering datagrams on a loopback socket, and a phone's
 //!   [`UdpLink`] to a server.
 //!
@@ -27,10 +29,12 @@ pub mod clock;
 pub mod durable;
 pub mod harness;
 pub mod phone;
+pub mod postgres;
 pub mod udp;
 
 pub use clock::{now_ms, T0};
 pub use durable::{commit_in_memory, FullDisk};
 pub use harness::{Harness, Sink};
 pub use phone::{Link, Phone, DURESS_PIN, PIN};
+pub use postgres::PgCluster;
 pub use udp::{NoReply, Responder, UdpLink};

@@ -834,6 +834,16 @@ impl zoftoken_storage::KvStore for HeldKv {
         self.inner.write(batch, durability)
     }
 
+    fn compare_and_put(
+        &self,
+        cf: zoftoken_storage::Cf,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<bool, zoftoken_storage::KvError> {
+        self.inner.compare_and_put(cf, key, expected, value)
+    }
+
     fn get(
         &self,
         cf: zoftoken_storage::Cf,

@@ -53,6 +53,9 @@ pub struct Loaded {
     pub authkeys: Vec<zoftoken_engine::AuthkeyConfig>,
     /// `api.trusted_proxies`, parsed.
     pub trusted_proxies: Vec<zoftoken_api::IpRange>,
+    /// With `storage.backend: postgres`: the connection (its string from the file or the
+    /// environment) and the pool's limits.
+    pub postgres: Option<zoftoken_storage_postgres::PgConfig>,
 }
 
 impl Loaded {
@@ -203,6 +206,7 @@ pub fn parse(
     if config.load_threads == Some(0) {
         err("load_threads", "must be at least 1");
     }
+    let postgres = postgres_settings(&mut config, env, &mut err);
     let (mut services, mut authkeys) = (Vec::new(), Vec::new());
     match config.config_source {
         ConfigSource::Database => {
@@ -250,5 +254,113 @@ pub fn parse(
         services,
         authkeys,
         trusted_proxies,
+        postgres,
     })
+}
+
+/// `storage:` with its environment overrides (`ZOFTOKEN_STORAGE_BACKEND`,
+/// `ZOFTOKEN_DATABASE_URL`): PostgreSQL's connection, checked, or `None` for RocksDB.
+fn postgres_settings(
+    config: &mut Config,
+    env: &dyn Fn(&str) -> Option<String>,
+    err: &mut dyn FnMut(&str, &str),
+) -> Option<zoftoken_storage_postgres::PgConfig> {
+    if let Some(v) = env("ZOFTOKEN_STORAGE_BACKEND") {
+        match v.as_str() {
+            "rocksdb" => config.storage.backend = BackendSetting::Rocksdb,
+            "postgres" => config.storage.backend = BackendSetting::Postgres,
+            _ => err(
+                "ZOFTOKEN_STORAGE_BACKEND",
+                "must be `rocksdb` or `postgres`",
+            ),
+        }
+    }
+    if config.storage.backend == BackendSetting::Rocksdb {
+        if config.storage.postgres.is_some() {
+            err("storage.postgres", "only with `storage.backend: postgres`");
+        }
+        return None;
+    }
+    let settings = config.storage.postgres.clone();
+    let Some(s) = settings else {
+        if env("ZOFTOKEN_DATABASE_URL").is_none() {
+            err(
+                "storage.postgres",
+                "`backend: postgres` needs `postgres: { url: … }` or `url_env`, or \
+                 ZOFTOKEN_DATABASE_URL in the environment",
+            );
+            return None;
+        }
+        return postgres_config(
+            env("ZOFTOKEN_DATABASE_URL"),
+            "ZOFTOKEN_DATABASE_URL",
+            None,
+            err,
+        );
+    };
+    if s.url.is_some() && s.url_env.is_some() {
+        err("storage.postgres", "give `url` or `url_env`, not both");
+        return None;
+    }
+    let (url, from) = if let Some(url) = env("ZOFTOKEN_DATABASE_URL") {
+        (Some(url), "ZOFTOKEN_DATABASE_URL".to_owned())
+    } else if let Some(name) = &s.url_env {
+        match env(name) {
+            Some(url) => (Some(url), name.clone()),
+            None => {
+                err(
+                    "storage.postgres.url_env",
+                    &format!("`{name}` is not set in the environment"),
+                );
+                return None;
+            }
+        }
+    } else {
+        (s.url.clone(), "storage.postgres.url".to_owned())
+    };
+    if from == "storage.postgres.url" && url.is_none() {
+        err("storage.postgres.url", "give `url` or `url_env`");
+        return None;
+    }
+    postgres_config(url, &from, Some(&s), err)
+}
+
+fn postgres_config(
+    url: Option<String>,
+    from: &str,
+    s: Option<&PostgresSettings>,
+    err: &mut dyn FnMut(&str, &str),
+) -> Option<zoftoken_storage_postgres::PgConfig> {
+    let url = url?;
+    let mut pg = match zoftoken_storage_postgres::PgConfig::parse(&url) {
+        Ok(pg) => pg,
+        Err(e) => {
+            err(from, &e.to_string());
+            return None;
+        }
+    };
+    if from == "storage.postgres.url" && pg.has_password() {
+        err(
+            from,
+            "holds a password: configuration files are read by many; give the connection \
+             string in the environment instead (`url_env`, or ZOFTOKEN_DATABASE_URL)",
+        );
+        return None;
+    }
+    pg.pool_size = 16;
+    if let Some(s) = s {
+        if let Some(n) = s.pool_size {
+            if !(1..=1024).contains(&n) {
+                err("storage.postgres.pool_size", "must be 1 to 1024");
+            }
+            pg.pool_size = n;
+        }
+        if let Some(ms) = s.timeout_ms {
+            if !(100..=600_000).contains(&ms) {
+                err("storage.postgres.timeout_ms", "must be 100 to 600000");
+            }
+            pg.set_timeout(std::time::Duration::from_millis(ms));
+        }
+    }
+    Some(pg)
 }

@@ -42,6 +42,68 @@ impl From<DurabilitySetting> for Durability {
     }
 }
 
+/// Which database holds the instance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendSetting {
+    /// RocksDB, embedded, in `data_dir`: one server.
+    #[default]
+    Rocksdb,
+    /// PostgreSQL (`storage.postgres`): the database several servers of one instance share.
+    Postgres,
+}
+
+/// The database (`storage:`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    /// `rocksdb` (default) or `postgres`.
+    #[serde(default)]
+    pub backend: BackendSetting,
+    /// PostgreSQL's settings (`backend: postgres`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSettings>,
+}
+
+/// How to reach PostgreSQL (`storage.postgres:`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSettings {
+    /// The connection string, libpq style (`host=db1 port=5432 user=zoftoken dbname=zoftoken`
+    /// or `postgresql://…`). One with a password is refused here: give it in the environment
+    /// variable `url_env` names instead (or `ZOFTOKEN_DATABASE_URL`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The environment variable holding the connection string (it may hold a password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_env: Option<String>,
+    /// Connections per server at most (default 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_size: Option<usize>,
+    /// Longest wait for a connection, for a connect, and for any one statement, in
+    /// milliseconds (default 5000): beyond it the operation fails as if the database were
+    /// down (no reply, `503`), never hangs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Start even though PostgreSQL replicates asynchronously (default false: refused). A
+    /// failover to an asynchronous standby can lose writes the server acknowledged, and a lost
+    /// write can let a replayed request through; set this only if you accept that.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_async_replication: bool,
+}
+
+impl std::fmt::Debug for PostgresSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSettings")
+            .field("url", &self.url.as_ref().map(|_| "<not shown>"))
+            .field("url_env", &self.url_env)
+            .field("pool_size", &self.pool_size)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("accept_async_replication", &self.accept_async_replication)
+            .finish()
+    }
+}
+
 /// Which UDP driver serves the apps.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -126,9 +188,13 @@ pub struct Config {
     /// Listen addresses.
     #[serde(default)]
     pub listen: Listen,
-    /// Directory of the database (relative paths are relative to the working directory).
+    /// Directory of the database (relative paths are relative to the working directory); with
+    /// PostgreSQL, of the master key file and nothing else.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// The database: embedded RocksDB in `data_dir` (default) or PostgreSQL.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub storage: StorageSettings,
     /// Durability of group commits.
     #[serde(default)]
     pub durability: DurabilitySetting,
@@ -189,6 +255,10 @@ pub struct Config {
     /// `warn,zoftoken_webhooks=debug`). The `RUST_LOG` environment variable wins when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_filter: Option<String>,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// The name of the authkey `demo_admin_authkey: true` creates.

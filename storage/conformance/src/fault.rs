@@ -15,6 +15,7 @@ pub struct FaultyKv {
     inner: Arc<dyn KvStore>,
     write_delay_us: AtomicU64,
     failing: AtomicBool,
+    conflicting: AtomicBool,
     writes: AtomicU64,
 }
 
@@ -25,6 +26,7 @@ impl FaultyKv {
             inner,
             write_delay_us: AtomicU64::new(0),
             failing: AtomicBool::new(false),
+            conflicting: AtomicBool::new(false),
             writes: AtomicU64::new(0),
         }
     }
@@ -38,6 +40,12 @@ impl FaultyKv {
     /// While `true`, writes fail with an IO error (a full or broken disk).
     pub fn set_failing(&self, failing: bool) {
         self.failing.store(failing, Ordering::Relaxed);
+    }
+
+    /// While `true`, writes fail as a shared database refuses a write whose token another
+    /// server changed first ([`KvError::Conflict`]).
+    pub fn set_conflicting(&self, conflicting: bool) {
+        self.conflicting.store(conflicting, Ordering::Relaxed);
     }
 
     /// Writes attempted so far.
@@ -56,11 +64,34 @@ impl KvStore for FaultyKv {
         if self.failing.load(Ordering::Relaxed) {
             return Err(KvError::Io("injected write failure (no space left)".into()));
         }
+        if self.conflicting.load(Ordering::Relaxed) {
+            return Err(KvError::Conflict(
+                "injected conflict (changed by another writer)".into(),
+            ));
+        }
         self.inner.write(batch, durability)
+    }
+
+    fn compare_and_put(
+        &self,
+        cf: Cf,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<bool, KvError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(KvError::Io("injected write failure (no space left)".into()));
+        }
+        self.inner.compare_and_put(cf, key, expected, value)
     }
 
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
         self.inner.get(cf, key)
+    }
+
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
     }
 
     fn scan(

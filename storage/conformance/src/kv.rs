@@ -1,7 +1,7 @@
 //! The key-value contract: atomic ordered batches, ordered bounded scans, separate column
 //! families, versioned state puts, durability across a clean reopen and a crash.
 
-use zoftoken_storage::{Cf, Durability, KvStore, WriteBatch};
+use zoftoken_storage::{Cf, Durability, KvError, KvStore, WriteBatch};
 
 use crate::Harness;
 
@@ -94,9 +94,14 @@ fn state_value(version: u32, tag: u8) -> Vec<u8> {
 }
 
 /// Versioned state puts keep the newest version whatever the write order, in one batch or
-/// across batches and reopenings, across version wrap-around, and after a delete.
+/// across batches and reopenings, across version wrap-around, and after a delete. A shared
+/// store compares and sets instead ([`kv_shared_versioned_puts_compare_and_set`]).
 pub fn kv_put_newer_keeps_the_newest_version(h: &mut dyn Harness) {
     let kv = h.open().unwrap();
+    if kv.is_shared() {
+        drop(kv);
+        return kv_shared_versioned_puts_compare_and_set(h);
+    }
     let write = |kv: &dyn KvStore, key: &str, version: u32, tag: u8| {
         let mut b = WriteBatch::new();
         b.put_newer(Cf::State, key.as_bytes(), state_value(version, tag));
@@ -139,6 +144,131 @@ pub fn kv_put_newer_keeps_the_newest_version(h: &mut dyn Harness) {
     .unwrap();
     assert_eq!(seen.len(), 4);
     assert!(seen.contains(&(b"wrapped".to_vec(), state_value(0, 2))));
+}
+
+/// A store shared by several servers: a versioned state put applies only over the version
+/// just before it (or no record, in a batch that creates the token: it writes the key's
+/// `secrets` record too), in order within a batch; a stale or skipping write, or one to a
+/// token deleted meanwhile, fails the whole batch with [`KvError::Conflict`], writing nothing
+/// of it.
+pub fn kv_shared_versioned_puts_compare_and_set(h: &mut dyn Harness) {
+    let kv = h.open().unwrap();
+    assert!(kv.is_shared());
+    let write = |kv: &dyn KvStore, key: &str, versions: &[(u32, u8)]| {
+        let mut b = WriteBatch::new();
+        for (version, tag) in versions {
+            b.put_newer(Cf::State, key.as_bytes(), state_value(*version, *tag));
+        }
+        b.put(Cf::Outbox, format!("{key}/{versions:?}"), "event");
+        kv.write(&b, Durability::Wal)
+    };
+    let create = |kv: &dyn KvStore, key: &str, version: u32, tag: u8| {
+        let mut b = WriteBatch::new();
+        b.put(Cf::Secrets, key.as_bytes(), "sealed");
+        b.put_newer(Cf::State, key.as_bytes(), state_value(version, tag));
+        kv.write(&b, Durability::Wal)
+    };
+    let value = |kv: &dyn KvStore, k: &str| kv.get(Cf::State, k.as_bytes()).unwrap();
+    let conflict = |r: Result<(), KvError>| matches!(r, Err(KvError::Conflict(_)));
+    // No record: only a batch that creates the token may write its state.
+    assert!(conflict(write(&*kv, "t", &[(1, 1)])));
+    assert_eq!(value(&*kv, "t"), None);
+    create(&*kv, "t", 1, 1).unwrap();
+    write(&*kv, "t", &[(2, 2)]).unwrap();
+    // Another writer's view: stale (1 again) or ahead of what is stored (4 over 2).
+    assert!(conflict(write(&*kv, "t", &[(1, 9)])));
+    assert!(conflict(write(&*kv, "t", &[(4, 9)])));
+    assert_eq!(value(&*kv, "t"), Some(state_value(2, 2)));
+    // Nothing of a refused batch was written, not even its other records.
+    assert_eq!(keys(&*kv, Cf::Outbox, "", None).len(), 1);
+    // Several versions of one token in one batch: compared against the first's predecessor.
+    write(&*kv, "t", &[(3, 3), (4, 4)]).unwrap();
+    assert_eq!(value(&*kv, "t"), Some(state_value(4, 4)));
+    let mut b = WriteBatch::new();
+    b.put_newer(Cf::State, "t", state_value(5, 5));
+    b.put_newer(Cf::State, "other", state_value(7, 7));
+    b.put_newer(Cf::State, "t", state_value(9, 9));
+    assert!(conflict(kv.write(&b, Durability::Wal)), "9 is not after 5");
+    assert_eq!(value(&*kv, "other"), None);
+    // Wrap-around: the version after u32::MAX is 0.
+    create(&*kv, "wrapped", u32::MAX - 1, 1).unwrap();
+    write(&*kv, "wrapped", &[(u32::MAX, 2)]).unwrap();
+    write(&*kv, "wrapped", &[(0, 3)]).unwrap();
+    assert_eq!(value(&*kv, "wrapped"), Some(state_value(0, 3)));
+    // Deleted (by another writer): a write from the old view is refused; the token created
+    // again starts anew, in a later batch or in the same one.
+    let mut b = WriteBatch::new();
+    b.delete(Cf::State, "t");
+    kv.write(&b, Durability::Wal).unwrap();
+    assert!(conflict(write(&*kv, "t", &[(5, 5)])));
+    assert_eq!(value(&*kv, "t"), None);
+    create(&*kv, "t", 1, 7).unwrap();
+    let mut b = WriteBatch::new();
+    b.delete(Cf::State, "t");
+    b.put_newer(Cf::State, "t", state_value(1, 8));
+    kv.write(&b, Durability::Wal).unwrap();
+    assert_eq!(value(&*kv, "t"), Some(state_value(1, 8)));
+    drop(kv);
+    let kv = h.open().unwrap();
+    assert_eq!(value(&*kv, "t"), Some(state_value(1, 8)));
+    write(&*kv, "t", &[(2, 9)]).unwrap();
+    assert_eq!(value(&*kv, "t"), Some(state_value(2, 9)));
+}
+
+/// `compare_and_put` replaces a value only if it is the expected one (or absent, when no
+/// value is expected), and says whether it did.
+pub fn kv_compare_and_put_is_atomic(h: &mut dyn Harness) {
+    let kv = h.open().unwrap();
+    assert!(kv.compare_and_put(Cf::Meta, b"epoch", None, b"1").unwrap());
+    assert!(!kv.compare_and_put(Cf::Meta, b"epoch", None, b"2").unwrap());
+    assert!(!kv
+        .compare_and_put(Cf::Meta, b"epoch", Some(b"0"), b"2")
+        .unwrap());
+    assert_eq!(get(&*kv, Cf::Meta, "epoch").as_deref(), Some("1"));
+    assert!(kv
+        .compare_and_put(Cf::Meta, b"epoch", Some(b"1"), b"2")
+        .unwrap());
+    assert_eq!(get(&*kv, Cf::Meta, "epoch").as_deref(), Some("2"));
+    // Many threads racing from the same start: each value is handed out once.
+    let kv: std::sync::Arc<dyn KvStore> = kv;
+    let won: Vec<u32> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let kv = kv.clone();
+                s.spawn(move || {
+                    let mut mine = Vec::new();
+                    for _ in 0..25 {
+                        loop {
+                            let old = kv.get(Cf::Meta, b"counter").unwrap();
+                            let n = old
+                                .as_deref()
+                                .map_or(0, |v| u32::from_be_bytes(v.try_into().unwrap()));
+                            if kv
+                                .compare_and_put(
+                                    Cf::Meta,
+                                    b"counter",
+                                    old.as_deref(),
+                                    &(n + 1).to_be_bytes(),
+                                )
+                                .unwrap()
+                            {
+                                mine.push(n + 1);
+                                break;
+                            }
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let mut sorted = won.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (1..=100).collect::<Vec<u32>>());
 }
 
 /// Everything written is there after a flush and a clean reopen.

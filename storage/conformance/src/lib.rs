@@ -1,10 +1,11 @@
 //! The storage conformance suite: every [`KvStore`] implementation (the in-memory store of
-//! `zoftoken-storage`, RocksDB) must pass these tests, run through
+//! `zoftoken-storage`, RocksDB, PostgreSQL) must pass these tests, run through
 //! [`conformance_tests!`](crate::conformance_tests) with a [`Harness`] that opens, reopens and
 //! "crashes" its kind of database. They cover the key-value contract (atomic ordered batches,
 //! versioned state puts, ordered bounded scans, separate column families, durability across a
-//! clean reopen and a crash) and the store on top of it (initialisation, master-key and schema
-//! checks, commit and load, export and import, webhook delivery records).
+//! clean reopen and a crash, compared puts; for stores shared by several servers, versioned
+//! state puts that compare and set) and the store on top of it (initialisation, master-key
+//! and schema checks, commit and load, export and import, webhook delivery records).
 //!
 //! Also [`FaultyKv`], a store whose writes are slow or fail on demand, for the tests of what
 //! the server does when its disk is slow or full.
@@ -35,7 +36,8 @@ mod webhooks;
 pub use fault::FaultyKv;
 pub use kv::{
     kv_batches_are_atomic_and_ordered, kv_column_families_are_separate,
-    kv_put_newer_keeps_the_newest_version, kv_scans_are_ordered_and_bounded,
+    kv_compare_and_put_is_atomic, kv_put_newer_keeps_the_newest_version,
+    kv_scans_are_ordered_and_bounded, kv_shared_versioned_puts_compare_and_set,
     kv_survives_clean_reopen, kv_survives_crash,
 };
 pub use store::{
@@ -66,6 +68,7 @@ macro_rules! conformance_tests {
             kv_scans_are_ordered_and_bounded,
             kv_column_families_are_separate,
             kv_put_newer_keeps_the_newest_version,
+            kv_compare_and_put_is_atomic,
             kv_survives_clean_reopen,
             kv_survives_crash,
             store_initialises_and_checks_the_master_key,

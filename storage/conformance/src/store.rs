@@ -5,7 +5,7 @@ use zoftoken_engine::{
     Actor, Engine, EngineConfig, Event, EventKind, Mutation, ServiceConfig, TokenState,
 };
 use zoftoken_proto::TokenId;
-use zoftoken_storage::{Cf, Durability, Store, StoreError, WriteBatch};
+use zoftoken_storage::{Cf, Durability, KvError, Store, StoreError, WriteBatch};
 
 use crate::fixtures::{engine, key, service, token, write_tokens};
 use crate::Harness;
@@ -51,17 +51,40 @@ pub fn store_refuses_a_newer_schema_and_data_without_schema(h: &mut dyn Harness)
 /// a new engine; the events are in the outbox.
 pub fn store_commit_and_load_round_trip(h: &mut dyn Harness) {
     let kv = h.open().unwrap();
+    let shared = kv.is_shared();
+    let raw = kv.clone();
     let store = Store::open(kv, key(1), Durability::Wal).unwrap();
     let e1 = engine();
     write_tokens(&store, &e1, 0..300);
-    // A state update of token 7, then an older one landing later (a reordered group commit).
+    // A state update of token 7, then an older one landing later (a reordered group commit,
+    // or, in a store shared by several servers, a server whose view is stale).
     let mut newer = token(7, 3).status;
     newer.failures = 2;
     newer.state = TokenState::Blocked;
     let mut older = token(7, 2).status;
     older.failures = 1;
-    store.commit(&[Mutation::TokenState(newer)], &e1).unwrap();
-    store.commit(&[Mutation::TokenState(older)], &e1).unwrap();
+    if shared {
+        // Compare-and-set: version 2 follows the stored 1, then 3; 2 again is refused whole.
+        store.commit(&[Mutation::TokenState(older)], &e1).unwrap();
+        store.commit(&[Mutation::TokenState(newer)], &e1).unwrap();
+        let stale = store.commit(
+            &[
+                Mutation::TokenState(older),
+                Mutation::BackupCodes(token(3, 1).token_id(), vec![[3; 16]]),
+            ],
+            &e1,
+        );
+        assert!(
+            matches!(stale, Err(StoreError::Kv(KvError::Conflict(_)))),
+            "{stale:?}"
+        );
+        let codes_of_3 = raw.get(Cf::BackupCodes, &token(3, 1).token_id().0).unwrap();
+        assert_eq!(codes_of_3, None, "nothing of a refused batch is written");
+    } else {
+        store.commit(&[Mutation::TokenState(newer)], &e1).unwrap();
+        store.commit(&[Mutation::TokenState(older)], &e1).unwrap();
+    }
+    drop(raw);
     let gone = token(8, 1).token_id();
     store
         .commit(

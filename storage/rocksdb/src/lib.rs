@@ -21,7 +21,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 use rocksdb::{
     BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, Env, ErrorKind,
@@ -44,6 +44,9 @@ pub struct RocksKv {
     path: PathBuf,
     /// A write failed since the last open.
     write_failed: AtomicBool,
+    /// Serialises [`KvStore::compare_and_put`]'s read and write (this process holds the
+    /// database alone).
+    compare_and_put: Mutex<()>,
     /// The held lock of [`LOCK_FILE`] (after `db`: released once the database is closed).
     _lock: File,
 }
@@ -275,6 +278,7 @@ impl RocksKv {
             db: RwLock::new(Some(db)),
             path: path.to_owned(),
             write_failed: AtomicBool::new(false),
+            compare_and_put: Mutex::new(()),
             _lock: lock,
         }
     }
@@ -351,6 +355,26 @@ impl KvStore for RocksKv {
             self.write_failed.store(true, Ordering::Release);
         }
         r
+    }
+
+    fn compare_and_put(
+        &self,
+        cf: Cf,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<bool, KvError> {
+        let _serialised = self
+            .compare_and_put
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if self.get(cf, key)?.as_deref() != expected {
+            return Ok(false);
+        }
+        let mut b = WriteBatch::new();
+        b.put(cf, key, value);
+        self.write(&b, Durability::Fsync)?;
+        Ok(true)
     }
 
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {

@@ -15,6 +15,14 @@ pub enum Op<'a> {
     /// one, the newer version wins (the rule of the `state` record layout, `newer_state` in
     /// the schema), whatever order two concurrent batches are written in. RocksDB does this
     /// with a merge operator.
+    ///
+    /// A store shared by several servers ([`crate::KvStore::is_shared`]) compares and sets
+    /// instead: the write applies only if the stored version is the one just before this one
+    /// (or there is no stored record and the same batch writes the key's `secrets` record:
+    /// the batch creates the token), and otherwise the whole batch fails with
+    /// [`crate::KvError::Conflict`]. One server never conflicts with itself (a token's
+    /// changes are written one after the other); another server's write makes this one's
+    /// stale view fail instead of overwriting what the other acknowledged.
     PutNewer(Cf, &'a [u8], &'a [u8]),
 }
 

@@ -27,6 +27,11 @@ pub enum KvError {
     Io(BoxError),
     /// The database's files are damaged or not a database of ours.
     Corruption(BoxError),
+    /// A write of a store shared by several servers found a record changed by another writer
+    /// since this server read it (a versioned state put whose predecessor is not the stored
+    /// version): nothing of the batch was written. The writer's view of the record is stale;
+    /// it reloads the record and does not acknowledge what it tried to write.
+    Conflict(BoxError),
     /// Any other failure: an operation or argument the implementation does not support.
     Other(BoxError),
 }
@@ -35,16 +40,22 @@ impl KvError {
     /// The implementation's error.
     pub fn get_ref(&self) -> &(dyn Error + Send + Sync + 'static) {
         match self {
-            KvError::Locked(e) | KvError::Io(e) | KvError::Corruption(e) | KvError::Other(e) => {
-                &**e
-            }
+            KvError::Locked(e)
+            | KvError::Io(e)
+            | KvError::Corruption(e)
+            | KvError::Conflict(e)
+            | KvError::Other(e) => &**e,
         }
     }
 
     /// The implementation's error, owned.
     pub fn into_inner(self) -> BoxError {
         match self {
-            KvError::Locked(e) | KvError::Io(e) | KvError::Corruption(e) | KvError::Other(e) => e,
+            KvError::Locked(e)
+            | KvError::Io(e)
+            | KvError::Corruption(e)
+            | KvError::Conflict(e)
+            | KvError::Other(e) => e,
         }
     }
 }
@@ -55,6 +66,7 @@ impl fmt::Display for KvError {
             KvError::Locked(_) => "database is locked by another process (is the server running?)",
             KvError::Io(_) | KvError::Other(_) => "storage error",
             KvError::Corruption(_) => "database corrupt",
+            KvError::Conflict(_) => "write conflict (changed by another writer)",
         };
         write!(f, "{prefix}: {}", self.get_ref())
     }

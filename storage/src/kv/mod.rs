@@ -29,8 +29,8 @@ pub type Visitor<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> bool;
 
 /// A durable, ordered key-value store with column families and atomic batches.
 ///
-/// Implementations: [`crate::MemoryKv`] (tests) and the RocksDB store of
-/// `zoftoken-storage-rocksdb`. The crate `zoftoken-storage-conformance` holds the tests every
+/// Implementations: [`crate::MemoryKv`] (tests), the RocksDB store of
+/// `zoftoken-storage-rocksdb` and the PostgreSQL store of `zoftoken-storage-postgres`. The crate `zoftoken-storage-conformance` holds the tests every
 /// implementation must pass.
 pub trait KvStore: Send + Sync {
     /// Applies the batch atomically: after a crash either every write is there or none is.
@@ -54,6 +54,25 @@ pub trait KvStore: Send + Sync {
 
     /// Makes everything written so far durable on disk (memtables flushed, WAL synced).
     fn flush(&self) -> Result<(), KvError>;
+
+    /// Atomically replaces the value of `key` with `value` if its stored value is `expected`
+    /// (`None`: no record), durable as [`Durability::Fsync`] before it returns; returns
+    /// whether it did. For the few records several servers of one database may write at the
+    /// same moment (the server epoch).
+    fn compare_and_put(
+        &self,
+        cf: Cf,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<bool, KvError>;
+
+    /// Whether several servers may write this store at once (PostgreSQL), so that versioned
+    /// state puts compare and set ([`Op::PutNewer`]). `false` for stores one process holds
+    /// alone (RocksDB, memory).
+    fn is_shared(&self) -> bool {
+        false
+    }
 
     /// After a failed write, makes the store able to write again if it cannot recover by
     /// itself (RocksDB: close and open again). Returns whether it did anything; stores that

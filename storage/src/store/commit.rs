@@ -13,7 +13,7 @@ use zoftoken_engine::{DurableWrite, Engine, EventKind, Mutation};
 use zoftoken_proto::TokenId;
 
 use crate::error::StoreError;
-use crate::kv::{Cf, Durability, WriteBatch};
+use crate::kv::{Cf, Durability, KvError, WriteBatch};
 use crate::schema::{self, meta, Secrets};
 use crate::Store;
 
@@ -255,6 +255,10 @@ impl Store {
                     self.outbox_watermark.advance(seq);
                 }
                 Ok(seq)
+            }
+            Err(KvError::Conflict(source)) => {
+                self.health.write_conflicted();
+                Err(StoreError::Kv(KvError::Conflict(source)))
             }
             Err(e) => {
                 let e = StoreError::from(e);

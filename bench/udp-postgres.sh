@@ -1,0 +1,78 @@
+# Sourced by bench/udp.sh with BACKEND=postgres (its variables and functions are in scope):
+# zoftoken on PostgreSQL against zoftoken on RocksDB, same tokens, same generator, alternated.
+mix="${MIX:-95/3/2}"
+pg_port=47905
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+pg_dir="$work/pg"
+run_pg() { # program, args… (PostgreSQL refuses to run as root: Debian's postgres user then)
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$pg_bin/$1" "${@:2}"; else "$pg_bin/$1" "${@:2}"; fi
+}
+stop_pg() { run_pg pg_ctl -D "$pg_dir/data" -m fast -w stop >/dev/null 2>&1 || true; }
+rm -rf "$pg_dir"
+mkdir -p "$pg_dir"
+[ "$(id -u)" -ne 0 ] || chown postgres: "$pg_dir"
+run_pg initdb -D "$pg_dir/data" --auth=trust -U zoftoken -E UTF8 --locale=C >/dev/null
+run_pg pg_ctl -D "$pg_dir/data" -l "$pg_dir/log" -w -o "-c listen_addresses=127.0.0.1 \
+  -c port=$pg_port -c unix_socket_directories=$pg_dir -c fsync=on -c synchronous_commit=on \
+  -c shared_buffers=512MB -c max_connections=100" start >/dev/null
+trap 'cleanup; stop_pg; rm -rf "$pg_dir"' EXIT
+"$pg_bin/psql" -X -q -h 127.0.0.1 -p "$pg_port" -U zoftoken -d postgres -c "CREATE DATABASE zoftoken"
+echo "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$pg_port (fsync on, synchronous_commit on)" >&2
+
+port_pg_zt=47906
+mkdir -p "$work/on-postgres"
+cat > "$work/on-postgres/config.yaml" <<CONFIG
+listen: { udp: ["127.0.0.1:$port_pg_zt"], http: "127.0.0.1:47907" }
+data_dir: data
+io_threads: $threads
+storage:
+  backend: postgres
+  postgres:
+    url: "host=127.0.0.1 port=$pg_port user=zoftoken dbname=zoftoken"
+services:
+  - name: bench
+    window: 600
+    endpoints: ["127.0.0.1:$port_pg_zt"]
+CONFIG
+# The same token set (same seed, same master key) in PostgreSQL.
+mkdir -p "$work/on-postgres/data"
+cp "$work/data/master.key" "$work/on-postgres/data/master.key"
+started=$(date +%s.%N)
+(cd "$work/on-postgres" && "$zoftoken" --config config.yaml loadgen prepare --tokens "$tokens" >&2)
+echo "prepared $tokens tokens in PostgreSQL in $(python3 -c "import time; print(round(time.time() - $started, 1))") s" >&2
+rm -f "$work/counters-pg"
+
+log_rocks="$work/serve.log"
+(cd "$work" && ZOFTOKEN_IO="$io" exec "$zoftoken" --config config.yaml serve) 2> "$log_rocks" &
+pids+=($!)
+rocks_pid=$!
+log_pg="$work/on-postgres/serve.log"
+(cd "$work/on-postgres" && ZOFTOKEN_IO="$io" exec "$zoftoken" --config config.yaml serve) 2> "$log_pg" &
+pids+=($!)
+pg_pid=$!
+for l in "$log_rocks" "$log_pg"; do
+  for _ in $(seq 1 1200); do grep -q "serving UDP" "$l" && break; sleep 0.1; done
+  grep -E "loaded|serving" "$l" >&2
+done
+rocks_runs=()
+pg_runs=()
+for round in $(seq 1 "$rounds"); do
+  rocks_runs+=("$(run_load "127.0.0.1:$port_zt" --mix "$mix" --counters "$work/counters")")
+  echo "rocksdb ($round):  ${rocks_runs[-1]}" >&2
+  pg_runs+=("$(run_load "127.0.0.1:$port_pg_zt" --mix "$mix" --counters "$work/counters-pg")")
+  echo "postgres ($round): ${pg_runs[-1]}" >&2
+done
+rocks_json=$(median_by answered_pps "${rocks_runs[@]}")
+pg_json=$(median_by answered_pps "${pg_runs[@]}")
+kill -TERM "$rocks_pid" "$pg_pid"
+wait "$rocks_pid" || true
+wait "$pg_pid" || true
+grep -E "conflict|cannot write" "$log_pg" | head -3 >&2 || true
+python3 - "$mix" "$rocks_json" "$pg_json" <<'PY'
+import json, sys
+mix = sys.argv[1]
+r, p = (json.loads(a) for a in sys.argv[2:4])
+ratio = p["answered_pps"] / r["answered_pps"]
+print(f"mix {mix}: rocksdb {r['answered_pps']:.0f}/s (p99 {r['p99_us']} µs), postgres {p['answered_pps']:.0f}/s (p99 {p['p99_us']} µs), ratio {ratio:.3f}", file=sys.stderr)
+print(json.dumps({"backend": "postgres", "mix": mix, "rocksdb_pps": round(r["answered_pps"]), "postgres_pps": round(p["answered_pps"]), "ratio": round(ratio, 3), "rocksdb_p99_us": r["p99_us"], "postgres_p99_us": p["p99_us"]}, separators=(",", ":")))
+PY
