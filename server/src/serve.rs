@@ -95,10 +95,14 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
         .config
         .io_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let commit_config = CommitterConfig::new(
+    let mut commit_config = CommitterConfig::new(
         loaded.config.durability.into(),
         io_threads * loaded.udp.len(),
     );
+    let over_the_network = store.kv().is_shared();
+    if over_the_network {
+        commit_config = commit_config.over_the_network();
+    }
     let committer = Committer::start(store.clone(), engine.clone(), commit_config)
         .context("starting the group commit")?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -114,6 +118,7 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
         &loaded.udp,
         kind,
         io_threads,
+        over_the_network,
         stop.clone(),
     )
     .context("starting the UDP listeners")?;

@@ -5,9 +5,11 @@
 //!
 //! A thread's turn: receive a batch (up to 32 datagrams), prefetch the tokens' table lines,
 //! handle each datagram (replies written into a send batch), hand the mutations to the
-//! committer, send the replies of every batch whose commit finished. At most
-//! [`MAX_IN_FLIGHT`] batches wait for their commit; then the thread waits (back-pressure when
-//! the disk is slow: the socket's receive buffer fills and the kernel drops, counted).
+//! committer, send the replies of every batch whose commit finished (the replies of requests
+//! that changed nothing go at once). At most [`MAX_IN_FLIGHT`] batches (a database over the
+//! network: [`MAX_IN_FLIGHT_NETWORK`]) wait for their commit; then the thread waits
+//! (back-pressure when the disk is slow: the socket's receive buffer fills and the kernel
+//! drops, counted).
 
 use std::collections::VecDeque;
 use std::io;
@@ -28,6 +30,12 @@ use crate::now_ms;
 pub const RECV_BATCH: usize = 32;
 /// Receive batches a thread may have waiting for their commit.
 pub const MAX_IN_FLIGHT: usize = 8;
+/// The same with a database over the network (PostgreSQL): a commit takes a round trip and
+/// the database's log flush, during which a thread goes on receiving.
+pub const MAX_IN_FLIGHT_NETWORK: usize = 64;
+/// With a database over the network, how long a thread with commits in flight and nothing
+/// received pauses before it looks again for datagrams and finished commits.
+pub const COMMIT_POLL: Duration = Duration::from_micros(50);
 /// How long an idle thread waits for datagrams before it looks at the stop flag.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 
@@ -72,14 +80,18 @@ pub struct UdpServer {
 
 impl UdpServer {
     /// Binds `threads` sockets on each of `addrs` ([`open_drivers`]) and starts one IO thread
-    /// per socket. They run until `stop`
-    /// is set, then finish their batches in flight and end.
+    /// per socket. They run until `stop` is set, then finish their batches in flight and end.
+    /// `over_the_network`: the database is reached over the network (PostgreSQL), so a
+    /// commit takes a round trip and the database's log flush; the threads then keep more
+    /// batches waiting ([`MAX_IN_FLIGHT_NETWORK`]) and go on receiving while they wait,
+    /// looking for finished commits every [`COMMIT_POLL`].
     pub fn start(
         engine: Arc<Engine>,
         committer: &Committer,
         addrs: &[SocketAddr],
         kind: DriverKind,
         threads: usize,
+        over_the_network: bool,
         stop: Arc<AtomicBool>,
     ) -> io::Result<UdpServer> {
         let stats = Arc::new(UdpStats::default());
@@ -98,7 +110,9 @@ impl UdpServer {
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("zoftoken-udp-{i}"))
-                    .spawn(move || IoThread::new(driver, engine, submitter, stats).run(&stop))?,
+                    .spawn(move || {
+                        IoThread::new(driver, engine, submitter, stats, over_the_network).run(&stop)
+                    })?,
             );
         }
         Ok(UdpServer {
@@ -124,6 +138,11 @@ struct IoThread {
     engine: Arc<Engine>,
     submitter: Submitter,
     stats: Arc<UdpStats>,
+    /// Batches that may wait for their commit at once.
+    max_in_flight: usize,
+    /// Whether to look for finished commits between receives instead of blocking for them
+    /// (a database over the network).
+    poll_commits: bool,
     rx: PacketBatch,
     /// Reply batches waiting for their commit, oldest first (answers come in order).
     waiting: VecDeque<PacketBatch>,
@@ -140,15 +159,23 @@ impl IoThread {
         engine: Arc<Engine>,
         submitter: Submitter,
         stats: Arc<UdpStats>,
+        over_the_network: bool,
     ) -> IoThread {
+        let max_in_flight = if over_the_network {
+            MAX_IN_FLIGHT_NETWORK
+        } else {
+            MAX_IN_FLIGHT
+        };
         IoThread {
             driver,
             engine,
             submitter,
             stats,
+            max_in_flight,
+            poll_commits: over_the_network,
             rx: PacketBatch::with_capacity(RECV_BATCH),
-            waiting: VecDeque::with_capacity(MAX_IN_FLIGHT),
-            spare_replies: (0..MAX_IN_FLIGHT + 1)
+            waiting: VecDeque::with_capacity(max_in_flight),
+            spare_replies: (0..max_in_flight + 2)
                 .map(|_| PacketBatch::with_capacity(RECV_BATCH))
                 .collect(),
             spare_batches: Vec::new(),
@@ -177,8 +204,13 @@ impl IoThread {
             while let Some(done) = self.submitter.try_done() {
                 self.finish(done);
             }
-            if self.rx.is_empty() || self.submitter.in_flight() >= MAX_IN_FLIGHT {
-                if let Some(done) = self.submitter.wait_done() {
+            let in_flight = self.submitter.in_flight();
+            if in_flight >= self.max_in_flight || (self.rx.is_empty() && in_flight > 0) {
+                if self.poll_commits && in_flight < self.max_in_flight {
+                    // A commit takes a round trip: receive again shortly, without blocking
+                    // the requests that change nothing behind it.
+                    std::thread::sleep(COMMIT_POLL);
+                } else if let Some(done) = self.submitter.wait_done() {
                     self.finish(done);
                 }
             }
@@ -189,13 +221,12 @@ impl IoThread {
         }
     }
 
-    /// Handles the received batch and hands its mutations to the committer.
+    /// Handles the received batch: the replies of requests that changed nothing are sent at
+    /// once (they show only what is written: a token with a change not yet written answers
+    /// nothing), the others wait for their batch's commit, to which the mutations go.
     fn process(&mut self) {
-        let mut replies = self
-            .spare_replies
-            .pop()
-            .unwrap_or_else(|| PacketBatch::with_capacity(RECV_BATCH));
-        replies.clear();
+        let mut replies = self.spare_reply_batch();
+        let mut immediate = self.spare_reply_batch();
         let mut batch = self.spare_batches.pop().unwrap_or_default();
         let now = now_ms();
         let engine = &*self.engine;
@@ -205,16 +236,37 @@ impl IoThread {
             let Some((peer, datagram)) = self.rx.get_mut(i) else {
                 continue;
             };
-            let Some(out) = replies.next_buffer() else {
+            let Some(out) = immediate.next_buffer() else {
                 continue;
             };
+            let before = batch.mutations.len();
             if let PacketOutcome::Reply(len) =
                 engine.handle_packet(now, peer, datagram, out, &mut batch)
             {
-                replies.commit(peer, len);
+                if batch.mutations.len() == before {
+                    immediate.commit(peer, len);
+                } else if let Some(reply) = out.get(..len) {
+                    // Rarer (state changes): copied into the batch that waits.
+                    replies.push(peer, reply);
+                }
             }
         }
         self.stats.handled.fetch_add(n as u64, Ordering::Relaxed);
+        if !immediate.is_empty() {
+            if let Err(e) = self.driver.send(&immediate) {
+                self.log_error(&format!("UDP send: {e}"));
+            }
+            self.stats
+                .replied
+                .fetch_add(immediate.len() as u64, Ordering::Relaxed);
+        }
+        self.spare_replies.push(immediate);
+        if batch.mutations.is_empty() {
+            // Nothing to write: nothing waits.
+            self.spare_batches.push(batch);
+            self.spare_replies.push(replies);
+            return;
+        }
         match self.submitter.submit(batch) {
             Ok(()) => self.waiting.push_back(replies),
             Err((mut batch, e)) => {
@@ -229,6 +281,16 @@ impl IoThread {
                 self.spare_replies.push(replies);
             }
         }
+    }
+
+    /// An empty reply batch.
+    fn spare_reply_batch(&mut self) -> PacketBatch {
+        let mut b = self
+            .spare_replies
+            .pop()
+            .unwrap_or_else(|| PacketBatch::with_capacity(RECV_BATCH));
+        b.clear();
+        b
     }
 
     /// A commit finished: send its batch's replies if it succeeded.

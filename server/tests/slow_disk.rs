@@ -65,6 +65,7 @@ impl Rig {
             &["127.0.0.1:0".parse().unwrap()],
             DriverKind::Mmsg,
             1,
+            false,
             stop.clone(),
         )
         .unwrap();

@@ -118,6 +118,15 @@ pub struct CommitterConfig {
 }
 
 impl CommitterConfig {
+    /// For a database over the network (a shared store): waiting for its commits takes no
+    /// core, so a writer thread commits, pipelined, whatever the cores (as with fsync), and
+    /// every batch queued while one commit travels goes into the next.
+    pub fn over_the_network(mut self) -> CommitterConfig {
+        self.writer_thread = true;
+        self.queue = self.queue.max(256);
+        self
+    }
+
     /// Queue of 16 batches, writes with `durability`. A writer thread when the machine has
     /// more cores than `io_threads` (it then spins 100 µs before sleeping) or when writes
     /// wait for fsync (waiting for the disk takes no core, and one fsync then serves every
