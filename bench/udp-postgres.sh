@@ -3,13 +3,12 @@
 mix="${MIX:-95/3/2}"
 pg_port=47905
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-pg_dir="$work/pg"
+# In /tmp: when run as root the cluster runs as `postgres`, which may not enter root's home.
+pg_dir=$(mktemp -d /tmp/zoftoken-bench-pg.XXXXXX)
 run_pg() { # program, args… (PostgreSQL refuses to run as root: Debian's postgres user then)
   if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$pg_bin/$1" "${@:2}"; else "$pg_bin/$1" "${@:2}"; fi
 }
 stop_pg() { run_pg pg_ctl -D "$pg_dir/data" -m fast -w stop >/dev/null 2>&1 || true; }
-rm -rf "$pg_dir"
-mkdir -p "$pg_dir"
 [ "$(id -u)" -ne 0 ] || chown postgres: "$pg_dir"
 run_pg initdb -D "$pg_dir/data" --auth=trust -U zoftoken -E UTF8 --locale=C >/dev/null
 run_pg pg_ctl -D "$pg_dir/data" -l "$pg_dir/log" -w -o "-c listen_addresses=127.0.0.1 \

@@ -27,7 +27,7 @@
 # 100/0/0 is STATUS only), and the last line is {"backend":"postgres","mix":…,
 # "rocksdb_pps":…,"postgres_pps":…,"ratio":…,"rocksdb_p99_us":…,"postgres_p99_us":…}. The
 # PostgreSQL server is a throwaway cluster of Debian's package (initdb + pg_ctl, fsync on,
-# synchronous commit, a loopback port) in the work directory, removed at the end.
+# synchronous commit, a loopback port) in a temporary directory, removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/median.sh

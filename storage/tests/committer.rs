@@ -16,7 +16,7 @@ use std::sync::Arc;
 use zoftoken_engine::{Batch, Engine, EngineConfig, EventKind, Mutation, ServiceConfig};
 use zoftoken_storage::{
     Cf, CommitError, Committer, CommitterConfig, Durability, KvError, KvStore, MasterKey, MemoryKv,
-    Store, StoreError,
+    Store, StoreError, Submitter,
 };
 use zoftoken_storage_conformance::FaultyKv;
 
@@ -163,27 +163,32 @@ fn a_failed_write_is_reported_and_publishes_nothing() {
     }
 }
 
+/// A paired token, alice of `demo`, written (closed).
+fn durable_alice(engine: &Engine, s: &mut Submitter) -> zoftoken_proto::TokenId {
+    let id = zoftoken_proto::TokenId::derive("demo", "alice");
+    let record = zoftoken_engine::TokenRecord {
+        kind: zoftoken_engine::TokenKind::App,
+        service: 0,
+        secret: zoftoken_proto::SecretBytes::new([3; 32]),
+        pin_verifier: zoftoken_proto::SecretBytes::new([4; 32]),
+        duress_verifier: None,
+        status: zoftoken_engine::TokenStateRecord::new(id),
+    };
+    engine.load_token(&record).unwrap();
+    let mut batch = Batch::new();
+    batch.mutations.push(Mutation::Token(Box::new(record)));
+    assert!(s.submit(batch).is_ok());
+    assert!(s.wait_done().unwrap().result.is_ok());
+    id
+}
+
 #[test]
 fn a_failed_write_leaves_memory_as_the_store_holds_it() {
     use zoftoken_engine::{Force, TokenState};
     for writer_thread in [true, false] {
         let (committer, engine, kv) = start(4, writer_thread);
         let mut s = committer.submitter();
-        // A paired token, durable (closed).
-        let id = zoftoken_proto::TokenId::derive("demo", "alice");
-        let record = zoftoken_engine::TokenRecord {
-            kind: zoftoken_engine::TokenKind::App,
-            service: 0,
-            secret: zoftoken_proto::SecretBytes::new([3; 32]),
-            pin_verifier: zoftoken_proto::SecretBytes::new([4; 32]),
-            duress_verifier: None,
-            status: zoftoken_engine::TokenStateRecord::new(id),
-        };
-        engine.load_token(&record).unwrap();
-        let mut batch = Batch::new();
-        batch.mutations.push(Mutation::Token(Box::new(record)));
-        assert!(s.submit(batch).is_ok());
-        assert!(s.wait_done().unwrap().result.is_ok());
+        let id = durable_alice(&engine, &mut s);
         // An enrollment and a block that cannot be written.
         kv.set_failing(true);
         assert!(s.submit(enroll(&engine, "bob")).is_ok());
@@ -231,20 +236,7 @@ fn a_conflicting_write_restores_the_token_and_keeps_the_server_ready() {
     for writer_thread in [true, false] {
         let (committer, engine, kv) = start(4, writer_thread);
         let mut s = committer.submitter();
-        let id = zoftoken_proto::TokenId::derive("demo", "alice");
-        let record = zoftoken_engine::TokenRecord {
-            kind: zoftoken_engine::TokenKind::App,
-            service: 0,
-            secret: zoftoken_proto::SecretBytes::new([3; 32]),
-            pin_verifier: zoftoken_proto::SecretBytes::new([4; 32]),
-            duress_verifier: None,
-            status: zoftoken_engine::TokenStateRecord::new(id),
-        };
-        engine.load_token(&record).unwrap();
-        let mut batch = Batch::new();
-        batch.mutations.push(Mutation::Token(Box::new(record)));
-        assert!(s.submit(batch).is_ok());
-        assert!(s.wait_done().unwrap().result.is_ok());
+        let id = durable_alice(&engine, &mut s);
         // Another server of a shared database changed alice first: this block is refused.
         kv.set_conflicting(true);
         let mut block = Batch::new();
