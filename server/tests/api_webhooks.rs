@@ -3,7 +3,7 @@
 //! the device's open; the device's duress PIN, one-time code, offline response and
 //! transaction decisions, each checked through the API; and webhooks that were not delivered
 //! when the server was killed with `kill -9` arriving after the restart (duplicates share
-//! their `webhook-id`).
+//! their `webhook-id`). Those three on PostgreSQL too.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -50,6 +50,20 @@ struct Env {
 
 impl Env {
     fn new(webhook: Option<SocketAddr>) -> Env {
+        Env::with_storage(webhook, "")
+    }
+
+    /// A server on a database of its own in the test process's PostgreSQL cluster.
+    fn postgres(webhook: Option<SocketAddr>) -> Env {
+        let url = zoftoken_testkit::PgCluster::shared().database();
+        Env::with_storage(
+            webhook,
+            &format!("storage:\n  backend: postgres\n  postgres:\n    url: \"{url}\"\n"),
+        )
+    }
+
+    /// A server with `storage` (YAML) added to its configuration.
+    fn with_storage(webhook: Option<SocketAddr>, storage: &str) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let udp = free_udp();
         let keys = vec![
@@ -61,7 +75,7 @@ impl Env {
         });
         let config = format!(
             "listen: {{ udp: [\"{udp}\"], http: \"127.0.0.1:0\" }}\ndata_dir: data\nio_threads: 1\n\
-             services:\n  - name: bank\n    window: 600\n    duress_allowed: true\n    \
+             {storage}services:\n  - name: bank\n    window: 600\n    duress_allowed: true\n    \
              endpoints: [\"{udp}\"]\n{hook}\
              authkeys:\n{}",
             serde_norway::to_string(&keys).unwrap()
@@ -175,7 +189,15 @@ fn http(addr: SocketAddr, method: &str, path: &str, key: &str, body: &str) -> (u
 
 #[test]
 fn an_api_enrollment_pairs_and_a_long_poll_wakes_on_the_device_open() {
-    let e = Env::new(None);
+    an_api_enrollment_pairs_and_a_long_poll_wakes_on_the_device_open_of(Env::new(None));
+}
+
+#[test]
+fn an_api_enrollment_pairs_and_a_long_poll_wakes_on_the_device_open_on_postgres() {
+    an_api_enrollment_pairs_and_a_long_poll_wakes_on_the_device_open_of(Env::postgres(None));
+}
+
+fn an_api_enrollment_pairs_and_a_long_poll_wakes_on_the_device_open_of(e: Env) {
     let server = e.serve();
     let (code, enrolled) = http(
         server.http,
@@ -290,7 +312,15 @@ fn device_json(e: &Env, state: &Path, args: &[&str], pins: &str) -> Result<Value
 
 #[test]
 fn duress_codes_offline_responses_and_transactions_through_a_real_server() {
-    let e = Env::new(None);
+    duress_codes_offline_responses_and_transactions_through_a_real_server_of(Env::new(None));
+}
+
+#[test]
+fn duress_codes_offline_responses_and_transactions_through_a_real_server_on_postgres() {
+    duress_codes_offline_responses_and_transactions_through_a_real_server_of(Env::postgres(None));
+}
+
+fn duress_codes_offline_responses_and_transactions_through_a_real_server_of(e: Env) {
     let server = e.serve();
     let token = "/v1/services/bank/tokens/carol";
     let api = |method: &str, path: &str, body: &str| {
@@ -488,7 +518,16 @@ fn serve_conn(conn: TcpStream, got: &Mutex<Vec<(String, String, String)>>, statu
 fn webhooks_undelivered_at_a_kill_9_arrive_after_the_restart() {
     // The receiver is down while the events happen.
     let hook = free_tcp();
-    let e = Env::new(Some(hook));
+    webhooks_undelivered_at_a_kill_9_arrive_after_the_restart_of(Env::new(Some(hook)), hook);
+}
+
+#[test]
+fn webhooks_undelivered_at_a_kill_9_arrive_after_the_restart_on_postgres() {
+    let hook = free_tcp();
+    webhooks_undelivered_at_a_kill_9_arrive_after_the_restart_of(Env::postgres(Some(hook)), hook);
+}
+
+fn webhooks_undelivered_at_a_kill_9_arrive_after_the_restart_of(e: Env, hook: SocketAddr) {
     let server = e.serve();
     let users: Vec<String> = (0..5).map(|i| format!("user{i}")).collect();
     for u in &users {
