@@ -50,6 +50,17 @@ impl Env {
         String::from_utf8(o.stdout).unwrap()
     }
 
+    /// As [`Env::ok`], with environment variables set; the standard output's bytes.
+    fn ok_with(&self, vars: &[(&str, &str)], args: &[&str]) -> Vec<u8> {
+        let o = self.cmd(args).envs(vars.iter().copied()).output().unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o.stdout
+    }
+
     fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut a = args.to_vec();
         a.push("--json");
@@ -775,19 +786,14 @@ fn a_whole_instance_moves_between_rocksdb_and_postgres_and_back() {
 
     // Into PostgreSQL, with the same master key.
     let url = zoftoken_testkit::PgCluster::shared().database();
-    let on_postgres = |args: &[&str]| {
-        let mut c = e.cmd(args);
-        c.env("ZOFTOKEN_STORAGE_BACKEND", "postgres")
-            .env("ZOFTOKEN_DATABASE_URL", &url)
-            .env("ZOFTOKEN_MASTER_KEY_FILE", e.path("data/master.key"));
-        let o = c.output().unwrap();
-        assert!(
-            o.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        o.stdout
-    };
+    let key = e.path("data/master.key");
+    let key = key.to_str().unwrap();
+    let pg_vars = [
+        ("ZOFTOKEN_STORAGE_BACKEND", "postgres"),
+        ("ZOFTOKEN_DATABASE_URL", url.as_str()),
+        ("ZOFTOKEN_MASTER_KEY_FILE", key),
+    ];
+    let on_postgres = |args: &[&str]| e.ok_with(&pg_vars, args);
     on_postgres(&["db", "import", "-i", "rocks.jsonl"]);
     assert!(String::from_utf8(on_postgres(&["db", "check"]))
         .unwrap()
@@ -799,18 +805,12 @@ fn a_whole_instance_moves_between_rocksdb_and_postgres_and_back() {
     assert_eq!(exported_records(&e.path("pg.jsonl")), from_rocksdb);
 
     // And back into a new RocksDB directory.
-    let back = |args: &[&str]| {
-        let mut c = e.cmd(args);
-        c.env("ZOFTOKEN_DATA_DIR", e.path("back"))
-            .env("ZOFTOKEN_MASTER_KEY_FILE", e.path("data/master.key"));
-        let o = c.output().unwrap();
-        assert!(
-            o.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        o.stdout
-    };
+    let back_dir = e.path("back");
+    let back_vars = [
+        ("ZOFTOKEN_DATA_DIR", back_dir.to_str().unwrap()),
+        ("ZOFTOKEN_MASTER_KEY_FILE", key),
+    ];
+    let back = |args: &[&str]| e.ok_with(&back_vars, args);
     back(&["db", "import", "-i", "pg.jsonl"]);
     back(&["db", "export", "-o", "back.jsonl"]);
     assert_eq!(exported_records(&e.path("back.jsonl")), from_rocksdb);
