@@ -5,7 +5,6 @@
 //! A version's statements never change once released; a change is a new version appended to
 //! [`MIGRATIONS`].
 
-use postgres::error::SqlState;
 use postgres::Client;
 use zoftoken_storage::Cf;
 
@@ -59,10 +58,15 @@ pub(crate) fn table(cf: Cf) -> &'static str {
 const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS zoftoken_schema \
      (one boolean PRIMARY KEY DEFAULT true CHECK (one), version integer NOT NULL)";
 
+fn version_table_exists(client: &mut Client) -> Result<bool, postgres::Error> {
+    client
+        .query_one("SELECT to_regclass('zoftoken_schema') IS NOT NULL", &[])?
+        .try_get(0)
+}
+
 /// The database's schema version (0: none yet), without changing anything.
 pub fn current(client: &mut Client) -> Result<u32, postgres::Error> {
-    let row = client.query_one("SELECT to_regclass('zoftoken_schema') IS NOT NULL", &[])?;
-    if !row.try_get::<_, bool>(0)? {
+    if !version_table_exists(client)? {
         return Ok(0);
     }
     let version: Option<i32> = client
@@ -78,12 +82,12 @@ pub fn current(client: &mut Client) -> Result<u32, postgres::Error> {
 /// untouched.
 pub fn apply(client: &mut Client) -> Result<(), PgOpenError> {
     let schema = |e| PgOpenError::Schema(kv_error(e));
-    // Two servers creating the version table at the same moment: one of them may see the
-    // other's half-made type; the table is there either way.
+    // Two servers creating the version table at the same moment: `IF NOT EXISTS` does not
+    // serialise them, and the loser fails on whichever catalogue entry (table, row type,
+    // index) it reached second, with one of several error codes. The winner has committed
+    // by then; the creation succeeded if the table is there.
     if let Err(e) = client.batch_execute(VERSION_TABLE) {
-        let raced = e.code() == Some(&SqlState::UNIQUE_VIOLATION)
-            || e.code() == Some(&SqlState::DUPLICATE_TABLE);
-        if !raced {
+        if !version_table_exists(client).map_err(schema)? {
             return Err(schema(e));
         }
     }

@@ -102,11 +102,13 @@ fn a_newer_schema_is_refused_untouched() {
 #[test]
 fn servers_starting_at_once_migrate_once() {
     let url = PgCluster::shared().database();
-    let opened: Vec<bool> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..4).map(|_| s.spawn(|| open(&url).is_ok())).collect();
+    let opened: Vec<Result<(), String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| open(&url).map(drop).map_err(|e| format!("{e:?}"))))
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert_eq!(opened, vec![true; 4]);
+    assert_eq!(opened, vec![Ok(()); 4]);
     let config = PgConfig::parse(&url).unwrap();
     assert_eq!(PgKv::schema_version(&config).unwrap(), migrate::VERSION);
 }
