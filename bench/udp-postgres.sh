@@ -1,6 +1,8 @@
 # Sourced by bench/udp.sh with BACKEND=postgres (its variables and functions are in scope):
-# zoftoken on PostgreSQL against zoftoken on RocksDB, same tokens, same generator, alternated.
-mix="${MIX:-95/3/2}"
+# zoftoken on PostgreSQL against zoftoken on RocksDB, same tokens, same generator, alternated,
+# for each mix of MIXES (status/open/close; default STATUS only, the realistic 95/3/2, and
+# 60/20/20).
+mixes="${MIXES:-100/0/0 95/3/2 60/20/20}"
 pg_port=47905
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 # In /tmp: when run as root the cluster runs as `postgres`, which may not enter root's home.
@@ -39,6 +41,11 @@ cp "$work/data/master.key" "$work/on-postgres/data/master.key"
 started=$(date +%s.%N)
 (cd "$work/on-postgres" && "$zoftoken" --config config.yaml loadgen prepare --tokens "$tokens" >&2)
 echo "prepared $tokens tokens in PostgreSQL in $(python3 -c "import time; print(round(time.time() - $started, 1))") s" >&2
+# Measured in a steady state: the bulk load's statistics, hint bits and dirty pages are dealt
+# with now, not by autovacuum and the checkpointer during the first runs (whose disk writes
+# would slow both servers' commits).
+"$pg_bin/psql" -X -q -h 127.0.0.1 -p "$pg_port" -U zoftoken -d zoftoken -c "VACUUM ANALYZE" -c "CHECKPOINT"
+sync
 rm -f "$work/counters-pg"
 
 log_rocks="$work/serve.log"
@@ -53,25 +60,37 @@ for l in "$log_rocks" "$log_pg"; do
   for _ in $(seq 1 1200); do grep -q "serving UDP" "$l" && break; sleep 0.1; done
   grep -E "loaded|serving" "$l" >&2
 done
-rocks_runs=()
-pg_runs=()
-for round in $(seq 1 "$rounds"); do
-  rocks_runs+=("$(run_load "127.0.0.1:$port_zt" --mix "$mix" --counters "$work/counters")")
-  echo "rocksdb ($round):  ${rocks_runs[-1]}" >&2
-  pg_runs+=("$(run_load "127.0.0.1:$port_pg_zt" --mix "$mix" --counters "$work/counters-pg")")
-  echo "postgres ($round): ${pg_runs[-1]}" >&2
+results=()
+for mix in $mixes; do
+  rocks_runs=()
+  pg_runs=()
+  for round in $(seq 1 "$rounds"); do
+    rocks_runs+=("$(run_load "127.0.0.1:$port_zt" --mix "$mix" --counters "$work/counters")")
+    echo "$mix rocksdb ($round):  ${rocks_runs[-1]}" >&2
+    pg_runs+=("$(run_load "127.0.0.1:$port_pg_zt" --mix "$mix" --counters "$work/counters-pg")")
+    echo "$mix postgres ($round): ${pg_runs[-1]}" >&2
+  done
+  results+=("$mix" "$(median_by answered_pps "${rocks_runs[@]}")" "$(median_by answered_pps "${pg_runs[@]}")")
 done
-rocks_json=$(median_by answered_pps "${rocks_runs[@]}")
-pg_json=$(median_by answered_pps "${pg_runs[@]}")
 kill -TERM "$rocks_pid" "$pg_pid"
 wait "$rocks_pid" || true
 wait "$pg_pid" || true
 grep -E "conflict|cannot write" "$log_pg" | head -3 >&2 || true
-python3 - "$mix" "$rocks_json" "$pg_json" <<'PY'
+python3 - "$window" "${results[@]}" <<'PY'
 import json, sys
-mix = sys.argv[1]
-r, p = (json.loads(a) for a in sys.argv[2:4])
-ratio = p["answered_pps"] / r["answered_pps"]
-print(f"mix {mix}: rocksdb {r['answered_pps']:.0f}/s (p99 {r['p99_us']} µs), postgres {p['answered_pps']:.0f}/s (p99 {p['p99_us']} µs), ratio {ratio:.3f}", file=sys.stderr)
-print(json.dumps({"backend": "postgres", "mix": mix, "rocksdb_pps": round(r["answered_pps"]), "postgres_pps": round(p["answered_pps"]), "ratio": round(ratio, 3), "rocksdb_p99_us": r["p99_us"], "postgres_p99_us": p["p99_us"]}, separators=(",", ":")))
+window, args = int(sys.argv[1]), sys.argv[2:]
+out = {"backend": "postgres", "window": window}
+names = {"100/0/0": "status", "95/3/2": "mix", "60/20/20": "mix_60_20_20"}
+for i in range(0, len(args), 3):
+    mix = args[i]
+    r, p = json.loads(args[i + 1]), json.loads(args[i + 2])
+    ratio = p["answered_pps"] / r["answered_pps"]
+    print(f"mix {mix}: rocksdb {r['answered_pps']:.0f}/s (p99 {r['p99_us']} µs), postgres {p['answered_pps']:.0f}/s (p99 {p['p99_us']} µs), ratio {ratio:.3f}", file=sys.stderr)
+    name = names.get(mix, "mix_" + mix.replace("/", "_"))
+    out[f"{name}_ratio"] = round(ratio, 3)
+    out[f"{name}_rocksdb_pps"] = round(r["answered_pps"])
+    out[f"{name}_postgres_pps"] = round(p["answered_pps"])
+    out[f"{name}_rocksdb_p99_us"] = r["p99_us"]
+    out[f"{name}_postgres_p99_us"] = p["p99_us"]
+print(json.dumps(out, separators=(",", ":")))
 PY

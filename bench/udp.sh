@@ -23,9 +23,11 @@
 #
 # BACKEND=postgres: zoftoken on PostgreSQL against zoftoken on RocksDB instead (the echo
 # server and the floor are not run): both servers hold the same TOKENS, the generator
-# alternates between them ROUNDS times with the same MIX (status/open/close, default 95/3/2;
-# 100/0/0 is STATUS only), and the last line is {"backend":"postgres","mix":…,
-# "rocksdb_pps":…,"postgres_pps":…,"ratio":…,"rocksdb_p99_us":…,"postgres_p99_us":…}. The
+# alternates between them ROUNDS times for each mix of MIXES (status/open/close, default
+# "100/0/0 95/3/2 60/20/20": STATUS only, the realistic mix, a write-heavy one), and the last
+# line is {"backend":"postgres","window":…,"status_ratio":…,"mix_ratio":…,
+# "mix_60_20_20_ratio":…, and per mix "<name>_rocksdb_pps", "<name>_postgres_pps" and both
+# p99s} (medians of the rounds; mix_ratio is the 95/3/2 one). The
 # PostgreSQL server is a throwaway cluster of Debian's package (initdb + pg_ctl, fsync on,
 # synchronous commit, a loopback port) in a temporary directory, removed at the end.
 set -euo pipefail

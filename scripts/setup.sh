@@ -13,8 +13,8 @@ fi
 # Python 3 with venv for the independent SPEC implementation in proto-spec/interop/;
 # PostgreSQL's server programs (`initdb`, `pg_ctl`, `psql`) for the tests of the PostgreSQL
 # backend, which start throwaway clusters of their own (the package's system service is not
-# used).
-needed=(gcc g++ libc6-dev pkg-config libclang-dev postgresql)
+# used); openssl makes the test certificates of the TLS tests.
+needed=(gcc g++ libc6-dev pkg-config libclang-dev postgresql openssl)
 missing=()
 for pkg in "${needed[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -10,7 +10,7 @@ use crate::sockaddr::{socket_addr_from_bytes, storage_bytes, RawAddr};
 use crate::{Driver, DriverStats};
 
 /// How long a send waits for room in a full socket buffer before it counts the rest as lost.
-const SEND_WAIT_MS: libc::c_int = 2;
+const SEND_WAIT: Duration = Duration::from_millis(2);
 
 /// `recvmmsg`/`sendmmsg` on one socket. The message headers are kept between calls (no
 /// allocation per batch once the largest batch was seen).
@@ -68,14 +68,20 @@ impl Scratch {
     }
 }
 
-fn poll_fd(fd: libc::c_int, events: libc::c_short, timeout_ms: libc::c_int) -> bool {
+/// Waits until `fd` has one of `events`, at most `timeout` (to the microsecond: a server
+/// waiting for a database commit looks again after tens of microseconds).
+fn poll_fd(fd: libc::c_int, events: libc::c_short, timeout: Duration) -> bool {
     let mut p = libc::pollfd {
         fd,
         events,
         revents: 0,
     };
-    // SAFETY: one valid pollfd, count 1.
-    let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: one valid pollfd, count 1; a valid timespec; no signal mask (null).
+    let r = unsafe { libc::ppoll(&mut p, 1, &ts, std::ptr::null()) };
     r > 0
 }
 
@@ -147,8 +153,7 @@ impl Driver for MmsgDriver {
         // only when there were none.
         let mut received = receive();
         if !timeout.is_zero() && received.as_ref().is_err_and(would_block) {
-            let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
-            if !poll_fd(fd, libc::POLLIN, ms) {
+            if !poll_fd(fd, libc::POLLIN, timeout) {
                 return Ok(0);
             }
             received = receive();
@@ -225,7 +230,7 @@ impl Driver for MmsgDriver {
             let e = io::Error::last_os_error();
             if would_block(&e) && !waited {
                 waited = true;
-                poll_fd(fd, libc::POLLOUT, SEND_WAIT_MS);
+                poll_fd(fd, libc::POLLOUT, SEND_WAIT);
                 continue;
             }
             if would_block(&e) {

@@ -128,6 +128,7 @@ pub fn rocksdb_exists(dir: &Path) -> bool {
 /// (never its password).
 pub fn describe_database(loaded: &Loaded) -> String {
     match &loaded.postgres {
+        Some(pg) if pg.encrypted() => format!("PostgreSQL {} (TLS)", pg.describe()),
         Some(pg) => format!("PostgreSQL {}", pg.describe()),
         None => loaded.config.data_dir.display().to_string(),
     }
@@ -382,6 +383,12 @@ fn open_postgres(
     warnings: &mut Vec<String>,
 ) -> Result<PgKv, OpenError> {
     let database = pg.describe();
+    if !pg.encrypted() && !pg.is_local() {
+        warnings.push(format!(
+            "PostgreSQL {database}: the connection is not encrypted (sslmode=disable): anyone \
+             on the network path can read and change what this server reads and writes"
+        ));
+    }
     let kv = PgKv::open(pg).map_err(|source| OpenError::Postgres {
         database: database.clone(),
         source,

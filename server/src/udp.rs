@@ -33,8 +33,8 @@ pub const MAX_IN_FLIGHT: usize = 8;
 /// The same with a database over the network (PostgreSQL): a commit takes a round trip and
 /// the database's log flush, during which a thread goes on receiving.
 pub const MAX_IN_FLIGHT_NETWORK: usize = 64;
-/// With a database over the network, how long a thread with commits in flight and nothing
-/// received pauses before it looks again for datagrams and finished commits.
+/// With a database over the network, how long a thread with commits in flight waits for
+/// datagrams before it looks again for finished commits.
 pub const COMMIT_POLL: Duration = Duration::from_micros(50);
 /// How long an idle thread waits for datagrams before it looks at the stop flag.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
@@ -186,12 +186,14 @@ impl IoThread {
 
     fn run(mut self, stop: &AtomicBool) {
         while !stop.load(Ordering::Relaxed) {
-            // With commits in flight, only look for what is already there, so that their
-            // replies are not held back by an idle wait.
-            let wait = if self.submitter.in_flight() > 0 {
-                Duration::ZERO
-            } else {
-                IDLE_WAIT
+            // With commits in flight, wait only briefly (a database over the network: a
+            // datagram ends the wait at once, a finished commit is seen within COMMIT_POLL)
+            // or not at all (a local commit, waited for below), so that their replies are not
+            // held back by an idle wait.
+            let wait = match self.submitter.in_flight() {
+                0 => IDLE_WAIT,
+                n if self.poll_commits && n < self.max_in_flight => COMMIT_POLL,
+                _ => Duration::ZERO,
             };
             self.rx.clear();
             if let Err(e) = self.driver.recv(&mut self.rx, wait) {
@@ -205,12 +207,14 @@ impl IoThread {
                 self.finish(done);
             }
             let in_flight = self.submitter.in_flight();
-            if in_flight >= self.max_in_flight || (self.rx.is_empty() && in_flight > 0) {
-                if self.poll_commits && in_flight < self.max_in_flight {
-                    // A commit takes a round trip: receive again shortly, without blocking
-                    // the requests that change nothing behind it.
-                    std::thread::sleep(COMMIT_POLL);
-                } else if let Some(done) = self.submitter.wait_done() {
+            // A database over the network with room for more batches: the receive above
+            // was the wait (the requests that change nothing are not blocked behind a
+            // commit's round trip). Otherwise block for the oldest commit.
+            let polling = self.poll_commits && in_flight < self.max_in_flight;
+            if !polling
+                && (in_flight >= self.max_in_flight || (self.rx.is_empty() && in_flight > 0))
+            {
+                if let Some(done) = self.submitter.wait_done() {
                     self.finish(done);
                 }
             }

@@ -841,3 +841,42 @@ fn db_migrate_on_postgres_and_no_password_in_the_file() {
     );
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+/// `storage.postgres.tls`: the command line reaches a database that takes TLS only, trusting
+/// the configured authority; TLS settings with `sslmode=disable`, or a client certificate
+/// without its key, are configuration errors.
+#[test]
+fn postgres_over_tls_with_the_configured_authority() {
+    let (cluster, certs) = zoftoken_testkit::PgCluster::start_tls(&["DNS:db.zoftoken.test"]);
+    let url = cluster
+        .database()
+        .replace("host=127.0.0.1", "host=db.zoftoken.test hostaddr=127.0.0.1");
+    let config = |tls: &str| {
+        format!(
+            "data_dir: data\nstorage:\n  backend: postgres\n  postgres:\n    url: \"{url}\"\n{tls}"
+        )
+    };
+    let ca = format!("    tls:\n      ca_file: \"{}\"\n", certs.ca.display());
+    let out = Env::new(&config(&ca)).json(&["db", "migrate"]);
+    assert_eq!(out["sql_schema"], 1);
+    // Without the authority the system's anchors do not know the database's certificate.
+    let e = Env::new(&config(""));
+    let (code, err) = code_and_err(&e.run(&["db", "migrate"]));
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("PostgreSQL"), "{err}");
+
+    let e = Env::new(&format!(
+        "storage:\n  backend: postgres\n  postgres:\n    url: \"host=db.example dbname=zt \
+         sslmode=disable\"\n{ca}"
+    ));
+    let (code, err) = code_and_err(&e.run(&["check-config"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("storage.postgres.tls") && err.contains("sslmode=disable"),
+        "{err}"
+    );
+    let e = Env::new(&config("    tls:\n      cert_file: client.pem\n"));
+    let (code, err) = code_and_err(&e.run(&["check-config"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("key_file"), "{err}");
+}

@@ -13,6 +13,7 @@
 //!   through [`zoftoken_engine::Engine::handle_packet`].
 //! - [`postgres`]: throwaway PostgreSQL clusters ([`PgCluster`]): one per test process with a
 //!   database per test, or a test's own to crash and restart.
+//! - [`tls`]: a test certificate authority and a server certificate ([`make_certs`]).
 //! - [`udp`]: a [`Responder`] thread answering datagrams on a loopback socket, and a phone's
 //!   [`UdpLink`] to a server.
 //!
@@ -30,6 +31,7 @@ pub mod durable;
 pub mod harness;
 pub mod phone;
 pub mod postgres;
+pub mod tls;
 pub mod udp;
 
 pub use clock::{now_ms, T0};
@@ -37,4 +39,5 @@ pub use durable::{commit_in_memory, FullDisk};
 pub use harness::{Harness, Sink};
 pub use phone::{Link, Phone, DURESS_PIN, PIN};
 pub use postgres::PgCluster;
+pub use tls::{make_certs, TestCerts};
 pub use udp::{NoReply, Responder, UdpLink};

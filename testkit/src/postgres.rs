@@ -28,6 +28,8 @@ pub struct PgCluster {
     run_as: Option<&'static str>,
     /// Removed on drop (a test's own cluster), or by the reaper (the shared one).
     owned: bool,
+    /// Server options beyond the defaults (TLS).
+    extra_options: String,
 }
 
 static SHARED: OnceLock<PgCluster> = OnceLock::new();
@@ -84,6 +86,48 @@ impl PgCluster {
 
     /// A cluster of the caller's own, stopped and removed when dropped.
     pub fn start() -> PgCluster {
+        let mut c = PgCluster::init();
+        c.start_server();
+        c
+    }
+
+    /// A cluster of the caller's own that takes TCP connections over TLS only (a plaintext
+    /// one is rejected), with a server certificate for `names` (`DNS:db.example`,
+    /// `IP:127.0.0.1`) signed by a test authority; the Unix socket stays open for the
+    /// kit's own `psql` calls. Returns the certificates' files (the authority: `ca`).
+    pub fn start_tls(names: &[&str]) -> (PgCluster, crate::TestCerts) {
+        let mut c = PgCluster::init();
+        let certs = crate::make_certs(&c.dir.join("tls"), names);
+        if let Some(user) = c.run_as {
+            let ok = Command::new("chown")
+                .args(["-R", &format!("{user}:{user}")])
+                .arg(c.dir.join("tls"))
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "chown the certificates to {user}");
+        }
+        // PostgreSQL refuses a key others can read.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&certs.key, std::fs::Permissions::from_mode(0o600))
+            .expect("key permissions");
+        std::fs::write(
+            c.dir.join("data/pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all all 127.0.0.1/32 trust\n\
+             hostnossl all all 127.0.0.1/32 reject\n",
+        )
+        .expect("pg_hba.conf");
+        c.extra_options = format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            certs.cert.display(),
+            certs.key.display()
+        );
+        c.start_server();
+        (c, certs)
+    }
+
+    /// A new cluster (`initdb`), not started.
+    fn init() -> PgCluster {
         let run_as = is_root().then_some("postgres");
         let dir = std::env::temp_dir().join(format!(
             "zoftoken-pg-{}-{}",
@@ -100,12 +144,13 @@ impl PgCluster {
                 .is_ok_and(|s| s.success());
             assert!(ok, "chown {} to {user}", dir.display());
         }
-        let mut c = PgCluster {
+        let c = PgCluster {
             dir,
             port: 0,
             bin: bin_dir(),
             run_as,
             owned: true,
+            extra_options: String::new(),
         };
         let data = c.dir.join("data");
         c.run(
@@ -122,7 +167,6 @@ impl PgCluster {
                 "--no-sync".as_ref(),
             ],
         );
-        c.start_server();
         c
     }
 
@@ -136,9 +180,10 @@ impl PgCluster {
             let options = format!(
                 "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} \
                  -c fsync=on -c synchronous_commit=on -c max_connections=200 \
-                 -c shared_buffers=64MB",
+                 -c shared_buffers=64MB{}",
                 self.port,
-                self.dir.display()
+                self.dir.display(),
+                self.extra_options
             );
             let data = self.dir.join("data");
             let log = self.dir.join("log");
@@ -191,7 +236,8 @@ impl PgCluster {
             DATABASES.fetch_add(1, Ordering::Relaxed)
         );
         let ok = Command::new(self.bin.join("psql"))
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&self.dir)
             .args([
                 "-p",
                 &self.port.to_string(),

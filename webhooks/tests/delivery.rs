@@ -958,34 +958,13 @@ fn the_periodic_rescan_finds_a_commit_missed_below_the_start() {
 }
 
 /// A CA and a server certificate for 127.0.0.1, made with the `openssl` command.
-fn make_certs(dir: &std::path::Path) {
-    let script = r#"
-set -e
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-  -keyout ca.key -out ca.pem -days 2 -subj /CN=zoftoken-test-ca 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-  -keyout srv.key -out srv.csr -subj /CN=localhost 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n' > ext
-openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem \
-  -days 2 -extfile ext 2>/dev/null
-"#;
-    let ok = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .status()
-        .expect("sh")
-        .success();
-    assert!(ok, "openssl made the certificates");
-}
-
 #[test]
 fn https_with_a_ca_file_is_delivered_and_an_unknown_issuer_is_not() {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let dir = std::env::temp_dir().join(format!("zoftoken-webhooks-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    make_certs(&dir);
+    zoftoken_testkit::make_certs(&dir, &["DNS:localhost", "IP:127.0.0.1"]);
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("srv.pem"))
         .unwrap()
         .collect::<Result<_, _>>()

@@ -361,6 +361,16 @@ fn postgres_config(
             }
             pg.set_timeout(std::time::Duration::from_millis(ms));
         }
+        if let Some(t) = &s.tls {
+            let tls = zoftoken_storage_postgres::PgTls {
+                ca_file: t.ca_file.as_ref().map(Into::into),
+                cert_file: t.cert_file.as_ref().map(Into::into),
+                key_file: t.key_file.as_ref().map(Into::into),
+            };
+            if let Err(e) = pg.set_tls(tls) {
+                err("storage.postgres.tls", &e.to_string());
+            }
+        }
     }
     Some(pg)
 }

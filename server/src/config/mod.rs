@@ -90,6 +90,29 @@ pub struct PostgresSettings {
     /// write can let a replayed request through; set this only if you accept that.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub accept_async_replication: bool,
+    /// TLS to the database. Connections to another machine are TLS unless the connection
+    /// string says `sslmode=disable`, with the database's certificate verified against the
+    /// system's trust anchors and its host name checked; these settings change what is
+    /// trusted and presented, and turn TLS on for a database on this machine too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<PostgresTlsSettings>,
+}
+
+/// `storage.postgres.tls:` (PEM files, read at start).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresTlsSettings {
+    /// The authority that signed the database's certificate, trusted instead of the system's
+    /// trust anchors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// A client certificate (chain) for a database that authenticates clients by
+    /// certificate; with `key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    /// The client certificate's private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
 }
 
 impl std::fmt::Debug for PostgresSettings {
@@ -100,6 +123,7 @@ impl std::fmt::Debug for PostgresSettings {
             .field("pool_size", &self.pool_size)
             .field("timeout_ms", &self.timeout_ms)
             .field("accept_async_replication", &self.accept_async_replication)
+            .field("tls", &self.tls)
             .finish()
     }
 }

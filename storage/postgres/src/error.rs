@@ -14,6 +14,9 @@ pub enum PgOpenError {
     /// without the connection string's password).
     #[error("cannot connect to PostgreSQL")]
     Connect(#[source] KvError),
+    /// The TLS settings could not be used (a certificate or key file).
+    #[error("TLS to PostgreSQL")]
+    Tls(#[from] crate::tls::PgTlsError),
     /// Reading or applying the schema failed.
     #[error("PostgreSQL schema")]
     Schema(#[source] KvError),

@@ -19,10 +19,14 @@
 //! database), decide anything about tokens, or hold a lock on the database (several servers and
 //! the command line use it at once).
 //!
+//! Connections to another machine are TLS unless the connection string says `sslmode=disable`,
+//! with the database's certificate verified and its name checked ([`PgTls`]); `prefer`, which
+//! falls back to plaintext without a word, is never used.
+//!
 //! [`PgKv::replication`] says whether a failover could lose an acknowledged write
 //! ([`Replication::loss_on_failover`]), for the server to refuse such a setup.
 //!
-//! Key types: [`PgKv`], [`PgConfig`], [`PgOpenError`], [`Replication`].
+//! Key types: [`PgKv`], [`PgConfig`], [`PgTls`], [`PgOpenError`], [`Replication`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -32,6 +36,7 @@ pub mod migrate;
 mod pool;
 mod read;
 mod replication;
+mod tls;
 mod write;
 
 use std::fmt;
@@ -39,9 +44,10 @@ use std::fmt;
 use zoftoken_storage::kv::{KeyValue, Visitor};
 use zoftoken_storage::{Cf, Durability, KvError, KvStore, WriteBatch};
 
-pub use config::{PgConfig, PgConfigError};
+pub use config::{PgConfig, PgConfigError, PgTls, PgTlsSettingsError};
 pub use error::PgOpenError;
 pub use replication::Replication;
+pub use tls::PgTlsError;
 
 use pool::Pool;
 

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
+use postgres::error::SqlState;
 use postgres::{Client, NoTls, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use zoftoken_storage::KvError;
 
 use crate::config::PgConfig;
@@ -42,6 +44,8 @@ struct Slots {
 
 pub(crate) struct Pool {
     config: PgConfig,
+    /// `None`: plaintext.
+    tls: Option<MakeRustlsConnect>,
     slots: Mutex<Slots>,
     freed: Condvar,
 }
@@ -50,9 +54,11 @@ impl Pool {
     /// A pool, with one connection made now so that a database that cannot be reached fails
     /// the start.
     pub(crate) fn new(config: &PgConfig) -> Result<Pool, PgOpenError> {
-        let first = connect(config).map_err(PgOpenError::Connect)?;
+        let tls = crate::tls::connector(config)?;
+        let first = connect(config, tls.as_ref()).map_err(PgOpenError::Connect)?;
         Ok(Pool {
             config: config.clone(),
+            tls,
             slots: Mutex::new(Slots {
                 idle: vec![first],
                 open: 1,
@@ -87,7 +93,7 @@ impl Pool {
             if slots.open < self.config.pool_size.max(1) {
                 slots.open += 1;
                 drop(slots);
-                return match connect(&self.config) {
+                return match connect(&self.config, self.tls.as_ref()) {
                     Ok(conn) => Ok(Taken {
                         pool: self,
                         conn: Some(conn),
@@ -118,15 +124,32 @@ impl Pool {
     }
 }
 
-fn connect(config: &PgConfig) -> Result<Conn, KvError> {
+fn connect(config: &PgConfig, tls: Option<&MakeRustlsConnect>) -> Result<Conn, KvError> {
     let mut inner = config.inner.clone();
     let ms = config.statement_timeout.as_millis().max(1);
     inner.options(format!("-c statement_timeout={ms}").as_str());
-    let client = inner.connect(NoTls).map_err(kv_error)?;
+    let mut client = match tls {
+        Some(tls) => inner.connect(tls.clone()),
+        None => inner.connect(NoTls),
+    }
+    .map_err(kv_error)?;
+    generic_plans(&mut client).map_err(kv_error)?;
     Ok(Conn {
         client,
         statements: HashMap::new(),
     })
+}
+
+/// Asks for generic plans of the prepared statements. A write's statement has the same shape
+/// whatever its arrays hold (unnest, one primary-key join per table), but PostgreSQL's default
+/// plans it again for every execution while custom plans look cheaper, which cost as much
+/// CPU as running it (see BENCHMARKS.md). A database that does not know the setting (before
+/// PostgreSQL 12, other engines of its protocol) keeps its default.
+fn generic_plans(client: &mut Client) -> Result<(), postgres::Error> {
+    match client.batch_execute("SET plan_cache_mode = force_generic_plan") {
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => Ok(()),
+        other => other,
+    }
 }
 
 /// A connection taken from the pool; given back when dropped, unless an operation found it
