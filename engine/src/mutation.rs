@@ -3,11 +3,13 @@
 //! the driver commits the batch with [`crate::Engine::commit`] (the write, then the publish),
 //! then sends the batch's replies.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use zoftoken_proto::{SecretBytes, TokenId};
 
 use crate::event::Event;
+use crate::shard::MixState;
 use crate::state::{TokenEntry, TokenState};
 use crate::transaction::Transaction;
 
@@ -154,7 +156,56 @@ pub struct Batch {
     /// Records to persist, in order.
     pub mutations: Vec<Mutation>,
     /// Tokens this batch marked unsettled (see [`crate::Engine::settle_committed`]).
-    pub(crate) marked: Vec<[u8; 16]>,
+    pub(crate) marked: Marks,
+}
+
+/// The tokens a batch marked unsettled, in the order marked. Looked up at every mark (under a
+/// shard's lock): a receive batch marks a few, searched in a list; a timer tick can mark
+/// hundreds of thousands (every open window that ended while the server was down), which a
+/// list would make quadratic, so past [`Marks::INDEX_FROM`] a set indexes them.
+#[derive(Debug, Default)]
+pub(crate) struct Marks {
+    ids: Vec<[u8; 16]>,
+    index: Option<HashSet<[u8; 16], MixState>>,
+}
+
+impl Marks {
+    /// Marks beyond which the set is kept.
+    const INDEX_FROM: usize = 32;
+
+    pub(crate) fn contains(&self, id: &[u8; 16]) -> bool {
+        match &self.index {
+            Some(set) => set.contains(id),
+            None => self.ids.contains(id),
+        }
+    }
+
+    /// Adds `id` unless it is there.
+    pub(crate) fn insert(&mut self, id: [u8; 16]) {
+        if self.contains(&id) {
+            return;
+        }
+        self.ids.push(id);
+        match &mut self.index {
+            Some(set) => {
+                set.insert(id);
+            }
+            None if self.ids.len() > Marks::INDEX_FROM => {
+                self.index = Some(self.ids.iter().copied().collect());
+            }
+            None => {}
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The marks, in order; none are left.
+    pub(crate) fn take(&mut self) -> Vec<[u8; 16]> {
+        self.index = None;
+        std::mem::take(&mut self.ids)
+    }
 }
 
 impl Batch {
@@ -215,4 +266,31 @@ pub(crate) fn token_record(e: &mut TokenEntry) -> TokenRecord {
 /// Serial-number comparison of state versions (RFC 1982): `a` is newer than `b`.
 pub fn version_is_newer(a: u32, b: u32) -> bool {
     a != b && a.wrapping_sub(b) < 1 << 31
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Marks;
+
+    #[test]
+    fn marks_keep_their_order_and_no_duplicates_past_the_index() {
+        let mut marks = Marks::default();
+        let ids: Vec<[u8; 16]> = (0..100u8).map(|i| [i; 16]).collect();
+        for id in &ids {
+            marks.insert(*id);
+            marks.insert(*id);
+            assert!(marks.contains(id));
+        }
+        // Again, with the set in use: nothing is added twice.
+        for id in ids.iter().rev() {
+            marks.insert(*id);
+        }
+        assert!(!marks.contains(&[200; 16]));
+        assert!(!marks.is_empty());
+        assert_eq!(marks.take(), ids);
+        assert!(marks.is_empty());
+        assert!(!marks.contains(&ids[0]));
+        marks.insert(ids[1]);
+        assert_eq!(marks.take(), vec![ids[1]]);
+    }
 }

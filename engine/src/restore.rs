@@ -16,7 +16,7 @@ impl Engine {
     /// follow from the clock alone, a transaction's or an enrollment's expiry, are not marked:
     /// whether written or not, every read derives them from the time again.)
     pub(crate) fn unsettled_tokens(&self, batch: &mut Batch) -> Vec<TokenId> {
-        let mut ids = std::mem::take(&mut batch.marked);
+        let mut ids = batch.marked.take();
         ids.sort_unstable();
         ids.dedup();
         ids.into_iter().map(TokenId).collect()

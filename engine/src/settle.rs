@@ -50,9 +50,7 @@ pub(crate) fn mark_in(
     id: &[u8; 16],
     batch: &mut Batch,
 ) {
-    if !batch.marked.contains(id) {
-        batch.marked.push(*id);
-    }
+    batch.marked.insert(*id);
     unsettled.insert(*id);
 }
 
@@ -83,7 +81,7 @@ impl Engine {
     /// After `batch` was written: its tokens' changes are durable, so they may be read and
     /// changed again. Only [`Engine::commit`] calls it (after a successful write).
     pub(crate) fn settle_committed(&self, batch: &mut Batch) {
-        for id in batch.marked.drain(..) {
+        for id in batch.marked.take() {
             self.shard(&id).unsettled.remove(&id);
         }
     }
