@@ -60,6 +60,13 @@ for l in "$log_rocks" "$log_pg"; do
   for _ in $(seq 1 1200); do grep -q "serving UDP" "$l" && break; sleep 0.1; done
   grep -E "loaded|serving" "$l" >&2
 done
+# One discarded run against each server first: the first seconds after a start were seen to
+# be slower (page cache, background work of the freshly started servers and database), and
+# they are not what is compared.
+for endpoint in "127.0.0.1:$port_zt" "127.0.0.1:$port_pg_zt"; do
+  warm=$(duration=5 run_load "$endpoint" --mix 95/3/2 --counters "$work/counters$([ "$endpoint" = "127.0.0.1:$port_zt" ] || echo -pg)")
+  echo "warm-up $endpoint (not counted): $warm" >&2
+done
 results=()
 for mix in $mixes; do
   rocks_runs=()
