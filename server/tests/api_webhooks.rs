@@ -814,3 +814,103 @@ fn the_most_verbose_log_holds_no_secret() {
         assert!(!leaks(&log, s), "the log shows a secret ({s}):\n{log}");
     }
 }
+
+/// PostgreSQL goes away under a running server: the API's changes are refused with `503
+/// storage_unavailable` and nothing changes; a status read is answered from memory (what the
+/// server last wrote); `/readyz` says 503 from the first request that could not reach the
+/// database (here a read, before the change). PostgreSQL comes back and the API changes
+/// tokens again, without a restart.
+#[test]
+fn the_api_refuses_changes_while_postgres_is_down_and_recovers_by_itself() {
+    let mut cluster = zoftoken_testkit::PgCluster::start();
+    let url = cluster.database();
+    let e = Env::with_storage(
+        None,
+        &format!(
+            "storage:\n  backend: postgres\n  postgres:\n    url: \"{url}\"\n    timeout_ms: 2000\n"
+        ),
+    );
+    let server = e.serve();
+    let (code, enrolled) = http(
+        server.http,
+        "POST",
+        "/v1/services/bank/tokens/alice",
+        ADMIN_KEY,
+        "{}",
+    );
+    assert_eq!(code, 201, "{enrolled}");
+    let phone = e.dir.path().join("phone.json");
+    let (code, out) = e.device(
+        &phone,
+        &["pair", enrolled["deeplink"].as_str().unwrap()],
+        "1357\n1357\n",
+    );
+    assert_eq!(code, 0, "{out}");
+    let alice = "/v1/services/bank/tokens/alice";
+    let state_of = |s: &Server| {
+        let (code, v) = http(s.http, "GET", alice, READ_KEY, "");
+        (code, v["state"].as_str().map(str::to_owned))
+    };
+    assert_eq!(state_of(&server), (200, Some("closed".into())));
+    let ready = |s: &Server| http(s.http, "GET", "/readyz", ADMIN_KEY, "").0;
+    assert_eq!(ready(&server), 200);
+
+    cluster.crash();
+    let (code, v) = http(
+        server.http,
+        "POST",
+        "/v1/services/bank/tokens/bob",
+        ADMIN_KEY,
+        "{}",
+    );
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (503, Some("storage_unavailable")),
+        "{v}"
+    );
+    assert_eq!(ready(&server), 503);
+    // Alice's state as last written, from memory.
+    assert_eq!(state_of(&server), (200, Some("closed".into())));
+    let block = r#"{"state":"blocked"}"#;
+    let (code, v) = http(
+        server.http,
+        "PUT",
+        &format!("{alice}/state"),
+        ADMIN_KEY,
+        block,
+    );
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (503, Some("storage_unavailable")),
+        "{v}"
+    );
+    // Refused before anything changed (the database is known down): nothing to hide.
+    assert_eq!(state_of(&server), (200, Some("closed".into())));
+
+    cluster.start_server();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ready(&server) != 200 {
+        assert!(Instant::now() < deadline, "no recovery");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // What the database holds: closed (the block was never written); then a block is.
+    assert_eq!(state_of(&server), (200, Some("closed".into())));
+    let (code, v) = http(
+        server.http,
+        "PUT",
+        &format!("{alice}/state"),
+        ADMIN_KEY,
+        block,
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(state_of(&server), (200, Some("blocked".into())));
+    let (code, v) = http(
+        server.http,
+        "POST",
+        "/v1/services/bank/tokens/bob",
+        ADMIN_KEY,
+        "{}",
+    );
+    assert_eq!(code, 201, "{v}");
+    server.stop();
+}

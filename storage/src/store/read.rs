@@ -7,7 +7,7 @@ use zoftoken_engine::{Engine, PendingRecord, TokenRecord, TokenStateRecord, Tran
 use zoftoken_proto::TokenId;
 
 use crate::error::{corrupt, StoreError};
-use crate::kv::Cf;
+use crate::kv::{Cf, KvError};
 use crate::scan::{id_key, try_scan};
 use crate::schema;
 use crate::Store;
@@ -15,7 +15,8 @@ use crate::Store;
 impl Store {
     /// The cold record of a token: `(service, username)`.
     pub fn token_info(&self, id: &TokenId) -> Result<Option<(String, String)>, StoreError> {
-        match self.kv.get(Cf::Tokens, &id.0)? {
+        let info = self.kv.get(Cf::Tokens, &id.0);
+        match info.map_err(|e| self.unreachable(e.into()))? {
             None => Ok(None),
             Some(v) => schema::decode_info(&v)
                 .map(Some)
@@ -60,6 +61,26 @@ impl Store {
     /// admin command that works on the database while the server is stopped. Returns whether
     /// anything was found.
     pub fn load_one(&self, engine: &Engine, now_ms: u64, id: &TokenId) -> Result<bool, StoreError> {
+        self.load_one_from_storage(engine, now_ms, id)
+            .map_err(|e| self.unreachable(e))
+    }
+
+    /// A read that could not reach the database (the store's `Io` kind) is reported as a
+    /// failing database, as a failed write is: `/readyz` is not ready and the once-a-second
+    /// probe finds out when the database can write again. Other errors pass unchanged.
+    pub(crate) fn unreachable(&self, e: StoreError) -> StoreError {
+        if matches!(e, StoreError::Kv(KvError::Io(_))) {
+            self.health().write_failed(&e);
+        }
+        e
+    }
+
+    fn load_one_from_storage(
+        &self,
+        engine: &Engine,
+        now_ms: u64,
+        id: &TokenId,
+    ) -> Result<bool, StoreError> {
         let stored = self.read_token(engine, id)?;
         let found = stored.token.is_some() || stored.pending.is_some();
         stored.apply(engine, now_ms)?;
