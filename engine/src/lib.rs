@@ -89,6 +89,7 @@ pub use packet::PacketOutcome;
 pub use pin_root::pin_root;
 pub use prefetch::Prefetcher;
 pub use state::{TokenKind, TokenState};
+pub use timers::MAX_EXPIRED_PER_TICK;
 pub use transaction::Transaction;
 
 use counters::Counters;

@@ -17,18 +17,26 @@ use crate::shard::{Shard, WINDOW_IDLE_MS};
 use crate::state::{event, schedule_expiry, TokenState, FLAG_HAS_WINDOW, FLAG_TIMER};
 use crate::{lock, Engine};
 
+/// Open windows one [`Engine::tick`] ends at most; the rest end at the next ticks. A start after
+/// downtime can find hundreds of thousands of lapsed windows: one batch of them all would be
+/// one huge write (on PostgreSQL one statement that may outlast its timeout), and a failed
+/// write would have every one of those tokens read back. A lapsed window reads as closed from
+/// its end on, whenever its tick writes it; only its `expired` event waits.
+pub const MAX_EXPIRED_PER_TICK: usize = 20_000;
+
 impl Engine {
-    /// Runs the timers at `now_ms`: ends open windows (`expired` events), expires
-    /// transactions, drops expired enrollments and challenges, and collapses idle replay
-    /// windows.
+    /// Runs the timers at `now_ms`: ends open windows (`expired` events; at most
+    /// [`MAX_EXPIRED_PER_TICK`]), expires transactions, drops expired enrollments and
+    /// challenges, and collapses idle replay windows.
     pub fn tick(&self, now_ms: u64, batch: &mut Batch) {
         let mut changed = Vec::new();
         let mut deferred = Vec::new();
+        let mut expired = 0usize;
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
             let shard = &mut *shard;
             while let Some(Reverse((until, slot))) = shard.timers.peek().copied() {
-                if until > now_ms {
+                if until > now_ms || expired >= MAX_EXPIRED_PER_TICK {
                     break;
                 }
                 shard.timers.pop();
@@ -46,6 +54,7 @@ impl Engine {
                     }
                     e.flags &= !FLAG_TIMER;
                     if e.state == TokenState::Open && e.open_until_ms <= now_ms {
+                        expired += 1;
                         mark_in(unsettled, &e.id, batch);
                         e.state = TokenState::Closed;
                         let mut ev = event(EventKind::Expired, e, now_ms, Actor::Timer);

@@ -242,6 +242,45 @@ fn an_expired_window_reads_as_closed_and_emits_expired() {
     assert!(w.kinds().is_empty());
 }
 
+/// A start after downtime can find far more lapsed windows than one tick ends: each tick ends
+/// at most `MAX_EXPIRED_PER_TICK` (one bounded write), every lapsed window reads as closed
+/// meanwhile, and the following ticks end the rest, each once.
+#[test]
+fn a_tick_ends_a_bounded_number_of_windows_and_the_next_ticks_the_rest() {
+    let mut w = world();
+    let mut p = w.pair("bank", "alice", false);
+    let alice = p.token.token_id();
+    w.open(&mut p).unwrap();
+    // Other open tokens, loaded as at a start: alice's record under other ids.
+    let record = w.stored_token(&alice).unwrap();
+    let others = MAX_EXPIRED_PER_TICK + 9;
+    for i in 0..others {
+        let mut r = record.clone();
+        let mut id = [0xA5u8; 16];
+        id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        r.status.token_id = TokenId(id);
+        w.engine.load_token(&r).unwrap();
+    }
+    w.kinds();
+    w.now += 600_000;
+    assert_eq!(
+        w.engine.status_by_id(w.now, &alice).unwrap().state,
+        TokenState::Closed
+    );
+    w.admin(|e, now, b| e.tick(now, b));
+    assert_eq!(w.kinds().len(), MAX_EXPIRED_PER_TICK);
+    w.admin(|e, now, b| e.tick(now, b));
+    let rest = w.kinds();
+    assert_eq!(rest.len(), others + 1 - MAX_EXPIRED_PER_TICK);
+    assert!(rest.iter().all(|k| *k == EventKind::Expired));
+    w.admin(|e, now, b| e.tick(now, b));
+    assert!(w.kinds().is_empty());
+    assert_eq!(
+        w.engine.status_by_id(w.now, &alice).unwrap().state,
+        TokenState::Closed
+    );
+}
+
 #[test]
 fn reopening_extends_the_window_and_only_the_last_window_expires() {
     let mut w = world();
