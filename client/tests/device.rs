@@ -121,7 +121,7 @@ impl Device {
                 serde_json::from_str(text.lines().last().unwrap()).unwrap();
             assert_eq!(&last, &report.json);
             assert!(
-                !text.contains("2468") && !text.contains("1357"),
+                !shows(&text, "2468") && !shows(&text, "1357"),
                 "PIN printed"
             );
         }
@@ -144,6 +144,30 @@ fn pair_cmd(code: &str, duress: bool) -> DeviceCmd {
     }
 }
 
+/// Whether `text` shows `pin` as a value of its own: not merely four digits inside a hex or
+/// base64 string (random keys and ids contain any digit sequence now and then), but with no
+/// letter or digit on either side.
+fn shows(text: &str, pin: &str) -> bool {
+    let bytes = text.as_bytes();
+    text.match_indices(pin).any(|(at, _)| {
+        let before = at.checked_sub(1).and_then(|i| bytes.get(i));
+        let after = bytes.get(at + pin.len());
+        !before.is_some_and(u8::is_ascii_alphanumeric)
+            && !after.is_some_and(u8::is_ascii_alphanumeric)
+    })
+}
+
+#[test]
+fn a_pin_is_shown_only_as_a_value_of_its_own() {
+    assert!(shows(r#"{"pin":"2468"}"#, "2468"));
+    assert!(shows(r#"{"pin":2468,"x":1}"#, "2468"));
+    assert!(shows("2468", "2468"));
+    assert!(!shows(
+        r#"{"key":"9f2468ab","id":"24680","t":"a2468"}"#,
+        "2468"
+    ));
+}
+
 fn open() -> DeviceCmd {
     DeviceCmd::Open { duress: false }
 }
@@ -162,7 +186,7 @@ fn pair_by_deeplink_then_open_status_close() {
     let mode = std::fs::metadata(dev.path()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let text = std::fs::read_to_string(dev.path()).unwrap();
-    assert!(!text.contains("2468"));
+    assert!(!shows(&text, "2468"), "PIN stored");
 
     let r = dev.run(open(), &["2468"]).unwrap();
     assert_eq!(r.json["state"], "open");
