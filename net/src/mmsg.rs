@@ -78,7 +78,8 @@ fn poll_fd(fd: libc::c_int, events: libc::c_short, timeout: Duration) -> bool {
     };
     let ts = libc::timespec {
         tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
-        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+        // Below 10^9: fits every platform's `c_long`.
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
     // SAFETY: one valid pollfd, count 1; a valid timespec; no signal mask (null).
     let r = unsafe { libc::ppoll(&mut p, 1, &ts, std::ptr::null()) };
