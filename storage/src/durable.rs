@@ -113,10 +113,7 @@ impl Store {
         let wanted: HashSet<[u8; 16]> = ids.iter().map(|t| t.0).collect();
         // Read everything first: a read error leaves the engine untouched.
         let mut txs = self.transactions_of(&wanted)?;
-        let mut loaded = Vec::with_capacity(ids.len());
-        for id in ids {
-            loaded.push(self.read_token(engine, id)?);
-        }
+        let loaded = self.read_tokens(engine, ids)?;
         let mut restored = Vec::with_capacity(ids.len());
         for (id, records) in ids.iter().zip(loaded) {
             let highest = engine.forget_for_restore(id);

@@ -90,6 +90,10 @@ impl KvStore for FaultyKv {
         self.inner.get(cf, key)
     }
 
+    fn get_many(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        self.inner.get_many(cf, keys)
+    }
+
     fn is_shared(&self) -> bool {
         self.inner.is_shared()
     }

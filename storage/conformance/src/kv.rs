@@ -73,6 +73,44 @@ pub fn kv_scans_are_ordered_and_bounded(h: &mut dyn Harness) {
     assert_eq!(kv.last(Cf::Transactions).unwrap(), None);
 }
 
+/// Several keys read at once come back in the order asked, absent ones as `None`, a key
+/// asked for twice twice, from the column family asked for only; many keys at once too.
+pub fn kv_get_many_answers_in_the_order_asked(h: &mut dyn Harness) {
+    let kv = h.open().unwrap();
+    let mut b = WriteBatch::new();
+    put(&mut b, Cf::Secrets, "a", "1");
+    put(&mut b, Cf::Secrets, "c", "3");
+    put(&mut b, Cf::State, "b", "other family");
+    for i in 0..2500 {
+        put(&mut b, Cf::Tokens, &format!("k{i:05}"), &i.to_string());
+    }
+    kv.write(&b, Durability::Wal).unwrap();
+    let got = kv
+        .get_many(Cf::Secrets, &[b"c", b"b", b"a", b"c", b""])
+        .unwrap();
+    let want: Vec<Option<Vec<u8>>> = vec![
+        Some(b"3".to_vec()),
+        None,
+        Some(b"1".to_vec()),
+        Some(b"3".to_vec()),
+        None,
+    ];
+    assert_eq!(got, want);
+    assert_eq!(
+        kv.get_many(Cf::Secrets, &[]).unwrap(),
+        Vec::<Option<Vec<u8>>>::new()
+    );
+    // More keys than one query of a store may take: every one answered, in order.
+    let names: Vec<String> = (0..3000).rev().map(|i| format!("k{i:05}")).collect();
+    let keys: Vec<&[u8]> = names.iter().map(|n| n.as_bytes()).collect();
+    let got = kv.get_many(Cf::Tokens, &keys).unwrap();
+    assert_eq!(got.len(), 3000);
+    for (i, v) in (0..3000).rev().zip(got) {
+        let want = (i < 2500).then(|| i.to_string().into_bytes());
+        assert_eq!(v, want, "k{i:05}");
+    }
+}
+
 /// The same key in two column families is two records.
 pub fn kv_column_families_are_separate(h: &mut dyn Harness) {
     let kv = h.open().unwrap();

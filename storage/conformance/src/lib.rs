@@ -36,9 +36,9 @@ mod webhooks;
 pub use fault::FaultyKv;
 pub use kv::{
     kv_batches_are_atomic_and_ordered, kv_column_families_are_separate,
-    kv_compare_and_put_is_atomic, kv_put_newer_keeps_the_newest_version,
-    kv_scans_are_ordered_and_bounded, kv_shared_versioned_puts_compare_and_set,
-    kv_survives_clean_reopen, kv_survives_crash,
+    kv_compare_and_put_is_atomic, kv_get_many_answers_in_the_order_asked,
+    kv_put_newer_keeps_the_newest_version, kv_scans_are_ordered_and_bounded,
+    kv_shared_versioned_puts_compare_and_set, kv_survives_clean_reopen, kv_survives_crash,
 };
 pub use store::{
     store_commit_and_load_round_trip, store_commits_survive_crash, store_export_import_round_trip,
@@ -67,6 +67,7 @@ macro_rules! conformance_tests {
             kv_batches_are_atomic_and_ordered,
             kv_scans_are_ordered_and_bounded,
             kv_column_families_are_separate,
+            kv_get_many_answers_in_the_order_asked,
             kv_put_newer_keeps_the_newest_version,
             kv_compare_and_put_is_atomic,
             kv_survives_clean_reopen,

@@ -113,6 +113,11 @@ impl KvStore for PgKv {
         conn.run(|c| read::get(c, cf, key))
     }
 
+    fn get_many(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        let mut conn = self.pool.get()?;
+        conn.run(|c| read::get_many(c, cf, keys))
+    }
+
     fn scan(
         &self,
         cf: Cf,

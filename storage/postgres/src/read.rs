@@ -1,6 +1,8 @@
-//! Point reads, the last key, and ordered scans in pages (keyset pagination: each page starts
+//! Point reads (one key, or many in few queries), the last key, and ordered scans in pages (keyset pagination: each page starts
 //! just after the previous one's last key), so that no connection is held while the visitor
 //! runs and a scan of millions of rows holds no long transaction.
+
+use std::collections::HashMap;
 
 use zoftoken_storage::kv::{KeyValue, Visitor};
 use zoftoken_storage::{Cf, KvError};
@@ -17,6 +19,31 @@ pub(crate) fn get(c: &mut Conn, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, p
         .query_opt(&s, &[&key])?
         .map(|r| r.try_get(0))
         .transpose()
+}
+
+/// Keys per query of [`get_many`].
+const MANY: usize = 1000;
+
+/// The values of `keys` in their order: one query per [`MANY`] keys (`k = ANY($1)`, a
+/// primary-key lookup each), instead of a round trip per key.
+pub(crate) fn get_many(
+    c: &mut Conn,
+    cf: Cf,
+    keys: &[&[u8]],
+) -> Result<Vec<Option<Vec<u8>>>, postgres::Error> {
+    let s = c.prepared(&format!(
+        "SELECT k, v FROM {} WHERE k = ANY($1::bytea[])",
+        table(cf)
+    ))?;
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(MANY) {
+        let mut found: HashMap<Vec<u8>, Vec<u8>> = HashMap::with_capacity(chunk.len());
+        for row in c.client().query(&s, &[&chunk])? {
+            found.insert(row.try_get(0)?, row.try_get(1)?);
+        }
+        out.extend(chunk.iter().map(|k| found.get(*k).cloned()));
+    }
+    Ok(out)
 }
 
 pub(crate) fn last(c: &mut Conn, cf: Cf) -> Result<Option<KeyValue>, postgres::Error> {

@@ -40,6 +40,14 @@ pub trait KvStore: Send + Sync {
     /// The value of one key.
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
 
+    /// The values of several keys of one column family, in the order of `keys` (`None` for
+    /// a key without a record; a key asked for twice is answered twice). The default asks
+    /// for each key in turn; a store whose reads are round trips (PostgreSQL) reads them
+    /// together.
+    fn get_many(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        keys.iter().map(|k| self.get(cf, k)).collect()
+    }
+
     /// Visits the keys `start <= key < end` (`end = None`: to the last key) in order.
     fn scan(
         &self,

@@ -118,18 +118,63 @@ impl Store {
         engine: &Engine,
         id: &TokenId,
     ) -> Result<StoredToken, StoreError> {
+        let records = TokenRecords {
+            secrets: self.kv.get(Cf::Secrets, &id.0)?,
+            state: self.kv.get(Cf::State, &id.0)?,
+            pending: self.kv.get(Cf::Enrollments, &id.0)?,
+            backup: self.kv.get(Cf::BackupCodes, &id.0)?,
+        };
+        self.decode_token(engine, id, records)
+    }
+
+    /// [`Store::read_token`] for many tokens, in the order of `ids`: four reads of many keys
+    /// (secrets, state, pending enrollments, backup codes), not four per token.
+    pub(crate) fn read_tokens(
+        &self,
+        engine: &Engine,
+        ids: &[TokenId],
+    ) -> Result<Vec<StoredToken>, StoreError> {
+        let keys: Vec<&[u8]> = ids.iter().map(|id| &id.0[..]).collect();
+        let secrets = self.kv.get_many(Cf::Secrets, &keys)?;
+        let states = self.kv.get_many(Cf::State, &keys)?;
+        let pending = self.kv.get_many(Cf::Enrollments, &keys)?;
+        let backup = self.kv.get_many(Cf::BackupCodes, &keys)?;
+        ids.iter()
+            .zip(secrets.into_iter().zip(states))
+            .zip(pending.into_iter().zip(backup))
+            .map(|((id, (secrets, state)), (pending, backup))| {
+                let records = TokenRecords {
+                    secrets,
+                    state,
+                    pending,
+                    backup,
+                };
+                self.decode_token(engine, id, records)
+            })
+            .collect()
+    }
+
+    /// Opens and decodes one token's stored records.
+    fn decode_token(
+        &self,
+        engine: &Engine,
+        id: &TokenId,
+        records: TokenRecords,
+    ) -> Result<StoredToken, StoreError> {
         let mut stored = StoredToken {
             id: *id,
             token: None,
             pending: None,
             backup: None,
         };
-        if let Some(v) = self.kv.get(Cf::Secrets, &id.0)? {
+        if let Some(v) = records.secrets {
             let s = schema::decode_secrets(&self.key, id, &v)
                 .ok_or_else(|| corrupt(Cf::Secrets, &id.0, "undecodable or not authentic"))?;
-            let status = self
-                .token_state(id)?
+            let state = records
+                .state
                 .ok_or_else(|| corrupt(Cf::Secrets, &id.0, "token has no state record"))?;
+            let status = schema::decode_state(*id, &state)
+                .ok_or_else(|| corrupt(Cf::State, &id.0, "undecodable"))?;
             let service = engine.service_index_of(&s.service).ok_or_else(|| {
                 StoreError::Invalid(format!("service `{}` is not configured", s.service))
             })?;
@@ -142,13 +187,13 @@ impl Store {
                 status,
             });
         }
-        if let Some(v) = self.kv.get(Cf::Enrollments, &id.0)? {
+        if let Some(v) = records.pending {
             stored.pending =
                 Some(schema::decode_pending(&self.key, *id, &v).ok_or_else(|| {
                     corrupt(Cf::Enrollments, &id.0, "undecodable or not authentic")
                 })?);
         }
-        if let Some(v) = self.kv.get(Cf::BackupCodes, &id.0)? {
+        if let Some(v) = records.backup {
             stored.backup =
                 Some(schema::decode_backup(&self.key, id, &v).ok_or_else(|| {
                     corrupt(Cf::BackupCodes, &id.0, "undecodable or not authentic")
@@ -156,6 +201,14 @@ impl Store {
         }
         Ok(stored)
     }
+}
+
+/// One token's records as read, before they are opened.
+struct TokenRecords {
+    secrets: Option<Vec<u8>>,
+    state: Option<Vec<u8>>,
+    pending: Option<Vec<u8>>,
+    backup: Option<Vec<u8>>,
 }
 
 /// One token's records as read by [`Store::read_token`].
