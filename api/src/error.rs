@@ -105,6 +105,28 @@ pub(crate) fn storage_unavailable() -> Failure {
     .retry_after(1)
 }
 
+/// `503 storage_unavailable` for a read: the database has not answered within the staleness
+/// bound, so what this server's memory shows may be outdated (another server or the command
+/// line may have changed it).
+pub(crate) fn stale_read() -> Failure {
+    Failure::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage_unavailable",
+        "the database has not answered within the staleness bound; this server does not \
+         answer from memory that may be outdated; try again later or ask another server",
+    )
+    .retry_after(1)
+}
+
+/// [`stale_read`] unless the store's reads are fresh.
+pub(crate) fn fresh(store: &zoftoken_storage::Store) -> Result<(), Failure> {
+    if store.health().reads_fresh() {
+        Ok(())
+    } else {
+        Err(stale_read())
+    }
+}
+
 impl From<PathError> for Failure {
     fn from(e: PathError) -> Self {
         match e {

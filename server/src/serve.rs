@@ -99,9 +99,11 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
         loaded.config.durability.into(),
         io_threads * loaded.udp.len(),
     );
-    let over_the_network = store.kv().is_shared();
-    if over_the_network {
+    if store.kv().is_shared() {
         commit_config = commit_config.over_the_network();
+        // Other processes write this database too: memory answers reads only while the
+        // database answered recently.
+        store.health().set_staleness_bound(loaded.staleness_bound());
     }
     let committer = Committer::start(store.clone(), engine.clone(), commit_config)
         .context("starting the group commit")?;
@@ -115,10 +117,10 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
     let udp = UdpServer::start(
         engine.clone(),
         &committer,
+        store.clone(),
         &loaded.udp,
         kind,
         io_threads,
-        over_the_network,
         stop.clone(),
     )
     .context("starting the UDP listeners")?;
@@ -323,14 +325,18 @@ fn refuse_an_earlier_demo_admin_authkey(loaded: &Loaded) -> Result<(), OpenError
     Ok(())
 }
 
-/// The database's health and what it cost: whether it can write, failed commits, replies
-/// withheld because their batch was not written, tokens waiting for their change's outcome.
+/// The database's health and what it cost: whether it can write, how long since it last
+/// answered, failed commits, replies withheld because their batch was not written or because
+/// memory was too stale to answer from, tokens waiting for their change's outcome.
 fn export_storage_metrics(store: &Store, engine: &Engine, udp: &zoftoken_server::udp::UdpStats) {
     let health = store.health();
     metrics::gauge!("zoftoken_storage_writable").set(if health.writable() { 1.0 } else { 0.0 });
     metrics::counter!("zoftoken_commit_failures_total").absolute(health.failed_commits());
     metrics::counter!("zoftoken_replies_withheld_total")
         .absolute(udp.withheld.load(Ordering::Relaxed));
+    metrics::counter!("zoftoken_replies_stale_withheld_total")
+        .absolute(udp.stale.load(Ordering::Relaxed));
+    metrics::gauge!("zoftoken_storage_unreached_seconds").set(health.unreached_for().as_secs_f64());
     metrics::gauge!("zoftoken_tokens_unsettled").set(engine.unsettled_count() as f64);
 }
 

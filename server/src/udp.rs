@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use zoftoken_engine::{Batch, Engine, PacketOutcome, Prefetcher};
 use zoftoken_net::{open_drivers, probe_uring, Driver, DriverKind, PacketBatch};
-use zoftoken_storage::{Committer, Done, Submitter};
+use zoftoken_storage::{Committer, Done, Store, Submitter};
 
 use crate::config::IoSetting;
 use crate::now_ms;
@@ -63,6 +63,9 @@ pub struct UdpStats {
     pub replied: AtomicU64,
     /// Replies withheld because their batch could not be written.
     pub withheld: AtomicU64,
+    /// Replies of requests that changed nothing, withheld because the database had not
+    /// answered within the staleness bound (what memory shows may be outdated).
+    pub stale: AtomicU64,
     /// Group commits that failed.
     pub failed_commits: AtomicU64,
 }
@@ -81,17 +84,18 @@ pub struct UdpServer {
 impl UdpServer {
     /// Binds `threads` sockets on each of `addrs` ([`open_drivers`]) and starts one IO thread
     /// per socket. They run until `stop` is set, then finish their batches in flight and end.
-    /// `over_the_network`: the database is reached over the network (PostgreSQL), so a
-    /// commit takes a round trip and the database's log flush; the threads then keep more
-    /// batches waiting ([`MAX_IN_FLIGHT_NETWORK`]) and go on receiving while they wait,
-    /// looking for finished commits every [`COMMIT_POLL`].
+    /// A database reached over the network (PostgreSQL, a shared store) takes a round trip
+    /// and its log flush per commit; the threads then keep more batches waiting
+    /// ([`MAX_IN_FLIGHT_NETWORK`]) and go on receiving while they wait, looking for
+    /// finished commits every [`COMMIT_POLL`]. Replies of requests that changed nothing are
+    /// sent only while the store's reads are fresh (`Health::reads_fresh`).
     pub fn start(
         engine: Arc<Engine>,
         committer: &Committer,
+        store: Arc<Store>,
         addrs: &[SocketAddr],
         kind: DriverKind,
         threads: usize,
-        over_the_network: bool,
         stop: Arc<AtomicBool>,
     ) -> io::Result<UdpServer> {
         let stats = Arc::new(UdpStats::default());
@@ -106,12 +110,12 @@ impl UdpServer {
         let driver_name = drivers.first().map_or("none", |d| d.name());
         for (i, driver) in drivers.into_iter().enumerate() {
             let (engine, stop, stats) = (engine.clone(), stop.clone(), stats.clone());
-            let submitter = committer.submitter();
+            let (submitter, store) = (committer.submitter(), store.clone());
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("zoftoken-udp-{i}"))
                     .spawn(move || {
-                        IoThread::new(driver, engine, submitter, stats, over_the_network).run(&stop)
+                        IoThread::new(driver, engine, submitter, store, stats).run(&stop)
                     })?,
             );
         }
@@ -137,6 +141,8 @@ struct IoThread {
     driver: Box<dyn Driver>,
     engine: Arc<Engine>,
     submitter: Submitter,
+    /// The store's health says whether replies from memory are fresh enough.
+    store: Arc<Store>,
     stats: Arc<UdpStats>,
     /// Batches that may wait for their commit at once.
     max_in_flight: usize,
@@ -158,9 +164,10 @@ impl IoThread {
         driver: Box<dyn Driver>,
         engine: Arc<Engine>,
         submitter: Submitter,
+        store: Arc<Store>,
         stats: Arc<UdpStats>,
-        over_the_network: bool,
     ) -> IoThread {
+        let over_the_network = store.kv().is_shared();
         let max_in_flight = if over_the_network {
             MAX_IN_FLIGHT_NETWORK
         } else {
@@ -170,6 +177,7 @@ impl IoThread {
             driver,
             engine,
             submitter,
+            store,
             stats,
             max_in_flight,
             poll_commits: over_the_network,
@@ -256,6 +264,19 @@ impl IoThread {
             }
         }
         self.stats.handled.fetch_add(n as u64, Ordering::Relaxed);
+        if !immediate.is_empty() && !self.store.health().reads_fresh() {
+            // The database has not answered for longer than the staleness bound: another
+            // writer may have changed what memory shows. No answer rather than a wrong one
+            // (the app retries, perhaps at another server).
+            self.stats
+                .stale
+                .fetch_add(immediate.len() as u64, Ordering::Relaxed);
+            self.log_error(
+                "replies from memory withheld: the database has not answered within the \
+                 staleness bound",
+            );
+            immediate.clear();
+        }
         if !immediate.is_empty() {
             if let Err(e) = self.driver.send(&immediate) {
                 self.log_error(&format!("UDP send: {e}"));

@@ -276,18 +276,7 @@ fn an_api_enrollment_pairs_and_a_long_poll_wakes_on_the_device_open_of(e: Env) {
         "the poll waited {waited:?}"
     );
     // /metrics is served through the installed recorder, to an unrestricted admin key only.
-    let metrics = |key: Option<&str>| {
-        let mut s = TcpStream::connect(server.http).unwrap();
-        let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text
-    };
+    let metrics = |key: Option<&str>| metrics_text(server.http, key);
     let text = metrics(Some(ADMIN_KEY));
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("zoftoken_"), "{text}");
@@ -297,6 +286,20 @@ fn an_api_enrollment_pairs_and_a_long_poll_wakes_on_the_device_open_of(e: Env) {
         assert!(!text.contains("zoftoken_"), "{text}");
     }
     server.stop();
+}
+
+/// `GET /metrics` with `key` (if any): the whole HTTP answer.
+fn metrics_text(http: SocketAddr, key: Option<&str>) -> String {
+    let mut s = TcpStream::connect(http).unwrap();
+    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
 }
 
 /// `zoftoken device` as `Ok(stdout parsed as JSON)` with exit code 0, or `Err(the output)`.
@@ -912,5 +915,94 @@ fn the_api_refuses_changes_while_postgres_is_down_and_recovers_by_itself() {
         "{}",
     );
     assert_eq!(code, 201, "{v}");
+    server.stop();
+}
+
+/// With PostgreSQL down, memory answers reads only within the staleness bound
+/// (`max_staleness_ms`, here 2 s): at first the API's status and the app's STATUS are
+/// answered from memory; once the database has not answered for longer, the API says `503`
+/// and the app gets no reply (other servers or the command line may have changed the token
+/// meanwhile). PostgreSQL back: both answered again, without a restart.
+#[test]
+fn reads_from_memory_stop_beyond_the_staleness_bound() {
+    let mut cluster = zoftoken_testkit::PgCluster::start();
+    let url = cluster.database();
+    let e = Env::with_storage(
+        None,
+        &format!(
+            "storage:\n  backend: postgres\n  postgres:\n    url: \"{url}\"\n    \
+             timeout_ms: 1000\n    max_staleness_ms: 2000\n"
+        ),
+    );
+    let server = e.serve();
+    let (code, enrolled) = http(
+        server.http,
+        "POST",
+        "/v1/services/bank/tokens/alice",
+        ADMIN_KEY,
+        "{}",
+    );
+    assert_eq!(code, 201, "{enrolled}");
+    let phone = e.dir.path().join("phone.json");
+    let (code, out) = e.device(
+        &phone,
+        &["pair", enrolled["deeplink"].as_str().unwrap()],
+        "1357\n1357\n",
+    );
+    assert_eq!(code, 0, "{out}");
+    let alice = "/v1/services/bank/tokens/alice";
+    let status = || {
+        let (code, v) = http(server.http, "GET", alice, READ_KEY, "");
+        (
+            code,
+            v["state"]
+                .as_str()
+                .or(v["error"]["code"].as_str())
+                .map(str::to_owned),
+        )
+    };
+    let app_status = || device_json(&e, &phone, &["status"], "");
+    assert_eq!(status(), (200, Some("closed".into())));
+
+    cluster.crash();
+    let crashed = Instant::now();
+    // Within the bound (the server reached the database at most a second before the crash):
+    // answered from memory.
+    assert_eq!(status(), (200, Some("closed".into())));
+    assert!(
+        crashed.elapsed() < Duration::from_millis(900),
+        "too slow to check"
+    );
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(status(), (503, Some("storage_unavailable".into())));
+    let long_poll = http(server.http, "GET", &format!("{alice}?wait=1"), READ_KEY, "");
+    assert_eq!(long_poll.0, 503, "{}", long_poll.1);
+    assert!(app_status().is_err(), "a STATUS answered from stale memory");
+    // Counted (the metrics are exported once a second).
+    let stale = || {
+        metrics_text(server.http, Some(ADMIN_KEY))
+            .lines()
+            .find_map(|l| l.strip_prefix("zoftoken_replies_stale_withheld_total "))
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stale() < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "withheld STATUS replies not counted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    cluster.start_server();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status().0 != 200 {
+        assert!(Instant::now() < deadline, "no recovery");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(status(), (200, Some("closed".into())));
+    let answered = app_status().unwrap();
+    assert_eq!(answered["state"], "closed", "{answered}");
     server.stop();
 }

@@ -57,15 +57,15 @@ impl Rig {
             .unwrap();
         let mut config = CommitterConfig::new(Durability::Wal, 1);
         config.writer_thread = writer_thread;
-        let committer = Committer::start(store, engine.clone(), config).unwrap();
+        let committer = Committer::start(store.clone(), engine.clone(), config).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let udp = UdpServer::start(
             engine,
             &committer,
+            store,
             &["127.0.0.1:0".parse().unwrap()],
             DriverKind::Mmsg,
             1,
-            false,
             stop.clone(),
         )
         .unwrap();

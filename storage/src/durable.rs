@@ -131,7 +131,11 @@ impl Store {
     pub fn probe(&self, engine: &Engine, now_ms: u64) {
         let health = self.health();
         self.restore_or_keep(engine, now_ms, health.take_unrestored());
-        if health.writable() || !health.claim_probe(now_ms, PROBE_INTERVAL_MS) {
+        if health.writable() {
+            self.keep_alive();
+            return;
+        }
+        if !health.claim_probe(now_ms, PROBE_INTERVAL_MS) {
             return;
         }
         match self.kv().reopen() {
@@ -159,7 +163,28 @@ impl Store {
             Err(e) => health.note_error(e.to_string()),
         }
     }
+
+    /// While writes work, on a database other processes change too: if nothing reached it
+    /// for [`KEEP_ALIVE`], one small read does, so that the staleness of answers from memory
+    /// is known even when nothing is written ([`crate::Health::reads_fresh`]). A read that
+    /// cannot reach the database turns the store failing, as a failed write does.
+    fn keep_alive(&self) {
+        let health = self.health();
+        if !self.kv().is_shared() || health.unreached_for() < KEEP_ALIVE {
+            return;
+        }
+        match self.kv().get(Cf::Meta, meta::WRITE_PROBE) {
+            Ok(_) => health.reached(),
+            Err(e) => {
+                let e = self.unreachable(StoreError::from(e));
+                tracing::debug!("keep-alive read of the database failed: {e}");
+            }
+        }
+    }
 }
+
+/// How long the database may go unasked while writes work before [`Store::probe`] reads it.
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_millis(900);
 
 /// The wall clock in Unix milliseconds, for the restores of the group commit (which expire
 /// enrollments loaded back by the time).

@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use zoftoken_proto::TokenId;
 
@@ -31,6 +32,14 @@ pub struct Health {
     /// (a write reported as failed may still be in its log, and the reopened database then
     /// holds it).
     restored_while_failing: Mutex<HashSet<TokenId>>,
+    /// The origin of `reached_ms`.
+    origin: Instant,
+    /// When the database last answered (a write, a probe, a keep-alive read), in
+    /// milliseconds since `origin`.
+    reached_ms: AtomicU64,
+    /// How long after that reads may still be answered from memory, in milliseconds
+    /// (`u64::MAX`: without a bound, for a store no other process changes).
+    staleness_bound_ms: AtomicU64,
 }
 
 impl Default for Health {
@@ -43,6 +52,9 @@ impl Default for Health {
             unrestored: Mutex::new(Vec::new()),
             last_probe_ms: AtomicU64::new(0),
             restored_while_failing: Mutex::new(HashSet::new()),
+            origin: Instant::now(),
+            reached_ms: AtomicU64::new(0),
+            staleness_bound_ms: AtomicU64::new(u64::MAX),
         }
     }
 }
@@ -68,6 +80,7 @@ impl Health {
     /// was written, and its tokens are restored from the database as after any failed write,
     /// but the database can write, so the server stays ready.
     pub(crate) fn write_conflicted(&self) {
+        self.reached();
         self.failed_commits.fetch_add(1, Ordering::Relaxed);
         self.conflicts.fetch_add(1, Ordering::Relaxed);
     }
@@ -96,6 +109,7 @@ impl Health {
 
     /// A write succeeded.
     pub(crate) fn write_ok(&self) {
+        self.reached();
         if !self.writable.load(Ordering::Acquire) && !self.writable.swap(true, Ordering::AcqRel) {
             tracing::info!("the database can write again; serving normally");
         }
@@ -133,6 +147,37 @@ impl Health {
     /// The tokens whose restore is to be tried again (taken: a failure keeps them again).
     pub(crate) fn take_unrestored(&self) -> Vec<TokenId> {
         std::mem::take(&mut *lock(&self.unrestored))
+    }
+
+    /// The database answered just now.
+    pub(crate) fn reached(&self) {
+        let ms = self.origin.elapsed().as_millis() as u64;
+        self.reached_ms.fetch_max(ms, Ordering::AcqRel);
+    }
+
+    /// How long ago the database last answered (a write, a probe, a keep-alive read).
+    pub fn unreached_for(&self) -> Duration {
+        let now = self.origin.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.reached_ms.load(Ordering::Acquire)))
+    }
+
+    /// Bounds how stale an answer from memory may be: once the database has not answered
+    /// for longer than `bound`, [`Health::reads_fresh`] says no. For a database other
+    /// processes change too (several servers, the command line); without a bound (the
+    /// default) memory is the truth, as for a database this process holds alone.
+    pub fn set_staleness_bound(&self, bound: Duration) {
+        let ms = u64::try_from(bound.as_millis()).unwrap_or(u64::MAX - 1);
+        self.staleness_bound_ms.store(ms, Ordering::Release);
+        // The bound counts from now, not from the process's start.
+        self.reached();
+    }
+
+    /// Whether reads may be answered from memory: the database answered within the
+    /// staleness bound (always, without one). Replies and API answers that show a token's
+    /// state ask this first; when it says no they are withheld (UDP) or `503` (API).
+    pub fn reads_fresh(&self) -> bool {
+        let bound = self.staleness_bound_ms.load(Ordering::Acquire);
+        bound == u64::MAX || self.unreached_for() <= Duration::from_millis(bound)
     }
 
     /// Whether a probe may try the database at `now_ms`: at most once per `interval_ms`,

@@ -14,7 +14,7 @@ use super::status_json::status_json;
 use super::{settled_status, token_change, token_op};
 use crate::body::Query;
 use crate::context::Ctx;
-use crate::error::Failure;
+use crate::error::{fresh, Failure};
 use crate::response::{created, ok, ok_json, Outcome};
 use crate::routes::matcher::Tok;
 use crate::routes::Params;
@@ -27,6 +27,7 @@ pub(crate) async fn token_status(ctx: &Ctx<'_>, p: Params<'_>, _: Incoming) -> O
     if q.wait_s == 0 {
         let state = ctx.state;
         let st = settled_status(&state.engine, || state.now(), tok.service, tok.username).await?;
+        fresh(&state.store)?;
         return ok_json(status_json(&st));
     }
     // Boxed: the long poll's timers and watch stay out of the plain status poll's future.
@@ -43,6 +44,7 @@ async fn long_poll(ctx: &Ctx<'_>, tok: Tok<'_>, q: Query) -> Outcome {
     let changed = engine.watch(&id);
     let st = settled_status(engine, clock, tok.service, tok.username).await?;
     let now = state.now();
+    fresh(&state.store)?;
     if q.state.is_some_and(|s| s != st.state) {
         return ok_json(status_json(&st));
     }
@@ -57,6 +59,7 @@ async fn long_poll(ctx: &Ctx<'_>, tok: Tok<'_>, q: Query) -> Outcome {
         _ = state.stopping() => {}
     }
     let st = settled_status(engine, clock, tok.service, tok.username).await?;
+    fresh(&state.store)?;
     ok_json(status_json(&st))
 }
 

@@ -11,7 +11,7 @@ use zoftoken_proto::{TokenId, TxState};
 
 use super::{settled, token_op};
 use crate::context::Ctx;
-use crate::error::Failure;
+use crate::error::{fresh, Failure};
 use crate::response::{created, ok, Outcome};
 use crate::routes::Params;
 
@@ -78,7 +78,9 @@ pub(crate) async fn transaction_get(ctx: &Ctx<'_>, p: Params<'_>, _: Incoming) -
     }
     let id = TokenId::derive(tok.service, tok.username);
     let read = |now: u64| async move {
-        match settled(|| engine.transaction(now, &tx_id)).await {
+        let read = settled(|| engine.transaction(now, &tx_id)).await;
+        fresh(&state.store)?;
+        match read {
             Ok(t) if t.token_id == id => Ok(t),
             Err(EngineError::Unsettled) => Err(Failure::from(EngineError::Unsettled)),
             _ => Err(Failure::from(EngineError::UnknownTransaction)),

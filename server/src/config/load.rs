@@ -73,7 +73,25 @@ impl Loaded {
     pub fn demo_admin_authkey_file(&self) -> PathBuf {
         self.config.data_dir.join("demo-admin.authkey")
     }
+
+    /// How stale an answer from memory may be with a database other processes change
+    /// (`storage.postgres.max_staleness_ms`).
+    pub fn staleness_bound(&self) -> std::time::Duration {
+        let ms = self
+            .config
+            .storage
+            .postgres
+            .as_ref()
+            .and_then(|p| p.max_staleness_ms)
+            .unwrap_or(DEFAULT_STALENESS_MS);
+        std::time::Duration::from_millis(ms)
+    }
 }
+
+/// The default staleness bound (`storage.postgres.max_staleness_ms`).
+pub const DEFAULT_STALENESS_MS: u64 = 5_000;
+/// The lowest staleness bound accepted: above the once-a-second keep-alive read.
+const MIN_STALENESS_MS: u64 = 2_000;
 
 /// Reads, overrides from `env` (a lookup function, `std::env::var` in production) and
 /// validates the configuration at `path`.
@@ -360,6 +378,14 @@ fn postgres_config(
                 err("storage.postgres.timeout_ms", "must be 100 to 600000");
             }
             pg.set_timeout(std::time::Duration::from_millis(ms));
+        }
+        if let Some(ms) = s.max_staleness_ms {
+            if !(MIN_STALENESS_MS..=3_600_000).contains(&ms) {
+                err(
+                    "storage.postgres.max_staleness_ms",
+                    "must be 2000 to 3600000 (the server reaches the database once a second)",
+                );
+            }
         }
         if let Some(t) = &s.tls {
             let tls = zoftoken_storage_postgres::PgTls {

@@ -85,6 +85,14 @@ pub struct PostgresSettings {
     /// down (no reply, `503`), never hangs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// The staleness bound, in milliseconds (default 5000, at least 2000): answers from
+    /// memory that show a token's state (STATUS replies, the API's status and transaction
+    /// reads) are given only while the database answered within this time. Beyond it the
+    /// UDP replies are withheld and the API answers `503`: other servers and the command
+    /// line may have changed what memory shows. The server reaches the database at least
+    /// once a second while it works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_staleness_ms: Option<u64>,
     /// Start even though PostgreSQL replicates asynchronously (default false: refused). A
     /// failover to an asynchronous standby can lose writes the server acknowledged, and a lost
     /// write can let a replayed request through; set this only if you accept that.
@@ -122,6 +130,7 @@ impl std::fmt::Debug for PostgresSettings {
             .field("url_env", &self.url_env)
             .field("pool_size", &self.pool_size)
             .field("timeout_ms", &self.timeout_ms)
+            .field("max_staleness_ms", &self.max_staleness_ms)
             .field("accept_async_replication", &self.accept_async_replication)
             .field("tls", &self.tls)
             .finish()
