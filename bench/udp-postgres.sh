@@ -48,18 +48,21 @@ echo "prepared $tokens tokens in PostgreSQL in $(python3 -c "import time; print(
 sync
 rm -f "$work/counters-pg"
 
+# One server after the other: the PostgreSQL server's start-up (its log's `loaded … in N s`)
+# is measured alone, not while the other server loads on the same cores.
+serve_and_wait() { # directory, log → the server's pid in $started_pid
+  (cd "$1" && ZOFTOKEN_IO="$io" exec "$zoftoken" --config config.yaml serve) 2> "$2" &
+  started_pid=$!
+  pids+=("$started_pid")
+  for _ in $(seq 1 1200); do grep -q "serving UDP" "$2" && break; sleep 0.1; done
+  grep -E "loaded [0-9]+ tokens|serving" "$2" >&2
+}
 log_rocks="$work/serve.log"
-(cd "$work" && ZOFTOKEN_IO="$io" exec "$zoftoken" --config config.yaml serve) 2> "$log_rocks" &
-pids+=($!)
-rocks_pid=$!
+serve_and_wait "$work" "$log_rocks"
+rocks_pid=$started_pid
 log_pg="$work/on-postgres/serve.log"
-(cd "$work/on-postgres" && ZOFTOKEN_IO="$io" exec "$zoftoken" --config config.yaml serve) 2> "$log_pg" &
-pids+=($!)
-pg_pid=$!
-for l in "$log_rocks" "$log_pg"; do
-  for _ in $(seq 1 1200); do grep -q "serving UDP" "$l" && break; sleep 0.1; done
-  grep -E "loaded|serving" "$l" >&2
-done
+serve_and_wait "$work/on-postgres" "$log_pg"
+pg_pid=$started_pid
 # One discarded run against each server first: the first seconds after a start were seen to
 # be slower (page cache, background work of the freshly started servers and database), and
 # they are not what is compared.
