@@ -30,6 +30,9 @@ pub struct ServiceChanges {
     pub webhook_events: Option<Vec<String>>,
     /// Accept an `http://` webhook URL to a non-loopback address.
     pub webhook_allow_insecure_http: Option<bool>,
+    /// A PEM file of extra CA certificates for the webhook's endpoint (empty string removes
+    /// it). Refused from remote callers, as in a whole document.
+    pub webhook_ca_file: Option<String>,
 }
 
 impl ServiceChanges {
@@ -98,9 +101,13 @@ impl ServiceChanges {
             if let Some(a) = self.webhook_allow_insecure_http {
                 w.allow_insecure_http = a;
             }
+            if let Some(c) = self.webhook_ca_file {
+                w.ca_file = (!c.is_empty()).then_some(c);
+            }
         } else if self.webhook_secret.is_some()
             || self.webhook_events.is_some()
             || self.webhook_allow_insecure_http.is_some()
+            || self.webhook_ca_file.is_some()
         {
             return Err(AdminError::NoWebhook);
         }

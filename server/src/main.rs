@@ -137,6 +137,10 @@ struct ServiceFields {
     /// Accept an http:// webhook URL to a non-loopback address (deliveries unencrypted).
     #[arg(long)]
     webhook_allow_insecure_http: Option<bool>,
+    /// PEM file of extra CA certificates for the webhook's endpoint, read by the server
+    /// ("" removes it).
+    #[arg(long)]
+    webhook_ca_file: Option<String>,
 }
 
 impl ServiceFields {
@@ -153,6 +157,7 @@ impl ServiceFields {
             webhook_secret: self.webhook_secret,
             webhook_events: (!self.webhook_events.is_empty()).then_some(self.webhook_events),
             webhook_allow_insecure_http: self.webhook_allow_insecure_http,
+            webhook_ca_file: self.webhook_ca_file,
         }
     }
 }

@@ -683,6 +683,56 @@ fn plain_http_webhooks_are_refused_on_the_command_line_unless_allowed() {
     assert!(err.contains("services[0].webhook.url"), "{err}");
 }
 
+/// `--webhook-ca-file` names the webhook's extra CA file (read by the servers when they
+/// deliver) and `""` removes it; without a webhook it is refused.
+#[test]
+fn the_command_line_sets_and_removes_a_webhook_ca_file() {
+    let e = Env::new("config_source: database\ndata_dir: data\n");
+    let ca = e.path("extra-ca.pem");
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let ca = ca.to_str().unwrap();
+    let base = [
+        "service",
+        "create",
+        "shop",
+        "--endpoint",
+        "shop.example:7878",
+    ];
+    let (code, err) = code_and_err(&e.run(&[&base[..], &["--webhook-ca-file", ca]].concat()));
+    assert_eq!(code, 2, "{err}");
+    e.ok(&[
+        &base[..],
+        &[
+            "--webhook-url",
+            "https://h.example/x",
+            "--webhook-secret",
+            "s",
+        ],
+    ]
+    .concat());
+    let ca_file = |e: &Env| {
+        let out = e.ok(&["service", "list", "--json"]);
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        json[0]["webhook"]["ca_file"].clone()
+    };
+    // Listed as stored (the database mode's list is an array of services).
+    let listed: serde_json::Value =
+        serde_json::from_str(&e.ok(&["service", "list", "--json"])).unwrap();
+    assert_eq!(
+        listed[0]["webhook"]["url"], "https://h.example/x",
+        "{listed}"
+    );
+    assert_eq!(ca_file(&e), serde_json::Value::Null);
+    e.ok(&["service", "edit", "shop", "--webhook-ca-file", ca]);
+    assert_eq!(ca_file(&e), serde_json::json!(ca));
+    e.ok(&["service", "edit", "shop", "--webhook-ca-file", ""]);
+    assert_eq!(ca_file(&e), serde_json::Value::Null);
+}
+
 /// The events of the outbox in a database export, as `(type, sequence)`.
 fn exported_events(e: &Env) -> Vec<(String, u64)> {
     e.ok(&["db", "export", "-o", "x.jsonl"]);
