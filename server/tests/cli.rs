@@ -733,6 +733,18 @@ fn the_command_line_sets_and_removes_a_webhook_ca_file() {
     assert_eq!(ca_file(&e), serde_json::Value::Null);
 }
 
+/// A staleness bound below the once-a-second keep-alive read is refused, with its path.
+#[test]
+fn a_staleness_bound_too_short_to_hold_is_refused() {
+    let e = Env::new(
+        "data_dir: data\nstorage:\n  backend: postgres\n  postgres:\n    url: \"host=127.0.0.1 user=z dbname=z\"\n    max_staleness_ms: 500\n",
+    );
+    let (code, err) = code_and_err(&e.run(&["check-config"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("storage.postgres.max_staleness_ms"), "{err}");
+    assert!(err.contains("must be 2000 to 3600000"), "{err}");
+}
+
 /// The events of the outbox in a database export, as `(type, sequence)`.
 fn exported_events(e: &Env) -> Vec<(String, u64)> {
     e.ok(&["db", "export", "-o", "x.jsonl"]);

@@ -89,7 +89,7 @@ impl Loaded {
 }
 
 /// The default staleness bound (`storage.postgres.max_staleness_ms`).
-pub const DEFAULT_STALENESS_MS: u64 = 5_000;
+const DEFAULT_STALENESS_MS: u64 = 5_000;
 /// The lowest staleness bound accepted: above the once-a-second keep-alive read.
 const MIN_STALENESS_MS: u64 = 2_000;
 
@@ -383,7 +383,10 @@ fn postgres_config(
             if !(MIN_STALENESS_MS..=3_600_000).contains(&ms) {
                 err(
                     "storage.postgres.max_staleness_ms",
-                    "must be 2000 to 3600000 (the server reaches the database once a second)",
+                    &format!(
+                        "must be {MIN_STALENESS_MS} to 3600000 (the server reaches the \
+                         database once a second)"
+                    ),
                 );
             }
         }

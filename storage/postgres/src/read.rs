@@ -1,6 +1,7 @@
-//! Point reads (one key, or many in few queries), the last key, and ordered scans in pages (keyset pagination: each page starts
-//! just after the previous one's last key), so that no connection is held while the visitor
-//! runs and a scan of millions of rows holds no long transaction.
+//! Point reads (one key, or many in few queries), the last key, and ordered scans in pages
+//! (keyset pagination: each page starts just after the previous one's last key), so that no
+//! connection is held while the visitor runs and a scan of millions of rows holds no long
+//! transaction.
 
 use std::collections::HashMap;
 
