@@ -6,7 +6,11 @@
 //! line's, built empty); it is asked again while another change to the token is still being
 //! written; its batch is committed whatever the operation answered (a wrong code still
 //! counts as a failure) and published only once written: a failed write restores the token
-//! from the database, so nothing that was not written is ever shown.
+//! from the database, so nothing that was not written is ever shown. A write refused because
+//! another server changed the token first (a conflict on a shared database) runs the
+//! operation again on the token as read back: a one-time code accepted there is refused here.
+//! On such a database, a token found missing or not yet paired is read from the database
+//! once before the answer says so (another server may have paired it a moment ago).
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +18,7 @@ use zoftoken_engine::{
     Batch, Engine, EngineError, EnrollmentTicket, Mutation, TokenStateRecord, TotpEnrollment,
 };
 use zoftoken_proto::TokenId;
-use zoftoken_storage::Store;
+use zoftoken_storage::{KvError, Store, StoreError};
 
 use crate::error::AdminError;
 
@@ -128,17 +132,32 @@ impl<'a> Tokens<'a> {
         let id = TokenId::derive(service, username);
         self.ensure_loaded(now_ms, &id)?;
         let started = Instant::now();
+        let mut refreshed = false;
         loop {
             let mut batch = Batch::new();
             let r = op(&id, &mut batch);
             // A failed operation may still have counted a failure: commit what it changed.
-            self.commit(now_ms, &mut batch)?;
+            match self.commit(now_ms, &mut batch) {
+                // Another server changed the token first: nothing was written, the token was
+                // read again; the operation runs again on what the database holds.
+                Err(AdminError::Store(StoreError::Kv(KvError::Conflict(_))))
+                    if started.elapsed() < UNSETTLED_WAIT =>
+                {
+                    continue
+                }
+                other => other?,
+            }
             match r {
                 Err(AdminError::Engine(EngineError::Unsettled))
                     if started.elapsed() < UNSETTLED_WAIT =>
                 {
                     std::thread::sleep(UNSETTLED_POLL)
                 }
+                // Another server may have paired or enrolled it a moment ago, before this
+                // one's memory followed: read it from the database once and ask again.
+                Err(AdminError::Engine(EngineError::UnknownToken | EngineError::NotPaired))
+                    if !std::mem::replace(&mut refreshed, true)
+                        && self.store.refresh_token(self.engine, now_ms, &id)? => {}
                 r => return r.map_err(named),
             }
         }

@@ -105,6 +105,9 @@ pub(crate) struct Query {
     pub force: bool,
     /// `limit`: at most this many (at least 1).
     pub limit: Option<usize>,
+    /// `consistent`: read the token from the database first (a server of a shared
+    /// database), not only from memory.
+    pub consistent: bool,
 }
 
 /// Parses a query; a parameter outside `allowed` is refused.
@@ -141,13 +144,8 @@ pub(crate) fn parse_query(q: Option<&str>, allowed: &[&str]) -> Result<Query, Fa
                     }
                 })
             }
-            "force" => {
-                out.force = match v {
-                    "true" | "1" => true,
-                    "false" | "0" => false,
-                    _ => return Err(Failure::bad("invalid_query", "force must be true or false")),
-                }
-            }
+            "force" => out.force = flag(v, "force must be true or false")?,
+            "consistent" => out.consistent = flag(v, "consistent must be true or false")?,
             "limit" => {
                 let n: usize = v
                     .parse()
@@ -161,6 +159,15 @@ pub(crate) fn parse_query(q: Option<&str>, allowed: &[&str]) -> Result<Query, Fa
         }
     }
     Ok(out)
+}
+
+/// A `true`/`false` (or `1`/`0`) query value.
+fn flag(v: &str, refused: &'static str) -> Result<bool, Failure> {
+    match v {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(Failure::bad("invalid_query", refused)),
+    }
 }
 
 /// Longest one-time code, offline response or backup code accepted (characters).

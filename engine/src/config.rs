@@ -33,6 +33,12 @@ pub struct EngineConfig {
     /// one token may make per second; further ones are dropped and counted
     /// ([`DropReason::RateLimited`](zoftoken_proto::DropReason::RateLimited)). 0: no limit.
     pub max_changes_per_s: u16,
+    /// Other servers write the same database (PostgreSQL shared by an instance's servers):
+    /// a CLOSE that finds the token already closed in this server's memory is written
+    /// anyway, so that the database's compare-and-set, not memory that another server's OPEN
+    /// may not have reached yet, confirms the token is closed before the reply says so.
+    /// Default false (one server: memory is the truth).
+    pub shared_database: bool,
 }
 
 impl EngineConfig {
@@ -48,6 +54,7 @@ impl EngineConfig {
             enrollment_ttl_ms: 7 * 24 * 3600 * 1000,
             challenge_ttl_ms: 10 * 60 * 1000,
             max_changes_per_s: 0,
+            shared_database: false,
         }
     }
 }

@@ -123,6 +123,8 @@ pub struct Engine {
     enrollment_ttl_ms: u64,
     challenge_ttl_ms: u64,
     max_changes_per_s: u16,
+    /// [`EngineConfig::shared_database`].
+    shared_database: bool,
 }
 
 /// Locks `m`, also when a panic poisoned it.
@@ -182,6 +184,7 @@ impl Engine {
             enrollment_ttl_ms: config.enrollment_ttl_ms,
             challenge_ttl_ms: config.challenge_ttl_ms,
             max_changes_per_s: config.max_changes_per_s,
+            shared_database: config.shared_database,
         })
     }
 

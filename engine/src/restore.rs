@@ -39,6 +39,20 @@ impl Engine {
     /// which the restore must keep (a counter seen once is never accepted again, written or
     /// not: SPEC.md §8).
     pub fn forget_for_restore(&self, id: &TokenId) -> u64 {
+        let highest = self.forget_for_refresh(id);
+        let mut items = lock(&self.pending_items);
+        if let Some(txs) = items.tx_by_token.remove(&id.0) {
+            for tx in txs {
+                items.transactions.remove(&tx);
+            }
+        }
+        highest
+    }
+
+    /// As [`Engine::forget_for_restore`], but the token's transactions stay: for a token that
+    /// another server changed, whose changed transactions are replaced one by one
+    /// ([`Engine::load_transaction`], [`Engine::forget_transaction`]).
+    pub fn forget_for_refresh(&self, id: &TokenId) -> u64 {
         let highest = {
             let mut shard = self.shard(&id.0);
             let shard = &mut *shard;
@@ -54,14 +68,30 @@ impl Engine {
             }
         };
         lock(&self.enrollments).remove(&id.0);
+        lock(&self.pending_items).backup.remove(&id.0);
+        highest
+    }
+
+    /// Forgets one transaction (another server removed it from the database). Call with its
+    /// token marked for a restore.
+    pub fn forget_transaction(&self, tx_id: &[u8; 16]) {
         let mut items = lock(&self.pending_items);
-        if let Some(txs) = items.tx_by_token.remove(&id.0) {
-            for tx in txs {
-                items.transactions.remove(&tx);
+        if let Some(tx) = items.transactions.remove(tx_id) {
+            if let Some(q) = items.tx_by_token.get_mut(&tx.token_id.0) {
+                q.retain(|t| t != tx_id);
+                if q.is_empty() {
+                    items.tx_by_token.remove(&tx.token_id.0);
+                }
             }
         }
-        items.backup.remove(&id.0);
-        highest
+    }
+
+    /// The token of a transaction held in memory.
+    pub fn transaction_token(&self, tx_id: &[u8; 16]) -> Option<TokenId> {
+        lock(&self.pending_items)
+            .transactions
+            .get(tx_id)
+            .map(|t| t.token_id)
     }
 
     /// Step 3 of a restore (after storage loaded what it holds): keeps the counters seen in

@@ -983,6 +983,38 @@ fn every_state_change_is_a_mutation_and_reads_are_not() {
 }
 
 #[test]
+fn a_close_of_a_closed_token_is_written_only_on_a_shared_database() {
+    let state_writes = |w: &World, from: usize| {
+        w.sink.log[from..]
+            .iter()
+            .filter(|m| matches!(m, Mutation::TokenState(_)))
+            .count()
+    };
+    // One server: memory is the truth, a repeated CLOSE writes nothing.
+    let mut w = world();
+    let mut p = w.pair("bank", "alice", false);
+    let before = w.sink.log.len();
+    let r = w.send(&mut p, Request::Close).unwrap();
+    assert_eq!(status(&r).1, WireState::Closed);
+    assert_eq!(state_writes(&w, before), 0);
+    // Several servers: the database must confirm it (a compare-and-set of the state), and
+    // nothing happened, so there is no event.
+    let mut config = EngineConfig::new(services(), 7, [9; 32]);
+    config.shared_database = true;
+    let mut w = World::new(config);
+    let mut p = w.pair("bank", "alice", false);
+    w.kinds();
+    let before = w.sink.log.len();
+    let r = w.send(&mut p, Request::Close).unwrap();
+    assert_eq!(status(&r).1, WireState::Closed);
+    assert_eq!(state_writes(&w, before), 1);
+    assert_eq!(w.kinds(), vec![]);
+    let before = w.sink.log.len();
+    w.send(&mut p, Request::Status).unwrap();
+    assert_eq!(w.sink.log.len(), before, "STATUS still changes nothing");
+}
+
+#[test]
 fn a_restart_restores_tokens_and_still_refuses_replays() {
     let mut w = world();
     let mut p = w.pair("bank", "alice", true);

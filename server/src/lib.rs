@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod follow;
 pub mod limits;
 pub mod logging;
 pub mod open;

@@ -557,6 +557,7 @@ pub fn build_engine(loaded: &Loaded, store: &Store, epoch: u32) -> Result<Engine
     // The same on every start and every server of the instance: phones keep their PIN keys.
     config.pin_tree_secret = *store.pin_tree_secret().expose();
     config.authkeys = authkeys;
+    config.shared_database = store.kv().is_shared();
     config.max_changes_per_s = loaded
         .config
         .token_changes_per_s

@@ -20,6 +20,7 @@ use zoftoken_engine::{Batch, Engine};
 use zoftoken_server::admin::file_registry;
 use zoftoken_server::config::ConfigSource;
 use zoftoken_server::config::{self, Loaded};
+use zoftoken_server::follow::{Following, ReloadConfiguration};
 use zoftoken_server::now_ms;
 use zoftoken_server::open::{
     build_engine, database_exists, describe_database, effective_config, open_store,
@@ -27,7 +28,14 @@ use zoftoken_server::open::{
 };
 use zoftoken_server::udp::{choose_driver, UdpServer};
 use zoftoken_storage::{Committer, CommitterConfig, Store};
-use zoftoken_webhooks::{Pipeline, PipelineConfig};
+use zoftoken_webhooks::{LeaseTimes, LeasedPipeline, Pipeline, PipelineConfig};
+
+/// The webhook pipeline of a database this server holds alone, or of a shared one (run
+/// while this server holds the delivery lease).
+enum Delivery {
+    Alone(Pipeline),
+    Leased(LeasedPipeline),
+}
 
 pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
     // Before anything opens files: every connection, database file and socket takes one.
@@ -47,6 +55,11 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
     }
     let epoch = store.next_epoch()?;
     let engine = Arc::new(build_engine(&loaded, &store, epoch)?);
+    // On a database other processes write: where its change feed stands before the tables
+    // are read, so that nothing committed while they load is missed.
+    let follower = store
+        .follower(u64::from(epoch))
+        .context("reading the database's change feed")?;
     let threads = loaded
         .config
         .load_threads
@@ -134,23 +147,36 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
     };
     // `webhook_threads: 0` pauses delivery: events stay in the durable outbox until a
     // server with a pipeline runs (nothing is lost, nothing is sent).
+    // On a shared database one server at a time delivers (the database's delivery lease).
     let hooks = match loaded.config.webhook_threads.unwrap_or(1) {
         0 => None,
-        threads => Some(
-            Pipeline::start(
-                PipelineConfig {
-                    worker_threads: threads,
-                    retry_for: loaded
-                        .config
-                        .webhook_retry_seconds
-                        .map_or(zoftoken_webhooks::DEFAULT_RETRY_FOR, Duration::from_secs),
-                    ..PipelineConfig::default()
-                },
-                store.clone(),
-                engine.clone(),
-            )
-            .context("starting the webhook pipeline")?,
-        ),
+        threads => {
+            let config = PipelineConfig {
+                worker_threads: threads,
+                retry_for: loaded
+                    .config
+                    .webhook_retry_seconds
+                    .map_or(zoftoken_webhooks::DEFAULT_RETRY_FOR, Duration::from_secs),
+                ..PipelineConfig::default()
+            };
+            Some(if store.kv().is_shared() {
+                Delivery::Leased(
+                    LeasedPipeline::start(
+                        config,
+                        store.clone(),
+                        engine.clone(),
+                        u64::from(epoch),
+                        LeaseTimes::default(),
+                    )
+                    .context("starting the webhook delivery lease")?,
+                )
+            } else {
+                Delivery::Alone(
+                    Pipeline::start(config, store.clone(), engine.clone())
+                        .context("starting the webhook pipeline")?,
+                )
+            })
+        }
     };
     let max_connections = zoftoken_api::connection_cap(nofile.now);
     let per_address = loaded
@@ -197,12 +223,41 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
             "inline"
         },
         api.local_addr(),
-        if hooks.is_some() {
-            "on"
-        } else {
-            "paused (webhook_threads: 0; events are kept)"
+        match hooks {
+            Some(Delivery::Alone(_)) => "on",
+            Some(Delivery::Leased(_)) => "on, by one server of the database at a time",
+            None => "paused (webhook_threads: 0; events are kept)",
         }
     );
+    let following = match follower {
+        None => None,
+        Some(follower) => {
+            let for_reload = loaded.clone();
+            let reload: ReloadConfiguration = Box::new(move |store: &Store, engine: &Engine| {
+                if for_reload.config.config_source != ConfigSource::Database {
+                    return Ok(());
+                }
+                let (services, authkeys) =
+                    effective_config(&for_reload, store).map_err(|e| e.to_string())?;
+                engine
+                    .reload_services(services)
+                    .and_then(|()| engine.reload_authkeys(&authkeys))
+                    .map_err(|e| e.to_string())
+            });
+            Some(
+                Following::start(
+                    follower,
+                    store.clone(),
+                    engine.clone(),
+                    loaded.follow_interval(),
+                    loaded.feed_retention(),
+                    reload,
+                    stop.clone(),
+                )
+                .context("starting the change-feed follower")?,
+            )
+        }
+    };
     let mut batch = Batch::new();
     let mut last_tick = Instant::now();
     let mut timer_writes_failing = false;
@@ -245,16 +300,31 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
             }
         }
         engine.export_metrics();
-        export_storage_metrics(&store, &engine, &udp.stats);
+        export_storage_metrics(&store, &engine, &udp.stats, following.as_ref());
+        if let Some(Delivery::Leased(p)) = &hooks {
+            let s = &p.state;
+            let held = s.holding.load(Ordering::Relaxed);
+            metrics::gauge!("zoftoken_webhook_lease_held").set(if held { 1.0 } else { 0.0 });
+            metrics::counter!("zoftoken_webhook_lease_taken_total")
+                .absolute(s.taken.load(Ordering::Relaxed));
+            metrics::counter!("zoftoken_webhook_lease_lost_total")
+                .absolute(s.lost.load(Ordering::Relaxed));
+        }
     }
     tracing::info!("stopping: answering the batches in flight");
+    let fell_behind = following.as_ref().is_some_and(Following::fell_behind);
+    if let Some(f) = following {
+        f.shutdown();
+    }
     let stats = udp.stats.clone();
     api.shutdown();
     udp.join();
     committer.shutdown();
     // Undelivered events stay in the outbox; the pipeline goes on with them at the next start.
-    if let Some(hooks) = hooks {
-        hooks.shutdown();
+    match hooks {
+        Some(Delivery::Alone(p)) => p.shutdown(),
+        Some(Delivery::Leased(p)) => p.shutdown(),
+        None => {}
     }
     tracing::info!(
         datagrams = stats.handled.load(Ordering::Relaxed),
@@ -268,6 +338,10 @@ pub fn serve(config_path: &Path, loaded: Loaded) -> anyhow::Result<ExitCode> {
     );
     tracing::info!("flushing the database");
     store.flush().context("flushing the database")?;
+    if fell_behind {
+        tracing::info!("stopped: fell behind the database's change feed (exit code 7)");
+        return Ok(ExitCode::from(7));
+    }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -328,8 +402,27 @@ fn refuse_an_earlier_demo_admin_authkey(loaded: &Loaded) -> Result<(), OpenError
 /// The database's health and what it cost: whether it can write, how long since it last
 /// answered, failed commits, replies withheld because their batch was not written or because
 /// memory was too stale to answer from, tokens waiting for their change's outcome.
-fn export_storage_metrics(store: &Store, engine: &Engine, udp: &zoftoken_server::udp::UdpStats) {
+fn export_storage_metrics(
+    store: &Store,
+    engine: &Engine,
+    udp: &zoftoken_server::udp::UdpStats,
+    following: Option<&Following>,
+) {
     let health = store.health();
+    if let Some(f) = following {
+        let s = &f.stats;
+        metrics::gauge!("zoftoken_cache_lag_seconds").set(health.stale_for().as_secs_f64());
+        metrics::counter!("zoftoken_feed_reads_total").absolute(s.reads.load(Ordering::Relaxed));
+        metrics::counter!("zoftoken_feed_read_failures_total")
+            .absolute(s.failures.load(Ordering::Relaxed));
+        metrics::counter!("zoftoken_cache_reloads_total", "what" => "token")
+            .absolute(s.tokens.load(Ordering::Relaxed));
+        metrics::counter!("zoftoken_cache_reloads_total", "what" => "transaction")
+            .absolute(s.transactions.load(Ordering::Relaxed));
+        metrics::counter!("zoftoken_cache_reloads_total", "what" => "configuration")
+            .absolute(s.configuration_reloads.load(Ordering::Relaxed));
+        metrics::counter!("zoftoken_commit_conflicts_total").absolute(health.conflicts());
+    }
     metrics::gauge!("zoftoken_storage_writable").set(if health.writable() { 1.0 } else { 0.0 });
     metrics::counter!("zoftoken_commit_failures_total").absolute(health.failed_commits());
     metrics::counter!("zoftoken_replies_withheld_total")

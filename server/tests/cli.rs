@@ -891,7 +891,10 @@ fn db_migrate_on_postgres_and_no_password_in_the_file() {
     ));
     let out = e.json(&["db", "migrate"]);
     assert_eq!(out["backend"], "postgres");
-    assert_eq!(out["sql_schema"], 1);
+    assert_eq!(
+        out["sql_schema"],
+        zoftoken_storage_postgres::migrate::VERSION
+    );
     let e = Env::new(
         "storage:\n  backend: postgres\n  postgres:\n    url: \"postgresql://zt:hunter2-pw@127.0.0.1/zt\"\n",
     );
@@ -920,7 +923,10 @@ fn postgres_over_tls_with_the_configured_authority() {
     };
     let ca = format!("    tls:\n      ca_file: \"{}\"\n", certs.ca.display());
     let out = Env::new(&config(&ca)).json(&["db", "migrate"]);
-    assert_eq!(out["sql_schema"], 1);
+    assert_eq!(
+        out["sql_schema"],
+        zoftoken_storage_postgres::migrate::VERSION
+    );
     // Without the authority the system's anchors do not know the database's certificate.
     let e = Env::new(&config(""));
     let (code, err) = code_and_err(&e.run(&["db", "migrate"]));

@@ -19,7 +19,7 @@ use zoftoken_engine::{Batch, CommitFailed, Engine, EventKind, Mutation};
 use zoftoken_proto::TokenId;
 
 use crate::error::StoreError;
-use crate::kv::{Cf, Durability, WriteBatch};
+use crate::kv::{Cf, Durability, KvError, WriteBatch};
 use crate::schema::meta;
 use crate::Store;
 
@@ -56,6 +56,13 @@ impl Store {
         let CommitFailed {
             source, unsettled, ..
         } = failed;
+        if matches!(source, StoreError::Kv(KvError::Conflict(_))) {
+            // Another server changed a token first: its events must stay before this one's
+            // next events of the token.
+            if let Err(e) = self.raise_to_shared_event_floor() {
+                tracing::debug!("reading the event sequence floors failed: {e}");
+            }
+        }
         self.restore_or_keep(engine, now_ms, unsettled);
         source
     }

@@ -40,6 +40,12 @@ pub struct Health {
     /// How long after that reads may still be answered from memory, in milliseconds
     /// (`u64::MAX`: without a bound, for a store no other process changes).
     staleness_bound_ms: AtomicU64,
+    /// Whether memory follows other writers through the change feed: then the staleness
+    /// counts from `followed_ms`, not `reached_ms`.
+    following: AtomicBool,
+    /// When the last change-feed read that memory has applied began, in milliseconds since
+    /// `origin`: every commit finished before then is in memory.
+    followed_ms: AtomicU64,
 }
 
 impl Default for Health {
@@ -55,6 +61,8 @@ impl Default for Health {
             origin: Instant::now(),
             reached_ms: AtomicU64::new(0),
             staleness_bound_ms: AtomicU64::new(u64::MAX),
+            following: AtomicBool::new(false),
+            followed_ms: AtomicU64::new(0),
         }
     }
 }
@@ -173,11 +181,38 @@ impl Health {
     }
 
     /// Whether reads may be answered from memory: the database answered within the
-    /// staleness bound (always, without one). Replies and API answers that show a token's
-    /// state ask this first; when it says no they are withheld (UDP) or `503` (API).
+    /// staleness bound (always, without one); when memory follows other writers, the last
+    /// change-feed read it applied began within the bound. Replies and API answers that show
+    /// a token's state ask this first; when it says no they are withheld (UDP) or `503`
+    /// (API).
     pub fn reads_fresh(&self) -> bool {
         let bound = self.staleness_bound_ms.load(Ordering::Acquire);
-        bound == u64::MAX || self.unreached_for() <= Duration::from_millis(bound)
+        bound == u64::MAX || self.stale_for() <= Duration::from_millis(bound)
+    }
+
+    /// How old the newest view of the database that memory holds may be: since the last
+    /// change-feed read applied when memory follows other writers, else since the database
+    /// last answered. Exported as the cache lag.
+    pub fn stale_for(&self) -> Duration {
+        if !self.following.load(Ordering::Acquire) {
+            return self.unreached_for();
+        }
+        let now = self.origin.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.followed_ms.load(Ordering::Acquire)))
+    }
+
+    /// Memory follows other writers through the change feed from now on; `began` is when
+    /// the view it was loaded from was taken.
+    pub(crate) fn start_following(&self, began: Instant) {
+        self.followed(began);
+        self.following.store(true, Ordering::Release);
+    }
+
+    /// A change-feed read that began at `began` has been applied.
+    pub(crate) fn followed(&self, began: Instant) {
+        let ms = began.saturating_duration_since(self.origin).as_millis() as u64;
+        self.followed_ms.fetch_max(ms, Ordering::AcqRel);
+        self.reached();
     }
 
     /// Whether a probe may try the database at `now_ms`: at most once per `interval_ms`,

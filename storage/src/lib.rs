@@ -45,8 +45,10 @@ mod config_documents;
 pub mod crypt;
 mod durable;
 mod error;
+mod follow;
 mod health;
 pub mod kv;
+mod lease;
 mod maint;
 mod memory;
 mod scan;
@@ -61,8 +63,12 @@ pub use config_documents::{
 };
 pub use crypt::{KeyError, MasterKey, PinTreeSecret};
 pub use error::StoreError;
+pub use follow::{FollowError, Followed, Follower};
 pub use health::Health;
-pub use kv::{BoxError, Cf, Durability, KvError, KvStore, Op, WriteBatch};
+pub use kv::{
+    BoxError, Cf, Durability, FeedChanges, FeedCursor, FeedError, KvError, KvStore, Op, WriteBatch,
+};
+pub use lease::LeaseView;
 pub use maint::{CheckReport, Moved, IMPORT_EPOCH_MARGIN, IMPORT_SEQ_MARGIN};
 pub use memory::MemoryKv;
 pub use schema::OutboxEvent;

@@ -175,7 +175,7 @@ impl Store {
                     })?;
                     epoch = epoch.max(e);
                 }
-                Cf::Meta if k == meta::OUTBOX_ACKED => {
+                Cf::Meta if k == meta::OUTBOX_ACKED || k == meta::OUTBOX_NEXT_BLOCK => {
                     let s = meta_u64(v).ok_or_else(|| {
                         StoreError::Invalid("the export's outbox cursor is malformed".into())
                     })?;
@@ -197,8 +197,13 @@ impl Store {
             StoreError::Invalid("the export's outbox sequence numbers are exhausted".into())
         })?;
         let exported = records.len();
+        // The source's delivery lease names one of its servers: not one of this database's.
         records.retain(|(cf, k, _)| {
-            !(*cf == Cf::Meta && (k == meta::EPOCH || k == meta::OUTBOX_ACKED))
+            !(*cf == Cf::Meta
+                && (k == meta::EPOCH
+                    || k == meta::OUTBOX_ACKED
+                    || k == meta::OUTBOX_NEXT_BLOCK
+                    || k == meta::WEBHOOK_LEASE))
         });
         // The source's marks count as imported: the raised ones replace them.
         let mut moved = Moved {

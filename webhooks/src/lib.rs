@@ -30,6 +30,7 @@
 
 mod error;
 mod http;
+mod lease;
 mod pipeline;
 pub mod sign;
 
@@ -37,6 +38,7 @@ use std::time::Duration;
 
 pub(crate) use error::error_text;
 pub use error::{PipelineConfigError, TlsError, WebhookError};
+pub use lease::{Gate, LeaseState, LeaseTimes, LeasedPipeline};
 pub use pipeline::Pipeline;
 use zoftoken_storage::webhooks::{event_id, parse_event_id};
 use zoftoken_storage::{DisabledEndpoint, Store};

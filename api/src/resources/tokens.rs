@@ -19,11 +19,17 @@ use crate::response::{created, ok, ok_json, Outcome};
 use crate::routes::matcher::Tok;
 use crate::routes::Params;
 
-/// `GET …/tokens/{username}[?wait=N[&state=S]]`: the status, at once or at the token's
-/// next change (or at once when `state` is given and differs from the current state).
+/// `GET …/tokens/{username}[?wait=N[&state=S]][&consistent=true]`: the status, at once or at
+/// the token's next change (or at once when `state` is given and differs from the current
+/// state); with `consistent`, on a shared database, the token is read from the database
+/// first (one primary-key read of each of its records), so that the answer holds every
+/// change committed before the request, whichever server made it.
 pub(crate) async fn token_status(ctx: &Ctx<'_>, p: Params<'_>, _: Incoming) -> Outcome {
     let tok = p.token()?;
-    let q = ctx.query(&["wait", "state"])?;
+    let q = ctx.query(&["wait", "state", "consistent"])?;
+    if q.consistent {
+        Box::pin(read_from_database(ctx, tok)).await?;
+    }
     if q.wait_s == 0 {
         let state = ctx.state;
         let st = settled_status(&state.engine, || state.now(), tok.service, tok.username).await?;
@@ -32,6 +38,21 @@ pub(crate) async fn token_status(ctx: &Ctx<'_>, p: Params<'_>, _: Incoming) -> O
     }
     // Boxed: the long poll's timers and watch stay out of the plain status poll's future.
     Box::pin(long_poll(ctx, tok, q)).await
+}
+
+/// `consistent=true` of [`token_status`]: the token read again from the database (on the
+/// blocking pool) before memory answers. A token a change of this server is writing is left
+/// as it is: memory then waits for that change's outcome anyway.
+async fn read_from_database(ctx: &Ctx<'_>, tok: Tok<'_>) -> Result<(), Failure> {
+    let (engine, store, now) = ctx.handles();
+    let id = TokenId::derive(tok.service, tok.username);
+    crate::context::blocking(move || {
+        store
+            .refresh_token(&engine, now, &id)
+            .map(|_| ())
+            .map_err(Failure::from)
+    })
+    .await
 }
 
 /// The long poll of [`token_status`] (`wait` > 0).

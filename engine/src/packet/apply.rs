@@ -61,6 +61,10 @@ impl Engine {
                         e.open_until_ms = 0;
                         *changed = true;
                         batch.event(event(EventKind::Closed, e, now_ms, Actor::Device));
+                    } else if self.shared_database {
+                        // Closed in memory; the database confirms it (compare-and-set), as
+                        // another server may have opened it a moment ago.
+                        *changed = true;
                     }
                     ReplyBytes::status(status_block(e, ReplyStatus::Ok, now_ms))
                 }

@@ -86,7 +86,38 @@ impl Loaded {
             .unwrap_or(DEFAULT_STALENESS_MS);
         std::time::Duration::from_millis(ms)
     }
+
+    /// How long the change feed keeps a commit (`storage.postgres.feed_retention_s`).
+    pub fn feed_retention(&self) -> std::time::Duration {
+        let s = self
+            .config
+            .storage
+            .postgres
+            .as_ref()
+            .and_then(|p| p.feed_retention_s)
+            .unwrap_or(DEFAULT_FEED_RETENTION_S);
+        std::time::Duration::from_secs(s)
+    }
+
+    /// How often a server on a shared database reads its change feed
+    /// (`storage.postgres.follow_interval_ms`).
+    pub fn follow_interval(&self) -> std::time::Duration {
+        let ms = self
+            .config
+            .storage
+            .postgres
+            .as_ref()
+            .and_then(|p| p.follow_interval_ms)
+            .unwrap_or(DEFAULT_FOLLOW_INTERVAL_MS);
+        std::time::Duration::from_millis(ms)
+    }
 }
+
+/// The default time the change feed keeps a commit (`storage.postgres.feed_retention_s`).
+const DEFAULT_FEED_RETENTION_S: u64 = 600;
+
+/// The default interval of change-feed reads (`storage.postgres.follow_interval_ms`).
+const DEFAULT_FOLLOW_INTERVAL_MS: u64 = 10;
 
 /// The default staleness bound (`storage.postgres.max_staleness_ms`).
 const DEFAULT_STALENESS_MS: u64 = 5_000;
@@ -389,6 +420,17 @@ fn postgres_config(
                     ),
                 );
             }
+        }
+        if let Some(ms) = s.follow_interval_ms {
+            if !(1..=1_000).contains(&ms) {
+                err("storage.postgres.follow_interval_ms", "must be 1 to 1000");
+            }
+        }
+        if let Some(secs) = s.feed_retention_s {
+            if !(60..=86_400).contains(&secs) {
+                err("storage.postgres.feed_retention_s", "must be 60 to 86400");
+            }
+            pg.feed_retention = std::time::Duration::from_secs(secs);
         }
         if let Some(t) = &s.tls {
             let tls = zoftoken_storage_postgres::PgTls {

@@ -93,6 +93,16 @@ pub struct PostgresSettings {
     /// once a second while it works.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_staleness_ms: Option<u64>,
+    /// How often the server reads the database's change feed for what other servers and the
+    /// command line changed, in milliseconds (default 10, 1 to 1000): the time until another
+    /// server's change shows here is about this plus one read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_interval_ms: Option<u64>,
+    /// How long the change feed keeps a commit, in seconds (default 600, 60 to 86400): a
+    /// server that could not read it for longer stops (its supervisor starts it again, and a
+    /// start loads everything).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feed_retention_s: Option<u64>,
     /// Start even though PostgreSQL replicates asynchronously (default false: refused). A
     /// failover to an asynchronous standby can lose writes the server acknowledged, and a lost
     /// write can let a replayed request through; set this only if you accept that.
@@ -131,6 +141,8 @@ impl std::fmt::Debug for PostgresSettings {
             .field("pool_size", &self.pool_size)
             .field("timeout_ms", &self.timeout_ms)
             .field("max_staleness_ms", &self.max_staleness_ms)
+            .field("follow_interval_ms", &self.follow_interval_ms)
+            .field("feed_retention_s", &self.feed_retention_s)
             .field("accept_async_replication", &self.accept_async_replication)
             .field("tls", &self.tls)
             .finish()

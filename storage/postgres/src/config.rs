@@ -23,6 +23,9 @@ pub struct PgConfig {
     /// The longest any one statement may run (PostgreSQL's `statement_timeout`), so that a
     /// stuck database fails an operation instead of holding a server thread. Default 5 s.
     pub statement_timeout: Duration,
+    /// How long the change feed keeps a commit before any server may prune it: a server that
+    /// could not read the feed for longer must read everything again. Default 10 minutes.
+    pub feed_retention: Duration,
     /// `Some`: every connection is TLS, the server's certificate verified (see [`PgTls`]).
     pub(crate) tls: Option<PgTls>,
     /// The string said `sslmode=disable`.
@@ -96,6 +99,7 @@ impl PgConfig {
             pool_size: 8,
             checkout_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(5),
+            feed_retention: Duration::from_secs(600),
             tls,
             plaintext_asked,
         })

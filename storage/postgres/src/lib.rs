@@ -32,6 +32,7 @@
 
 mod config;
 mod error;
+mod feed;
 pub mod migrate;
 mod pool;
 mod read;
@@ -40,9 +41,13 @@ mod tls;
 mod write;
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use zoftoken_storage::kv::{KeyValue, Visitor};
-use zoftoken_storage::{Cf, Durability, KvError, KvStore, WriteBatch};
+use zoftoken_storage::{
+    Cf, Durability, FeedChanges, FeedCursor, FeedError, KvError, KvStore, WriteBatch,
+};
 
 pub use config::{PgConfig, PgConfigError, PgTls, PgTlsSettingsError};
 pub use error::PgOpenError;
@@ -55,6 +60,10 @@ use pool::Pool;
 /// of connections.
 pub struct PgKv {
     pool: Pool,
+    /// The writer named in the change feed ([`KvStore::set_writer`]).
+    writer: AtomicU64,
+    /// How long the change feed keeps a commit ([`PgConfig::feed_retention`]).
+    feed_retention: Duration,
 }
 
 impl fmt::Debug for PgKv {
@@ -74,7 +83,11 @@ impl PgKv {
             let mut conn = pool.get().map_err(PgOpenError::Connect)?;
             migrate::apply(conn.client().map_err(PgOpenError::Connect)?)?;
         }
-        Ok(PgKv { pool })
+        Ok(PgKv {
+            pool,
+            writer: AtomicU64::new(0),
+            feed_retention: config.feed_retention,
+        })
     }
 
     /// Connects without touching the schema, and says which version it has (0: none):
@@ -92,7 +105,7 @@ impl KvStore for PgKv {
         if batch.is_empty() {
             return Ok(());
         }
-        let plan = write::Plan::of(batch)?;
+        let plan = write::Plan::of(batch, self.writer.load(Ordering::Relaxed))?;
         let mut conn = self.pool.get()?;
         conn.run(|c| plan.execute(c))
     }
@@ -105,7 +118,8 @@ impl KvStore for PgKv {
         value: &[u8],
     ) -> Result<bool, KvError> {
         let mut conn = self.pool.get()?;
-        conn.run(|c| write::compare_and_put(c, cf, key, expected, value))
+        let writer = self.writer.load(Ordering::Relaxed);
+        conn.run(|c| write::compare_and_put(c, cf, key, expected, value, writer))
     }
 
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
@@ -140,5 +154,26 @@ impl KvStore for PgKv {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    fn set_writer(&self, writer: u64) {
+        self.writer.store(writer, Ordering::Relaxed);
+    }
+
+    fn feed_start(&self) -> Result<Option<FeedCursor>, KvError> {
+        let mut conn = self.pool.get()?;
+        conn.run(feed::start).map(Some)
+    }
+
+    fn feed_read(&self, cursor: &FeedCursor, own: u64) -> Result<FeedChanges, FeedError> {
+        let mut conn = self.pool.get()?;
+        let retention = self.feed_retention;
+        let conn = conn.conn()?;
+        feed::read(conn, cursor, own, retention)
+    }
+
+    fn feed_prune(&self, keep: Duration) -> Result<u64, KvError> {
+        let mut conn = self.pool.get()?;
+        conn.run(|c| feed::prune(c, keep))
     }
 }

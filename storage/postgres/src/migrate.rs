@@ -11,7 +11,7 @@ use zoftoken_storage::Cf;
 use crate::error::{kv_error, PgOpenError};
 
 /// The schema version this build writes.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The check constraint whose violation means "a compare-and-set write found another
 /// writer's change": the batch statement inserts a refused row into its table when fewer
@@ -36,6 +36,16 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
     // Never holds a row: inserting `false` fails the whole statement.
     "CREATE TABLE zoftoken_write_conflict (ok boolean NOT NULL, \
      CONSTRAINT zoftoken_write_conflict CHECK (ok))",
+], &[
+    // The change feed (`crate::feed`): one row per commit, keyed by its transaction id, with
+    // its writer and the keys it wrote.
+    "CREATE TABLE zoftoken_changes (xid bigint PRIMARY KEY \
+     DEFAULT (pg_current_xact_id()::text::bigint), writer bigint NOT NULL, \
+     at timestamptz NOT NULL DEFAULT now(), keys bytea NOT NULL)",
+    "CREATE INDEX zoftoken_changes_at ON zoftoken_changes (at)",
+    // The transaction id below which the feed was pruned (one row once it was).
+    "CREATE TABLE zoftoken_changes_pruned (one boolean PRIMARY KEY DEFAULT true CHECK (one), \
+     below bigint NOT NULL)",
 ]];
 
 /// The table of a column family.

@@ -172,6 +172,13 @@ impl Taken<'_> {
         op(conn).map_err(kv_error)
     }
 
+    /// The connection itself, for an operation that maps its errors on its own.
+    pub(crate) fn conn(&mut self) -> Result<&mut Conn, KvError> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| KvError::Io("connection already dropped".into()))
+    }
+
     pub(crate) fn client(&mut self) -> Result<&mut Client, KvError> {
         self.conn
             .as_mut()

@@ -11,6 +11,9 @@ use postgres::types::ToSql;
 use zoftoken_storage::schema::{newer_state, state_version};
 use zoftoken_storage::{Cf, KvError, Op, WriteBatch};
 
+use zoftoken_storage::kv::feed::encode_keys;
+
+use crate::feed;
 use crate::migrate::table;
 use crate::pool::Conn;
 
@@ -46,6 +49,9 @@ struct Table<'a> {
 /// A batch ready to run.
 pub(crate) struct Plan<'a> {
     tables: Vec<(Cf, Table<'a>)>,
+    /// The writer named in the change feed, and the keys written ([`crate::feed`]).
+    writer: i64,
+    feed_keys: Vec<u8>,
 }
 
 fn version_of(value: &[u8]) -> Result<u32, KvError> {
@@ -53,8 +59,8 @@ fn version_of(value: &[u8]) -> Result<u32, KvError> {
 }
 
 impl<'a> Plan<'a> {
-    /// The batch's final effect per key, grouped by table.
-    pub(crate) fn of(batch: &'a WriteBatch) -> Result<Plan<'a>, KvError> {
+    /// The batch's final effect per key, grouped by table, written by `writer`.
+    pub(crate) fn of(batch: &'a WriteBatch, writer: u64) -> Result<Plan<'a>, KvError> {
         let mut effects: HashMap<(Cf, &'a [u8]), Effect<'a>> = HashMap::new();
         for op in batch.ops() {
             match op {
@@ -123,7 +129,18 @@ impl<'a> Plan<'a> {
         }
         let mut tables: Vec<(Cf, Table<'a>)> = tables.into_iter().collect();
         tables.sort_by_key(|(cf, _)| *cf);
-        Ok(Plan { tables })
+        let feed_keys = encode_keys(tables.iter().flat_map(|(cf, t)| {
+            t.put_keys
+                .iter()
+                .chain(&t.deletes)
+                .chain(&t.cas_keys)
+                .map(move |k| (*cf, *k))
+        }));
+        Ok(Plan {
+            tables,
+            writer: i64::try_from(writer).unwrap_or(i64::MAX),
+            feed_keys,
+        })
     }
 
     /// The statement and its parameters.
@@ -222,6 +239,10 @@ impl<'a> Plan<'a> {
                 cas = Some((updated, inserted, n + 1));
             }
         }
+        params.push(&self.writer);
+        params.push(&self.feed_keys);
+        let n = params.len();
+        clause(&mut sql, format_args!("{}", feed::insert_clause(n - 1, n)));
         // The data-modifying clauses run whatever the main statement reads; the main statement
         // fails the whole statement when a compared write did not apply.
         match cas {
@@ -247,46 +268,50 @@ impl<'a> Plan<'a> {
     }
 }
 
-/// One compared put (see `KvStore::compare_and_put`).
+/// One compared put (see `KvStore::compare_and_put`), recorded in the change feed as
+/// `writer`'s in the same transaction.
 pub(crate) fn compare_and_put(
     c: &mut Conn,
     cf: Cf,
     key: &[u8],
     expected: Option<&[u8]>,
     value: &[u8],
+    writer: u64,
 ) -> Result<bool, postgres::Error> {
     let name = table(cf);
-    let version = if cf == Cf::State { ", version" } else { "" };
-    let version_value = if cf == Cf::State { ", $3" } else { "" };
-    let n = match expected {
-        None => {
-            let s = c.prepared(&format!(
-                "INSERT INTO {name} (k, v{version}) VALUES ($1, $2{version_value}) \
-                 ON CONFLICT (k) DO NOTHING"
-            ))?;
-            if cf == Cf::State {
-                let v = i64::from(state_version(value).unwrap_or(0));
-                c.client().execute(&s, &[&key, &value, &v])?
-            } else {
-                c.client().execute(&s, &[&key, &value])?
-            }
-        }
-        Some(old) => {
-            let set_version = if cf == Cf::State {
-                ", version = $4"
-            } else {
-                ""
-            };
-            let s = c.prepared(&format!(
-                "UPDATE {name} SET v = $2{set_version} WHERE k = $1 AND v = $3"
-            ))?;
-            if cf == Cf::State {
-                let v = i64::from(state_version(value).unwrap_or(0));
-                c.client().execute(&s, &[&key, &value, &old, &v])?
-            } else {
-                c.client().execute(&s, &[&key, &value, &old])?
-            }
+    let is_state = cf == Cf::State;
+    let version = i64::from(if is_state {
+        state_version(value).unwrap_or(0)
+    } else {
+        0
+    });
+    let s = match (expected, is_state) {
+        (None, true) => c.prepared(&format!(
+            "INSERT INTO {name} (k, v, version) VALUES ($1, $2, $3) ON CONFLICT (k) DO NOTHING"
+        ))?,
+        (None, false) => c.prepared(&format!(
+            "INSERT INTO {name} (k, v) VALUES ($1, $2) ON CONFLICT (k) DO NOTHING"
+        ))?,
+        (Some(_), true) => c.prepared(&format!(
+            "UPDATE {name} SET v = $2, version = $3 WHERE k = $1 AND v = $4"
+        ))?,
+        (Some(_), false) => {
+            c.prepared(&format!("UPDATE {name} SET v = $2 WHERE k = $1 AND v = $3"))?
         }
     };
+    let record = c.prepared(&feed::insert_clause(1, 2))?;
+    let keys = encode_keys([(cf, key)]);
+    let writer = i64::try_from(writer).unwrap_or(i64::MAX);
+    let mut tx = c.client().transaction()?;
+    let n = match (expected, is_state) {
+        (None, true) => tx.execute(&s, &[&key, &value, &version])?,
+        (None, false) => tx.execute(&s, &[&key, &value])?,
+        (Some(old), true) => tx.execute(&s, &[&key, &value, &version, &old])?,
+        (Some(old), false) => tx.execute(&s, &[&key, &value, &old])?,
+    };
+    if n == 1 {
+        tx.execute(&record, &[&writer, &keys])?;
+    }
+    tx.commit()?;
     Ok(n == 1)
 }

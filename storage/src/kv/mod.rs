@@ -5,10 +5,12 @@
 mod batch;
 mod cf;
 mod error;
+pub mod feed;
 
 pub use batch::{Op, WriteBatch};
 pub use cf::Cf;
 pub use error::{BoxError, KvError};
+pub use feed::{FeedChanges, FeedCursor, FeedError};
 
 /// How durable a write must be before it returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -80,6 +82,34 @@ pub trait KvStore: Send + Sync {
     /// alone (RocksDB, memory).
     fn is_shared(&self) -> bool {
         false
+    }
+
+    /// Names the writer of this handle's later commits in the change feed (a server's epoch;
+    /// 0, the default, for a writer without one: the command line). A store without a feed
+    /// ignores it.
+    fn set_writer(&self, writer: u64) {
+        let _ = writer;
+    }
+
+    /// Where the change feed stands now (the cursor of a reader that has read everything
+    /// committed so far; take it before reading the records it starts from), or `None` for a
+    /// store without a feed (the default). See [`feed`].
+    fn feed_start(&self) -> Result<Option<FeedCursor>, KvError> {
+        Ok(None)
+    }
+
+    /// The keys other writers than `own` changed in commits after `cursor`, and the cursor to
+    /// read from next ([`feed`]).
+    fn feed_read(&self, cursor: &FeedCursor, own: u64) -> Result<FeedChanges, FeedError> {
+        let _ = (cursor, own);
+        Err(FeedError::Unsupported)
+    }
+
+    /// Removes the feed's commits older than `keep` (any process may call it; a reader that
+    /// has not read them by then gets [`FeedError::Behind`]). Returns how many it removed.
+    fn feed_prune(&self, keep: std::time::Duration) -> Result<u64, KvError> {
+        let _ = keep;
+        Ok(0)
     }
 
     /// After a failed write, makes the store able to write again if it cannot recover by

@@ -10,6 +10,13 @@ pub(crate) const KEY_CHECK_PLAINTEXT: &[u8] = b"zoftoken master key check v1";
 /// The highest outbox sequence number whose commit left the outbox (u64, big-endian):
 /// sequence numbers (the `webhook-id`s) never go below it.
 pub(crate) const OUTBOX_ACKED: &[u8] = b"outbox_acked";
+/// On a database several processes write: the first outbox sequence number no process has
+/// reserved yet (u64, big-endian). Each reserves a block of numbers at a time by comparing
+/// and setting it, so no two commits of the instance share a number.
+pub(crate) const OUTBOX_NEXT_BLOCK: &[u8] = b"outbox_next_block";
+/// On a database several servers share: the webhook delivery lease (holder epoch and renewal
+/// count, u64 big-endian each; see `crate::lease`).
+pub(crate) const WEBHOOK_LEASE: &[u8] = b"webhook_lease";
 /// The last server epoch handed out (u32, big-endian).
 pub(crate) const EPOCH: &[u8] = b"epoch";
 /// Prefix of the event-sequence floors: `event_seq_floor` ‖ floor (u64 BE), empty values. Each
@@ -24,6 +31,13 @@ pub(crate) fn event_floor_key(floor: u64) -> Vec<u8> {
     let mut k = EVENT_FLOOR.to_vec();
     k.extend_from_slice(&floor.to_be_bytes());
     k
+}
+
+/// The floor of an event-sequence floor key; `None` if it is not one.
+pub(crate) fn event_floor_of(key: &[u8]) -> Option<u64> {
+    key.strip_prefix(EVENT_FLOOR)
+        .and_then(|n| <[u8; 8]>::try_from(n).ok())
+        .map(u64::from_be_bytes)
 }
 
 /// The key just past every event-sequence floor (the end of their scan).

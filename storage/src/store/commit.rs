@@ -90,8 +90,9 @@ impl Store {
     /// Writes a batch of engine mutations in one atomic write, with the batch's events that a
     /// webhook receives ([`ServiceNames::outbox_wants`]; one outbox record per 65 535 events).
     /// Returns the (last) outbox sequence number used, or 0 when the batch had no event.
-    /// Sequence numbers are unique and increase in the order commits start; two concurrent
-    /// commits may become visible in either order, and a failed commit leaves a gap.
+    /// Sequence numbers are unique (among every writer of a shared database too) and increase
+    /// in the order this store's commits start; two concurrent commits may become visible in
+    /// either order, and a failed commit leaves a gap.
     ///
     /// A raw write: it publishes nothing on the engine (its tokens stay unsettled, its events
     /// uncounted); [`Store::commit_batch`] and [`Store::durable_write`] are the ways to commit
@@ -242,7 +243,13 @@ impl Store {
                     username.as_deref(),
                 );
             }
-            seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+            seq = match self.take_outbox_seq() {
+                Ok(s) => s,
+                Err(e) => {
+                    self.health.write_failed(&e);
+                    return Err(e);
+                }
+            };
             b.put(Cf::Outbox, seq.to_be_bytes(), v);
         }
         match self.kv.write(&b, durability) {

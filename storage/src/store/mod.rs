@@ -34,6 +34,9 @@ pub struct Store {
     key: MasterKey,
     durability: Durability,
     next_seq: AtomicU64,
+    /// On a store other processes write: the outbox sequence numbers reserved for this one
+    /// and not used yet, `[next, end)` ([`Store::take_outbox_seq`]).
+    outbox_block: std::sync::Mutex<(u64, u64)>,
     /// Raised after every write that put events in the outbox; readers wait on it.
     outbox_watermark: OutboxWatermark,
     health: Health,

@@ -90,6 +90,7 @@ impl Store {
             key,
             durability,
             next_seq: AtomicU64::new(last.max(acked) + 1),
+            outbox_block: std::sync::Mutex::new((0, 0)),
             outbox_watermark: OutboxWatermark::new(last.max(acked)),
             health: Health::default(),
             event_floor: AtomicU64::new(event_floor),
@@ -99,19 +100,7 @@ impl Store {
     /// The durable event-sequence floor (1 in a database that never numbered an event): every
     /// number handed out before is below it. Leaves a single floor record behind.
     fn event_sequence_floor(kv: &dyn KvStore) -> Result<u64, StoreError> {
-        let mut keys = Vec::new();
-        let mut floor = 1u64;
-        let end = meta::event_floor_end();
-        try_scan(kv, Cf::Meta, meta::EVENT_FLOOR, Some(&end), &mut |k, _| {
-            let n = k
-                .strip_prefix(meta::EVENT_FLOOR)
-                .and_then(|n| <[u8; 8]>::try_from(n).ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| corrupt(Cf::Meta, k, "not an event sequence floor"))?;
-            floor = floor.max(n);
-            keys.push(k.to_vec());
-            Ok(true)
-        })?;
+        let (floor, keys) = Self::event_floors(kv)?;
         if keys.len() > 1 {
             let mut b = WriteBatch::new();
             for k in &keys {
@@ -121,6 +110,32 @@ impl Store {
             kv.write(&b, Durability::Fsync)?;
         }
         Ok(floor)
+    }
+
+    /// The highest event-sequence floor and every floor record's key.
+    fn event_floors(kv: &dyn KvStore) -> Result<(u64, Vec<Vec<u8>>), StoreError> {
+        let mut keys = Vec::new();
+        let mut floor = 1u64;
+        let end = meta::event_floor_end();
+        try_scan(kv, Cf::Meta, meta::EVENT_FLOOR, Some(&end), &mut |k, _| {
+            floor = floor.max(
+                meta::event_floor_of(k)
+                    .ok_or_else(|| corrupt(Cf::Meta, k, "not an event sequence floor"))?,
+            );
+            keys.push(k.to_vec());
+            Ok(true)
+        })?;
+        Ok((floor, keys))
+    }
+
+    /// After another writer of a shared database changed a token first: raises this
+    /// process's event sequence numbers above every number the other writers have used, so
+    /// that the token's next event here comes after theirs (see [`Store::follow`], which does
+    /// the same from the floors it reads in the change feed).
+    pub(crate) fn raise_to_shared_event_floor(&self) -> Result<(), StoreError> {
+        let (floor, _) = Self::event_floors(&*self.kv)?;
+        zoftoken_engine::event::raise_sequence_floor(floor);
+        Ok(())
     }
 
     fn is_empty(kv: &dyn KvStore) -> Result<bool, StoreError> {

@@ -9,7 +9,56 @@ use crate::scan::try_scan;
 use crate::schema::{self, meta, OutboxEvent};
 use crate::Store;
 
+/// Outbox sequence numbers a store that other processes write too reserves at once: at a
+/// thousand commits with events a second, one reservation every quarter of an hour.
+const OUTBOX_BLOCK: u64 = 1 << 20;
+
 impl Store {
+    /// A new outbox sequence number, unique among every writer of the database and higher
+    /// than this store's earlier ones. A store that other processes write too takes it from a
+    /// block reserved in the database ([`meta::OUTBOX_NEXT_BLOCK`], compared and set), so two
+    /// servers' commits never share a number; otherwise from its counter.
+    pub(crate) fn take_outbox_seq(&self) -> Result<u64, StoreError> {
+        if !self.kv.is_shared() {
+            return Ok(self.next_seq.fetch_add(1, Ordering::Relaxed));
+        }
+        let mut block = self.outbox_block.lock().unwrap_or_else(|p| p.into_inner());
+        if block.0 >= block.1 {
+            *block = self.reserve_outbox_block()?;
+        }
+        let seq = block.0;
+        block.0 += 1;
+        self.next_seq.fetch_max(seq + 1, Ordering::Relaxed);
+        Ok(seq)
+    }
+
+    /// Reserves the next block of [`OUTBOX_BLOCK`] sequence numbers in the database.
+    fn reserve_outbox_block(&self) -> Result<(u64, u64), StoreError> {
+        loop {
+            let stored = self.kv.get(Cf::Meta, meta::OUTBOX_NEXT_BLOCK)?;
+            let from = match stored.as_deref() {
+                None => 0,
+                Some(v) => v.try_into().map(u64::from_be_bytes).map_err(|_| {
+                    corrupt(Cf::Meta, meta::OUTBOX_NEXT_BLOCK, "not a sequence number")
+                })?,
+            };
+            // Never below what this store has seen in the outbox (a database written before
+            // blocks were reserved, an import).
+            let from = from.max(self.next_seq.load(Ordering::Relaxed));
+            let end = from.checked_add(OUTBOX_BLOCK).ok_or(StoreError::Invalid(
+                "outbox sequence numbers exhausted".into(),
+            ))?;
+            if self.kv.compare_and_put(
+                Cf::Meta,
+                meta::OUTBOX_NEXT_BLOCK,
+                stored.as_deref(),
+                &end.to_be_bytes(),
+            )? {
+                return Ok((from, end));
+            }
+        }
+    }
+
     /// The sequence number the next commit with events will get.
     pub(crate) fn next_outbox_seq(&self) -> u64 {
         self.next_seq.load(Ordering::Relaxed)

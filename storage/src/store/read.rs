@@ -134,12 +134,24 @@ impl Store {
         engine: &Engine,
         ids: &[TokenId],
     ) -> Result<Vec<StoredToken>, StoreError> {
+        self.read_each_token(engine, ids)?.into_iter().collect()
+    }
+
+    /// As [`Store::read_tokens`], with each token's records opened on their own: a token that
+    /// cannot be opened (its service is not configured here) fails alone; a read that fails
+    /// fails the whole call.
+    pub(crate) fn read_each_token(
+        &self,
+        engine: &Engine,
+        ids: &[TokenId],
+    ) -> Result<Vec<Result<StoredToken, StoreError>>, StoreError> {
         let keys: Vec<&[u8]> = ids.iter().map(|id| &id.0[..]).collect();
         let secrets = self.kv.get_many(Cf::Secrets, &keys)?;
         let states = self.kv.get_many(Cf::State, &keys)?;
         let pending = self.kv.get_many(Cf::Enrollments, &keys)?;
         let backup = self.kv.get_many(Cf::BackupCodes, &keys)?;
-        ids.iter()
+        Ok(ids
+            .iter()
             .zip(secrets.into_iter().zip(states))
             .zip(pending.into_iter().zip(backup))
             .map(|((id, (secrets, state)), (pending, backup))| {
@@ -151,7 +163,7 @@ impl Store {
                 };
                 self.decode_token(engine, id, records)
             })
-            .collect()
+            .collect())
     }
 
     /// Opens and decodes one token's stored records.

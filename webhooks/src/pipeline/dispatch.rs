@@ -145,9 +145,13 @@ impl Dispatcher {
                 self.refresh();
                 next_refresh = now + self.cfg.poll_interval;
             }
-            let touched: Vec<Arc<str>> = self.touched.drain().collect();
-            for s in touched {
-                self.pump(&s);
+            // While the gate is closed (the delivery lease not renewed in time) no attempt
+            // starts; the endpoints stay touched for when it opens again.
+            if self.shared.gate.is_open() {
+                let touched: Vec<Arc<str>> = self.touched.drain().collect();
+                for s in touched {
+                    self.pump(&s);
+                }
             }
             if self
                 .pending_since

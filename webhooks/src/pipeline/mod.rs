@@ -48,6 +48,7 @@ use zoftoken_engine::Engine;
 use zoftoken_storage::{DeadLetterRecord, OutboxEvent, Store};
 
 use crate::http::Attempt;
+use crate::lease::Gate;
 use crate::{PipelineConfig, PipelineConfigError, WebhookError};
 
 mod dispatch;
@@ -87,6 +88,8 @@ struct Shared {
     /// The reader paused for lack of room.
     starved: AtomicBool,
     stop_dispatcher: Notify,
+    /// Whether attempts may start (the delivery lease on a shared database).
+    gate: Arc<Gate>,
 }
 
 /// An outbox commit as loaded, usernames filled in.
@@ -132,11 +135,23 @@ impl std::fmt::Debug for Pipeline {
 
 impl Pipeline {
     /// Starts the pipeline on its own threads: reads the outbox of `store`, delivers to the
-    /// webhooks of `engine`'s current services, acknowledges after a 2xx.
+    /// webhooks of `engine`'s current services, acknowledges after a 2xx. For a database one
+    /// server holds; several servers of a shared database deliver through
+    /// [`crate::LeasedPipeline`].
     pub fn start(
         config: PipelineConfig,
         store: Arc<Store>,
         engine: Arc<Engine>,
+    ) -> Result<Pipeline, WebhookError> {
+        Pipeline::start_gated(config, store, engine, Arc::new(Gate::always()))
+    }
+
+    /// As [`Pipeline::start`], starting attempts only while `gate` is open.
+    pub fn start_gated(
+        config: PipelineConfig,
+        store: Arc<Store>,
+        engine: Arc<Engine>,
+        gate: Arc<Gate>,
     ) -> Result<Pipeline, WebhookError> {
         if config.retry_delays.is_empty() || config.retry_delays.iter().any(Duration::is_zero) {
             return Err(WebhookError::Config(PipelineConfigError::RetryDelays));
@@ -152,6 +167,7 @@ impl Pipeline {
             in_memory: AtomicUsize::new(0),
             starved: AtomicBool::new(false),
             stop_dispatcher: Notify::new(),
+            gate,
         });
         let disabled = store
             .disabled_endpoints()?

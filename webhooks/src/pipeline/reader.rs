@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use zoftoken_engine::EventKind;
-use zoftoken_storage::{DeadLetterRecord, PendingCommit, Store};
+use zoftoken_storage::{
+    Cf, DeadLetterRecord, FeedCursor, FeedError, PendingCommit, Store, StoreError,
+};
 
 use crate::pipeline::{lock, Loaded, Msg, Shared};
 use crate::{PipelineConfig, WebhookError};
@@ -27,6 +29,12 @@ pub(super) struct Reader {
     gaps: BTreeMap<u64, Instant>,
     last_gap_check: Instant,
     last_rescan: Instant,
+    /// On a database several servers write: where this reader stands in its change feed,
+    /// the only way new commits are found there (each server numbers its commits from
+    /// blocks of its own, so the outbox's key order is not the order commits are made in).
+    feed: Option<FeedCursor>,
+    /// Outbox commits the feed reported while there was no room for them.
+    waiting: std::collections::VecDeque<u64>,
     /// Usernames of recently seen tokens. A token's username never changes (the token id
     /// is derived from the service and the username), so a steady stream of events from the
     /// same tokens reads each name from the store once instead of once per read of the
@@ -55,9 +63,23 @@ impl Reader {
         store: Arc<Store>,
         tx: mpsc::UnboundedSender<Msg>,
     ) -> Reader {
+        // Where the feed stands before the outbox is read: nothing committed after is missed.
+        let feed = if store.kv().is_shared() {
+            match store.kv().feed_start() {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!("webhooks: the change feed cannot be read ({e}); polling");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let start_high = store.last_outbox_seq().ok().flatten().unwrap_or(0);
         let cursor = store.outbox_start().unwrap_or(0);
         Reader {
+            feed,
+            waiting: std::collections::VecDeque::new(),
             cfg,
             shared,
             store,
@@ -125,6 +147,10 @@ impl Reader {
     }
 
     fn read_once(&mut self) -> Result<(), WebhookError> {
+        if self.feed.is_some() {
+            self.read_shared()?;
+            return self.read_replays();
+        }
         let room = self.room();
         if room > 0 {
             let shared = self.shared.clone();
@@ -185,7 +211,11 @@ impl Reader {
             }
             self.send(found);
         }
-        // Replayed dead letters.
+        self.read_replays()
+    }
+
+    /// Replayed dead letters.
+    fn read_replays(&mut self) -> Result<(), WebhookError> {
         let room = self.room();
         if room > 0 {
             let replays = self.store.replays(room.min(10_000))?;
@@ -204,6 +234,69 @@ impl Reader {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// A read on a database several servers write: what was in the outbox when this reader
+    /// started (in key order, as room allows), then the commits the change feed reports, in
+    /// the order they became visible, so that a token's events written by two servers are
+    /// loaded in the order they were made. A feed that pruned what this reader had not read
+    /// sends it back to reading the whole outbox.
+    fn read_shared(&mut self) -> Result<(), WebhookError> {
+        // The outbox as it was at the start (or after a pruned feed).
+        if self.cursor <= self.start_high && self.room() > 0 {
+            let shared = self.shared.clone();
+            let (commits, last) =
+                self.store
+                    .pending_commits(self.cursor, self.room(), &mut |s| {
+                        lock(&shared.live).contains(&s)
+                    })?;
+            let high = self.start_high;
+            self.cursor = match last {
+                Some(l) if l < high => l + 1,
+                _ => high.saturating_add(1),
+            };
+            // Commits made since are the feed's: loaded in its order.
+            self.send(commits.into_iter().filter(|c| c.seq <= high).collect());
+        }
+        if let Some(cursor) = &self.feed {
+            match self.store.kv().feed_read(cursor, u64::MAX) {
+                Ok(read) => {
+                    self.feed = Some(read.cursor);
+                    for (cf, key) in read.keys {
+                        if cf == Cf::Outbox {
+                            if let Ok(seq) = <[u8; 8]>::try_from(key.as_slice()) {
+                                self.waiting.push_back(u64::from_be_bytes(seq));
+                            }
+                        }
+                    }
+                }
+                Err(FeedError::Kv(e)) => return Err(StoreError::Kv(e).into()),
+                Err(e) => {
+                    tracing::warn!("webhooks: {e}; reading the whole outbox again");
+                    self.feed = self.store.kv().feed_start().map_err(StoreError::Kv)?;
+                    self.waiting.clear();
+                    self.cursor = self.store.outbox_start()?;
+                    self.start_high = self.store.last_outbox_seq()?.unwrap_or(0);
+                }
+            }
+        }
+        let mut found = Vec::new();
+        let mut room = self.room();
+        while room > 0 {
+            let Some(seq) = self.waiting.pop_front() else {
+                break;
+            };
+            if self.is_live(seq) {
+                continue;
+            }
+            // Gone already: delivered (a commit the feed reports again, or the outbox read).
+            if let Some(c) = self.store.pending_commit(seq)? {
+                room = room.saturating_sub(c.events.len().max(1));
+                found.push(c);
+            }
+        }
+        self.send(found);
         Ok(())
     }
 
