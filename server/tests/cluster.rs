@@ -34,6 +34,8 @@ struct Instance {
     _cluster: PgCluster,
     dir: tempfile::TempDir,
     udp: Vec<SocketAddr>,
+    /// The path between server 0 and the database, when it goes through [`Cut`].
+    cut: Option<Cut>,
 }
 
 /// One running `zoftoken serve`.
@@ -61,17 +63,31 @@ impl Instance {
     /// An instance of `n` servers with `config_source` (`file`: the service `bank` and the
     /// admin key in every configuration; `database`: nothing configured yet).
     fn new(n: usize, config_source: &str) -> Instance {
-        Instance::build(n, config_source, None)
+        Instance::build(n, config_source, None, false)
     }
 
     /// An instance whose service `bank` has a webhook to `hook`.
     fn with_webhook(n: usize, hook: SocketAddr) -> Instance {
-        Instance::build(n, "file", Some(hook))
+        Instance::build(n, "file", Some(hook), false)
     }
 
-    fn build(n: usize, config_source: &str, hook: Option<SocketAddr>) -> Instance {
+    /// An instance whose server 0 reaches the database through a path the test can cut.
+    fn with_cut(n: usize) -> Instance {
+        Instance::build(n, "file", None, true)
+    }
+
+    fn build(n: usize, config_source: &str, hook: Option<SocketAddr>, cut: bool) -> Instance {
         let cluster = PgCluster::start();
         let url = cluster.database();
+        let cut = cut.then(|| {
+            let port: u16 = url
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix("port="))
+                .unwrap()
+                .parse()
+                .unwrap();
+            Cut::to(SocketAddr::from(([127, 0, 0, 1], port)))
+        });
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("master.key");
         write_private(&key, &format!("{}\n", "5a".repeat(32)));
@@ -84,6 +100,13 @@ impl Instance {
             .collect::<Vec<_>>()
             .join(", ");
         for (i, addr) in udp.iter().enumerate() {
+            let url = match &cut {
+                Some(c) if i == 0 => url.replace(
+                    &format!("port={}", c.to.port()),
+                    &format!("port={}", c.listen.port()),
+                ),
+                _ => url.clone(),
+            };
             let home = dir.path().join(format!("s{i}"));
             std::fs::create_dir(&home).unwrap();
             let webhook = hook.map_or(String::new(), |a| {
@@ -112,6 +135,7 @@ impl Instance {
             _cluster: cluster,
             dir,
             udp,
+            cut,
         }
     }
 
@@ -159,6 +183,65 @@ impl Instance {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// A TCP path to the database that the test can cut (every connection closed, new ones
+/// refused) and restore.
+struct Cut {
+    listen: SocketAddr,
+    to: SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Cut {
+    fn to(to: SocketAddr) -> Cut {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listen = listener.local_addr().unwrap();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let (c, o) = (cut.clone(), open.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                if c.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(db) = TcpStream::connect(to) else {
+                    continue;
+                };
+                let mut o = o.lock().unwrap();
+                o.push(conn.try_clone().unwrap());
+                o.push(db.try_clone().unwrap());
+                for (mut from, mut into) in [
+                    (conn.try_clone().unwrap(), db.try_clone().unwrap()),
+                    (db, conn),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut into);
+                        let _ = into.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Cut {
+            listen,
+            to,
+            cut,
+            open,
+        }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in self.open.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -778,4 +861,42 @@ fn a_killed_or_paused_lease_holder_leaves_its_deliveries_to_another_server() {
     );
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(per_user(&receiver.accepted())["dan"], made);
+}
+
+#[test]
+fn a_server_cut_off_from_the_database_stops_acknowledging_and_the_others_carry_on() {
+    let inst = Instance::with_cut(2);
+    let s = inst.serve_all();
+    let mut phone = pair_alice(&s[1]);
+    until_state(&s[0], "closed");
+    let ready = |x: &Server| http(x.http, "GET", "/readyz", ADMIN_KEY, "").0;
+    assert_eq!((ready(&s[0]), ready(&s[1])), (200, 200));
+    inst.cut.as_ref().unwrap().cut();
+    // Server 0 finds out at its next read of the change feed: not ready, no change
+    // acknowledged; server 1 carries on, and the phone's next request goes there.
+    let t = Instant::now();
+    while ready(&s[0]) != 503 {
+        assert!(t.elapsed() < Duration::from_secs(5), "{}", s[0].log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(phone.open(&mut link(&s[0])).err(), Some(NoReply));
+    assert_eq!(ready(&s[1]), 200);
+    assert_eq!(
+        until_answered(&mut phone, &s[1], Ask::Open),
+        WireState::Open
+    );
+    assert_eq!(state_at(&s[1]), "open");
+    // Back: server 0 serves again by itself and knows what happened meanwhile.
+    inst.cut.as_ref().unwrap().restore();
+    let t = Instant::now();
+    while ready(&s[0]) != 200 {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", s[0].log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    until_state(&s[0], "open");
+    assert_eq!(
+        until_answered(&mut phone, &s[0], Ask::Close),
+        WireState::Closed
+    );
+    until_state(&s[1], "closed");
 }
