@@ -80,7 +80,9 @@ pub use commit::{CommitFailed, DurableWrite, MemoryCommit};
 pub use config::{EngineConfig, ServiceConfig, WebhookConfig};
 pub use error::EngineError;
 pub use event::{Actor, DuressOp, DuressUse, Event, EventKind};
-pub use mutation::{Batch, Mutation, PendingRecord, TokenRecord, TokenStateRecord};
+pub use mutation::{
+    Batch, CandidateRecord, Mutation, PendingRecord, TokenRecord, TokenStateRecord,
+};
 pub use ops::{
     EnrollmentTicket, Force, OfflineOutcome, TokenStatus, TotpEnrollment, BACKUP_CODES,
     BACKUP_DIGITS, MAX_KEPT_TRANSACTIONS, MAX_WAITING_TRANSACTIONS, TX_RETENTION_MS,

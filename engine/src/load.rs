@@ -3,10 +3,11 @@
 //! (`crate::restore`). Secrets arrive opened; packet keys are derived again here.
 
 use zoftoken_proto::keys::context;
-use zoftoken_proto::{SecretBytes, TokenId};
+use zoftoken_proto::replay::ReplayWindow;
+use zoftoken_proto::{SecretBytes, TokenId, TokenSecret};
 
 use crate::mutation::{PendingRecord, TokenRecord};
-use crate::pending::{EnrollmentForm, PendingEnrollment, PendingItems};
+use crate::pending::{EnrollmentForm, PairingCandidate, PendingEnrollment, PendingItems};
 use crate::state::{
     schedule_expiry, TokenEntry, TokenKind, FLAG_HAS_DURESS, FLAG_OPEN_DURESS, FLAG_TIMER,
     FLAG_TOTP,
@@ -104,8 +105,17 @@ impl Engine {
                 service,
                 forms: [form(a), form(b)],
                 expires_ms: record.expires_ms,
-                max_init_counter: 0,
-                candidate: None,
+                max_init_counter: record.max_init_counter,
+                candidate: record.candidate.as_ref().map(|c| {
+                    let secret = TokenSecret::from_bytes(*c.secret.expose());
+                    let keys = secret.keys();
+                    PairingCandidate {
+                        secret,
+                        keys,
+                        offset_ms: c.offset_ms,
+                        window: ReplayWindow::new(),
+                    }
+                }),
             },
         );
         Ok(())

@@ -114,6 +114,21 @@ pub struct PendingRecord {
     pub forms: [([u8; 16], SecretBytes, SecretBytes); 2],
     /// When the enrollment stops being usable (Unix ms).
     pub expires_ms: u64,
+    /// The highest PAIR_INIT counter accepted (0: none yet).
+    pub max_init_counter: u64,
+    /// The token secret the last PAIR_INIT offered, waiting for PAIR_COMPLETE: kept when
+    /// several servers share the database, so that the app's PAIR_COMPLETE may reach
+    /// another server than its PAIR_INIT.
+    pub candidate: Option<CandidateRecord>,
+}
+
+/// A pairing candidate as storage keeps it (sealed with the enrollment).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CandidateRecord {
+    /// The token secret PAIR_INIT agreed.
+    pub secret: SecretBytes,
+    /// The device's clock offset measured at PAIR_INIT (ms).
+    pub offset_ms: i64,
 }
 
 /// One record for storage.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use zoftoken_proto::replay::ReplayWindow;
 use zoftoken_proto::{SecretBytes, TokenId, TokenKeys, TokenSecret, TxState};
 
-use crate::mutation::{Batch, Mutation, PendingRecord};
+use crate::mutation::{Batch, CandidateRecord, Mutation, PendingRecord};
 use crate::transaction::Transaction;
 
 /// One form of an enrollment (deeplink or manual code): its pairing id and enrollment keys.
@@ -78,6 +78,11 @@ impl Enrollments {
             service,
             forms: [form(&p.forms[0]), form(&p.forms[1])],
             expires_ms: p.expires_ms,
+            max_init_counter: p.max_init_counter,
+            candidate: p.candidate.as_ref().map(|c| CandidateRecord {
+                secret: SecretBytes::new(*c.secret.expose()),
+                offset_ms: c.offset_ms,
+            }),
         })
     }
 }

@@ -48,7 +48,9 @@ impl PrepareArgs {
 /// `zoftoken loadgen`: the options of a load run.
 #[derive(clap::Args, Clone, Debug)]
 pub struct LoadgenArgs {
-    /// A server endpoint (repeatable; requests go to each in turn).
+    /// A server endpoint (repeatable; requests go to each in turn, passing over one that
+    /// lost three requests in a row, which gets one request a second until it answers again,
+    /// as an app fails over).
     #[arg(long = "endpoint", required = true)]
     pub endpoints: Vec<SocketAddr>,
     /// The token set (as given to `loadgen prepare`).

@@ -469,7 +469,7 @@ fn every_acknowledged_change_survives_kill_9_during_a_load_of(e: Env) {
     let load = start_load(&e, &acked, None);
     std::thread::sleep(Duration::from_millis(1500));
     server.kill9();
-    let summary = load_summary(load);
+    let summary = common::load_summary(load);
     assert!(summary["answered"].as_u64().unwrap() > 1000, "{summary}");
     assert!(
         summary["lost"].as_u64().unwrap() > 0,
@@ -478,7 +478,8 @@ fn every_acknowledged_change_survives_kill_9_during_a_load_of(e: Env) {
     // Restart: the server loads every token; then the database is read with the server stopped.
     let server = e.serve();
     server.stop();
-    let (settled, seen) = assert_acknowledged_in_database(&e, &acked, &summary);
+    let (settled, seen) =
+        common::assert_acknowledged_in_database(e.dir.path(), 3000, &acked, &summary);
     // The load reached tokens in every state, and most answers are settled ones.
     assert!(settled > 1000, "settled {settled}");
     for state in ["open", "closed", "blocked"] {
@@ -505,7 +506,7 @@ fn every_acknowledged_change_survives_crashes_of_postgres_under_load() {
         cluster.crash();
         std::thread::sleep(Duration::from_millis(500));
         cluster.start_server();
-        let summary = load_summary(load);
+        let summary = common::load_summary(load);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while server.get("/readyz").0 != 200 {
             assert!(
@@ -514,7 +515,8 @@ fn every_acknowledged_change_survives_crashes_of_postgres_under_load() {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        let (settled, _) = assert_acknowledged_in_database(&e, &acked, &summary);
+        let (settled, _) =
+            common::assert_acknowledged_in_database(e.dir.path(), 3000, &acked, &summary);
         assert!(settled > 100, "cycle {cycle}: settled {settled}; {summary}");
     }
     server.stop();
@@ -562,77 +564,6 @@ fn start_load(e: &Env, acked: &std::path::Path, counters: Option<&std::path::Pat
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-/// The load generator's JSON summary, once it has ended.
-fn load_summary(load: Child) -> serde_json::Value {
-    let out = load.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(
-        out.stdout
-            .split(|b| *b == b'\n')
-            .rfind(|l| l.starts_with(b"{"))
-            .unwrap(),
-    )
-    .unwrap()
-}
-
-/// Every token whose newest answer in `acked` is settled has, in the database, the state and
-/// failure count that answer showed (the others may or may not have taken a later, unanswered
-/// change). Returns how many were settled, and how many of them per state.
-fn assert_acknowledged_in_database(
-    e: &Env,
-    acked: &std::path::Path,
-    summary: &serde_json::Value,
-) -> (usize, std::collections::HashMap<String, usize>) {
-    let o = e
-        .cmd(&["token", "list", "--service", "bank", "--json"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
-    let db: std::collections::HashMap<&str, (&str, u64)> = rows
-        .iter()
-        .map(|r| {
-            (
-                r["token_id"].as_str().unwrap(),
-                (
-                    r["state"].as_str().unwrap(),
-                    r["failures"].as_u64().unwrap(),
-                ),
-            )
-        })
-        .collect();
-    assert_eq!(db.len(), 3000);
-    let text = std::fs::read_to_string(acked).unwrap();
-    let (mut settled, mut unsettled) = (0, 0);
-    let mut seen = std::collections::HashMap::<String, usize>::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let f: Vec<&str> = line.split(' ').collect();
-        let [id, _index, _counter, state, attempts_left, is_settled] = f[..] else {
-            panic!("bad line {line:?}");
-        };
-        let (db_state, db_failures) = db[id];
-        if is_settled == "1" {
-            settled += 1;
-            *seen.entry(state.to_owned()).or_default() += 1;
-            let failures = 3 - attempts_left.parse::<u64>().unwrap();
-            assert_eq!(
-                (db_state, db_failures.min(3)),
-                (state, failures),
-                "token {id}: acknowledged {state} with {failures} failures, the database \
-                 says {db_state} with {db_failures}"
-            );
-        } else {
-            unsettled += 1;
-        }
-    }
-    eprintln!("settled {settled} ({seen:?}), unsettled {unsettled}; load: {summary}");
-    (settled, seen)
 }
 
 #[test]

@@ -59,7 +59,7 @@ impl Engine {
         let (msg_type, id) = head;
         // Replies are counted by the paths themselves, under the shard lock they hold.
         let result = if msg_type == MsgType::PairInit {
-            let r = self.pair_init(now_ms, &id, datagram, out);
+            let r = self.pair_init(now_ms, &id, datagram, out, batch);
             if r.is_ok() {
                 let mut shard = self.shard(&id);
                 if let Some(c) = shard

@@ -27,6 +27,7 @@ impl Engine {
         pairing_id: &[u8; 16],
         datagram: &mut [u8],
         out: &mut [u8],
+        batch: &mut Batch,
     ) -> Result<usize, DropReason> {
         let services = self.services();
         let mut enrollments = lock(&self.enrollments);
@@ -55,6 +56,12 @@ impl Engine {
         if counter <= p.max_init_counter {
             return Err(DropReason::Replayed);
         }
+        // On a shared database the candidate is written before the reply (the app's
+        // PAIR_COMPLETE may reach another server): not while an earlier write of this
+        // enrollment is under way.
+        if self.shared_database && self.shard(&token).is_unsettled(&token, batch) {
+            return Err(DropReason::Unsettled);
+        }
         p.max_init_counter = counter;
         let mut random = [0u8; 32];
         rand_core::RngCore::fill_bytes(&mut *lock(&self.rng), &mut random);
@@ -72,6 +79,12 @@ impl Engine {
             offset_ms: offset_ms(body.device_time_ms.get(), now_ms),
             window: ReplayWindow::new(),
         });
+        if self.shared_database {
+            if let Some(record) = enrollments.record(&token, service.name.clone()) {
+                batch.mutations.push(Mutation::Pending(Box::new(record)));
+                self.shard(&token).mark(&token, batch);
+            }
+        }
         let otp = service.config.otp;
         let reply = PairInitReply {
             status: StatusBlock::new(ReplyStatus::Ok, WireState::Pending, MAX_FAILURES, 0, now_ms),

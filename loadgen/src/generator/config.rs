@@ -84,7 +84,8 @@ pub enum IoChoice {
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct LoadConfig {
-    /// Server endpoints; requests go to them in turn.
+    /// Server endpoints; requests go to them in turn, passing over one that stopped answering
+    /// (three requests lost in a row; one request a second checks whether it is back).
     pub endpoints: Vec<SocketAddr>,
     /// The tokens (already paired on the server side, see [`TokenSet::server_mutations`]).
     pub tokens: TokenSet,

@@ -26,6 +26,9 @@ impl Worker<'_> {
         if let Some(b) = self.busy.get_mut(p.token) {
             *b = false;
         }
+        if let Some(e) = self.endpoints.get_mut(p.endpoint) {
+            e.lost_in_a_row = 0;
+        }
         let us = now.duration_since(p.sent).as_micros() as u64;
         self.total.record(us);
         self.interval.record(us);

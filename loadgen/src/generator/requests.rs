@@ -28,7 +28,6 @@ impl Worker<'_> {
         let status_pct = u64::from(mix.status);
         let open_pct = status_pct + u64::from(mix.open);
         let close_pct = open_pct + u64::from(mix.close);
-        let endpoints = self.config.endpoints.len().max(1);
         let mut built = 0;
         for _ in 0..n {
             // A token with a request in flight is drawn again (a few times at most: with the
@@ -44,6 +43,9 @@ impl Worker<'_> {
             if self.busy.get(j).copied().unwrap_or(false) {
                 break;
             }
+            let Some(endpoint) = self.next_endpoint(now) else {
+                break;
+            };
             let roll = self.next() % 100;
             let (Some(token), Some(counter)) = (self.tokens.get(j), self.counters.get_mut(j))
             else {
@@ -92,12 +94,7 @@ impl Worker<'_> {
             } else {
                 plain.as_bytes()
             };
-            let Some(peer) = self
-                .config
-                .endpoints
-                .get(self.next_endpoint % endpoints)
-                .copied()
-            else {
+            let Some(peer) = self.config.endpoints.get(endpoint).copied() else {
                 break;
             };
             let Some(buf) = out.next_buffer() else { break };
@@ -106,7 +103,6 @@ impl Worker<'_> {
                 continue;
             };
             out.commit(peer, len);
-            self.next_endpoint = self.next_endpoint.wrapping_add(1);
             if let Some(t) = self.counts.by_type.get_mut(k) {
                 *t += 1;
             }
@@ -120,6 +116,7 @@ impl Worker<'_> {
                     sent: now,
                     token: j,
                     kind,
+                    endpoint,
                 },
             );
             self.order.push_back((key, now));

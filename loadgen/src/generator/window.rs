@@ -45,6 +45,23 @@ pub(super) struct Pending {
     pub(super) sent: Instant,
     pub(super) token: usize,
     pub(super) kind: MsgType,
+    /// The endpoint it was sent to (its index in the configuration's list).
+    pub(super) endpoint: usize,
+}
+
+/// Requests to one endpoint lost in a row after which it is passed over (as an app fails
+/// over to the next endpoint of its list).
+pub(super) const DOWN_AFTER: u32 = 3;
+
+/// How often an endpoint passed over gets one request again, to see whether it is back.
+pub(super) const RETRY_DOWN: Duration = Duration::from_secs(1);
+
+/// One endpoint as the generator sees it: requests lost in a row, and since when it is
+/// passed over.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct EndpointHealth {
+    pub(super) lost_in_a_row: u32,
+    pub(super) tried: Option<Instant>,
 }
 
 /// One generator thread: its tokens, their counters, its socket and its requests in flight.
@@ -57,6 +74,8 @@ pub(super) struct Worker<'a> {
     pub(super) shared: &'a Shared,
     pub(super) rng: u64,
     pub(super) next_endpoint: usize,
+    /// Per endpoint: whether it answers (an endpoint that stopped is passed over).
+    pub(super) endpoints: Vec<EndpointHealth>,
     pub(super) rate: Option<f64>,
     pub(super) inflight: HashMap<([u8; 16], u64), Pending>,
     /// Per token: a request of it is in flight. A phone sends its next request only after the
@@ -95,6 +114,7 @@ impl<'a> Worker<'a> {
                 ^ (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
                 | 1,
             next_endpoint: t,
+            endpoints: vec![EndpointHealth::default(); config.endpoints.len()],
             rate: config.rate.map(|r| r as f64 / threads as f64),
             inflight: HashMap::with_capacity(config.window * 2),
             busy: vec![false; n_tokens],
@@ -108,6 +128,29 @@ impl<'a> Worker<'a> {
             total: Histogram::new(),
             interval: Histogram::new(),
         }
+    }
+
+    /// The endpoint of the next request: the next in turn that answers; one passed over
+    /// (lost [`DOWN_AFTER`] requests in a row) gets a request once per [`RETRY_DOWN`]. `None`
+    /// without endpoints.
+    pub(super) fn next_endpoint(&mut self, now: Instant) -> Option<usize> {
+        let n = self.endpoints.len();
+        for _ in 0..n {
+            let i = self.next_endpoint % n;
+            self.next_endpoint = self.next_endpoint.wrapping_add(1);
+            let e = self.endpoints.get_mut(i)?;
+            if e.lost_in_a_row < DOWN_AFTER {
+                return Some(i);
+            }
+            if e.tried.is_none_or(|t| now.duration_since(t) >= RETRY_DOWN) {
+                e.tried = Some(now);
+                return Some(i);
+            }
+        }
+        // Every endpoint is passed over: keep sending in turn (each is tried again).
+        let i = self.next_endpoint % n.max(1);
+        self.next_endpoint = self.next_endpoint.wrapping_add(1);
+        (n > 0).then_some(i)
     }
 
     pub(super) fn next(&mut self) -> u64 {
@@ -208,6 +251,9 @@ impl<'a> Worker<'a> {
                 if let Some(p) = self.inflight.remove(&key) {
                     if let Some(b) = self.busy.get_mut(p.token) {
                         *b = false;
+                    }
+                    if let Some(e) = self.endpoints.get_mut(p.endpoint) {
+                        e.lost_in_a_row = e.lost_in_a_row.saturating_add(1);
                     }
                 }
                 self.order.pop_front();

@@ -80,3 +80,76 @@ pub fn http_addr(log: &str) -> std::net::SocketAddr {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no API address in the log:\n{log}"))
 }
+
+/// The load generator's JSON summary, once it has ended.
+pub fn load_summary(load: std::process::Child) -> serde_json::Value {
+    let out = load.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(
+        out.stdout
+            .split(|b| *b == b'\n')
+            .rfind(|l| l.starts_with(b"{"))
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Every token whose newest answer in `acked` is settled has, in the database, the state and
+/// failure count that answer showed (the others may or may not have taken a later, unanswered
+/// change). Returns how many were settled, and how many of them per state.
+/// `dir` holds the configuration of a server of the database (its `bank` service has `tokens`
+/// tokens).
+pub fn assert_acknowledged_in_database(
+    dir: &Path,
+    tokens: usize,
+    acked: &std::path::Path,
+    summary: &serde_json::Value,
+) -> (usize, std::collections::HashMap<String, usize>) {
+    let o = zoftoken(dir, &["token", "list", "--service", "bank", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let db: std::collections::HashMap<&str, (&str, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["token_id"].as_str().unwrap(),
+                (
+                    r["state"].as_str().unwrap(),
+                    r["failures"].as_u64().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(db.len(), tokens);
+    let text = std::fs::read_to_string(acked).unwrap();
+    let (mut settled, mut unsettled) = (0, 0);
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let f: Vec<&str> = line.split(' ').collect();
+        let [id, _index, _counter, state, attempts_left, is_settled] = f[..] else {
+            panic!("bad line {line:?}");
+        };
+        let (db_state, db_failures) = db[id];
+        if is_settled == "1" {
+            settled += 1;
+            *seen.entry(state.to_owned()).or_default() += 1;
+            let failures = 3 - attempts_left.parse::<u64>().unwrap();
+            assert_eq!(
+                (db_state, db_failures.min(3)),
+                (state, failures),
+                "token {id}: acknowledged {state} with {failures} failures, the database \
+                 says {db_state} with {db_failures}"
+            );
+        } else {
+            unsettled += 1;
+        }
+    }
+    eprintln!("settled {settled} ({seen:?}), unsettled {unsettled}; load: {summary}");
+    (settled, seen)
+}
