@@ -1206,3 +1206,106 @@ fn a_load_over_three_servers_goes_on_when_one_is_killed_and_keeps_every_acknowle
         assert!(seen.get(state).copied().unwrap_or(0) > 10, "{seen:?}");
     }
 }
+
+/// The same POST to every server at the same moment; the answers.
+fn post_everywhere(s: &[Server], path: &str, body: &str) -> Vec<(u16, Value)> {
+    let posts: Vec<_> = s
+        .iter()
+        .map(|server| {
+            let (addr, path, body) = (server.http, path.to_owned(), body.to_owned());
+            std::thread::spawn(move || http(addr, "POST", &path, ADMIN_KEY, &body))
+        })
+        .collect();
+    posts.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+fn accepted(answers: &[(u16, Value)]) -> usize {
+    assert!(answers.iter().all(|(code, _)| *code == 200), "{answers:?}");
+    answers
+        .iter()
+        .filter(|(_, v)| v["accepted"] == true)
+        .count()
+}
+
+#[test]
+fn a_backup_code_sent_to_two_servers_at_once_is_accepted_once() {
+    let inst = Instance::new(2, "file");
+    let s = inst.serve_all();
+    let _phone = pair_alice(&s[0]);
+    until_state(&s[1], "closed");
+    let (code, v) = http(
+        s[0].http,
+        "POST",
+        &format!("{ALICE}/backup-codes"),
+        ADMIN_KEY,
+        "{}",
+    );
+    assert_eq!(code, 201, "{v}");
+    let codes: Vec<String> = serde_json::from_value(v["codes"].clone()).unwrap();
+    for code in codes.iter().take(3) {
+        let answers = post_everywhere(
+            &s,
+            &format!("{ALICE}/backup-codes/verify"),
+            &json!({ "code": code }).to_string(),
+        );
+        assert_eq!(accepted(&answers), 1, "{answers:?}");
+    }
+}
+
+#[test]
+fn an_open_racing_an_administrators_block_at_another_server_never_wins_over_it() {
+    let inst = Instance::new(2, "file");
+    let s = inst.serve_all();
+    let mut phone = pair_alice(&s[0]);
+    until_state(&s[1], "closed");
+    for round in 0..8 {
+        let now = zoftoken_testkit::now_ms();
+        let pin = phone.pin.clone();
+        let open = phone.request(now, Request::Open(&pin));
+        let (udp, http_a) = (s[1].udp, s[0].http);
+        let block = std::thread::spawn(move || {
+            http(
+                http_a,
+                "PUT",
+                &format!("{ALICE}/state"),
+                ADMIN_KEY,
+                r#"{"state":"blocked"}"#,
+            )
+        });
+        let opened = std::thread::spawn(move || {
+            UdpLink::new(udp, Duration::from_millis(400)).exchange(&open)
+        });
+        assert_eq!(block.join().unwrap().0, 200);
+        if let Ok(mut reply) = opened.join().unwrap() {
+            phone.token.handle_reply(&mut reply).unwrap();
+        }
+        // Whatever came first, the token ends blocked, everywhere.
+        for server in &s {
+            let t = Instant::now();
+            while state_at(server) != "blocked" {
+                assert!(
+                    t.elapsed() < Duration::from_secs(5),
+                    "round {round}: {}",
+                    state_at(server)
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        assert_eq!(
+            until_answered(&mut phone, &s[1], Ask::Open),
+            WireState::Blocked,
+            "round {round}"
+        );
+        let (code, v) = http(
+            s[0].http,
+            "PUT",
+            &format!("{ALICE}/state"),
+            ADMIN_KEY,
+            r#"{"state":"closed"}"#,
+        );
+        assert_eq!(code, 200, "{v}");
+        for server in &s {
+            until_state(server, "closed");
+        }
+    }
+}

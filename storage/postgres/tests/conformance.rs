@@ -126,3 +126,34 @@ fn an_unreachable_database_fails_the_open_clearly() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
+
+/// Servers of one instance starting at the same moment on an empty database: exactly one
+/// initialises it, the others wait for it and open it; a server with another master key is
+/// refused.
+#[test]
+fn servers_starting_at_once_on_an_empty_database_initialise_it_once() {
+    use zoftoken_storage::{MasterKey, Store, StoreError};
+    let url = PgCluster::shared().database();
+    let key = [3u8; 32];
+    let opens: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let kv: Arc<dyn KvStore> = Arc::new(open(&url).unwrap());
+                Store::open(kv, MasterKey::from_bytes(key), Durability::Wal)
+                    .map(|s| s.next_epoch().unwrap())
+            })
+        })
+        .collect();
+    let mut epochs: Vec<u32> = opens
+        .into_iter()
+        .map(|t| t.join().unwrap().unwrap())
+        .collect();
+    epochs.sort_unstable();
+    assert_eq!(epochs, vec![1, 2, 3, 4, 5, 6]);
+    let kv: Arc<dyn KvStore> = Arc::new(open(&url).unwrap());
+    assert!(matches!(
+        Store::open(kv, MasterKey::from_bytes([4; 32]), Durability::Wal),
+        Err(StoreError::WrongMasterKey)
+    ));
+}

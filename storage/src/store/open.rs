@@ -14,6 +14,10 @@ use crate::schema::{meta, SCHEMA_VERSION};
 use crate::watermark::OutboxWatermark;
 use crate::Store;
 
+/// How long a database with records but no schema version is waited for (another process
+/// initialising it) before it is refused.
+const INIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// One upgrade step of the schema: from version `n` (its index + 1) to `n + 1`.
 type Migration = fn(&dyn KvStore) -> Result<(), StoreError>;
 
@@ -30,24 +34,8 @@ impl Store {
         key: MasterKey,
         durability: Durability,
     ) -> Result<Store, StoreError> {
-        match kv.get(Cf::Meta, meta::SCHEMA)? {
-            None => {
-                if !Self::is_empty(&*kv)? {
-                    return Err(corrupt(
-                        Cf::Meta,
-                        meta::SCHEMA,
-                        "the database holds records but no schema version",
-                    ));
-                }
-                let mut b = WriteBatch::new();
-                b.put(Cf::Meta, meta::SCHEMA, SCHEMA_VERSION.to_be_bytes());
-                b.put(
-                    Cf::Meta,
-                    meta::KEY_CHECK,
-                    key.seal(Cf::Meta, meta::KEY_CHECK, meta::KEY_CHECK_PLAINTEXT),
-                );
-                kv.write(&b, Durability::Fsync)?;
-            }
+        match Self::schema_or_initialise(&*kv, &key)? {
+            None => {}
             Some(v) => {
                 let found = v
                     .as_slice()
@@ -95,6 +83,40 @@ impl Store {
             health: Health::default(),
             event_floor: AtomicU64::new(event_floor),
         })
+    }
+
+    /// The stored schema version record, or `None` after initialising an empty database
+    /// (schema version and master-key check). Servers of a shared database may start at the
+    /// same moment on an empty one: the master-key check is compared and set, so exactly one
+    /// initialises; the others wait for its schema version (a database with records but
+    /// without a version for longer than [`INIT_WAIT`] is refused as damaged).
+    fn schema_or_initialise(
+        kv: &dyn KvStore,
+        key: &MasterKey,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(v) = kv.get(Cf::Meta, meta::SCHEMA)? {
+                return Ok(Some(v));
+            }
+            if Self::is_empty(kv)? {
+                let check = key.seal(Cf::Meta, meta::KEY_CHECK, meta::KEY_CHECK_PLAINTEXT);
+                if kv.compare_and_put(Cf::Meta, meta::KEY_CHECK, None, &check)? {
+                    let mut b = WriteBatch::new();
+                    b.put(Cf::Meta, meta::SCHEMA, SCHEMA_VERSION.to_be_bytes());
+                    kv.write(&b, Durability::Fsync)?;
+                    return Ok(None);
+                }
+                // Another process initialises it: its schema version follows.
+            } else if started.elapsed() >= INIT_WAIT {
+                return Err(corrupt(
+                    Cf::Meta,
+                    meta::SCHEMA,
+                    "the database holds records but no schema version",
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// The durable event-sequence floor (1 in a database that never numbered an event): every
