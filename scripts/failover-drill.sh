@@ -44,13 +44,17 @@ psql_at() { "$pg_bin/psql" -X -q -At -h 127.0.0.1 -p "$1" -U zoftoken -d "${3:-p
 run_pg initdb -D "$work/primary" --auth=trust -U zoftoken -E UTF8 --locale=C >/dev/null
 run_pg pg_ctl -D "$work/primary" -l "$work/primary.log" -w -o "-c listen_addresses=127.0.0.1 \
   -c port=$p1 -c unix_socket_directories=$work -c fsync=on -c synchronous_commit=on \
-  -c wal_level=replica -c max_wal_senders=4 -c synchronous_standby_names=standby" start >/dev/null
+  -c wal_level=replica -c max_wal_senders=4" start >/dev/null
 psql_at "$p1" "CREATE DATABASE zoftoken"
 run_pg pg_basebackup -h 127.0.0.1 -p "$p1" -U zoftoken -D "$work/standby" -R -X stream
 echo "primary_conninfo = 'host=127.0.0.1 port=$p1 user=zoftoken application_name=standby'" \
-  | run_pg tee -a "$work/standby/postgresql.auto.conf" >/dev/null
+  >> "$work/standby/postgresql.auto.conf"
 run_pg pg_ctl -D "$work/standby" -l "$work/standby.log" -w -o "-c port=$p2 \
   -c unix_socket_directories=$work" start >/dev/null
+# Synchronous from now on: a commit waits until the standby has it (set once the standby
+# runs; before, every commit would wait for a standby that is not there yet).
+psql_at "$p1" "ALTER SYSTEM SET synchronous_standby_names = 'standby'"
+psql_at "$p1" "SELECT pg_reload_conf()" >/dev/null
 for _ in $(seq 1 100); do
   [ "$(psql_at "$p1" "SELECT sync_state FROM pg_stat_replication")" = sync ] && break
   sleep 0.1
