@@ -154,10 +154,19 @@ impl<'a> Tokens<'a> {
                     std::thread::sleep(UNSETTLED_POLL)
                 }
                 // Another server may have paired or enrolled it a moment ago, before this
-                // one's memory followed: read it from the database once and ask again.
+                // one's memory followed: read it from the database once and ask again (after
+                // the follower's own read of it, if that is under way).
                 Err(AdminError::Engine(EngineError::UnknownToken | EngineError::NotPaired))
-                    if !std::mem::replace(&mut refreshed, true)
-                        && self.store.refresh_token(self.engine, now_ms, &id)? => {}
+                    if !refreshed
+                        && self.store.kv().is_shared()
+                        && started.elapsed() < UNSETTLED_WAIT =>
+                {
+                    if self.store.refresh_token(self.engine, now_ms, &id)? {
+                        refreshed = true;
+                    } else {
+                        std::thread::sleep(UNSETTLED_POLL)
+                    }
+                }
                 r => return r.map_err(named),
             }
         }
