@@ -13,7 +13,7 @@
 )]
 
 mod common;
-use common::wait_for;
+use common::{http, wait_for};
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -163,28 +163,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// One HTTP/1.1 request on a new connection; the status and the JSON body.
-fn http(addr: SocketAddr, method: &str, path: &str, key: &str, body: &str) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {key}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text[9..12].parse().unwrap();
-    let json = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .filter(|b| !b.is_empty())
-        .map_or(Value::Null, |b| serde_json::from_str(b).unwrap());
-    (status, json)
 }
 
 #[test]

@@ -13,6 +13,7 @@
 )]
 
 mod common;
+use common::http;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -254,28 +255,6 @@ fn write_private(path: &Path, text: &str) {
         .open(path)
         .unwrap();
     f.write_all(text.as_bytes()).unwrap();
-}
-
-/// One HTTP/1.1 request; the status and the JSON body.
-fn http(addr: SocketAddr, method: &str, path: &str, key: &str, body: &str) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {key}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text[9..12].parse().unwrap();
-    let json = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .filter(|b| !b.is_empty())
-        .map_or(Value::Null, |b| serde_json::from_str(b).unwrap());
-    (status, json)
 }
 
 const ALICE: &str = "/v1/services/bank/tokens/alice";
@@ -1191,11 +1170,14 @@ fn a_load_over_three_servers_goes_on_when_one_is_killed_and_keeps_every_acknowle
     std::thread::sleep(Duration::from_millis(1500));
     drop(s.remove(1)); // kill -9
     let summary = common::load_summary(load);
-    // At 6 000 requests a second for 4 s, with a third of them to a dead server after 1.5 s,
-    // far fewer would be answered without the failover.
-    let answered = summary["answered"].as_u64().unwrap();
-    assert!(answered > 18_000, "{summary}");
-    assert!(summary["lost"].as_u64().unwrap() > 0, "{summary}");
+    // Without the failover a third of the requests sent after the kill, about a fifth of
+    // all, would be lost; with it, those in flight to the killed server when it died and
+    // one a second after.
+    let (sent, lost) = (
+        summary["sent"].as_u64().unwrap(),
+        summary["lost"].as_u64().unwrap(),
+    );
+    assert!(sent > 1000 && lost > 0 && lost * 8 < sent, "{summary}");
     for server in s {
         drop(server);
     }

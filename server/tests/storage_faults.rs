@@ -169,13 +169,7 @@ fn load(dir: &Path, udp: SocketAddr, secs: u32, acked: &Path) -> serde_json::Val
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(
-        out.stdout
-            .split(|b| *b == b'\n')
-            .rfind(|l| l.starts_with(b"{"))
-            .unwrap(),
-    )
-    .unwrap()
+    common::last_json_line(&out.stdout)
 }
 
 /// Every settled acknowledgement of `acked` (token → state, failures) must be what the

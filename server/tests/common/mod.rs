@@ -1,7 +1,7 @@
 //! Helpers shared by the `zoftoken` binary's end-to-end tests.
 #![allow(clippy::unwrap_used, clippy::panic, dead_code)]
 
-use std::io::BufRead;
+use std::io::{BufRead, Read, Write};
 use std::path::Path;
 use std::process::Command;
 
@@ -39,7 +39,6 @@ pub fn wait_for(reader: &mut impl BufRead, needle: &str) -> String {
 /// `zoftoken device` with the token state in `state`, PINs written on stdin; the exit code,
 /// stdout and stderr.
 pub fn device(dir: &Path, state: &Path, args: &[&str], pins: &str) -> (i32, String, String) {
-    use std::io::Write;
     use std::process::Stdio;
     let mut c = zoftoken(dir, &["device", "--pin-stdin", "--timeout-ms", "300"]);
     c.arg("--state").arg(state).args(args);
@@ -89,9 +88,13 @@ pub fn load_summary(load: std::process::Child) -> serde_json::Value {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    last_json_line(&out.stdout)
+}
+
+/// The last line of `out` that is a JSON object (a command's summary after its progress).
+pub fn last_json_line(out: &[u8]) -> serde_json::Value {
     serde_json::from_slice(
-        out.stdout
-            .split(|b| *b == b'\n')
+        out.split(|b| *b == b'\n')
             .rfind(|l| l.starts_with(b"{"))
             .unwrap(),
     )
@@ -152,4 +155,35 @@ pub fn assert_acknowledged_in_database(
     }
     eprintln!("settled {settled} ({seen:?}), unsettled {unsettled}; load: {summary}");
     (settled, seen)
+}
+
+/// One HTTP/1.1 request on a new connection; the status and the JSON body.
+pub fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text[9..12].parse().unwrap();
+    let json = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .filter(|b| !b.is_empty())
+        .map_or(serde_json::Value::Null, |b| {
+            serde_json::from_str(b).unwrap()
+        });
+    (status, json)
 }
