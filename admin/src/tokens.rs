@@ -153,13 +153,15 @@ impl<'a> Tokens<'a> {
                 {
                     std::thread::sleep(UNSETTLED_POLL)
                 }
-                // Another server may have paired or enrolled it a moment ago, before this
-                // one's memory followed: read it from the database once and ask again (after
-                // the follower's own read of it, if that is under way).
-                Err(AdminError::Engine(EngineError::UnknownToken | EngineError::NotPaired))
-                    if !refreshed
-                        && self.store.kv().is_shared()
-                        && started.elapsed() < UNSETTLED_WAIT =>
+                // Another server may have paired or enrolled it (or made its offline
+                // challenge) a moment ago, before this one's memory followed: read it from
+                // the database once and ask again (after the follower's own read of it, if
+                // that is under way).
+                Err(AdminError::Engine(
+                    EngineError::UnknownToken | EngineError::NotPaired | EngineError::NoChallenge,
+                )) if !refreshed
+                    && self.store.kv().is_shared()
+                    && started.elapsed() < UNSETTLED_WAIT =>
                 {
                     if self.store.refresh_token(self.engine, now_ms, &id)? {
                         refreshed = true;

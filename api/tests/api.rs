@@ -27,6 +27,7 @@ use zoftoken_engine::{
 use zoftoken_proto::deeplink::Deeplink;
 use zoftoken_proto::{DropReason, PinVerifier, TokenId};
 use zoftoken_storage::{AuthkeyDoc, Durability, KvStore, MasterKey, MemoryKv, ServiceDoc, Store};
+use zoftoken_testkit::authenticator::{base32_decode, otpauth_param};
 use zoftoken_testkit::{Link, Phone, T0};
 
 const ROOT: &str = "root-secret-0123456789";
@@ -1169,24 +1170,6 @@ fn totp(key: &[u8], unix_s: u64, period: u64, digits: u32) -> String {
     )
 }
 
-fn base32_decode(s: &str) -> Vec<u8> {
-    let mut bits = 0u64;
-    let mut n = 0;
-    let mut out = Vec::new();
-    for c in s.trim_end_matches('=').chars() {
-        let v = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
-            .find(c.to_ascii_uppercase())
-            .unwrap() as u64;
-        bits = bits << 5 | v;
-        n += 5;
-        if n >= 8 {
-            n -= 8;
-            out.push((bits >> n) as u8);
-        }
-    }
-    out
-}
-
 #[test]
 fn totp_tokens_validate_codes_of_an_independent_rfc_6238_implementation() {
     // RFC 6238 Appendix B, SHA-1 rows.
@@ -1217,14 +1200,7 @@ fn totp_tokens_validate_codes_of_an_independent_rfc_6238_implementation() {
         .unwrap();
     assert_eq!(&png[1..4], b"PNG");
     assert!(a.json["qr_svg"].as_str().unwrap().starts_with("<svg"));
-    let query = uri.split_once('?').unwrap().1;
-    let param = |name: &str| {
-        query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-            .unwrap()
-            .to_owned()
-    };
+    let param = |name: &str| otpauth_param(uri, name);
     let secret = base32_decode(&param("secret"));
     assert_eq!(
         base32_decode(a.json["secret_base32"].as_str().unwrap()),

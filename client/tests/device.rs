@@ -407,10 +407,12 @@ fn offline_response_opens_the_token() {
     let ticket = server.enroll("bank", "grace");
     let dev = Device::new();
     dev.pair(&ticket);
+    let mut batch = Batch::new();
     let challenge = server
         .engine
-        .offline_challenge(now_ms(), &ticket.token_id, 8)
+        .offline_challenge(now_ms(), &ticket.token_id, 8, &mut batch)
         .unwrap();
+    commit(&server.engine, &mut batch);
     let r = dev
         .run(
             DeviceCmd::Offline {

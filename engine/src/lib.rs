@@ -81,7 +81,7 @@ pub use config::{EngineConfig, ServiceConfig, WebhookConfig};
 pub use error::EngineError;
 pub use event::{Actor, DuressOp, DuressUse, Event, EventKind};
 pub use mutation::{
-    Batch, CandidateRecord, Mutation, PendingRecord, TokenRecord, TokenStateRecord,
+    Batch, CandidateRecord, ChallengeRecord, Mutation, PendingRecord, TokenRecord, TokenStateRecord,
 };
 pub use ops::{
     EnrollmentTicket, Force, OfflineOutcome, TokenStatus, TotpEnrollment, BACKUP_CODES,

@@ -6,8 +6,10 @@ use zoftoken_proto::keys::context;
 use zoftoken_proto::replay::ReplayWindow;
 use zoftoken_proto::{SecretBytes, TokenId, TokenSecret};
 
-use crate::mutation::{PendingRecord, TokenRecord};
-use crate::pending::{EnrollmentForm, PairingCandidate, PendingEnrollment, PendingItems};
+use crate::mutation::{ChallengeRecord, PendingRecord, TokenRecord};
+use crate::pending::{
+    EnrollmentForm, OfflineChallenge, PairingCandidate, PendingEnrollment, PendingItems,
+};
 use crate::state::{
     schedule_expiry, TokenEntry, TokenKind, FLAG_HAS_DURESS, FLAG_OPEN_DURESS, FLAG_TIMER,
     FLAG_TOTP,
@@ -166,6 +168,27 @@ impl Engine {
     pub fn load_backup_codes(&self, id: &TokenId, hashes: Vec<[u8; 16]>) {
         if !hashes.is_empty() {
             lock(&self.pending_items).backup.insert(id.0, hashes);
+        }
+    }
+
+    /// Loads a token's offline challenge (at start, or as another server wrote it); an
+    /// expired one is not loaded, and `None` forgets the one in memory (answered or replaced
+    /// elsewhere). Call with the token marked for a restore when the server is running.
+    pub fn load_challenge(&self, now_ms: u64, id: &TokenId, challenge: Option<ChallengeRecord>) {
+        let mut items = lock(&self.pending_items);
+        match challenge {
+            Some(c) if c.expires_ms > now_ms && c.token_id == *id => {
+                items.challenges.insert(
+                    id.0,
+                    OfflineChallenge {
+                        code: c.code,
+                        expires_ms: c.expires_ms,
+                    },
+                );
+            }
+            _ => {
+                items.challenges.remove(&id.0);
+            }
         }
     }
 }

@@ -131,6 +131,29 @@ pub struct CandidateRecord {
     pub offset_ms: i64,
 }
 
+/// An offline challenge (SPEC.md §11) as storage keeps it (sealed): kept so that the
+/// response may reach another server of the instance than the one that made the challenge.
+/// The code is redacted in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ChallengeRecord {
+    /// The token.
+    pub token_id: TokenId,
+    /// The validation code (its symbols, without the group separators).
+    pub code: String,
+    /// When it stops being answerable (Unix ms).
+    pub expires_ms: u64,
+}
+
+impl std::fmt::Debug for ChallengeRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChallengeRecord")
+            .field("token_id", &self.token_id)
+            .field("code", &"<redacted>")
+            .field("expires_ms", &self.expires_ms)
+            .finish()
+    }
+}
+
 /// One record for storage.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mutation {
@@ -159,6 +182,10 @@ pub enum Mutation {
     DeleteTransaction([u8; 16]),
     /// Put the token's backup-code hashes (replacing the previous set).
     BackupCodes(TokenId, Vec<[u8; 16]>),
+    /// Put the token's offline challenge (replacing an earlier one).
+    Challenge(Box<ChallengeRecord>),
+    /// Remove the token's offline challenge (answered, or the token re-enrolled).
+    DeleteChallenge(TokenId),
     /// Append an event to the webhook outbox.
     Event(Event),
 }

@@ -123,7 +123,11 @@ impl PendingItems {
                 batch.mutations.push(Mutation::DeleteTransaction(id));
             }
         }
-        self.challenges.remove(token);
+        if self.challenges.remove(token).is_some() {
+            batch
+                .mutations
+                .push(Mutation::DeleteChallenge(TokenId(*token)));
+        }
         if self.backup.remove(token).is_some() {
             batch
                 .mutations

@@ -89,18 +89,13 @@ impl Engine {
                 keep
             });
         }
-        let mut expired_tx = Vec::new();
+        let expired_tx = if self.shared_database {
+            self.expire_transactions_shared(now_ms, batch)
+        } else {
+            self.expire_transactions(now_ms, batch)
+        };
         {
             let mut items = lock(&self.pending_items);
-            for tx in items.transactions.values_mut() {
-                if tx.state == TxState::Waiting && tx.expires_ms <= now_ms {
-                    tx.state = TxState::Expired;
-                    batch
-                        .mutations
-                        .push(Mutation::Transaction(Box::new(tx.clone())));
-                    expired_tx.push((tx.token_id, tx.tx_id));
-                }
-            }
             items.challenges.retain(|_, c| c.expires_ms > now_ms);
             // Finished transactions stay readable for an hour after their expiry, then go.
             let old: Vec<[u8; 16]> = items
@@ -154,7 +149,82 @@ impl Engine {
             .collect();
         for id in stale {
             enrollments.remove(&id);
-            batch.mutations.push(Mutation::DeletePending(TokenId(id)));
+            // On a shared database the record stays (an expired enrollment is never loaded
+            // or used): another server may have just written a new enrollment of the token
+            // under the same key, which a delete from this server's older view would remove.
+            if !self.shared_database {
+                batch.mutations.push(Mutation::DeletePending(TokenId(id)));
+            }
         }
+    }
+
+    /// Marks the waiting transactions whose time is up as expired (one server writes the
+    /// database): their tokens and ids, for the `tx_expired` events.
+    fn expire_transactions(&self, now_ms: u64, batch: &mut Batch) -> Vec<(TokenId, [u8; 16])> {
+        let mut expired = Vec::new();
+        let mut items = lock(&self.pending_items);
+        for tx in items.transactions.values_mut() {
+            if tx.state == TxState::Waiting && tx.expires_ms <= now_ms {
+                tx.state = TxState::Expired;
+                batch
+                    .mutations
+                    .push(Mutation::Transaction(Box::new(tx.clone())));
+                expired.push((tx.token_id, tx.tx_id));
+            }
+        }
+        expired
+    }
+
+    /// As [`Engine::expire_transactions`] on a database several servers write: every
+    /// server's timer finds the same transaction expired, and the app may decide it at
+    /// another server in its last moment. So each expiry holds its token for the batch and
+    /// writes a new version of the token's state with it: of two servers expiring one
+    /// transaction, or one expiring it while another records the app's decision, one
+    /// compare-and-set fails, that batch is not written (no second `tx_expired` event, no
+    /// decision overwritten), and its server reads the token and its transactions again. A
+    /// token another batch is writing waits for a later tick; a transaction whose token is
+    /// gone is left to its retention time, unwritten.
+    fn expire_transactions_shared(
+        &self,
+        now_ms: u64,
+        batch: &mut Batch,
+    ) -> Vec<(TokenId, [u8; 16])> {
+        let due: Vec<(TokenId, [u8; 16])> = lock(&self.pending_items)
+            .transactions
+            .values()
+            .filter(|tx| tx.state == TxState::Waiting && tx.expires_ms <= now_ms)
+            .map(|tx| (tx.token_id, tx.tx_id))
+            .collect();
+        let mut expired = Vec::with_capacity(due.len());
+        for (token, tx_id) in due {
+            // Lock order: shard before pending items.
+            let mut shard = self.shard(&token.0);
+            let shard = &mut *shard;
+            let Some(slot) = shard.table.find(&token.0) else {
+                continue;
+            };
+            if unsettled_for(&shard.unsettled, &token.0, batch) {
+                continue;
+            }
+            let mut items = lock(&self.pending_items);
+            let Some(tx) = items
+                .transactions
+                .get_mut(&tx_id)
+                .filter(|t| t.state == TxState::Waiting)
+            else {
+                continue;
+            };
+            let Some(e) = shard.table.get_mut(slot) else {
+                continue;
+            };
+            tx.state = TxState::Expired;
+            batch
+                .mutations
+                .push(Mutation::Transaction(Box::new(tx.clone())));
+            mark_in(&mut shard.unsettled, &token.0, batch);
+            batch.mutations.push(Mutation::TokenState(state_record(e)));
+            expired.push((token, tx_id));
+        }
+        expired
     }
 }

@@ -379,7 +379,7 @@ fn wrong_codes_count_towards_blocking_with_pins() {
         .admin(|e, now, b| e.validate_code(now, &id, "000000", b))
         .unwrap();
     assert_eq!(r, OfflineOutcome::Rejected { attempts_left: 1 });
-    w.admin(|e, now, _| e.offline_challenge(now, &id, 8))
+    w.admin(|e, now, b| e.offline_challenge(now, &id, 8, b))
         .unwrap();
     let r = w
         .admin(|e, now, b| e.offline_response(now, &id, "AAAA-AAAA", b))
@@ -397,7 +397,7 @@ fn an_offline_response_with_the_duress_pin_opens_with_duress() {
     let p = w.pair("bank", "alice", true);
     let id = p.token.token_id();
     let challenge = w
-        .admin(|e, now, _| e.offline_challenge(now, &id, 8))
+        .admin(|e, now, b| e.offline_challenge(now, &id, 8, b))
         .unwrap();
     assert_eq!(challenge.len(), 9);
     let response = p.token.offline_response(&p.duress, &challenge).unwrap();
@@ -1015,6 +1015,69 @@ fn a_close_of_a_closed_token_is_written_only_on_a_shared_database() {
 }
 
 #[test]
+fn on_a_shared_database_a_transactions_expiry_writes_its_tokens_state_and_no_enrollment_is_deleted()
+{
+    let writes = |w: &World, from: usize| -> Vec<&'static str> {
+        w.sink.log[from..]
+            .iter()
+            .filter_map(|m| match m {
+                Mutation::TokenState(_) => Some("state"),
+                Mutation::Transaction(_) => Some("transaction"),
+                Mutation::DeletePending(_) => Some("delete enrollment"),
+                Mutation::Event(e) if e.kind == EventKind::TxExpired => Some("tx_expired"),
+                _ => None,
+            })
+            .collect()
+    };
+    for shared in [false, true] {
+        let mut config = EngineConfig::new(services(), 7, [9; 32]);
+        config.shared_database = shared;
+        let mut w = World::new(config);
+        let p = w.pair("bank", "alice", false);
+        let id = p.token.token_id();
+        let tx = w
+            .admin(|e, now, b| e.create_transaction(now, &id, "Pay?", 1_000, b))
+            .unwrap();
+        w.admin(|e, now, b| e.enroll(now, "bank", "bob", b))
+            .unwrap();
+        let version = |w: &World| {
+            w.sink.log.iter().rev().find_map(|m| match m {
+                Mutation::TokenState(s) if s.token_id == id => Some(s.version),
+                _ => None,
+            })
+        };
+        let before_version = version(&w);
+        w.now += 2_000;
+        let before = w.sink.log.len();
+        w.admin(|e, now, b| e.tick(now, b));
+        if shared {
+            // The expiry is a compare-and-set of the token: of two servers expiring it, or
+            // one expiring it while another records the app's decision, one write fails.
+            assert_eq!(writes(&w, before), ["transaction", "state", "tx_expired"]);
+            assert_ne!(version(&w), before_version);
+        } else {
+            assert_eq!(writes(&w, before), ["transaction", "tx_expired"]);
+            assert_eq!(version(&w), before_version);
+        }
+        assert_eq!(
+            w.engine.transaction(w.now, &tx).unwrap().state,
+            TxState::Expired
+        );
+        // Bob's enrollment expires: forgotten, and deleted only where no other server may
+        // have just written a new one.
+        w.now += 30 * 24 * 3_600_000;
+        let before = w.sink.log.len();
+        w.admin(|e, now, b| e.tick(now, b));
+        let deleted = writes(&w, before).contains(&"delete enrollment");
+        assert_eq!(deleted, !shared);
+        assert_eq!(
+            w.engine.status(w.now, "bank", "bob").map(|s| s.state),
+            Err(EngineError::UnknownToken)
+        );
+    }
+}
+
+#[test]
 fn a_restart_restores_tokens_and_still_refuses_replays() {
     let mut w = world();
     let mut p = w.pair("bank", "alice", true);
@@ -1108,10 +1171,10 @@ fn api_inputs_are_checked() {
     let p = w.pair("bank", "alice", false);
     let id = p.token.token_id();
     assert!(w
-        .admin(|e, now, _| e.offline_challenge(now, &id, 6))
+        .admin(|e, now, b| e.offline_challenge(now, &id, 6, b))
         .is_err());
     assert!(w
-        .admin(|e, now, _| e.offline_challenge(now, &id, 36))
+        .admin(|e, now, b| e.offline_challenge(now, &id, 36, b))
         .is_err());
     assert_eq!(
         w.admin(|e, now, b| e.offline_response(now, &id, "AAAA", b)),
@@ -1833,7 +1896,7 @@ fn every_duress_use_is_an_event_naming_it_and_the_tokens_last_duress_use() {
     // An offline response.
     w.now += 1_000;
     let challenge = w
-        .admin(|e, now, _| e.offline_challenge(now, &id, 8))
+        .admin(|e, now, b| e.offline_challenge(now, &id, 8, b))
         .unwrap();
     let response = p.token.offline_response(&duress, &challenge).unwrap();
     let r = w.admin(|e, now, b| e.offline_response(now, &id, &response, b));
@@ -2059,7 +2122,7 @@ fn a_wrong_offline_response_does_not_use_up_the_validation_code() {
     let p = w.pair("bank", "alice", false);
     let id = p.token.token_id();
     let challenge = w
-        .admin(|e, now, _| e.offline_challenge(now, &id, 8))
+        .admin(|e, now, b| e.offline_challenge(now, &id, 8, b))
         .unwrap();
     for left in [2, 1] {
         let r = w.admin(|e, now, b| e.offline_response(now, &id, "AAAA-AAAA", b));

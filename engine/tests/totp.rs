@@ -411,7 +411,7 @@ fn app_only_operations_are_refused_and_backup_codes_work() {
         .unwrap();
     let id = t.token_id;
     assert_eq!(
-        w.engine.offline_challenge(w.now, &id, 8),
+        w.admin(|e, now, b| e.offline_challenge(now, &id, 8, b)),
         Err(EngineError::NotForTotp)
     );
     assert_eq!(
@@ -438,7 +438,7 @@ fn app_only_operations_are_refused_and_backup_codes_work() {
         .admin(|e, now, b| e.enroll(now, "bank", "bob", b))
         .unwrap();
     assert_eq!(
-        w.engine.offline_challenge(w.now, &app.token_id, 8),
+        w.admin(|e, now, b| e.offline_challenge(now, &app.token_id, 8, b)),
         Err(EngineError::NotPaired)
     );
 }

@@ -68,10 +68,11 @@ impl Store {
     }
 
     /// Commits the timers' batch ([`zoftoken_engine::Engine::tick`]). On failure the tokens
-    /// it expired are restored (their next tick expires them again) and their changes leave
-    /// the batch; what is left (transactions' and enrollments' expiries, which follow from
-    /// the clock alone) stays in the batch, to be written with the next tick's changes, so
-    /// that their events are not lost.
+    /// it held are restored (their next tick decides again from what the database holds) and
+    /// their changes leave the batch (window ends, transaction expiries and their events);
+    /// what is left (expiries of tokens it did not hold, which follow from the clock alone,
+    /// deletions) stays in the batch, to be written with the next tick's changes, so that
+    /// their events are not lost.
     pub fn commit_timers(
         &self,
         engine: &Engine,
@@ -81,9 +82,15 @@ impl Store {
         let written = engine.commit(&mut self.durable_write(engine, self.durability()), batch);
         written.map_err(|failed| {
             let restored: HashSet<[u8; 16]> = failed.unsettled.iter().map(|t| t.0).collect();
+            // What the tick decided from the restored tokens' memory goes with it: the next
+            // tick decides again from what the database holds (a window another server
+            // closed, a transaction another server expired or the app decided).
             batch.mutations.retain(|m| match m {
                 Mutation::TokenState(s) => !restored.contains(&s.token_id.0),
-                Mutation::Event(ev) if ev.kind == EventKind::Expired => {
+                Mutation::Transaction(t) => !restored.contains(&t.token_id.0),
+                Mutation::Event(ev)
+                    if matches!(ev.kind, EventKind::Expired | EventKind::TxExpired) =>
+                {
                     !restored.contains(&ev.token_id.0)
                 }
                 _ => true,

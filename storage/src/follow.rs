@@ -6,7 +6,8 @@
 //! then, so nothing committed during the load is missed). [`Store::follow`] reads the feed
 //! once and, for what others changed:
 //!
-//! - a token (its state, secrets, cold record, pending enrollment or backup codes): the
+//! - a token (its state, secrets, cold record, pending enrollment, backup codes or offline
+//!   challenge; the challenge is read only when it changed): the
 //!   token is marked for a restore, forgotten and loaded again from the database, keeping
 //!   the highest device counter this server saw (as after a failed write; its long polls
 //!   wake). A token a batch of this server is writing is left for the next read: that
@@ -46,6 +47,8 @@ pub struct Follower {
     deferred: HashSet<[u8; 16]>,
     /// Transactions changed by others, deferred with their token.
     deferred_txs: HashSet<[u8; 16]>,
+    /// Deferred tokens whose offline challenge others changed.
+    deferred_challenges: HashSet<[u8; 16]>,
 }
 
 /// What one [`Store::follow`] did.
@@ -98,6 +101,7 @@ impl Store {
             own,
             deferred: HashSet::new(),
             deferred_txs: HashSet::new(),
+            deferred_challenges: HashSet::new(),
         }))
     }
 
@@ -124,11 +128,18 @@ impl Store {
         };
         let mut tokens: HashSet<[u8; 16]> = std::mem::take(&mut follower.deferred);
         let mut txs: HashSet<[u8; 16]> = std::mem::take(&mut follower.deferred_txs);
+        let mut challenged: HashSet<[u8; 16]> = std::mem::take(&mut follower.deferred_challenges);
         for (cf, key) in &read.keys {
             match cf {
                 Cf::Tokens | Cf::Secrets | Cf::State | Cf::Enrollments | Cf::BackupCodes => {
                     if let Ok(id) = <[u8; 16]>::try_from(key.as_slice()) {
                         tokens.insert(id);
+                    }
+                }
+                Cf::OfflineChallenges => {
+                    if let Ok(id) = <[u8; 16]>::try_from(key.as_slice()) {
+                        tokens.insert(id);
+                        challenged.insert(id);
                     }
                 }
                 Cf::Transactions => {
@@ -151,14 +162,19 @@ impl Store {
         if done.configuration {
             reload_configuration();
         }
-        let refreshed = match self.refresh(engine, now_ms, &mut tokens, &mut txs) {
+        let refreshed = match self.refresh(engine, now_ms, &mut tokens, &mut txs, &|id| {
+            challenged.contains(&id.0)
+        }) {
             Ok(r) => r,
             Err(e) => {
                 follower.deferred = tokens;
                 follower.deferred_txs = txs;
+                follower.deferred_challenges = challenged;
                 return Err(self.unreachable(e).into());
             }
         };
+        challenged.retain(|id| refreshed.deferred.contains(id));
+        follower.deferred_challenges = challenged;
         done.tokens = refreshed.tokens;
         done.transactions = refreshed.transactions;
         done.unknown_service = refreshed.unknown_service;
@@ -190,20 +206,22 @@ impl Store {
                 now_ms,
                 &mut HashSet::from([id.0]),
                 &mut HashSet::new(),
+                &|_| true,
             )
             .map_err(|e| self.unreachable(e))?;
         Ok(done.deferred.is_empty())
     }
 
-    /// Reads `tokens` and `txs` again from the database into the engine; the sets are
-    /// emptied. On a read error nothing changed in the engine and the sets hold everything
-    /// still to read again.
+    /// Reads `tokens` and `txs` again from the database into the engine (with the offline
+    /// challenges of the tokens `read_challenge` names); the sets are emptied. On a read
+    /// error nothing changed in the engine and the sets hold everything still to read again.
     fn refresh(
         &self,
         engine: &Engine,
         now_ms: u64,
         tokens: &mut HashSet<[u8; 16]>,
         txs: &mut HashSet<[u8; 16]>,
+        read_challenge: &dyn Fn(&TokenId) -> bool,
     ) -> Result<Refreshed, StoreError> {
         // Each changed transaction, as stored now (`None`: removed), with its token.
         let tx_ids: Vec<[u8; 16]> = txs.iter().copied().collect();
@@ -234,7 +252,7 @@ impl Store {
                 out.deferred.insert(id);
             }
         }
-        let loaded = match self.read_each_token(engine, &marked) {
+        let loaded = match self.read_each_token(engine, &marked, read_challenge) {
             Ok(l) => l,
             Err(e) => {
                 // Nothing was forgotten: release the tokens as they were.

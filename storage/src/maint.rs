@@ -259,6 +259,8 @@ impl Store {
                     Cf::BackupCodes => {
                         id16.is_some_and(|id| schema::decode_backup(key, &TokenId(id), v).is_some())
                     }
+                    Cf::OfflineChallenges => id16
+                        .is_some_and(|id| schema::decode_challenge(key, &TokenId(id), v).is_some()),
                     Cf::Transactions => {
                         id16.is_some_and(|id| schema::decode_transaction(key, id, v).is_some())
                     }

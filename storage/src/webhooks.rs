@@ -140,14 +140,26 @@ impl Store {
         max_events: usize,
         skip: &mut dyn FnMut(u64) -> bool,
     ) -> Result<(Vec<PendingCommit>, Option<u64>), StoreError> {
+        self.pending_commits_below(from_seq, None, max_events, skip)
+    }
+
+    /// As [`Store::pending_commits`], only below `below` (if given).
+    pub fn pending_commits_below(
+        &self,
+        from_seq: u64,
+        below: Option<u64>,
+        max_events: usize,
+        skip: &mut dyn FnMut(u64) -> bool,
+    ) -> Result<(Vec<PendingCommit>, Option<u64>), StoreError> {
         let mut raw: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut last = None;
         let mut count = 0usize;
+        let end = below.map(u64::to_be_bytes);
         try_scan(
             &**self.kv(),
             Cf::Outbox,
             &from_seq.to_be_bytes(),
-            None,
+            end.as_ref().map(|e| &e[..]),
             &mut |k, v| {
                 let seq = k
                     .try_into()

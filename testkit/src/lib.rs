@@ -1,6 +1,8 @@
 //! ZofToken's test kit: the pieces the workspace's tests build on, written once. A
 //! dev-dependency only (`publish = false`): no production crate depends on it.
 //!
+//! - [`authenticator`]: what a standard authenticator app does with an enrollment (the
+//!   secret from base32, parameters from an `otpauth://` URI).
 //! - [`clock`]: the virtual start time [`T0`] and the wall clock [`now_ms`] (for tests that
 //!   run real threads and sockets).
 //! - [`durable`]: durable writes for tests: [`FullDisk`] (always fails) and
@@ -26,6 +28,7 @@
 // Test support: a broken assumption is a bug of the test, reported by a panic.
 #![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
 
+pub mod authenticator;
 pub mod clock;
 pub mod durable;
 pub mod harness;

@@ -82,8 +82,8 @@ pub(crate) async fn code_validate(ctx: &Ctx<'_>, p: Params<'_>, body: Incoming) 
 pub(crate) async fn offline_challenge(ctx: &Ctx<'_>, p: Params<'_>, body: Incoming) -> Outcome {
     let tok = p.token()?;
     let b: ChallengeBody = ctx.json(body).await?;
-    let code = token_op(ctx, tok, move |e, now, id, _| {
-        e.offline_challenge(now, id, b.length)
+    let code = token_op(ctx, tok, move |e, now, id, batch| {
+        e.offline_challenge(now, id, b.length, batch)
     })
     .await?;
     ok(&json!({ "code": code }))

@@ -38,27 +38,34 @@ impl Engine {
         if !(1..=20).contains(&count) || !(6..=16).contains(&digits) {
             return Err(EngineError::Invalid("1 to 20 codes of 6 to 16 digits"));
         }
-        let secret = self.with_paired(id, |e, _, _| e.secret)?;
-        self.mark_unsettled(&id.0, batch)?;
         let mut codes_out = Vec::with_capacity(count);
         let mut hashes = Vec::with_capacity(count);
-        while codes_out.len() < count {
-            let random = self.random::<64>();
-            let code: String = random
-                .iter()
-                .filter(|b| **b < 250)
-                .take(digits)
-                .map(|b| char::from(b'0' + b % 10))
-                .collect();
-            if code.len() == digits && !codes_out.contains(&code) {
-                hashes.push(backup_hash(&secret, &code));
-                codes_out.push(code);
+        // The codes are written with a new version of the token's state, so that a server
+        // that checks a code against the old set (another server replaced it a moment ago)
+        // fails its compare-and-set and reads the token again.
+        self.change_paired(id, batch, |e, shard, slot, batch| {
+            while codes_out.len() < count {
+                let random = self.random::<64>();
+                let code: String = random
+                    .iter()
+                    .filter(|b| **b < 250)
+                    .take(digits)
+                    .map(|b| char::from(b'0' + b % 10))
+                    .collect();
+                if code.len() == digits && !codes_out.contains(&code) {
+                    hashes.push(backup_hash(&e.secret, &code));
+                    codes_out.push(code);
+                }
             }
-        }
-        lock(&self.pending_items)
-            .backup
-            .insert(id.0, hashes.clone());
-        batch.mutations.push(Mutation::BackupCodes(*id, hashes));
+            // Lock order: shard before pending items.
+            lock(&self.pending_items)
+                .backup
+                .insert(id.0, hashes.clone());
+            batch
+                .mutations
+                .push(Mutation::BackupCodes(*id, hashes.clone()));
+            self.persist(e, shard, slot, batch);
+        })?;
         Ok(codes_out)
     }
 

@@ -5,7 +5,8 @@
 //! versioned state puts, ordered bounded scans, separate column families, durability across a
 //! clean reopen and a crash, compared puts; for stores shared by several servers, versioned
 //! state puts that compare and set) and the store on top of it (initialisation, master-key
-//! and schema checks, commit and load, export and import, webhook delivery records).
+//! and schema checks, commit and load, export and import, webhook delivery records; for
+//! stores shared by several servers, what two servers' engines may both decide).
 //!
 //! Also [`FaultyKv`], a store whose writes are slow or fail on demand, for the tests of what
 //! the server does when its disk is slow or full.
@@ -30,6 +31,7 @@ use zoftoken_storage::{KvError, KvStore};
 mod fault;
 mod fixtures;
 mod kv;
+mod shared;
 mod store;
 mod webhooks;
 
@@ -40,6 +42,7 @@ pub use kv::{
     kv_put_newer_keeps_the_newest_version, kv_scans_are_ordered_and_bounded,
     kv_shared_versioned_puts_compare_and_set, kv_survives_clean_reopen, kv_survives_crash,
 };
+pub use shared::store_shared_timers_expire_a_transaction_once;
 pub use store::{
     store_commit_and_load_round_trip, store_commits_survive_crash, store_export_import_round_trip,
     store_import_never_reuses_an_epoch_or_outbox_sequence,
@@ -82,6 +85,7 @@ macro_rules! conformance_tests {
             store_export_import_round_trip,
             store_import_never_reuses_an_epoch_or_outbox_sequence,
             store_tracks_webhook_deliveries,
+            store_shared_timers_expire_a_transaction_once,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

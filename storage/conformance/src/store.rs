@@ -2,7 +2,8 @@
 //! commit and load, crashes, corruption, export and import.
 
 use zoftoken_engine::{
-    Actor, Engine, EngineConfig, Event, EventKind, Mutation, ServiceConfig, TokenState,
+    Actor, Batch, ChallengeRecord, Engine, EngineConfig, EngineError, Event, EventKind, Mutation,
+    OfflineOutcome, ServiceConfig, TokenState,
 };
 use zoftoken_proto::TokenId;
 use zoftoken_storage::{Cf, Durability, KvError, Store, StoreError, WriteBatch};
@@ -85,6 +86,29 @@ pub fn store_commit_and_load_round_trip(h: &mut dyn Harness) {
         store.commit(&[Mutation::TokenState(older)], &e1).unwrap();
     }
     drop(raw);
+    // Offline challenges: kept (4), expired by the time of the load (5), answered (6), and of
+    // a token deleted later (8).
+    let challenge = |n: u32, expires_ms: u64| {
+        Mutation::Challenge(Box::new(ChallengeRecord {
+            token_id: token(n, 1).token_id(),
+            code: format!("CODE{n}XYZ"),
+            expires_ms,
+        }))
+    };
+    store
+        .commit(
+            &[
+                challenge(4, u64::MAX),
+                challenge(5, 0),
+                challenge(6, u64::MAX),
+                challenge(8, u64::MAX),
+            ],
+            &e1,
+        )
+        .unwrap();
+    store
+        .commit(&[Mutation::DeleteChallenge(token(6, 1).token_id())], &e1)
+        .unwrap();
     let gone = token(8, 1).token_id();
     store
         .commit(
@@ -138,6 +162,25 @@ pub fn store_commit_and_load_round_trip(h: &mut dyn Harness) {
         assert_eq!(s.state, want.state, "token {n}");
     }
     assert_eq!(e2.transaction(0, &[9; 16]).unwrap(), tx);
+    let respond = |n: u32, now_ms: u64| {
+        e2.offline_response(
+            now_ms,
+            &token(n, 1).token_id(),
+            "AAAA-AAAA",
+            &mut Batch::new(),
+        )
+    };
+    assert!(
+        matches!(respond(4, 20), Ok(OfflineOutcome::Rejected { .. })),
+        "{:?}",
+        respond(4, 20)
+    );
+    assert_eq!(
+        respond(5, 0),
+        Err(EngineError::NoChallenge),
+        "expired when loaded"
+    );
+    assert_eq!(respond(6, 0), Err(EngineError::NoChallenge), "answered");
     let events = store.outbox(0, 100).unwrap();
     assert_eq!(events.len(), 301);
     let deleted = events.last().unwrap();
@@ -149,6 +192,8 @@ pub fn store_commit_and_load_round_trip(h: &mut dyn Harness) {
     assert_eq!(store.outbox(0, 100).unwrap().len(), 1);
     let check = store.check().unwrap();
     assert!(check.problems.is_empty(), "{:?}", check.problems);
+    // Kept: 4 and 5 (an expired challenge stays until replaced, answered or deleted).
+    assert_eq!(check.records.get("offline_challenges"), Some(&2));
 }
 
 /// A batch with more events than one outbox record holds (65 535, e.g. a timer tick expiring
@@ -302,12 +347,27 @@ pub fn store_export_import_round_trip(h: &mut dyn Harness) {
     store
         .put_service(&zoftoken_storage::ServiceDoc::from_config(&service()))
         .unwrap();
+    store
+        .commit(
+            &[
+                Mutation::Challenge(Box::new(ChallengeRecord {
+                    token_id: token(3, 1).token_id(),
+                    code: "K3D97QX2".into(),
+                    expires_ms: u64::MAX,
+                })),
+                Mutation::BackupCodes(token(3, 1).token_id(), vec![[7; 16]]),
+            ],
+            &e,
+        )
+        .unwrap();
     let mut dump = Vec::new();
     let exported = store.export(&mut dump).unwrap();
     let text = String::from_utf8(dump.clone()).unwrap();
     // No secret appears in clear in the export.
     let secret_hex = hex::encode([3u8; 32]);
     assert!(!text.contains(&secret_hex));
+    assert!(!text.contains(&hex::encode("K3D97QX2")));
+    assert!(text.contains("\"cf\":\"offline_challenges\""));
 
     let mut other = h.fresh();
     let kv2 = other.open().unwrap();

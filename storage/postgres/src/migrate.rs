@@ -10,8 +10,8 @@ use zoftoken_storage::Cf;
 
 use crate::error::{kv_error, PgOpenError};
 
-/// The schema version this build writes.
-pub const VERSION: u32 = 2;
+/// The schema version this build writes: one per entry of [`MIGRATIONS`].
+pub const VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// The check constraint whose violation means "a compare-and-set write found another
 /// writer's change": the batch statement inserts a refused row into its table when fewer
@@ -46,6 +46,10 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
     // The transaction id below which the feed was pruned (one row once it was).
     "CREATE TABLE zoftoken_changes_pruned (one boolean PRIMARY KEY DEFAULT true CHECK (one), \
      below bigint NOT NULL)",
+], &[
+    // Offline challenges, kept so that a response may reach another server than the one
+    // that made the challenge.
+    "CREATE TABLE zoftoken_offline_challenges (k bytea PRIMARY KEY, v bytea NOT NULL)",
 ]];
 
 /// The table of a column family.
@@ -62,6 +66,7 @@ pub(crate) fn table(cf: Cf) -> &'static str {
         Cf::Transactions => "zoftoken_transactions",
         Cf::Outbox => "zoftoken_outbox",
         Cf::Webhooks => "zoftoken_webhooks",
+        Cf::OfflineChallenges => "zoftoken_offline_challenges",
     }
 }
 

@@ -29,11 +29,14 @@ pub enum Cf {
     /// Webhook delivery state: per-commit delivered bitmaps, dead letters, replays and
     /// disabled endpoints (layouts in `storage/src/schema/webhooks.rs`).
     Webhooks,
+    /// Token id → the token's outstanding offline challenge, sealed.
+    OfflineChallenges,
 }
 
 impl Cf {
-    /// Every column family.
-    pub const ALL: [Cf; 11] = [
+    /// Every column family. A new one is added at the end: a column family's index here is
+    /// its number in the change feed and in write batches.
+    pub const ALL: [Cf; 12] = [
         Cf::Meta,
         Cf::Tokens,
         Cf::Secrets,
@@ -45,6 +48,7 @@ impl Cf {
         Cf::Transactions,
         Cf::Outbox,
         Cf::Webhooks,
+        Cf::OfflineChallenges,
     ];
 
     /// Its name on disk and in exports.
@@ -61,6 +65,7 @@ impl Cf {
             Cf::Transactions => "transactions",
             Cf::Outbox => "outbox",
             Cf::Webhooks => "webhooks",
+            Cf::OfflineChallenges => "offline_challenges",
         }
     }
 

@@ -14,6 +14,11 @@ pub(crate) const OUTBOX_ACKED: &[u8] = b"outbox_acked";
 /// reserved yet (u64, big-endian). Each reserves a block of numbers at a time by comparing
 /// and setting it, so no two commits of the instance share a number.
 pub(crate) const OUTBOX_NEXT_BLOCK: &[u8] = b"outbox_next_block";
+/// Prefix of the reserved outbox blocks: `outbox_block` ‖ first number (u64 BE) → the first
+/// number past the block (u64 BE). Written when a block is reserved, before any number of it
+/// is used: one process numbers a block's commits in the order it makes them, so a reader
+/// merges the blocks of a backlog to read it in the order its events were made.
+pub(crate) const OUTBOX_BLOCK: &[u8] = b"outbox_block";
 /// On a database several servers share: the webhook delivery lease (holder epoch and renewal
 /// count, u64 big-endian each; see `crate::lease`).
 pub(crate) const WEBHOOK_LEASE: &[u8] = b"webhook_lease";
@@ -43,6 +48,20 @@ pub(crate) fn event_floor_of(key: &[u8]) -> Option<u64> {
 /// The key just past every event-sequence floor (the end of their scan).
 pub(crate) fn event_floor_end() -> Vec<u8> {
     let mut e = EVENT_FLOOR.to_vec();
+    e.push(0xff);
+    e
+}
+
+/// The key of the reserved outbox block starting at `from`.
+pub(crate) fn outbox_block_key(from: u64) -> Vec<u8> {
+    let mut k = OUTBOX_BLOCK.to_vec();
+    k.extend_from_slice(&from.to_be_bytes());
+    k
+}
+
+/// The key just past every reserved outbox block (the end of their scan).
+pub(crate) fn outbox_block_end() -> Vec<u8> {
+    let mut e = OUTBOX_BLOCK.to_vec();
     e.push(0xff);
     e
 }

@@ -15,10 +15,12 @@
 //! | `services` | name | sealed JSON of the service |
 //! | `authkeys` | name | JSON of the authkey (secret hash only) |
 //! | `webhooks` | tag ‖ … | delivery progress, dead letters, disabled endpoints ([`webhooks`]) |
+//! | `offline_challenges` | token id | sealed `expiry ‖ validation code` |
 //!
 //! One file per record family; the byte-level helpers they share are in `crate::codec`.
 
 mod backup_codes;
+mod challenge;
 mod enrollment;
 pub(crate) mod meta;
 mod outbox;
@@ -28,6 +30,7 @@ mod transaction;
 pub mod webhooks;
 
 pub use backup_codes::{decode_backup, encode_backup};
+pub use challenge::{decode_challenge, encode_challenge};
 pub use enrollment::{decode_pending, encode_pending};
 pub use outbox::{decode_outbox, OutboxEvent};
 pub(crate) use outbox::{outbox_header, push_event};

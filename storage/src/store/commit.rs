@@ -176,6 +176,7 @@ impl Store {
                         Cf::State,
                         Cf::Enrollments,
                         Cf::BackupCodes,
+                        Cf::OfflineChallenges,
                     ] {
                         b.delete(cf, id.0);
                     }
@@ -192,6 +193,12 @@ impl Store {
                     schema::encode_transaction(&self.key, t),
                 ),
                 Mutation::DeleteTransaction(id) => b.delete(Cf::Transactions, *id),
+                Mutation::Challenge(c) => b.put(
+                    Cf::OfflineChallenges,
+                    c.token_id.0,
+                    schema::encode_challenge(&self.key, c),
+                ),
+                Mutation::DeleteChallenge(id) => b.delete(Cf::OfflineChallenges, id.0),
                 Mutation::BackupCodes(id, hashes) if hashes.is_empty() => {
                     b.delete(Cf::BackupCodes, id.0)
                 }

@@ -1,6 +1,6 @@
 //! Loading at start: the engine's tables rebuilt from the database, tokens in parallel over
 //! ranges of the token-id space (states and secrets of a range scanned in key order and
-//! joined), then enrollments, transactions and backup codes.
+//! joined), then enrollments, transactions, backup codes and offline challenges.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,7 +36,7 @@ pub struct LoadReport {
 impl Store {
     /// Rebuilds the engine's tables: tokens (in parallel over `threads` workers, calling
     /// `progress` with the running count about every 100 000 tokens), pending enrollments,
-    /// transactions and backup codes.
+    /// transactions, backup codes and offline challenges (expired ones are not loaded).
     pub fn load(
         &self,
         engine: &Engine,
@@ -116,6 +116,13 @@ impl Store {
             let hashes = schema::decode_backup(&self.key, &id, v)
                 .ok_or_else(|| corrupt(Cf::BackupCodes, k, "undecodable or not authentic"))?;
             engine.load_backup_codes(&id, hashes);
+            Ok(true)
+        })?;
+        try_scan(kv, Cf::OfflineChallenges, &[], None, &mut |k, v| {
+            let id = TokenId(id_key(Cf::OfflineChallenges, k)?);
+            let c = schema::decode_challenge(&self.key, &id, v)
+                .ok_or_else(|| corrupt(Cf::OfflineChallenges, k, "undecodable or not authentic"))?;
+            engine.load_challenge(now_ms, &id, Some(c));
             Ok(true)
         })?;
         out.elapsed = started.elapsed();

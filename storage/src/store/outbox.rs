@@ -54,9 +54,43 @@ impl Store {
                 stored.as_deref(),
                 &end.to_be_bytes(),
             )? {
+                // Recorded before a number of it is used (see `Store::outbox_blocks`); if this
+                // write fails the block is given up (a gap in the numbers, nothing more).
+                let mut b = WriteBatch::new();
+                b.put(Cf::Meta, meta::outbox_block_key(from), end.to_be_bytes());
+                self.kv.write(&b, self.durability)?;
                 return Ok((from, end));
             }
         }
+    }
+
+    /// The outbox blocks reserved by the processes that write this database (first number,
+    /// first number past it) that overlap `from..=to`, in order. One process numbers a block's
+    /// commits in the order it makes them; numbers in no listed block (a database written
+    /// before blocks, or by one process) are not listed.
+    pub fn outbox_blocks(&self, from: u64, to: u64) -> Result<Vec<(u64, u64)>, StoreError> {
+        let mut out = Vec::new();
+        try_scan(
+            &*self.kv,
+            Cf::Meta,
+            meta::OUTBOX_BLOCK,
+            Some(&meta::outbox_block_end()),
+            &mut |k, v| {
+                let start = k
+                    .strip_prefix(meta::OUTBOX_BLOCK)
+                    .and_then(|n| <[u8; 8]>::try_from(n).ok())
+                    .map(u64::from_be_bytes);
+                let end = <[u8; 8]>::try_from(v).ok().map(u64::from_be_bytes);
+                let (Some(start), Some(end)) = (start, end) else {
+                    return Err(corrupt(Cf::Meta, k, "not an outbox block"));
+                };
+                if start <= to && end > from {
+                    out.push((start, end));
+                }
+                Ok(true)
+            },
+        )?;
+        Ok(out)
     }
 
     /// The sequence number the next commit with events will get.

@@ -3,7 +3,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use zoftoken_engine::{Engine, PendingRecord, TokenRecord, TokenStateRecord, Transaction};
+use zoftoken_engine::{
+    ChallengeRecord, Engine, PendingRecord, TokenRecord, TokenStateRecord, Transaction,
+};
 use zoftoken_proto::TokenId;
 
 use crate::error::{corrupt, StoreError};
@@ -111,8 +113,8 @@ impl Store {
         Ok(txs)
     }
 
-    /// Reads one token's records (paired token, pending enrollment, backup codes; not its
-    /// transactions) without changing the engine.
+    /// Reads one token's records (paired token, pending enrollment, backup codes, offline
+    /// challenge; not its transactions) without changing the engine.
     pub(crate) fn read_token(
         &self,
         engine: &Engine,
@@ -123,33 +125,51 @@ impl Store {
             state: self.kv.get(Cf::State, &id.0)?,
             pending: self.kv.get(Cf::Enrollments, &id.0)?,
             backup: self.kv.get(Cf::BackupCodes, &id.0)?,
+            challenge: Some(self.kv.get(Cf::OfflineChallenges, &id.0)?),
         };
         self.decode_token(engine, id, records)
     }
 
-    /// [`Store::read_token`] for many tokens, in the order of `ids`: four reads of many keys
-    /// (secrets, state, pending enrollments, backup codes), not four per token.
+    /// [`Store::read_token`] for many tokens, in the order of `ids`: five reads of many keys
+    /// (secrets, state, pending enrollments, backup codes, offline challenges), not five per
+    /// token.
     pub(crate) fn read_tokens(
         &self,
         engine: &Engine,
         ids: &[TokenId],
     ) -> Result<Vec<StoredToken>, StoreError> {
-        self.read_each_token(engine, ids)?.into_iter().collect()
+        self.read_each_token(engine, ids, &|_| true)?
+            .into_iter()
+            .collect()
     }
 
     /// As [`Store::read_tokens`], with each token's records opened on their own: a token that
     /// cannot be opened (its service is not configured here) fails alone; a read that fails
-    /// fails the whole call.
+    /// fails the whole call. Offline challenges are read only for the tokens
+    /// `read_challenge` names (the others' in memory stay as they are: the change feed says
+    /// which changed).
     pub(crate) fn read_each_token(
         &self,
         engine: &Engine,
         ids: &[TokenId],
+        read_challenge: &dyn Fn(&TokenId) -> bool,
     ) -> Result<Vec<Result<StoredToken, StoreError>>, StoreError> {
         let keys: Vec<&[u8]> = ids.iter().map(|id| &id.0[..]).collect();
         let secrets = self.kv.get_many(Cf::Secrets, &keys)?;
         let states = self.kv.get_many(Cf::State, &keys)?;
         let pending = self.kv.get_many(Cf::Enrollments, &keys)?;
         let backup = self.kv.get_many(Cf::BackupCodes, &keys)?;
+        let challenged: Vec<&[u8]> = ids
+            .iter()
+            .filter(|id| read_challenge(id))
+            .map(|id| &id.0[..])
+            .collect();
+        let mut challenges: HashMap<&[u8], Option<Vec<u8>>> = if challenged.is_empty() {
+            HashMap::new()
+        } else {
+            let values = self.kv.get_many(Cf::OfflineChallenges, &challenged)?;
+            challenged.into_iter().zip(values).collect()
+        };
         Ok(ids
             .iter()
             .zip(secrets.into_iter().zip(states))
@@ -160,6 +180,7 @@ impl Store {
                     state,
                     pending,
                     backup,
+                    challenge: challenges.remove(&id.0[..]),
                 };
                 self.decode_token(engine, id, records)
             })
@@ -178,6 +199,7 @@ impl Store {
             token: None,
             pending: None,
             backup: None,
+            challenge: None,
         };
         if let Some(v) = records.secrets {
             let s = schema::decode_secrets(&self.key, id, &v)
@@ -211,6 +233,16 @@ impl Store {
                     corrupt(Cf::BackupCodes, &id.0, "undecodable or not authentic")
                 })?);
         }
+        if let Some(read) = records.challenge {
+            stored.challenge = Some(
+                read.map(|v| {
+                    schema::decode_challenge(&self.key, id, &v).ok_or_else(|| {
+                        corrupt(Cf::OfflineChallenges, &id.0, "undecodable or not authentic")
+                    })
+                })
+                .transpose()?,
+            );
+        }
         Ok(stored)
     }
 }
@@ -221,6 +253,8 @@ struct TokenRecords {
     state: Option<Vec<u8>>,
     pending: Option<Vec<u8>>,
     backup: Option<Vec<u8>>,
+    /// `None`: not read.
+    challenge: Option<Option<Vec<u8>>>,
 }
 
 /// One token's records as read by [`Store::read_token`].
@@ -229,6 +263,8 @@ pub(crate) struct StoredToken {
     token: Option<TokenRecord>,
     pending: Option<PendingRecord>,
     backup: Option<Vec<[u8; 16]>>,
+    /// The offline challenge as stored (`None`: not read, the one in memory stays).
+    challenge: Option<Option<ChallengeRecord>>,
 }
 
 impl StoredToken {
@@ -246,6 +282,9 @@ impl StoredToken {
         }
         if let Some(hashes) = self.backup {
             engine.load_backup_codes(&self.id, hashes);
+        }
+        if let Some(challenge) = self.challenge {
+            engine.load_challenge(now_ms, &self.id, challenge);
         }
         Ok(())
     }

@@ -32,7 +32,8 @@
 //! when it is replayed later, as older than what it has (it keeps the highest number per
 //! token and ignores lower ones).
 //!
-//! Files: `reader` (outbox → memory), `dispatch` (the dispatcher: queues, attempts,
+//! Files: `reader` (outbox → memory), `backlog` (on a database several servers write, the
+//! outbox as it stood at the start, read in the order its events were made), `dispatch` (the dispatcher: queues, attempts,
 //! outcomes), `queue` (an event in memory and the per-token queues), `hook` (a service's
 //! webhook as the dispatcher uses it), `retry` (the delay before the next attempt) and
 //! `writer` (acknowledgements to the store); this file starts and stops them.
@@ -51,6 +52,7 @@ use crate::http::Attempt;
 use crate::lease::Gate;
 use crate::{PipelineConfig, PipelineConfigError, WebhookError};
 
+mod backlog;
 mod dispatch;
 mod hook;
 mod queue;

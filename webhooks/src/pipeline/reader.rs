@@ -15,6 +15,7 @@ use zoftoken_storage::{
     Cf, DeadLetterRecord, FeedCursor, FeedError, PendingCommit, Store, StoreError,
 };
 
+use crate::pipeline::backlog::Backlog;
 use crate::pipeline::{lock, Loaded, Msg, Shared};
 use crate::{PipelineConfig, WebhookError};
 
@@ -35,6 +36,9 @@ pub(super) struct Reader {
     feed: Option<FeedCursor>,
     /// Outbox commits the feed reported while there was no room for them.
     waiting: std::collections::VecDeque<u64>,
+    /// On a database several servers write: the part of the outbox as it was at the start
+    /// still to read (`None`: not begun, or read).
+    backlog: Option<Backlog>,
     /// Usernames of recently seen tokens. A token's username never changes (the token id
     /// is derived from the service and the username), so a steady stream of events from the
     /// same tokens reads each name from the store once instead of once per read of the
@@ -80,6 +84,7 @@ impl Reader {
         Reader {
             feed,
             waiting: std::collections::VecDeque::new(),
+            backlog: None,
             cfg,
             shared,
             store,
@@ -243,21 +248,27 @@ impl Reader {
     /// loaded in the order they were made. A feed that pruned what this reader had not read
     /// sends it back to reading the whole outbox.
     fn read_shared(&mut self) -> Result<(), WebhookError> {
-        // The outbox as it was at the start (or after a pruned feed).
-        if self.cursor <= self.start_high && self.room() > 0 {
-            let shared = self.shared.clone();
-            let (commits, last) =
-                self.store
-                    .pending_commits(self.cursor, self.room(), &mut |s| {
-                        lock(&shared.live).contains(&s)
-                    })?;
-            let high = self.start_high;
-            self.cursor = match last {
-                Some(l) if l < high => l + 1,
-                _ => high.saturating_add(1),
+        // The outbox as it was at the start (or after a pruned feed), its servers' blocks
+        // merged in the order the events were made; commits made since are the feed's,
+        // loaded in its order once the backlog is.
+        let room = self.room();
+        if self.cursor <= self.start_high && room > 0 {
+            let backlog = match &mut self.backlog {
+                Some(b) => b,
+                None => {
+                    let blocks = self.store.outbox_blocks(self.cursor, self.start_high)?;
+                    self.backlog
+                        .insert(Backlog::new(self.cursor, self.start_high, &blocks))
+                }
             };
-            // Commits made since are the feed's: loaded in its order.
-            self.send(commits.into_iter().filter(|c| c.seq <= high).collect());
+            let shared = self.shared.clone();
+            let commits =
+                backlog.read(&self.store, room, &mut |s| lock(&shared.live).contains(&s))?;
+            if backlog.is_done() {
+                self.backlog = None;
+                self.cursor = self.start_high.saturating_add(1);
+            }
+            self.send(commits);
         }
         if let Some(cursor) = &self.feed {
             match self.store.kv().feed_read(cursor, u64::MAX) {
@@ -276,6 +287,7 @@ impl Reader {
                     tracing::warn!("webhooks: {e}; reading the whole outbox again");
                     self.feed = self.store.kv().feed_start().map_err(StoreError::Kv)?;
                     self.waiting.clear();
+                    self.backlog = None;
                     self.cursor = self.store.outbox_start()?;
                     self.start_high = self.store.last_outbox_seq()?.unwrap_or(0);
                 }
