@@ -1,6 +1,6 @@
 //! Losing a server: one cut off from the database stops acknowledging while the others carry
 //! on; a load over three servers goes on when one is killed, and keeps every acknowledged
-//! change.
+//! change; servers started at once, and started again, never share an epoch.
 
 use super::*;
 
@@ -111,4 +111,37 @@ fn a_load_over_three_servers_goes_on_when_one_is_killed_and_keeps_every_acknowle
     for state in ["open", "closed", "blocked"] {
         assert!(seen.get(state).copied().unwrap_or(0) > 10, "{seen:?}");
     }
+}
+
+/// The epoch a server's log says it took at start.
+fn epoch_of(s: &Server) -> u64 {
+    let log = s.log();
+    let at = log.find("(epoch ").expect("the start line names the epoch") + "(epoch ".len();
+    log[at..]
+        .split(')')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no epoch in:\n{log}"))
+}
+
+#[test]
+fn servers_started_at_once_and_started_again_never_share_an_epoch() {
+    let inst = Instance::new(3, "file");
+    // All three at the same moment, on a database nobody initialised yet.
+    let s: Vec<Server> = std::thread::scope(|scope| {
+        let inst = &inst;
+        let starting: Vec<_> = (0..3).map(|i| scope.spawn(move || inst.serve(i))).collect();
+        starting.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let mut epochs: Vec<u64> = s.iter().map(epoch_of).collect();
+    // Each started again, one after the other, while the others run.
+    let mut s: Vec<Option<Server>> = s.into_iter().map(Some).collect();
+    for (i, server) in s.iter_mut().enumerate() {
+        drop(server.take());
+        let again = inst.serve(i);
+        epochs.push(epoch_of(&again));
+        *server = Some(again);
+    }
+    let distinct: std::collections::HashSet<u64> = epochs.iter().copied().collect();
+    assert_eq!(distinct.len(), epochs.len(), "{epochs:?}");
 }
