@@ -14,7 +14,9 @@
 //! first and then applied to the running engine ([`Registry::with_running_engine`]); token
 //! changes refused while the database cannot write, the token loaded if stored, retried while
 //! another change to it is being written, committed whatever the operation answered (a failed
-//! code still counts), and published only once written ([`Tokens`]); dead-letter listings
+//! code still counts), and published only once written ([`Tokens`]); many users enrolled in
+//! one commit, each with its own answer, users who have a token skipped on request
+//! ([`Tokens::enroll_batch`]); dead-letter listings
 //! bounded ([`DEAD_LETTERS_MAX`]).
 //!
 //! It does not parse HTTP or command lines, print, read configuration files, open the
@@ -22,11 +24,12 @@
 //!
 //! Key types: [`Registry`] (services and authkeys), [`Source`], [`ServiceChanges`],
 //! [`NewAuthkey`], [`CreatedAuthkey`], [`AuthkeySummary`], [`Tokens`], [`StoredToken`],
-//! [`AdminError`], [`ErrorKind`].
+//! [`BatchEnrolled`], [`AdminError`], [`ErrorKind`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod authkeys;
+mod enrollments;
 mod error;
 mod registry;
 mod service_changes;
@@ -37,6 +40,7 @@ mod webhooks;
 pub use authkeys::{
     AuthkeySummary, CreatedAuthkey, NewAuthkey, SecretFormat, AUTHKEY_NAME_MAX, SECRET_HASH_PREFIX,
 };
+pub use enrollments::{BatchEnrolled, Existing, MAX_BATCH_ENROLLMENT};
 pub use error::{AdminError, ConfigProblems, ErrorKind};
 pub use registry::{FileDocuments, Registry, Source};
 pub use service_changes::ServiceChanges;

@@ -25,15 +25,15 @@ use crate::error::AdminError;
 /// How long a change waits for a token whose change is being written by another caller
 /// before it gives up with [`EngineError::Unsettled`] (a commit takes microseconds to
 /// milliseconds).
-const UNSETTLED_WAIT: Duration = Duration::from_secs(1);
-const UNSETTLED_POLL: Duration = Duration::from_millis(2);
+pub(crate) const UNSETTLED_WAIT: Duration = Duration::from_secs(1);
+pub(crate) const UNSETTLED_POLL: Duration = Duration::from_millis(2);
 
 /// Token changes on `engine`'s tables, made durable in `store`. Blocking: an async caller
 /// runs them on its blocking pool.
 #[derive(Clone, Copy)]
 pub struct Tokens<'a> {
-    store: &'a Store,
-    engine: &'a Engine,
+    pub(crate) store: &'a Store,
+    pub(crate) engine: &'a Engine,
 }
 
 impl std::fmt::Debug for Tokens<'_> {
@@ -176,7 +176,7 @@ impl<'a> Tokens<'a> {
 
     /// Refuses a change up front while the database cannot write (after trying whether it
     /// can again: a small write).
-    fn writable(&self, now_ms: u64) -> Result<(), AdminError> {
+    pub(crate) fn writable(&self, now_ms: u64) -> Result<(), AdminError> {
         let health = self.store.health();
         if !health.writable() {
             self.store.probe(self.engine, now_ms);
@@ -202,7 +202,7 @@ impl<'a> Tokens<'a> {
 
     /// Commits the batch: the engine publishes it only once written; a failed write publishes
     /// nothing and restores the batch's tokens from the database ([`Store::commit_batch`]).
-    fn commit(&self, now_ms: u64, batch: &mut Batch) -> Result<(), AdminError> {
+    pub(crate) fn commit(&self, now_ms: u64, batch: &mut Batch) -> Result<(), AdminError> {
         if !batch.is_empty() {
             self.store.commit_batch(self.engine, now_ms, batch)?;
         }

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod authkeys;
+mod enrollments;
 mod services;
 mod tokens;
 mod webhooks;
