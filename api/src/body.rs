@@ -21,7 +21,16 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
     config: &ApiConfig,
     body: Incoming,
 ) -> Result<T, Failure> {
-    let max = config.max_body_bytes;
+    read_json_within(parts, config, body, config.max_body_bytes).await
+}
+
+/// As [`read_json`], with a size limit of the route's own (`max` bytes).
+pub(crate) async fn read_json_within<T: DeserializeOwned>(
+    parts: &Parts,
+    config: &ApiConfig,
+    body: Incoming,
+    max: usize,
+) -> Result<T, Failure> {
     let too_large = || {
         Failure::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -108,6 +117,8 @@ pub(crate) struct Query {
     /// `consistent`: read the token from the database first (a server of a shared
     /// database), not only from memory.
     pub consistent: bool,
+    /// `qr`: the QR images wanted with an enrollment (none by default).
+    pub qr: crate::qr::QrFormats,
 }
 
 /// Parses a query; a parameter outside `allowed` is refused.
@@ -146,6 +157,11 @@ pub(crate) fn parse_query(q: Option<&str>, allowed: &[&str]) -> Result<Query, Fa
             }
             "force" => out.force = flag(v, "force must be true or false")?,
             "consistent" => out.consistent = flag(v, "consistent must be true or false")?,
+            "qr" => {
+                out.qr = crate::qr::QrFormats::parse(v).ok_or_else(|| {
+                    Failure::bad("invalid_query", "qr must be png, svg or png,svg")
+                })?
+            }
             "limit" => {
                 let n: usize = v
                     .parse()

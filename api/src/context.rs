@@ -164,8 +164,26 @@ impl Ctx<'_> {
             Authorization::Public => Ok(()),
             Authorization::Token => token(Right::Any),
             Authorization::TokenAdmin => token(Right::Admin),
+            Authorization::ServiceAdmin => {
+                let service = params.service()?;
+                self.authorize(|k| k.allows_service(Right::Admin, service))
+            }
             Authorization::Unrestricted => self.authorize(FoundKey::is_unrestricted),
         }
+    }
+
+    /// Whether the caller's key (already authorised for the route) may do an admin
+    /// operation on each of `usernames` in `service`, in their order.
+    pub fn admin_allows_each(&self, service: &str, usernames: &[String]) -> Vec<bool> {
+        let each = |k: &FoundKey| {
+            usernames
+                .iter()
+                .map(|u| k.allows(Right::Admin, service, u))
+                .collect()
+        };
+        self.bearer()
+            .and_then(|secret| self.key.check(&self.state.engine, secret, each))
+            .unwrap_or_else(|| vec![false; usernames.len()])
     }
 
     /// Checks the caller's key: `allows` answers for a key that exists (found through the
@@ -229,6 +247,15 @@ impl Ctx<'_> {
         body: hyper::body::Incoming,
     ) -> Result<T, Failure> {
         crate::body::read_json(self.parts, &self.state.config, body).await
+    }
+
+    /// As [`Ctx::json`], for a route whose bodies may be larger: at most `max` bytes.
+    pub async fn json_within<T: serde::de::DeserializeOwned>(
+        &self,
+        body: hyper::body::Incoming,
+        max: usize,
+    ) -> Result<T, Failure> {
+        crate::body::read_json_within(self.parts, &self.state.config, body, max).await
     }
 
     /// The query, with only `allowed` parameters ([`crate::body::parse_query`]).

@@ -48,6 +48,9 @@ pub enum Authorization {
     Token,
     /// An admin key whose masks match the path's service and username.
     TokenAdmin,
+    /// An admin key whose service mask matches the path's service; the users the request
+    /// names are each checked against its user mask by the handler.
+    ServiceAdmin,
     /// An admin key whose two masks are unrestricted (`.*` or `(?s).*`, as compiled): for
     /// what belongs to no single service or user.
     Unrestricted,
@@ -119,6 +122,8 @@ routes! {
     AuthkeyList = GET "/v1/authkeys", Unrestricted => authkeys::authkey_list;
     AuthkeyCreate = POST "/v1/authkeys", Unrestricted => authkeys::authkey_create;
     AuthkeyRevoke = DELETE "/v1/authkeys/{name}", Unrestricted => authkeys::authkey_revoke;
+    TokenEnrollBatch = POST "/v1/services/{service}/tokens", ServiceAdmin
+        => enrollments::token_enroll_batch;
     TokenEnroll = POST "/v1/services/{service}/tokens/{username}", TokenAdmin
         => tokens::token_enroll;
     TokenStatus = GET "/v1/services/{service}/tokens/{username}", Token

@@ -916,7 +916,7 @@ fn enrollment_then_the_device_pairs_with_the_deeplink_and_with_the_manual_code()
     let user = "Ana María/ops";
     let a = h.call(
         "POST",
-        &tok(UTF8_SERVICE, user, ""),
+        &format!("{}?qr=png,svg", tok(UTF8_SERVICE, user, "")),
         Some(ROOT),
         Some(r#"{"kind":"app"}"#),
     );
@@ -1187,7 +1187,7 @@ fn totp_tokens_validate_codes_of_an_independent_rfc_6238_implementation() {
     let h = Harness::start();
     let a = h.call(
         "POST",
-        &tok("bank", "tom", ""),
+        &format!("{}?qr=svg,png", tok("bank", "tom", "")),
         Some(ROOT),
         Some(r#"{"kind":"totp"}"#),
     );
@@ -2769,4 +2769,103 @@ fn transaction_messages_are_limited_in_bytes_and_challenge_lengths_to_multiples_
             );
         }
     }
+}
+
+#[test]
+fn many_users_enrolled_in_one_call_each_answered_with_the_keys_masks_per_user() {
+    let h = Harness::with(
+        ApiConfig {
+            config_source_database: true,
+            ..ApiConfig::default()
+        },
+        None,
+    );
+    // An admin key for the users of `bank` whose names start with `a`.
+    let created = h.call(
+        "POST",
+        "/v1/authkeys",
+        Some(ROOT),
+        Some(r#"{"name":"agents","admin":true,"service_mask":"bank","user_mask":"a.*"}"#),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let agents = created.json["secret"].as_str().unwrap().to_owned();
+    let mut alice = h.enrolled_phone("alice");
+    let batch = "/v1/services/bank/tokens";
+    let body = json!({
+        "usernames": ["alice", "anna", "bob", "a\u{7}b", "anna"],
+        "if_absent": true,
+    })
+    .to_string();
+    let a = h.call("POST", batch, Some(&agents), Some(&body));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let r = a.json["results"].as_array().unwrap();
+    let each: Vec<(&str, &str, &str)> = r
+        .iter()
+        .map(|x| {
+            (
+                x["username"].as_str().unwrap(),
+                x["status"].as_str().unwrap(),
+                x["existing"]
+                    .as_str()
+                    .or(x["error"]["code"].as_str())
+                    .unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        each,
+        [
+            ("alice", "skipped", "paired"),
+            ("anna", "enrolled", ""),
+            ("bob", "failed", "forbidden"),
+            ("a\u{7}b", "failed", "invalid_input"),
+            ("anna", "failed", "invalid_input"),
+        ]
+    );
+    assert_eq!(
+        (&a.json["enrolled"], &a.json["skipped"], &a.json["failed"]),
+        (&json!(1), &json!(1), &json!(3))
+    );
+    // Alice's app still works; Anna's deeplink pairs; Bob has nothing.
+    let pin = alice.pin.clone();
+    let opened = h.send(&mut alice, Request::Open(&pin));
+    assert_eq!(opened.status().state, zoftoken_proto::WireState::Open);
+    assert_eq!(
+        r[1]["token_id"],
+        hex::encode(TokenId::derive("bank", "anna").0)
+    );
+    let link = Deeplink::parse(r[1]["deeplink"].as_str().unwrap()).unwrap();
+    h.pair(Pairing::from_deeplink(&link));
+    let a = h.call("GET", &tok("bank", "bob", ""), Some(ROOT), None);
+    assert_eq!(a.status, 404, "{}", a.body);
+    // The whole call: a key without the admin right, another service, a wrong body.
+    let a = h.call("POST", batch, Some(WEB), Some(&body));
+    assert_eq!((a.status, a.code()), (403, "forbidden"));
+    let a = h.call(
+        "POST",
+        &format!("/v1/services/{}/tokens", enc(UTF8_SERVICE)),
+        Some(&agents),
+        Some(&body),
+    );
+    assert_eq!((a.status, a.code()), (403, "forbidden"));
+    let a = h.call("POST", "/v1/services/nope/tokens", Some(ROOT), Some(&body));
+    assert_eq!(a.status, 404, "{}", a.body);
+    let a = h.call("POST", batch, Some(ROOT), Some(r#"{"users":["x"]}"#));
+    assert_eq!(a.status, 400, "{}", a.body);
+    // QR images only when asked for, in the formats asked for.
+    let one = json!({ "usernames": ["amy"] }).to_string();
+    let a = h.call("POST", &format!("{batch}?qr=svg"), Some(ROOT), Some(&one));
+    let amy = &a.json["results"][0];
+    assert!(amy["qr_svg"].as_str().unwrap().starts_with("<svg"), "{amy}");
+    assert!(amy.get("qr_png_base64").is_none(), "{amy}");
+    let a = h.call("POST", &tok("bank", "ben", ""), Some(ROOT), None);
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert!(a.json.get("qr_png_base64").is_none() && a.json.get("qr_svg").is_none());
+    let a = h.call(
+        "POST",
+        &format!("{}?qr=gif", tok("bank", "cy", "")),
+        Some(ROOT),
+        None,
+    );
+    assert_eq!((a.status, a.code()), (400, "invalid_query"));
 }

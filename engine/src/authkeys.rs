@@ -108,6 +108,14 @@ impl FoundKey {
         })
     }
 
+    /// Whether the key may do an operation needing `right` in `service` for some users (its
+    /// service mask matches; each user is still checked with [`FoundKey::allows`]).
+    pub fn allows_service(&self, right: Right, service: &str) -> bool {
+        self.key().is_some_and(|key| {
+            (key.admin || right == Right::Any) && key.service_mask.is_match(service)
+        })
+    }
+
     /// Whether the key is an admin key whose masks both match every name (`.*`, `(?s).*`,
     /// as compiled): the keys that may manage services and authkeys, which belong to no
     /// single service or user.

@@ -1,11 +1,14 @@
 //! The admin command line's operations, on the database while the server is stopped: it
 //! opens what the configuration names, calls the admin layer (`zoftoken-admin`, where the
 //! rules live, the same as the HTTP API's), and renders each result as an [`Output`]: text
-//! for people and the same facts as JSON. Also database maintenance (check, export, import)
-//! and load-test token sets. No output contains a token secret, and an authkey secret is
+//! for people and the same facts as JSON. Also database maintenance (check, export, import),
+//! load-test token sets, and users enrolled from a file (`enroll_file`). No output contains a token secret, and an authkey secret is
 //! shown only the one time `authkey create` returns it.
 
 use std::sync::Arc;
+
+mod enroll_file;
+pub use enroll_file::{read_usernames, terminal_progress};
 
 use serde_json::{json, Value};
 use zoftoken_admin::{

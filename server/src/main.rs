@@ -226,14 +226,27 @@ enum AuthkeyCmd {
 
 #[derive(Subcommand, Debug)]
 enum TokenCmd {
-    /// Enroll a user: prints the deeplink and the manual code for the app.
+    /// Enroll a user: prints the deeplink and the manual code for the app. With --from, every
+    /// user of a file (CSV, first column; or JSON lines), in batches of 10 000, written to
+    /// --out as CSV for a mail merge (username, status, deeplink, manual code, expiry).
     Enroll {
         /// The service.
         #[arg(long)]
         service: String,
         /// The username.
-        #[arg(long)]
-        user: String,
+        #[arg(long, required_unless_present = "from", conflicts_with = "from")]
+        user: Option<String>,
+        /// A file of usernames: CSV (the first column; a header `username` is skipped) or
+        /// JSON lines (`{"username": …}` or a string per line).
+        #[arg(long, requires = "out")]
+        from: Option<PathBuf>,
+        /// Where to write the mail-merge CSV (created readable by its owner only).
+        #[arg(long, requires = "from")]
+        out: Option<PathBuf>,
+        /// Skip users who already have a paired token or an enrollment still usable, so a run
+        /// can be repeated without invalidating tokens in use.
+        #[arg(long, requires = "from")]
+        if_absent: bool,
     },
     /// List tokens.
     List {
@@ -525,7 +538,24 @@ fn run(cli: Cli, loaded: config::Loaded) -> anyhow::Result<ExitCode> {
         | Command::Service(_)
         | Command::Authkey(_) => return Ok(ExitCode::SUCCESS),
         Command::Token(c) => match c {
-            TokenCmd::Enroll { service, user } => admin.token_enroll(now, &service, &user)?,
+            TokenCmd::Enroll {
+                service,
+                user,
+                from,
+                out,
+                if_absent,
+            } => match (user, from, out) {
+                (_, Some(from), Some(out)) => admin.token_enroll_file(
+                    now,
+                    &service,
+                    &from,
+                    &out,
+                    if_absent,
+                    &mut admin::terminal_progress(),
+                )?,
+                (Some(user), _, _) => admin.token_enroll(now, &service, &user)?,
+                _ => anyhow::bail!("give --user, or --from and --out"),
+            },
             TokenCmd::List { service } => admin.token_list(service.as_deref())?,
             TokenCmd::Show { service, user } => admin.token_show(&service, &user)?,
             TokenCmd::Delete { service, user } => admin.token_delete(now, &service, &user)?,

@@ -180,7 +180,7 @@ fn an_api_enrollment_pairs_and_a_long_poll_wakes_on_the_device_open_of(e: Env) {
     let (code, enrolled) = http(
         server.http,
         "POST",
-        "/v1/services/bank/tokens/alice",
+        "/v1/services/bank/tokens/alice?qr=png,svg",
         ADMIN_KEY,
         "{}",
     );
@@ -969,5 +969,102 @@ fn reads_from_memory_stop_beyond_the_staleness_bound() {
     assert_eq!(status(), (200, Some("closed".into())));
     let answered = app_status().unwrap();
     assert_eq!(answered["state"], "closed", "{answered}");
+    server.stop();
+}
+
+/// Users enrolled from a file through the command line (the database of a stopped server):
+/// a mail-merge CSV readable by its owner only, one row per user; run again with
+/// `--if-absent`, nobody is enrolled twice; a row's deeplink pairs with the device command
+/// line once the server runs, and the paired token opens.
+#[test]
+fn users_enrolled_from_a_file_pair_with_the_device_command_line() {
+    let e = Env::new(None);
+    let users = e.dir.path().join("users.csv");
+    std::fs::write(
+        &users,
+        "username,email\nana,a@x\n\"smith, john\",j@x\nbad\u{7}name,b@x\n",
+    )
+    .unwrap();
+    let out = e.dir.path().join("mail.csv");
+    let args = |if_absent: bool| {
+        let mut a = vec![
+            "token".to_owned(),
+            "enroll".into(),
+            "--service".into(),
+            "bank".into(),
+            "--from".into(),
+            users.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+        ];
+        if if_absent {
+            a.push("--if-absent".into());
+        }
+        a
+    };
+    let run = |if_absent: bool| {
+        let a = args(if_absent);
+        cli(&e, &a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let summary = run(false);
+    assert_eq!(
+        (
+            &summary["enrolled"],
+            &summary["skipped"],
+            &summary["failed"]
+        ),
+        (&json!(2), &json!(0), &json!(1)),
+        "{summary}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "deeplinks are secrets until used");
+    let rows: Vec<Vec<String>> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.to_owned())
+        .map(|l| {
+            // The test's names have no quotes inside: split outside quoted fields.
+            let mut cells = Vec::new();
+            let (mut cell, mut quoted) = (String::new(), false);
+            for c in l.chars() {
+                match c {
+                    '"' => quoted = !quoted,
+                    ',' if !quoted => cells.push(std::mem::take(&mut cell)),
+                    c => cell.push(c),
+                }
+            }
+            cells.push(cell);
+            cells
+        })
+        .collect();
+    let who: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r[0].as_str(), r[1].as_str()))
+        .collect();
+    assert_eq!(
+        who,
+        [
+            ("ana", "enrolled"),
+            ("smith, john", "enrolled"),
+            ("bad\u{7}name", "failed")
+        ]
+    );
+    let ana_link = rows[0][2].clone();
+    assert!(ana_link.starts_with("zoftoken://"), "{ana_link}");
+    // Again, skipping those who have a token: ana's deeplink stays the one handed out.
+    let again = run(true);
+    assert_eq!(
+        (&again["enrolled"], &again["skipped"]),
+        (&json!(0), &json!(2)),
+        "{again}"
+    );
+    let server = e.serve();
+    let phone = e.dir.path().join("phone.json");
+    let (code, said) = e.device(&phone, &["pair", &ana_link], "1357\n1357\n");
+    assert_eq!(code, 0, "{said}");
+    let opened = device_json(&e, &phone, &["open"], "1357\n").unwrap();
+    assert_eq!(opened["state"], "open", "{opened}");
     server.stop();
 }

@@ -5,6 +5,7 @@
 
 pub(crate) mod authkeys;
 pub(crate) mod codes;
+pub(crate) mod enrollments;
 pub(crate) mod health;
 pub(crate) mod services;
 mod status_json;

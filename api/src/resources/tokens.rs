@@ -99,40 +99,46 @@ enum Kind {
     Totp,
 }
 
-/// `POST …/tokens/{username}`: enrolls an app token (deeplink and manual code) or a
-/// standard authenticator token (`otpauth://` URI), with a QR code of either.
+/// `POST …/tokens/{username}[?qr=png|svg|png,svg]`: enrolls an app token (deeplink and
+/// manual code) or a standard authenticator token (`otpauth://` URI), with a QR code of
+/// either in the formats asked for (none by default: the link is the QR code's content).
 pub(crate) async fn token_enroll(ctx: &Ctx<'_>, p: Params<'_>, body: Incoming) -> Outcome {
     let tok = p.token()?;
+    let qr = ctx.query(&["qr"])?.qr;
     let b: EnrollBody = ctx.json(body).await?;
-    if b.kind == Kind::Totp {
+    let (mut answer, link) = if b.kind == Kind::Totp {
         let t = token_change(ctx, tok, |tokens, now, service, username| {
             tokens.enroll_totp(now, service, username)
         })
         .await?;
-        let qr = crate::qr::render(&t.otpauth_uri).ok_or_else(Failure::internal)?;
-        return created(&json!({
+        let answer = json!({
             "kind": "totp",
             "token_id": hex::encode(t.token_id.0),
             "otpauth_uri": t.otpauth_uri.as_str(),
             "secret_base32": t.secret_base32.as_str(),
-            "qr_png_base64": qr.png_base64,
-            "qr_svg": qr.svg,
-        }));
+        });
+        (answer, t.otpauth_uri)
+    } else {
+        let t = token_change(ctx, tok, |tokens, now, service, username| {
+            tokens.enroll(now, service, username)
+        })
+        .await?;
+        let link = zeroize::Zeroizing::new(t.deeplink.clone());
+        let answer = json!({
+            "kind": "app",
+            "token_id": hex::encode(t.token_id.0),
+            "deeplink": t.deeplink,
+            "manual_code": t.manual_code,
+            "expires_ms": t.expires_ms,
+        });
+        (answer, link)
+    };
+    if qr.any() {
+        crate::qr::render(&link, qr)
+            .ok_or_else(Failure::internal)?
+            .insert_into(&mut answer);
     }
-    let t = token_change(ctx, tok, |tokens, now, service, username| {
-        tokens.enroll(now, service, username)
-    })
-    .await?;
-    let qr = crate::qr::render(&t.deeplink).ok_or_else(Failure::internal)?;
-    created(&json!({
-        "kind": "app",
-        "token_id": hex::encode(t.token_id.0),
-        "deeplink": t.deeplink,
-        "manual_code": t.manual_code,
-        "expires_ms": t.expires_ms,
-        "qr_png_base64": qr.png_base64,
-        "qr_svg": qr.svg,
-    }))
+    created(&answer)
 }
 
 /// `DELETE …/tokens/{username}`: the token and everything of it (its app stops working).
