@@ -2,7 +2,8 @@
 //! ([`Tokens::enroll_batch`]), each with its own answer ([`BatchEnrolled`]): enrolled, left
 //! as it is (`if_absent`: the user already has a paired token or a pending enrollment, so a
 //! mass enrollment run again never invalidates a token in use), or its own error, without
-//! failing the others.
+//! failing the others. A pending enrollment's deeplink can be asked for again
+//! ([`Tokens::enrollment_link`]) for the page that shows its QR code.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -49,7 +50,49 @@ impl Existing {
     }
 }
 
+/// A pending enrollment's deeplink, asked for again ([`Tokens::enrollment_link`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct EnrollmentLink {
+    /// The token.
+    pub token_id: TokenId,
+    /// `zoftoken://enroll?…`, with the service's endpoints as configured now.
+    pub deeplink: zeroize::Zeroizing<String>,
+    /// When the enrollment stops working (Unix ms).
+    pub expires_ms: u64,
+}
+
 impl Tokens<'_> {
+    /// The deeplink of the enrollment of `username` waiting for its app, read from the
+    /// database (the enrollment another server made too): for showing it, or its QR code,
+    /// again. [`AdminError::NoEnrollment`] if none waits: never enrolled, paired, expired, or
+    /// made by a version that did not keep the link.
+    pub fn enrollment_link(
+        &self,
+        now_ms: u64,
+        service: &str,
+        username: &str,
+    ) -> Result<EnrollmentLink, AdminError> {
+        if self.engine.service_index_of(service).is_none() {
+            return Err(AdminError::UnknownService(service.to_owned()));
+        }
+        let none = || AdminError::NoEnrollment {
+            service: service.to_owned(),
+            username: username.to_owned(),
+        };
+        let id = TokenId::derive(service, username);
+        let record = self.store.enrollment(&id)?.ok_or_else(none)?;
+        if record.expires_ms <= now_ms || *record.service != *service {
+            return Err(none());
+        }
+        let secret = record.link_secret.as_ref().ok_or_else(none)?;
+        Ok(EnrollmentLink {
+            token_id: id,
+            deeplink: self.engine.enrollment_deeplink(service, secret)?,
+            expires_ms: record.expires_ms,
+        })
+    }
+
     /// Enrolls each of `usernames` in `service` (as [`Tokens::enroll`]) in one group commit;
     /// with `if_absent`, a user who already has a paired token or a pending enrollment is
     /// skipped. The answers are in the order of `usernames`. A username given twice fails

@@ -83,6 +83,15 @@ pub enum AdminError {
         /// The username.
         username: String,
     },
+    /// No enrollment of this user waits for its app (never enrolled, paired, expired, or made
+    /// before enrollments kept their link).
+    #[error("no enrollment of `{username}` in `{service}` waits for its app")]
+    NoEnrollment {
+        /// The service.
+        service: String,
+        /// The username.
+        username: String,
+    },
     /// No dead letter of this id.
     #[error("no dead letter `{0}`")]
     UnknownDeadLetter(String),
@@ -144,6 +153,7 @@ impl AdminError {
             AdminError::UnknownService(_)
             | AdminError::UnknownAuthkey(_)
             | AdminError::UnknownToken { .. }
+            | AdminError::NoEnrollment { .. }
             | AdminError::UnknownDeadLetter(_)
             | AdminError::Engine(EngineError::UnknownService | EngineError::UnknownToken) => {
                 ErrorKind::NotFound

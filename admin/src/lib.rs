@@ -40,7 +40,7 @@ mod webhooks;
 pub use authkeys::{
     AuthkeySummary, CreatedAuthkey, NewAuthkey, SecretFormat, AUTHKEY_NAME_MAX, SECRET_HASH_PREFIX,
 };
-pub use enrollments::{BatchEnrolled, Existing, MAX_BATCH_ENROLLMENT};
+pub use enrollments::{BatchEnrolled, EnrollmentLink, Existing, MAX_BATCH_ENROLLMENT};
 pub use error::{AdminError, ConfigProblems, ErrorKind};
 pub use registry::{FileDocuments, Registry, Source};
 pub use service_changes::ServiceChanges;

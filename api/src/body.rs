@@ -31,6 +31,17 @@ pub(crate) async fn read_json_within<T: DeserializeOwned>(
     body: Incoming,
     max: usize,
 ) -> Result<T, Failure> {
+    let bytes = read_bytes_within(parts, config, body, max).await?;
+    parse_json(&bytes)
+}
+
+/// Reads a whole body of at most `max` bytes within [`ApiConfig::body_timeout`].
+pub(crate) async fn read_bytes_within(
+    parts: &Parts,
+    config: &ApiConfig,
+    body: Incoming,
+    max: usize,
+) -> Result<Zeroizing<Vec<u8>>, Failure> {
     let too_large = || {
         Failure::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -55,20 +66,22 @@ pub(crate) async fn read_json_within<T: DeserializeOwned>(
                 "the request body was not received in time",
             )
         })?;
-    let bytes = match collected {
-        Ok(c) => Zeroizing::new(c.to_bytes().to_vec()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(_) => {
-            return Err(Failure::bad(
-                "invalid_body",
-                "the request body could not be read",
-            ))
-        }
-    };
+    match collected {
+        Ok(c) => Ok(Zeroizing::new(c.to_bytes().to_vec())),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(Failure::bad(
+            "invalid_body",
+            "the request body could not be read",
+        )),
+    }
+}
+
+/// Parses a JSON body (an empty one reads as `{}`; whole floats as integers).
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
     let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
-        &bytes
+        bytes
     };
     match serde_json::from_slice(text) {
         Ok(v) => Ok(v),
@@ -119,6 +132,8 @@ pub(crate) struct Query {
     pub consistent: bool,
     /// `qr`: the QR images wanted with an enrollment (none by default).
     pub qr: crate::qr::QrFormats,
+    /// `if_absent`: enroll only users without a paired token or a usable enrollment.
+    pub if_absent: bool,
 }
 
 /// Parses a query; a parameter outside `allowed` is refused.
@@ -157,6 +172,7 @@ pub(crate) fn parse_query(q: Option<&str>, allowed: &[&str]) -> Result<Query, Fa
             }
             "force" => out.force = flag(v, "force must be true or false")?,
             "consistent" => out.consistent = flag(v, "consistent must be true or false")?,
+            "if_absent" => out.if_absent = flag(v, "if_absent must be true or false")?,
             "qr" => {
                 out.qr = crate::qr::QrFormats::parse(v).ok_or_else(|| {
                     Failure::bad("invalid_query", "qr must be png, svg or png,svg")

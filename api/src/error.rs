@@ -262,6 +262,10 @@ impl From<AdminError> for Failure {
             ),
             AdminError::UnknownService(_) => EngineError::UnknownService.into(),
             AdminError::UnknownToken { .. } => EngineError::UnknownToken.into(),
+            AdminError::NoEnrollment { .. } => Failure::not_found(
+                "no_enrollment",
+                "no enrollment of this user waits for its app (none made, paired, or expired)",
+            ),
             AdminError::ServiceExists(_) => Failure::conflict(
                 "service_exists",
                 "a service of this name exists (PUT replaces it)",

@@ -126,6 +126,8 @@ routes! {
         => enrollments::token_enroll_batch;
     TokenEnroll = POST "/v1/services/{service}/tokens/{username}", TokenAdmin
         => tokens::token_enroll;
+    TokenEnrollment = GET "/v1/services/{service}/tokens/{username}/enrollment", TokenAdmin
+        => enrollments::token_enrollment;
     TokenStatus = GET "/v1/services/{service}/tokens/{username}", Token
         => tokens::token_status;
     TokenDelete = DELETE "/v1/services/{service}/tokens/{username}", TokenAdmin

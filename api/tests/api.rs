@@ -2772,6 +2772,54 @@ fn transaction_messages_are_limited_in_bytes_and_challenge_lengths_to_multiples_
 }
 
 #[test]
+fn a_pending_enrollments_link_and_qr_code_are_shown_again_until_it_is_used_or_expires() {
+    let h = Harness::start();
+    let a = h.call("POST", &tok("bank", "eve", ""), Some(ROOT), None);
+    assert_eq!(a.status, 201, "{}", a.body);
+    let deeplink = a.json["deeplink"].as_str().unwrap().to_owned();
+    let again = tok("bank", "eve", "/enrollment");
+    let a = h.call("GET", &format!("{again}?qr=png"), Some(ROOT), None);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json["deeplink"], deeplink.as_str());
+    assert_eq!(
+        a.json["token_id"],
+        hex::encode(TokenId::derive("bank", "eve").0)
+    );
+    assert!(
+        a.json.get("manual_code").is_none(),
+        "the manual code is handed out once"
+    );
+    assert!(a.json["qr_png_base64"].as_str().unwrap().len() > 100);
+    assert!(a.head.contains("cache-control: no-store"), "{}", a.head);
+    // A key without the admin right, a user never enrolled, an unknown service.
+    let a = h.call("GET", &again, Some(WEB), None);
+    assert_eq!((a.status, a.code()), (403, "forbidden"));
+    let a = h.call(
+        "GET",
+        &tok("bank", "nobody", "/enrollment"),
+        Some(ROOT),
+        None,
+    );
+    assert_eq!((a.status, a.code()), (404, "no_enrollment"));
+    let a = h.call("GET", &tok("nope", "eve", "/enrollment"), Some(ROOT), None);
+    assert_eq!(a.status, 404, "{}", a.body);
+    // Once its app has paired, the link is gone.
+    h.pair(Pairing::from_deeplink(&Deeplink::parse(&deeplink).unwrap()));
+    let a = h.call("GET", &again, Some(ROOT), None);
+    assert_eq!((a.status, a.code()), (404, "no_enrollment"));
+    // An enrollment past its expiry is not shown.
+    let a = h.call("POST", &tok("bank", "fay", ""), Some(ROOT), None);
+    assert_eq!(a.status, 201, "{}", a.body);
+    let expires = a.json["expires_ms"].as_u64().unwrap();
+    let a = h.call("GET", &tok("bank", "fay", "/enrollment"), Some(ROOT), None);
+    assert_eq!(a.json["expires_ms"], expires);
+    let now = h.now.load(Ordering::SeqCst);
+    h.advance(expires - now);
+    let a = h.call("GET", &tok("bank", "fay", "/enrollment"), Some(ROOT), None);
+    assert_eq!((a.status, a.code()), (404, "no_enrollment"));
+}
+
+#[test]
 fn many_users_enrolled_in_one_call_each_answered_with_the_keys_masks_per_user() {
     let h = Harness::with(
         ApiConfig {
@@ -2868,4 +2916,65 @@ fn many_users_enrolled_in_one_call_each_answered_with_the_keys_masks_per_user() 
         None,
     );
     assert_eq!((a.status, a.code()), (400, "invalid_query"));
+    // JSON lines in, JSON lines out: a username as a string or an object per line, blank
+    // lines skipped, one result per username in order; `if_absent` as a query parameter.
+    let lines_call = |lines: &str| {
+        raw(
+            h.addr(),
+            format!(
+                "POST {batch}?if_absent=true HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+                 Authorization: Bearer {ROOT}\r\nContent-Type: application/x-ndjson\r\n\
+                 Content-Length: {}\r\n\r\n{lines}",
+                lines.len()
+            )
+            .as_bytes(),
+        )
+    };
+    let a = lines_call("\"cat\"\n\n{\"username\":\"alice\"}\n\"b\\u0007\"\n");
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(
+        a.head.contains("content-type: application/x-ndjson"),
+        "{}",
+        a.head
+    );
+    let each: Vec<Value> = a
+        .body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let statuses: Vec<(&str, &str)> = each
+        .iter()
+        .map(|x| {
+            (
+                x["username"].as_str().unwrap(),
+                x["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("cat", "enrolled"),
+            ("alice", "skipped"),
+            ("b\u{7}", "failed")
+        ]
+    );
+    assert!(each[0]["deeplink"]
+        .as_str()
+        .unwrap()
+        .starts_with("zoftoken://"));
+    let a = lines_call("\"dan\"\n[1]\n");
+    assert_eq!((a.status, a.code()), (400, "invalid_json"));
+    assert!(a.body.contains("line 2"), "{}", a.body);
+    let a = h.call("GET", &tok("bank", "dan", ""), Some(ROOT), None);
+    assert_eq!(a.status, 404, "nothing of a refused batch is enrolled");
+    // More users than a batch takes: the call is refused whole.
+    let names: Vec<String> = (0..=zoftoken_admin::MAX_BATCH_ENROLLMENT)
+        .map(|i| format!("u{i}"))
+        .collect();
+    let many = json!({ "usernames": names }).to_string();
+    let a = h.call("POST", batch, Some(ROOT), Some(&many));
+    assert_eq!((a.status, a.code()), (400, "batch_too_large"));
+    let a = h.call("GET", &tok("bank", "u0", ""), Some(ROOT), None);
+    assert_eq!(a.status, 404);
 }

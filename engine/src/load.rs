@@ -118,6 +118,7 @@ impl Engine {
                         window: ReplayWindow::new(),
                     }
                 }),
+                link_secret: record.link_secret.clone(),
             },
         );
         Ok(())

@@ -120,6 +120,10 @@ pub struct PendingRecord {
     /// several servers share the database, so that the app's PAIR_COMPLETE may reach
     /// another server than its PAIR_INIT.
     pub candidate: Option<CandidateRecord>,
+    /// The deeplink's enrollment secret, kept so that the link and its QR code can be shown
+    /// again while the enrollment waits (none in records written before it was kept). It
+    /// grants nothing the forms' keys do not: they already open and seal PAIR_INIT.
+    pub link_secret: Option<SecretBytes>,
 }
 
 /// A pairing candidate as storage keeps it (sealed with the enrollment).

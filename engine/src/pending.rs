@@ -35,6 +35,8 @@ pub(crate) struct PendingEnrollment {
     /// The highest PAIR_INIT counter accepted (each PAIR_INIT must be higher).
     pub(crate) max_init_counter: u64,
     pub(crate) candidate: Option<PairingCandidate>,
+    /// The deeplink's enrollment secret (see [`PendingRecord::link_secret`]).
+    pub(crate) link_secret: Option<SecretBytes>,
 }
 
 /// The enrollments waiting for their app, by token id and by pairing id.
@@ -83,6 +85,7 @@ impl Enrollments {
                 secret: SecretBytes::new(*c.secret.expose()),
                 offset_ms: c.offset_ms,
             }),
+            link_secret: p.link_secret.clone(),
         })
     }
 }

@@ -192,7 +192,7 @@ impl fmt::Debug for EnrollmentSecret {
     }
 }
 
-/// What the server stores for a pending enrollment (it never needs `E` itself).
+/// What the server derives from `E` to pair a pending enrollment.
 #[derive(Clone, Debug)]
 pub struct EnrollmentKeys {
     /// The id in the PAIR_INIT header.

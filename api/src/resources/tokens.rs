@@ -13,7 +13,7 @@ use zoftoken_proto::TokenId;
 use super::status_json::status_json;
 use super::{settled_status, token_change, token_op};
 use crate::body::Query;
-use crate::context::Ctx;
+use crate::context::{blocking, Ctx};
 use crate::error::{fresh, Failure};
 use crate::response::{created, ok, ok_json, Outcome};
 use crate::routes::matcher::Tok;
@@ -134,8 +134,9 @@ pub(crate) async fn token_enroll(ctx: &Ctx<'_>, p: Params<'_>, body: Incoming) -
         (answer, link)
     };
     if qr.any() {
-        crate::qr::render(&link, qr)
-            .ok_or_else(Failure::internal)?
+        // Drawn off the API's threads: an image costs more than the enrollment.
+        blocking(move || crate::qr::render(&link, qr).ok_or_else(Failure::internal))
+            .await?
             .insert_into(&mut answer);
     }
     created(&answer)

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use zoftoken_proto::codes;
 use zoftoken_proto::deeplink::Deeplink;
 use zoftoken_proto::keys::context;
-use zoftoken_proto::{EnrollmentSecret, TokenId};
+use zoftoken_proto::{EnrollmentSecret, SecretBytes, TokenId};
 
 use crate::config::check_name;
 use crate::event::{Actor, Event, EventKind};
 use crate::mutation::{state_record, token_record, Batch, Mutation};
 use crate::pending::{EnrollmentForm, PendingEnrollment};
-use crate::services::Services;
+use crate::services::{Service, Services};
 use crate::state::{
     totp_params, TokenEntry, TokenState, TotpSecret, FLAG_TIMER, FLAG_TOTP, TOTP_KEY_LEN,
 };
@@ -56,7 +56,36 @@ impl std::fmt::Debug for TotpEnrollment {
     }
 }
 
+/// The deeplink of an enrollment secret in `svc`, with the service's endpoints and details
+/// URL as configured now.
+fn svc_deeplink(svc: &Service, secret: &SecretBytes) -> Result<String, EngineError> {
+    Deeplink {
+        secret: EnrollmentSecret::new(secret.expose().to_vec()),
+        service: svc.name.to_string(),
+        endpoints: svc.config.endpoints.clone(),
+        details_url: svc.config.details_url.clone(),
+    }
+    .to_uri()
+    .map_err(|_| EngineError::Invalid("service cannot be put in a deeplink"))
+}
+
 impl Engine {
+    /// The deeplink of a kept enrollment secret (`PendingRecord::link_secret`) in `service`,
+    /// with the service's endpoints and details URL as configured now: the link handed out
+    /// when the enrollment was made, unless the service's endpoints changed since.
+    pub fn enrollment_deeplink(
+        &self,
+        service: &str,
+        secret: &SecretBytes,
+    ) -> Result<zeroize::Zeroizing<String>, EngineError> {
+        let services = self.services();
+        let index = services
+            .index_of(service)
+            .ok_or(EngineError::UnknownService)?;
+        let svc = services.get(index).ok_or(EngineError::UnknownService)?;
+        svc_deeplink(svc, secret).map(zeroize::Zeroizing::new)
+    }
+
     /// Checks an enrollment's username and finds its service: the services' snapshot and the
     /// service's index in it.
     fn enrollment_target(
@@ -92,18 +121,12 @@ impl Engine {
         let (services, index) = self.enrollment_target(service, username)?;
         let svc = services.get(index).ok_or(EngineError::UnknownService)?;
         let id = TokenId::derive(service, username);
-        let link_secret = EnrollmentSecret::new(self.random::<32>().to_vec());
+        let link_bytes = SecretBytes::new(self.random::<32>());
+        let link_secret = EnrollmentSecret::new(link_bytes.expose().to_vec());
         let manual_code = codes::manual_code(&self.random::<19>());
         let manual_secret = codes::parse_manual_code(&manual_code)
             .map_err(|_| EngineError::Invalid("manual code"))?;
-        let deeplink = Deeplink {
-            secret: link_secret.clone(),
-            service: service.to_owned(),
-            endpoints: svc.config.endpoints.clone(),
-            details_url: svc.config.details_url.clone(),
-        }
-        .to_uri()
-        .map_err(|_| EngineError::Invalid("service cannot be put in a deeplink"))?;
+        let deeplink = svc_deeplink(svc, &link_bytes)?;
         let form = |e: &EnrollmentSecret| {
             let material = e.expose();
             EnrollmentForm {
@@ -138,6 +161,7 @@ impl Engine {
                 expires_ms,
                 max_init_counter: 0,
                 candidate: None,
+                link_secret: Some(link_bytes),
             },
         );
         batch.mutations.push(Mutation::TokenCreated {

@@ -194,6 +194,18 @@ pub fn store_commit_and_load_round_trip(h: &mut dyn Harness) {
     assert!(check.problems.is_empty(), "{:?}", check.problems);
     // Kept: 4 and 5 (an expired challenge stays until replaced, answered or deleted).
     assert_eq!(check.records.get("offline_challenges"), Some(&2));
+    // An enrollment keeps its deeplink's secret, sealed: the link made from the stored record
+    // is the one handed out.
+    let mut batch = Batch::new();
+    let ticket = e2.enroll(10, "bank", "newcomer", &mut batch).unwrap();
+    store.commit(&batch.mutations, &e2).unwrap();
+    let pending = store.enrollment(&ticket.token_id).unwrap().unwrap();
+    assert_eq!(pending.expires_ms, ticket.expires_ms);
+    let secret = pending.link_secret.unwrap();
+    assert_eq!(
+        e2.enrollment_deeplink("bank", &secret).unwrap().as_str(),
+        ticket.deeplink
+    );
 }
 
 /// A batch with more events than one outbox record holds (65 535, e.g. a timer tick expiring

@@ -2,6 +2,11 @@
 //! sealed, and (written by servers of a shared database) the highest PAIR_INIT counter and
 //! the pairing candidate PAIR_INIT offered, sealed with them. A record without those (one
 //! server, or an older record) reads as none yet.
+//!
+//! Layout: `format ‖ short_str(service) ‖ expires_ms ‖ sealed(plain)`, the plain text
+//! `[link secret (32)] ‖ forms (2 × 80) ‖ [max_init_counter ‖ [candidate secret ‖ offset]]`;
+//! the format byte says whether the deeplink's secret leads ([`FORMAT_LINK`]) or not
+//! (records written before it was kept).
 
 use std::sync::Arc;
 
@@ -14,9 +19,15 @@ use crate::crypt::MasterKey;
 use crate::kv::Cf;
 use crate::schema::FORMAT;
 
+/// The format byte of a record whose plain text starts with the deeplink's secret.
+const FORMAT_LINK: u8 = 2;
+
 /// `enrollments`.
 pub fn encode_pending(key: &MasterKey, p: &PendingRecord) -> Vec<u8> {
-    let mut plain = Zeroizing::new(Vec::with_capacity(160));
+    let mut plain = Zeroizing::new(Vec::with_capacity(240));
+    if let Some(link) = &p.link_secret {
+        plain.extend_from_slice(link.expose());
+    }
     for (pairing_id, d2s, s2d) in &p.forms {
         plain.extend_from_slice(pairing_id);
         plain.extend_from_slice(d2s.expose());
@@ -29,7 +40,11 @@ pub fn encode_pending(key: &MasterKey, p: &PendingRecord) -> Vec<u8> {
             plain.extend_from_slice(&c.offset_ms.to_be_bytes());
         }
     }
-    let mut v = vec![FORMAT];
+    let mut v = vec![if p.link_secret.is_some() {
+        FORMAT_LINK
+    } else {
+        FORMAT
+    }];
     put_short_str(&mut v, &p.service);
     v.extend_from_slice(&p.expires_ms.to_be_bytes());
     v.extend_from_slice(&key.seal(Cf::Enrollments, &p.token_id.0, &plain));
@@ -39,11 +54,20 @@ pub fn encode_pending(key: &MasterKey, p: &PendingRecord) -> Vec<u8> {
 /// Decodes `enrollments`.
 pub fn decode_pending(key: &MasterKey, id: TokenId, v: &[u8]) -> Option<PendingRecord> {
     let mut r = Reader::new(v);
-    r.tag(FORMAT)?;
+    let with_link = match r.u8()? {
+        FORMAT => false,
+        FORMAT_LINK => true,
+        _ => return None,
+    };
     let service: Arc<str> = Arc::from(r.short_str()?);
     let expires_ms = r.u64()?;
     let plain = key.open(Cf::Enrollments, &id.0, r.rest())?;
     let mut p = Reader::new(&plain);
+    let link_secret = if with_link {
+        Some(SecretBytes::new(p.array()?))
+    } else {
+        None
+    };
     let mut form = || -> Option<([u8; 16], SecretBytes, SecretBytes)> {
         Some((
             p.array()?,
@@ -71,6 +95,7 @@ pub fn decode_pending(key: &MasterKey, id: TokenId, v: &[u8]) -> Option<PendingR
         expires_ms,
         max_init_counter,
         candidate,
+        link_secret,
     })
 }
 
@@ -98,6 +123,7 @@ mod tests {
             expires_ms: 99,
             max_init_counter: 0,
             candidate: None,
+            link_secret: None,
         }
     }
 
@@ -122,5 +148,30 @@ mod tests {
         assert!(!v.windows(32).any(|w| w == [8; 32]));
         // Under another token's id it does not open.
         assert_eq!(decode_pending(&key, TokenId([1; 16]), &v), None);
+    }
+
+    #[test]
+    fn the_link_secret_is_kept_sealed_and_older_records_read_without_it() {
+        let key = MasterKey::from_bytes([9; 32]);
+        let id = TokenId([7; 16]);
+        let mut kept = record();
+        kept.link_secret = Some(SecretBytes::new([0xa5; 32]));
+        kept.max_init_counter = 3;
+        kept.candidate = Some(CandidateRecord {
+            secret: SecretBytes::new([8; 32]),
+            offset_ms: 7,
+        });
+        let v = encode_pending(&key, &kept);
+        assert_eq!(v.first(), Some(&FORMAT_LINK));
+        assert_eq!(decode_pending(&key, id, &v), Some(kept.clone()));
+        assert!(!v.windows(32).any(|w| w == [0xa5; 32]), "sealed");
+        // A record in the first layout (no link secret) reads as before.
+        let old = encode_pending(&key, &record());
+        assert_eq!(old.first(), Some(&FORMAT));
+        assert_eq!(decode_pending(&key, id, &old).unwrap().link_secret, None);
+        // An unknown format byte is refused.
+        let mut other = v;
+        other[0] = 9;
+        assert_eq!(decode_pending(&key, id, &other), None);
     }
 }

@@ -38,10 +38,15 @@ impl Store {
 
     /// Whether a token has a pending enrollment stored, and when it expires.
     pub fn enrollment_expiry(&self, id: &TokenId) -> Result<Option<u64>, StoreError> {
+        Ok(self.enrollment(id)?.map(|p| p.expires_ms))
+    }
+
+    /// A token's pending enrollment as stored (expired or not).
+    pub fn enrollment(&self, id: &TokenId) -> Result<Option<PendingRecord>, StoreError> {
         match self.kv.get(Cf::Enrollments, &id.0)? {
             None => Ok(None),
             Some(v) => schema::decode_pending(&self.key, *id, &v)
-                .map(|p| Some(p.expires_ms))
+                .map(Some)
                 .ok_or_else(|| corrupt(Cf::Enrollments, &id.0, "undecodable or not authentic")),
         }
     }
