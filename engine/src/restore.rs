@@ -49,6 +49,14 @@ impl Engine {
         highest
     }
 
+    /// Forgets a token whose records storage holds (entry, pending enrollment, transactions,
+    /// backup codes), for a process that writes many tokens and serves none: the command
+    /// line's mass enrollment keeps its memory bounded this way. A server never calls it
+    /// for a token it serves (a counter seen is forgotten with it).
+    pub fn unload(&self, id: &TokenId) {
+        self.forget_for_restore(id);
+    }
+
     /// As [`Engine::forget_for_restore`], but the token's transactions stay: for a token that
     /// another server changed, whose changed transactions are replaced one by one
     /// ([`Engine::load_transaction`], [`Engine::forget_transaction`]).

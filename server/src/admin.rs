@@ -2,13 +2,15 @@
 //! opens what the configuration names, calls the admin layer (`zoftoken-admin`, where the
 //! rules live, the same as the HTTP API's), and renders each result as an [`Output`]: text
 //! for people and the same facts as JSON. Also database maintenance (check, export, import),
-//! load-test token sets, and users enrolled from a file (`enroll_file`). No output contains a token secret, and an authkey secret is
-//! shown only the one time `authkey create` returns it.
+//! load-test token sets, and users enrolled from a file (`enroll_file`: through the database,
+//! or through a running server's API with `api_client`). No output contains a token secret,
+//! and an authkey secret is shown only the one time `authkey create` returns it.
 
 use std::sync::Arc;
 
+mod api_client;
 mod enroll_file;
-pub use enroll_file::{read_usernames, terminal_progress};
+pub use enroll_file::{enroll_file_through_api, terminal_progress, UsernameFile};
 
 use serde_json::{json, Value};
 use zoftoken_admin::{
@@ -61,6 +63,35 @@ pub enum CommandError {
     /// Bad input to a maintenance command.
     #[error("{0}")]
     Invalid(String),
+    /// A running server's API did not answer (`--api`).
+    #[error("the API at {url} did not answer: {reason}")]
+    Unreachable {
+        /// What was asked.
+        url: String,
+        /// Why no answer came.
+        reason: String,
+    },
+    /// A running server's API refused (`--api`).
+    #[error("the API answered {status} {code}: {message}")]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The error's stable code.
+        code: String,
+        /// The error's message.
+        message: String,
+    },
+    /// A command working through a file stopped on the way; what it did before is kept.
+    #[error("stopped after {done} users, whose rows are in {out} (run again with --if-absent to go on): {source}")]
+    Stopped {
+        /// Users done (and written) before.
+        done: usize,
+        /// The file they are in.
+        out: String,
+        /// Why it stopped.
+        #[source]
+        source: Box<CommandError>,
+    },
 }
 
 impl CommandError {
@@ -79,6 +110,14 @@ impl CommandError {
             },
             CommandError::Open(e) => e.exit_code(),
             CommandError::Invalid(_) => 2,
+            CommandError::Api { status, .. } => match status {
+                404 => 4,
+                503 => 5,
+                400..=499 => 2,
+                _ => 1,
+            },
+            CommandError::Unreachable { .. } => 1,
+            CommandError::Stopped { source, .. } => source.exit_code(),
         }
     }
 }

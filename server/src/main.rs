@@ -228,7 +228,8 @@ enum AuthkeyCmd {
 enum TokenCmd {
     /// Enroll a user: prints the deeplink and the manual code for the app. With --from, every
     /// user of a file (CSV, first column; or JSON lines), in batches of 10 000, written to
-    /// --out as CSV for a mail merge (username, status, deeplink, manual code, expiry).
+    /// --out (a new file) as CSV for a mail merge (username, status, deeplink, manual code,
+    /// expiry), through the database or, with --api, a running server's API.
     Enroll {
         /// The service.
         #[arg(long)]
@@ -247,6 +248,14 @@ enum TokenCmd {
         /// can be repeated without invalidating tokens in use.
         #[arg(long, requires = "from")]
         if_absent: bool,
+        /// Enroll through the API of a running server at this URL (`http://host:port`,
+        /// `https://…`) instead of the database, with the authkey in the environment variable
+        /// ZOFTOKEN_AUTHKEY (admin right for the service). No configuration file is read.
+        #[arg(long, requires = "from", value_name = "URL")]
+        api: Option<String>,
+        /// With --api: certificates (PEM) to trust beside the system's.
+        #[arg(long, requires = "api")]
+        ca_file: Option<String>,
     },
     /// List tokens.
     List {
@@ -453,6 +462,37 @@ fn main() -> ExitCode {
             args.json = cli.json;
             return exit_code(args.main());
         }
+        Command::Token(TokenCmd::Enroll {
+            service,
+            from: Some(from),
+            out: Some(out),
+            if_absent,
+            api: Some(api),
+            ca_file,
+            ..
+        }) => {
+            let key =
+                zeroize::Zeroizing::new(std::env::var("ZOFTOKEN_AUTHKEY").unwrap_or_default());
+            return match admin::enroll_file_through_api(
+                api,
+                &key,
+                ca_file.as_deref(),
+                service,
+                from,
+                out,
+                *if_absent,
+                &mut admin::terminal_progress(),
+            ) {
+                Ok(out) => {
+                    print(&out, cli.json);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("zoftoken: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            };
+        }
         Command::Loadgen(LoadgenCmd::Run(args)) => {
             let mut args = args.clone();
             args.json = cli.json;
@@ -544,6 +584,8 @@ fn run(cli: Cli, loaded: config::Loaded) -> anyhow::Result<ExitCode> {
                 from,
                 out,
                 if_absent,
+                api: None,
+                ..
             } => match (user, from, out) {
                 (_, Some(from), Some(out)) => admin.token_enroll_file(
                     now,
@@ -556,6 +598,8 @@ fn run(cli: Cli, loaded: config::Loaded) -> anyhow::Result<ExitCode> {
                 (Some(user), _, _) => admin.token_enroll(now, &service, &user)?,
                 _ => anyhow::bail!("give --user, or --from and --out"),
             },
+            // With --from and --out, handled before the configuration is read.
+            TokenCmd::Enroll { api: Some(_), .. } => anyhow::bail!("--api needs --from and --out"),
             TokenCmd::List { service } => admin.token_list(service.as_deref())?,
             TokenCmd::Show { service, user } => admin.token_show(&service, &user)?,
             TokenCmd::Delete { service, user } => admin.token_delete(now, &service, &user)?,

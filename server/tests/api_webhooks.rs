@@ -972,10 +972,35 @@ fn reads_from_memory_stop_beyond_the_staleness_bound() {
     server.stop();
 }
 
+/// The rows of a mail-merge CSV, header left out.
+fn mail_rows(path: &std::path::Path) -> Vec<Vec<String>> {
+    csv::Reader::from_path(path)
+        .unwrap()
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+        .collect()
+}
+
+/// `zoftoken token enroll --service bank --from FROM --out OUT [--if-absent] [EXTRA…]`.
+fn enroll_file_args(from: &Path, out: &Path, if_absent: bool, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = ["token", "enroll", "--service", "bank", "--from"]
+        .map(String::from)
+        .to_vec();
+    a.push(from.display().to_string());
+    a.push("--out".into());
+    a.push(out.display().to_string());
+    if if_absent {
+        a.push("--if-absent".into());
+    }
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
 /// Users enrolled from a file through the command line (the database of a stopped server):
 /// a mail-merge CSV readable by its owner only, one row per user; run again with
 /// `--if-absent`, nobody is enrolled twice; a row's deeplink pairs with the device command
-/// line once the server runs, and the paired token opens.
+/// line once the server runs, and the paired token opens. An existing mail merge is never
+/// overwritten.
 #[test]
 fn users_enrolled_from_a_file_pair_with_the_device_command_line() {
     let e = Env::new(None);
@@ -986,27 +1011,11 @@ fn users_enrolled_from_a_file_pair_with_the_device_command_line() {
     )
     .unwrap();
     let out = e.dir.path().join("mail.csv");
-    let args = |if_absent: bool| {
-        let mut a = vec![
-            "token".to_owned(),
-            "enroll".into(),
-            "--service".into(),
-            "bank".into(),
-            "--from".into(),
-            users.display().to_string(),
-            "--out".into(),
-            out.display().to_string(),
-        ];
-        if if_absent {
-            a.push("--if-absent".into());
-        }
-        a
-    };
-    let run = |if_absent: bool| {
-        let a = args(if_absent);
+    let run = |out: &Path, if_absent: bool| {
+        let a = enroll_file_args(&users, out, if_absent, &[]);
         cli(&e, &a.iter().map(String::as_str).collect::<Vec<_>>())
     };
-    let summary = run(false);
+    let summary = run(&out, false);
     assert_eq!(
         (
             &summary["enrolled"],
@@ -1019,26 +1028,7 @@ fn users_enrolled_from_a_file_pair_with_the_device_command_line() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&out).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "deeplinks are secrets until used");
-    let rows: Vec<Vec<String>> = std::fs::read_to_string(&out)
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| l.to_owned())
-        .map(|l| {
-            // The test's names have no quotes inside: split outside quoted fields.
-            let mut cells = Vec::new();
-            let (mut cell, mut quoted) = (String::new(), false);
-            for c in l.chars() {
-                match c {
-                    '"' => quoted = !quoted,
-                    ',' if !quoted => cells.push(std::mem::take(&mut cell)),
-                    c => cell.push(c),
-                }
-            }
-            cells.push(cell);
-            cells
-        })
-        .collect();
+    let rows = mail_rows(&out);
     let who: Vec<(&str, &str)> = rows
         .iter()
         .map(|r| (r[0].as_str(), r[1].as_str()))
@@ -1053,8 +1043,20 @@ fn users_enrolled_from_a_file_pair_with_the_device_command_line() {
     );
     let ana_link = rows[0][2].clone();
     assert!(ana_link.starts_with("zoftoken://"), "{ana_link}");
+    // The same file again is refused, and left as it was.
+    let before = std::fs::read(&out).unwrap();
+    let a = enroll_file_args(&users, &out, true, &[]);
+    let o = common::zoftoken(
+        e.dir.path(),
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("never overwritten"));
+    assert_eq!(std::fs::read(&out).unwrap(), before);
     // Again, skipping those who have a token: ana's deeplink stays the one handed out.
-    let again = run(true);
+    let again = run(&e.dir.path().join("mail2.csv"), true);
     assert_eq!(
         (&again["enrolled"], &again["skipped"]),
         (&json!(0), &json!(2)),
@@ -1063,6 +1065,79 @@ fn users_enrolled_from_a_file_pair_with_the_device_command_line() {
     let server = e.serve();
     let phone = e.dir.path().join("phone.json");
     let (code, said) = e.device(&phone, &["pair", &ana_link], "1357\n1357\n");
+    assert_eq!(code, 0, "{said}");
+    let opened = device_json(&e, &phone, &["open"], "1357\n").unwrap();
+    assert_eq!(opened["state"], "open", "{opened}");
+    server.stop();
+}
+
+/// The same through a running server's API (`--api`, the key in ZOFTOKEN_AUTHKEY; JSON lines
+/// in): the rows come from the batch call's answers, a row's deeplink pairs and opens, a run
+/// with `--if-absent` skips everyone, and a key without the admin right is refused with exit
+/// code 2 and no file left behind.
+#[test]
+fn users_enrolled_from_a_file_through_a_running_servers_api_pair() {
+    let e = Env::new(None);
+    let users = e.dir.path().join("users.jsonl");
+    std::fs::write(
+        &users,
+        "{\"username\":\"ana\"}\n\"smith, john\"\n\"bad\\u0007name\"\n",
+    )
+    .unwrap();
+    let server = e.serve();
+    let api = format!("http://{}", server.http);
+    let run = |key: &str, out: &Path, if_absent: bool| {
+        let a = enroll_file_args(&users, out, if_absent, &["--api", &api]);
+        common::zoftoken(
+            e.dir.path(),
+            &[
+                &["--json"],
+                &a.iter().map(String::as_str).collect::<Vec<_>>()[..],
+            ]
+            .concat(),
+        )
+        .env("ZOFTOKEN_AUTHKEY", key)
+        .output()
+        .unwrap()
+    };
+    let out = e.dir.path().join("mail.csv");
+    let o = run(ADMIN_KEY, &out, false);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (&summary["enrolled"], &summary["failed"]),
+        (&json!(2), &json!(1)),
+        "{summary}"
+    );
+    let rows = mail_rows(&out);
+    let who: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r[0].as_str(), r[1].as_str()))
+        .collect();
+    assert_eq!(
+        who,
+        [
+            ("ana", "enrolled"),
+            ("smith, john", "enrolled"),
+            ("bad\u{7}name", "failed")
+        ]
+    );
+    assert!(rows[2][6].contains("control characters"), "{:?}", rows[2]);
+    let o = run(ADMIN_KEY, &e.dir.path().join("again.csv"), true);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let again: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (&again["enrolled"], &again["skipped"]),
+        (&json!(0), &json!(2)),
+        "{again}"
+    );
+    let refused = e.dir.path().join("refused.csv");
+    let o = run(READ_KEY, &refused, false);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("403 forbidden"));
+    assert!(!refused.exists());
+    let phone = e.dir.path().join("phone.json");
+    let (code, said) = e.device(&phone, &["pair", &rows[0][2]], "1357\n1357\n");
     assert_eq!(code, 0, "{said}");
     let opened = device_json(&e, &phone, &["open"], "1357\n").unwrap();
     assert_eq!(opened["state"], "open", "{opened}");

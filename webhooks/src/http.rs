@@ -18,8 +18,8 @@ use rustls_pki_types::CertificateDer;
 
 use crate::{TlsError, WebhookError};
 
-/// A pooled client for one trust configuration.
-pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// A pooled HTTP and HTTPS client for one trust configuration (hyper-util's, with rustls).
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 fn system_roots() -> Arc<Vec<CertificateDer<'static>>> {
     static ROOTS: OnceLock<Arc<Vec<CertificateDer<'static>>>> = OnceLock::new();
@@ -70,11 +70,9 @@ fn read_ca_file(path: &str) -> Result<Vec<u8>, TlsError> {
 }
 
 /// A client trusting the system roots and, if given, the certificates of `ca_file` (PEM, read
-/// with [`read_ca_file`]'s limits).
-pub(crate) fn client(
-    ca_file: Option<&str>,
-    max_idle_per_host: usize,
-) -> Result<HttpClient, WebhookError> {
+/// with [`read_ca_file`]'s limits), keeping up to `max_idle_per_host` connections alive.
+/// Must be used on a tokio runtime.
+pub fn client(ca_file: Option<&str>, max_idle_per_host: usize) -> Result<HttpClient, WebhookError> {
     let mut roots = RootCertStore::empty();
     let (_added, _ignored) = roots.add_parsable_certificates(system_roots().iter().cloned());
     if let Some(path) = ca_file {

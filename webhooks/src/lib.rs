@@ -21,7 +21,8 @@
 //! the engine's current services ([`zoftoken_engine::Engine::service_configs`]).
 //!
 //! Modules: `pipeline` (the reader, the dispatcher and the writer, a module each), `http`
-//! (the client and one attempt), [`sign`] (the body and signature format), `error`.
+//! (the client and one attempt; [`https_client`] is the command line's client of the API
+//! too), [`sign`] (the body and signature format), `error`.
 //!
 //! Key types: [`Pipeline`], [`PipelineConfig`], [`DeadLetter`], [`WebhookError`] (with
 //! [`TlsError`] and [`PipelineConfigError`]); [`sign`] holds the body and signature format.
@@ -38,6 +39,7 @@ use std::time::Duration;
 
 pub(crate) use error::error_text;
 pub use error::{PipelineConfigError, TlsError, WebhookError};
+pub use http::{client as https_client, HttpClient};
 pub use lease::{Gate, LeaseState, LeaseTimes, LeasedPipeline};
 pub use pipeline::Pipeline;
 use zoftoken_storage::webhooks::{event_id, parse_event_id};
