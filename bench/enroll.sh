@@ -17,18 +17,20 @@
 # batch_ratio). Medians of the rounds; the figures of every round go to stderr, with the
 # cores the server used in each phase. Any answer other than 2xx fails the run.
 # Then the proof that acknowledged means persisted: the server is stopped (SIGTERM) and
-# started again, and 100 users drawn at random from those acknowledged in 1–3 must be known
-# (200, state pending).
+# started again: it must load at least as many pending enrollments as were acknowledged, and
+# 100 users drawn at random from those acknowledged in 1–3 must be known (200, state pending).
 #   5. the command line, CLI_USERS (1 000 000) users from a CSV file with the server stopped:
 #      `zoftoken token enroll --service bench --from users.csv --out mail.csv`, on a database
 #      of its own (fresh, `data-cli` in the work directory), every row of mail.csv must be
 #      `enrolled`                                              → cli_1m_s, cli_max_rss_mb
 #      and the same again with `--if-absent` (every row `skipped`)   → cli_1m_if_absent_s
+#      then as many other users through the API of a server running on that database
+#      (`--api`, JSON lines batches; every row `enrolled`)            → cli_api_1m_s
 # Targets on a 2-core machine: mass enrollment ≥ 10 000 enrollments/s, single enrollments with
 # a PNG QR image ≥ 1 000/s, 1 million users through the command line in under 5 minutes.
 # Ends with one JSON line: {"batch_per_s":…,"single_qr_per_s":…,"single_per_s":…,
 # "status_rps":…,"batch_ratio":…,"single_qr_ratio":…,"single_ratio":…,"cli_1m_s":…,
-# "cli_1m_if_absent_s":…,"cli_max_rss_mb":…,"batch_size":…,"cli_users":…} (the cli_ fields
+# "cli_1m_if_absent_s":…,"cli_api_1m_s":…,"cli_max_rss_mb":…,"batch_size":…,"cli_users":…} (the cli_ fields
 # null with SKIP_CLI=1).
 # Knobs (environment): DURATION (s of each phase in each round, 10), ROUNDS (3), API_THREADS
 # (1), WRK_THREADS (1), CONNECTIONS (32: wrk's, for 1, 2 and 4), BATCH (users per mass
@@ -202,6 +204,9 @@ trap cleanup EXIT
 start_server() { # log file
   (cd "$work" && exec "$zoftoken" --config config.yaml serve) 2> "$1" &
   server_pid=$!
+  wait_serving "$1"
+}
+wait_serving() { # log file
   for _ in $(seq 1 600); do
     grep -q "serving UDP" "$1" && break
     kill -0 "$server_pid" 2>/dev/null || break
@@ -343,6 +348,7 @@ stop_server
 
 cli_s=null
 cli_if_absent_s=null
+cli_api_s=null
 cli_rss=null
 if [ "$skip_cli" != 1 ]; then
   # On a database of its own (the server stopped: the database is locked while it runs).
@@ -380,20 +386,35 @@ PY
   check_mail "$work/mail-if-absent.csv" skipped
   cli_if_absent_s=$(wall "$work/time-cli-if-absent.txt")
   echo "  again with --if-absent: $cli_if_absent_s s, max RSS $(rss_mb "$work/time-cli-if-absent.txt") MB" >&2
+  # Through the API of a server running on that database (holding those users), as many
+  # other users.
+  write_config cli.yaml data-cli "[{ name: bench-admin, secret_hash: \"$hash\", admin: true, service_mask: bench, user_mask: \".*\" }]"
+  sed 's/^cli/api/' "$work/users.csv" > "$work/users-api.csv"
+  log="$work/serve-cli.log"
+  (cd "$work" && exec "$zoftoken" --config cli.yaml serve) 2> "$log" &
+  server_pid=$!
+  wait_serving "$log"
+  (cd "$work" && ZOFTOKEN_AUTHKEY="$key" /usr/bin/time -v -o time-cli-api.txt "$zoftoken" token enroll \
+    --service bench --from users-api.csv --out mail-api.csv --api "http://127.0.0.1:$port_http" >&2)
+  check_mail "$work/mail-api.csv" enrolled
+  cli_api_s=$(wall "$work/time-cli-api.txt")
+  echo "  through the API of a running server: $cli_api_s s, max RSS $(rss_mb "$work/time-cli-api.txt") MB (the command line's)" >&2
+  stop_server
 fi
 
-python3 - "${qr[*]}" "${one[*]}" "${bat[*]}" "${api[*]}" "$batch" "$cli_s" "$cli_if_absent_s" "$cli_rss" "$cli_users" "$skip_cli" <<'PY'
+python3 - "${qr[*]}" "${one[*]}" "${bat[*]}" "${api[*]}" "$batch" "$cli_s" "$cli_if_absent_s" "$cli_rss" "$cli_users" "$skip_cli" "$cli_api_s" <<'PY'
 import json, statistics, sys
 qr, one, bat, api = ([float(x) for x in a.split()] for a in sys.argv[1:5])
 batch = int(sys.argv[5])
 cli_s, cli_if_absent_s, cli_rss = (json.loads(a) for a in sys.argv[6:9])
 cli_users = None if sys.argv[10] == "1" else int(sys.argv[9])
+cli_api_s = json.loads(sys.argv[11])
 med = statistics.median
 ratio = lambda xs: round(med([x / a for x, a in zip(xs, api)]), 3)
 print(f"medians of {len(api)} rounds: single with QR {med(qr):.0f}/s (target 1000), single {med(one):.0f}/s, mass {med(bat):.0f}/s (target 10000), status polls {med(api):.0f}/s"
-      + ("" if cli_s is None else f"; command line {cli_users} users in {cli_s:.1f} s (target < 300 s), --if-absent {cli_if_absent_s:.1f} s"), file=sys.stderr)
+      + ("" if cli_s is None else f"; command line {cli_users} users in {cli_s:.1f} s (target < 300 s), --if-absent {cli_if_absent_s:.1f} s, through the API {cli_api_s:.1f} s"), file=sys.stderr)
 print(json.dumps({"batch_per_s": round(med(bat)), "single_qr_per_s": round(med(qr)), "single_per_s": round(med(one)),
                   "status_rps": round(med(api)), "batch_ratio": ratio(bat), "single_qr_ratio": ratio(qr),
-                  "single_ratio": ratio(one), "cli_1m_s": cli_s, "cli_1m_if_absent_s": cli_if_absent_s,
+                  "single_ratio": ratio(one), "cli_1m_s": cli_s, "cli_1m_if_absent_s": cli_if_absent_s, "cli_api_1m_s": cli_api_s,
                   "cli_max_rss_mb": cli_rss, "batch_size": batch, "cli_users": cli_users}, separators=(",", ":")))
 PY
