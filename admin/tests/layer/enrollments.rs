@@ -6,11 +6,12 @@ use std::sync::Arc;
 use zoftoken_admin::{
     stored_token, stored_tokens, AdminError, BatchEnrolled, Existing, Tokens, MAX_BATCH_ENROLLMENT,
 };
-use zoftoken_engine::{EngineError, TokenKind, TokenState};
+use zoftoken_engine::{EngineError, EventKind, TokenKind, TokenState};
+use zoftoken_proto::TokenId;
 use zoftoken_storage::MemoryKv;
 use zoftoken_storage_conformance::FaultyKv;
 
-use super::{engine, service, store, store_on};
+use super::{engine, hooked, service, store, store_on};
 
 const NOW: u64 = 1_800_000_000_000;
 
@@ -70,6 +71,30 @@ fn a_batch_is_one_commit_with_an_answer_per_user_in_order() {
         assert_eq!(stored.enrollment_expires_ms, Some(ticket.expires_ms));
     }
     assert_eq!(stored_tokens(&store, None).unwrap().len(), 2);
+}
+
+#[test]
+fn a_batch_tells_the_webhook_of_each_user_enrolled() {
+    let store = store_on(Arc::new(MemoryKv::new()));
+    let running = engine(&[hooked("bank", "whsec-batch")]);
+    let tokens = Tokens::new(&store, &running);
+    tokens
+        .enroll_batch(NOW, "bank", &names(&["ana", "bad\nname", "bob"]), false)
+        .unwrap();
+    let events: Vec<(EventKind, TokenId, String)> = store
+        .outbox(0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.kind, e.token_id, e.service))
+        .collect();
+    let enrolled = |user| {
+        (
+            EventKind::Enrolled,
+            TokenId::derive("bank", user),
+            "bank".into(),
+        )
+    };
+    assert_eq!(events, [enrolled("ana"), enrolled("bob")]);
 }
 
 #[test]
