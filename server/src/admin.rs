@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 mod api_client;
 mod enroll_file;
-pub use enroll_file::{enroll_file_through_api, terminal_progress, UsernameFile};
+pub use enroll_file::{
+    enroll_file_through_api, terminal_progress, ApiTarget, EnrollFile, UsernameFile,
+};
 
 use serde_json::{json, Value};
 use zoftoken_admin::{

@@ -473,16 +473,18 @@ fn main() -> ExitCode {
         }) => {
             let key =
                 zeroize::Zeroizing::new(std::env::var("ZOFTOKEN_AUTHKEY").unwrap_or_default());
-            return match admin::enroll_file_through_api(
-                api,
-                &key,
-                ca_file.as_deref(),
+            let api = admin::ApiTarget {
+                url: api,
+                key: &key,
+                ca_file: ca_file.as_deref(),
+            };
+            let job = admin::EnrollFile {
                 service,
                 from,
                 out,
-                *if_absent,
-                &mut admin::terminal_progress(),
-            ) {
+                if_absent: *if_absent,
+            };
+            return match admin::enroll_file_through_api(api, job, &mut admin::terminal_progress()) {
                 Ok(out) => {
                     print(&out, cli.json);
                     ExitCode::SUCCESS
@@ -587,14 +589,15 @@ fn run(cli: Cli, loaded: config::Loaded) -> anyhow::Result<ExitCode> {
                 api: None,
                 ..
             } => match (user, from, out) {
-                (_, Some(from), Some(out)) => admin.token_enroll_file(
-                    now,
-                    &service,
-                    &from,
-                    &out,
-                    if_absent,
-                    &mut admin::terminal_progress(),
-                )?,
+                (_, Some(from), Some(out)) => {
+                    let job = admin::EnrollFile {
+                        service: &service,
+                        from: &from,
+                        out: &out,
+                        if_absent,
+                    };
+                    admin.token_enroll_file(now, job, &mut admin::terminal_progress())?
+                }
                 (Some(user), _, _) => admin.token_enroll(now, &service, &user)?,
                 _ => anyhow::bail!("give --user, or --from and --out"),
             },

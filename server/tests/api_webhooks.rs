@@ -981,6 +981,24 @@ fn mail_rows(path: &std::path::Path) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The mail merge of the tests' three users: two enrolled, the third's name refused.
+fn three_users_rows(path: &Path) -> Vec<Vec<String>> {
+    let rows = mail_rows(path);
+    let who: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r[0].as_str(), r[1].as_str()))
+        .collect();
+    assert_eq!(
+        who,
+        [
+            ("ana", "enrolled"),
+            ("smith, john", "enrolled"),
+            ("bad\u{7}name", "failed")
+        ]
+    );
+    rows
+}
+
 /// `zoftoken token enroll --service bank --from FROM --out OUT [--if-absent] [EXTRA…]`.
 fn enroll_file_args(from: &Path, out: &Path, if_absent: bool, extra: &[&str]) -> Vec<String> {
     let mut a: Vec<String> = ["token", "enroll", "--service", "bank", "--from"]
@@ -1028,19 +1046,7 @@ fn users_enrolled_from_a_file_pair_with_the_device_command_line() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&out).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "deeplinks are secrets until used");
-    let rows = mail_rows(&out);
-    let who: Vec<(&str, &str)> = rows
-        .iter()
-        .map(|r| (r[0].as_str(), r[1].as_str()))
-        .collect();
-    assert_eq!(
-        who,
-        [
-            ("ana", "enrolled"),
-            ("smith, john", "enrolled"),
-            ("bad\u{7}name", "failed")
-        ]
-    );
+    let rows = three_users_rows(&out);
     let ana_link = rows[0][2].clone();
     assert!(ana_link.starts_with("zoftoken://"), "{ana_link}");
     // The same file again is refused, and left as it was.
@@ -1109,19 +1115,7 @@ fn users_enrolled_from_a_file_through_a_running_servers_api_pair() {
         (&json!(2), &json!(1)),
         "{summary}"
     );
-    let rows = mail_rows(&out);
-    let who: Vec<(&str, &str)> = rows
-        .iter()
-        .map(|r| (r[0].as_str(), r[1].as_str()))
-        .collect();
-    assert_eq!(
-        who,
-        [
-            ("ana", "enrolled"),
-            ("smith, john", "enrolled"),
-            ("bad\u{7}name", "failed")
-        ]
-    );
+    let rows = three_users_rows(&out);
     assert!(rows[2][6].contains("control characters"), "{:?}", rows[2]);
     let o = run(ADMIN_KEY, &e.dir.path().join("again.csv"), true);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -317,17 +317,18 @@ impl MailMerge {
 /// Enrolls one batch of users: an answer per username, in order.
 type EnrollBatch<'a> = dyn FnMut(&[String]) -> Result<Vec<Row>, CommandError> + 'a;
 
-/// Enrolls the users of `from` a batch at a time with `enroll` (an answer per username, in
-/// order) and writes the mail merge to `out`; `progress` hears the users done and the part of
+/// Enrolls the users of `job.from` a batch at a time with `enroll` (an answer per username,
+/// in order) and writes the mail merge to `job.out`; `progress` hears the users done and the part of
 /// the file read after each batch. A failure after the first batch keeps the rows written and
 /// says how far it got ([`CommandError::Stopped`]).
 fn enroll_file(
-    service: &str,
-    from: &Path,
-    out: &Path,
+    job: EnrollFile<'_>,
     progress: &mut dyn FnMut(usize, f64),
     enroll: &mut EnrollBatch<'_>,
 ) -> Result<Output, CommandError> {
+    let EnrollFile {
+        service, from, out, ..
+    } = job;
     let mut users = UsernameFile::open(from)?;
     let mut mail = MailMerge::create(out)?;
     let mut batch = || -> Result<bool, CommandError> {
@@ -389,23 +390,44 @@ fn enroll_file(
     })
 }
 
+/// What `token enroll --from FILE --out FILE` is asked to do.
+#[derive(Clone, Copy, Debug)]
+pub struct EnrollFile<'a> {
+    /// The service.
+    pub service: &'a str,
+    /// The usernames' file.
+    pub from: &'a Path,
+    /// The mail merge to write (a new file).
+    pub out: &'a Path,
+    /// Skip users who have a paired token or a usable enrollment.
+    pub if_absent: bool,
+}
+
+/// A running server's API, as `token enroll --api` reaches it.
+#[derive(Clone, Copy)]
+pub struct ApiTarget<'a> {
+    /// Its URL (`http://host:port`, `https://…`).
+    pub url: &'a str,
+    /// An authkey with the admin right for the service.
+    pub key: &'a str,
+    /// Certificates (PEM) to trust beside the system's.
+    pub ca_file: Option<&'a str>,
+}
+
 impl Admin {
     /// `token enroll --from FILE --out FILE`, through the database: enrolls every user of
-    /// the file (with `if_absent`, skipping those who have a paired token or a usable
-    /// enrollment) and writes the mail-merge CSV.
+    /// the file and writes the mail-merge CSV.
     pub fn token_enroll_file(
         &self,
         now_ms: u64,
-        service: &str,
-        from: &Path,
-        out: &Path,
-        if_absent: bool,
+        job: EnrollFile<'_>,
         progress: &mut dyn FnMut(usize, f64),
     ) -> Result<Output, CommandError> {
         let engine = self.engine()?;
         let tokens = Tokens::new(&self.store, &engine);
-        enroll_file(service, from, out, progress, &mut |names| {
-            let answers = tokens.enroll_batch(now_ms, service, names, if_absent)?;
+        let service = job.service;
+        enroll_file(job, progress, &mut |names| {
+            let answers = tokens.enroll_batch(now_ms, service, names, job.if_absent)?;
             // Written: the command's engine need not hold them any longer.
             for name in names {
                 engine.unload(&TokenId::derive(service, name));
@@ -416,26 +438,19 @@ impl Admin {
 }
 
 /// `token enroll --from FILE --out FILE --api URL`: as [`Admin::token_enroll_file`], through
-/// the batch call of a running server's API (`key`: an authkey with the admin right for the
-/// service; `ca_file`: certificates to trust beside the system's, for `https://`).
-#[allow(clippy::too_many_arguments)]
+/// the batch call of a running server's API.
 pub fn enroll_file_through_api(
-    api: &str,
-    key: &str,
-    ca_file: Option<&str>,
-    service: &str,
-    from: &Path,
-    out: &Path,
-    if_absent: bool,
+    api: ApiTarget<'_>,
+    job: EnrollFile<'_>,
     progress: &mut dyn FnMut(usize, f64),
 ) -> Result<Output, CommandError> {
-    let client = ApiClient::new(api, key, ca_file)?;
+    let client = ApiClient::new(api.url, api.key, api.ca_file)?;
     let path = format!(
         "/v1/services/{}/tokens{}",
-        utf8_percent_encode(service, SEGMENT),
-        if if_absent { "?if_absent=true" } else { "" }
+        utf8_percent_encode(job.service, SEGMENT),
+        if job.if_absent { "?if_absent=true" } else { "" }
     );
-    enroll_file(service, from, out, progress, &mut |names| {
+    enroll_file(job, progress, &mut |names| {
         let mut body = Vec::with_capacity(names.len() * 32);
         for name in names {
             serde_json::to_writer(&mut body, name)
@@ -452,7 +467,7 @@ pub fn enroll_file_through_api(
             });
         }
         let unreadable = |why: &str| CommandError::Unreachable {
-            url: format!("{api}{path}"),
+            url: format!("{}{path}", api.url),
             reason: format!("an unreadable answer: {why}"),
         };
         let mut rows = Vec::with_capacity(names.len());
