@@ -10,9 +10,7 @@ use std::sync::Arc;
 
 mod api_client;
 mod enroll_file;
-pub use enroll_file::{
-    enroll_file_through_api, terminal_progress, ApiTarget, EnrollFile, UsernameFile,
-};
+pub use enroll_file::{enroll_file_through_api, terminal_progress, ApiTarget, EnrollFile};
 
 use serde_json::{json, Value};
 use zoftoken_admin::{

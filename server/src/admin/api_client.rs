@@ -84,8 +84,9 @@ impl ApiClient {
             url: url.clone(),
             reason,
         };
-        let bearer = HeaderValue::try_from(format!("Bearer {}", self.key.as_str()))
+        let mut bearer = HeaderValue::try_from(format!("Bearer {}", self.key.as_str()))
             .map_err(|_| CommandError::Invalid("ZOFTOKEN_AUTHKEY is not a valid header".into()))?;
+        bearer.set_sensitive(true);
         let started = Instant::now();
         loop {
             let mut req = Request::builder()
@@ -95,9 +96,7 @@ impl ApiClient {
                 .header(USER_AGENT, concat!("zoftoken/", env!("CARGO_PKG_VERSION")))
                 .body(Full::new(body.clone()))
                 .map_err(|e| unreachable(e.to_string()))?;
-            let mut bearer = bearer.clone();
-            bearer.set_sensitive(true);
-            req.headers_mut().insert(AUTHORIZATION, bearer);
+            req.headers_mut().insert(AUTHORIZATION, bearer.clone());
             let answer = self.runtime.block_on(async {
                 tokio::time::timeout(ANSWER_TIMEOUT, async {
                     let resp = self
